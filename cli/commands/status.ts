@@ -1,0 +1,5 @@
+import { CdbpError } from '../../src/kernel/errors.ts';
+
+export async function run(_argv: string[]): Promise<number> {
+  throw new CdbpError('INTERNAL', 'cdbp status is not built yet');
+}

@@ -1,0 +1,46 @@
+/**
+ * `cdbp` entry point: a thin dispatcher. Each subcommand lives in cli/commands/<name>.ts and exports
+ * `run(argv)`; this file and cli/commands are the composition root, the only code that wires
+ * cas/, proxy/, keyring/ and src/ together.
+ */
+import { asCdbpError } from '../src/kernel/errors.ts';
+
+const COMMANDS: Record<string, { summary: string; load: () => Promise<{ run(argv: string[]): Promise<number> }> }> = {
+  up: { summary: 'run the embedded local stack (CAS, MariaDB, proxy) in the foreground', load: () => import('./commands/up.ts') },
+  cas: { summary: 'run the Configuration and Attestation Service (and `cas audit verify`)', load: () => import('./commands/cas.ts') },
+  policy: { summary: 'owner tools: policy init | sign | apply', load: () => import('./commands/policy.ts') },
+  proxy: { summary: 'run the attested proxy (MySQL/PostgreSQL listeners, keyring, ops API)', load: () => import('./commands/proxy.ts') },
+  status: { summary: 'print the status of a running role (--url http://127.0.0.1:PORT)', load: () => import('./commands/status.ts') },
+};
+
+function usage(): string {
+  return ['usage: cdbp <command> [options]', '', 'commands:',
+    ...Object.entries(COMMANDS).map(([n, c]) => `  ${n.padEnd(10)} ${c.summary}`),
+    '', 'Run `cdbp <command> --help` for its options.'].join('\n');
+}
+
+async function main(argv: string[]): Promise<number> {
+  const [name, ...rest] = argv;
+  if (!name || name === '--help' || name === '-h' || name === 'help') {
+    console.log(usage());
+    return name ? 0 : 2;
+  }
+  const cmd = COMMANDS[name];
+  if (!cmd) {
+    console.error(`cdbp: unknown command '${name}'\n\n${usage()}`);
+    return 2;
+  }
+  const mod = await cmd.load();
+  return mod.run(rest);
+}
+
+main(process.argv.slice(2)).then(
+  (code) => { process.exitCode = code; },
+  (e: unknown) => {
+    const err = asCdbpError(e);
+    // One line, no stack: operators need the reason; CDBP_DEBUG=1 shows the stack.
+    console.error(`cdbp: ${err.code}: ${err.message}`);
+    if (process.env.CDBP_DEBUG) console.error(e);
+    process.exitCode = 1;
+  },
+);

@@ -1,0 +1,32 @@
+/**
+ * Attestation is a trust boundary: one interface, several providers, and only the entry point picks
+ * one. `simulated` stands in for TEE hardware and must be impossible to mistake for the real thing.
+ */
+export type TeeMode = 'simulated' | 'sev-snp' | 'tdx' | 'none';
+
+/** What a process presents to the CAS. `reportData` binds the CAS nonce and the process's public keys. */
+export interface Evidence {
+  mode: TeeMode;
+  /** Hex SHA-256 of the measured code. */
+  measurement: string;
+  /** Hex; = SHA-512(nonce ‖ tls public key ‖ ephemeral sealing key), see docs/ATTESTATION.md. */
+  reportData: string;
+  /** Provider-specific signed report (base64). */
+  report: string;
+}
+
+/** Runs inside the attested process. */
+export interface AttestationProvider {
+  readonly mode: TeeMode;
+  /** The measurement this process will present. */
+  measurement(): string;
+  /** Produces evidence binding `reportData` (64 bytes). Fails closed if the platform cannot attest. */
+  collect(reportData: Buffer): Promise<Evidence>;
+}
+
+/** Runs in the CAS. */
+export interface EvidenceVerifier {
+  readonly mode: TeeMode;
+  /** Verifies the report's signature chain and that it binds exactly `expectedReportData`. */
+  verify(evidence: Evidence, expectedReportData: Buffer): Promise<{ measurement: string }>;
+}

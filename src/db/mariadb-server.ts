@@ -1,0 +1,184 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync, openSync, closeSync } from 'node:fs';
+import path from 'node:path';
+import { once } from 'node:events';
+import { findBinary } from '../kernel/binaries.ts';
+import { CdbpError } from '../kernel/errors.ts';
+import { waitForListen } from '../kernel/net.ts';
+
+/**
+ * A private mariadbd: own datadir, socket, pid file and (optional) TCP port, never the system service.
+ * Used by `cdbp up`/`cdbp proxy --manage-mariadb` and by the test harness. It knows nothing of keys:
+ * the caller passes extra `[mariadbd]` lines (e.g. the keyring plugin config) and extra environment
+ * (e.g. VAULT_TOKEN, which therefore never lands in a file).
+ */
+export interface MariadbServerOptions {
+  /** Instance directory: holds my.cnf, the socket, pid and error log unless given separately. */
+  dir: string;
+  datadir?: string;
+  tmpdir?: string;
+  socket?: string;
+  /** TCP port on 127.0.0.1; omit for socket-only (skip-networking). */
+  port?: number;
+  /** Extra option lines for the [mariadbd] group. */
+  extraConfig?: string[];
+  /** Extra environment for mariadbd and mariadb-install-db (e.g. VAULT_TOKEN). */
+  env?: Record<string, string>;
+  startTimeoutMs?: number;
+}
+
+export class MariadbServer {
+  readonly dir: string;
+  readonly datadir: string;
+  readonly tmpdir: string;
+  readonly socket: string;
+  readonly port: number | undefined;
+  readonly cnfPath: string;
+  readonly errorLog: string;
+  readonly pidFile: string;
+  private child: ChildProcess | undefined;
+  private exited: Promise<number | null> | undefined;
+  private readonly opts: MariadbServerOptions;
+
+  constructor(opts: MariadbServerOptions) {
+    this.opts = opts;
+    this.dir = path.resolve(opts.dir);
+    this.datadir = path.resolve(opts.datadir ?? path.join(this.dir, 'data'));
+    this.tmpdir = path.resolve(opts.tmpdir ?? path.join(this.dir, 'tmp'));
+    this.socket = path.resolve(opts.socket ?? path.join(this.dir, 'mariadb.sock'));
+    this.port = opts.port;
+    this.cnfPath = path.join(this.dir, 'my.cnf');
+    this.errorLog = path.join(this.dir, 'mariadb.err');
+    this.pidFile = path.join(this.dir, 'mariadb.pid');
+  }
+
+  get pid(): number | undefined {
+    return this.child?.pid;
+  }
+
+  get running(): boolean {
+    return this.child !== undefined && this.child.exitCode === null && this.child.signalCode === null;
+  }
+
+  /** True when the datadir already holds a database (so start() resumes it). */
+  isInitialized(): boolean {
+    return existsSync(path.join(this.datadir, 'mysql'));
+  }
+
+  writeConfig(): void {
+    mkdirSync(this.dir, { recursive: true, mode: 0o700 });
+    mkdirSync(this.datadir, { recursive: true, mode: 0o700 });
+    mkdirSync(this.tmpdir, { recursive: true, mode: 0o700 });
+    const lines = [
+      '[mariadbd]',
+      'user=root',
+      `datadir=${this.datadir}`,
+      `socket=${this.socket}`,
+      `pid-file=${this.pidFile}`,
+      `log-error=${this.errorLog}`,
+      `tmpdir=${this.tmpdir}`,
+      ...(this.port !== undefined ? ['bind-address=127.0.0.1', `port=${this.port}`] : ['skip-networking']),
+      'innodb_buffer_pool_size=128M',
+      'innodb_log_file_size=48M',
+      'max_connections=2000',
+      'max_allowed_packet=1G',
+      'skip-name-resolve',
+      ...(this.opts.extraConfig ?? []),
+      '',
+    ];
+    writeFileSync(this.cnfPath, lines.join('\n'), { mode: 0o600 });
+  }
+
+  /** Creates the system tables on first run. The keyring (if configured) must already serve keys. */
+  async initialize(): Promise<void> {
+    this.writeConfig();
+    if (this.isInitialized()) return;
+    const installDb = findBinary('mariadb-install-db');
+    findBinary('mariadbd');
+    const logFd = openSync(path.join(this.dir, 'install-db.log'), 'w');
+    try {
+      const child = spawn(installDb, [
+        `--defaults-file=${this.cnfPath}`,
+        `--datadir=${this.datadir}`,
+        '--auth-root-authentication-method=socket',
+        '--skip-test-db',
+      ], { stdio: ['ignore', logFd, logFd], env: { ...process.env, ...this.opts.env } });
+      const [code] = (await once(child, 'exit')) as [number | null];
+      if (code !== 0) {
+        throw new CdbpError('CHILD_FAILED',
+          `mariadb-install-db failed (exit ${code}): ${tail(path.join(this.dir, 'install-db.log'))}`);
+      }
+    } finally {
+      closeSync(logFd);
+    }
+  }
+
+  async start(): Promise<void> {
+    if (this.running) return;
+    this.writeConfig();
+    const mariadbd = findBinary('mariadbd');
+    const child = spawn(mariadbd, [`--defaults-file=${this.cnfPath}`], {
+      stdio: ['ignore', 'ignore', 'ignore'],
+      env: { ...process.env, ...this.opts.env },
+    });
+    this.child = child;
+    this.exited = new Promise((resolve) => child.once('exit', (code, signal) => resolve(code ?? (signal ? -1 : null))));
+    try {
+      await waitForListen({ path: this.socket }, this.opts.startTimeoutMs ?? 60_000, () => this.running);
+    } catch (e) {
+      await this.stop();
+      throw new CdbpError('CHILD_FAILED', `mariadbd did not start: ${tail(this.errorLog)}`, { cause: e });
+    }
+  }
+
+  /** Resolves with the exit code when mariadbd exits (for supervisors). */
+  whenExited(): Promise<number | null> {
+    return this.exited ?? Promise.resolve(null);
+  }
+
+  /** Clean shutdown (SIGTERM), escalating to SIGKILL after `timeoutMs`. */
+  async stop(timeoutMs = 60_000): Promise<void> {
+    const child = this.child;
+    if (!child || !this.running) return;
+    child.kill('SIGTERM');
+    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+    await this.exited;
+    clearTimeout(timer);
+  }
+
+  /** Simulates a crash. */
+  async kill(): Promise<void> {
+    const child = this.child;
+    if (!child || !this.running) return;
+    child.kill('SIGKILL');
+    await this.exited;
+  }
+
+  errorLogTail(lines = 8): string {
+    return tail(this.errorLog, lines);
+  }
+
+  /** Lists every regular file under the datadir and tmpdir (for at-rest checks). */
+  dataFiles(): string[] {
+    return [...walk(this.datadir), ...walk(this.tmpdir)];
+  }
+}
+
+function walk(dir: string): string[] {
+  if (!existsSync(dir)) return [];
+  const out: string[] = [];
+  for (const entry of readdirSync(dir, { withFileTypes: true })) {
+    const p = path.join(dir, entry.name);
+    if (entry.isDirectory()) out.push(...walk(p));
+    else if (entry.isFile()) out.push(p);
+  }
+  return out;
+}
+
+function tail(file: string, lines = 8): string {
+  try {
+    return readFileSync(file, 'utf8').trim().split('\n').slice(-lines).join(' | ');
+  } catch {
+    return `(no log at ${file})`;
+  }
+}

@@ -1,0 +1,112 @@
+/**
+ * One error hierarchy for the whole project. Every error carries a stable, machine-readable `code`
+ * (documented in docs/ERRORS.md) so that edges can map it to their own protocol: a MySQL ERR packet,
+ * a PostgreSQL ErrorResponse, or an HTTP JSON error. Mapping happens only at those edges.
+ */
+export type ErrorCode =
+  // configuration and environment
+  | 'CONFIG_INVALID'
+  | 'BINARY_MISSING'
+  // attestation and CAS
+  | 'ATTESTATION_REFUSED'
+  | 'ATTESTATION_UNAVAILABLE'
+  | 'SIMULATION_NOT_ALLOWED'
+  | 'MEASUREMENT_MISMATCH'
+  | 'NONCE_INVALID'
+  | 'EVIDENCE_INVALID'
+  | 'POLICY_INVALID'
+  | 'POLICY_SIGNATURE_INVALID'
+  | 'POLICY_CHAIN_BROKEN'
+  | 'POLICY_OWNER_MISMATCH'
+  | 'SERVICE_UNKNOWN'
+  | 'COUNTER_CONFLICT'
+  | 'FORBIDDEN'
+  | 'BAD_REQUEST'
+  | 'NOT_FOUND'
+  | 'STATE_TAMPERED'
+  | 'AUDIT_CHAIN_BROKEN'
+  | 'CAS_UNREACHABLE'
+  // sealing and freshness
+  | 'SEAL_INVALID'
+  | 'ROLLBACK_DETECTED'
+  | 'TAMPER_DETECTED'
+  // protocol edges
+  | 'PROTOCOL_VIOLATION'
+  | 'FRAME_TOO_LARGE'
+  | 'INSECURE_TRANSPORT'
+  | 'TOO_MANY_CONNECTIONS'
+  | 'HANDSHAKE_TIMEOUT'
+  | 'BACKEND_UNAVAILABLE'
+  // keyring
+  | 'KEYRING_UNAVAILABLE'
+  // lifecycle
+  | 'LIFECYCLE_INVALID_TRANSITION'
+  | 'CHILD_FAILED'
+  | 'INTERNAL';
+
+export class CdbpError extends Error {
+  readonly code: ErrorCode;
+  /** Extra, non-secret facts for logs and status (expected vs seen, ids, ...). */
+  readonly details: Record<string, unknown> | undefined;
+
+  constructor(code: ErrorCode, message: string, options?: { cause?: unknown; details?: Record<string, unknown> }) {
+    super(message, options?.cause === undefined ? undefined : { cause: options.cause });
+    this.name = 'CdbpError';
+    this.code = code;
+    this.details = options?.details;
+  }
+
+  /** Prefixes context, keeping the code: `withContext('opening sealed record')`. */
+  withContext(context: string): CdbpError {
+    return new CdbpError(this.code, `${context}: ${this.message}`, { cause: this, details: this.details });
+  }
+}
+
+export function isCdbpError(e: unknown, code?: ErrorCode): e is CdbpError {
+  return e instanceof CdbpError && (code === undefined || e.code === code);
+}
+
+/** Wraps anything thrown into a CdbpError so callers can rely on `.code`. */
+export function asCdbpError(e: unknown, fallback: ErrorCode = 'INTERNAL'): CdbpError {
+  if (e instanceof CdbpError) return e;
+  const message = e instanceof Error ? e.message : String(e);
+  return new CdbpError(fallback, message, { cause: e });
+}
+
+/** HTTP status for an error code, used by the Fastify edges (CAS, ops, keyring never uses it). */
+export function httpStatusFor(code: ErrorCode): number {
+  switch (code) {
+    case 'BAD_REQUEST':
+    case 'CONFIG_INVALID':
+    case 'POLICY_INVALID':
+    case 'PROTOCOL_VIOLATION':
+    case 'EVIDENCE_INVALID':
+    case 'NONCE_INVALID':
+      return 400;
+    case 'POLICY_SIGNATURE_INVALID':
+    case 'ATTESTATION_REFUSED':
+    case 'MEASUREMENT_MISMATCH':
+    case 'SIMULATION_NOT_ALLOWED':
+      return 401;
+    case 'FORBIDDEN':
+    case 'POLICY_OWNER_MISMATCH':
+      return 403;
+    case 'NOT_FOUND':
+    case 'SERVICE_UNKNOWN':
+      return 404;
+    case 'COUNTER_CONFLICT':
+    case 'POLICY_CHAIN_BROKEN':
+      return 409;
+    case 'FRAME_TOO_LARGE':
+      return 413;
+    case 'TOO_MANY_CONNECTIONS':
+      return 429;
+    case 'ATTESTATION_UNAVAILABLE':
+    case 'CAS_UNREACHABLE':
+    case 'BACKEND_UNAVAILABLE':
+    case 'KEYRING_UNAVAILABLE':
+      return 503;
+    default:
+      return 500;
+  }
+}

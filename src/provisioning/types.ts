@@ -1,0 +1,57 @@
+/**
+ * The contract between the CAS (which provisions) and the roles that consume what it provisions
+ * (proxy listeners, keyring, freshness guard). Nothing here touches disk: provisioned secrets live in
+ * memory only.
+ */
+import type { TeeMode } from '../attestation/types.ts';
+
+/** One immutable DB encryption key version. */
+export interface DbKey {
+  id: number;
+  version: number;
+  /** 32 bytes. Never logged, never written. */
+  key: Buffer;
+}
+
+export interface ProvisionedSecrets {
+  /** Every (id, version) the policy ever issued, oldest first; versions are kept forever. */
+  dbKeys: DbKey[];
+  /** Base secret for the keyring; per-start tokens are derived from it or drawn fresh. */
+  keyringToken: string;
+  /** 32-byte key that authenticates the sealed freshness record. */
+  freshnessKey: Buffer;
+  /** Stable id of the database this service protects (bound into the freshness record). */
+  databaseId: string;
+}
+
+export interface TlsIdentity {
+  keyPem: string;
+  certPem: string;
+  /** The CAS root CA clients trust. */
+  caPem: string;
+  notAfter: Date;
+  subject: string;
+}
+
+/** Result of a successful attest-and-provision round trip. */
+export interface Provision {
+  service: string;
+  mode: TeeMode;
+  measurement: string;
+  policyHash: string;
+  identity: TlsIdentity;
+  secrets: ProvisionedSecrets;
+}
+
+/** The CAS's monotonic counter for one service, as the attested holder sees it. */
+export interface CounterState {
+  value: number;
+  /** Hex digest of the sealed record that this value anchors ('' for value 0). */
+  digest: string;
+}
+
+export interface CounterClient {
+  read(): Promise<CounterState>;
+  /** Compare-and-advance: succeeds only if the counter is still `expected`; throws COUNTER_CONFLICT otherwise. */
+  advance(expected: number, next: number, digest: string): Promise<CounterState>;
+}
