@@ -1,0 +1,347 @@
+/**
+ * The freshness guard: verifies at start-up that the untrusted volume is the latest one the CAS
+ * counter anchors, then seals the database's advancing durable position into new epochs at run time.
+ *
+ * Strict mode implements the proxies' AckGate: the OK of a write is held until an epoch sealed
+ * *after* the OK arrived is written and counted, so every acknowledged write is covered by a counted
+ * record. Epochs are group-committed: all acks waiting when a seal starts share it.
+ */
+import { EventEmitter } from 'node:events';
+import type { Logger } from '../../src/kernel/log.ts';
+import { CdbpError, asCdbpError, isCdbpError } from '../../src/kernel/errors.ts';
+import { LATENCY_BUCKETS, type MetricsRegistry, type Histogram, type Counter } from '../../src/kernel/metrics.ts';
+import type { CounterClient, CounterState } from '../../src/provisioning/types.ts';
+import { openRecord, recordDigest, sealRecord, type DurablePosition, type FreshnessRecord } from './record.ts';
+import { decideStartup, type FoundRecord, type StartupVerdict } from './decide.ts';
+import { positionAdvanced, positionBehind } from './position.ts';
+import type { RecordStore } from './store.ts';
+import type { PositionSource } from './mariadb-position.ts';
+
+export type FreshnessMode = 'strict' | 'relaxed' | 'off';
+
+export interface FreshnessGuardOptions {
+  store: RecordStore;
+  key: Buffer;
+  databaseId: string;
+  counter: CounterClient;
+  mode: FreshnessMode;
+  log: Logger;
+  metrics?: MetricsRegistry;
+  /** Strict mode: how long a write's ack may wait for a counted epoch before the client gets an error. */
+  holdTimeoutMs?: number;
+  /** Relaxed mode: seal period (the bounded window); strict mode seals idle progress this often too. */
+  sealIntervalMs?: number;
+  now?: () => Date;
+}
+
+export interface FreshnessViolation {
+  kind: 'rollback' | 'tamper' | 'fork';
+  message: string;
+  expected?: Record<string, unknown>;
+  seen?: Record<string, unknown>;
+}
+
+interface Waiter {
+  /** Set once resolved, rejected or timed out, so a retried batch skips it. */
+  settled: boolean;
+  resolve: () => void;
+  reject: (e: Error) => void;
+  timer: NodeJS.Timeout;
+  startedAt: number;
+}
+
+export class FreshnessGuard extends EventEmitter {
+  private epoch = 0;
+  private lastPosition: DurablePosition | undefined;
+  private lastSealAt: number | undefined;
+  private violation: FreshnessViolation | undefined;
+  private verified = false;
+  private source: PositionSource | undefined;
+  private pending: Waiter[] = [];
+  private sealing = false;
+  /** Acks in the batch currently being sealed. */
+  private inFlight = 0;
+  private retryTimer: NodeJS.Timeout | undefined;
+  private interval: NodeJS.Timeout | undefined;
+  private lastError: string | undefined;
+  private stopped = false;
+  private readonly holdHist: Histogram | undefined;
+  private readonly seals: Counter | undefined;
+  private readonly violations: Counter | undefined;
+  private readonly holdFailures: Counter | undefined;
+
+  constructor(private readonly opts: FreshnessGuardOptions) {
+    super();
+    const m = opts.metrics;
+    this.holdHist = m?.histogram('cdbp_freshness_hold_seconds', 'Time a write acknowledgment was held for a counted epoch', LATENCY_BUCKETS);
+    this.seals = m?.counter('cdbp_freshness_seals_total', 'Epochs sealed and counted');
+    this.violations = m?.counter('cdbp_freshness_violations_total', 'Rollback, tamper or fork detections');
+    this.holdFailures = m?.counter('cdbp_freshness_hold_failures_total', 'Write acknowledgments failed because no epoch could be counted in time');
+    m?.gauge('cdbp_freshness_epoch', 'Epoch of the latest sealed record', (g) => g.set(this.epoch));
+    m?.gauge('cdbp_freshness_writes_held', 'Write acknowledgments currently held', (g) => g.set(this.pending.length + this.inFlight));
+    m?.gauge('cdbp_freshness_last_seal_age_seconds', 'Seconds since the last counted epoch', (g) => {
+      if (this.lastSealAt !== undefined) g.set((Date.now() - this.lastSealAt) / 1000);
+    });
+    m?.gauge('cdbp_freshness_verified', '1 when start-up freshness was verified and no violation since', (g) =>
+      g.set(this.verified && !this.violation ? 1 : 0));
+    m?.gauge('cdbp_freshness_mode', 'Freshness mode', (g) => g.set(1, { mode: opts.mode }));
+  }
+
+  get mode(): FreshnessMode {
+    return this.opts.mode;
+  }
+
+  /**
+   * Start-up check before any key is released or the database is started. Throws ROLLBACK_DETECTED or
+   * TAMPER_DETECTED (and emits 'violation'); otherwise leaves the record and counter in agreement.
+   * `offlineCheckpoint` is the redo log's checkpoint LSN read from the datadir, if any.
+   */
+  async verifyAtStartup(offlineCheckpoint?: bigint): Promise<StartupVerdict> {
+    this.opts.store.cleanup();
+    const counter = await this.opts.counter.read();
+    const found = await this.readRecord();
+    const verdict = decideStartup(found, counter, this.opts.databaseId);
+    switch (verdict.kind) {
+      case 'first-start':
+        this.opts.log.info('freshness: first start of this database, sealing epoch 1');
+        await this.sealEpoch({ engine: 'mariadb' }, counter);
+        break;
+      case 'fresh':
+        this.adopt(verdict.record, counter.value);
+        break;
+      case 'finish-advance':
+        this.opts.log.warn({ epoch: verdict.record.epoch }, 'freshness: finishing an interrupted counter advance');
+        await this.advanceCounter(counter.value, verdict.record.epoch, verdict.digest);
+        this.adopt(verdict.record, verdict.record.epoch);
+        break;
+      case 'rollback':
+        this.raise({ kind: 'rollback', message: verdict.message, expected: verdict.expected, seen: verdict.seen });
+        break;
+      case 'tamper':
+        this.raise({ kind: 'tamper', message: verdict.message, expected: verdict.expected, seen: verdict.seen });
+        break;
+      default: {
+        const never: never = verdict;
+        throw new Error(`unhandled verdict ${JSON.stringify(never)}`);
+      }
+    }
+    const sealedCheckpoint = this.lastPosition?.lsnCheckpoint;
+    if (offlineCheckpoint !== undefined && sealedCheckpoint !== undefined && offlineCheckpoint < BigInt(sealedCheckpoint)) {
+      this.raise({
+        kind: 'rollback',
+        message: `data directory rolled back under a fresh record: redo log checkpoint ${offlineCheckpoint} is behind the sealed ${sealedCheckpoint}`,
+        expected: { lsnCheckpoint: sealedCheckpoint }, seen: { lsnCheckpoint: offlineCheckpoint.toString() },
+      });
+    }
+    this.verified = true;
+    return verdict;
+  }
+
+  /** After the database is up: its live position must not be behind the sealed one. */
+  async verifyOnline(source: PositionSource): Promise<DurablePosition> {
+    this.source = source;
+    const now = await source.read();
+    if (this.lastPosition) {
+      const why = positionBehind(now, this.lastPosition);
+      if (why) {
+        this.raise({
+          kind: 'rollback', message: `data directory rolled back under a fresh record: ${why}`,
+          expected: { ...this.lastPosition }, seen: { ...now },
+        });
+      }
+    }
+    return now;
+  }
+
+  /** Starts run-time sealing (periodic in both modes; on demand in strict mode). */
+  startRuntime(source: PositionSource): void {
+    this.source = source;
+    if (this.opts.mode === 'off') return;
+    const every = this.opts.sealIntervalMs ?? (this.opts.mode === 'relaxed' ? 1000 : 5000);
+    this.interval = setInterval(() => void this.sealIfAdvanced(), every);
+    this.interval.unref();
+  }
+
+  /** AckGate: in strict mode, hold a write's acknowledgment until a counted epoch covers it. */
+  holdAck(): Promise<void> | undefined {
+    if (this.opts.mode !== 'strict' || !this.source) return undefined;
+    if (this.violation) return Promise.reject(new CdbpError('ROLLBACK_DETECTED', `freshness violated: ${this.violation.message}`));
+    return new Promise<void>((resolve, reject) => {
+      const startedAt = Date.now();
+      const waiter: Waiter = {
+        settled: false,
+        startedAt,
+        resolve: () => {
+          if (waiter.settled) return;
+          waiter.settled = true;
+          clearTimeout(waiter.timer);
+          this.holdHist?.observe((Date.now() - startedAt) / 1000);
+          resolve();
+        },
+        reject: (e) => {
+          if (waiter.settled) return;
+          waiter.settled = true;
+          clearTimeout(waiter.timer);
+          reject(e);
+        },
+        timer: setTimeout(() => {
+          waiter.settled = true;
+          const i = this.pending.indexOf(waiter);
+          if (i >= 0) this.pending.splice(i, 1);
+          this.holdFailures?.inc();
+          reject(new CdbpError('CAS_UNREACHABLE',
+            `write not acknowledged: it may have been applied but could not be made rollback-proof within ${this.opts.holdTimeoutMs ?? 10_000} ms (${this.lastError ?? 'freshness counter busy'})`));
+        }, this.opts.holdTimeoutMs ?? 10_000),
+      };
+      this.pending.push(waiter);
+      this.pump();
+    });
+  }
+
+  /** Seals the current position now (e.g. before a clean shutdown). */
+  async sealNow(): Promise<void> {
+    if (!this.source || this.violation || this.opts.mode === 'off') return;
+    await this.sealEpoch(await this.source.read());
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    if (this.interval) clearInterval(this.interval);
+    if (this.retryTimer) clearTimeout(this.retryTimer);
+    for (const w of this.pending.splice(0)) w.reject(new CdbpError('BACKEND_UNAVAILABLE', 'proxy shutting down before the write could be counted'));
+  }
+
+  status(): Record<string, unknown> {
+    return {
+      mode: this.opts.mode,
+      verified: this.verified && !this.violation,
+      epoch: this.epoch,
+      lastSealAt: this.lastSealAt ? new Date(this.lastSealAt).toISOString() : null,
+      lastSealAgeSeconds: this.lastSealAt ? (Date.now() - this.lastSealAt) / 1000 : null,
+      writesHeld: this.pending.length + this.inFlight,
+      holdP50Seconds: this.holdHist?.quantile(0.5) ?? null,
+      holdP99Seconds: this.holdHist?.quantile(0.99) ?? null,
+      seals: this.seals?.get() ?? null,
+      position: this.lastPosition ?? null,
+      ...(this.lastError ? { lastError: this.lastError } : {}),
+      ...(this.violation ? { violation: this.violation } : {}),
+    };
+  }
+
+  get violated(): FreshnessViolation | undefined {
+    return this.violation;
+  }
+
+  // --- internals ---------------------------------------------------------------------------------
+
+  private pump(): void {
+    if (this.sealing || this.stopped || this.pending.length === 0 || this.violation || !this.source) return;
+    this.sealing = true;
+    const batch = this.pending;
+    this.pending = [];
+    this.inFlight = batch.length;
+    const source = this.source;
+    // The position is read after every waiter in the batch registered, i.e. after their OKs arrived,
+    // and the server only sends an OK once the commit is durable (innodb_flush_log_at_trx_commit=1).
+    source.read()
+      .then((pos) => this.sealEpoch(pos))
+      .then(() => {
+        this.sealing = false;
+        this.inFlight = 0;
+        for (const w of batch) w.resolve();
+        this.pump();
+      }, (e: unknown) => {
+        this.sealing = false;
+        this.inFlight = 0;
+        const err = asCdbpError(e);
+        this.lastError = `${err.code}: ${err.message}`;
+        if (this.violation) {
+          for (const w of batch) w.reject(err);
+          return;
+        }
+        // Keep the batch (minus waiters that already timed out) and retry with a short backoff.
+        this.pending = [...batch.filter((w) => !w.settled), ...this.pending];
+        this.opts.log.warn({ err: { code: err.code, message: err.message } }, 'freshness: sealing failed, retrying');
+        this.retryTimer = setTimeout(() => this.pump(), 250);
+        this.retryTimer.unref();
+      });
+  }
+
+  private async sealIfAdvanced(): Promise<void> {
+    if (this.sealing || this.violation || !this.source || this.stopped) return;
+    this.sealing = true;
+    try {
+      const pos = await this.source.read();
+      if (positionAdvanced(pos, this.lastPosition)) await this.sealEpoch(pos);
+      this.lastError = undefined;
+    } catch (e) {
+      const err = asCdbpError(e);
+      this.lastError = `${err.code}: ${err.message}`;
+    } finally {
+      this.sealing = false;
+      this.pump();
+    }
+  }
+
+  /** Writes record epoch+1, then advances the counter to it. */
+  private async sealEpoch(position: DurablePosition, counterNow?: CounterState): Promise<void> {
+    const from = counterNow?.value ?? this.epoch;
+    const record: FreshnessRecord = {
+      databaseId: this.opts.databaseId, epoch: from + 1, position,
+      sealedAt: (this.opts.now?.() ?? new Date()).toISOString(),
+    };
+    const bytes = await sealRecord(record, this.opts.key);
+    this.opts.store.write(bytes);
+    await this.advanceCounter(from, record.epoch, recordDigest(bytes));
+    this.adopt(record, record.epoch);
+    this.lastSealAt = Date.now();
+    this.lastError = undefined;
+    this.seals?.inc();
+  }
+
+  private async advanceCounter(expected: number, next: number, digest: string): Promise<void> {
+    try {
+      await this.opts.counter.advance(expected, next, digest);
+    } catch (e) {
+      if (!isCdbpError(e, 'COUNTER_CONFLICT')) throw e;
+      // The advance may have landed with its answer lost; only our own digest at `next` is success.
+      const now = await this.opts.counter.read();
+      if (now.value === next && now.digest === digest) return;
+      this.raise({
+        kind: 'fork',
+        message: `another instance advanced the CAS counter (fork of this database): counter is at ${now.value}, this instance expected ${expected}`,
+        expected: { epoch: expected }, seen: { epoch: now.value, digest: now.digest },
+      });
+    }
+  }
+
+  private adopt(record: FreshnessRecord, epoch: number): void {
+    this.epoch = epoch;
+    if (record.position.lsnFlushed !== undefined || record.position.walLsn !== undefined || record.position.gtid) {
+      this.lastPosition = record.position;
+    }
+  }
+
+  private async readRecord(): Promise<FoundRecord> {
+    const bytes = this.opts.store.read();
+    if (!bytes) return { kind: 'missing' };
+    try {
+      return { kind: 'ok', record: await openRecord(bytes, this.opts.key), digest: recordDigest(bytes) };
+    } catch (e) {
+      return { kind: 'invalid', message: asCdbpError(e).message };
+    }
+  }
+
+  private raise(v: FreshnessViolation): never {
+    if (!this.violation) {
+      this.violation = v;
+      this.violations?.inc({ kind: v.kind });
+      this.opts.log.error({ violation: v }, `freshness violation: ${v.message}`);
+      for (const w of this.pending.splice(0)) w.reject(new CdbpError(v.kind === 'rollback' ? 'ROLLBACK_DETECTED' : 'TAMPER_DETECTED', v.message));
+      this.emit('violation', v);
+    }
+    throw new CdbpError(v.kind === 'rollback' ? 'ROLLBACK_DETECTED' : 'TAMPER_DETECTED', v.message, {
+      details: { kind: v.kind, expected: v.expected, seen: v.seen },
+    });
+  }
+}

@@ -1,0 +1,81 @@
+/**
+ * Reads MariaDB's durable position: online through the proxy's own monitoring connection (the
+ * `mariadb` connector over the unix socket), offline from ib_logfile0's checkpoint blocks.
+ */
+import mariadb, { type Connection } from 'mariadb';
+import { openSync, readSync, closeSync } from 'node:fs';
+import path from 'node:path';
+import type { DurablePosition } from './record.ts';
+import { parseRedoCheckpoint } from './position.ts';
+
+export interface PositionSource {
+  read(): Promise<DurablePosition>;
+  close(): Promise<void>;
+}
+
+export interface MariadbMonitorOptions {
+  socket: string;
+  user?: string;
+  password?: string;
+}
+
+/** One long-lived connection; reconnects lazily after an error. */
+export class MariadbPositionSource implements PositionSource {
+  private conn: Connection | undefined;
+  constructor(private readonly opts: MariadbMonitorOptions) {}
+
+  async read(): Promise<DurablePosition> {
+    const conn = await this.connection();
+    try {
+      const rows = (await conn.query(
+        "SELECT VARIABLE_NAME AS n, VARIABLE_VALUE AS v FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME IN ('INNODB_LSN_FLUSHED','INNODB_LSN_LAST_CHECKPOINT')",
+      )) as Array<{ n: string; v: string }>;
+      const gtidRows = (await conn.query('SELECT @@gtid_binlog_pos AS g')) as Array<{ g: string }>;
+      const get = (name: string) => rows.find((r) => r.n.toUpperCase() === name)?.v;
+      return {
+        engine: 'mariadb',
+        lsnFlushed: String(get('INNODB_LSN_FLUSHED') ?? '0'),
+        lsnCheckpoint: String(get('INNODB_LSN_LAST_CHECKPOINT') ?? '0'),
+        gtid: gtidRows[0]?.g ?? '',
+      };
+    } catch (e) {
+      this.conn = undefined;
+      await conn.destroy();
+      throw e;
+    }
+  }
+
+  async close(): Promise<void> {
+    const c = this.conn;
+    this.conn = undefined;
+    if (c) await c.end().catch(() => c.destroy());
+  }
+
+  private async connection(): Promise<Connection> {
+    if (this.conn) return this.conn;
+    this.conn = await mariadb.createConnection({
+      socketPath: this.opts.socket,
+      user: this.opts.user ?? 'root',
+      password: this.opts.password,
+      connectTimeout: 5000,
+    });
+    return this.conn;
+  }
+}
+
+/** The checkpoint LSN an adversary cannot hide without also editing the redo log (CRC only). */
+export function readOfflineCheckpoint(datadir: string): bigint | undefined {
+  let fd: number;
+  try {
+    fd = openSync(path.join(datadir, 'ib_logfile0'), 'r');
+  } catch {
+    return undefined;
+  }
+  try {
+    const head = Buffer.alloc(0x3000);
+    const n = readSync(fd, head, 0, head.length, 0);
+    return parseRedoCheckpoint(head.subarray(0, n));
+  } finally {
+    closeSync(fd);
+  }
+}

@@ -1,0 +1,131 @@
+/**
+ * The ops API every long-running role serves on its own port (loopback by default): health, metrics,
+ * status and attestation evidence. It reads the role's own state and never dials the database on the
+ * request path (cloud-sql-proxy learned that readiness probes that dial cause outages). Nothing secret
+ * is ever returned: status providers hand out only public facts.
+ */
+import Fastify, { type FastifyInstance } from 'fastify';
+import type { Logger } from '../kernel/log.ts';
+import type { Lifecycle } from '../kernel/lifecycle.ts';
+import type { MetricsRegistry } from '../kernel/metrics.ts';
+import { CdbpError, asCdbpError, httpStatusFor } from '../kernel/errors.ts';
+
+export interface Readiness {
+  ready: boolean;
+  /** Why not ready, in words an operator can act on. */
+  reasons: string[];
+}
+
+export interface OpsServerOptions {
+  role: 'proxy' | 'cas';
+  version: string;
+  lifecycle: Lifecycle;
+  metrics: MetricsRegistry;
+  /** Extra readiness conditions beyond lifecycle === 'ready' (cert valid, freshness verified, ...). */
+  readiness?: () => Readiness;
+  /** Public status facts (mode, measurement, cert subject/expiry, freshness, connections). */
+  status: () => Record<string, unknown>;
+  /** Evidence binding a client nonce and the serving certificate's public key. */
+  attestation?: (nonce: Buffer) => Promise<Record<string, unknown>>;
+  log: Logger;
+}
+
+export function buildOpsServer(opts: OpsServerOptions): FastifyInstance {
+  const app = Fastify({ logger: false, bodyLimit: 1024, connectionTimeout: 10_000, requestTimeout: 10_000 });
+
+  app.setErrorHandler((error, _req, reply) => {
+    const err = asCdbpError(error, (error as { statusCode?: number }).statusCode === 400 ? 'BAD_REQUEST' : 'INTERNAL');
+    const status = httpStatusFor(err.code);
+    if (status >= 500) opts.log.error({ err: { code: err.code, message: err.message } }, 'ops request failed');
+    void reply.code(status).send({ error: { code: err.code, message: status >= 500 ? 'internal error' : err.message } });
+  });
+  app.setNotFoundHandler((_req, reply) => {
+    void reply.code(404).send({ error: { code: 'NOT_FOUND', message: 'no such endpoint' } });
+  });
+
+  const readiness = (): Readiness => {
+    const reasons: string[] = [];
+    const snap = opts.lifecycle.snapshot();
+    if (snap.state !== 'ready') {
+      reasons.push(snap.reason ? `${snap.state}: ${snap.reason.code}: ${snap.reason.message}` : `lifecycle is ${snap.state}`);
+    }
+    const extra = opts.readiness?.();
+    if (extra && !extra.ready) reasons.push(...extra.reasons);
+    return { ready: reasons.length === 0, reasons };
+  };
+
+  app.get('/livez', async () => ({ status: 'alive' }));
+
+  app.get('/startupz', async (_req, reply) => {
+    const started = opts.lifecycle.snapshot().history.some((h) => h.state === 'ready');
+    return reply.code(started ? 200 : 503).send({ started, state: opts.lifecycle.state });
+  });
+
+  app.get('/readyz', async (_req, reply) => {
+    const r = readiness();
+    return reply.code(r.ready ? 200 : 503).send({ ready: r.ready, state: opts.lifecycle.state, reasons: r.reasons });
+  });
+
+  app.get('/metrics', async (_req, reply) => {
+    return reply.type('text/plain; version=0.0.4; charset=utf-8').send(opts.metrics.render());
+  });
+
+  app.get('/v1/status', async () => {
+    const snap = opts.lifecycle.snapshot();
+    const r = readiness();
+    return {
+      role: opts.role,
+      version: opts.version,
+      lifecycle: { state: snap.state, since: snap.since, ...(snap.reason ? { reason: snap.reason } : {}) },
+      ready: r.ready,
+      reasons: r.reasons,
+      ...opts.status(),
+    };
+  });
+
+  app.get<{ Querystring: { nonce?: string } }>('/v1/attestation', {
+    schema: { querystring: { type: 'object', properties: { nonce: { type: 'string', maxLength: 128 } } } },
+  }, async (req) => {
+    if (!opts.attestation) throw new CdbpError('NOT_FOUND', 'this role serves no attestation evidence');
+    const nonce = req.query.nonce;
+    if (!nonce || !/^[0-9a-fA-F]{16,128}$/.test(nonce) || nonce.length % 2 !== 0) {
+      throw new CdbpError('BAD_REQUEST', 'nonce must be 8 to 64 bytes, hex-encoded');
+    }
+    return opts.attestation(Buffer.from(nonce, 'hex'));
+  });
+
+  return app;
+}
+
+export interface AdminActions {
+  drain: () => void;
+  quit: () => void;
+}
+
+/**
+ * Admin actions live on a separate port bound to loopback only, so exposing the ops port to a
+ * cluster's probes never exposes the power to stop the proxy.
+ */
+export function buildAdminServer(actions: AdminActions, log: Logger): FastifyInstance {
+  const app = Fastify({ logger: false, bodyLimit: 1024 });
+  app.addHook('onRequest', async (req, reply) => {
+    const addr = req.socket.remoteAddress ?? '';
+    if (!(addr === '127.0.0.1' || addr === '::1' || addr === '::ffff:127.0.0.1')) {
+      return reply.code(403).send({ error: { code: 'FORBIDDEN', message: 'admin actions are loopback-only' } });
+    }
+  });
+  app.post('/v1/admin/drain', async () => {
+    log.warn('admin: drain requested');
+    actions.drain();
+    return { ok: true, action: 'drain' };
+  });
+  app.post('/v1/admin/quit', async () => {
+    log.warn('admin: quit requested');
+    setImmediate(actions.quit);
+    return { ok: true, action: 'quit' };
+  });
+  app.setNotFoundHandler((_req, reply) => {
+    void reply.code(404).send({ error: { code: 'NOT_FOUND', message: 'no such endpoint' } });
+  });
+  return app;
+}

@@ -1,0 +1,25 @@
+import { CdbpError } from '../../src/kernel/errors.ts';
+import type { CounterClient, CounterState } from '../../src/provisioning/types.ts';
+
+/**
+ * An in-memory stand-in for the CAS counter, for unit tests of the freshness guard's logic only.
+ * Integration tests use the real CAS process. `down` simulates an unreachable CAS.
+ */
+export class MemoryCounter implements CounterClient {
+  state: CounterState = { value: 0, digest: '' };
+  down = false;
+  advances = 0;
+  async read(): Promise<CounterState> {
+    if (this.down) throw new CdbpError('CAS_UNREACHABLE', 'CAS unreachable (test)');
+    return { ...this.state };
+  }
+  async advance(expected: number, next: number, digest: string): Promise<CounterState> {
+    if (this.down) throw new CdbpError('CAS_UNREACHABLE', 'CAS unreachable (test)');
+    if (this.state.value !== expected || next !== expected + 1) {
+      throw new CdbpError('COUNTER_CONFLICT', `counter is at ${this.state.value}`);
+    }
+    this.state = { value: next, digest };
+    this.advances++;
+    return { ...this.state };
+  }
+}

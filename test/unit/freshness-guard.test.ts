@@ -1,0 +1,139 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { copyFileSync } from 'node:fs';
+import path from 'node:path';
+import { FreshnessGuard } from '../../proxy/freshness/guard.ts';
+import { RecordStore } from '../../proxy/freshness/store.ts';
+import type { DurablePosition } from '../../proxy/freshness/record.ts';
+import { silentLogger } from '../../src/kernel/log.ts';
+import { MetricsRegistry } from '../../src/kernel/metrics.ts';
+import { MemoryCounter } from '../support/memory-counter.ts';
+import { tempDir } from '../support/tmp.ts';
+
+class FakePosition {
+  lsn = 1000;
+  reads = 0;
+  async read(): Promise<DurablePosition> {
+    this.reads++;
+    return { engine: 'mariadb', lsnFlushed: String(this.lsn), lsnCheckpoint: String(this.lsn), gtid: `0-1-${this.lsn}` };
+  }
+  async close() {}
+}
+
+function setup(dir: string, counter = new MemoryCounter(), key = randomBytes(32)) {
+  const store = new RecordStore(path.join(dir, 'freshness.sealed'));
+  const make = (mode: 'strict' | 'relaxed' | 'off' = 'strict', holdTimeoutMs = 2000) => new FreshnessGuard({
+    store, key, databaseId: 'db-test', counter, mode, log: silentLogger(), metrics: new MetricsRegistry(),
+    holdTimeoutMs, sealIntervalMs: 60_000,
+  });
+  return { store, counter, key, make };
+}
+
+test('first start seals epoch 1; a restart on the same volume is fresh', async (t) => {
+  const dir = tempDir('fg'); t.after(() => dir.remove());
+  const { make, counter } = setup(dir.path);
+  assert.equal((await make().verifyAtStartup()).kind, 'first-start');
+  assert.equal(counter.state.value, 1);
+  assert.equal((await make().verifyAtStartup()).kind, 'fresh');
+});
+
+test('strict mode: concurrent acks share one counter advance, and the record covers them', async (t) => {
+  const dir = tempDir('fg'); t.after(() => dir.remove());
+  const { make, counter } = setup(dir.path);
+  const g = make();
+  await g.verifyAtStartup();
+  const pos = new FakePosition();
+  g.startRuntime(pos);
+  const before = counter.advances;
+  pos.lsn = 5000;
+  const holds = Array.from({ length: 50 }, () => g.holdAck());
+  assert.ok(holds.every((h) => h instanceof Promise));
+  await Promise.all(holds);
+  assert.ok(counter.advances - before <= 2, `group commit: ${counter.advances - before} advances for 50 acks`);
+  assert.equal((g.status().position as DurablePosition).lsnFlushed, '5000');
+  await g.stop();
+});
+
+test('relaxed and off modes never hold an ack', async (t) => {
+  const dir = tempDir('fg'); t.after(() => dir.remove());
+  const { make } = setup(dir.path);
+  for (const mode of ['relaxed', 'off'] as const) {
+    const g = make(mode);
+    await g.verifyAtStartup();
+    g.startRuntime(new FakePosition());
+    assert.equal(g.holdAck(), undefined);
+    await g.stop();
+  }
+});
+
+test('rollback: restoring an older record is refused with expected vs seen', async (t) => {
+  const dir = tempDir('fg'); t.after(() => dir.remove());
+  const { make, store } = setup(dir.path);
+  const g = make();
+  await g.verifyAtStartup();
+  const pos = new FakePosition();
+  g.startRuntime(pos);
+  const snapshot = path.join(dir.path, 'snapshot');
+  copyFileSync(store.file, snapshot);
+  pos.lsn = 2000;
+  await g.holdAck();
+  await g.stop();
+  copyFileSync(snapshot, store.file);
+  const again = make();
+  await assert.rejects(again.verifyAtStartup(), (e: any) => e.code === 'ROLLBACK_DETECTED' && /epoch 1 .*counter is at 2/.test(e.message));
+  assert.equal(again.violated?.kind, 'rollback');
+});
+
+test('a fork loses the counter race and is told so', async (t) => {
+  const dir = tempDir('fg'); t.after(() => dir.remove());
+  const dir2 = tempDir('fg2'); t.after(() => dir2.remove());
+  const { make, store, counter, key } = setup(dir.path);
+  await make().verifyAtStartup();
+  copyFileSync(store.file, path.join(dir2.path, 'freshness.sealed'));
+  const a = make();
+  const b = setup(dir2.path, counter, key).make();
+  await a.verifyAtStartup();
+  await b.verifyAtStartup();
+  const pa = new FakePosition(); const pb = new FakePosition();
+  a.startRuntime(pa); b.startRuntime(pb);
+  pa.lsn = 3000; pb.lsn = 4000;
+  await a.holdAck();
+  await assert.rejects(b.holdAck()!, (e: any) => e.code === 'TAMPER_DETECTED' && /fork/.test(e.message));
+  assert.equal(b.violated?.kind, 'fork');
+  await a.stop(); await b.stop();
+});
+
+test('CAS down: a held ack fails with a clear error after the timeout, then works again when it is back', async (t) => {
+  const dir = tempDir('fg'); t.after(() => dir.remove());
+  const { make, counter } = setup(dir.path);
+  const g = make('strict', 300);
+  await g.verifyAtStartup();
+  const pos = new FakePosition();
+  g.startRuntime(pos);
+  counter.down = true;
+  pos.lsn = 9000;
+  await assert.rejects(g.holdAck()!, (e: any) => e.code === 'CAS_UNREACHABLE' && /not acknowledged/.test(e.message));
+  counter.down = false;
+  await g.holdAck();
+  await g.stop();
+});
+
+test('crash between record write and counter advance: the next start finishes the advance', async (t) => {
+  const dir = tempDir('fg'); t.after(() => dir.remove());
+  const { make, counter } = setup(dir.path);
+  const g = make('strict', 200);
+  await g.verifyAtStartup();
+  const pos = new FakePosition();
+  g.startRuntime(pos);
+  // The record for epoch 2 gets written, the advance never reaches the CAS.
+  counter.down = true;
+  pos.lsn = 7000;
+  await assert.rejects(g.holdAck()!);
+  await g.stop();
+  counter.down = false;
+  assert.equal(counter.state.value, 1);
+  const verdict = await make().verifyAtStartup();
+  assert.equal(verdict.kind, 'finish-advance');
+  assert.equal(counter.state.value, 2);
+});
