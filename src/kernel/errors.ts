@@ -42,7 +42,11 @@ export type ErrorCode =
   // lifecycle
   | 'LIFECYCLE_INVALID_TRANSITION'
   | 'CHILD_FAILED'
-  | 'INTERNAL';
+  | 'INTERNAL'
+  // appended by the CAS
+  | 'BODY_TOO_LARGE'
+  | 'RATE_LIMITED'
+  | 'SEALING_UNAVAILABLE';
 
 export class CdbpError extends Error {
   readonly code: ErrorCode;
@@ -98,13 +102,16 @@ export function httpStatusFor(code: ErrorCode): number {
     case 'POLICY_CHAIN_BROKEN':
       return 409;
     case 'FRAME_TOO_LARGE':
+    case 'BODY_TOO_LARGE':
       return 413;
     case 'TOO_MANY_CONNECTIONS':
+    case 'RATE_LIMITED':
       return 429;
     case 'ATTESTATION_UNAVAILABLE':
     case 'CAS_UNREACHABLE':
     case 'BACKEND_UNAVAILABLE':
     case 'KEYRING_UNAVAILABLE':
+    case 'SEALING_UNAVAILABLE':
       return 503;
     default:
       return 500;

@@ -1,0 +1,74 @@
+/**
+ * The only place that picks an attestation provider (in the attested process) or verifiers (in the
+ * CAS). Simulation is never a default: it needs an explicit opt-in (a flag, or CDBP_ALLOW_SIMULATED=1),
+ * and choosing it logs a loud warning. Anything unconfigured gets the fail-closed implementation.
+ */
+import type { Logger } from '../kernel/log.ts';
+import { CdbpError } from '../kernel/errors.ts';
+import type { AttestationProvider, EvidenceVerifier, TeeMode } from './types.ts';
+import { SimulatedProvider, SimulatedVerifier } from './simulated.ts';
+import { FailClosedProvider, FailClosedVerifier } from './fail-closed.ts';
+
+export const SIMULATION_WARNING = 'SIMULATED ATTESTATION: a software key stands in for the TEE. This proves NOTHING about '
+  + 'the hardware or the code that runs. Never use it to protect real data.';
+
+export function simulationAllowed(explicit: boolean | undefined, env: NodeJS.ProcessEnv = process.env): boolean {
+  return explicit === true || env.CDBP_ALLOW_SIMULATED === '1' || env.CDBP_ALLOW_SIMULATED === 'true';
+}
+
+export interface ProviderConfig {
+  /** 'simulated', a hardware mode (not built yet → fail closed), or undefined/'none' → fail closed. */
+  mode?: TeeMode | 'fail-closed';
+  allowSimulated?: boolean;
+  /** Simulated only: the platform key file (see generatePlatformKey). */
+  platformKeyFile?: string;
+  /** Simulated only: override the measurement (default: measureShippedCode()). */
+  measurement?: string;
+  log?: Logger;
+  env?: NodeJS.ProcessEnv;
+}
+
+export function selectProvider(config: ProviderConfig): AttestationProvider {
+  switch (config.mode) {
+    case 'simulated': {
+      if (!simulationAllowed(config.allowSimulated, config.env)) {
+        throw new CdbpError('SIMULATION_NOT_ALLOWED',
+          'simulated attestation requested but not allowed (pass --allow-simulated or set CDBP_ALLOW_SIMULATED=1)');
+      }
+      if (!config.platformKeyFile) throw new CdbpError('CONFIG_INVALID', 'simulated attestation needs a platform key file');
+      config.log?.warn({ mode: 'simulated' }, SIMULATION_WARNING);
+      return config.measurement === undefined
+        ? new SimulatedProvider(config.platformKeyFile)
+        : new SimulatedProvider(config.platformKeyFile, config.measurement);
+    }
+    case 'sev-snp':
+    case 'tdx':
+      return new FailClosedProvider(`${config.mode} attestation is not implemented yet`);
+    default:
+      return new FailClosedProvider();
+  }
+}
+
+export interface VerifierConfig {
+  allowSimulated?: boolean;
+  /** Trusted simulated platform public key (32 bytes). */
+  platformPublicKey?: Buffer;
+  log?: Logger;
+  env?: NodeJS.ProcessEnv;
+}
+
+/** One verifier per TEE mode; modes without a real verifier fail closed. */
+export function selectVerifiers(config: VerifierConfig): Map<TeeMode, EvidenceVerifier> {
+  const out = new Map<TeeMode, EvidenceVerifier>([
+    ['sev-snp', new FailClosedVerifier('sev-snp', 'SEV-SNP verification is not implemented yet')],
+    ['tdx', new FailClosedVerifier('tdx', 'TDX verification is not implemented yet')],
+    ['none', new FailClosedVerifier('none')],
+    ['simulated', new FailClosedVerifier('simulated', 'simulated attestation is not allowed on this CAS')],
+  ]);
+  if (simulationAllowed(config.allowSimulated, config.env)) {
+    if (!config.platformPublicKey) throw new CdbpError('CONFIG_INVALID', 'simulated attestation allowed but no platform public key given');
+    config.log?.warn({ mode: 'simulated' }, SIMULATION_WARNING);
+    out.set('simulated', new SimulatedVerifier(config.platformPublicKey));
+  }
+  return out;
+}
