@@ -1,5 +1,55 @@
-import { CdbpError } from '../../src/kernel/errors.ts';
+/**
+ * `cdbp proxy`: the attested sidecar. Configuration from CDBP_* env (see cli/settings.ts), flags
+ * override. On a start-up failure (e.g. rollback detected) the process stays up serving the ops API
+ * with /readyz 503 and the reason in /v1/status, so operators see why instead of a restart loop.
+ */
+import { loadConfig, describeSchema } from '../../src/kernel/config.ts';
+import { parseFlags, camel } from '../../src/kernel/args.ts';
+import { createLogger } from '../../src/kernel/log.ts';
+import { selectProvider } from '../../src/attestation/select.ts';
+import { PROXY_SCHEMA } from '../settings.ts';
+import { ProxyRole } from '../proxy-role.ts';
 
-export async function run(_argv: string[]): Promise<number> {
-  throw new CdbpError('INTERNAL', 'cdbp proxy is not built yet');
+export async function run(argv: string[]): Promise<number> {
+  const stringFlags = Object.keys(PROXY_SCHEMA).filter((k) => PROXY_SCHEMA[k as keyof typeof PROXY_SCHEMA].kind !== 'bool')
+    .map((k) => k.replace(/([A-Z])/g, '-$1').toLowerCase());
+  const boolFlags = Object.keys(PROXY_SCHEMA).filter((k) => PROXY_SCHEMA[k as keyof typeof PROXY_SCHEMA].kind === 'bool')
+    .map((k) => k.replace(/([A-Z])/g, '-$1').toLowerCase());
+  const { flags } = parseFlags(argv, ['exit-on-failure', ...boolFlags], stringFlags);
+  if (flags.help) {
+    console.log(`usage: cdbp proxy [--flag value ...]\n\nEvery setting is a flag (--mysql-port) or an env variable:\n${describeSchema(PROXY_SCHEMA)}`);
+    return 0;
+  }
+  const overrides: Record<string, string | boolean | undefined> = {};
+  for (const [k, v] of Object.entries(flags)) if (k !== 'help' && k !== 'exit-on-failure') overrides[camel(k)] = v;
+  const config = loadConfig(PROXY_SCHEMA, overrides);
+  const log = createLogger({ name: 'proxy', base: { mode: config.teeMode } });
+  const provider = selectProvider({
+    mode: config.teeMode, allowSimulated: config.allowSimulated, platformKeyFile: config.platformKeyFile, log,
+  });
+  const role = new ProxyRole({ config, provider, log });
+
+  let signals = 0;
+  const onSignal = (sig: string) => {
+    signals++;
+    if (signals > 1) {
+      log.warn({ signal: sig }, 'second signal: forcing exit');
+      process.exit(1);
+    }
+    void role.shutdown(sig).then(() => process.exit(0), () => process.exit(1));
+  };
+  process.on('SIGTERM', () => onSignal('SIGTERM'));
+  process.on('SIGINT', () => onSignal('SIGINT'));
+
+  try {
+    await role.start();
+  } catch {
+    if (flags['exit-on-failure']) {
+      await role.shutdown('start-up failed');
+      return 1;
+    }
+    // Stay up, unready, with the reason visible on the ops API.
+  }
+  await new Promise<never>(() => undefined);
+  return 0;
 }

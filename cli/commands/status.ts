@@ -1,5 +1,58 @@
+/**
+ * `cdbp status --url http://127.0.0.1:PORT` (or `--dir DIR` of a `cdbp up` stack): the role's state
+ * at a glance, human-readable. `--json` prints the raw /v1/status document.
+ */
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import { parseFlags } from '../../src/kernel/args.ts';
 import { CdbpError } from '../../src/kernel/errors.ts';
 
-export async function run(_argv: string[]): Promise<number> {
-  throw new CdbpError('INTERNAL', 'cdbp status is not built yet');
+export async function run(argv: string[]): Promise<number> {
+  const { flags } = parseFlags(argv, ['json'], ['url', 'dir']);
+  if (flags.help) {
+    console.log('usage: cdbp status [--url http://127.0.0.1:PORT | --dir DIR] [--json]');
+    return 0;
+  }
+  let url = flags.url as string | undefined;
+  if (!url) {
+    const dir = path.resolve(String(flags.dir ?? '.cdbp'));
+    try {
+      url = (JSON.parse(readFileSync(path.join(dir, 'stack.json'), 'utf8')) as { ops: { url: string } }).ops.url;
+    } catch {
+      throw new CdbpError('CONFIG_INVALID', `no --url given and no stack.json in ${dir}`);
+    }
+  }
+  let status: Record<string, any>;
+  try {
+    const res = await fetch(`${url.replace(/\/$/, '')}/v1/status`, { signal: AbortSignal.timeout(5000) });
+    status = (await res.json()) as Record<string, any>;
+  } catch (e) {
+    throw new CdbpError('BACKEND_UNAVAILABLE', `cannot reach ${url}: ${(e as Error).message}`);
+  }
+  if (flags.json) {
+    console.log(JSON.stringify(status, null, 2));
+  } else {
+    console.log(formatStatus(status));
+  }
+  return status.ready ? 0 : 1;
+}
+
+export function formatStatus(s: Record<string, any>): string {
+  const lines: string[] = [];
+  const lc = s.lifecycle ?? {};
+  lines.push(`${s.role ?? '?'} ${s.version ?? ''}  ${s.ready ? 'READY' : 'NOT READY'}  (${lc.state} since ${lc.since})`);
+  if (s.mode) lines.push(`  TEE mode:     ${s.mode}${s.mode === 'simulated' ? '   <-- SIMULATED: not protected by hardware' : ''}`);
+  if (s.measurement) lines.push(`  measurement:  ${s.measurement}`);
+  for (const r of s.reasons ?? []) lines.push(`  not ready:    ${r}`);
+  if (s.certificate) lines.push(`  certificate:  ${s.certificate.subject}, expires ${s.certificate.notAfter} (${s.certificate.expiresInSeconds} s)${s.certificate.renewalError ? `, RENEWAL FAILING: ${s.certificate.renewalError}` : ''}`);
+  const f = s.freshness;
+  if (f) {
+    lines.push(`  freshness:    ${f.mode}, ${f.verified ? 'verified' : 'NOT verified'}, epoch ${f.epoch}, last seal ${f.lastSealAgeSeconds === null ? 'never' : `${Number(f.lastSealAgeSeconds).toFixed(1)} s ago`}, ${f.writesHeld} writes held`);
+    if (f.violation) lines.push(`  VIOLATION:    ${f.violation.kind}: ${f.violation.message}`);
+  }
+  if (s.backend) lines.push(`  backend:      ${s.backend.managed ? 'managed ' : ''}${s.backend.socket ?? ''}${s.backend.running === false ? ' (NOT running)' : ''}`);
+  if (s.listeners?.mysql) lines.push(`  mysql:        ${s.listeners.mysql.host}:${s.listeners.mysql.port}`);
+  const c = s.connections?.mysql;
+  if (c) lines.push(`  connections:  ${c.open} open, ${c.total} total, ${c.refused} refused`);
+  return lines.join('\n');
 }

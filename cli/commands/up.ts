@@ -1,5 +1,281 @@
+/**
+ * `cdbp up`: the embedded local stack in the foreground — the project's CAS, a private MariaDB and the
+ * proxy, in simulated-TEE mode, laid out as they would be in a real deployment:
+ *
+ *   DIR/trusted/    what lives in TEEs or the CAS: CAS sealed state, owner key, simulated platform key
+ *   DIR/untrusted/  the database volume an adversary controls: MariaDB datadir + sealed freshness record
+ *   DIR/run/        runtime files (sockets, logs, generated my.cnf), non-secret
+ *   DIR/stack.json  where to connect
+ *
+ * Each role runs as its own process (as it would in its own TEE); `up` only supervises them, prints
+ * progress, and on SIGINT/SIGTERM stops every child cleanly. Running it again on DIR resumes the same
+ * database.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdirSync, openSync, readFileSync, writeFileSync, copyFileSync, rmSync } from 'node:fs';
+import path from 'node:path';
+import { once } from 'node:events';
+import { fileURLToPath } from 'node:url';
+import mariadb from 'mariadb';
+import { parseFlags } from '../../src/kernel/args.ts';
 import { CdbpError } from '../../src/kernel/errors.ts';
+import { findBinary, requirePluginFile } from '../../src/kernel/binaries.ts';
+import { freePort } from '../../src/kernel/net.ts';
+import { generatePlatformKey } from '../../src/attestation/simulated.ts';
+import { measureShippedCode } from '../../src/attestation/measurement.ts';
+import { ensureOwnerKey, ensureServicePolicy } from '../local-policy.ts';
+import { randomPassword } from '../proxy-role.ts';
 
-export async function run(_argv: string[]): Promise<number> {
-  throw new CdbpError('INTERNAL', 'cdbp up is not built yet');
+const CLI = fileURLToPath(new URL('../../bin/cdbp.js', import.meta.url));
+
+export interface StackFile {
+  mysql: { host: string; port: number };
+  ops: { url: string };
+  cas: { url: string };
+  caFile: string;
+  admin: { user: string; password: string };
+  mariadb: { socket: string; datadir: string; pid: number | null };
+  untrustedDir: string;
+  trustedDir: string;
+  mode: 'simulated';
+  freshness: string;
+}
+
+export async function run(argv: string[]): Promise<number> {
+  const { flags } = parseFlags(argv, [], ['dir', 'mysql-port', 'ops-port', 'cas-port', 'freshness']);
+  if (flags.help) {
+    console.log(`usage: cdbp up [--dir DIR] [--mysql-port N] [--ops-port N] [--cas-port N] [--freshness strict|relaxed|off]
+Runs the CAS, a private MariaDB and the proxy (simulated TEE) in the foreground; Ctrl-C stops all.`);
+    return 0;
+  }
+  const dir = path.resolve(String(flags.dir ?? '.cdbp'));
+  const layout = {
+    dir,
+    trusted: path.join(dir, 'trusted'),
+    untrusted: path.join(dir, 'untrusted'),
+    run: path.join(dir, 'run'),
+  };
+  for (const d of [layout.trusted, layout.untrusted, layout.run]) mkdirSync(d, { recursive: true, mode: 0o700 });
+  const say = (msg: string) => console.log(`cdbp up: ${msg}`);
+
+  // Preflight: one line naming the package, not a stack trace, for anything missing.
+  findBinary('mariadbd');
+  findBinary('mariadb-install-db');
+  requirePluginFile('hashicorp_key_management.so');
+
+  const stackFile = path.join(dir, 'stack.json');
+  const previous = existsSync(stackFile) ? (JSON.parse(readFileSync(stackFile, 'utf8')) as Partial<StackFile>) : undefined;
+  const children: Array<{ name: string; child: ChildProcess; log: string }> = [];
+  let stopping = false;
+  const mariadbPidFile = path.join(layout.run, 'mariadb', 'mariadb.pid');
+  killStaleMariadb(mariadbPidFile, say);
+
+  const stopAll = async (code: number): Promise<number> => {
+    if (stopping) return code;
+    stopping = true;
+    say('stopping ...');
+    // Proxy first (it drains clients, seals a final epoch and shuts mariadbd down), then the CAS.
+    for (const { name, child } of [...children].reverse()) {
+      if (child.exitCode !== null || child.signalCode !== null) continue;
+      child.kill('SIGTERM');
+      const timer = setTimeout(() => child.kill('SIGKILL'), 60_000);
+      await once(child, 'exit');
+      clearTimeout(timer);
+      say(`${name} stopped`);
+    }
+    killStaleMariadb(mariadbPidFile, say);
+    return code;
+  };
+
+  let resolveSignal: (sig: string) => void = () => undefined;
+  const signalled = new Promise<string>((r) => { resolveSignal = r; });
+  process.on('SIGINT', () => resolveSignal('SIGINT'));
+  process.on('SIGTERM', () => resolveSignal('SIGTERM'));
+
+  const startChild = (name: string, args: string[], env: Record<string, string>) => {
+    const log = path.join(layout.run, `${name}.log`);
+    const fd = openSync(log, 'a');
+    const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', fd, fd], env: { ...process.env, ...env } });
+    children.push({ name, child, log });
+    child.on('exit', (code, sig) => {
+      if (!stopping) {
+        say(`${name} exited unexpectedly (${sig ?? `code ${code}`}); last log lines:\n${tail(log, 12)}`);
+        resolveSignal('child-exit');
+      }
+    });
+    return child;
+  };
+
+  try {
+    // 1. The CAS, with a simulated platform key standing in for TEE hardware.
+    say('starting the CAS (simulated TEE platform)');
+    const platformKey = path.join(layout.trusted, 'platform.key');
+    if (!existsSync(platformKey)) await generatePlatformKey(platformKey);
+    const casDir = path.join(layout.trusted, 'cas');
+    rmSync(path.join(casDir, 'cas-ready.json'), { force: true });
+    const casPort = flags['cas-port'] ? Number(flags['cas-port']) : await freePort();
+    startChild('cas', ['cas', '--dir', casDir, '--port', String(casPort), '--allow-simulated',
+      '--platform-public-key', `${platformKey}.pub`], {});
+    const casReady = await waitFor(() => readJson<{ url: string; caFile: string }>(path.join(casDir, 'cas-ready.json')), 60_000, signalled, 'CAS');
+    const caFile = path.join(dir, 'ca.pem');
+    copyFileSync(casReady.caFile, caFile);
+    say(`CAS ready at ${casReady.url}`);
+
+    // 2. The owner's policy for this build of the proxy (re-signed when the code's measurement changes).
+    const ownerKey = path.join(layout.trusted, 'owner.key');
+    await ensureOwnerKey(ownerKey);
+    const measurement = measureShippedCode();
+    const applied = await ensureServicePolicy({
+      casUrl: casReady.url, caPem: readFileSync(caFile, 'utf8'), ownerKeyFile: ownerKey, service: 'mariadb', measurement,
+    });
+    say(`policy ${applied.changed ? 'applied' : 'unchanged'} (measurement ${measurement.slice(0, 16)}…)`);
+
+    // 3. The proxy: attests, verifies freshness, serves keys, starts MariaDB, opens the endpoint.
+    const mysqlPort = flags['mysql-port'] ? Number(flags['mysql-port']) : previous?.mysql?.port ?? (await freePort());
+    const opsPort = flags['ops-port'] ? Number(flags['ops-port']) : await freePort();
+    const freshness = String(flags.freshness ?? 'strict');
+    const mariadbRunDir = path.join(layout.run, 'mariadb');
+    const datadir = path.join(layout.untrusted, 'mariadb');
+    startChild('proxy', ['proxy'], {
+      CDBP_CAS_URL: casReady.url, CDBP_CAS_CA_FILE: caFile, CDBP_SERVICE: 'mariadb',
+      CDBP_TEE_MODE: 'simulated', CDBP_ALLOW_SIMULATED: '1', CDBP_PLATFORM_KEY_FILE: platformKey,
+      CDBP_MYSQL_HOST: '127.0.0.1', CDBP_MYSQL_PORT: String(mysqlPort),
+      CDBP_OPS_HOST: '127.0.0.1', CDBP_OPS_PORT: String(opsPort),
+      CDBP_MANAGE_MARIADB: '1', CDBP_MARIADB_RUN_DIR: mariadbRunDir, CDBP_DATADIR: datadir,
+      CDBP_UNTRUSTED_DIR: layout.untrusted, CDBP_FRESHNESS: freshness, CDBP_DRAIN_DELAY_MS: '0',
+    });
+    const opsUrl = `http://127.0.0.1:${opsPort}`;
+    const status = await followProxy(opsUrl, say, signalled);
+
+    // 4. An admin account for the stack's user (first run creates it; later runs keep its password).
+    const admin = { user: 'admin', password: previous?.admin?.password ?? randomPassword() };
+    const socket = path.join(mariadbRunDir, 'mariadb.sock');
+    await ensureAdmin(socket, admin);
+
+    const stack: StackFile = {
+      mysql: { host: '127.0.0.1', port: mysqlPort },
+      ops: { url: opsUrl },
+      cas: { url: casReady.url },
+      caFile,
+      admin,
+      mariadb: { socket, datadir, pid: (status.backend as { pid?: number } | undefined)?.pid ?? readPid(mariadbPidFile) },
+      untrustedDir: layout.untrusted,
+      trustedDir: layout.trusted,
+      mode: 'simulated',
+      freshness,
+    };
+    writeFileSync(stackFile, JSON.stringify(stack, null, 2) + '\n', { mode: 0o600 });
+    say(`ready (SIMULATED TEE): mariadb --ssl-ca=${caFile} --ssl-verify-server-cert -h 127.0.0.1 -P ${mysqlPort} -u admin -p'${admin.password}'   (details: ${stackFile})`);
+
+    const why = await signalled;
+    return await stopAll(why === 'child-exit' ? 1 : 0);
+  } catch (e) {
+    if (e instanceof SignalledError) return stopAll(0);
+    const err = e instanceof CdbpError ? e : new CdbpError('INTERNAL', (e as Error).message, { cause: e });
+    say(`failed: ${err.code}: ${err.message}`);
+    await stopAll(1);
+    throw err;
+  }
+}
+
+class SignalledError extends Error {}
+
+/** Polls the proxy's status, printing each lifecycle step, until ready (or failed: then throws). */
+async function followProxy(opsUrl: string, say: (m: string) => void, signalled: Promise<string>): Promise<Record<string, unknown>> {
+  const labels: Record<string, string> = {
+    attesting: 'proxy attesting to the CAS',
+    provisioned: 'proxy attested; TLS identity and keys provisioned',
+    verifying: 'verifying freshness of the data volume',
+    starting_backend: 'keyring ready; starting MariaDB (initializing the database on first run)',
+  };
+  const seen = new Set<string>();
+  return waitFor(async () => {
+    const status = await fetchJson(`${opsUrl}/v1/status`);
+    if (!status) return undefined;
+    const lc = status.lifecycle as { state: string; reason?: { code: string; message: string }; history?: Array<{ state: string }> };
+    for (const s of (lc.history ?? []).map((h) => h.state)) {
+      if (!seen.has(s) && labels[s]) say(labels[s]!);
+      seen.add(s);
+    }
+    if (lc.state === 'failed') throw new CdbpError((lc.reason?.code ?? 'INTERNAL') as never, `proxy failed: ${lc.reason?.message ?? 'unknown reason'}`);
+    return lc.state === 'ready' ? status : undefined;
+  }, 180_000, signalled, 'proxy');
+}
+
+async function waitFor<T>(probe: () => T | undefined | Promise<T | undefined>, timeoutMs: number, signalled: Promise<string>, what: string): Promise<T> {
+  let interrupted = false;
+  void signalled.then(() => { interrupted = true; });
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    if (interrupted) throw new SignalledError();
+    const v = await probe();
+    if (v !== undefined) return v;
+    if (Date.now() > deadline) throw new CdbpError('CHILD_FAILED', `${what} not ready after ${timeoutMs / 1000} s`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+async function fetchJson(url: string): Promise<Record<string, unknown> | undefined> {
+  try {
+    const res = await fetch(url, { signal: AbortSignal.timeout(2000) });
+    return (await res.json()) as Record<string, unknown>;
+  } catch {
+    return undefined;
+  }
+}
+
+function readJson<T>(file: string): T | undefined {
+  try {
+    return JSON.parse(readFileSync(file, 'utf8')) as T;
+  } catch {
+    return undefined;
+  }
+}
+
+async function ensureAdmin(socket: string, admin: { user: string; password: string }): Promise<void> {
+  const conn = await mariadb.createConnection({ socketPath: socket, user: 'root' });
+  try {
+    await conn.query(`CREATE USER IF NOT EXISTS ?@'%' IDENTIFIED BY ?`, [admin.user, admin.password]);
+    await conn.query(`ALTER USER ?@'%' IDENTIFIED BY ?`, [admin.user, admin.password]);
+    await conn.query(`GRANT ALL PRIVILEGES ON *.* TO ?@'%' WITH GRANT OPTION`, [admin.user]);
+  } finally {
+    await conn.end();
+  }
+}
+
+function readPid(file: string): number | null {
+  try {
+    const pid = Number(readFileSync(file, 'utf8').trim());
+    return Number.isInteger(pid) && pid > 0 ? pid : null;
+  } catch {
+    return null;
+  }
+}
+
+/** A mariadbd left behind by a killed proxy would hold the datadir lock: stop it (it is ours: our pid file). */
+function killStaleMariadb(pidFile: string, say: (m: string) => void): void {
+  const pid = readPid(pidFile);
+  if (!pid) return;
+  try {
+    const cmd = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
+    if (!cmd.includes('mariadbd')) return;
+    process.kill(pid, 'SIGTERM');
+    say(`stopped a leftover mariadbd (pid ${pid})`);
+    const deadline = Date.now() + 30_000;
+    while (Date.now() < deadline) {
+      try { process.kill(pid, 0); } catch { return; }
+      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 100);
+    }
+    process.kill(pid, 'SIGKILL');
+  } catch {
+    // not running
+  }
+}
+
+function tail(file: string, lines: number): string {
+  try {
+    return readFileSync(file, 'utf8').trim().split('\n').slice(-lines).join('\n');
+  } catch {
+    return '(no log)';
+  }
 }

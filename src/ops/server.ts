@@ -76,7 +76,7 @@ export function buildOpsServer(opts: OpsServerOptions): FastifyInstance {
     return {
       role: opts.role,
       version: opts.version,
-      lifecycle: { state: snap.state, since: snap.since, ...(snap.reason ? { reason: snap.reason } : {}) },
+      lifecycle: { state: snap.state, since: snap.since, ...(snap.reason ? { reason: snap.reason } : {}), history: snap.history },
       ready: r.ready,
       reasons: r.reasons,
       ...opts.status(),

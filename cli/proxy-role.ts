@@ -1,0 +1,330 @@
+/**
+ * The proxy role: the composition root that wires attestation, provisioning, the freshness guard, the
+ * keyring, the managed MariaDB and the protocol listeners, in the order the trust model demands:
+ *
+ *   attest → provisioned → freshness verified → keyring ready → (first run) install-db → mariadbd →
+ *   online position check → listeners → ready
+ *
+ * If any step fails, later steps never run: keys are not served, MariaDB is not started, /readyz stays
+ * 503 and /v1/status says why.
+ */
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { randomBytes } from 'node:crypto';
+import type { ConfigOf } from '../src/kernel/config.ts';
+import type { Logger } from '../src/kernel/log.ts';
+import { Lifecycle } from '../src/kernel/lifecycle.ts';
+import { MetricsRegistry } from '../src/kernel/metrics.ts';
+import { CdbpError, asCdbpError } from '../src/kernel/errors.ts';
+import { buildOpsServer, buildAdminServer } from '../src/ops/server.ts';
+import { MariadbServer } from '../src/db/mariadb-server.ts';
+import type { Provision, CounterClient } from '../src/provisioning/types.ts';
+import type { AttestationProvider } from '../src/attestation/types.ts';
+import { attestAndProvision } from '../src/cas-client/index.ts';
+import { FreshnessGuard } from '../proxy/freshness/guard.ts';
+import { RecordStore } from '../proxy/freshness/store.ts';
+import { MariadbPositionSource, readOfflineCheckpoint } from '../proxy/freshness/mariadb-position.ts';
+import { createMysqlProxy, type MysqlProxy } from '../proxy/mysql/index.ts';
+import { createKeyring, mariadbEncryptionConfig, keyringEnv, type Keyring } from '../keyring/index.ts';
+import type { PROXY_SCHEMA } from './settings.ts';
+import { VERSION } from './version.ts';
+
+export type ProxyConfig = ConfigOf<typeof PROXY_SCHEMA>;
+
+export interface ProxyRoleDeps {
+  config: ProxyConfig;
+  provider: AttestationProvider;
+  log: Logger;
+}
+
+export class ProxyRole {
+  readonly lifecycle = new Lifecycle();
+  readonly metrics = new MetricsRegistry();
+  private provision: (Provision & { counter: CounterClient }) | undefined;
+  private guard: FreshnessGuard | undefined;
+  private keyring: Keyring | undefined;
+  private mariadb: MariadbServer | undefined;
+  private positions: MariadbPositionSource | undefined;
+  private mysql: MysqlProxy | undefined;
+  private mysqlAddress: { host: string; port: number } | undefined;
+  private ops: ReturnType<typeof buildOpsServer> | undefined;
+  private admin: ReturnType<typeof buildAdminServer> | undefined;
+  private draining = false;
+  private renewTimer: NodeJS.Timeout | undefined;
+  private renewError: string | undefined;
+  private stopping: Promise<void> | undefined;
+  readonly addresses: { ops?: string; admin?: string; mysql?: { host: string; port: number }; keyring?: string } = {};
+
+  constructor(private readonly deps: ProxyRoleDeps) {
+    const { metrics } = this;
+    metrics.gauge('cdbp_mode', 'TEE mode of this process (simulated is not a real TEE)', (g) => g.set(1, { mode: deps.provider.mode }));
+    metrics.gauge('cdbp_ready', '1 when ready to serve', (g) => g.set(this.lifecycle.state === 'ready' && !this.draining ? 1 : 0));
+    metrics.gauge('cdbp_cert_expiry_seconds', 'Seconds until the serving certificate expires', (g) => {
+      if (this.provision) g.set(Math.round((this.provision.identity.notAfter.getTime() - Date.now()) / 1000));
+    });
+    metrics.gauge('cdbp_cert_renewal_failing', '1 while certificate renewal is failing', (g) => g.set(this.renewError ? 1 : 0));
+    this.lifecycle.on('change', (state) => deps.log.info({ state }, `lifecycle: ${state}`));
+  }
+
+  /** Starts the ops API first, so probes see every start-up step, then runs the start-up sequence. */
+  async start(): Promise<void> {
+    const { config, log } = this.deps;
+    if (this.deps.provider.mode === 'simulated') {
+      log.warn('SIMULATED TEE: this process is NOT protected by hardware; attestation is a software stand-in');
+    }
+    this.ops = buildOpsServer({
+      role: 'proxy', version: VERSION, lifecycle: this.lifecycle, metrics: this.metrics, log,
+      readiness: () => this.readiness(),
+      status: () => this.status(),
+      attestation: (nonce) => this.attestation(nonce),
+    });
+    this.addresses.ops = await this.ops.listen({ host: config.opsHost, port: config.opsPort });
+    if (config.adminPort >= 0) {
+      this.admin = buildAdminServer({ drain: () => void this.shutdown('admin drain'), quit: () => process.exit(0) }, log);
+      this.addresses.admin = await this.admin.listen({ host: '127.0.0.1', port: config.adminPort });
+    }
+    try {
+      await this.startSequence();
+      this.lifecycle.advance('ready');
+      log.info({ mysql: this.mysqlAddress, ops: this.addresses.ops }, 'proxy ready');
+    } catch (e) {
+      const err = asCdbpError(e);
+      this.lifecycle.fail({ code: err.code, message: err.message, ...(err.details ? { details: err.details } : {}) });
+      log.error({ err: { code: err.code, message: err.message, details: err.details } }, `start-up failed: ${err.message}`);
+      await this.stopBackends();
+      throw err;
+    }
+  }
+
+  private async startSequence(): Promise<void> {
+    const { config, log, provider } = this.deps;
+    this.lifecycle.advance('attesting');
+    const caPem = readFileSync(config.casCaFile, 'utf8');
+    const provision = await attestAndProvision({
+      casUrl: config.casUrl, caPem, service: config.service, provider, log,
+      tls: { dnsNames: config.dnsNames },
+    });
+    this.provision = provision;
+    this.lifecycle.advance('provisioned');
+    this.scheduleRenewal();
+
+    this.lifecycle.advance('verifying');
+    mkdirSync(config.untrustedDir, { recursive: true, mode: 0o700 });
+    this.guard = new FreshnessGuard({
+      store: new RecordStore(path.join(config.untrustedDir, 'freshness.sealed')),
+      key: provision.secrets.freshnessKey,
+      databaseId: provision.secrets.databaseId,
+      counter: provision.counter,
+      mode: config.freshness,
+      log, metrics: this.metrics,
+      holdTimeoutMs: config.holdTimeoutMs,
+      sealIntervalMs: config.sealIntervalMs,
+    });
+    this.guard.on('violation', (v: { kind: string; message: string }) => {
+      this.lifecycle.fail({ code: v.kind === 'rollback' ? 'ROLLBACK_DETECTED' : 'TAMPER_DETECTED', message: v.message });
+      // Fail closed at run time too: stop accepting; sessions' held writes were already refused.
+      void this.mysql?.stopAccepting();
+    });
+    const offline = config.datadir ? readOfflineCheckpoint(config.datadir) : undefined;
+    const verdict = await this.guard.verifyAtStartup(offline);
+    log.info({ verdict: verdict.kind, epoch: this.guard.status().epoch }, 'freshness verified');
+
+    this.lifecycle.advance('starting_backend');
+    let socket = config.backendSocket;
+    if (config.manageMariadb) socket = await this.startManagedMariadb();
+    if (!socket && !config.backendHost) {
+      throw new CdbpError('CONFIG_INVALID', 'no backend: set CDBP_BACKEND_SOCKET, CDBP_BACKEND_HOST or CDBP_MANAGE_MARIADB');
+    }
+    if (socket) {
+      this.positions = new MariadbPositionSource({ socket, user: config.monitorUser, password: config.monitorPassword });
+      await this.guard.verifyOnline(this.positions);
+      this.guard.startRuntime(this.positions);
+    }
+
+    this.mysql = createMysqlProxy({
+      listen: { host: config.mysqlHost, port: config.mysqlPort },
+      backend: socket
+        ? { socket }
+        : {
+          host: config.backendHost!, port: config.backendPort,
+          ...(config.backendCaFile ? { tls: { caPem: readFileSync(config.backendCaFile, 'utf8') } } : {}),
+          allowInsecure: config.allowInsecureBackend,
+        },
+      tls: { keyPem: provision.identity.keyPem, certPem: provision.identity.certPem },
+      limits: { maxConnections: config.maxConnections, handshakeTimeoutMs: config.handshakeTimeoutMs, idleTimeoutMs: config.idleTimeoutMs },
+      log, metrics: this.metrics,
+      ...(config.freshness === 'strict' ? { ackGate: this.guard } : {}),
+    });
+    const addr = await this.mysql.listen();
+    if ('port' in addr) this.mysqlAddress = addr;
+    this.addresses.mysql = this.mysqlAddress;
+  }
+
+  private async startManagedMariadb(): Promise<string> {
+    const { config, log } = this.deps;
+    const provision = this.provision!;
+    if (!config.mariadbRunDir || !config.datadir) {
+      throw new CdbpError('CONFIG_INVALID', 'CDBP_MANAGE_MARIADB needs CDBP_MARIADB_RUN_DIR and CDBP_DATADIR');
+    }
+    mkdirSync(config.mariadbRunDir, { recursive: true, mode: 0o700 });
+    this.keyring = createKeyring({
+      keys: provision.secrets.dbKeys,
+      tls: { keyPem: provision.identity.keyPem, certPem: provision.identity.certPem },
+      port: config.keyringPort, log, metrics: this.metrics,
+      audit: (e) => log.info({ keyring: e }, 'keyring request'),
+    });
+    const { url } = await this.keyring.listen();
+    this.addresses.keyring = url;
+    const caFile = config.keyringCaFile ?? path.join(config.mariadbRunDir, 'keyring-ca.pem');
+    writeFileSync(caFile, provision.identity.caPem);
+    log.info({ url }, 'keyring ready');
+    // A fresh token for this mariadbd start; it reaches mariadbd only through its environment.
+    const token = this.keyring.issueToken();
+    this.mariadb = new MariadbServer({
+      dir: config.mariadbRunDir,
+      datadir: config.datadir,
+      tmpdir: path.join(config.mariadbRunDir, 'tmp'),
+      extraConfig: mariadbEncryptionConfig({ vaultUrl: url, caFile, ariaLogDir: path.join(config.mariadbRunDir, 'aria-log') }),
+      env: keyringEnv(token),
+    });
+    if (!this.mariadb.isInitialized()) {
+      log.info({ datadir: config.datadir }, 'initializing the database (first run)');
+      await this.mariadb.initialize();
+    }
+    await this.mariadb.start();
+    log.info({ pid: this.mariadb.pid, socket: this.mariadb.socket }, 'mariadbd started');
+    void this.mariadb.whenExited().then((code) => {
+      if (this.stopping) return;
+      log.error({ code, log: this.mariadb?.errorLogTail() }, 'mariadbd exited unexpectedly');
+      this.lifecycle.fail({ code: 'BACKEND_UNAVAILABLE', message: `mariadbd exited (code ${code})` });
+      void this.mysql?.stopAccepting();
+    });
+    return this.mariadb.socket;
+  }
+
+  private readiness(): { ready: boolean; reasons: string[] } {
+    const reasons: string[] = [];
+    if (this.draining) reasons.push('draining');
+    if (this.provision && this.provision.identity.notAfter.getTime() <= Date.now()) {
+      reasons.push(`certificate expired at ${this.provision.identity.notAfter.toISOString()}`);
+    }
+    const v = this.guard?.violated;
+    if (v) reasons.push(`freshness ${v.kind}: ${v.message}`);
+    return { ready: reasons.length === 0, reasons };
+  }
+
+  private status(): Record<string, unknown> {
+    const p = this.provision;
+    return {
+      mode: this.deps.provider.mode,
+      ...(this.deps.provider.mode === 'simulated' ? { warning: 'SIMULATED TEE: not protected by hardware' } : {}),
+      measurement: this.deps.provider.measurement(),
+      service: this.deps.config.service,
+      certificate: p ? {
+        subject: p.identity.subject, notAfter: p.identity.notAfter.toISOString(),
+        expiresInSeconds: Math.round((p.identity.notAfter.getTime() - Date.now()) / 1000),
+        ...(this.renewError ? { renewalError: this.renewError } : {}),
+      } : null,
+      freshness: this.guard?.status() ?? null,
+      backend: {
+        managed: this.deps.config.manageMariadb,
+        running: this.mariadb ? this.mariadb.running : null,
+        socket: this.mariadb?.socket ?? this.deps.config.backendSocket ?? null,
+      },
+      listeners: { mysql: this.mysqlAddress ?? null, keyring: this.addresses.keyring ?? null },
+      connections: { mysql: this.mysql?.stats() ?? null },
+      draining: this.draining,
+    };
+  }
+
+  private async attestation(nonce: Buffer): Promise<Record<string, unknown>> {
+    const p = this.provision;
+    if (!p) throw new CdbpError('ATTESTATION_UNAVAILABLE', 'not attested yet');
+    const { createHash, X509Certificate } = await import('node:crypto');
+    const spki = new X509Certificate(p.identity.certPem).publicKey.export({ type: 'spki', format: 'der' });
+    const reportData = createHash('sha512').update(Buffer.from('cdbp-endpoint-evidence-v1')).update(nonce).update(spki).digest();
+    const evidence = await this.deps.provider.collect(reportData);
+    return {
+      evidence, certificate: p.identity.certPem,
+      binding: 'reportData = SHA-512("cdbp-endpoint-evidence-v1" ‖ nonce ‖ certificate SPKI DER)',
+    };
+  }
+
+  private scheduleRenewal(): void {
+    const p = this.provision!;
+    const life = p.identity.notAfter.getTime() - Date.now();
+    const before = this.deps.config.renewBeforeSeconds > 0 ? this.deps.config.renewBeforeSeconds * 1000 : life / 3;
+    const delay = Math.max(1000, life - before);
+    if (this.renewTimer) clearTimeout(this.renewTimer);
+    this.renewTimer = setTimeout(() => void this.renew(), Math.min(delay, 2 ** 31 - 1));
+    this.renewTimer.unref();
+  }
+
+  /** Re-attests for a new certificate; new handshakes use it, open sessions continue. */
+  async renew(): Promise<void> {
+    const { config, log, provider } = this.deps;
+    try {
+      const fresh = await attestAndProvision({
+        casUrl: config.casUrl, caPem: readFileSync(config.casCaFile, 'utf8'), service: config.service, provider, log,
+        tls: { dnsNames: config.dnsNames },
+      });
+      const id = { keyPem: fresh.identity.keyPem, certPem: fresh.identity.certPem };
+      this.mysql?.setTlsIdentity(id);
+      this.keyring?.setTlsIdentity(id);
+      this.keyring?.addKeys(fresh.secrets.dbKeys);
+      this.provision = { ...this.provision!, identity: fresh.identity };
+      this.renewError = undefined;
+      log.info({ notAfter: fresh.identity.notAfter.toISOString() }, 'certificate renewed');
+    } catch (e) {
+      const err = asCdbpError(e);
+      this.renewError = `${err.code}: ${err.message}`;
+      log.error({ err: { code: err.code, message: err.message } }, 'certificate renewal failed; keeping the current one');
+      this.renewTimer = setTimeout(() => void this.renew(), 5000);
+      this.renewTimer.unref();
+      return;
+    }
+    this.scheduleRenewal();
+  }
+
+  /**
+   * Graceful stop: readiness flips to 503, new connections are still accepted for drainDelayMs (load
+   * balancers need a moment to notice), then listeners close, sessions drain up to drainTimeoutMs,
+   * a final epoch is sealed and MariaDB is shut down cleanly.
+   */
+  shutdown(reason: string): Promise<void> {
+    if (this.stopping) return this.stopping;
+    const { config, log } = this.deps;
+    this.stopping = (async () => {
+      log.info({ reason }, 'shutting down');
+      this.draining = true;
+      if (this.lifecycle.state === 'ready') this.lifecycle.advance('draining');
+      if (this.lifecycle.state === 'draining') await sleep(config.drainDelayMs);
+      await this.mysql?.stopAccepting();
+      await this.mysql?.drain(config.drainTimeoutMs);
+      await this.guard?.sealNow().catch((e: unknown) => log.warn({ err: asCdbpError(e).message }, 'final seal failed'));
+      await this.stopBackends();
+      if (this.renewTimer) clearTimeout(this.renewTimer);
+      await this.ops?.close();
+      await this.admin?.close();
+      if (!this.lifecycle.isTerminal()) this.lifecycle.advance('stopped');
+      log.info('stopped');
+    })();
+    return this.stopping;
+  }
+
+  private async stopBackends(): Promise<void> {
+    await this.mysql?.close().catch(() => undefined);
+    await this.guard?.stop();
+    await this.positions?.close().catch(() => undefined);
+    await this.mariadb?.stop();
+    await this.keyring?.close().catch(() => undefined);
+  }
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+export function randomPassword(): string {
+  return randomBytes(18).toString('base64url');
+}

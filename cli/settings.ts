@@ -1,0 +1,54 @@
+/**
+ * Configuration schemas of the roles the entry point composes. All use the one CDBP_ prefix; every
+ * field has a safe default (loopback listeners, strict freshness, no simulation) or is required.
+ */
+import type { Schema } from '../src/kernel/config.ts';
+
+export const PROXY_SCHEMA = {
+  casUrl: { kind: 'string', doc: 'CAS base URL (https://host:port)', required: true },
+  casCaFile: { kind: 'string', doc: 'CAS root CA certificate (pinned out of band)', required: true },
+  service: { kind: 'string', doc: 'service name in the owner policy', default: 'mariadb' },
+  teeMode: { kind: 'enum', values: ['none', 'simulated', 'sev-snp', 'tdx'], doc: 'attestation provider (none = fail closed)', default: 'none' },
+  allowSimulated: { kind: 'bool', doc: 'permit the simulated TEE (development only; loud everywhere)', default: false },
+  platformKeyFile: { kind: 'string', doc: 'simulated platform signing key (stands in for the CPU)' },
+  dnsNames: { kind: 'list', doc: 'extra DNS names to request in the certificate', default: [] },
+
+  mysqlHost: { kind: 'string', doc: 'MySQL listener address', default: '127.0.0.1' },
+  mysqlPort: { kind: 'int', doc: 'MySQL listener port (0 = any free port)', default: 3307, min: 0, max: 65535 },
+  opsHost: { kind: 'string', doc: 'ops API address (health, metrics, status)', default: '127.0.0.1' },
+  opsPort: { kind: 'int', doc: 'ops API port (0 = any free port)', default: 9090, min: 0, max: 65535 },
+  adminPort: { kind: 'int', doc: 'loopback-only admin port (drain, quit); 0 = any free, -1 = off', default: -1, min: -1, max: 65535 },
+
+  backendSocket: { kind: 'string', doc: 'MariaDB unix socket (default backend leg)' },
+  backendHost: { kind: 'string', doc: 'remote MariaDB host (TLS, verified)' },
+  backendPort: { kind: 'int', doc: 'remote MariaDB port', default: 3306, min: 1, max: 65535 },
+  backendCaFile: { kind: 'string', doc: 'CA for a TLS backend leg' },
+  allowInsecureBackend: { kind: 'bool', doc: 'UNSAFE: plaintext to a non-loopback backend', default: false },
+
+  manageMariadb: { kind: 'bool', doc: 'start and supervise mariadbd after attestation, freshness and keyring', default: false },
+  mariadbRunDir: { kind: 'string', doc: 'runtime dir for the managed mariadbd (cnf, socket, logs)' },
+  datadir: { kind: 'string', doc: 'MariaDB data directory (untrusted volume)' },
+  untrustedDir: { kind: 'string', doc: 'untrusted volume for the sealed freshness record', required: true },
+  monitorUser: { kind: 'string', doc: 'account for LSN/GTID reads (default root over the socket)', default: 'root' },
+  monitorPassword: { kind: 'string', doc: 'password of the monitor account', secret: true },
+
+  keyringPort: { kind: 'int', doc: 'loopback keyring port (0 = any free port)', default: 0, min: 0, max: 65535 },
+  keyringCaFile: { kind: 'string', doc: 'where to write the CA file MariaDB uses to verify the keyring' },
+
+  freshness: { kind: 'enum', values: ['strict', 'relaxed', 'off'], doc: 'rollback protection mode', default: 'strict' },
+  holdTimeoutMs: { kind: 'int', doc: 'strict mode: max time a write ack waits for a counted epoch', default: 10_000, min: 100 },
+  sealIntervalMs: { kind: 'int', doc: 'relaxed mode window / strict idle seal period', default: 1000, min: 10 },
+
+  maxConnections: { kind: 'int', doc: 'max client connections per listener', default: 1000, min: 1 },
+  handshakeTimeoutMs: { kind: 'int', doc: 'TLS + auth handshake timeout', default: 10_000, min: 100 },
+  idleTimeoutMs: { kind: 'int', doc: 'close sessions idle this long (0 = never)', default: 0, min: 0 },
+
+  drainDelayMs: { kind: 'int', doc: 'on SIGTERM, keep accepting this long after readiness flips', default: 2000, min: 0 },
+  drainTimeoutMs: { kind: 'int', doc: 'on SIGTERM, max time open sessions may take to finish', default: 30_000, min: 0 },
+  renewBeforeSeconds: { kind: 'int', doc: 'renew the certificate this long before it expires', default: 0, min: 0 },
+
+  pgPort: { kind: 'int', doc: 'PostgreSQL listener port (-1 = no PostgreSQL endpoint)', default: -1, min: -1, max: 65535 },
+  pgBackendSocketDir: { kind: 'string', doc: 'PostgreSQL unix socket directory' },
+  pgBackendPort: { kind: 'int', doc: 'PostgreSQL backend port (names the socket file)', default: 5432, min: 1, max: 65535 },
+  pgDatadir: { kind: 'string', doc: 'PostgreSQL data directory (for the freshness guard)' },
+} as const satisfies Schema;
