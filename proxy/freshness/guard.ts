@@ -291,7 +291,7 @@ export class FreshnessGuard extends EventEmitter {
       sealedAt: (this.opts.now?.() ?? new Date()).toISOString(),
     };
     const bytes = await sealRecord(record, this.opts.key);
-    this.opts.store.write(bytes);
+    await this.opts.store.write(bytes);
     await this.advanceCounter(from, record.epoch, recordDigest(bytes));
     this.adopt(record, record.epoch);
     this.lastSealAt = Date.now();

@@ -1,10 +1,11 @@
 /**
- * The one file of the freshness record on the untrusted volume. Writes are atomic and durable:
- * tmp → fsync → rename → fsync(dir), and no older copy is ever left beside it (a `.old` file would
- * turn a rollback into a rename).
+ * The one file of the freshness record on the untrusted volume. Writes are atomic and durable
+ * (src/crypto/atomic-file.ts: tmp → fsync → rename → fsync dir), and no older copy is ever left beside
+ * it (a `.old` file would turn a rollback into a rename).
  */
-import { openSync, writeSync, fsyncSync, closeSync, renameSync, readFileSync, unlinkSync, existsSync } from 'node:fs';
+import { readFileSync, readdirSync, unlinkSync } from 'node:fs';
 import path from 'node:path';
+import { writeFileDurable } from '../../src/crypto/atomic-file.ts';
 
 export class RecordStore {
   constructor(readonly file: string) {}
@@ -18,27 +19,16 @@ export class RecordStore {
     }
   }
 
-  write(bytes: Buffer): void {
-    const tmp = `${this.file}.tmp`;
-    const fd = openSync(tmp, 'w', 0o600);
-    try {
-      writeSync(fd, bytes);
-      fsyncSync(fd);
-    } finally {
-      closeSync(fd);
-    }
-    renameSync(tmp, this.file);
-    const dirFd = openSync(path.dirname(this.file), 'r');
-    try {
-      fsyncSync(dirFd);
-    } finally {
-      closeSync(dirFd);
-    }
+  write(bytes: Buffer): Promise<void> {
+    return writeFileDurable(this.file, bytes);
   }
 
-  /** Removes a stale tmp left by a crash mid-write (it was never the record). */
+  /** Removes temp files left by a crash mid-write (they never were the record). */
   cleanup(): void {
-    const tmp = `${this.file}.tmp`;
-    if (existsSync(tmp)) unlinkSync(tmp);
+    const dir = path.dirname(this.file);
+    const prefix = `.${path.basename(this.file)}.`;
+    for (const name of readdirSync(dir)) {
+      if (name.startsWith(prefix) && name.endsWith('.tmp')) unlinkSync(path.join(dir, name));
+    }
   }
 }
