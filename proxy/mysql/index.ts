@@ -1,0 +1,220 @@
+/**
+ * The MariaDB/MySQL drop-in endpoint: a TLS-terminating listener in front of one database.
+ *
+ *   const proxy = createMysqlProxy({ listen, backend, tls: { keyPem, certPem }, log, metrics?, limits?, ackGate? });
+ *   const addr = await proxy.listen();
+ *   proxy.setTlsIdentity({ keyPem, certPem });   // renewal: new handshakes only; throws (keeping the old) if bad
+ *   await proxy.stopAccepting(); await proxy.drain(30_000); await proxy.close();
+ *
+ * Composition: the proxy role gives it the CAS-issued identity and, for strict freshness, an AckGate.
+ * The listener refuses over-limit clients with ERR 1040 BEFORE dialing the database.
+ * For multi-core scaling, run one instance per node:cluster worker on the same port (see docs/MYSQL-ENDPOINT.md):
+ * limits and stats are then per worker.
+ */
+import net from 'node:net';
+import os from 'node:os';
+import { existsSync, lstatSync, unlinkSync } from 'node:fs';
+import type { Logger } from '../../src/kernel/log.ts';
+import { CdbpError } from '../../src/kernel/errors.ts';
+import { isLoopbackHost } from '../../src/kernel/net.ts';
+import type { MetricsRegistry } from '../../src/kernel/metrics.ts';
+import { ConnectionLimiter } from '../shared/connection-limiter.ts';
+import { ConnectionRecord } from '../shared/connection-log.ts';
+import { EndpointMetrics } from '../shared/metrics.ts';
+import { TlsIdentityHolder, type TlsIdentityPem } from '../shared/tls-identity.ts';
+import { ProxyErrno } from './constants.ts';
+import { encodeErrPacket } from './codec.ts';
+import { MysqlSession, type BackendTarget, type SessionContext, type SessionTotals } from './session.ts';
+import type { AckGate } from './pump.ts';
+
+export type { AckGate } from './pump.ts';
+export type { BackendTarget } from './session.ts';
+
+export interface MysqlProxyLimits {
+  /** Concurrent client connections; over it clients get ERR 1040 (default 1000). */
+  maxConnections: number;
+  /** From accept to the end of authentication (default 10 s). */
+  handshakeTimeoutMs: number;
+  /** Client inactivity in the command phase, 0 = off (default 8 h, MariaDB's wait_timeout). */
+  idleTimeoutMs: number;
+  /** Largest packet accepted from a client before authentication completes (default 64 KiB). */
+  maxHandshakePacket: number;
+}
+
+export const DEFAULT_LIMITS: MysqlProxyLimits = {
+  maxConnections: 1000,
+  handshakeTimeoutMs: 10_000,
+  idleTimeoutMs: 8 * 3600_000,
+  maxHandshakePacket: 64 * 1024,
+};
+
+export interface MysqlProxyOptions {
+  listen: { host: string; port: number } | { path: string };
+  backend: BackendTarget;
+  tls: TlsIdentityPem;
+  limits?: Partial<MysqlProxyLimits>;
+  log: Logger;
+  metrics?: MetricsRegistry;
+  ackGate?: AckGate;
+}
+
+export interface MysqlProxyStats {
+  open: number;
+  total: number;
+  refused: number;
+  bytesIn: number;
+  bytesOut: number;
+  tlsFailures: number;
+  authFailures: number;
+  handshakeTimeouts: number;
+}
+
+export interface MysqlProxy {
+  listen(): Promise<{ host: string; port: number } | { path: string }>;
+  setTlsIdentity(identity: TlsIdentityPem): void;
+  stopAccepting(): Promise<void>;
+  drain(timeoutMs: number): Promise<void>;
+  close(): Promise<void>;
+  stats(): MysqlProxyStats;
+}
+
+export function createMysqlProxy(opts: MysqlProxyOptions): MysqlProxy {
+  validateBackend(opts.backend);
+  const limits: MysqlProxyLimits = { ...DEFAULT_LIMITS, ...opts.limits };
+  const log = opts.log.child({ component: 'mysql-proxy' });
+  const identity = new TlsIdentityHolder(opts.tls);
+  const metrics = new EndpointMetrics('mysql', opts.metrics);
+  const limiter = new ConnectionLimiter(limits.maxConnections);
+  const sessions = new Set<MysqlSession>();
+  const totals: SessionTotals = { bytesIn: 0, bytesOut: 0, tlsFailures: 0, authFailures: 0, handshakeTimeouts: 0 };
+  let total = 0;
+  let refused = 0;
+  let nextId = 1;
+  let accepting = true;
+  let listening = false;
+  const closedWaiters = new Set<() => void>();
+
+  const ctx: SessionContext = {
+    backend: opts.backend,
+    identity,
+    limits,
+    log,
+    metrics,
+    ackGate: opts.ackGate,
+    forbiddenUsers: 'socket' in opts.backend ? new Set([os.userInfo().username]) : new Set(),
+    totals,
+    onClosed(session) {
+      sessions.delete(session);
+      if (sessions.size === 0) for (const w of closedWaiters) w();
+    },
+  };
+
+  const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: false }, (socket) => {
+    const id = nextId++;
+    total++;
+    socket.on('error', () => {}); // errors before the session owns the socket (ECONNRESET on refuse)
+    const slot = accepting ? limiter.tryAcquire() : undefined;
+    if (!slot) {
+      refused++;
+      metrics.refused(accepting ? 'max_connections' : 'draining');
+      const peer = socket.remoteAddress ? `${socket.remoteAddress}:${socket.remotePort}` : 'local';
+      new ConnectionRecord(log, { protocol: 'mysql', id, peer }).close({ outcome: 'refused', bytesIn: 0, bytesOut: 0 });
+      const err = accepting
+        ? { ...ProxyErrno.TOO_MANY_CONNECTIONS, message: 'Too many connections' }
+        : { ...ProxyErrno.SHUTDOWN, message: 'Server shutdown in progress' };
+      socket.end(encodeErrPacket(0, err));
+      setTimeout(() => socket.destroy(), 2_000).unref();
+      return;
+    }
+    const session = new MysqlSession(id, socket, slot, ctx);
+    sessions.add(session);
+    session.start();
+  });
+  server.on('error', (e) => log.error({ err: e }, 'mysql listener error'));
+
+  function waitAllClosed(timeoutMs: number): Promise<boolean> {
+    if (sessions.size === 0) return Promise.resolve(true);
+    return new Promise((resolve) => {
+      const done = (ok: boolean) => {
+        clearTimeout(timer);
+        closedWaiters.delete(onEmpty);
+        resolve(ok);
+      };
+      const onEmpty = () => done(true);
+      const timer = setTimeout(() => done(false), timeoutMs);
+      closedWaiters.add(onEmpty);
+    });
+  }
+
+  return {
+    listen() {
+      return new Promise((resolve, reject) => {
+        server.once('error', reject);
+        const onListening = () => {
+          server.removeListener('error', reject);
+          listening = true;
+          const addr = server.address();
+          if ('path' in opts.listen) resolve({ path: opts.listen.path });
+          else if (addr && typeof addr === 'object') resolve({ host: addr.address, port: addr.port });
+          else reject(new CdbpError('INTERNAL', 'listener has no address'));
+        };
+        if ('path' in opts.listen) {
+          removeStaleSocket(opts.listen.path);
+          server.listen({ path: opts.listen.path, backlog: 1024 }, onListening);
+        } else {
+          server.listen({ host: opts.listen.host, port: opts.listen.port, backlog: 1024 }, onListening);
+        }
+      });
+    },
+    setTlsIdentity(next) {
+      identity.set(next);
+      log.info({ event: 'tls_identity_swapped', generation: identity.generation, notAfter: identity.certificate.validTo }, 'TLS identity replaced');
+    },
+    stopAccepting() {
+      accepting = false;
+      if (!listening) return Promise.resolve();
+      listening = false;
+      return new Promise((resolve) => server.close(() => resolve()));
+    },
+    async drain(timeoutMs) {
+      accepting = false;
+      const clean = await waitAllClosed(timeoutMs);
+      if (!clean) for (const s of [...sessions]) s.destroy('drained');
+    },
+    async close() {
+      const stopped = this.stopAccepting();
+      for (const s of [...sessions]) s.destroy('drained');
+      await stopped;
+    },
+    stats() {
+      let liveIn = 0;
+      let liveOut = 0;
+      for (const s of sessions) {
+        const b = s.bytes;
+        liveIn += b.in;
+        liveOut += b.out;
+      }
+      return {
+        open: sessions.size, total, refused,
+        bytesIn: totals.bytesIn + liveIn, bytesOut: totals.bytesOut + liveOut,
+        tlsFailures: totals.tlsFailures, authFailures: totals.authFailures, handshakeTimeouts: totals.handshakeTimeouts,
+      };
+    },
+  };
+}
+
+/** Plaintext to a remote database needs an explicit, loudly named opt-in (ghostunnel's rule). */
+function validateBackend(backend: BackendTarget): void {
+  if ('socket' in backend) return;
+  if (backend.tls || isLoopbackHost(backend.host)) return;
+  if (!backend.allowInsecure) {
+    throw new CdbpError('CONFIG_INVALID',
+      `backend ${backend.host}:${backend.port} is not loopback: configure backend.tls (CA to verify it) or set allowInsecure to send plaintext`);
+  }
+}
+
+function removeStaleSocket(path: string): void {
+  if (!existsSync(path)) return;
+  if (!lstatSync(path).isSocket()) throw new CdbpError('CONFIG_INVALID', `listen path ${path} exists and is not a socket`);
+  unlinkSync(path);
+}

@@ -1,0 +1,423 @@
+/**
+ * One client connection: its state machine from TCP accept to close, and its single cleanup.
+ *
+ *   accept ─► dial backend ─► backend greeting ─► patched greeting to client (CLIENT_SSL on, compression off)
+ *     ─► SSLRequest ─► TLS upgrade ─► HandshakeResponse (seq rewritten for a non-TLS backend leg)
+ *     ─► auth relay (auth switch / more data, seq rewritten both ways) ─► OK ─► command phase (pump)
+ *
+ * The current packet handler *is* the state (`backendReader.onPacket`, `clientReader.onPacket`).
+ * Everything that ends the session goes through `finish()`, which runs once: destroys both sockets,
+ * clears timers, releases the connection slot, logs the close line, updates counters.
+ *
+ * Sequence ids (https://mariadb.com/kb/en/0-packet/#sequence-id): the client's HandshakeResponse after
+ * TLS has seq 2 (greeting 0, SSLRequest 1). A backend reached over a unix socket (no TLS on that leg)
+ * expects it as seq 1, so during authentication client→backend packets get seq-1 and backend→client
+ * packets seq+1. On a TLS backend leg the proxy sends its own SSLRequest (seq 1) and no rewrite is
+ * needed. In the command phase every command restarts at seq 0, so no rewriting happens there.
+ */
+import net from 'node:net';
+import tls from 'node:tls';
+import type { Duplex } from 'node:stream';
+import type { Logger } from '../../src/kernel/log.ts';
+import { asCdbpError, CdbpError } from '../../src/kernel/errors.ts';
+import { ConnectionRecord, type ConnectionOutcome } from '../shared/connection-log.ts';
+import type { ConnectionSlot } from '../shared/connection-limiter.ts';
+import type { EndpointMetrics } from '../shared/metrics.ts';
+import type { TlsIdentityHolder } from '../shared/tls-identity.ts';
+import { Cap, CAPS_NEVER_ADVERTISED, Header, ProxyErrno } from './constants.ts';
+import {
+  clearClientCapabilities, decodeClientHello, decodeInitialHandshake, encodeErrPacket, encodePacket,
+  patchHandshakeCapabilities, sslRequestFrom, type ErrPacket, type Packet,
+} from './codec.ts';
+import { FramedReader } from './reader.ts';
+import { startPump, type AckGate } from './pump.ts';
+
+export type BackendTarget =
+  | { socket: string }
+  | { host: string; port: number; tls?: { caPem: string; servername?: string }; allowInsecure?: boolean };
+
+export interface SessionLimits {
+  handshakeTimeoutMs: number;
+  idleTimeoutMs: number;
+  maxHandshakePacket: number;
+}
+
+export interface SessionContext {
+  backend: BackendTarget;
+  identity: TlsIdentityHolder;
+  limits: SessionLimits;
+  log: Logger;
+  metrics: EndpointMetrics;
+  ackGate: AckGate | undefined;
+  /** User names refused before reaching the backend (the proxy's OS account on a unix-socket leg). */
+  forbiddenUsers: ReadonlySet<string>;
+  /** Totals across sessions, updated at close. */
+  totals: SessionTotals;
+  onClosed(session: MysqlSession): void;
+}
+
+export interface SessionTotals {
+  bytesIn: number;
+  bytesOut: number;
+  tlsFailures: number;
+  authFailures: number;
+  handshakeTimeouts: number;
+}
+
+/** How long a closing side may take to flush before it is destroyed. */
+const CLOSE_GRACE_MS = 5_000;
+
+type Phase = 'connecting' | 'greeting' | 'ssl_request' | 'tls' | 'response' | 'auth' | 'command' | 'closed';
+
+export class MysqlSession {
+  readonly record: ConnectionRecord;
+  private phase: Phase = 'connecting';
+  private backend: Duplex | undefined;
+  private backendRaw: net.Socket | undefined;
+  private clientTls: tls.TLSSocket | undefined;
+  private backendReader: FramedReader | undefined;
+  private clientReader: FramedReader | undefined;
+  private handshakeTimer: NodeJS.Timeout | undefined;
+  private graceTimer: NodeJS.Timeout | undefined;
+  /** seq adjustment for client→backend packets during auth (1 on a non-TLS backend leg). */
+  private seqShift = 0;
+  private lastClientSeq = 0;
+  private negotiatedCaps = 0n;
+  private serverCaps = 0n;
+  private outcome: ConnectionOutcome = 'ok';
+  private error: string | undefined;
+  private readonly heldClientPackets: Packet[] = [];
+
+  constructor(
+    readonly id: number,
+    private readonly client: net.Socket,
+    private readonly slot: ConnectionSlot,
+    private readonly ctx: SessionContext,
+  ) {
+    const peer = client.remoteAddress ? `${client.remoteAddress}:${client.remotePort}` : 'local';
+    this.record = new ConnectionRecord(ctx.log, { protocol: 'mysql', id, peer });
+    ctx.metrics.opened();
+  }
+
+  get isClosed(): boolean {
+    return this.phase === 'closed';
+  }
+
+  get inCommandPhase(): boolean {
+    return this.phase === 'command';
+  }
+
+  /** Live byte counters (backend leg: what the client sent to / received from the database). */
+  get bytes(): { in: number; out: number } {
+    return { in: this.backendRaw?.bytesWritten ?? 0, out: this.backendRaw?.bytesRead ?? 0 };
+  }
+
+  start(): void {
+    const { client, ctx } = this;
+    client.setNoDelay(true);
+    client.on('error', (e) => this.finish(this.phase === 'command' ? 'client_error' : 'protocol_error', e));
+    client.on('close', () => this.onClientClosed());
+    this.handshakeTimer = setTimeout(() => this.onHandshakeTimeout(), ctx.limits.handshakeTimeoutMs);
+    this.dialBackend();
+  }
+
+  /** Ends the session now (drain timeout, close()). */
+  destroy(outcome: ConnectionOutcome = 'drained'): void {
+    this.finish(outcome);
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // Backend leg
+
+  private dialBackend(): void {
+    const target = this.ctx.backend;
+    const sock = 'socket' in target ? net.connect(target.socket) : net.connect(target.port, target.host);
+    this.backendRaw = sock;
+    this.backend = sock;
+    sock.setNoDelay(true);
+    sock.on('error', (e) => this.onBackendError(e));
+    sock.on('close', () => this.onBackendClosed());
+    sock.once('connect', () => {
+      if (this.phase === 'closed') return;
+      this.phase = 'greeting';
+      this.backendReader = new FramedReader(sock, 1 << 16, (p) => this.onBackendGreeting(p), (e) => this.onBackendError(e));
+    });
+  }
+
+  private onBackendGreeting(packet: Packet): void {
+    if (packet.payload[0] === Header.ERR) {
+      // e.g. the database's own "Too many connections" or "Host blocked": relay it verbatim.
+      this.client.end(encodePacket(packet.seq, packet.payload));
+      this.finish('backend_error', new CdbpError('BACKEND_UNAVAILABLE', 'database refused the connection'), true);
+      return;
+    }
+    const hs = decodeInitialHandshake(packet.payload);
+    this.serverCaps = hs.capabilities;
+    this.record.backendId = hs.connectionId;
+    if ((hs.capabilities & Cap.CLIENT_PROTOCOL_41) === 0n) throw new CdbpError('PROTOCOL_VIOLATION', 'database does not speak protocol 4.1');
+    // Always advertise TLS (we terminate it); never compression (the pump does not inflate). With an ack
+    // gate, also drop MariaDB's metadata cache so result sets keep a fixed shape for the tracker... it
+    // handles it, but fewer variants means fewer ways to lose track.
+    const patched = patchHandshakeCapabilities(packet.payload, hs, Cap.CLIENT_SSL, CAPS_NEVER_ADVERTISED);
+    this.phase = 'ssl_request';
+    this.client.write(encodePacket(packet.seq, patched));
+    this.backendReader!.onPacket = (p) => this.onBackendUnexpected(p);
+    this.clientReader = new FramedReader(this.client, this.ctx.limits.maxHandshakePacket,
+      (p) => this.onClientSslRequest(p), (e) => this.onClientProtocolError(e));
+  }
+
+  private onBackendUnexpected(_packet: Packet): void {
+    this.finish('backend_error', new CdbpError('PROTOCOL_VIOLATION', 'database sent a packet out of turn'));
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // Client leg: SSLRequest, TLS, HandshakeResponse
+
+  private onClientSslRequest(packet: Packet): void {
+    const hello = decodeClientHello(packet.payload);
+    this.lastClientSeq = packet.seq;
+    if (!hello.isSslRequest || (hello.capabilities & Cap.CLIENT_SSL) === 0n) {
+      this.ctx.metrics.refused('insecure_transport');
+      this.refuse('insecure', ProxyErrno.SECURE_TRANSPORT_REQUIRED,
+        'Connections using insecure transport are prohibited: this endpoint requires TLS (use --ssl-ca with the CAS root CA and --ssl-verify-server-cert)',
+        packet.seq + 1);
+      return;
+    }
+    const rest = this.clientReader!.detach();
+    if (rest.length > 0) this.client.unshift(rest);
+    this.phase = 'tls';
+    const tlsSock = new tls.TLSSocket(this.client, { isServer: true, secureContext: this.ctx.identity.context });
+    this.clientTls = tlsSock;
+    tlsSock.on('error', (e) => {
+      if (this.phase === 'tls') {
+        this.ctx.metrics.tlsFailure();
+        this.ctx.totals.tlsFailures++;
+        this.finish('tls_failed', e);
+      } else {
+        this.finish(this.phase === 'command' ? 'client_error' : 'protocol_error', e);
+      }
+    });
+    tlsSock.on('close', () => this.onClientClosed());
+    tlsSock.once('secure', () => {
+      if (this.phase === 'closed') return;
+      this.ctx.metrics.tlsHandshake();
+      this.record.tls = { protocol: tlsSock.getProtocol(), cipher: tlsSock.getCipher().name };
+      this.phase = 'response';
+      this.clientReader = new FramedReader(tlsSock, this.ctx.limits.maxHandshakePacket,
+        (p) => this.onClientHandshakeResponse(p), (e) => this.onClientProtocolError(e));
+    });
+  }
+
+  private onClientHandshakeResponse(packet: Packet): void {
+    const hello = decodeClientHello(packet.payload);
+    this.lastClientSeq = packet.seq;
+    if (hello.isSslRequest) throw new CdbpError('PROTOCOL_VIOLATION', 'second SSLRequest inside TLS');
+    this.record.user = hello.user;
+    if (hello.user !== undefined && this.ctx.forbiddenUsers.has(hello.user)) {
+      this.ctx.metrics.refused('forbidden_user');
+      this.refuse('forbidden_user', ProxyErrno.ACCESS_DENIED,
+        `Access denied for user '${hello.user}' through this proxy: the name matches the proxy's own OS account, which unix_socket authentication would accept without a password`,
+        packet.seq + 1);
+      return;
+    }
+    if (hello.capabilities & CAPS_NEVER_ADVERTISED) {
+      this.ctx.metrics.refused('protocol');
+      this.refuse('protocol_error', ProxyErrno.FEATURE_REFUSED,
+        'Protocol compression is not supported by this proxy (it was not advertised); connect without compression',
+        packet.seq + 1);
+      return;
+    }
+    this.negotiatedCaps = hello.capabilities & this.serverCaps;
+    this.phase = 'auth';
+    this.clientReader!.onPacket = (p) => this.onClientAuthPacket(p);
+    const target = this.ctx.backend;
+    if ('host' in target && target.tls) {
+      this.upgradeBackend(target.tls, target.host, packet);
+      return;
+    }
+    this.seqShift = 1;
+    this.backendReader!.onPacket = (p) => this.onBackendAuthPacket(p);
+    this.backend!.write(encodePacket(packet.seq - 1, clearClientCapabilities(packet.payload, Cap.CLIENT_SSL)));
+  }
+
+  private upgradeBackend(opts: { caPem: string; servername?: string }, host: string, response: Packet): void {
+    this.backendReader!.detach();
+    this.backend!.write(encodePacket(1, sslRequestFrom(response.payload)));
+    const servername = opts.servername ?? (net.isIP(host) ? undefined : host);
+    const sock = tls.connect({
+      socket: this.backendRaw!, ca: opts.caPem, ...(servername ? { servername } : {}),
+      // With an IP and no servername, verify the IP SAN.
+      checkServerIdentity: (hostname, cert) => tls.checkServerIdentity(servername ?? host, cert),
+    });
+    this.backend = sock;
+    sock.on('error', (e) => this.onBackendError(e));
+    sock.once('secureConnect', () => {
+      if (this.phase === 'closed') return;
+      this.backendReader = new FramedReader(sock, this.ctx.limits.maxHandshakePacket,
+        (p) => this.onBackendAuthPacket(p), (e) => this.onBackendError(e));
+      sock.write(encodePacket(response.seq, response.payload));
+    });
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // Authentication relay
+
+  private onClientAuthPacket(packet: Packet): void {
+    if (packet.seq === 0) {
+      // A command pipelined before the auth OK: forward it untouched once authenticated.
+      this.heldClientPackets.push(packet);
+      return;
+    }
+    this.lastClientSeq = packet.seq;
+    this.backend!.write(encodePacket(packet.seq - this.seqShift, packet.payload));
+  }
+
+  private onBackendAuthPacket(packet: Packet): void {
+    const first = packet.payload[0];
+    const seq = (packet.seq + this.seqShift) & 0xff;
+    if (first === Header.ERR) {
+      this.ctx.metrics.authFailure();
+      this.ctx.totals.authFailures++;
+      this.clientTls!.end(encodePacket(seq, packet.payload));
+      this.finish('auth_failed', undefined, true);
+      return;
+    }
+    this.clientTls!.write(encodePacket(seq, packet.payload));
+    if (first === Header.OK) this.enterCommandPhase();
+  }
+
+  private enterCommandPhase(): void {
+    this.phase = 'command';
+    clearTimeout(this.handshakeTimer);
+    this.handshakeTimer = undefined;
+    const clientTls = this.clientTls!;
+    const backend = this.backend!;
+    const clientRest = this.clientReader!.detach();
+    const backendRest = this.backendReader!.detach();
+    for (const p of this.heldClientPackets) backend.write(encodePacket(p.seq, p.payload));
+    this.heldClientPackets.length = 0;
+    if (clientRest.length > 0) backend.write(clientRest);
+    if (backendRest.length > 0) clientTls.write(backendRest);
+    if (this.ctx.limits.idleTimeoutMs > 0) {
+      clientTls.setTimeout(this.ctx.limits.idleTimeoutMs, () => this.finish('idle_timeout'));
+    }
+    startPump(clientTls, backend, this.negotiatedCaps, this.ctx.ackGate, {
+      onAckRefused: (err) => {
+        this.outcome = 'ack_refused';
+        this.error = asCdbpError(err).message;
+        this.scheduleGrace();
+      },
+    });
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // Errors, closing, cleanup
+
+  private onClientProtocolError(e: unknown): void {
+    const err = asCdbpError(e, 'PROTOCOL_VIOLATION');
+    this.ctx.metrics.refused('protocol');
+    const errno = err.code === 'FRAME_TOO_LARGE' ? ProxyErrno.PACKET_TOO_LARGE : ProxyErrno.HANDSHAKE_ERROR;
+    this.refuse('protocol_error', errno, `Bad handshake: ${err.message}`, this.lastClientSeq + 1);
+  }
+
+  private onHandshakeTimeout(): void {
+    this.ctx.metrics.handshakeTimeout();
+    this.ctx.totals.handshakeTimeouts++;
+    if (this.phase === 'ssl_request' || this.phase === 'connecting' || this.phase === 'greeting') {
+      this.refuse('handshake_timeout', ProxyErrno.READ_TIMEOUT, 'Handshake timed out', this.phase === 'ssl_request' ? 1 : 0);
+    } else {
+      this.finish('handshake_timeout', new CdbpError('HANDSHAKE_TIMEOUT', 'handshake timed out'));
+    }
+  }
+
+  private onBackendError(e: unknown): void {
+    if (this.phase === 'connecting' || this.phase === 'greeting') {
+      this.ctx.metrics.refused('backend_unavailable');
+      this.refuse('backend_error', ProxyErrno.PROXY_ERROR, 'The database behind this proxy is unavailable', 0, e);
+      return;
+    }
+    this.finish(this.phase === 'command' ? 'backend_error' : 'backend_error', e);
+  }
+
+  private onBackendClosed(): void {
+    if (this.phase === 'closed') return;
+    if (this.phase !== 'command') {
+      if (this.phase === 'connecting' || this.phase === 'greeting') {
+        this.refuse('backend_error', ProxyErrno.PROXY_ERROR, 'The database closed the connection during the handshake', 0);
+      } else {
+        this.finish('backend_error', new CdbpError('BACKEND_UNAVAILABLE', 'database closed the connection during the handshake'));
+      }
+      return;
+    }
+    // Command phase: pipe has already end()ed the client side; give it time to flush, then close.
+    this.scheduleGrace();
+  }
+
+  private onClientClosed(): void {
+    if (this.phase === 'closed') return;
+    // In the command phase the client closing ends the session; its half-close (FIN) was already
+    // propagated by the pump, so no further bytes of this session can reach the database.
+    this.finish(this.outcome);
+  }
+
+  private scheduleGrace(): void {
+    if (this.graceTimer) return;
+    this.graceTimer = setTimeout(() => this.finish(this.outcome), CLOSE_GRACE_MS);
+    this.graceTimer.unref();
+  }
+
+  /** Sends an ERR packet in the protocol's own terms (plaintext or TLS, whichever is current), then closes. */
+  private refuse(outcome: ConnectionOutcome, code: { errno: number; sqlState: string }, message: string, seq: number, cause?: unknown): void {
+    if (this.phase === 'closed') return;
+    const err: ErrPacket = { ...code, message };
+    const out = this.clientTls && this.phase !== 'tls' ? this.clientTls : this.clientTls ? undefined : this.client;
+    this.clientReader?.detach();
+    this.backendReader?.detach();
+    this.backendRaw?.destroy();
+    if (out && !out.destroyed) out.end(encodeErrPacket(seq & 0xff, err));
+    this.finish(outcome, cause ?? new CdbpError('PROTOCOL_VIOLATION', message), true);
+  }
+
+  /**
+   * The single cleanup. `flushFirst` lets a final ERR packet drain before the socket is destroyed
+   * (bounded by CLOSE_GRACE_MS); the log line and counters are updated immediately either way.
+   */
+  private finish(outcome: ConnectionOutcome, cause?: unknown, flushFirst = false): void {
+    if (this.phase === 'closed') return;
+    this.phase = 'closed';
+    if (this.outcome === 'ok' || outcome !== 'ok') this.outcome = this.outcome !== 'ok' ? this.outcome : outcome;
+    clearTimeout(this.handshakeTimer);
+    clearTimeout(this.graceTimer);
+    // A backend whose write side was already ended (the client's COM_QUIT/FIN propagated) may still be
+    // flushing: let it finish, bounded; anything else is cut now.
+    for (const sock of new Set([this.backend, this.backendRaw])) {
+      if (!sock || sock.destroyed) continue;
+      if (this.outcome === 'ok' && sock.writableEnded) {
+        const t = setTimeout(() => sock.destroy(), CLOSE_GRACE_MS);
+        t.unref();
+        sock.once('close', () => clearTimeout(t));
+      } else {
+        sock.destroy();
+      }
+    }
+    const client = this.clientTls ?? this.client;
+    if (flushFirst && !client.destroyed) {
+      const t = setTimeout(() => { client.destroy(); this.client.destroy(); }, CLOSE_GRACE_MS);
+      t.unref();
+      client.once('close', () => clearTimeout(t));
+      client.end();
+    } else {
+      client.destroy();
+      this.client.destroy();
+    }
+    this.slot.release();
+    const bytes = this.bytes;
+    this.ctx.totals.bytesIn += bytes.in;
+    this.ctx.totals.bytesOut += bytes.out;
+    this.ctx.metrics.bytes(bytes.in, bytes.out);
+    this.ctx.metrics.closed();
+    const error = this.error ?? (cause === undefined ? undefined : asCdbpError(cause).message);
+    this.record.close({ outcome: this.outcome, bytesIn: bytes.in, bytesOut: bytes.out, ...(error ? { error } : {}) });
+    this.ctx.onClosed(this);
+  }
+}
