@@ -1,0 +1,192 @@
+/**
+ * PostgreSQL drop-in endpoint: terminates client TLS (SSLRequest or direct TLS with ALPN
+ * "postgresql") with the attested identity, relays startup and authentication to the database,
+ * then pipes frames. The composition root gives it a TLS identity, a backend and a logger.
+ */
+import net from 'node:net';
+import tls from 'node:tls';
+import type { Logger } from '../../src/kernel/log.ts';
+import { CdbpError } from '../../src/kernel/errors.ts';
+import type { MetricsRegistry } from '../../src/kernel/metrics.ts';
+import { validateBackend, describeBackend, type PgBackend } from './backend.ts';
+import { CancelRegistry } from './cancel-registry.ts';
+import { PgMetrics } from './metrics.ts';
+import { DEFAULT_LIMITS, PgSession, type PgLimits } from './session.ts';
+import type { AckGate } from './ack-gate.ts';
+
+export type { AckGate } from './ack-gate.ts';
+export type { PgBackend } from './backend.ts';
+export type { PgLimits } from './session.ts';
+
+export interface PgProxyOptions {
+  listen: { host: string; port: number };
+  backend: PgBackend;
+  tls: { keyPem: string; certPem: string };
+  limits?: Partial<PgLimits>;
+  log: Logger;
+  metrics?: MetricsRegistry;
+  /** Freshness hook: may hold idle acknowledgments (see ack-gate.ts). */
+  ackGate?: AckGate;
+}
+
+export interface PgProxyStats {
+  /** Client connections open (handshaking or authenticated). */
+  open: number;
+  /** Sessions past authentication (piping). */
+  authenticated: number;
+  /** Backend slots in use (dialing, authenticating or piping). */
+  slotsInUse: number;
+  accepted: number;
+  accepting: boolean;
+}
+
+export interface PgProxy {
+  /** Binds the listener; resolves with the bound address (port 0 picks one). */
+  listen(): Promise<{ host: string; port: number }>;
+  /** Swaps the TLS identity for new handshakes; existing sessions keep theirs. Throws (keeping the old identity) on a bad pair. */
+  setTlsIdentity(identity: { keyPem: string; certPem: string }): void;
+  /** Stops accepting new connections; open sessions continue. */
+  stopAccepting(): Promise<void>;
+  /** Stops accepting, waits up to timeoutMs for sessions to end, then closes the rest. Returns how many were forced. */
+  drain(timeoutMs: number): Promise<{ forced: number }>;
+  /** Stops accepting and closes every session now. */
+  close(): Promise<void>;
+  stats(): PgProxyStats;
+}
+
+/** Builds a secure context, failing with a clear error on unusable PEM (e.g. key does not match cert). */
+function secureContextFor(identity: { keyPem: string; certPem: string }): tls.SecureContext {
+  try {
+    return tls.createSecureContext({ key: identity.keyPem, cert: identity.certPem, minVersion: 'TLSv1.2' });
+  } catch (e) {
+    throw new CdbpError('CONFIG_INVALID', `unusable TLS identity for the PostgreSQL endpoint: ${(e as Error).message}`, { cause: e });
+  }
+}
+
+export function createPgProxy(opts: PgProxyOptions): PgProxy {
+  validateBackend(opts.backend);
+  const limits: PgLimits = { ...DEFAULT_LIMITS, ...opts.limits };
+  const metrics = new PgMetrics(opts.metrics);
+  const cancels = new CancelRegistry();
+  const sessions = new Set<PgSession>();
+  let context = secureContextFor(opts.tls);
+  let slotsInUse = 0;
+  let accepted = 0;
+  let accepting = false;
+  let server: net.Server | undefined;
+  const drainWaiters = new Set<() => void>();
+
+  const env = {
+    limits,
+    log: opts.log,
+    metrics,
+    backend: opts.backend,
+    cancels,
+    ackGate: opts.ackGate,
+    secureContext: () => context,
+    tryAcquireSlot: () => {
+      if (slotsInUse >= limits.maxConnections) return false;
+      slotsInUse++;
+      return true;
+    },
+    releaseSlot: () => {
+      slotsInUse--;
+    },
+    onClosed: (s: PgSession) => {
+      sessions.delete(s);
+      if (sessions.size === 0) for (const w of drainWaiters) w();
+    },
+  };
+
+  function onConnection(sock: net.Socket): void {
+    accepted++;
+    // Handshakes are cheap to start and costly to finish (TLS): bound how many may be in flight.
+    if (!accepting || sessions.size >= limits.maxConnections + limits.maxPendingHandshakes) {
+      metrics.refused(accepting ? 'overload' : 'draining');
+      sock.on('error', () => undefined);
+      sock.destroy();
+      return;
+    }
+    metrics.accepted();
+    const session = new PgSession(sock, env);
+    sessions.add(session);
+    void session.run();
+  }
+
+  return {
+    async listen() {
+      if (server) throw new CdbpError('LIFECYCLE_INVALID_TRANSITION', 'PostgreSQL endpoint already listening');
+      const srv = net.createServer({ noDelay: true }, onConnection);
+      server = srv;
+      accepting = true;
+      await new Promise<void>((resolve, reject) => {
+        srv.once('error', reject);
+        srv.listen(opts.listen.port, opts.listen.host, () => {
+          srv.off('error', reject);
+          resolve();
+        });
+      });
+      srv.on('error', (e) => opts.log.error({ event: 'pg.listener_error', err: e.message }, 'pg listener error'));
+      const addr = srv.address() as net.AddressInfo;
+      opts.log.info({ event: 'pg.listening', host: addr.address, port: addr.port, backend: describeBackend(opts.backend) }, 'PostgreSQL endpoint listening');
+      return { host: addr.address, port: addr.port };
+    },
+
+    setTlsIdentity(identity) {
+      context = secureContextFor(identity);
+      opts.log.info({ event: 'pg.tls_identity_updated' }, 'PostgreSQL endpoint TLS identity updated');
+    },
+
+    async stopAccepting() {
+      accepting = false;
+      const srv = server;
+      if (!srv || !srv.listening) return;
+      await new Promise<void>((resolve) => {
+        srv.close(() => resolve());
+        // close() waits for open connections; we only want the listening socket gone.
+        setImmediate(resolve);
+      });
+    },
+
+    async drain(timeoutMs) {
+      await this.stopAccepting();
+      if (sessions.size > 0) {
+        await new Promise<void>((resolve) => {
+          const timer = setTimeout(done, timeoutMs);
+          function done() {
+            clearTimeout(timer);
+            drainWaiters.delete(done);
+            resolve();
+          }
+          drainWaiters.add(done);
+        });
+      }
+      const forced = sessions.size;
+      for (const s of [...sessions]) s.endWithError('57P01', 'terminating connection due to administrator command', 'drain timeout');
+      return { forced };
+    },
+
+    async close() {
+      await this.stopAccepting();
+      const closing = [...sessions];
+      for (const s of closing) s.destroy('proxy closing');
+      if (sessions.size > 0) {
+        await new Promise<void>((resolve) => {
+          const timer = setTimeout(done, 5_000);
+          function done() {
+            clearTimeout(timer);
+            drainWaiters.delete(done);
+            resolve();
+          }
+          drainWaiters.add(done);
+        });
+      }
+    },
+
+    stats() {
+      let authenticated = 0;
+      for (const s of sessions) if (s.authenticated) authenticated++;
+      return { open: sessions.size, authenticated, slotsInUse, accepted, accepting };
+    },
+  };
+}

@@ -1,0 +1,479 @@
+/**
+ * One client connection, from accept to close. The handshake is a forward-only sequence of
+ * phases (negotiate → tls → startup → dial → auth → pipe); after the backend's first ReadyForQuery
+ * the two sockets are piped without re-encoding. Exactly one cleanup per connection, triggered by
+ * the client socket closing, whatever the path that led there.
+ */
+import net from 'node:net';
+import tls from 'node:tls';
+import { Parser } from 'pg-protocol/dist/parser.js';
+import type { Logger } from '../../src/kernel/log.ts';
+import { CdbpError, asCdbpError, isCdbpError } from '../../src/kernel/errors.ts';
+import {
+  ALPN_POSTGRESQL, AuthCode, BackendType, ENCRYPTION_REFUSED, FrontendType, SCRAM_PLUS, SSL_ACCEPT, SqlState,
+  TLS_HANDSHAKE_RECORD,
+} from './constants.ts';
+import {
+  authCodeOf, backendKeyDataOf, decodeStartupPacket, encodeAuthenticationSasl, encodeBackendKeyData,
+  encodeErrorResponse, protocolError, saslMechanismsOf, type StartupPacket,
+} from './codec.ts';
+import { MessageFramer, StartupFramer } from './framer.ts';
+import { FrameReader, readFirstChunk } from './reader.ts';
+import { dialBackend, sendBackendCancel, type PgBackend } from './backend.ts';
+import type { CancelRegistry, IssuedKey } from './cancel-registry.ts';
+import { AckGateError, AckGateStream, type AckGate } from './ack-gate.ts';
+import type { PgMetrics } from './metrics.ts';
+
+export interface PgLimits {
+  /** Sessions holding a backend connection (dialing or authenticated). */
+  maxConnections: number;
+  /** Connections still in the handshake, on top of maxConnections; beyond this we drop at accept. */
+  maxPendingHandshakes: number;
+  /** From accept to the backend's first ReadyForQuery. */
+  handshakeTimeoutMs: number;
+  backendConnectTimeoutMs: number;
+  /** Cap on startup packets (StartupMessage, SSLRequest, CancelRequest...). */
+  maxStartupPacketBytes: number;
+  /** Cap on client messages during authentication (password, SASL). */
+  maxAuthMessageBytes: number;
+  /** Cap on backend messages before ReadyForQuery (auth requests, ParameterStatus, errors). */
+  maxBackendStartupMessageBytes: number;
+}
+
+export const DEFAULT_LIMITS: PgLimits = {
+  maxConnections: 1000,
+  maxPendingHandshakes: 256,
+  handshakeTimeoutMs: 15_000,
+  backendConnectTimeoutMs: 5_000,
+  maxStartupPacketBytes: 10_000,
+  maxAuthMessageBytes: 64 * 1024,
+  maxBackendStartupMessageBytes: 1024 * 1024,
+};
+
+export interface SessionEnv {
+  limits: PgLimits;
+  log: Logger;
+  metrics: PgMetrics;
+  backend: PgBackend;
+  cancels: CancelRegistry;
+  ackGate: AckGate | undefined;
+  secureContext(): tls.SecureContext;
+  /** Takes a backend slot; false when maxConnections are in use. */
+  tryAcquireSlot(): boolean;
+  releaseSlot(): void;
+  onClosed(session: PgSession): void;
+}
+
+export type SessionPhase = 'negotiate' | 'tls' | 'startup' | 'dial' | 'auth' | 'pipe' | 'closed';
+type TlsMode = 'ssl-request' | 'direct';
+
+let nextSessionId = 1;
+
+export class PgSession {
+  readonly id = nextSessionId++;
+  readonly startedAt = Date.now();
+  readonly peer: string;
+  phase: SessionPhase = 'negotiate';
+  private client: net.Socket | tls.TLSSocket;
+  private backend: net.Socket | tls.TLSSocket | undefined;
+  private tlsMode: TlsMode | undefined;
+  private user: string | undefined;
+  private database: string | undefined;
+  private issuedKey: IssuedKey | undefined;
+  private holdsSlot = false;
+  private handshakeTimer: NodeJS.Timeout | undefined;
+  private closeReason: string | undefined;
+  private cleanedUp = false;
+  /** Set once the session started ending: later failures of the handshake flow are moot. */
+  private ending = false;
+
+  constructor(private readonly raw: net.Socket, private readonly env: SessionEnv) {
+    this.client = raw;
+    this.peer = `${raw.remoteAddress ?? '?'}:${raw.remotePort ?? '?'}`;
+    raw.setNoDelay(true);
+    raw.setKeepAlive(true, 60_000);
+    raw.on('error', () => this.destroy('client socket error'));
+    raw.once('close', () => this.cleanup());
+  }
+
+  get authenticated(): boolean {
+    return this.phase === 'pipe';
+  }
+
+  /** Drives the handshake; never throws (failures end the connection with an ErrorResponse). */
+  async run(): Promise<void> {
+    this.handshakeTimer = setTimeout(() => this.onHandshakeTimeout(), this.env.limits.handshakeTimeoutMs);
+    try {
+      await this.handshake();
+    } catch (e) {
+      this.failHandshake(e);
+    }
+  }
+
+  /** Ends the session now (both sockets). Cleanup follows from the client socket closing. */
+  destroy(reason: string): void {
+    this.ending = true;
+    this.closeReason ??= reason;
+    this.backend?.destroy();
+    this.client.destroy();
+    this.raw.destroy();
+  }
+
+  /** Sends a FATAL ErrorResponse (where the client can read one) and closes gracefully. */
+  endWithError(sqlState: string, message: string, reason: string): void {
+    if (this.ending) return;
+    this.ending = true;
+    this.closeReason ??= reason;
+    this.backend?.destroy();
+    const c = this.client;
+    if (!c.destroyed && c.writable) {
+      c.end(encodeErrorResponse({ severity: 'FATAL', sqlState, message }));
+      // A client that never reads must not pin the socket.
+      setTimeout(() => this.destroy(reason), 2_000).unref();
+    } else {
+      this.destroy(reason);
+    }
+  }
+
+  // ---- handshake ---------------------------------------------------------------------------------
+
+  private async handshake(): Promise<void> {
+    const { limits } = this.env;
+    const first = await readFirstChunk(this.raw);
+    if (first === null) return this.destroy('closed before startup');
+
+    let reader: FrameReader;
+    if (first[0] === TLS_HANDSHAKE_RECORD) {
+      this.raw.unshift(first);
+      await this.startTls('direct');
+      reader = new FrameReader(this.client, new StartupFramer(limits.maxStartupPacketBytes));
+    } else {
+      reader = new FrameReader(this.raw, new StartupFramer(limits.maxStartupPacketBytes));
+      reader.feed(first);
+      let gssencAnswered = false;
+      for (;;) {
+        const pkt = await this.nextStartupPacket(reader);
+        if (pkt.packet.kind === 'gssenc-request' && !gssencAnswered) {
+          // We offer no GSSAPI encryption; libpq then falls back to SSLRequest (or plaintext).
+          gssencAnswered = true;
+          this.raw.write(Buffer.from([ENCRYPTION_REFUSED]));
+          continue;
+        }
+        if (pkt.packet.kind === 'ssl-request') {
+          // Bytes after the SSLRequest would be plaintext injected into the TLS session (CVE-2021-23214).
+          if (reader.detach().length > 0) throw protocolError('received unencrypted data after SSL request');
+          this.raw.write(Buffer.from([SSL_ACCEPT]));
+          await this.startTls('ssl-request');
+          reader = new FrameReader(this.client, new StartupFramer(limits.maxStartupPacketBytes));
+          break;
+        }
+        if (pkt.packet.kind === 'cancel') return this.handleCancel(pkt.packet);
+        if (pkt.packet.kind === 'startup') {
+          this.env.metrics.refused('plaintext');
+          reader.detach();
+          return this.endWithError(SqlState.invalidAuthorizationSpecification,
+            'TLS is required: this endpoint accepts only encrypted connections (use sslmode=verify-full, or at least sslmode=require)',
+            'plaintext refused');
+        }
+        throw protocolError('GSSENCRequest sent twice');
+      }
+    }
+
+    // Inside TLS: a StartupMessage or a CancelRequest.
+    this.phase = 'startup';
+    const pkt = await this.nextStartupPacket(reader);
+    if (pkt.packet.kind === 'cancel') return this.handleCancel(pkt.packet);
+    if (pkt.packet.kind !== 'startup') throw protocolError(`unexpected ${pkt.packet.kind} inside TLS`);
+    const params = pkt.packet.params;
+    this.user = params.get('user');
+    this.database = params.get('database') ?? this.user;
+    if (!this.user) {
+      reader.detach();
+      return this.endWithError(SqlState.invalidAuthorizationSpecification, 'no PostgreSQL user name specified in startup packet', 'no user');
+    }
+
+    // Connection limit, checked before dialing so a full proxy costs the backend nothing.
+    if (!this.env.tryAcquireSlot()) {
+      this.env.metrics.refused('max_connections');
+      reader.detach();
+      return this.endWithError(SqlState.tooManyConnections, 'sorry, too many clients already', 'too many connections');
+    }
+    this.holdsSlot = true;
+
+    this.phase = 'dial';
+    let backend: net.Socket | tls.TLSSocket;
+    try {
+      backend = await dialBackend(this.env.backend, limits.backendConnectTimeoutMs);
+    } catch (e) {
+      this.env.log.warn({ event: 'pg.backend_unavailable', session: this.id, err: (e as Error).message }, 'pg backend unavailable');
+      reader.detach();
+      return this.endWithError(SqlState.cannotConnectNow, 'the database is not available right now', 'backend unavailable');
+    }
+    if (this.ending || this.client.destroyed) {
+      backend.destroy(); // client went away (or timed out) while we dialed
+      return;
+    }
+    this.backend = backend;
+    backend.on('error', () => this.destroy('backend socket error'));
+    backend.write(pkt.raw);
+
+    this.phase = 'auth';
+    const done = await this.relayAuthentication(reader, backend);
+    if (!done || this.ending) return;
+
+    clearTimeout(this.handshakeTimer);
+    this.startPiping(done.clientRest, done.backendRest, backend);
+  }
+
+  private async nextStartupPacket(reader: FrameReader): Promise<{ packet: StartupPacket; raw: Buffer }> {
+    const raw = await reader.next();
+    if (raw === null) throw new CdbpError('PROTOCOL_VIOLATION', 'client closed during startup', { details: { silent: true } });
+    return { packet: decodeStartupPacket(raw), raw };
+  }
+
+  private async startTls(mode: TlsMode): Promise<void> {
+    this.phase = 'tls';
+    this.tlsMode = mode;
+    const secure = new tls.TLSSocket(this.raw, {
+      isServer: true,
+      secureContext: this.env.secureContext(),
+      ALPNProtocols: [ALPN_POSTGRESQL],
+    });
+    this.client = secure;
+    secure.on('error', () => this.destroy('tls error'));
+    secure.once('close', () => this.cleanup());
+    try {
+      await new Promise<void>((resolve, reject) => {
+        secure.once('secure', resolve);
+        secure.once('error', reject);
+        secure.once('close', () => reject(new Error('closed during TLS handshake')));
+      });
+    } catch (e) {
+      this.env.metrics.tlsFailure();
+      throw new CdbpError('PROTOCOL_VIOLATION', `TLS handshake failed: ${(e as Error).message}`, { details: { silent: true } });
+    }
+    this.env.metrics.tlsHandshake();
+    // PG 17 semantics: direct TLS must negotiate ALPN "postgresql" (it tells a PG server from any
+    // other TLS service); after SSLRequest, ALPN is optional but must be ours if present.
+    const alpn = secure.alpnProtocol;
+    if (mode === 'direct' && alpn !== ALPN_POSTGRESQL) {
+      this.env.metrics.refused('no_alpn');
+      throw protocolError('direct TLS connections must negotiate the ALPN protocol "postgresql"');
+    }
+    if (alpn && alpn !== ALPN_POSTGRESQL) throw protocolError(`unexpected ALPN protocol ${alpn}`);
+  }
+
+  /**
+   * Relays the authentication exchange until the backend's first ReadyForQuery. Returns the bytes
+   * the backend sent after it (normally none), or undefined when the session ended here.
+   */
+  private async relayAuthentication(clientReader: FrameReader, backend: net.Socket | tls.TLSSocket): Promise<{ backendRest: Buffer; clientRest: Buffer } | undefined> {
+    const { limits } = this.env;
+    const backendReader = new FrameReader(backend, new MessageFramer(limits.maxBackendStartupMessageBytes, 'backend message'));
+    const parser = new Parser();
+    clientReader = this.retarget(clientReader, limits.maxAuthMessageBytes);
+
+    let stopped = false;
+    // Client → backend: password / SASL messages, forwarded as they are.
+    const clientPump = (async () => {
+      for (;;) {
+        const frame = await clientReader.next();
+        if (stopped) return;
+        if (frame === null) throw new CdbpError('PROTOCOL_VIOLATION', 'client closed during authentication', { details: { silent: true } });
+        if (frame[0] === FrontendType.Terminate) throw new CdbpError('PROTOCOL_VIOLATION', 'client terminated during authentication', { details: { silent: true } });
+        if (frame[0] !== FrontendType.Password) throw protocolError(`unexpected message type 0x${frame[0]!.toString(16)} during authentication`);
+        backend.write(frame);
+      }
+    })();
+
+    const backendLoop = async (): Promise<'ready' | 'error'> => {
+      let authenticated = false;
+      for (;;) {
+        const frame = await backendReader.next();
+        if (frame === null) throw new CdbpError('BACKEND_UNAVAILABLE', 'backend closed during authentication');
+        switch (frame[0]) {
+          case BackendType.Authentication: {
+            const code = authCodeOf(frame);
+            if (code === AuthCode.Sasl) {
+              // Channel binding binds the client's TLS channel, which ends here: -PLUS cannot work.
+              const offered = saslMechanismsOf(frame).filter((m) => m !== SCRAM_PLUS);
+              if (offered.length === 0) throw protocolError('the database offers only SASL mechanisms that need channel binding', '0A000');
+              this.client.write(encodeAuthenticationSasl(offered));
+            } else {
+              if (code === AuthCode.Ok) authenticated = true;
+              this.client.write(frame);
+            }
+            break;
+          }
+          case BackendType.BackendKeyData: {
+            const real = backendKeyDataOf(frame);
+            this.issuedKey?.release();
+            this.issuedKey = this.env.cancels.issue(real);
+            this.client.write(encodeBackendKeyData(this.issuedKey.processId, this.issuedKey.secretKey));
+            break;
+          }
+          case BackendType.ErrorResponse: {
+            // The backend's own words reach the client unchanged (wrong password, no such database...).
+            let sqlState: string | undefined;
+            parser.parse(frame, (msg) => {
+              sqlState = (msg as { code?: string }).code;
+            });
+            if (!authenticated) this.env.metrics.authFailure();
+            this.env.log.info({ event: 'pg.auth_failed', session: this.id, peer: this.peer, user: this.user, database: this.database, sqlState }, 'pg backend refused the session');
+            this.closeReason ??= `backend error ${sqlState ?? ''}`.trim();
+            this.ending = true;
+            this.client.end(frame);
+            return 'error';
+          }
+          case BackendType.ParameterStatus:
+          case BackendType.NoticeResponse:
+          case BackendType.NegotiateProtocolVersion:
+            this.client.write(frame);
+            break;
+          case BackendType.ReadyForQuery:
+            if (!authenticated) throw protocolError('backend sent ReadyForQuery before AuthenticationOk');
+            this.client.write(frame);
+            return 'ready';
+          default:
+            throw protocolError(`unexpected backend message 0x${frame[0]!.toString(16)} during startup`);
+        }
+      }
+    };
+
+    try {
+      const outcome = await Promise.race([backendLoop(), clientPump.then(() => 'error' as const)]);
+      stopped = true;
+      if (outcome === 'error') {
+        backendReader.detach();
+        clientReader.detach();
+        backend.destroy();
+        setTimeout(() => this.destroy(this.closeReason ?? 'auth failed'), 2_000).unref();
+        return undefined;
+      }
+      return { backendRest: backendReader.detach(), clientRest: clientReader.detach() };
+    } catch (e) {
+      stopped = true;
+      backendReader.detach();
+      throw e;
+    } finally {
+      clientPump.catch(() => undefined);
+    }
+  }
+
+  /** Re-frames the client stream from startup packets to typed messages, keeping unread bytes. */
+  private retarget(reader: FrameReader, maxBytes: number): FrameReader {
+    const rest = reader.detach();
+    const next = new FrameReader(this.client, new MessageFramer(maxBytes, 'authentication message'));
+    if (rest.length > 0) next.feed(rest);
+    return next;
+  }
+
+  private startPiping(clientRest: Buffer, backendRest: Buffer, backend: net.Socket | tls.TLSSocket): void {
+    this.phase = 'pipe';
+    const client = this.client;
+    this.env.log.info({
+      event: 'pg.open', session: this.id, peer: this.peer, user: this.user, database: this.database, tls: this.tlsMode,
+    }, 'pg session open');
+
+    if (clientRest.length > 0) backend.write(clientRest);
+    client.pipe(backend);
+
+    const gate = this.env.ackGate;
+    if (gate) {
+      const gated = new AckGateStream(gate);
+      gated.on('error', (e) => {
+        const refused = e instanceof AckGateError;
+        this.env.log.warn({ event: 'pg.ack_refused', session: this.id, err: (refused ? asCdbpError(e.reason) : e).message }, 'pg acknowledgment not released');
+        this.endWithError(refused ? SqlState.statementCompletionUnknown : SqlState.protocolViolation,
+          refused ? 'the database could not confirm that the statement is durable; its outcome is unknown'
+            : 'invalid message from the database', refused ? 'ack refused' : 'backend protocol violation');
+      });
+      if (backendRest.length > 0) gated.write(backendRest);
+      backend.pipe(gated).pipe(client);
+    } else {
+      if (backendRest.length > 0) client.write(backendRest);
+      backend.pipe(client); // hot path: no copies, no parsing
+    }
+
+    // Client gone: the backend session ends too. Backend gone: flush what it said (e.g. a FATAL
+    // from pg_terminate_backend) to the client, then close.
+    client.once('close', () => backend.destroy());
+    backend.once('close', () => {
+      this.closeReason ??= 'backend closed';
+      if (!client.destroyed) {
+        client.end();
+        setTimeout(() => this.destroy('backend closed'), 5_000).unref();
+      }
+    });
+  }
+
+  // ---- cancel --------------------------------------------------------------------------------------
+
+  private async handleCancel(req: { processId: number; secretKey: number }): Promise<void> {
+    this.closeReason = 'cancel request';
+    clearTimeout(this.handshakeTimer);
+    const target = this.env.cancels.lookup(req.processId, req.secretKey);
+    if (!target) {
+      // Unknown key: dropped silently, like PostgreSQL (no oracle for guessing keys).
+      this.env.metrics.cancel('unknown_key');
+      this.destroy('cancel request with unknown key');
+      return;
+    }
+    try {
+      await sendBackendCancel(this.env.backend, target.processId, target.secretKey, this.env.limits.backendConnectTimeoutMs);
+      this.env.metrics.cancel('forwarded');
+    } catch (e) {
+      this.env.metrics.cancel('failed');
+      this.env.log.warn({ event: 'pg.cancel_failed', session: this.id, err: (e as Error).message }, 'pg cancel could not reach the backend');
+    }
+    this.destroy('cancel request');
+  }
+
+  // ---- failures and cleanup ------------------------------------------------------------------------
+
+  private onHandshakeTimeout(): void {
+    if (this.phase === 'pipe' || this.cleanedUp || this.ending) return;
+    this.env.metrics.handshakeTimeout();
+    // Mid-TLS-handshake nothing readable can be sent; elsewhere the client gets a reason.
+    if (this.phase === 'tls') this.destroy('handshake timeout');
+    else this.endWithError('08006', 'connection handshake timed out', 'handshake timeout');
+  }
+
+  private failHandshake(e: unknown): void {
+    if (this.cleanedUp || this.ending) return;
+    const err = asCdbpError(e, 'PROTOCOL_VIOLATION');
+    const details = err.details ?? {};
+    if (details.silent) return this.destroy(err.message);
+    if (err.code === 'FRAME_TOO_LARGE') this.env.metrics.refused('frame_too_large');
+    else if (err.code === 'PROTOCOL_VIOLATION') this.env.metrics.refused('protocol_violation');
+    else if (err.code === 'BACKEND_UNAVAILABLE') this.env.metrics.refused('backend_unavailable');
+    const sqlState = typeof details.sqlState === 'string' ? details.sqlState : isCdbpError(e) ? SqlState.protocolViolation : 'XX000';
+    // Only our own wording reaches the client; internal errors stay in the log.
+    const message = isCdbpError(e) ? err.message : 'internal proxy error';
+    if (!isCdbpError(e)) this.env.log.error({ event: 'pg.internal_error', session: this.id, err: err.message }, 'pg session failed');
+    // In the middle of a TLS handshake nothing readable can be sent.
+    if (this.phase === 'tls') return this.destroy(message);
+    this.endWithError(sqlState, message, message);
+  }
+
+  private cleanup(): void {
+    if (this.cleanedUp) return;
+    this.cleanedUp = true;
+    this.phase = 'closed';
+    clearTimeout(this.handshakeTimer);
+    this.backend?.destroy();
+    this.issuedKey?.release();
+    if (this.holdsSlot) this.env.releaseSlot();
+    const toBackend = this.backend?.bytesWritten ?? 0;
+    const fromBackend = this.backend?.bytesRead ?? 0;
+    this.env.metrics.closed(toBackend, fromBackend);
+    if (this.user !== undefined || this.closeReason !== 'cancel request') {
+      this.env.log.info({
+        event: 'pg.close', session: this.id, peer: this.peer, user: this.user, database: this.database,
+        bytesIn: toBackend, bytesOut: fromBackend, durationMs: Date.now() - this.startedAt, reason: this.closeReason ?? 'client closed',
+      }, 'pg connection closed');
+    }
+    this.env.onClosed(this);
+  }
+}
+
