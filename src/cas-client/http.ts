@@ -1,0 +1,71 @@
+/**
+ * A small JSON-over-HTTPS client for the CAS: pinned CA, optional client certificate (counter
+ * routes), bounded response size, and CAS errors turned back into CdbpErrors with the server's code.
+ */
+import https from 'node:https';
+import { CdbpError, type ErrorCode } from '../kernel/errors.ts';
+
+const MAX_RESPONSE = 1024 * 1024;
+
+export interface CasHttpOptions {
+  caPem?: string;
+  /** Only for the CA bootstrap (fetchCaPem): accept any server certificate. */
+  insecure?: boolean;
+  agent?: https.Agent;
+  timeoutMs?: number;
+}
+
+export function casAgent(o: { caPem: string; keyPem?: string; certPem?: string; keepAlive?: boolean }): https.Agent {
+  return new https.Agent({ ca: o.caPem, key: o.keyPem, cert: o.certPem, keepAlive: o.keepAlive ?? true, maxSockets: 4 });
+}
+
+export async function casRequest<T>(baseUrl: string, method: 'GET' | 'POST', path: string, body: unknown, o: CasHttpOptions): Promise<T> {
+  const url = new URL(path, baseUrl);
+  if (url.protocol !== 'https:') throw new CdbpError('CONFIG_INVALID', `CAS URL must be https: ${baseUrl}`);
+  const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
+  return new Promise<T>((resolve, reject) => {
+    const req = https.request(url, {
+      method,
+      agent: o.agent,
+      ...(o.agent ? {} : { ca: o.caPem, rejectUnauthorized: !o.insecure }),
+      headers: payload ? { 'content-type': 'application/json', 'content-length': payload.length } : {},
+      timeout: o.timeoutMs ?? 30_000,
+    }, (res) => {
+      const chunks: Buffer[] = [];
+      let size = 0;
+      res.on('data', (c: Buffer) => {
+        size += c.length;
+        if (size > MAX_RESPONSE) {
+          req.destroy(new CdbpError('PROTOCOL_VIOLATION', 'CAS response too large'));
+          return;
+        }
+        chunks.push(c);
+      });
+      res.on('end', () => {
+        const text = Buffer.concat(chunks).toString('utf8');
+        let parsed: unknown;
+        try {
+          parsed = text.length > 0 ? JSON.parse(text) : undefined;
+        } catch {
+          reject(new CdbpError('PROTOCOL_VIOLATION', `CAS answered ${res.statusCode} with non-JSON`));
+          return;
+        }
+        const status = res.statusCode ?? 0;
+        if (status >= 200 && status < 300) {
+          resolve(parsed as T);
+          return;
+        }
+        const err = (parsed as { error?: { code?: string; message?: string; details?: Record<string, unknown> } } | undefined)?.error;
+        reject(new CdbpError((err?.code ?? 'INTERNAL') as ErrorCode, `CAS: ${err?.message ?? `HTTP ${status}`}`,
+          { details: { status, ...err?.details } }));
+      });
+      res.on('error', reject);
+    });
+    req.on('timeout', () => req.destroy(new CdbpError('CAS_UNREACHABLE', `CAS ${baseUrl} did not answer in time`)));
+    req.on('error', (e) => {
+      if (e instanceof CdbpError) reject(e);
+      else reject(new CdbpError('CAS_UNREACHABLE', `cannot reach the CAS at ${baseUrl}: ${e.message}`, { cause: e }));
+    });
+    req.end(payload);
+  });
+}

@@ -1,0 +1,55 @@
+/**
+ * Owner-side calls to the CAS: apply a signed policy, read the current policy (hash), and the
+ * owner-signed counter recovery. The signing itself is in cas/policy.ts (pure).
+ */
+import type { SigningKeyPair } from '../crypto/ed25519.ts';
+import type { Policy, SignedPolicy } from '../../cas/policy.ts';
+import { signRecovery } from '../../cas/policy.ts';
+import { isCdbpError } from '../kernel/errors.ts';
+import { casRequest } from './http.ts';
+
+export interface ApplyResult {
+  service: string;
+  policyHash: string;
+  status: 'created' | 'updated' | 'unchanged';
+  newKeys: string[];
+}
+
+export function applySignedPolicy(casUrl: string, caPem: string, signed: SignedPolicy): Promise<ApplyResult> {
+  return casRequest<ApplyResult>(casUrl, 'POST', '/v1/policies', signed, { caPem });
+}
+
+export interface CurrentPolicy {
+  service: string;
+  policyHash: string;
+  owner: string;
+  signed: SignedPolicy;
+  history: Array<{ policyHash: string; appliedAt: string }>;
+}
+
+/** The service's current policy, or undefined if it has none yet. */
+export async function getCurrentPolicy(casUrl: string, caPem: string, service: string): Promise<(CurrentPolicy & { policy: Policy }) | undefined> {
+  try {
+    const r = await casRequest<CurrentPolicy>(casUrl, 'GET', `/v1/services/${encodeURIComponent(service)}/policy`, undefined, { caPem });
+    return { ...r, policy: r.signed.policy };
+  } catch (e) {
+    if (isCdbpError(e, 'SERVICE_UNKNOWN')) return undefined;
+    throw e;
+  }
+}
+
+/** Hash of the current policy (the predecessor for the next update), or null if there is none. */
+export async function getCurrentPolicyHash(casUrl: string, caPem: string, service: string): Promise<string | null> {
+  return (await getCurrentPolicy(casUrl, caPem, service))?.policyHash ?? null;
+}
+
+/**
+ * Re-anchors a service's counter to (value, digest) after a legitimate restore from backup. Owner-
+ * signed over a fresh CAS nonce, so the signed request cannot be replayed; audited by the CAS.
+ */
+export async function recoverCounter(o: { casUrl: string; caPem: string; ownerKey: SigningKeyPair; service: string; value: number; digest: string }):
+  Promise<{ value: number; digest: string }> {
+  const { nonce } = await casRequest<{ nonce: string }>(o.casUrl, 'POST', '/v1/nonce', { purpose: 'recover' }, { caPem: o.caPem });
+  const signed = await signRecovery({ service: o.service, value: o.value, digest: o.digest, nonce }, o.ownerKey);
+  return casRequest(o.casUrl, 'POST', `/v1/services/${encodeURIComponent(o.service)}/recover`, signed, { caPem: o.caPem });
+}
