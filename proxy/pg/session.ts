@@ -253,6 +253,7 @@ export class PgSession {
       throw new CdbpError('PROTOCOL_VIOLATION', `TLS handshake failed: ${(e as Error).message}`, { details: { silent: true } });
     }
     this.env.metrics.tlsHandshake();
+    this.phase = 'startup';
     // PG 17 semantics: direct TLS must negotiate ALPN "postgresql" (it tells a PG server from any
     // other TLS service); after SSLRequest, ALPN is optional but must be ours if present.
     const alpn = secure.alpnProtocol;
