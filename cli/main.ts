@@ -9,6 +9,7 @@ const COMMANDS: Record<string, { summary: string; load: () => Promise<{ run(argv
   up: { summary: 'run the embedded local stack (CAS, MariaDB, proxy) in the foreground', load: () => import('./commands/up.ts') },
   cas: { summary: 'run the Configuration and Attestation Service (and `cas audit verify`)', load: () => import('./commands/cas.ts') },
   policy: { summary: 'owner tools: policy init | sign | apply', load: () => import('./commands/policy.ts') },
+  recover: { summary: 'owner: re-anchor a service counter after a legitimate restore (signed, audited)', load: () => import('./commands/recover.ts') },
   proxy: { summary: 'run the attested proxy (MySQL/PostgreSQL listeners, keyring, ops API)', load: () => import('./commands/proxy.ts') },
   status: { summary: 'print the status of a running role (--url http://127.0.0.1:PORT)', load: () => import('./commands/status.ts') },
 };

@@ -1,5 +1,114 @@
+/**
+ * `cdbp cas`: runs the Configuration and Attestation Service in the foreground.
+ * `cdbp cas audit verify --dir DIR`: checks the audit log's hash chain (and MACs, with the sealing key).
+ */
+import { existsSync, readFileSync, rmSync } from 'node:fs';
+import path from 'node:path';
+import { loadConfig, describeSchema, type Schema } from '../../src/kernel/config.ts';
+import { parseFlags } from '../../src/kernel/args.ts';
+import { createLogger } from '../../src/kernel/log.ts';
 import { CdbpError } from '../../src/kernel/errors.ts';
+import { readPublicKeyFile } from '../../src/crypto/ed25519.ts';
+import { isHex } from '../../src/crypto/hash.ts';
+import { simulationAllowed, SIMULATION_WARNING } from '../../src/attestation/select.ts';
+import { startCas, writeReadyFile, auditFile } from '../../cas/app.ts';
+import { verifyAuditFile } from '../../cas/audit.ts';
+import { deriveKey, FailClosedSealingKeyProvider, FileSealingKeyProvider } from '../../cas/sealing-key.ts';
 
-export async function run(_argv: string[]): Promise<number> {
-  throw new CdbpError('INTERNAL', 'cdbp cas is not built yet');
+export const CAS_SCHEMA = {
+  casDir: { kind: 'string', doc: 'CAS trusted directory (sealed state, audit log, ca.pem)', required: true },
+  casHost: { kind: 'string', doc: 'listen address', default: '127.0.0.1' },
+  casPort: { kind: 'int', doc: 'listen port (0 = any free port; see cas-ready.json)', default: 8700, min: 0, max: 65535 },
+  casAllowSimulated: { kind: 'bool', doc: 'accept SIMULATED attestation (development only)', default: false },
+  casPlatformPublicKey: { kind: 'string', doc: 'simulated platform public key file (hex), trusted for simulated evidence' },
+  casSealing: { kind: 'enum', values: ['file', 'fail-closed'], doc: 'state sealing key source (file = simulated, key in DIR)', default: 'file' },
+  casSealingKeyFile: { kind: 'string', doc: 'sealing key file for --sealing file [DIR/sealing.key]' },
+  casNonceTtlMs: { kind: 'int', doc: 'lifetime of attestation/recovery nonces in ms', default: 60_000, min: 100, max: 600_000 },
+  casTlsNames: { kind: 'list', doc: 'extra DNS names/IPs for the CAS server certificate', default: [] },
+} satisfies Schema;
+
+const FLAG_TO_KEY: Record<string, string> = {
+  dir: 'casDir', host: 'casHost', port: 'casPort', 'allow-simulated': 'casAllowSimulated',
+  'platform-public-key': 'casPlatformPublicKey', sealing: 'casSealing', 'sealing-key-file': 'casSealingKeyFile', 'tls-names': 'casTlsNames',
+};
+
+const USAGE = `usage: cdbp cas --dir DIR [--host 127.0.0.1] [--port N] [--allow-simulated --platform-public-key FILE]
+                [--sealing file|fail-closed] [--sealing-key-file FILE] [--tls-names a,b]
+       cdbp cas audit verify --dir DIR
+
+Environment (flags override):
+${describeSchema(CAS_SCHEMA)}`;
+
+export async function run(argv: string[]): Promise<number> {
+  if (argv[0] === 'audit') return auditCommand(argv.slice(1));
+  const { flags, positionals } = parseFlags(argv, ['allow-simulated'], ['dir', 'host', 'port', 'platform-public-key', 'sealing', 'sealing-key-file', 'tls-names']);
+  if (flags.help) {
+    console.log(USAGE);
+    return 0;
+  }
+  if (positionals.length > 0) throw new CdbpError('CONFIG_INVALID', `unexpected argument ${positionals[0]}\n${USAGE}`);
+  const overrides: Record<string, string | boolean | undefined> = {};
+  for (const [flag, key] of Object.entries(FLAG_TO_KEY)) if (flags[flag] !== undefined) overrides[key] = flags[flag];
+  const config = loadConfig(CAS_SCHEMA, overrides);
+  const allowSimulated = simulationAllowed(config.casAllowSimulated);
+  const dir = path.resolve(config.casDir);
+  const log = createLogger({ name: 'cas', base: allowSimulated ? { simulated: true } : {} });
+  if (allowSimulated) log.warn({ mode: 'simulated' }, SIMULATION_WARNING);
+  if (allowSimulated && !config.casPlatformPublicKey) {
+    throw new CdbpError('CONFIG_INVALID', '--allow-simulated needs --platform-public-key FILE (the simulated platform key it trusts)');
+  }
+  const sealing = config.casSealing === 'file'
+    ? new FileSealingKeyProvider(config.casSealingKeyFile ?? path.join(dir, 'sealing.key'), log)
+    : new FailClosedSealingKeyProvider();
+  rmSync(path.join(dir, 'cas-ready.json'), { force: true });
+  const cas = await startCas({
+    dir, host: config.casHost, port: config.casPort, allowSimulated, sealing, log, tlsNames: config.casTlsNames, nonceTtlMs: config.casNonceTtlMs,
+    platformPublicKey: config.casPlatformPublicKey ? readPublicKeyFile(config.casPlatformPublicKey) : undefined,
+  });
+  writeReadyFile(dir, { url: cas.url, caFile: cas.caFile, pid: process.pid });
+
+  return new Promise<number>((resolve) => {
+    let stopping = false;
+    const stop = (signal: string) => {
+      if (stopping) return;
+      stopping = true;
+      log.info({ signal }, 'CAS stopping');
+      rmSync(path.join(dir, 'cas-ready.json'), { force: true });
+      cas.close().then(() => resolve(0), (e: unknown) => {
+        log.error({ err: e }, 'error while stopping');
+        resolve(1);
+      });
+    };
+    process.once('SIGTERM', () => stop('SIGTERM'));
+    process.once('SIGINT', () => stop('SIGINT'));
+  });
+}
+
+async function auditCommand(argv: string[]): Promise<number> {
+  const [sub, ...rest] = argv;
+  const { flags } = parseFlags(rest, [], ['dir', 'sealing-key-file']);
+  if (sub !== 'verify' || flags.help || typeof flags.dir !== 'string') {
+    console.log('usage: cdbp cas audit verify --dir DIR [--sealing-key-file FILE]');
+    return flags.help ? 0 : 2;
+  }
+  const dir = path.resolve(flags.dir);
+  const file = auditFile(dir);
+  if (!existsSync(file)) {
+    console.error(`audit log ${file} does not exist`);
+    return 1;
+  }
+  // With the (file) sealing key at hand, the MACs are checked too: a rewritten chain is caught.
+  const keyFile = typeof flags['sealing-key-file'] === 'string' ? flags['sealing-key-file'] : path.join(dir, 'sealing.key');
+  let macKey: Buffer | undefined;
+  if (existsSync(keyFile)) {
+    const text = readFileSync(keyFile, 'utf8').trim();
+    if (isHex(text, 32)) macKey = deriveKey(Buffer.from(text, 'hex'), 'audit');
+  }
+  const v = await verifyAuditFile(file, macKey);
+  if (!v.ok) {
+    console.error(`audit log BROKEN: ${file} line ${v.line}: ${v.problem} (${v.entries} entries verified before it)`);
+    return 1;
+  }
+  console.log(`audit log OK: ${v.entries} entries, head ${v.head}${macKey ? ', MACs verified' : ' (hash chain only: no sealing key, MACs not checked)'}`);
+  return 0;
 }
