@@ -18,8 +18,8 @@ export interface PgAccounts {
 export interface PrivatePostgres {
   server: PostgresServer;
   accounts: PgAccounts;
-  /** Runs SQL as the superuser over the unix socket. */
-  query(sql: string, params?: unknown[]): Promise<pg.QueryResult>;
+  /** Runs SQL as the superuser over the unix socket (database `postgres` unless named). */
+  query(sql: string, params?: unknown[], database?: string): Promise<pg.QueryResult>;
   stop(): Promise<void>;
 }
 
@@ -69,8 +69,8 @@ export async function startPrivatePostgres(opts: Partial<PostgresServerOptions> 
     dir.remove();
     throw e;
   }
-  const query = async (sql: string, params?: unknown[]) => {
-    const client = new pg.Client({ host: server.socketDir, port, user: server.superuser, database: 'postgres' });
+  const query = async (sql: string, params?: unknown[], database = 'postgres') => {
+    const client = new pg.Client({ host: server.socketDir, port, user: server.superuser, database });
     await client.connect();
     try {
       return await client.query(sql, params);
