@@ -13,7 +13,8 @@ import { createHmac } from 'node:crypto';
 import { CdbpError } from '../src/kernel/errors.ts';
 import { canonicalJson, constantTimeEqual, sha256Hex } from '../src/crypto/hash.ts';
 
-export type AuditEventType = 'cas.start' | 'policy.apply' | 'attest' | 'counter.advance' | 'counter.recover';
+/** counter.read is audited only when refused (reads are frequent and harmless when allowed). */
+export type AuditEventType = 'cas.start' | 'policy.apply' | 'attest' | 'counter.read' | 'counter.advance' | 'counter.recover';
 
 export interface AuditEvent {
   event: AuditEventType;

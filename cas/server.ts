@@ -75,10 +75,11 @@ const SCHEMAS = {
 
 /** Which audit event a route's refusals belong to, for errors raised before the core sees the request. */
 const AUDITED_ROUTES: Record<string, AuditEventType> = {
-  '/v1/attest': 'attest',
-  '/v1/policies': 'policy.apply',
-  '/v1/services/:service/counter': 'counter.advance',
-  '/v1/services/:service/recover': 'counter.recover',
+  'POST /v1/attest': 'attest',
+  'POST /v1/policies': 'policy.apply',
+  'GET /v1/services/:service/counter': 'counter.read',
+  'POST /v1/services/:service/counter': 'counter.advance',
+  'POST /v1/services/:service/recover': 'counter.recover',
 };
 
 export interface CasServerOptions {
@@ -155,7 +156,7 @@ export function buildCasServer(o: CasServerOptions): FastifyInstance {
 
   app.setErrorHandler(async (e, req, reply) => {
     const err = toCdbpError(e);
-    const event = req.routeOptions?.url ? AUDITED_ROUTES[req.routeOptions.url] : undefined;
+    const event = req.routeOptions?.url ? AUDITED_ROUTES[`${req.method} ${req.routeOptions.url}`] : undefined;
     if (event && !isAudited(e)) {
       const service = (req.params as { service?: string } | undefined)?.service;
       await o.audit.append({ event, outcome: 'refused', code: err.code, service: typeof service === 'string' ? service.slice(0, 63) : undefined, details: { remote: req.ip } })
