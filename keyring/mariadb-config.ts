@@ -34,11 +34,15 @@ export interface MariadbEncryptionOptions {
   cacheVersionTimeoutMs?: number;
   /** InnoDB background (re-)encryption threads; default 2. */
   encryptionThreads?: number;
-  /** Re-encrypt pages whose key is this many versions behind the latest; default 1. */
+  /**
+   * innodb_encryption_rotate_key_age, default 1. Observed in 10.11: a page is re-encrypted only when
+   * page_version + age < latest, so with 1 pages move after the SECOND new version (not the first).
+   */
   rotateKeyAge?: number;
 }
 
 export const DEFAULT_BINLOG_BASENAME = 'mariadb-bin';
+
 
 export function mariadbEncryptionConfig(opts: MariadbEncryptionOptions): string[] {
   const url = parseVaultUrl(opts.vaultUrl);
