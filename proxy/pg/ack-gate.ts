@@ -20,8 +20,15 @@ export class AckGateError extends Error {
   }
 }
 
+/**
+ * Passes backend bytes through in whole messages only (a partial message, or a CommandComplete
+ * whose successor is not known yet, is carried to the next chunk), so that at any point the client has received a message-aligned prefix:
+ * if an acknowledgment is refused, the ErrorResponse that follows is well-formed and the held
+ * CommandComplete never reaches the client.
+ */
 export class AckGateStream extends Transform {
   private readonly tracker = new MessageBoundaryTracker();
+  private carry: Buffer | undefined;
 
   constructor(private readonly gate: AckGate) {
     super();
@@ -35,14 +42,26 @@ export class AckGateStream extends Transform {
       done(e as Error);
       return;
     }
+    const shift = this.carry?.length ?? 0;
+    const data = this.carry ? Buffer.concat([this.carry, chunk]) : chunk;
+    const boundary = this.tracker.releasableEnd > 0 ? this.tracker.releasableEnd + shift : 0;
     if (acks.length === 0) {
-      done(null, chunk);
+      if (boundary > 0) this.push(data.subarray(0, boundary));
+      this.carry = boundary < data.length ? data.subarray(boundary) : undefined;
+      done();
       return;
     }
-    this.release(chunk, acks).then(() => done(), (e) => done(e instanceof AckGateError ? e : new AckGateError(e)));
+    this.release(data, acks.map((a) => a + shift), boundary).then(() => done(), (e) => done(e instanceof AckGateError ? e : new AckGateError(e)));
   }
 
-  private async release(chunk: Buffer, acks: number[]): Promise<void> {
+  override _flush(done: TransformCallback): void {
+    // The backend ended: whatever it sent last goes out as it is.
+    if (this.carry) this.push(this.carry);
+    this.carry = undefined;
+    done();
+  }
+
+  private async release(data: Buffer, acks: number[], boundary: number): Promise<void> {
     let start = 0;
     for (const end of acks) {
       const hold = this.gate.holdAck();
@@ -50,12 +69,17 @@ export class AckGateStream extends Transform {
         try {
           await hold;
         } catch (e) {
+          this.carry = undefined;
           throw new AckGateError(e);
         }
       }
-      this.push(chunk.subarray(start, end));
+      this.push(data.subarray(start, end));
       start = end;
     }
-    if (start < chunk.length) this.push(chunk.subarray(start));
+    if (boundary > start) {
+      this.push(data.subarray(start, boundary));
+      start = boundary;
+    }
+    this.carry = start < data.length ? data.subarray(start) : undefined;
   }
 }

@@ -91,12 +91,19 @@ export class MessageBoundaryTracker {
   private previousType = 0;
   /** True while waiting for the status byte of a ReadyForQuery. */
   private awaitingStatus = false;
+  /**
+   * After scan(): end offset (exclusive) within that chunk of the last completed message that may
+   * be released before the next one is seen, or 0. A CommandComplete is never such a message: it
+   * may be the first half of an acknowledgment, so it waits for what follows.
+   */
+  releasableEnd = 0;
 
   /** Feeds a chunk; returns the offsets (exclusive end within chunk) of idle acknowledgments. */
   scan(chunk: Buffer): number[] {
     const acks: number[] = [];
     let pos = 0;
     const n = chunk.length;
+    this.releasableEnd = 0;
     while (pos < n) {
       if (this.bodyLeft > 0) {
         if (this.awaitingStatus) {
@@ -109,7 +116,10 @@ export class MessageBoundaryTracker {
         const take = Math.min(this.bodyLeft, n - pos);
         pos += take;
         this.bodyLeft -= take;
-        if (this.bodyLeft === 0) this.finishMessage();
+        if (this.bodyLeft === 0) {
+          if (this.type !== BackendType.CommandComplete) this.releasableEnd = pos;
+          this.finishMessage();
+        }
         continue;
       }
       // header
@@ -124,7 +134,10 @@ export class MessageBoundaryTracker {
       if (len < 4) throw protocolError(`backend sent an invalid message length ${len}`);
       this.bodyLeft = len - 4;
       this.awaitingStatus = this.type === BackendType.ReadyForQuery;
-      if (this.bodyLeft === 0) this.finishMessage();
+      if (this.bodyLeft === 0) {
+        if (this.type !== BackendType.CommandComplete) this.releasableEnd = pos;
+        this.finishMessage();
+      }
     }
     return acks;
   }

@@ -5,6 +5,7 @@
  * the client socket closing, whatever the path that led there.
  */
 import net from 'node:net';
+import type { Readable, Writable } from 'node:stream';
 import tls from 'node:tls';
 import { Parser } from 'pg-protocol/dist/parser.js';
 import type { Logger } from '../../src/kernel/log.ts';
@@ -119,14 +120,20 @@ export class PgSession {
     this.raw.destroy();
   }
 
-  /** Sends a FATAL ErrorResponse (where the client can read one) and closes gracefully. */
-  endWithError(sqlState: string, message: string, reason: string): void {
+  /**
+   * Sends a FATAL ErrorResponse (where the client can read one) and closes gracefully. While
+   * piping, the client stream may end mid-message, so an error is only appended when the caller
+   * knows the stream is message-aligned (the ack gate); otherwise the connection is just closed.
+   */
+  endWithError(sqlState: string, message: string, reason: string, opts: { streamAligned?: boolean } = {}): void {
     if (this.ending) return;
     this.ending = true;
     this.closeReason ??= reason;
     this.backend?.destroy();
     const c = this.client;
-    if (!c.destroyed && c.writable) {
+    if (this.phase === 'pipe' && !opts.streamAligned) {
+      this.destroy(reason);
+    } else if (!c.destroyed && c.writable) {
       c.end(encodeErrorResponse({ severity: 'FATAL', sqlState, message }));
       // A client that never reads must not pin the socket.
       setTimeout(() => this.destroy(reason), 2_000).unref();
@@ -377,7 +384,7 @@ export class PgSession {
     }, 'pg session open');
 
     if (clientRest.length > 0) backend.write(clientRest);
-    client.pipe(backend);
+    relay(client, backend);
 
     const gate = this.env.ackGate;
     if (gate) {
@@ -387,13 +394,14 @@ export class PgSession {
         this.env.log.warn({ event: 'pg.ack_refused', session: this.id, err: (refused ? asCdbpError(e.reason) : e).message }, 'pg acknowledgment not released');
         this.endWithError(refused ? SqlState.statementCompletionUnknown : SqlState.protocolViolation,
           refused ? 'the database could not confirm that the statement is durable; its outcome is unknown'
-            : 'invalid message from the database', refused ? 'ack refused' : 'backend protocol violation');
+            : 'invalid message from the database', refused ? 'ack refused' : 'backend protocol violation', { streamAligned: true });
       });
       if (backendRest.length > 0) gated.write(backendRest);
-      backend.pipe(gated).pipe(client);
+      relay(backend, gated);
+      relay(gated, client);
     } else {
       if (backendRest.length > 0) client.write(backendRest);
-      backend.pipe(client); // hot path: no copies, no parsing
+      relay(backend, client); // hot path: no copies, no parsing
     }
 
     // Client gone: the backend session ends too. Backend gone: flush what it said (e.g. a FATAL
@@ -478,3 +486,19 @@ export class PgSession {
   }
 }
 
+
+/**
+ * One direction of the byte pump: what Readable.pipe does, minus its bookkeeping (this runs for
+ * every chunk of every session). Backpressure: pause the source while the sink's buffer is full.
+ * Half-close: the source's end ends the sink.
+ */
+function relay(from: Readable, to: Writable): void {
+  from.on('data', (chunk: Buffer) => {
+    if (!to.write(chunk)) {
+      from.pause();
+      to.once('drain', () => from.resume());
+    }
+  });
+  from.once('end', () => to.end());
+  from.resume();
+}
