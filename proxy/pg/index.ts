@@ -4,9 +4,10 @@
  * then pipes frames. The composition root gives it a TLS identity, a backend and a logger.
  */
 import net from 'node:net';
-import tls from 'node:tls';
 import type { Logger } from '../../src/kernel/log.ts';
 import { CdbpError } from '../../src/kernel/errors.ts';
+import { ConnectionLimiter, type ConnectionSlot } from '../shared/connection-limiter.ts';
+import { TlsIdentityHolder } from '../shared/tls-identity.ts';
 import type { MetricsRegistry } from '../../src/kernel/metrics.ts';
 import { validateBackend, describeBackend, type PgBackend } from './backend.ts';
 import { CancelRegistry } from './cancel-registry.ts';
@@ -54,23 +55,14 @@ export interface PgProxy {
   stats(): PgProxyStats;
 }
 
-/** Builds a secure context, failing with a clear error on unusable PEM (e.g. key does not match cert). */
-function secureContextFor(identity: { keyPem: string; certPem: string }): tls.SecureContext {
-  try {
-    return tls.createSecureContext({ key: identity.keyPem, cert: identity.certPem, minVersion: 'TLSv1.2' });
-  } catch (e) {
-    throw new CdbpError('CONFIG_INVALID', `unusable TLS identity for the PostgreSQL endpoint: ${(e as Error).message}`, { cause: e });
-  }
-}
-
 export function createPgProxy(opts: PgProxyOptions): PgProxy {
   validateBackend(opts.backend);
   const limits: PgLimits = { ...DEFAULT_LIMITS, ...opts.limits };
   const metrics = new PgMetrics(opts.metrics);
   const cancels = new CancelRegistry();
   const sessions = new Set<PgSession>();
-  let context = secureContextFor(opts.tls);
-  let slotsInUse = 0;
+  const identity = new TlsIdentityHolder(opts.tls);
+  const limiter = new ConnectionLimiter(limits.maxConnections);
   let accepted = 0;
   let accepting = false;
   let server: net.Server | undefined;
@@ -83,15 +75,8 @@ export function createPgProxy(opts: PgProxyOptions): PgProxy {
     backend: opts.backend,
     cancels,
     ackGate: opts.ackGate,
-    secureContext: () => context,
-    tryAcquireSlot: () => {
-      if (slotsInUse >= limits.maxConnections) return false;
-      slotsInUse++;
-      return true;
-    },
-    releaseSlot: () => {
-      slotsInUse--;
-    },
+    secureContext: () => identity.context,
+    tryAcquireSlot: (): ConnectionSlot | undefined => limiter.tryAcquire(),
     onClosed: (s: PgSession) => {
       sessions.delete(s);
       if (sessions.size === 0) for (const w of drainWaiters) w();
@@ -132,9 +117,9 @@ export function createPgProxy(opts: PgProxyOptions): PgProxy {
       return { host: addr.address, port: addr.port };
     },
 
-    setTlsIdentity(identity) {
-      context = secureContextFor(identity);
-      opts.log.info({ event: 'pg.tls_identity_updated' }, 'PostgreSQL endpoint TLS identity updated');
+    setTlsIdentity(next) {
+      identity.set(next);
+      opts.log.info({ event: 'pg.tls_identity_updated', generation: identity.generation }, 'PostgreSQL endpoint TLS identity updated');
     },
 
     async stopAccepting() {
@@ -186,7 +171,7 @@ export function createPgProxy(opts: PgProxyOptions): PgProxy {
     stats() {
       let authenticated = 0;
       for (const s of sessions) if (s.authenticated) authenticated++;
-      return { open: sessions.size, authenticated, slotsInUse, accepted, accepting };
+      return { open: sessions.size, authenticated, slotsInUse: limiter.open, accepted, accepting };
     },
   };
 }

@@ -1,4 +1,8 @@
-/** The PG endpoint's Prometheus metrics (names shared with the MySQL endpoint, label protocol="pg"). */
+/**
+ * The PG endpoint's Prometheus metrics: the names and labels of proxy/shared/metrics.ts (label
+ * protocol="pg"), plus cdbp_cancel_requests_total and PG-specific refusal reasons, which the shared
+ * EndpointMetrics does not have.
+ */
 import { MetricsRegistry, type Counter, type Gauge } from '../../src/kernel/metrics.ts';
 
 const P = { protocol: 'pg' } as const;
@@ -37,8 +41,9 @@ export class PgMetrics {
   }
   closed(clientToServer: number, serverToClient: number): void {
     this.open.dec(P);
-    if (clientToServer) this.bytes.inc({ ...P, direction: 'client_to_server' }, clientToServer);
-    if (serverToClient) this.bytes.inc({ ...P, direction: 'server_to_client' }, serverToClient);
+    // Same labels as proxy/shared/metrics.ts: in = client → database, out = database → client.
+    if (clientToServer) this.bytes.inc({ ...P, direction: 'in' }, clientToServer);
+    if (serverToClient) this.bytes.inc({ ...P, direction: 'out' }, serverToClient);
   }
   refused(reason: RefusalReason): void {
     this.refusedTotal.inc({ ...P, reason });

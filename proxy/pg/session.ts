@@ -24,6 +24,7 @@ import { dialBackend, sendBackendCancel, type PgBackend } from './backend.ts';
 import type { CancelRegistry, IssuedKey } from './cancel-registry.ts';
 import { AckGateError, AckGateStream, type AckGate } from './ack-gate.ts';
 import type { PgMetrics } from './metrics.ts';
+import type { ConnectionSlot } from '../shared/connection-limiter.ts';
 
 export interface PgLimits {
   /** Sessions holding a backend connection (dialing or authenticated). */
@@ -59,9 +60,8 @@ export interface SessionEnv {
   cancels: CancelRegistry;
   ackGate: AckGate | undefined;
   secureContext(): tls.SecureContext;
-  /** Takes a backend slot; false when maxConnections are in use. */
-  tryAcquireSlot(): boolean;
-  releaseSlot(): void;
+  /** Takes a backend slot; undefined when maxConnections are in use. */
+  tryAcquireSlot(): ConnectionSlot | undefined;
   onClosed(session: PgSession): void;
 }
 
@@ -81,7 +81,7 @@ export class PgSession {
   private user: string | undefined;
   private database: string | undefined;
   private issuedKey: IssuedKey | undefined;
-  private holdsSlot = false;
+  private slot: ConnectionSlot | undefined;
   private handshakeTimer: NodeJS.Timeout | undefined;
   private closeReason: string | undefined;
   private cleanedUp = false;
@@ -200,12 +200,12 @@ export class PgSession {
     }
 
     // Connection limit, checked before dialing so a full proxy costs the backend nothing.
-    if (!this.env.tryAcquireSlot()) {
+    this.slot = this.env.tryAcquireSlot();
+    if (!this.slot) {
       this.env.metrics.refused('max_connections');
       reader.detach();
       return this.endWithError(SqlState.tooManyConnections, 'sorry, too many clients already', 'too many connections');
     }
-    this.holdsSlot = true;
 
     this.phase = 'dial';
     let backend: net.Socket | tls.TLSSocket;
@@ -472,7 +472,7 @@ export class PgSession {
     clearTimeout(this.handshakeTimer);
     this.backend?.destroy();
     this.issuedKey?.release();
-    if (this.holdsSlot) this.env.releaseSlot();
+    this.slot?.release();
     const toBackend = this.backend?.bytesWritten ?? 0;
     const fromBackend = this.backend?.bytesRead ?? 0;
     this.env.metrics.closed(toBackend, fromBackend);

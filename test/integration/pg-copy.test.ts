@@ -70,6 +70,6 @@ test('COPY FROM STDIN and COPY TO STDOUT of 100 MB pass through the proxy byte f
   for await (const chunk of createReadStream(output)) outHash.update(chunk as Buffer);
   assert.equal(outHash.digest('hex'), inputHash);
   const bytes = t.metrics.render();
-  assert.match(bytes, /cdbp_bytes_total\{direction="client_to_server",protocol="pg"\} \d{9}/);
-  assert.match(bytes, /cdbp_bytes_total\{direction="server_to_client",protocol="pg"\} \d{9}/);
+  assert.match(bytes, /cdbp_bytes_total\{direction="in",protocol="pg"\} \d{9}/);
+  assert.match(bytes, /cdbp_bytes_total\{direction="out",protocol="pg"\} \d{9}/);
 });
