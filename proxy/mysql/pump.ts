@@ -93,6 +93,10 @@ class GatedPump implements Pump {
       this.backendEnded = true;
       if (!this.holding) this.endClient();
     });
+    // The handshake readers paused both sockets when they detached; unlike pipe(), adding a 'data'
+    // listener does not resume an explicitly paused stream.
+    client.resume();
+    backend.resume();
   }
 
   private endClient(): void {
