@@ -67,6 +67,8 @@ export interface MysqlProxyStats {
   tlsFailures: number;
   authFailures: number;
   handshakeTimeouts: number;
+  /** Bytes currently queued inside the proxy across sessions (backpressure health). */
+  buffered: number;
 }
 
 export interface MysqlProxy {
@@ -174,7 +176,10 @@ export function createMysqlProxy(opts: MysqlProxyOptions): MysqlProxy {
       accepting = false;
       if (!listening) return Promise.resolve();
       listening = false;
-      return new Promise((resolve) => server.close(() => resolve()));
+      // server.close() stops accepting at once, but its callback waits for every open connection to
+      // end: draining them is drain()'s job, so do not wait for it here.
+      server.close();
+      return Promise.resolve();
     },
     async drain(timeoutMs) {
       accepting = false;
@@ -189,7 +194,9 @@ export function createMysqlProxy(opts: MysqlProxyOptions): MysqlProxy {
     stats() {
       let liveIn = 0;
       let liveOut = 0;
+      let buffered = 0;
       for (const s of sessions) {
+        buffered += s.buffered;
         const b = s.bytes;
         liveIn += b.in;
         liveOut += b.out;
@@ -197,7 +204,7 @@ export function createMysqlProxy(opts: MysqlProxyOptions): MysqlProxy {
       return {
         open: sessions.size, total, refused,
         bytesIn: totals.bytesIn + liveIn, bytesOut: totals.bytesOut + liveOut,
-        tlsFailures: totals.tlsFailures, authFailures: totals.authFailures, handshakeTimeouts: totals.handshakeTimeouts,
+        tlsFailures: totals.tlsFailures, authFailures: totals.authFailures, handshakeTimeouts: totals.handshakeTimeouts, buffered,
       };
     },
   };
