@@ -25,7 +25,7 @@ import { FreshnessGuard } from '../proxy/freshness/guard.ts';
 import { RecordStore } from '../proxy/freshness/store.ts';
 import { MariadbPositionSource, readOfflineCheckpoint } from '../proxy/freshness/mariadb-position.ts';
 import { createMysqlProxy, type MysqlProxy } from '../proxy/mysql/index.ts';
-import { createKeyring, mariadbEncryptionConfig, keyringEnv, type Keyring } from '../keyring/index.ts';
+import { createKeyring, mariadbEncryptionConfig, keyringEnv, prepareVolatileDir, type Keyring } from '../keyring/index.ts';
 import type { PROXY_SCHEMA } from './settings.ts';
 import { VERSION } from './version.ts';
 
@@ -180,11 +180,18 @@ export class ProxyRole {
     log.info({ url }, 'keyring ready');
     // A fresh token for this mariadbd start; it reaches mariadbd only through its environment.
     const token = this.keyring.issueToken();
+    // MariaDB writes the Aria transaction log and internal temp tables unencrypted: keep them in memory.
+    const volatileRoot = config.volatileDir ?? path.join(config.mariadbRunDir, 'volatile');
+    const ariaLog = prepareVolatileDir(path.join(volatileRoot, 'aria-log'));
+    const tmp = prepareVolatileDir(path.join(volatileRoot, 'tmp'));
+    if (!ariaLog.volatile || !tmp.volatile) {
+      log.warn({ dir: volatileRoot }, 'volatile dir is not memory-backed: the Aria log and internal temp tables reach a disk in plaintext (set CDBP_VOLATILE_DIR to a tmpfs)');
+    }
     this.mariadb = new MariadbServer({
       dir: config.mariadbRunDir,
       datadir: config.datadir,
-      tmpdir: path.join(config.mariadbRunDir, 'tmp'),
-      extraConfig: mariadbEncryptionConfig({ vaultUrl: url, caFile, ariaLogDir: path.join(config.mariadbRunDir, 'aria-log') }),
+      tmpdir: tmp.dir,
+      extraConfig: mariadbEncryptionConfig({ vaultUrl: url, caFile, ariaLogDir: ariaLog.dir }),
       env: keyringEnv(token),
     });
     if (!this.mariadb.isInitialized()) {

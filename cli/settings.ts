@@ -28,6 +28,7 @@ export const PROXY_SCHEMA = {
   manageMariadb: { kind: 'bool', doc: 'start and supervise mariadbd after attestation, freshness and keyring', default: false },
   mariadbRunDir: { kind: 'string', doc: 'runtime dir for the managed mariadbd (cnf, socket, logs)' },
   datadir: { kind: 'string', doc: 'MariaDB data directory (untrusted volume)' },
+  volatileDir: { kind: 'string', doc: 'memory-backed (tmpfs) dir for what MariaDB cannot encrypt: Aria log, internal temp tables' },
   untrustedDir: { kind: 'string', doc: 'untrusted volume for the sealed freshness record', required: true },
   monitorUser: { kind: 'string', doc: 'account for LSN/GTID reads (default root over the socket)', default: 'root' },
   monitorPassword: { kind: 'string', doc: 'password of the monitor account', secret: true },

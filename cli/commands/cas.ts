@@ -2,6 +2,7 @@
  * `cdbp cas`: runs the Configuration and Attestation Service in the foreground.
  * `cdbp cas audit verify --dir DIR`: checks the audit log's hash chain (and MACs, with the sealing key).
  */
+import { watchParent } from '../../src/kernel/parent-watch.ts';
 import { existsSync, readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { loadConfig, describeSchema, type Schema } from '../../src/kernel/config.ts';
@@ -81,6 +82,7 @@ export async function run(argv: string[]): Promise<number> {
     };
     process.once('SIGTERM', () => stop('SIGTERM'));
     process.once('SIGINT', () => stop('SIGINT'));
+    watchParent(() => stop('parent exited'));
   });
 }
 

@@ -7,6 +7,7 @@ import { loadConfig, describeSchema } from '../../src/kernel/config.ts';
 import { parseFlags, camel } from '../../src/kernel/args.ts';
 import { createLogger } from '../../src/kernel/log.ts';
 import { selectProvider } from '../../src/attestation/select.ts';
+import { watchParent } from '../../src/kernel/parent-watch.ts';
 import { PROXY_SCHEMA } from '../settings.ts';
 import { ProxyRole } from '../proxy-role.ts';
 
@@ -40,6 +41,7 @@ export async function run(argv: string[]): Promise<number> {
   };
   process.on('SIGTERM', () => onSignal('SIGTERM'));
   process.on('SIGINT', () => onSignal('SIGINT'));
+  watchParent(() => onSignal('parent exited'));
 
   try {
     await role.start();

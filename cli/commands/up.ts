@@ -15,6 +15,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, openSync, readFileSync, writeFileSync, copyFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { once } from 'node:events';
+import { createHash } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import mariadb from 'mariadb';
 import { parseFlags } from '../../src/kernel/args.ts';
@@ -25,6 +26,7 @@ import { generatePlatformKey } from '../../src/attestation/simulated.ts';
 import { measureShippedCode } from '../../src/attestation/measurement.ts';
 import { ensureOwnerKey, ensureServicePolicy } from '../local-policy.ts';
 import { randomPassword } from '../proxy-role.ts';
+import { MariadbServer } from '../../src/db/mariadb-server.ts';
 
 const CLI = fileURLToPath(new URL('../../bin/cdbp.js', import.meta.url));
 
@@ -68,7 +70,13 @@ Runs the CAS, a private MariaDB and the proxy (simulated TEE) in the foreground;
   const children: Array<{ name: string; child: ChildProcess; log: string }> = [];
   let stopping = false;
   const mariadbPidFile = path.join(layout.run, 'mariadb', 'mariadb.pid');
-  killStaleMariadb(mariadbPidFile, say);
+  // Describes the proxy's managed instance just enough to find a mariadbd a killed proxy left behind.
+  const managed = new MariadbServer({ dir: path.join(layout.run, 'mariadb'), datadir: path.join(layout.untrusted, 'mariadb') });
+  const stopLeftover = async () => {
+    const pid = await managed.stopLeftover();
+    if (pid) say(`stopped a leftover mariadbd (pid ${pid})`);
+  };
+  await stopLeftover();
 
   const stopAll = async (code: number): Promise<number> => {
     if (stopping) return code;
@@ -83,7 +91,7 @@ Runs the CAS, a private MariaDB and the proxy (simulated TEE) in the foreground;
       clearTimeout(timer);
       say(`${name} stopped`);
     }
-    killStaleMariadb(mariadbPidFile, say);
+    await stopLeftover();
     return code;
   };
 
@@ -95,7 +103,13 @@ Runs the CAS, a private MariaDB and the proxy (simulated TEE) in the foreground;
   const startChild = (name: string, args: string[], env: Record<string, string>) => {
     const log = path.join(layout.run, `${name}.log`);
     const fd = openSync(log, 'a');
-    const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', fd, fd], env: { ...process.env, ...env } });
+    // Own process group: a terminal's Ctrl-C reaches only `up`, which then stops the children in order
+    // (proxy drains and shuts mariadbd down before the CAS goes). CDBP_PARENT_PID makes a child exit
+    // cleanly if `up` itself dies without stopping it.
+    const child = spawn(process.execPath, [CLI, ...args], {
+      stdio: ['ignore', fd, fd], detached: true,
+      env: { ...process.env, ...env, CDBP_PARENT_PID: String(process.pid) },
+    });
     children.push({ name, child, log });
     child.on('exit', (code, sig) => {
       if (!stopping) {
@@ -142,7 +156,7 @@ Runs the CAS, a private MariaDB and the proxy (simulated TEE) in the foreground;
       CDBP_MYSQL_HOST: '127.0.0.1', CDBP_MYSQL_PORT: String(mysqlPort),
       CDBP_OPS_HOST: '127.0.0.1', CDBP_OPS_PORT: String(opsPort),
       CDBP_MANAGE_MARIADB: '1', CDBP_MARIADB_RUN_DIR: mariadbRunDir, CDBP_DATADIR: datadir,
-      CDBP_UNTRUSTED_DIR: layout.untrusted, CDBP_FRESHNESS: freshness, CDBP_DRAIN_DELAY_MS: '0',
+      CDBP_UNTRUSTED_DIR: layout.untrusted, CDBP_VOLATILE_DIR: volatileDir(dir), CDBP_FRESHNESS: freshness, CDBP_DRAIN_DELAY_MS: '0',
     });
     const opsUrl = `http://127.0.0.1:${opsPort}`;
     const status = await followProxy(opsUrl, say, signalled);
@@ -179,6 +193,12 @@ Runs the CAS, a private MariaDB and the proxy (simulated TEE) in the foreground;
 }
 
 class SignalledError extends Error {}
+
+/** Memory-backed runtime dir for this stack (tmpfs when /dev/shm exists), keyed by DIR. */
+function volatileDir(dir: string): string {
+  const base = existsSync('/dev/shm') ? '/dev/shm' : path.join(dir, 'run');
+  return path.join(base, `cdbp-${createHash('sha256').update(dir).digest('hex').slice(0, 12)}`);
+}
 
 /** Polls the proxy's status, printing each lifecycle step, until ready (or failed: then throws). */
 async function followProxy(opsUrl: string, say: (m: string) => void, signalled: Promise<string>): Promise<Record<string, unknown>> {
@@ -249,26 +269,6 @@ function readPid(file: string): number | null {
     return Number.isInteger(pid) && pid > 0 ? pid : null;
   } catch {
     return null;
-  }
-}
-
-/** A mariadbd left behind by a killed proxy would hold the datadir lock: stop it (it is ours: our pid file). */
-function killStaleMariadb(pidFile: string, say: (m: string) => void): void {
-  const pid = readPid(pidFile);
-  if (!pid) return;
-  try {
-    const cmd = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
-    if (!cmd.includes('mariadbd')) return;
-    process.kill(pid, 'SIGTERM');
-    say(`stopped a leftover mariadbd (pid ${pid})`);
-    const deadline = Date.now() + 30_000;
-    while (Date.now() < deadline) {
-      try { process.kill(pid, 0); } catch { return; }
-      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 100);
-    }
-    process.kill(pid, 'SIGKILL');
-  } catch {
-    // not running
   }
 }
 

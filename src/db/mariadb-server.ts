@@ -115,6 +115,7 @@ export class MariadbServer {
 
   async start(): Promise<void> {
     if (this.running) return;
+    await this.stopLeftover();
     this.writeConfig();
     const mariadbd = findBinary('mariadbd');
     const child = spawn(mariadbd, [`--defaults-file=${this.cnfPath}`], {
@@ -128,6 +129,37 @@ export class MariadbServer {
     } catch (e) {
       await this.stop();
       throw new CdbpError('CHILD_FAILED', `mariadbd did not start: ${tail(this.errorLog)}`, { cause: e });
+    }
+  }
+
+  /**
+   * A mariadbd of this instance left running by a supervisor that was killed (kill -9 of the proxy)
+   * would hold the datadir lock: stop it cleanly. Only a process whose command line names our my.cnf
+   * is touched.
+   */
+  async stopLeftover(timeoutMs = 60_000): Promise<number | undefined> {
+    let pid: number;
+    try {
+      pid = Number(readFileSync(this.pidFile, 'utf8').trim());
+      if (!Number.isInteger(pid) || pid <= 0) return undefined;
+      const cmdline = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
+      if (!cmdline.includes('mariadbd') || !cmdline.includes(this.cnfPath)) return undefined;
+    } catch {
+      return undefined;
+    }
+    process.kill(pid, 'SIGTERM');
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      try {
+        process.kill(pid, 0);
+      } catch {
+        return pid;
+      }
+      if (Date.now() > deadline) {
+        process.kill(pid, 'SIGKILL');
+        return pid;
+      }
+      await new Promise((r) => setTimeout(r, 100));
     }
   }
 
