@@ -112,6 +112,12 @@ export class MysqlSession {
     return { in: this.backendRaw?.bytesWritten ?? 0, out: this.backendRaw?.bytesRead ?? 0 };
   }
 
+  /** Bytes queued inside the proxy for this session (TLS write buffer + unread backend data). */
+  get buffered(): number {
+    const client = this.clientTls ?? this.client;
+    return client.writableLength + (this.backend?.readableLength ?? 0) + (this.backend?.writableLength ?? 0);
+  }
+
   start(): void {
     const { client, ctx } = this;
     client.setNoDelay(true);

@@ -1,0 +1,385 @@
+/**
+ * Robustness of the MySQL endpoint against a real MariaDB: limits, timeouts, garbage, half-close,
+ * backpressure, single cleanup and log lines, certificate hot swap, drain, TLS backend leg.
+ * Raw protocol clients are used where a well-behaved driver cannot misbehave on purpose.
+ */
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import net from 'node:net';
+import tls from 'node:tls';
+import { createHash } from 'node:crypto';
+import { once } from 'node:events';
+import { Writable } from 'node:stream';
+import path from 'node:path';
+import mysql2 from 'mysql2/promise';
+import { startPrivateMariadb, type PrivateMariadb } from '../support/mariadb.ts';
+import { makeTestPki, type TestPki } from '../support/test-pki.ts';
+import { tempDir } from '../support/tmp.ts';
+import { createLogger, silentLogger } from '../../src/kernel/log.ts';
+import { MetricsRegistry } from '../../src/kernel/metrics.ts';
+import { isCdbpError } from '../../src/kernel/errors.ts';
+import { createMysqlProxy, type MysqlProxy, type MysqlProxyOptions } from '../../proxy/mysql/index.ts';
+import { Cap } from '../../proxy/mysql/constants.ts';
+import { decodeErr, decodeInitialHandshake, encodePacket } from '../../proxy/mysql/codec.ts';
+import { PacketFramer } from '../../proxy/mysql/framer.ts';
+
+let db: PrivateMariadb;
+let pki: TestPki;
+const dir = tempDir('mysql-robust');
+let tlsFiles: { caFile: string; certFile: string; keyFile: string };
+
+before(async () => {
+  pki = makeTestPki();
+  tlsFiles = pki.writeTo(dir.path);
+  db = await startPrivateMariadb({
+    tcp: true,
+    extraConfig: [`ssl-ca=${tlsFiles.caFile}`, `ssl-cert=${tlsFiles.certFile}`, `ssl-key=${tlsFiles.keyFile}`],
+  });
+});
+
+after(async () => {
+  await db?.stop();
+  dir.remove();
+});
+
+async function withProxy<T>(extra: Partial<MysqlProxyOptions>, fn: (p: MysqlProxy, port: number) => Promise<T>): Promise<T> {
+  const proxy = createMysqlProxy({
+    listen: { host: '127.0.0.1', port: 0 },
+    backend: { socket: db.server.socket },
+    tls: { keyPem: pki.keyPem, certPem: pki.certPem },
+    log: silentLogger(),
+    ...extra,
+  });
+  const addr = await proxy.listen();
+  try {
+    return await fn(proxy, (addr as { port: number }).port);
+  } finally {
+    await proxy.close();
+  }
+}
+
+function connect2(port: number, opts: Partial<mysql2.ConnectionOptions> = {}) {
+  return mysql2.createConnection({ host: '127.0.0.1', port, user: db.user, password: db.password, ssl: { ca: pki.caPem }, connectTimeout: 10_000, ...opts });
+}
+
+/** A raw protocol client: reads packets with the project's framer (no cap that matters here). */
+class RawClient {
+  private framer = new PacketFramer(1 << 30);
+  private queue: { seq: number; payload: Buffer }[] = [];
+  private waiters: (() => void)[] = [];
+  closed = false;
+  constructor(public sock: net.Socket | tls.TLSSocket) { this.attach(sock); }
+  attach(sock: net.Socket | tls.TLSSocket) {
+    this.sock = sock;
+    sock.on('data', (c: Buffer) => { for (const p of this.framer.pushAll(c)) this.queue.push(p); this.wake(); });
+    sock.on('close', () => { this.closed = true; this.wake(); });
+    sock.on('error', () => {});
+  }
+  private wake() { for (const w of this.waiters.splice(0)) w(); }
+  async next(timeoutMs = 5000): Promise<{ seq: number; payload: Buffer } | undefined> {
+    const deadline = Date.now() + timeoutMs;
+    while (this.queue.length === 0 && !this.closed && Date.now() < deadline) {
+      await new Promise<void>((r) => { this.waiters.push(r); setTimeout(r, 50); });
+    }
+    return this.queue.shift();
+  }
+  async untilClosed(timeoutMs = 5000) {
+    const deadline = Date.now() + timeoutMs;
+    while (!this.closed && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    return this.closed;
+  }
+}
+
+async function rawConnect(port: number) {
+  const sock = net.connect(port, '127.0.0.1');
+  await once(sock, 'connect');
+  const c = new RawClient(sock);
+  const greeting = await c.next();
+  assert.ok(greeting, 'greeting received');
+  return { c, greeting };
+}
+
+const CLIENT_CAPS = Cap.CLIENT_MYSQL | Cap.CLIENT_PROTOCOL_41 | Cap.CLIENT_SECURE_CONNECTION | Cap.CLIENT_PLUGIN_AUTH |
+  Cap.CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA | Cap.CLIENT_TRANSACTIONS | Cap.CLIENT_MULTI_RESULTS | Cap.CLIENT_SSL;
+
+function sslRequest(caps = CLIENT_CAPS): Buffer {
+  const p = Buffer.alloc(32);
+  p.writeUInt32LE(Number(caps & 0xffffffffn), 0);
+  p.writeUInt32LE(1 << 24, 4);
+  p[8] = 45;
+  return p;
+}
+
+function nativeToken(password: string, scramble: Buffer): Buffer {
+  const sha1 = (b: Buffer) => createHash('sha1').update(b).digest();
+  const s1 = sha1(Buffer.from(password));
+  const s2 = sha1(s1);
+  const h = sha1(Buffer.concat([scramble, s2]));
+  return Buffer.from(h.map((b, i) => b ^ s1[i]!));
+}
+
+function scrambleOf(greeting: Buffer): Buffer {
+  const afterVersion = greeting.indexOf(0, 1) + 1;
+  const part1 = greeting.subarray(afterVersion + 4, afterVersion + 12);
+  const p2start = afterVersion + 4 + 8 + 1 + 2 + 1 + 2 + 2 + 1 + 10;
+  const part2 = greeting.subarray(p2start, p2start + 12);
+  return Buffer.concat([part1, part2]);
+}
+
+function handshakeResponse(user: string, password: string, scramble: Buffer, caps = CLIENT_CAPS): Buffer {
+  const head = sslRequest(caps);
+  const token = nativeToken(password, scramble);
+  return Buffer.concat([head, Buffer.from(user + '\0'), Buffer.from([token.length]), token, Buffer.from('mysql_native_password\0')]);
+}
+
+/** Full raw login over TLS; returns the client ready for commands (seq restarts at 0). */
+async function rawLogin(port: number, user = db.user, password = db.password, caps = CLIENT_CAPS) {
+  const { c, greeting } = await rawConnect(port);
+  c.sock.write(encodePacket(1, sslRequest(caps)));
+  c.sock.removeAllListeners('data');
+  const t = tls.connect({ socket: c.sock as net.Socket, ca: pki.caPem, servername: 'localhost' });
+  await once(t, 'secureConnect');
+  const tc = new RawClient(t);
+  t.write(encodePacket(2, handshakeResponse(user, password, scrambleOf(greeting.payload), caps)));
+  const reply = await tc.next();
+  return { c: tc, reply: reply! };
+}
+
+function comQuery(sql: string): Buffer {
+  return encodePacket(0, Buffer.concat([Buffer.from([0x03]), Buffer.from(sql)]));
+}
+
+test('raw login with mysql_native_password: seq ids are rewritten for the socket backend and OK arrives with seq 3', async () => {
+  await withProxy({}, async (_p, port) => {
+    const { c, reply } = await rawLogin(port);
+    assert.equal(reply.payload[0], 0x00, `expected OK, got ${reply.payload[0] === 0xff ? decodeErr(reply.payload).message : reply.payload[0]}`);
+    assert.equal(reply.seq, 3);
+    c.sock.destroy();
+  });
+});
+
+test('max connections: the over-limit client gets ERR 1040 before the database is dialed', async () => {
+  await withProxy({ limits: { maxConnections: 2 } }, async (proxy, port) => {
+    const a = await connect2(port);
+    const b = await connect2(port);
+    const [[before]] = await a.query<mysql2.RowDataPacket[]>("SHOW GLOBAL STATUS LIKE 'Connections'");
+    await assert.rejects(connect2(port), (e: any) => e.errno === 1040 && /Too many connections/.test(e.message));
+    const [[afterRow]] = await a.query<mysql2.RowDataPacket[]>("SHOW GLOBAL STATUS LIKE 'Connections'");
+    assert.equal(Number(afterRow!.Value), Number(before!.Value), 'no backend connection was opened for the refused client');
+    assert.equal(proxy.stats().refused, 1);
+    await b.end();
+    const deadline = Date.now() + 3000;
+    while (proxy.stats().open > 1 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    const c = await connect2(port); // the slot was released
+    await Promise.all([a.end(), c.end()]);
+  });
+});
+
+test('handshake timeout and slowloris: silent and byte-dribbling clients are cut; a good client is unaffected', async () => {
+  await withProxy({ limits: { handshakeTimeoutMs: 600 } }, async (proxy, port) => {
+    const { c: silent } = await rawConnect(port);
+    const { c: slow } = await rawConnect(port);
+    // A well-formed SSLRequest, one byte every 100 ms: each byte is valid progress, the deadline still applies.
+    const slowBytes = encodePacket(1, sslRequest());
+    let sent = 0;
+    const dribble = setInterval(() => { if (!slow.closed && sent < slowBytes.length) slow.sock.write(slowBytes.subarray(sent, ++sent)); }, 100);
+    const good = await connect2(port);
+    const [[row]] = await good.query<mysql2.RowDataPacket[]>('SELECT 7 AS x');
+    assert.equal(row!.x, 7);
+    assert.ok(await silent.untilClosed(3000), 'silent client closed');
+    assert.ok(await slow.untilClosed(3000), 'slowloris client closed');
+    clearInterval(dribble);
+    assert.equal(proxy.stats().handshakeTimeouts, 2);
+    const [[row2]] = await good.query<mysql2.RowDataPacket[]>('SELECT 8 AS x');
+    assert.equal(row2!.x, 8, 'the established session outlives the handshake timeout');
+    await good.end();
+  });
+});
+
+test('garbage, oversized frames and TLS garbage get protocol errors and never disturb another client', async () => {
+  await withProxy({ limits: { maxHandshakePacket: 4096 } }, async (proxy, port) => {
+    const good = await connect2(port);
+    // 1. oversized length announced: refused at the header, before the payload is buffered
+    {
+      const { c } = await rawConnect(port);
+      c.sock.write(Buffer.from([0xff, 0xff, 0xff, 0x01]));
+      const err = await c.next();
+      assert.ok(err && err.payload[0] === 0xff);
+      assert.equal(decodeErr(err.payload).errno, 1153);
+      assert.ok(await c.untilClosed());
+    }
+    // 2. well-framed garbage instead of an SSLRequest
+    {
+      const { c } = await rawConnect(port);
+      c.sock.write(encodePacket(1, Buffer.from('hello, this is not mysql at all')));
+      const err = await c.next();
+      assert.ok(err && err.payload[0] === 0xff);
+      assert.equal(decodeErr(err.payload).errno, 1043);
+      assert.ok(await c.untilClosed());
+    }
+    // 3. SSLRequest followed by bytes that are not TLS
+    {
+      const { c } = await rawConnect(port);
+      c.sock.write(Buffer.concat([encodePacket(1, sslRequest()), Buffer.from('GET / HTTP/1.1\r\n\r\n')]));
+      assert.ok(await c.untilClosed());
+    }
+    // 4. random bytes straight away
+    {
+      const { c } = await rawConnect(port);
+      c.sock.write(Buffer.from(Array.from({ length: 300 }, (_, i) => (i * 97) & 0xff)));
+      assert.ok(await c.untilClosed());
+    }
+    // 5. compression forced although it was not advertised
+    {
+      const { c, reply } = await rawLogin(port, db.user, db.password, CLIENT_CAPS | Cap.CLIENT_COMPRESS);
+      assert.equal(reply.payload[0], 0xff);
+      assert.equal(decodeErr(reply.payload).errno, 1251);
+      assert.match(decodeErr(reply.payload).message, /compression/i);
+      assert.ok(await c.untilClosed());
+    }
+    const [[row]] = await good.query<mysql2.RowDataPacket[]>('SELECT 1 AS ok');
+    assert.equal(row!.ok, 1);
+    assert.ok(proxy.stats().tlsFailures >= 1);
+    await good.end();
+  });
+});
+
+test('the proxy\'s own OS account name is refused on a unix-socket backend (unix_socket auth would trust the proxy)', async () => {
+  const osUser = (await import('node:os')).userInfo().username;
+  await withProxy({}, async (_p, port) => {
+    await assert.rejects(connect2(port, { user: osUser, password: '' }), (e: any) => e.errno === 1045 && /OS account/.test(e.message));
+  });
+});
+
+test('half-close: a client that sends a query and shuts its write side still receives the whole result', async () => {
+  await withProxy({}, async (_p, port) => {
+    const { c, reply } = await rawLogin(port);
+    assert.equal(reply.payload[0], 0);
+    c.sock.end(comQuery("SELECT SLEEP(0.2), 'half-closed-ok'"));
+    const packets: Buffer[] = [];
+    for (let p = await c.next(); p; p = await c.next()) packets.push(p.payload);
+    assert.ok(packets.some((p) => p.includes(Buffer.from('half-closed-ok'))), 'the row arrived after the client half-closed');
+  });
+});
+
+test('backpressure: a client that stops reading during a 64 MiB result keeps the proxy\'s buffers bounded', async () => {
+  await withProxy({}, async (proxy, port) => {
+    const { c, reply } = await rawLogin(port);
+    assert.equal(reply.payload[0], 0);
+    const sock = c.sock as tls.TLSSocket;
+    sock.removeAllListeners('data');
+    let received = 0;
+    // Stop reading after the first 2 MiB, as a stalled application would.
+    sock.on('data', (chunk: Buffer) => { received += chunk.length; if (received > 2 * 1048576 && !resumed) sock.pause(); });
+    let resumed = false;
+    sock.write(comQuery("SELECT REPEAT('x', 1048576) FROM test.seq_1_to_64"));
+    let maxBuffered = 0;
+    const rssBefore = process.memoryUsage().rss;
+    for (let i = 0; i < 15; i++) {
+      await new Promise((r) => setTimeout(r, 100));
+      maxBuffered = Math.max(maxBuffered, proxy.stats().buffered);
+    }
+    const receivedWhilePaused = received;
+    assert.ok(receivedWhilePaused < 8 * 1024 * 1024, `client stalled early (received ${receivedWhilePaused})`);
+    assert.ok(maxBuffered < 2 * 1024 * 1024, `proxy buffered at most ${maxBuffered} bytes while the client was stalled`);
+    assert.ok(process.memoryUsage().rss - rssBefore < 48 * 1024 * 1024, 'RSS did not grow by the result size');
+    resumed = true;
+    sock.resume();
+    const deadline = Date.now() + 20_000;
+    while (received < 64 * 1048576 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    assert.ok(received > 64 * 1048576, `the whole result arrived after resuming (${received})`);
+    sock.destroy();
+  });
+});
+
+test('one open and one close log line per connection, with user/bytes/outcome and no secrets or SQL', async () => {
+  const lines: any[] = [];
+  const sink = new Writable({ write(chunk, _e, cb) { for (const l of chunk.toString().split('\n')) if (l) lines.push(JSON.parse(l)); cb(); } });
+  const log = createLogger({ name: 'test', destination: sink, level: 'info' });
+  await withProxy({ log }, async (proxy, port) => {
+    const a = await connect2(port);
+    await a.query("SELECT 'secret-sql-marker'");
+    await a.end();
+    await assert.rejects(connect2(port, { password: 'wrong-password-marker' }));
+    const { c } = await rawConnect(port);
+    c.sock.write(Buffer.from([0xff, 0xff, 0xff, 0x01]));
+    await c.untilClosed();
+    const deadline = Date.now() + 3000;
+    while (proxy.stats().open > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+  });
+  const opens = lines.filter((l) => l.event === 'connection_open');
+  const closes = lines.filter((l) => l.event === 'connection_close');
+  assert.equal(opens.length, 3);
+  assert.equal(closes.length, 3);
+  assert.deepEqual(closes.map((l) => l.id).sort(), opens.map((l) => l.id).sort(), 'exactly one close per open');
+  const byOutcome = Object.fromEntries(closes.map((l) => [l.outcome, l]));
+  assert.equal(byOutcome.ok.user, db.user);
+  assert.ok(byOutcome.ok.bytesIn > 0 && byOutcome.ok.bytesOut > 0 && typeof byOutcome.ok.durationMs === 'number');
+  assert.ok(byOutcome.auth_failed, 'wrong password logged as auth_failed');
+  assert.ok(byOutcome.protocol_error, 'oversized frame logged as protocol_error');
+  const all = JSON.stringify(lines);
+  assert.ok(!all.includes('secret-sql-marker') && !all.includes('wrong-password-marker') && !all.includes(db.password));
+});
+
+test('TLS identity hot swap: open sessions continue, new handshakes get the new certificate, a bad identity keeps the old', async () => {
+  await withProxy({}, async (proxy, port) => {
+    const before = await connect2(port);
+    const next = makeTestPki();
+    assert.throws(() => proxy.setTlsIdentity({ keyPem: next.keyPem, certPem: pki.certPem }), (e) => isCdbpError(e, 'CONFIG_INVALID'));
+    const stillOld = await connect2(port);
+    await stillOld.end();
+    proxy.setTlsIdentity({ keyPem: next.keyPem, certPem: next.certPem });
+    await assert.rejects(connect2(port), /certificate|self.signed|verify/i);
+    const after = await connect2(port, { ssl: { ca: next.caPem } });
+    const [[r1]] = await before.query<mysql2.RowDataPacket[]>('SELECT 1 AS a');
+    const [[r2]] = await after.query<mysql2.RowDataPacket[]>('SELECT 2 AS a');
+    assert.equal(r1!.a, 1);
+    assert.equal(r2!.a, 2);
+    await Promise.all([before.end(), after.end()]);
+  });
+});
+
+test('stopAccepting + drain: new clients are refused, open sessions finish, stragglers are destroyed at the deadline', async () => {
+  await withProxy({}, async (proxy, port) => {
+    const a = await connect2(port);
+    const b = await connect2(port);
+    await proxy.stopAccepting();
+    await assert.rejects(connect2(port), /ECONNREFUSED/);
+    const [[row]] = await a.query<mysql2.RowDataPacket[]>('SELECT 3 AS x');
+    assert.equal(row!.x, 3);
+    await a.end();
+    b.on('error', () => {});
+    const t0 = Date.now();
+    await proxy.drain(300);
+    assert.ok(Date.now() - t0 >= 250, 'waited for the straggler until the deadline');
+    assert.equal(proxy.stats().open, 0);
+    await assert.rejects(b.query('SELECT 1'));
+  });
+});
+
+test('TLS backend leg (verified with the CA) and unix-socket listener; plaintext to a remote host needs allowInsecure', async () => {
+  const sockPath = path.join(dir.path, 'proxy.sock');
+  const registry = new MetricsRegistry();
+  await withProxy({
+    listen: { path: sockPath },
+    backend: { host: '127.0.0.1', port: db.server.port!, tls: { caPem: pki.caPem, servername: 'localhost' } },
+    metrics: registry,
+  }, async () => {
+    const conn = await mysql2.createConnection({ socketPath: sockPath, user: db.user, password: db.password, ssl: { ca: pki.caPem } });
+    const [[row]] = await conn.query<mysql2.RowDataPacket[]>("SHOW SESSION STATUS LIKE 'Ssl_cipher'");
+    assert.ok(String(row!.Value).length > 0, 'the database sees a TLS connection from the proxy');
+    await conn.end();
+    const text = registry.render();
+    assert.match(text, /cdbp_tls_handshakes_total\{protocol="mysql"\} 1/);
+    assert.match(text, /cdbp_connections_total\{protocol="mysql"\} 1/);
+  });
+  assert.throws(() => createMysqlProxy({
+    listen: { host: '127.0.0.1', port: 0 }, backend: { host: '10.1.2.3', port: 3306 },
+    tls: { keyPem: pki.keyPem, certPem: pki.certPem }, log: silentLogger(),
+  }), (e) => isCdbpError(e, 'CONFIG_INVALID'));
+  const insecure = createMysqlProxy({
+    listen: { host: '127.0.0.1', port: 0 }, backend: { host: '10.1.2.3', port: 3306, allowInsecure: true },
+    tls: { keyPem: pki.keyPem, certPem: pki.certPem }, log: silentLogger(),
+  });
+  await insecure.close();
+});
