@@ -8,7 +8,7 @@
  * If any step fails, later steps never run: keys are not served, MariaDB is not started, /readyz stays
  * 503 and /v1/status says why.
  */
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import type { ConfigOf } from '../src/kernel/config.ts';
@@ -25,7 +25,8 @@ import { FreshnessGuard } from '../proxy/freshness/guard.ts';
 import { RecordStore } from '../proxy/freshness/store.ts';
 import { MariadbPositionSource, readOfflineCheckpoint } from '../proxy/freshness/mariadb-position.ts';
 import { createMysqlProxy, type MysqlProxy } from '../proxy/mysql/index.ts';
-import { createKeyring, mariadbEncryptionConfig, keyringEnv, prepareVolatileDir, type Keyring } from '../keyring/index.ts';
+import { createKeyring, mariadbEncryptionConfig, keyringEnv, prepareVolatileDir, writeKeyringCaFile, type Keyring } from '../keyring/index.ts';
+import { writeFileDurable } from '../src/crypto/atomic-file.ts';
 import type { PROXY_SCHEMA } from './settings.ts';
 import { VERSION } from './version.ts';
 
@@ -43,6 +44,7 @@ export class ProxyRole {
   private provision: (Provision & { counter: CounterClient }) | undefined;
   private guard: FreshnessGuard | undefined;
   private keyring: Keyring | undefined;
+  private keyringCaFile: string | undefined;
   private mariadb: MariadbServer | undefined;
   private positions: MariadbPositionSource | undefined;
   private mysql: MysqlProxy | undefined;
@@ -130,6 +132,8 @@ export class ProxyRole {
     log.info({ verdict: verdict.kind, epoch: this.guard.status().epoch }, 'freshness verified');
 
     this.lifecycle.advance('starting_backend');
+    // Keys are released only now, after attestation and the freshness verdict.
+    if (config.manageMariadb || config.keyring) await this.startKeyring();
     let socket = config.backendSocket;
     if (config.manageMariadb) socket = await this.startManagedMariadb();
     if (!socket && !config.backendHost) {
@@ -137,6 +141,7 @@ export class ProxyRole {
     }
     if (socket) {
       this.positions = new MariadbPositionSource({ socket, user: config.monitorUser, password: config.monitorPassword });
+      if (!config.manageMariadb) await waitForMariadb(this.positions, log);
       await this.guard.verifyOnline(this.positions);
       this.guard.startRuntime(this.positions);
     }
@@ -160,13 +165,10 @@ export class ProxyRole {
     this.addresses.mysql = this.mysqlAddress;
   }
 
-  private async startManagedMariadb(): Promise<string> {
+  /** The loopback keyring with the provisioned keys; for an external MariaDB, hands it the token via tmpfs. */
+  private async startKeyring(): Promise<void> {
     const { config, log } = this.deps;
     const provision = this.provision!;
-    if (!config.mariadbRunDir || !config.datadir) {
-      throw new CdbpError('CONFIG_INVALID', 'CDBP_MANAGE_MARIADB needs CDBP_MARIADB_RUN_DIR and CDBP_DATADIR');
-    }
-    mkdirSync(config.mariadbRunDir, { recursive: true, mode: 0o700 });
     this.keyring = createKeyring({
       keys: provision.secrets.dbKeys,
       tls: { keyPem: provision.identity.keyPem, certPem: provision.identity.certPem },
@@ -175,11 +177,28 @@ export class ProxyRole {
     });
     const { url } = await this.keyring.listen();
     this.addresses.keyring = url;
-    const caFile = config.keyringCaFile ?? path.join(config.mariadbRunDir, 'keyring-ca.pem');
-    writeFileSync(caFile, provision.identity.caPem);
+    const caDir = config.keyringCaDir ?? config.mariadbRunDir;
+    if (caDir) this.keyringCaFile = writeKeyringCaFile(caDir, provision.identity.caPem);
+    if (!config.manageMariadb && config.keyringTokenFile) {
+      // An external mariadbd (its own container) reads the token from a memory-backed file shared with
+      // this process; it is valid until this proxy restarts.
+      const dir = prepareVolatileDir(path.dirname(config.keyringTokenFile));
+      if (!dir.volatile) log.warn({ file: config.keyringTokenFile }, 'keyring token file is not on tmpfs: the token reaches a disk');
+      await writeFileDurable(config.keyringTokenFile, this.keyring.issueToken(), 0o600);
+    }
     log.info({ url }, 'keyring ready');
+  }
+
+  private async startManagedMariadb(): Promise<string> {
+    const { config, log } = this.deps;
+    if (!config.mariadbRunDir || !config.datadir) {
+      throw new CdbpError('CONFIG_INVALID', 'CDBP_MANAGE_MARIADB needs CDBP_MARIADB_RUN_DIR and CDBP_DATADIR');
+    }
+    mkdirSync(config.mariadbRunDir, { recursive: true, mode: 0o700 });
+    const url = this.addresses.keyring!;
+    const caFile = this.keyringCaFile!;
     // A fresh token for this mariadbd start; it reaches mariadbd only through its environment.
-    const token = this.keyring.issueToken();
+    const token = this.keyring!.issueToken();
     // MariaDB writes the Aria transaction log and internal temp tables unencrypted: keep them in memory.
     const volatileRoot = config.volatileDir ?? path.join(config.mariadbRunDir, 'volatile');
     const ariaLog = prepareVolatileDir(path.join(volatileRoot, 'aria-log'));
@@ -325,6 +344,23 @@ export class ProxyRole {
     await this.positions?.close().catch(() => undefined);
     await this.mariadb?.stop();
     await this.keyring?.close().catch(() => undefined);
+  }
+}
+
+/** An external MariaDB may still be starting (it waits for the keyring): poll its socket for a while. */
+async function waitForMariadb(source: MariadbPositionSource, log: Logger, timeoutMs = 120_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  let logged = false;
+  for (;;) {
+    try {
+      await source.read();
+      return;
+    } catch (e) {
+      if (Date.now() > deadline) throw new CdbpError('BACKEND_UNAVAILABLE', `MariaDB not reachable: ${asCdbpError(e).message}`);
+      if (!logged) log.info('waiting for MariaDB to come up');
+      logged = true;
+      await sleep(500);
+    }
   }
 }
 

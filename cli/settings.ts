@@ -33,8 +33,10 @@ export const PROXY_SCHEMA = {
   monitorUser: { kind: 'string', doc: 'account for LSN/GTID reads (default root over the socket)', default: 'root' },
   monitorPassword: { kind: 'string', doc: 'password of the monitor account', secret: true },
 
+  keyring: { kind: 'bool', doc: 'serve the loopback keyring for MariaDB (always on with CDBP_MANAGE_MARIADB)', default: false },
   keyringPort: { kind: 'int', doc: 'loopback keyring port (0 = any free port)', default: 0, min: 0, max: 65535 },
-  keyringCaFile: { kind: 'string', doc: 'where to write the CA file MariaDB uses to verify the keyring' },
+  keyringCaDir: { kind: 'string', doc: 'dir where keyring-ca.pem (public) is written for MariaDB' },
+  keyringTokenFile: { kind: 'string', doc: 'external MariaDB only: memory-backed (tmpfs) file receiving the keyring token for its start' },
 
   freshness: { kind: 'enum', values: ['strict', 'relaxed', 'off'], doc: 'rollback protection mode', default: 'strict' },
   holdTimeoutMs: { kind: 'int', doc: 'strict mode: max time a write ack waits for a counted epoch', default: 10_000, min: 100 },
