@@ -1,0 +1,149 @@
+/**
+ * The freshness hook: an AckGate holds the acknowledgment of writes (OK ending a command outside a
+ * transaction) until it resolves; rejecting turns it into an ERR and closes the session.
+ */
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import mariadb from 'mariadb';
+import mysql2 from 'mysql2/promise';
+import { startPrivateMariadb, type PrivateMariadb } from '../support/mariadb.ts';
+import { makeTestPki, type TestPki } from '../support/test-pki.ts';
+import { silentLogger } from '../../src/kernel/log.ts';
+import { createMysqlProxy, type AckGate, type MysqlProxy } from '../../proxy/mysql/index.ts';
+
+let db: PrivateMariadb;
+let pki: TestPki;
+
+before(async () => {
+  db = await startPrivateMariadb();
+  pki = makeTestPki();
+  await db.rootQuery('CREATE TABLE test.g (id INT PRIMARY KEY AUTO_INCREMENT, v VARCHAR(64))');
+});
+after(async () => { await db?.stop(); });
+
+/** A gate the test steers: counts calls; holds acks while `holding`, releasing or refusing them on demand. */
+class TestGate implements AckGate {
+  calls = 0;
+  holding = false;
+  private held: { resolve(): void; reject(e: Error): void }[] = [];
+  holdAck(): Promise<void> | undefined {
+    this.calls++;
+    if (!this.holding) return undefined;
+    return new Promise((resolve, reject) => this.held.push({ resolve, reject }));
+  }
+  get waiting(): number { return this.held.length; }
+  release(): void { for (const h of this.held.splice(0)) h.resolve(); }
+  refuse(): void { for (const h of this.held.splice(0)) h.reject(new Error('epoch not sealed')); }
+}
+
+async function withGate<T>(gate: TestGate, fn: (port: number, proxy: MysqlProxy) => Promise<T>): Promise<T> {
+  const proxy = createMysqlProxy({
+    listen: { host: '127.0.0.1', port: 0 }, backend: { socket: db.server.socket },
+    tls: { keyPem: pki.keyPem, certPem: pki.certPem }, log: silentLogger(), ackGate: gate,
+  });
+  const addr = await proxy.listen() as { port: number };
+  try { return await fn(addr.port, proxy); } finally { await proxy.close(); }
+}
+
+const settledWithin = (p: Promise<unknown>, ms: number) =>
+  Promise.race([p.then(() => true, () => true), new Promise((r) => setTimeout(() => r(false), ms))]);
+
+test('an autocommit INSERT is executed but its OK is held until the gate resolves', async () => {
+  const gate = new TestGate();
+  await withGate(gate, async (port) => {
+    const conn = await mariadb.createConnection({ host: '127.0.0.1', port, user: db.user, password: db.password, database: 'test', ssl: { ca: pki.caPem } });
+    try {
+      const atStart = gate.calls; // connector set-up statements (SET ...) are OKs and may be gated
+      await conn.query('SELECT 1');
+      assert.equal(gate.calls, atStart, 'reads are not gated');
+      gate.holding = true;
+      const insert = conn.query("INSERT INTO g (v) VALUES ('held')");
+      assert.equal(await settledWithin(insert, 300), false, 'the client has no ack yet');
+      const rows = await db.rootQuery("SELECT COUNT(*) AS n FROM test.g WHERE v = 'held'");
+      assert.equal(Number(rows[0].n), 1, 'the write itself reached the database');
+      assert.equal(gate.waiting, 1);
+      gate.release();
+      const res = await insert;
+      assert.equal(res.affectedRows, 1);
+      gate.holding = false;
+      // Transactions: only the COMMIT is gated.
+      const before = gate.calls;
+      await conn.query('BEGIN');
+      await conn.query("INSERT INTO g (v) VALUES ('tx')");
+      assert.equal(gate.calls, before, 'BEGIN and the INSERT inside the transaction carry IN_TRANS: not gated');
+      await conn.query('COMMIT');
+      assert.equal(gate.calls, before + 1, 'the COMMIT is the ack that is gated');
+    } finally {
+      await conn.end();
+    }
+  });
+});
+
+test('pipelined prepared INSERTs and a multi-statement: every ack waits, results stay in order', async () => {
+  const gate = new TestGate();
+  await withGate(gate, async (port) => {
+    const conn = await mariadb.createConnection({
+      host: '127.0.0.1', port, user: db.user, password: db.password, database: 'test', ssl: { ca: pki.caPem },
+      pipelining: true, multipleStatements: true,
+    });
+    try {
+      gate.holding = true;
+      const base = gate.calls;
+      const inserts = Array.from({ length: 20 }, (_, i) => conn.execute('INSERT INTO g (v) VALUES (?)', [`p${i}`]));
+      const select = conn.query("SELECT COUNT(*) AS n FROM g WHERE v LIKE 'p%'");
+      assert.equal(await settledWithin(Promise.race(inserts), 300), false);
+      assert.equal(await settledWithin(select, 50), false, 'a read pipelined behind a held ack waits too (order is kept)');
+      // Acks are held one at a time per connection: release until everything has arrived.
+      const all = Promise.all([...inserts, select]);
+      while (!(await settledWithin(all, 20))) gate.release();
+      const results = await all;
+      assert.deepEqual(results.slice(0, 20).map((r: any) => r.affectedRows), Array(20).fill(1));
+      assert.equal(Number((results[20] as any)[0].n), 20);
+      assert.equal(gate.calls - base, 20, 'one gate call per autocommit write, none for the read');
+      const multi = conn.query("SELECT 1 AS a; INSERT INTO g (v) VALUES ('m')");
+      assert.equal(await settledWithin(multi, 200), false, 'a multi-statement ending in a write is gated');
+      gate.release();
+      const m = await multi;
+      assert.equal(m[0][0].a, 1);
+      gate.holding = false;
+    } finally {
+      await conn.end();
+    }
+  });
+});
+
+test('a refused ack reaches the client as an ERR and the session is closed', async () => {
+  const gate = new TestGate();
+  await withGate(gate, async (port, proxy) => {
+    const conn = await mysql2.createConnection({ host: '127.0.0.1', port, user: db.user, password: db.password, database: 'test', ssl: { ca: pki.caPem } });
+    conn.on('error', () => {});
+    gate.holding = true;
+    const insert = conn.query("INSERT INTO g (v) VALUES ('refused')");
+    while (gate.waiting === 0) await new Promise((r) => setTimeout(r, 10));
+    gate.refuse();
+    await assert.rejects(insert, (e: any) => e.errno === 1105 && /could not be confirmed durable/.test(e.message));
+    const deadline = Date.now() + 3000;
+    while (proxy.stats().open > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    assert.equal(proxy.stats().open, 0, 'the session ended');
+  });
+});
+
+test('a pass-through gate (always undefined) keeps every feature working: big rows, change user, reset', async () => {
+  const gate = new TestGate();
+  await withGate(gate, async (port) => {
+    const conn = await mariadb.createConnection({ host: '127.0.0.1', port, user: db.user, password: db.password, database: 'test', ssl: { ca: pki.caPem }, multipleStatements: true });
+    try {
+      const [big] = await conn.query("SELECT REPEAT('z', 20000000) AS s");
+      assert.equal(big.s.length, 20_000_000, 'a row over 16 MiB (continuation packets) passes the tracker');
+      const rows = await conn.query('SELECT seq FROM seq_1_to_5000');
+      assert.equal(rows.length, 5000);
+      await conn.reset();
+      await conn.changeUser({ user: db.user, password: db.password });
+      const base = gate.calls;
+      await conn.query("INSERT INTO g (v) VALUES ('after-change-user')");
+      assert.equal(gate.calls, base + 1, 'tracking survived change-user and reset');
+    } finally {
+      await conn.end();
+    }
+  });
+});
