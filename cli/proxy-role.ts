@@ -8,7 +8,7 @@
  * If any step fails, later steps never run: keys are not served, MariaDB is not started, /readyz stays
  * 503 and /v1/status says why.
  */
-import { mkdirSync, readFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import type { ConfigOf } from '../src/kernel/config.ts';
@@ -23,7 +23,10 @@ import type { AttestationProvider } from '../src/attestation/types.ts';
 import { attestAndProvision } from '../src/cas-client/index.ts';
 import { FreshnessGuard } from '../proxy/freshness/guard.ts';
 import { RecordStore } from '../proxy/freshness/store.ts';
-import { MariadbPositionSource, readOfflineCheckpoint } from '../proxy/freshness/mariadb-position.ts';
+import { MariadbPositionSource, readOfflineCheckpoint, type PositionSource } from '../proxy/freshness/mariadb-position.ts';
+import { PostgresPositionSource } from '../proxy/freshness/postgres-position.ts';
+import { createPgProxy, type PgProxy } from '../proxy/pg/index.ts';
+import { PostgresServer } from '../src/db/postgres-server.ts';
 import { createMysqlProxy, type MysqlProxy } from '../proxy/mysql/index.ts';
 import { createKeyring, mariadbEncryptionConfig, keyringEnv, prepareVolatileDir, writeKeyringCaFile, type Keyring } from '../keyring/index.ts';
 import { writeFileDurable } from '../src/crypto/atomic-file.ts';
@@ -46,9 +49,12 @@ export class ProxyRole {
   private keyring: Keyring | undefined;
   private keyringCaFile: string | undefined;
   private mariadb: MariadbServer | undefined;
-  private positions: MariadbPositionSource | undefined;
+  private positions: PositionSource | undefined;
   private mysql: MysqlProxy | undefined;
   private mysqlAddress: { host: string; port: number } | undefined;
+  private postgres: PostgresServer | undefined;
+  private pg: PgProxy | undefined;
+  private pgAddress: { host: string; port: number } | undefined;
   private ops: ReturnType<typeof buildOpsServer> | undefined;
   private admin: ReturnType<typeof buildAdminServer> | undefined;
   private draining = false;
@@ -113,11 +119,12 @@ export class ProxyRole {
     this.lifecycle.advance('verifying');
     mkdirSync(config.untrustedDir, { recursive: true, mode: 0o700 });
     this.guard = new FreshnessGuard({
-      store: new RecordStore(path.join(config.untrustedDir, 'freshness.sealed')),
+      store: new RecordStore(path.join(config.untrustedDir, `freshness-${config.service}.sealed`)),
       key: provision.secrets.freshnessKey,
       databaseId: provision.secrets.databaseId,
       counter: provision.counter,
       mode: config.freshness,
+      engine: config.engine,
       log, metrics: this.metrics,
       holdTimeoutMs: config.holdTimeoutMs,
       sealIntervalMs: config.sealIntervalMs,
@@ -126,12 +133,17 @@ export class ProxyRole {
       this.lifecycle.fail({ code: v.kind === 'rollback' ? 'ROLLBACK_DETECTED' : 'TAMPER_DETECTED', message: v.message });
       // Fail closed at run time too: stop accepting; sessions' held writes were already refused.
       void this.mysql?.stopAccepting();
+      void this.pg?.stopAccepting();
     });
-    const offline = config.datadir ? readOfflineCheckpoint(config.datadir) : undefined;
+    const offline = config.datadir && config.engine === 'mariadb' ? readOfflineCheckpoint(config.datadir) : undefined;
     const verdict = await this.guard.verifyAtStartup(offline);
     log.info({ verdict: verdict.kind, epoch: this.guard.status().epoch }, 'freshness verified');
 
     this.lifecycle.advance('starting_backend');
+    if (config.engine === 'postgres') {
+      await this.startPostgresPath();
+      return;
+    }
     // Keys are released only now, after attestation and the freshness verdict.
     if (config.manageMariadb || config.keyring) await this.startKeyring();
     let socket = config.backendSocket;
@@ -140,10 +152,11 @@ export class ProxyRole {
       throw new CdbpError('CONFIG_INVALID', 'no backend: set CDBP_BACKEND_SOCKET, CDBP_BACKEND_HOST or CDBP_MANAGE_MARIADB');
     }
     if (socket) {
-      this.positions = new MariadbPositionSource({ socket, user: config.monitorUser, password: config.monitorPassword });
-      if (!config.manageMariadb) await waitForMariadb(this.positions, log);
-      await this.guard.verifyOnline(this.positions);
-      this.guard.startRuntime(this.positions);
+      const positions = new MariadbPositionSource({ socket, user: config.monitorUser, password: config.monitorPassword });
+      this.positions = positions;
+      if (!config.manageMariadb) await waitForBackend(positions, log);
+      await this.guard.verifyOnline(positions);
+      this.guard.startRuntime(positions);
     }
 
     this.mysql = createMysqlProxy({
@@ -163,6 +176,53 @@ export class ProxyRole {
     const addr = await this.mysql.listen();
     if ('port' in addr) this.mysqlAddress = addr;
     this.addresses.mysql = this.mysqlAddress;
+  }
+
+  /**
+   * PostgreSQL: no key plugin exists for community PostgreSQL, so this path is TLS termination plus
+   * freshness (WAL flush LSN); its data files are NOT encrypted at rest (docs/PG-ENDPOINT.md).
+   */
+  private async startPostgresPath(): Promise<void> {
+    const { config, log } = this.deps;
+    let socketDir = config.pgBackendSocketDir;
+    if (config.managePostgres) {
+      if (!config.pgRunDir || !config.datadir) {
+        throw new CdbpError('CONFIG_INVALID', 'CDBP_MANAGE_POSTGRES needs CDBP_PG_RUN_DIR and CDBP_DATADIR');
+      }
+      this.postgres = new PostgresServer({
+        dir: config.pgRunDir, datadir: config.datadir, socketDir: path.join(config.pgRunDir, 'socket'),
+        port: config.pgBackendPort, superuser: config.pgMonitorUser,
+        hba: ['local all all scram-sha-256'],
+      });
+      if (!existsSync(path.join(config.datadir, 'PG_VERSION'))) {
+        log.info({ datadir: config.datadir }, 'initializing the database (first run)');
+      }
+      await this.postgres.initialize();
+      await this.postgres.start();
+      socketDir = this.postgres.socketDir;
+      log.info({ pid: this.postgres.pid, socket: this.postgres.socketPath }, 'postgres started');
+      void this.postgres.whenExited?.().then((code: number | null) => {
+        if (this.stopping) return;
+        this.lifecycle.fail({ code: 'BACKEND_UNAVAILABLE', message: `postgres exited (code ${code})` });
+        void this.pg?.stopAccepting();
+      });
+    }
+    if (!socketDir) throw new CdbpError('CONFIG_INVALID', 'engine=postgres needs CDBP_PG_BACKEND_SOCKET_DIR or CDBP_MANAGE_POSTGRES');
+    const positions = new PostgresPositionSource({ socketDir, port: config.pgBackendPort, user: config.pgMonitorUser });
+    this.positions = positions;
+    if (!config.managePostgres) await waitForBackend(positions, log);
+    await this.guard!.verifyOnline(positions);
+    this.guard!.startRuntime(positions);
+    const provision = this.provision!;
+    this.pg = createPgProxy({
+      listen: { host: config.pgHost, port: config.pgPort },
+      backend: { socketDir, port: config.pgBackendPort },
+      tls: { keyPem: provision.identity.keyPem, certPem: provision.identity.certPem },
+      limits: { maxConnections: config.maxConnections, handshakeTimeoutMs: config.handshakeTimeoutMs },
+      log, metrics: this.metrics,
+      ...(config.freshness === 'strict' ? { ackGate: this.guard! } : {}),
+    });
+    this.pgAddress = await this.pg.listen();
   }
 
   /** The loopback keyring with the provisioned keys; for an external MariaDB, hands it the token via tmpfs. */
@@ -253,12 +313,15 @@ export class ProxyRole {
       } : null,
       freshness: this.guard?.status() ?? null,
       backend: {
-        managed: this.deps.config.manageMariadb,
-        running: this.mariadb ? this.mariadb.running : null,
-        socket: this.mariadb?.socket ?? this.deps.config.backendSocket ?? null,
+        engine: this.deps.config.engine,
+        managed: this.deps.config.manageMariadb || this.deps.config.managePostgres,
+        running: this.mariadb ? this.mariadb.running : this.postgres ? this.postgres.running : null,
+        pid: this.mariadb?.pid ?? this.postgres?.pid ?? null,
+        socket: this.mariadb?.socket ?? this.postgres?.socketPath ?? this.deps.config.backendSocket ?? this.deps.config.pgBackendSocketDir ?? null,
       },
-      listeners: { mysql: this.mysqlAddress ?? null, keyring: this.addresses.keyring ?? null },
-      connections: { mysql: this.mysql?.stats() ?? null },
+      engine: this.deps.config.engine,
+      listeners: { mysql: this.mysqlAddress ?? null, postgres: this.pgAddress ?? null, keyring: this.addresses.keyring ?? null },
+      connections: { mysql: this.mysql?.stats() ?? null, postgres: this.pg?.stats() ?? null },
       draining: this.draining,
     };
   }
@@ -296,6 +359,7 @@ export class ProxyRole {
       });
       const id = { keyPem: fresh.identity.keyPem, certPem: fresh.identity.certPem };
       this.mysql?.setTlsIdentity(id);
+      this.pg?.setTlsIdentity(id);
       this.keyring?.setTlsIdentity(id);
       this.keyring?.addKeys(fresh.secrets.dbKeys);
       this.provision = { ...this.provision!, identity: fresh.identity };
@@ -325,8 +389,8 @@ export class ProxyRole {
       this.draining = true;
       if (this.lifecycle.state === 'ready') this.lifecycle.advance('draining');
       if (this.lifecycle.state === 'draining') await sleep(config.drainDelayMs);
-      await this.mysql?.stopAccepting();
-      await this.mysql?.drain(config.drainTimeoutMs);
+      await Promise.all([this.mysql?.stopAccepting(), this.pg?.stopAccepting()]);
+      await Promise.all([this.mysql?.drain(config.drainTimeoutMs), this.pg?.drain(config.drainTimeoutMs)]);
       await this.guard?.sealNow().catch((e: unknown) => log.warn({ err: asCdbpError(e).message }, 'final seal failed'));
       await this.stopBackends();
       if (this.renewTimer) clearTimeout(this.renewTimer);
@@ -340,15 +404,17 @@ export class ProxyRole {
 
   private async stopBackends(): Promise<void> {
     await this.mysql?.close().catch(() => undefined);
+    await this.pg?.close().catch(() => undefined);
     await this.guard?.stop();
     await this.positions?.close().catch(() => undefined);
     await this.mariadb?.stop();
+    await this.postgres?.stop();
     await this.keyring?.close().catch(() => undefined);
   }
 }
 
-/** An external MariaDB may still be starting (it waits for the keyring): poll its socket for a while. */
-async function waitForMariadb(source: MariadbPositionSource, log: Logger, timeoutMs = 120_000): Promise<void> {
+/** An external database may still be starting (MariaDB waits for the keyring): poll it for a while. */
+async function waitForBackend(source: PositionSource, log: Logger, timeoutMs = 120_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   let logged = false;
   for (;;) {
@@ -356,8 +422,8 @@ async function waitForMariadb(source: MariadbPositionSource, log: Logger, timeou
       await source.read();
       return;
     } catch (e) {
-      if (Date.now() > deadline) throw new CdbpError('BACKEND_UNAVAILABLE', `MariaDB not reachable: ${asCdbpError(e).message}`);
-      if (!logged) log.info('waiting for MariaDB to come up');
+      if (Date.now() > deadline) throw new CdbpError('BACKEND_UNAVAILABLE', `database not reachable: ${asCdbpError(e).message}`);
+      if (!logged) log.info('waiting for the database to come up');
       logged = true;
       await sleep(500);
     }

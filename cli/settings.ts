@@ -8,6 +8,7 @@ export const PROXY_SCHEMA = {
   casUrl: { kind: 'string', doc: 'CAS base URL (https://host:port)', required: true },
   casCaFile: { kind: 'string', doc: 'CAS root CA certificate (pinned out of band)', required: true },
   service: { kind: 'string', doc: 'service name in the owner policy', default: 'mariadb' },
+  engine: { kind: 'enum', values: ['mariadb', 'postgres'], doc: 'database behind this proxy (one proxy per database)', default: 'mariadb' },
   teeMode: { kind: 'enum', values: ['none', 'simulated', 'sev-snp', 'tdx'], doc: 'attestation provider (none = fail closed)', default: 'none' },
   allowSimulated: { kind: 'bool', doc: 'permit the simulated TEE (development only; loud everywhere)', default: false },
   platformKeyFile: { kind: 'string', doc: 'simulated platform signing key (stands in for the CPU)' },
@@ -50,8 +51,11 @@ export const PROXY_SCHEMA = {
   drainTimeoutMs: { kind: 'int', doc: 'on SIGTERM, max time open sessions may take to finish', default: 30_000, min: 0 },
   renewBeforeSeconds: { kind: 'int', doc: 'renew the certificate this long before it expires', default: 0, min: 0 },
 
-  pgPort: { kind: 'int', doc: 'PostgreSQL listener port (-1 = no PostgreSQL endpoint)', default: -1, min: -1, max: 65535 },
-  pgBackendSocketDir: { kind: 'string', doc: 'PostgreSQL unix socket directory' },
+  pgHost: { kind: 'string', doc: 'PostgreSQL listener address (engine=postgres)', default: '127.0.0.1' },
+  pgPort: { kind: 'int', doc: 'PostgreSQL listener port (0 = any free port)', default: 5433, min: 0, max: 65535 },
+  pgBackendSocketDir: { kind: 'string', doc: 'PostgreSQL unix socket directory (external PostgreSQL)' },
   pgBackendPort: { kind: 'int', doc: 'PostgreSQL backend port (names the socket file)', default: 5432, min: 1, max: 65535 },
-  pgDatadir: { kind: 'string', doc: 'PostgreSQL data directory (for the freshness guard)' },
+  managePostgres: { kind: 'bool', doc: 'start and supervise a private PostgreSQL after attestation and freshness', default: false },
+  pgRunDir: { kind: 'string', doc: 'runtime dir for the managed PostgreSQL (socket, logs)' },
+  pgMonitorUser: { kind: 'string', doc: 'PostgreSQL account for WAL position reads', default: 'postgres' },
 } as const satisfies Schema;

@@ -12,12 +12,13 @@
  * database.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, openSync, readFileSync, writeFileSync, copyFileSync, rmSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, openSync, readFileSync, writeFileSync, copyFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { once } from 'node:events';
 import { createHash } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import mariadb from 'mariadb';
+import pg from 'pg';
 import { parseFlags } from '../../src/kernel/args.ts';
 import { CdbpError } from '../../src/kernel/errors.ts';
 import { findBinary, requirePluginFile } from '../../src/kernel/binaries.ts';
@@ -41,13 +42,16 @@ export interface StackFile {
   trustedDir: string;
   mode: 'simulated';
   freshness: string;
+  postgres?: { host: string; port: number; user: string; password: string; datadir: string; socket: string; ops: { url: string } };
 }
 
 export async function run(argv: string[]): Promise<number> {
-  const { flags } = parseFlags(argv, [], ['dir', 'mysql-port', 'ops-port', 'cas-port', 'freshness']);
+  const { flags } = parseFlags(argv, ['postgres'], ['dir', 'mysql-port', 'ops-port', 'cas-port', 'pg-port', 'freshness']);
   if (flags.help) {
     console.log(`usage: cdbp up [--dir DIR] [--mysql-port N] [--ops-port N] [--cas-port N] [--freshness strict|relaxed|off]
-Runs the CAS, a private MariaDB and the proxy (simulated TEE) in the foreground; Ctrl-C stops all.`);
+               [--postgres [--pg-port N]]
+Runs the CAS, a private MariaDB and the proxy (simulated TEE) in the foreground; with --postgres also a
+private PostgreSQL behind a second proxy (one proxy per database). Ctrl-C stops all.`);
     return 0;
   }
   const dir = path.resolve(String(flags.dir ?? '.cdbp'));
@@ -57,13 +61,23 @@ Runs the CAS, a private MariaDB and the proxy (simulated TEE) in the foreground;
     untrusted: path.join(dir, 'untrusted'),
     run: path.join(dir, 'run'),
   };
-  for (const d of [layout.trusted, layout.untrusted, layout.run]) mkdirSync(d, { recursive: true, mode: 0o700 });
+  // trusted/ is private; DIR, untrusted/ and run/ are traversable (not listable) so that PostgreSQL,
+  // which runs as its own OS user, can reach its datadir and socket dir below them.
+  mkdirSync(layout.trusted, { recursive: true, mode: 0o700 });
+  for (const d of [dir, layout.untrusted, layout.run]) {
+    mkdirSync(d, { recursive: true });
+    chmodSync(d, 0o711);
+  }
   const say = (msg: string) => console.log(`cdbp up: ${msg}`);
 
   // Preflight: one line naming the package, not a stack trace, for anything missing.
   findBinary('mariadbd');
   findBinary('mariadb-install-db');
   requirePluginFile('hashicorp_key_management.so');
+  if (flags.postgres) {
+    findBinary('postgres');
+    findBinary('initdb');
+  }
 
   const stackFile = path.join(dir, 'stack.json');
   const previous = existsSync(stackFile) ? (JSON.parse(readFileSync(stackFile, 'utf8')) as Partial<StackFile>) : undefined;
@@ -166,6 +180,32 @@ Runs the CAS, a private MariaDB and the proxy (simulated TEE) in the foreground;
     const socket = path.join(mariadbRunDir, 'mariadb.sock');
     await ensureAdmin(socket, admin);
 
+    let postgres: StackFile['postgres'];
+    if (flags.postgres) {
+      await ensureServicePolicy({
+        casUrl: casReady.url, caPem: readFileSync(caFile, 'utf8'), ownerKeyFile: ownerKey, service: 'postgres', measurement,
+      });
+      const pgPort = flags['pg-port'] ? Number(flags['pg-port']) : previous?.postgres?.port ?? (await freePort());
+      const pgOpsPort = await freePort();
+      const pgRunDir = path.join(layout.run, 'postgres');
+      const pgDatadir = path.join(layout.untrusted, 'postgres');
+      say(`starting the PostgreSQL proxy${existsSync(path.join(pgDatadir, 'PG_VERSION')) ? '' : ' (initializing the database on first run)'}`);
+      startChild('proxy-pg', ['proxy'], {
+        CDBP_CAS_URL: casReady.url, CDBP_CAS_CA_FILE: caFile, CDBP_SERVICE: 'postgres', CDBP_ENGINE: 'postgres',
+        CDBP_TEE_MODE: 'simulated', CDBP_ALLOW_SIMULATED: '1', CDBP_PLATFORM_KEY_FILE: platformKey,
+        CDBP_PG_HOST: '127.0.0.1', CDBP_PG_PORT: String(pgPort), CDBP_PG_BACKEND_PORT: String(await freePort()),
+        CDBP_OPS_HOST: '127.0.0.1', CDBP_OPS_PORT: String(pgOpsPort),
+        CDBP_MANAGE_POSTGRES: '1', CDBP_PG_RUN_DIR: pgRunDir, CDBP_DATADIR: pgDatadir,
+        CDBP_UNTRUSTED_DIR: layout.untrusted, CDBP_FRESHNESS: freshness, CDBP_DRAIN_DELAY_MS: '0',
+      });
+      const pgStatus = await followProxy(`http://127.0.0.1:${pgOpsPort}`, () => undefined, signalled);
+      const pgBackend = pgStatus.backend as { socket?: string };
+      const pgAdmin = { user: 'admin', password: previous?.postgres?.password ?? randomPassword() };
+      await ensurePgAdmin(path.dirname(pgBackend.socket ?? ''), Number(path.extname(pgBackend.socket ?? '.5432').slice(1)), pgAdmin);
+      postgres = { host: '127.0.0.1', port: pgPort, user: pgAdmin.user, password: pgAdmin.password, datadir: pgDatadir, socket: pgBackend.socket ?? '', ops: { url: `http://127.0.0.1:${pgOpsPort}` } };
+      say(`PostgreSQL ready: psql "host=127.0.0.1 port=${pgPort} user=admin dbname=postgres sslmode=verify-full sslrootcert=${caFile}"`);
+    }
+
     const stack: StackFile = {
       mysql: { host: '127.0.0.1', port: mysqlPort },
       ops: { url: opsUrl },
@@ -177,6 +217,7 @@ Runs the CAS, a private MariaDB and the proxy (simulated TEE) in the foreground;
       trustedDir: layout.trusted,
       mode: 'simulated',
       freshness,
+      ...(postgres ? { postgres } : {}),
     };
     writeFileSync(stackFile, JSON.stringify(stack, null, 2) + '\n', { mode: 0o600 });
     say(`ready (SIMULATED TEE): mariadb --ssl-ca=${caFile} --ssl-verify-server-cert -h 127.0.0.1 -P ${mysqlPort} -u admin -p'${admin.password}'   (details: ${stackFile})`);
@@ -260,6 +301,19 @@ async function ensureAdmin(socket: string, admin: { user: string; password: stri
     await conn.query(`GRANT ALL PRIVILEGES ON *.* TO ?@'%' WITH GRANT OPTION`, [admin.user]);
   } finally {
     await conn.end();
+  }
+}
+
+async function ensurePgAdmin(socketDir: string, port: number, admin: { user: string; password: string }): Promise<void> {
+  const client = new pg.Client({ host: socketDir, port, user: 'postgres', database: 'postgres' });
+  await client.connect();
+  try {
+    const exists = await client.query('SELECT 1 FROM pg_roles WHERE rolname = $1', [admin.user]);
+    const ident = client.escapeIdentifier(admin.user);
+    const literal = client.escapeLiteral(admin.password);
+    await client.query(`${exists.rowCount ? 'ALTER' : 'CREATE'} ROLE ${ident} LOGIN SUPERUSER PASSWORD ${literal}`);
+  } finally {
+    await client.end();
   }
 }
 

@@ -25,6 +25,8 @@ export interface FreshnessGuardOptions {
   databaseId: string;
   counter: CounterClient;
   mode: FreshnessMode;
+  /** Which database's positions the records hold. */
+  engine?: 'mariadb' | 'postgres';
   log: Logger;
   metrics?: MetricsRegistry;
   /** Strict mode: how long a write's ack may wait for a counted epoch before the client gets an error. */
@@ -104,7 +106,7 @@ export class FreshnessGuard extends EventEmitter {
     switch (verdict.kind) {
       case 'first-start':
         this.opts.log.info('freshness: first start of this database, sealing epoch 1');
-        await this.sealEpoch({ engine: 'mariadb' }, counter);
+        await this.sealEpoch({ engine: this.opts.engine ?? 'mariadb' }, counter);
         break;
       case 'fresh':
         this.adopt(verdict.record, counter.value);
