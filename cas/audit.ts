@@ -14,7 +14,7 @@ import { CdbpError } from '../src/kernel/errors.ts';
 import { canonicalJson, constantTimeEqual, sha256Hex } from '../src/crypto/hash.ts';
 
 /** counter.read is audited only when refused (reads are frequent and harmless when allowed). */
-export type AuditEventType = 'cas.start' | 'policy.apply' | 'attest' | 'counter.read' | 'counter.advance' | 'counter.recover';
+export type AuditEventType = 'cas.start' | 'policy.apply' | 'attest' | 'counter.read' | 'counter.advance' | 'counter.recover' | 'freshness.alarm';
 
 export interface AuditEvent {
   event: AuditEventType;

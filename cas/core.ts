@@ -277,6 +277,15 @@ export class CasCore {
     });
   }
 
+  /** Audits a freshness violation a proxy detected (it has already failed closed). */
+  async freshnessAlarm(service: string, a: { kind: string; message: string; expectedEpoch?: number; seenEpoch?: number }, remote?: string): Promise<void> {
+    this.o.log.error({ service, kind: a.kind, reason: a.message }, 'freshness alarm from a proxy');
+    await this.o.audit.append({
+      event: 'freshness.alarm', outcome: 'ok', service,
+      details: { kind: a.kind, message: a.message.slice(0, 500), expectedEpoch: a.expectedEpoch ?? null, seenEpoch: a.seenEpoch ?? null, remote: remote ?? null },
+    });
+  }
+
   async recover(input: SignedRecovery, remote?: string): Promise<CounterView> {
     const service = typeof input?.recovery?.service === 'string' ? input.recovery.service : undefined;
     return this.decided({ event: 'counter.recover', service, details: { remote: remote ?? null } }, this.m.recoveries, {}, async () => {

@@ -58,6 +58,13 @@ const SCHEMAS = {
     type: 'object', additionalProperties: false, required: ['expected', 'next', 'digest'],
     properties: { expected: { type: 'integer', minimum: 0 }, next: { type: 'integer', minimum: 1 }, digest: digestSchema },
   },
+  alarm: {
+    type: 'object', additionalProperties: false, required: ['kind', 'message'],
+    properties: {
+      kind: { type: 'string', enum: ['rollback', 'tamper', 'fork'] }, message: { type: 'string', maxLength: 1000 },
+      expectedEpoch: { type: 'integer', minimum: 0 }, seenEpoch: { type: 'integer', minimum: 0 },
+    },
+  },
   recover: {
     type: 'object', additionalProperties: false, required: ['recovery', 'owner', 'signature'],
     properties: {
@@ -80,6 +87,7 @@ const AUDITED_ROUTES: Record<string, AuditEventType> = {
   'GET /v1/services/:service/counter': 'counter.read',
   'POST /v1/services/:service/counter': 'counter.advance',
   'POST /v1/services/:service/recover': 'counter.recover',
+  'POST /v1/services/:service/alarm': 'freshness.alarm',
 };
 
 export interface CasServerOptions {
@@ -200,6 +208,15 @@ export function buildCasServer(o: CasServerOptions): FastifyInstance {
     async (req) => {
       requireHolder(req);
       return core.advanceCounter(req.params.service, req.body.expected, req.body.next, req.body.digest, req.ip);
+    });
+
+  // A proxy that detected a rollback, tamper or fork of its volume reports it here so the CAS audits it.
+  app.post<{ Params: { service: string }; Body: { kind: 'rollback' | 'tamper' | 'fork'; message: string; expectedEpoch?: number; seenEpoch?: number } }>(
+    '/v1/services/:service/alarm', { schema: { params: serviceParam, body: SCHEMAS.alarm } },
+    async (req) => {
+      requireHolder(req);
+      await core.freshnessAlarm(req.params.service, req.body, req.ip);
+      return { recorded: true };
     });
 
   app.post<{ Params: { service: string }; Body: SignedRecovery }>('/v1/services/:service/recover',

@@ -339,6 +339,9 @@ export class FreshnessGuard extends EventEmitter {
       this.violation = v;
       this.violations?.inc({ kind: v.kind });
       this.opts.log.error({ violation: v }, `freshness violation: ${v.message}`);
+      const epochOf = (o?: Record<string, unknown>) => (typeof o?.epoch === 'number' ? o.epoch : undefined);
+      void this.opts.counter.reportAlarm?.({ kind: v.kind, message: v.message, expectedEpoch: epochOf(v.expected), seenEpoch: epochOf(v.seen) })
+        .catch((e: unknown) => this.opts.log.warn({ err: asCdbpError(e).message }, 'could not report the freshness alarm to the CAS'));
       for (const w of this.pending.splice(0)) w.reject(new CdbpError(v.kind === 'rollback' ? 'ROLLBACK_DETECTED' : 'TAMPER_DETECTED', v.message));
       this.emit('violation', v);
     }

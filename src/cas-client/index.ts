@@ -13,7 +13,7 @@ import { X509Certificate } from 'node:crypto';
 import type { Logger } from '../kernel/log.ts';
 import { CdbpError } from '../kernel/errors.ts';
 import type { AttestationProvider } from '../attestation/types.ts';
-import type { CounterClient, CounterState, DbKey, Provision } from '../provisioning/types.ts';
+import type { CounterClient, CounterState, FreshnessAlarm, DbKey, Provision } from '../provisioning/types.ts';
 import { sha512, isHex } from '../crypto/hash.ts';
 import { generateSealingKeyPair, openSealed } from '../crypto/box.ts';
 import { certificateChainsTo, createCsr, generateTlsKeyPair, spkiDer } from '../crypto/x509.ts';
@@ -128,6 +128,10 @@ export class HttpCounterClient implements CounterClient {
   /** Throws COUNTER_CONFLICT (details: { value, digest } of the CAS's counter) if `expected` is stale. */
   advance(expected: number, next: number, digest: string): Promise<CounterState> {
     return casRequest<CounterState>(this.casUrl, 'POST', this.path, { expected, next, digest }, { agent: this.agent });
+  }
+
+  reportAlarm(alarm: FreshnessAlarm): Promise<void> {
+    return casRequest<void>(this.casUrl, 'POST', this.path.replace(/\/counter$/, '/alarm'), alarm, { agent: this.agent });
   }
 
   close(): void {

@@ -54,4 +54,13 @@ export interface CounterClient {
   read(): Promise<CounterState>;
   /** Compare-and-advance: succeeds only if the counter is still `expected`; throws COUNTER_CONFLICT otherwise. */
   advance(expected: number, next: number, digest: string): Promise<CounterState>;
+  /** Reports a detected rollback/tamper/fork so the CAS audits it (best effort: the proxy fails closed anyway). */
+  reportAlarm?(alarm: FreshnessAlarm): Promise<void>;
+}
+
+export interface FreshnessAlarm {
+  kind: 'rollback' | 'tamper' | 'fork';
+  message: string;
+  expectedEpoch?: number;
+  seenEpoch?: number;
 }
