@@ -21,6 +21,11 @@ export interface SysbenchTarget {
   db: string;
   /** CA that verifies the server; written as cacert.pem into cwd. Omit for plaintext. */
   caPem?: string;
+  /**
+   * Client certificate libmariadb presents (it loads client-cert.pem whenever SSL is on). A server that
+   * verifies client certificates (MariaDB with ssl-ca) needs one from its CA; the proxy asks for none.
+   */
+  client?: { certPem: string; keyPem: string };
   /** Working directory for the PEM files. */
   cwd: string;
   tables?: number;
@@ -41,7 +46,10 @@ export interface SysbenchResult {
 function writePems(t: SysbenchTarget): void {
   if (!t.caPem) return;
   writeFileSync(path.join(t.cwd, 'cacert.pem'), t.caPem);
-  if (!existsSync(path.join(t.cwd, 'client-cert.pem'))) {
+  if (t.client) {
+    writeFileSync(path.join(t.cwd, 'client-cert.pem'), t.client.certPem);
+    writeFileSync(path.join(t.cwd, 'client-key.pem'), t.client.keyPem, { mode: 0o600 });
+  } else if (!existsSync(path.join(t.cwd, 'client-cert.pem'))) {
     const clientPki = makeTestPki({ hosts: ['sysbench-client'], ips: [] });
     writeFileSync(path.join(t.cwd, 'client-cert.pem'), clientPki.certPem);
     writeFileSync(path.join(t.cwd, 'client-key.pem'), clientPki.keyPem, { mode: 0o600 });
