@@ -7,17 +7,24 @@ import { readFileSync } from 'node:fs';
 import { parseFlags } from '../../src/kernel/args.ts';
 import { CdbpError } from '../../src/kernel/errors.ts';
 import { loadOwnerKey, recoverCounter, COUNTER_DIGEST_RE } from '../../cas/policy.ts';
+import { peekRecordHeader, recordDigest } from '../../proxy/freshness/record.ts';
 
-const USAGE = `usage: cdbp recover --cas URL --ca FILE --owner-key FILE --service S --value N --digest HEX
+const USAGE = `usage: cdbp recover --cas URL --ca FILE --owner-key FILE --service S (--record FILE | --value N --digest HEX)
 
 Re-anchors the CAS counter of service S to (N, HEX): N is the epoch and HEX the digest of the sealed
-freshness record you restored together with the data directory. Signed with the owner key; audited.`;
+freshness record you restored together with the data directory (--record reads both from that file).
+Signed with the owner key; audited.`;
 
 export async function run(argv: string[]): Promise<number> {
-  const { flags } = parseFlags(argv, [], ['cas', 'ca', 'owner-key', 'service', 'value', 'digest']);
+  const { flags } = parseFlags(argv, [], ['cas', 'ca', 'owner-key', 'service', 'value', 'digest', 'record']);
   if (flags.help) {
     console.log(USAGE);
     return 0;
+  }
+  if (typeof flags.record === 'string') {
+    const bytes = readFileSync(flags.record);
+    flags.value = String(peekRecordHeader(bytes).epoch);
+    flags.digest = recordDigest(bytes);
   }
   const missing = ['cas', 'ca', 'owner-key', 'service', 'value', 'digest'].filter((f) => typeof flags[f] !== 'string');
   if (missing.length > 0) throw new CdbpError('CONFIG_INVALID', `missing --${missing.join(', --')}\n${USAGE}`);

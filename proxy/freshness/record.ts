@@ -78,6 +78,20 @@ export async function openRecord(bytes: Buffer, key: Buffer): Promise<FreshnessR
   return record;
 }
 
+/**
+ * Reads the (authenticated-but-not-yet-verified) header of a record without the key: what an owner
+ * needs to re-anchor the counter to a restored backup (`cdbp recover --record`).
+ */
+export function peekRecordHeader(bytes: Buffer): { databaseId: string; epoch: number } {
+  if (bytes.length < RECORD_MAGIC.length + 1 || !bytes.subarray(0, RECORD_MAGIC.length).equals(RECORD_MAGIC)) {
+    throw new CdbpError('SEAL_INVALID', 'not a freshness record (bad magic)');
+  }
+  const idLen = bytes[RECORD_MAGIC.length]!;
+  const idEnd = RECORD_MAGIC.length + 1 + idLen;
+  if (bytes.length < idEnd + 8) throw new CdbpError('SEAL_INVALID', 'freshness record truncated');
+  return { databaseId: bytes.subarray(RECORD_MAGIC.length + 1, idEnd).toString('utf8'), epoch: Number(bytes.readBigUInt64BE(idEnd)) };
+}
+
 export function recordDigest(bytes: Buffer): string {
   return createHash('sha256').update(bytes).digest('hex');
 }

@@ -45,7 +45,9 @@ const PREFER_POSTGRES_DIR = new Set(['postgres', 'initdb', 'pg_ctl', 'pg_control
 
 export function findBinary(name: string): string {
   const pathDirs = (process.env.PATH ?? '').split(path.delimiter).filter(Boolean);
-  const dirs = PREFER_POSTGRES_DIR.has(name) ? [...postgresBinDirs(), ...pathDirs, ...EXTRA_DIRS] : [...pathDirs, ...EXTRA_DIRS];
+  // CDBP_BIN_PATH pins where database binaries come from (custom installs), and nothing else is searched.
+  const pinned = process.env.CDBP_BIN_PATH?.split(path.delimiter).filter(Boolean);
+  const dirs = pinned ?? (PREFER_POSTGRES_DIR.has(name) ? [...postgresBinDirs(), ...pathDirs, ...EXTRA_DIRS] : [...pathDirs, ...EXTRA_DIRS]);
   for (const dir of dirs) {
     const candidate = path.join(dir, name);
     try {
