@@ -10,13 +10,14 @@
  */
 import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
-import { randomBytes } from 'node:crypto';
+import { randomBytes, X509Certificate } from 'node:crypto';
 import type { ConfigOf } from '../src/kernel/config.ts';
 import type { Logger } from '../src/kernel/log.ts';
 import { Lifecycle } from '../src/kernel/lifecycle.ts';
 import { MetricsRegistry } from '../src/kernel/metrics.ts';
 import { CdbpError, asCdbpError } from '../src/kernel/errors.ts';
 import { buildOpsServer, buildAdminServer } from '../src/ops/server.ts';
+import { endpointReportData } from '../src/ops/evidence.ts';
 import { MariadbServer } from '../src/db/mariadb-server.ts';
 import type { Provision, CounterClient } from '../src/provisioning/types.ts';
 import type { AttestationProvider } from '../src/attestation/types.ts';
@@ -60,7 +61,25 @@ export class ProxyRole {
   private draining = false;
   private renewTimer: NodeJS.Timeout | undefined;
   private renewError: string | undefined;
+  private renewFailures = 0;
+  private renewals = 0;
+  private lastRenewalAt: Date | undefined;
+  private renewing: Promise<Record<string, unknown>> | undefined;
+  private startup: Promise<void> | undefined;
   private stopping: Promise<void> | undefined;
+  private stoppedResolve: () => void = () => undefined;
+  private readonly stoppedPromise = new Promise<void>((r) => { this.stoppedResolve = r; });
+  /** The CAS counter client of the current certificate (mTLS); swapped on renewal. */
+  private counterClient: CounterClient | undefined;
+  /**
+   * What the freshness guard holds: a stable facade over the current counter client, so the guard keeps
+   * counting over mTLS with the renewed certificate after the first one expires.
+   */
+  private readonly counter: CounterClient = {
+    read: () => this.activeCounter().read(),
+    advance: (expected, next, digest) => this.activeCounter().advance(expected, next, digest),
+    reportAlarm: async (alarm) => { await this.activeCounter().reportAlarm?.(alarm); },
+  };
   readonly addresses: { ops?: string; admin?: string; mysql?: { host: string; port: number }; keyring?: string } = {};
 
   constructor(private readonly deps: ProxyRoleDeps) {
@@ -71,6 +90,10 @@ export class ProxyRole {
       if (this.provision) g.set(Math.round((this.provision.identity.notAfter.getTime() - Date.now()) / 1000));
     });
     metrics.gauge('cdbp_cert_renewal_failing', '1 while certificate renewal is failing', (g) => g.set(this.renewError ? 1 : 0));
+    metrics.gauge('cdbp_cert_renewals_total', 'Certificates renewed since start', (g) => g.set(this.renewals));
+    metrics.gauge('cdbp_cert_renewal_failures', 'Consecutive failed renewal attempts', (g) => g.set(this.renewFailures));
+    metrics.gauge('cdbp_draining', '1 while draining for shutdown', (g) => g.set(this.draining ? 1 : 0));
+    metrics.gauge('cdbp_info', 'Build and role of this process', (g) => g.set(1, { role: 'proxy', version: VERSION }));
     this.lifecycle.on('change', (state) => deps.log.info({ state }, `lifecycle: ${state}`));
   }
 
@@ -88,11 +111,17 @@ export class ProxyRole {
     });
     this.addresses.ops = await this.ops.listen({ host: config.opsHost, port: config.opsPort });
     if (config.adminPort >= 0) {
-      this.admin = buildAdminServer({ drain: () => void this.shutdown('admin drain'), quit: () => process.exit(0) }, log);
+      this.admin = buildAdminServer({
+        drain: () => void this.shutdown('admin drain'),
+        quit: () => void this.shutdown('admin quit', { immediate: true }),
+        renew: () => this.renew(),
+      }, log);
+      // Always loopback, whatever the ops host is: these actions stop the proxy.
       this.addresses.admin = await this.admin.listen({ host: '127.0.0.1', port: config.adminPort });
     }
+    this.startup = this.startSequence();
     try {
-      await this.startSequence();
+      await this.startup;
       this.lifecycle.advance('ready');
       log.info({ mysql: this.mysqlAddress, ops: this.addresses.ops }, 'proxy ready');
     } catch (e) {
@@ -113,6 +142,7 @@ export class ProxyRole {
       tls: { dnsNames: config.dnsNames },
     });
     this.provision = provision;
+    this.counterClient = provision.counter;
     this.lifecycle.advance('provisioned');
     this.scheduleRenewal();
 
@@ -122,7 +152,7 @@ export class ProxyRole {
       store: new RecordStore(path.join(config.untrustedDir, `freshness-${config.service}.sealed`)),
       key: provision.secrets.freshnessKey,
       databaseId: provision.secrets.databaseId,
-      counter: provision.counter,
+      counter: this.counter,
       mode: config.freshness,
       engine: config.engine,
       log, metrics: this.metrics,
@@ -292,13 +322,15 @@ export class ProxyRole {
     const reasons: string[] = [];
     if (this.draining) reasons.push('draining');
     if (this.provision && this.provision.identity.notAfter.getTime() <= Date.now()) {
-      reasons.push(`certificate expired at ${this.provision.identity.notAfter.toISOString()}`);
+      reasons.push(`certificate expired at ${this.provision.identity.notAfter.toISOString()}${this.renewError ? ` (renewal failing: ${this.renewError})` : ''}`);
     }
     const v = this.guard?.violated;
     if (v) reasons.push(`freshness ${v.kind}: ${v.message}`);
+    if (this.lifecycle.state === 'ready' && this.mariadb && !this.mariadb.running) reasons.push('backend: mariadbd is not running');
     return { ready: reasons.length === 0, reasons };
   }
 
+  /** Public facts only (see docs/OPERATIONS.md): never keys, tokens, passwords or SQL. */
   private status(): Record<string, unknown> {
     const p = this.provision;
     return {
@@ -306,10 +338,13 @@ export class ProxyRole {
       ...(this.deps.provider.mode === 'simulated' ? { warning: 'SIMULATED TEE: not protected by hardware' } : {}),
       measurement: this.deps.provider.measurement(),
       service: this.deps.config.service,
-      certificate: p ? {
-        subject: p.identity.subject, notAfter: p.identity.notAfter.toISOString(),
+      certificate: p ? { ...certificateFacts(p.identity.certPem), subject: p.identity.subject,
+        notAfter: p.identity.notAfter.toISOString(),
         expiresInSeconds: Math.round((p.identity.notAfter.getTime() - Date.now()) / 1000),
-        ...(this.renewError ? { renewalError: this.renewError } : {}),
+        renewals: this.renewals,
+        lastRenewalAt: this.lastRenewalAt?.toISOString() ?? null,
+        nextRenewalAt: this.nextRenewalAt?.toISOString() ?? null,
+        ...(this.renewError ? { renewalError: this.renewError, renewalFailures: this.renewFailures } : {}),
       } : null,
       freshness: this.guard?.status() ?? null,
       backend: {
@@ -326,79 +361,145 @@ export class ProxyRole {
     };
   }
 
+  /**
+   * Evidence a client can check itself: reportData = SHA-512("cdbp-endpoint-evidence-v1" ‖ nonce ‖ SPKI
+   * of the serving certificate). A client compares the SPKI with the one its TLS handshake saw
+   * (`cdbp verify`); the domain prefix keeps it from being mistaken for CAS attestation evidence.
+   */
   private async attestation(nonce: Buffer): Promise<Record<string, unknown>> {
     const p = this.provision;
     if (!p) throw new CdbpError('ATTESTATION_UNAVAILABLE', 'not attested yet');
-    const { createHash, X509Certificate } = await import('node:crypto');
-    const spki = new X509Certificate(p.identity.certPem).publicKey.export({ type: 'spki', format: 'der' });
-    const reportData = createHash('sha512').update(Buffer.from('cdbp-endpoint-evidence-v1')).update(nonce).update(spki).digest();
+    const certPem = p.identity.certPem;
+    const reportData = endpointReportData(nonce, new X509Certificate(certPem).publicKey.export({ type: 'spki', format: 'der' }));
     const evidence = await this.deps.provider.collect(reportData);
     return {
-      evidence, certificate: p.identity.certPem,
+      mode: this.deps.provider.mode,
+      ...(this.deps.provider.mode === 'simulated' ? { warning: 'SIMULATED TEE: this evidence is signed by a software key, not by hardware' } : {}),
+      nonce: nonce.toString('hex'),
+      evidence, certificate: certPem, caCertificate: p.identity.caPem,
       binding: 'reportData = SHA-512("cdbp-endpoint-evidence-v1" ‖ nonce ‖ certificate SPKI DER)',
     };
   }
 
-  private scheduleRenewal(): void {
+  private nextRenewalAt: Date | undefined;
+
+  /**
+   * Renews at notAfter − CDBP_RENEW_BEFORE_SECONDS (default: when a third of the lifetime is left),
+   * and never sooner than 1 s from now.
+   */
+  private scheduleRenewal(delayMs?: number): void {
     const p = this.provision!;
     const life = p.identity.notAfter.getTime() - Date.now();
     const before = this.deps.config.renewBeforeSeconds > 0 ? this.deps.config.renewBeforeSeconds * 1000 : life / 3;
-    const delay = Math.max(1000, life - before);
+    const delay = delayMs ?? Math.max(1000, life - before);
     if (this.renewTimer) clearTimeout(this.renewTimer);
-    this.renewTimer = setTimeout(() => void this.renew(), Math.min(delay, 2 ** 31 - 1));
+    const capped = Math.min(delay, 2 ** 31 - 1);
+    this.nextRenewalAt = new Date(Date.now() + capped);
+    this.renewTimer = setTimeout(() => void this.renew().catch(() => undefined), capped);
     this.renewTimer.unref();
   }
 
-  /** Re-attests for a new certificate; new handshakes use it, open sessions continue. */
-  async renew(): Promise<void> {
+  /**
+   * Re-attests for a new certificate (new key, new nonce); new handshakes use it, open sessions keep
+   * theirs. A failure keeps the current certificate, shows in status/metrics, and retries with
+   * backoff (5 s doubling to 60 s); once the old certificate expires, readiness says so.
+   * Concurrent calls (timer + admin) share one attempt. Rejects with the failure.
+   */
+  renew(): Promise<Record<string, unknown>> {
+    if (this.renewing) return this.renewing;
+    if (!this.provision) return Promise.reject(new CdbpError('ATTESTATION_UNAVAILABLE', 'not attested yet'));
+    if (this.stopping) return Promise.reject(new CdbpError('LIFECYCLE_INVALID_TRANSITION', 'shutting down'));
+    this.renewing = this.renewOnce().finally(() => { this.renewing = undefined; });
+    return this.renewing;
+  }
+
+  private async renewOnce(): Promise<Record<string, unknown>> {
     const { config, log, provider } = this.deps;
     try {
       const fresh = await attestAndProvision({
         casUrl: config.casUrl, caPem: readFileSync(config.casCaFile, 'utf8'), service: config.service, provider, log,
         tls: { dnsNames: config.dnsNames },
       });
+      if (this.stopping) {
+        closeCounter(fresh.counter);
+        throw new CdbpError('LIFECYCLE_INVALID_TRANSITION', 'shutting down');
+      }
       const id = { keyPem: fresh.identity.keyPem, certPem: fresh.identity.certPem };
+      // Endpoints validate the pair first and throw (keeping the old identity) if it is bad.
       this.mysql?.setTlsIdentity(id);
       this.pg?.setTlsIdentity(id);
       this.keyring?.setTlsIdentity(id);
       this.keyring?.addKeys(fresh.secrets.dbKeys);
       this.provision = { ...this.provision!, identity: fresh.identity };
+      const old = this.counterClient;
+      this.counterClient = fresh.counter;
+      // A seal may be mid-request on the old client's connection: let it finish before closing it.
+      if (old) setTimeout(() => closeCounter(old), 10_000).unref();
       this.renewError = undefined;
-      log.info({ notAfter: fresh.identity.notAfter.toISOString() }, 'certificate renewed');
+      this.renewFailures = 0;
+      this.renewals++;
+      this.lastRenewalAt = new Date();
+      const facts = { ...certificateFacts(fresh.identity.certPem), notAfter: fresh.identity.notAfter.toISOString() };
+      log.info(facts, 'certificate renewed');
+      this.scheduleRenewal();
+      return facts;
     } catch (e) {
       const err = asCdbpError(e);
+      if (this.stopping) throw err;
       this.renewError = `${err.code}: ${err.message}`;
-      log.error({ err: { code: err.code, message: err.message } }, 'certificate renewal failed; keeping the current one');
-      this.renewTimer = setTimeout(() => void this.renew(), 5000);
-      this.renewTimer.unref();
-      return;
+      this.renewFailures++;
+      log.error({ err: { code: err.code, message: err.message }, failures: this.renewFailures },
+        'certificate renewal failed; keeping the current one');
+      this.scheduleRenewal(Math.min(60_000, 5000 * 2 ** (this.renewFailures - 1)));
+      throw err;
     }
-    this.scheduleRenewal();
+  }
+
+  private activeCounter(): CounterClient {
+    if (!this.counterClient) throw new CdbpError('ATTESTATION_UNAVAILABLE', 'no CAS counter client: not attested');
+    return this.counterClient;
+  }
+
+  /** Resolves once shutdown() has finished (whoever started it: signal, admin, parent watch). */
+  whenStopped(): Promise<void> {
+    return this.stoppedPromise;
   }
 
   /**
    * Graceful stop: readiness flips to 503, new connections are still accepted for drainDelayMs (load
    * balancers need a moment to notice), then listeners close, sessions drain up to drainTimeoutMs,
-   * a final epoch is sealed and MariaDB is shut down cleanly.
+   * a final epoch is sealed and MariaDB is shut down cleanly. `immediate` (admin quit) skips the delay
+   * and the drain. A start-up still in progress is let finish first, so no half-started mariadbd is
+   * left behind.
    */
-  shutdown(reason: string): Promise<void> {
+  shutdown(reason: string, o: { immediate?: boolean } = {}): Promise<void> {
     if (this.stopping) return this.stopping;
     const { config, log } = this.deps;
+    this.draining = true;
     this.stopping = (async () => {
       log.info({ reason }, 'shutting down');
-      this.draining = true;
+      if (this.renewTimer) clearTimeout(this.renewTimer);
+      await this.startup?.catch(() => undefined);
       if (this.lifecycle.state === 'ready') this.lifecycle.advance('draining');
-      if (this.lifecycle.state === 'draining') await sleep(config.drainDelayMs);
+      const delay = o.immediate ? 0 : config.drainDelayMs;
+      if (this.lifecycle.state === 'draining' && delay > 0) {
+        log.info({ delayMs: delay }, 'draining: readiness is 503, still accepting new connections for the drain delay');
+        await sleep(delay);
+      }
       await Promise.all([this.mysql?.stopAccepting(), this.pg?.stopAccepting()]);
-      await Promise.all([this.mysql?.drain(config.drainTimeoutMs), this.pg?.drain(config.drainTimeoutMs)]);
+      const open = (this.mysql?.stats().open ?? 0) + (this.pg?.stats().open ?? 0);
+      if (open > 0) log.info({ open, timeoutMs: o.immediate ? 0 : config.drainTimeoutMs }, 'draining open sessions');
+      const timeout = o.immediate ? 0 : config.drainTimeoutMs;
+      await Promise.all([this.mysql?.drain(timeout), this.pg?.drain(timeout)]);
       await this.guard?.sealNow().catch((e: unknown) => log.warn({ err: asCdbpError(e).message }, 'final seal failed'));
       await this.stopBackends();
-      if (this.renewTimer) clearTimeout(this.renewTimer);
+      await this.renewing?.catch(() => undefined);
+      if (this.counterClient) closeCounter(this.counterClient);
       await this.ops?.close();
       await this.admin?.close();
       if (!this.lifecycle.isTerminal()) this.lifecycle.advance('stopped');
       log.info('stopped');
-    })();
+    })().finally(() => this.stoppedResolve());
     return this.stopping;
   }
 
@@ -428,6 +529,16 @@ async function waitForBackend(source: PositionSource, log: Logger, timeoutMs = 1
       await sleep(500);
     }
   }
+}
+
+/** Public facts about a certificate for status and logs. */
+function certificateFacts(certPem: string): { serial: string; notBefore: string; fingerprint256: string } {
+  const c = new X509Certificate(certPem);
+  return { serial: c.serialNumber, notBefore: new Date(c.validFrom).toISOString(), fingerprint256: c.fingerprint256 };
+}
+
+function closeCounter(c: CounterClient): void {
+  (c as { close?: () => void }).close?.();
 }
 
 function sleep(ms: number): Promise<void> {

@@ -30,6 +30,8 @@ export async function run(argv: string[]): Promise<number> {
   });
   const role = new ProxyRole({ config, provider, log });
 
+  // Whoever stops the role (first SIGTERM/SIGINT, admin drain/quit, the parent watch), the process
+  // exits 0 once the drain and the backend shutdown are done. A second signal forces exit.
   let signals = 0;
   const onSignal = (sig: string) => {
     signals++;
@@ -37,16 +39,22 @@ export async function run(argv: string[]): Promise<number> {
       log.warn({ signal: sig }, 'second signal: forcing exit');
       process.exit(1);
     }
-    void role.shutdown(sig).then(() => process.exit(0), () => process.exit(1));
+    void role.shutdown(sig).catch((e: unknown) => {
+      log.error({ err: (e as Error).message }, 'shutdown failed');
+      process.exit(1);
+    });
   };
   process.on('SIGTERM', () => onSignal('SIGTERM'));
   process.on('SIGINT', () => onSignal('SIGINT'));
   watchParent(() => onSignal('parent exited'));
+  let exitCode = 0;
+  void role.whenStopped().then(() => process.exit(exitCode));
 
   try {
     await role.start();
   } catch {
     if (flags['exit-on-failure']) {
+      exitCode = 1;
       await role.shutdown('start-up failed');
       return 1;
     }

@@ -54,6 +54,8 @@ interface Waiter {
 
 export class FreshnessGuard extends EventEmitter {
   private epoch = 0;
+  /** The CAS counter value as last read or advanced by this guard (undefined before the first read). */
+  private counterSeen: number | undefined;
   private lastPosition: DurablePosition | undefined;
   private lastSealAt: number | undefined;
   private violation: FreshnessViolation | undefined;
@@ -80,6 +82,9 @@ export class FreshnessGuard extends EventEmitter {
     this.violations = m?.counter('cdbp_freshness_violations_total', 'Rollback, tamper or fork detections');
     this.holdFailures = m?.counter('cdbp_freshness_hold_failures_total', 'Write acknowledgments failed because no epoch could be counted in time');
     m?.gauge('cdbp_freshness_epoch', 'Epoch of the latest sealed record', (g) => g.set(this.epoch));
+    m?.gauge('cdbp_freshness_counter', 'CAS freshness counter value as last seen by this proxy', (g) => {
+      if (this.counterSeen !== undefined) g.set(this.counterSeen);
+    });
     m?.gauge('cdbp_freshness_writes_held', 'Write acknowledgments currently held', (g) => g.set(this.pending.length + this.inFlight));
     m?.gauge('cdbp_freshness_last_seal_age_seconds', 'Seconds since the last counted epoch', (g) => {
       if (this.lastSealAt !== undefined) g.set((Date.now() - this.lastSealAt) / 1000);
@@ -101,6 +106,7 @@ export class FreshnessGuard extends EventEmitter {
   async verifyAtStartup(offlineCheckpoint?: bigint): Promise<StartupVerdict> {
     this.opts.store.cleanup();
     const counter = await this.opts.counter.read();
+    this.counterSeen = counter.value;
     const found = await this.readRecord();
     const verdict = decideStartup(found, counter, this.opts.databaseId);
     switch (verdict.kind) {
@@ -304,10 +310,12 @@ export class FreshnessGuard extends EventEmitter {
   private async advanceCounter(expected: number, next: number, digest: string): Promise<void> {
     try {
       await this.opts.counter.advance(expected, next, digest);
+      this.counterSeen = next;
     } catch (e) {
       if (!isCdbpError(e, 'COUNTER_CONFLICT')) throw e;
       // The advance may have landed with its answer lost; only our own digest at `next` is success.
       const now = await this.opts.counter.read();
+      this.counterSeen = now.value;
       if (now.value === next && now.digest === digest) return;
       this.raise({
         kind: 'fork',

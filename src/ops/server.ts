@@ -4,6 +4,7 @@
  * request path (cloud-sql-proxy learned that readiness probes that dial cause outages). Nothing secret
  * is ever returned: status providers hand out only public facts.
  */
+import { createHash, timingSafeEqual } from 'node:crypto';
 import Fastify, { type FastifyInstance } from 'fastify';
 import type { Logger } from '../kernel/log.ts';
 import type { Lifecycle } from '../kernel/lifecycle.ts';
@@ -98,21 +99,51 @@ export function buildOpsServer(opts: OpsServerOptions): FastifyInstance {
 }
 
 export interface AdminActions {
+  /** Graceful stop, as on SIGTERM: readiness flips, listeners close after the drain delay, sessions drain. */
   drain: () => void;
+  /** Prompt stop: no drain delay, open sessions are closed, then the process exits. */
   quit: () => void;
+  /** Re-attest now for a fresh certificate; resolves with public facts about it, rejects on failure. */
+  renew?: () => Promise<Record<string, unknown>>;
 }
+
+export interface AdminServerOptions {
+  /**
+   * Optional shared secret: when set, every admin request must carry `Authorization: Bearer <token>`
+   * in addition to coming from loopback (for hosts where other local users are not trusted).
+   */
+  token?: string;
+}
+
+const LOOPBACK = new Set(['127.0.0.1', '::1', '::ffff:127.0.0.1']);
 
 /**
  * Admin actions live on a separate port bound to loopback only, so exposing the ops port to a
- * cluster's probes never exposes the power to stop the proxy.
+ * cluster's probes never exposes the power to stop the proxy. Requests from any other address are
+ * refused even if the port was bound more widely by mistake; only POST is accepted, so a browser's
+ * simple GET (or an <img> tag on a local web page) cannot trigger an action.
  */
-export function buildAdminServer(actions: AdminActions, log: Logger): FastifyInstance {
+export function buildAdminServer(actions: AdminActions, log: Logger, options: AdminServerOptions = {}): FastifyInstance {
   const app = Fastify({ logger: false, bodyLimit: 1024 });
+  const expected = options.token ? createHash('sha256').update(`Bearer ${options.token}`).digest() : undefined;
   app.addHook('onRequest', async (req, reply) => {
     const addr = req.socket.remoteAddress ?? '';
-    if (!(addr === '127.0.0.1' || addr === '::1' || addr === '::ffff:127.0.0.1')) {
+    if (!LOOPBACK.has(addr)) {
+      log.warn({ peer: addr, url: req.url }, 'admin: refused a request from a non-loopback address');
       return reply.code(403).send({ error: { code: 'FORBIDDEN', message: 'admin actions are loopback-only' } });
     }
+    if (expected) {
+      // Compare digests so the comparison is constant-time regardless of the header's length.
+      const got = createHash('sha256').update(String(req.headers.authorization ?? '')).digest();
+      if (!timingSafeEqual(got, expected)) {
+        return reply.code(401).send({ error: { code: 'FORBIDDEN', message: 'admin token missing or wrong' } });
+      }
+    }
+  });
+  app.setErrorHandler((error, _req, reply) => {
+    const err = asCdbpError(error, (error as { statusCode?: number }).statusCode === 400 ? 'BAD_REQUEST' : 'INTERNAL');
+    const status = httpStatusFor(err.code);
+    void reply.code(status).send({ error: { code: err.code, message: err.message } });
   });
   app.post('/v1/admin/drain', async () => {
     log.warn('admin: drain requested');
@@ -121,8 +152,14 @@ export function buildAdminServer(actions: AdminActions, log: Logger): FastifyIns
   });
   app.post('/v1/admin/quit', async () => {
     log.warn('admin: quit requested');
+    // After the reply is flushed: the caller learns the request was accepted.
     setImmediate(actions.quit);
     return { ok: true, action: 'quit' };
+  });
+  app.post('/v1/admin/renew', async () => {
+    if (!actions.renew) throw new CdbpError('NOT_FOUND', 'this role has no certificate to renew');
+    log.warn('admin: certificate renewal requested');
+    return { ok: true, action: 'renew', ...(await actions.renew()) };
   });
   app.setNotFoundHandler((_req, reply) => {
     void reply.code(404).send({ error: { code: 'NOT_FOUND', message: 'no such endpoint' } });
