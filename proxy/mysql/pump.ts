@@ -16,6 +16,7 @@ import type { Duplex } from 'node:stream';
 import { PACKET_HEADER_SIZE, MAX_PACKET_PAYLOAD, ProxyErrno } from './constants.ts';
 import { encodeErrPacket, readPayloadLength } from './codec.ts';
 import { INSPECT_BYTES, ResponseTracker } from './tracker.ts';
+import { STATEMENT_PREFIX_BYTES } from './statement-class.ts';
 
 export interface AckGate {
   /**
@@ -190,8 +191,18 @@ class GatedPump implements Pump {
       const length = readPayloadLength(buf, pos);
       const seq = buf[pos + 3]!;
       const isContinuation = this.cContinuation;
+      const starts = !isContinuation && seq === 0 && length > 0;
+      // A command's first bytes (command byte + start of a query's text) must be contiguous to classify it.
+      const need = starts ? Math.min(length, 1 + STATEMENT_PREFIX_BYTES) : 0;
+      if (starts && buf.length - pos < PACKET_HEADER_SIZE + need) {
+        this.cCarry = Buffer.from(buf.subarray(pos));
+        return;
+      }
       this.cContinuation = length === MAX_PACKET_PAYLOAD;
-      if (!isContinuation && seq === 0 && length > 0) this.tracker.commandStarted(buf[pos + PACKET_HEADER_SIZE]!);
+      if (starts) {
+        const body = pos + PACKET_HEADER_SIZE;
+        this.tracker.commandStarted(buf[body]!, buf.subarray(body + 1, body + need));
+      }
       pos += PACKET_HEADER_SIZE;
       this.cSkip = length;
     }

@@ -19,6 +19,7 @@
  */
 import { Cap, Command, Header, ServerStatus } from './constants.ts';
 import { readLenEnc, okStatusFlags, eofStatusFlags } from './codec.ts';
+import { isReadOnlyStatement } from './statement-class.ts';
 
 /** Payload bytes the trackers need to see contiguously at the start of a packet. */
 export const INSPECT_BYTES = 32;
@@ -29,6 +30,8 @@ const enum State { First, ColumnDefs, EofAfterColumns, Rows, PrepareDefs, AuthEx
 
 interface PendingCommand {
   kind: Kind;
+  /** COM_QUERY whose text starts with a statement that changes no durable data (statement-class.ts). */
+  readOnly: boolean;
 }
 
 function kindOf(command: number): Kind | 'none' | 'untracked' {
@@ -62,6 +65,8 @@ export class ResponseTracker {
   /** The current response contained an OK for a statement (a write, DDL, COMMIT, SET ...). */
   private sawOk = false;
   private lastStatus = 0;
+  /** The current response has more than one result (multi-statement or stored procedure). */
+  private multiResult = false;
   private readonly deprecateEof: boolean;
   private readonly cacheMetadata: boolean;
   /** Responses stopped being parseable (replication stream): the gate is no longer consulted. */
@@ -77,15 +82,16 @@ export class ResponseTracker {
     return this.queue.length;
   }
 
-  /** Called by CommandTracker when a client command starts. */
-  commandStarted(command: number): void {
+  /** Called when a client command starts; `text` is the start of a COM_QUERY's statement text. */
+  commandStarted(command: number, text?: Buffer): void {
     const kind = kindOf(command);
     if (kind === 'none') return;
     if (kind === 'untracked') {
       this.untracked = true;
       return;
     }
-    this.queue.push({ kind });
+    const readOnly = command === Command.COM_QUERY && text !== undefined && isReadOnlyStatement(text);
+    this.queue.push({ kind, readOnly });
   }
 
   /** Returns true when this packet ends a gated response (hold it until the gate opens). */
@@ -112,6 +118,7 @@ export class ResponseTracker {
           const status = (this.deprecateEof ? okStatusFlags(prefix, 0, prefix.length) : eofStatusFlags(prefix, 0, prefix.length)) ?? 0;
           if (status & ServerStatus.MORE_RESULTS_EXISTS) {
             this.lastStatus = status;
+            this.multiResult = true;
             this.state = State.First;
             return false;
           }
@@ -150,7 +157,10 @@ export class ResponseTracker {
       const status = okStatusFlags(prefix, 0, prefix.length) ?? 0;
       this.sawOk = true;
       this.lastStatus = status;
-      if (status & ServerStatus.MORE_RESULTS_EXISTS) return false;
+      if (status & ServerStatus.MORE_RESULTS_EXISTS) {
+        this.multiResult = true;
+        return false;
+      }
       return this.end(current, status);
     }
     if (first === Header.ERR) {
@@ -186,10 +196,13 @@ export class ResponseTracker {
   }
 
   private end(current: PendingCommand, status: number): boolean {
-    const gate = current.kind === Kind.Gated && this.sawOk && (status & ServerStatus.IN_TRANS) === 0;
+    // A multi-statement text may hide a write after a read-only first statement: hold it then.
+    const readOnly = current.readOnly && !this.multiResult;
+    const gate = current.kind === Kind.Gated && this.sawOk && !readOnly && (status & ServerStatus.IN_TRANS) === 0;
     this.queue.shift();
     this.state = State.First;
     this.sawOk = false;
+    this.multiResult = false;
     this.lastStatus = 0;
     this.remainingDefs = 0;
     return gate;
