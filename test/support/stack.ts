@@ -35,6 +35,7 @@ export function startStack(dir: string, args: string[] = [], env: Record<string,
     }, timeoutMs);
     const onData = () => {
       if (/cdbp up: ready/.test(output())) {
+        proc.stdout!.off('data', onData);
         clearTimeout(timer);
         const stack = JSON.parse(readFileSync(path.join(dir, 'stack.json'), 'utf8')) as StackFile;
         resolve({
