@@ -37,6 +37,8 @@ export interface RunningCas {
   caPem: string;
   caFile: string;
   core: CasCore;
+  /** The CAS's Prometheus registry (served by its HTTPS /metrics and by the ops server). */
+  metrics: MetricsRegistry;
   close(): Promise<void>;
 }
 
@@ -90,7 +92,7 @@ export async function startCas(o: CasOptions): Promise<RunningCas> {
   const url = `https://${urlHost}:${port}`;
   o.log.info({ url, services: store.size, createdState: created, simulated: o.allowSimulated, sealing: o.sealing.kind }, 'CAS listening');
   return {
-    url, caPem: ca.certPem, caFile, core,
+    url, caPem: ca.certPem, caFile, core, metrics,
     async close() {
       await app.close();
       await audit.close();

@@ -12,7 +12,12 @@ import { CdbpError } from '../../src/kernel/errors.ts';
 import { readPublicKeyFile } from '../../src/crypto/ed25519.ts';
 import { isHex } from '../../src/crypto/hash.ts';
 import { simulationAllowed, SIMULATION_WARNING } from '../../src/attestation/select.ts';
-import { startCas, writeReadyFile, auditFile } from '../../cas/app.ts';
+import { startCas, writeReadyFile, auditFile, type RunningCas } from '../../cas/app.ts';
+import { Lifecycle } from '../../src/kernel/lifecycle.ts';
+import { MetricsRegistry } from '../../src/kernel/metrics.ts';
+import type { Logger } from '../../src/kernel/log.ts';
+import { buildOpsServer } from '../../src/ops/server.ts';
+import { VERSION } from '../version.ts';
 import { verifyAuditFile } from '../../cas/audit.ts';
 import { deriveKey, FailClosedSealingKeyProvider, FileSealingKeyProvider } from '../../cas/sealing-key.ts';
 
@@ -26,15 +31,18 @@ export const CAS_SCHEMA = {
   casSealingKeyFile: { kind: 'string', doc: 'sealing key file for --sealing file [DIR/sealing.key]' },
   casNonceTtlMs: { kind: 'int', doc: 'lifetime of attestation/recovery nonces in ms', default: 60_000, min: 100, max: 600_000 },
   casTlsNames: { kind: 'list', doc: 'extra DNS names/IPs for the CAS server certificate', default: [] },
+  casOpsHost: { kind: 'string', doc: 'ops API address (plain HTTP: health, metrics, status)', default: '127.0.0.1' },
+  casOpsPort: { kind: 'int', doc: 'ops API port (-1 = off, 0 = any free port)', default: -1, min: -1, max: 65535 },
 } satisfies Schema;
 
 const FLAG_TO_KEY: Record<string, string> = {
   dir: 'casDir', host: 'casHost', port: 'casPort', 'allow-simulated': 'casAllowSimulated',
   'platform-public-key': 'casPlatformPublicKey', sealing: 'casSealing', 'sealing-key-file': 'casSealingKeyFile', 'tls-names': 'casTlsNames',
+  'ops-host': 'casOpsHost', 'ops-port': 'casOpsPort',
 };
 
 const USAGE = `usage: cdbp cas --dir DIR [--host 127.0.0.1] [--port N] [--allow-simulated --platform-public-key FILE]
-                [--sealing file|fail-closed] [--sealing-key-file FILE] [--tls-names a,b]
+                [--sealing file|fail-closed] [--sealing-key-file FILE] [--tls-names a,b] [--ops-port N]
        cdbp cas audit verify --dir DIR
 
 Environment (flags override):
@@ -42,7 +50,7 @@ ${describeSchema(CAS_SCHEMA)}`;
 
 export async function run(argv: string[]): Promise<number> {
   if (argv[0] === 'audit') return auditCommand(argv.slice(1));
-  const { flags, positionals } = parseFlags(argv, ['allow-simulated'], ['dir', 'host', 'port', 'platform-public-key', 'sealing', 'sealing-key-file', 'tls-names']);
+  const { flags, positionals } = parseFlags(argv, ['allow-simulated'], ['dir', 'host', 'port', 'platform-public-key', 'sealing', 'sealing-key-file', 'tls-names', 'ops-host', 'ops-port']);
   if (flags.help) {
     console.log(USAGE);
     return 0;
@@ -62,11 +70,19 @@ export async function run(argv: string[]): Promise<number> {
     ? new FileSealingKeyProvider(config.casSealingKeyFile ?? path.join(dir, 'sealing.key'), log)
     : new FailClosedSealingKeyProvider();
   rmSync(path.join(dir, 'cas-ready.json'), { force: true });
-  const cas = await startCas({
-    dir, host: config.casHost, port: config.casPort, allowSimulated, sealing, log, tlsNames: config.casTlsNames, nonceTtlMs: config.casNonceTtlMs,
-    platformPublicKey: config.casPlatformPublicKey ? readPublicKeyFile(config.casPlatformPublicKey) : undefined,
-  });
+  const ops = config.casOpsPort >= 0 ? await startCasOps(config.casOpsHost, config.casOpsPort, allowSimulated, log) : undefined;
+  let cas: RunningCas;
+  try {
+    cas = await startCas({
+      dir, host: config.casHost, port: config.casPort, allowSimulated, sealing, log, tlsNames: config.casTlsNames, nonceTtlMs: config.casNonceTtlMs,
+      platformPublicKey: config.casPlatformPublicKey ? readPublicKeyFile(config.casPlatformPublicKey) : undefined,
+    });
+  } catch (e) {
+    await ops?.stop();
+    throw e;
+  }
   writeReadyFile(dir, { url: cas.url, caFile: cas.caFile, pid: process.pid });
+  ops?.started(cas);
 
   return new Promise<number>((resolve) => {
     let stopping = false;
@@ -75,7 +91,8 @@ export async function run(argv: string[]): Promise<number> {
       stopping = true;
       log.info({ signal }, 'CAS stopping');
       rmSync(path.join(dir, 'cas-ready.json'), { force: true });
-      cas.close().then(() => resolve(0), (e: unknown) => {
+      ops?.lifecycle.advance('draining');
+      cas.close().then(() => ops?.stop()).then(() => resolve(0), (e: unknown) => {
         log.error({ err: e }, 'error while stopping');
         resolve(1);
       });
@@ -84,6 +101,41 @@ export async function run(argv: string[]): Promise<number> {
     process.once('SIGINT', () => stop('SIGINT'));
     watchParent(() => stop('parent exited'));
   });
+}
+
+/**
+ * The CAS's ops server (src/ops/server.ts, role 'cas') on its own plain-HTTP port, loopback by default:
+ * /livez /startupz /readyz /metrics /v1/status. Started before the CAS so probes see its start-up.
+ */
+async function startCasOps(host: string, port: number, simulated: boolean, log: Logger) {
+  const lifecycle = new Lifecycle();
+  const own = new MetricsRegistry();
+  own.gauge('cdbp_mode', 'Attestation the CAS accepts (simulated = software platform key, not a TEE)', (g) => g.set(1, { mode: simulated ? 'simulated' : 'none' }));
+  own.gauge('cdbp_ready', '1 when ready to serve', (g) => g.set(lifecycle.state === 'ready' ? 1 : 0));
+  own.gauge('cdbp_info', 'Build and role of this process', (g) => g.set(1, { role: 'cas', version: VERSION }));
+  let cas: RunningCas | undefined;
+  const app = buildOpsServer({
+    role: 'cas', version: VERSION, lifecycle, log,
+    metrics: { render: () => own.render() + (cas?.metrics.render() ?? '') },
+    status: () => ({
+      mode: simulated ? 'simulated' : 'none',
+      ...(simulated ? { warning: SIMULATION_WARNING } : {}),
+      url: cas?.url ?? null,
+    }),
+  });
+  const url = await app.listen({ host, port });
+  log.info({ ops: url }, 'CAS ops API listening');
+  return {
+    lifecycle, url,
+    started(running: RunningCas) {
+      cas = running;
+      lifecycle.advance('ready');
+    },
+    async stop() {
+      if (!lifecycle.isTerminal()) lifecycle.advance('stopped');
+      await app.close();
+    },
+  };
 }
 
 async function auditCommand(argv: string[]): Promise<number> {

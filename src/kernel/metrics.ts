@@ -126,7 +126,7 @@ export class MetricsRegistry {
     const lines: string[] = [];
     for (const m of this.metrics.values()) {
       const body = m.render();
-      lines.push(`# HELP ${m.name} ${m.help}`, `# TYPE ${m.name} ${m.type}`, ...body);
+      lines.push(`# HELP ${m.name} ${m.help.replace(/\\/g, '\\\\').replace(/\n/g, '\\n')}`, `# TYPE ${m.name} ${m.type}`, ...body);
     }
     return lines.join('\n') + '\n';
   }

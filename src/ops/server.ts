@@ -21,7 +21,8 @@ export interface OpsServerOptions {
   role: 'proxy' | 'cas';
   version: string;
   lifecycle: Lifecycle;
-  metrics: MetricsRegistry;
+  /** Rendered on /metrics (a registry, or several joined: families must not repeat). */
+  metrics: Pick<MetricsRegistry, 'render'>;
   /** Extra readiness conditions beyond lifecycle === 'ready' (cert valid, freshness verified, ...). */
   readiness?: () => Readiness;
   /** Public status facts (mode, measurement, cert subject/expiry, freshness, connections). */
@@ -38,7 +39,8 @@ export function buildOpsServer(opts: OpsServerOptions): FastifyInstance {
     const err = asCdbpError(error, (error as { statusCode?: number }).statusCode === 400 ? 'BAD_REQUEST' : 'INTERNAL');
     const status = httpStatusFor(err.code);
     if (status >= 500) opts.log.error({ err: { code: err.code, message: err.message } }, 'ops request failed');
-    void reply.code(status).send({ error: { code: err.code, message: status >= 500 ? 'internal error' : err.message } });
+    // 500s may carry anything (a stack's worth of internals): hidden. Other codes are our own words.
+    void reply.code(status).send({ error: { code: err.code, message: status === 500 ? 'internal error' : err.message } });
   });
   app.setNotFoundHandler((_req, reply) => {
     void reply.code(404).send({ error: { code: 'NOT_FOUND', message: 'no such endpoint' } });
@@ -115,7 +117,10 @@ export interface AdminServerOptions {
   token?: string;
 }
 
-const LOOPBACK = new Set(['127.0.0.1', '::1', '::ffff:127.0.0.1']);
+/** 127.0.0.0/8 and ::1, also as IPv4-mapped IPv6. */
+export function isLoopbackAddress(addr: string): boolean {
+  return addr === '::1' || /^(::ffff:)?127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(addr);
+}
 
 /**
  * Admin actions live on a separate port bound to loopback only, so exposing the ops port to a
@@ -128,7 +133,7 @@ export function buildAdminServer(actions: AdminActions, log: Logger, options: Ad
   const expected = options.token ? createHash('sha256').update(`Bearer ${options.token}`).digest() : undefined;
   app.addHook('onRequest', async (req, reply) => {
     const addr = req.socket.remoteAddress ?? '';
-    if (!LOOPBACK.has(addr)) {
+    if (!isLoopbackAddress(addr)) {
       log.warn({ peer: addr, url: req.url }, 'admin: refused a request from a non-loopback address');
       return reply.code(403).send({ error: { code: 'FORBIDDEN', message: 'admin actions are loopback-only' } });
     }
