@@ -1,0 +1,72 @@
+/**
+ * Static checks of the compose stack's files (no engine needed, only the docker-compose binary):
+ * the hand-written MariaDB encryption config equals what keyring/mariadb-config.ts generates, the paths
+ * the proxy is told match the ones MariaDB uses, the compose file validates, and it carries no secret.
+ */
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import { mariadbEncryptionConfig } from '../../keyring/mariadb-config.ts';
+import { COMPOSE_DIR, COMPOSE_FILE, REPO_ROOT, run } from './support.ts';
+
+const cnfLines = (file: string) => readFileSync(path.join(COMPOSE_DIR, 'mariadb', file), 'utf8')
+  .split('\n').map((l) => l.trim()).filter((l) => l && !l.startsWith('#') && !l.startsWith('['));
+const option = (lines: string[], name: string) => lines.find((l) => l.startsWith(`${name}=`))?.slice(name.length + 1);
+
+describe('compose files', () => {
+  it('encryption.cnf is exactly mariadbEncryptionConfig() for the compose paths', () => {
+    const expected = mariadbEncryptionConfig({
+      vaultUrl: 'https://127.0.0.1:8200/v1/cdbp',
+      caFile: '/run/cdbp/keyring-ca.pem',
+      ariaLogDir: '/run/cdbp-volatile/aria-log',
+    });
+    assert.deepEqual(cnfLines('encryption.cnf'), expected);
+  });
+
+  it('the proxy and MariaDB agree on socket, datadir, keyring port, CA and token paths', () => {
+    const server = cnfLines('server.cnf');
+    const enc = cnfLines('encryption.cnf');
+    const yml = readFileSync(COMPOSE_FILE, 'utf8');
+    const env = (name: string) => new RegExp(`^\\s+${name}: (.+)$`, 'm').exec(yml)?.[1]?.trim();
+    assert.equal(env('CDBP_BACKEND_SOCKET'), option(server, 'socket'));
+    assert.equal(env('CDBP_DATADIR'), option(server, 'datadir'));
+    assert.equal(option(enc, 'hashicorp-key-management-vault-url'), `https://127.0.0.1:${env('CDBP_KEYRING_PORT')!.replace(/"/g, '')}/v1/cdbp`);
+    assert.equal(option(enc, 'hashicorp-key-management-vault-ca'), `${env('CDBP_KEYRING_CA_DIR')}/keyring-ca.pem`);
+    const entrypoint = readFileSync(path.join(COMPOSE_DIR, 'mariadb', 'entrypoint.sh'), 'utf8');
+    assert.match(entrypoint, /TOKEN_FILE=\$\{CDBP_KEYRING_TOKEN_FILE:-\$RUN_DIR\/keyring-token\}/);
+    assert.equal(env('CDBP_KEYRING_TOKEN_FILE'), '/run/cdbp/keyring-token');
+    // The untrusted dir (sealed freshness record) sits on the same volume as the datadir: one disk, one
+    // snapshot, rolled back together.
+    assert.equal(path.dirname(env('CDBP_UNTRUSTED_DIR')!), path.dirname(env('CDBP_DATADIR')!));
+    assert.equal(env('network_mode'), '"service:mariadb"');
+  });
+
+  it('validates with docker-compose and names every service', async () => {
+    const r = await run('docker-compose', ['-f', COMPOSE_FILE, 'config', '-q']);
+    assert.equal(r.code, 0, r.stderr);
+    const services = await run('docker-compose', ['-f', COMPOSE_FILE, 'config', '--services']);
+    assert.equal(services.code, 0, services.stderr);
+    assert.deepEqual(services.stdout.trim().split('\n').sort(), ['cas', 'mariadb', 'policy', 'proxy', 'setup']);
+  });
+
+  it('carries no secret and runs nothing as root', () => {
+    const yml = readFileSync(COMPOSE_FILE, 'utf8');
+    for (const line of yml.split('\n')) {
+      if (/^\s*#/.test(line)) continue;
+      // Names of files/dirs/timeouts are fine; a value for a password, token or secret is not.
+      const m = /^\s*-?\s*([A-Z0-9_]*(?:PASSWORD|TOKEN|SECRET)[A-Z0-9_]*)\s*[:=]\s*(\S.*)$/i.exec(line);
+      if (m && !/_(FILE|DIR|SECONDS)$/i.test(m[1]!)) assert.fail(`compose line looks like a secret: ${line}`);
+    }
+    // Every service runs as the unprivileged cdbp uid with a read-only root filesystem.
+    assert.equal(yml.match(/user: "10001:10001"/g)?.length, 2, 'the app anchor and mariadb set the user');
+    assert.equal(yml.match(/read_only: true/g)?.length, 2);
+    for (const f of ['app.Dockerfile', 'mariadb.Dockerfile']) {
+      const dockerfile = readFileSync(path.join(COMPOSE_DIR, 'images', f), 'utf8');
+      assert.match(dockerfile, /^USER \$\{CDBP_UID\}:\$\{CDBP_UID\}$/m, `${f} switches to the cdbp user`);
+      assert.doesNotMatch(dockerfile, /^COPY .*(\.key|\.pem|owner|sealing)/m, `${f} copies key material`);
+    }
+    const ignore = readFileSync(path.join(REPO_ROOT, '.dockerignore'), 'utf8');
+    assert.match(ignore, /\*\*\/\*\.key/);
+  });
+});
