@@ -141,9 +141,9 @@ test('rolled-back volume, record or datadir and a forged record are refused; the
 
   // The CAS audited the alarms and the recovery, and its chain verifies.
   const audit = readFileSync(path.join(trusted, 'cas', 'audit.log'), 'utf8');
-  assert.match(audit, /"event":"counter.recover","outcome":"ok"/);
-  assert.match(audit, /"event":"freshness.alarm".*"kind":"rollback"/);
-  assert.match(audit, /"event":"freshness.alarm".*"kind":"tamper"/);
+  assert.match(audit, /"event":"counter.recover"[^\n]*"outcome":"ok"/);
+  assert.match(audit, /"event":"freshness.alarm"[^\n]*"kind":"rollback"/);
+  assert.match(audit, /"event":"freshness.alarm"[^\n]*"kind":"tamper"/);
   const verify = spawnSync(process.execPath, [CLI, 'cas', 'audit', 'verify', '--dir', path.join(trusted, 'cas')], { encoding: 'utf8' });
   assert.equal(verify.status, 0, verify.stdout + verify.stderr);
 });
@@ -250,7 +250,8 @@ test('crash between the record write and the counter advance: the next start fin
   process.kill(casPid, 'SIGSTOP');
   const w = await connectThroughProxy(s.stack);
   w.on('error', () => undefined);
-  const pending = w.query("INSERT INTO app.t (v) VALUES ('in-flight')").catch(() => undefined);
+  // Never acknowledged (the proxy dies holding it); a destroyed connector's promise may never settle.
+  void w.query("INSERT INTO app.t (v) VALUES ('in-flight')").catch(() => undefined);
   // Wait until the record for the next epoch is on disk while the CAS cannot count it.
   const deadline = Date.now() + 20_000;
   while (peekRecordHeader(readFileSync(recordFile(untrusted))).epoch <= counted) {
@@ -262,7 +263,6 @@ test('crash between the record write and the counter advance: the next start fin
   process.kill(proxyPid, 'SIGKILL');
   process.kill(s.stack.mariadb.pid!, 'SIGKILL');
   w.destroy();
-  await pending;
   await s.stop();
   assert.equal(alive(s.stack.mariadb.pid), false);
 
