@@ -460,6 +460,15 @@ export class ProxyRole {
     return this.counterClient;
   }
 
+  /**
+   * Second signal: the caller exits right after this. Asks the managed database to shut down on its
+   * own (SIGTERM is sent synchronously; its clean shutdown does not need us), so no mariadbd outlives us.
+   */
+  forceStop(): void {
+    void this.mariadb?.stop().catch(() => undefined);
+    void this.postgres?.stop().catch(() => undefined);
+  }
+
   /** Resolves once shutdown() has finished (whoever started it: signal, admin, parent watch). */
   whenStopped(): Promise<void> {
     return this.stoppedPromise;

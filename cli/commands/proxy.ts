@@ -36,7 +36,8 @@ export async function run(argv: string[]): Promise<number> {
   const onSignal = (sig: string) => {
     signals++;
     if (signals > 1) {
-      log.warn({ signal: sig }, 'second signal: forcing exit');
+      log.warn({ signal: sig }, 'second signal: forcing exit (the managed database is told to stop on its own)');
+      role.forceStop();
       process.exit(1);
     }
     void role.shutdown(sig).catch((e: unknown) => {
