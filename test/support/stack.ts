@@ -87,12 +87,16 @@ export function connectThroughProxy(stack: StackFile, extra: Partial<ConnectionC
   });
 }
 
-/** True if a process with this pid exists. */
+/** True if a process with this pid exists and is not a zombie (an orphan killed -9 waits for init to reap it). */
 export function alive(pid: number | null | undefined): boolean {
   if (!pid) return false;
   try {
     process.kill(pid, 0);
-    return true;
+  } catch {
+    return false;
+  }
+  try {
+    return !/^State:\s+Z/m.test(readFileSync(`/proc/${pid}/status`, 'utf8'));
   } catch {
     return false;
   }
