@@ -130,6 +130,25 @@ export function fsyncLatencyMs(dir: string, samples = 50): number {
   return round(median(times), 3);
 }
 
+/**
+ * Median latency of a durable replace (tmp write → fsync → rename → fsync dir, src/crypto/atomic-file.ts),
+ * what the proxy's record store and the CAS's state pay per counter advance. Unlike an in-place fsync,
+ * the rename makes ext4 commit its journal.
+ */
+export async function durableReplaceMs(dir: string, samples = 30): Promise<number> {
+  const { writeFileDurable } = await import('../../src/crypto/atomic-file.ts');
+  const file = path.join(dir, `durable-probe-${process.pid}`);
+  const data = Buffer.alloc(512, 7);
+  const times: number[] = [];
+  for (let i = 0; i < samples; i++) {
+    const t = performance.now();
+    await writeFileDurable(file, data);
+    times.push(performance.now() - t);
+  }
+  unlinkSync(file);
+  return round(median(times), 3);
+}
+
 /** Awaits a child's exit (or resolves at once if it already exited). */
 export function exited(child: { exitCode: number | null; signalCode: string | null; once(ev: 'exit', cb: () => void): unknown }): Promise<void> {
   return new Promise((resolve) => (child.exitCode !== null || child.signalCode !== null ? resolve() : child.once('exit', () => resolve())));

@@ -1,0 +1,193 @@
+/**
+ * Freshness cost: sysbench `oltp_write_only` through the full proxy role (`cdbp up`: CAS, attestation,
+ * keyring, managed MariaDB with innodb_flush_log_at_trx_commit=1, freshness guard) with strict / relaxed /
+ * off, one stack per mode started side by side so arms can alternate. From each stack's /metrics: counter
+ * advances (cdbp_freshness_seals_total) per second and the ack hold time (cdbp_freshness_hold_seconds);
+ * for relaxed, the measured window (age of the last counted epoch, sampled while writes flow).
+ */
+import { mkdirSync } from 'node:fs';
+import path from 'node:path';
+import { readFileSync } from 'node:fs';
+import { startStack, connectThroughProxy, type RunningStack } from '../../test/support/stack.ts';
+import { tempDir } from '../../test/support/tmp.ts';
+import { scenario, median, spread, round, fmt, durableReplaceMs, REPO, type ScenarioResult } from '../lib/common.ts';
+import { prepare, runSysbench } from '../lib/sysbench.ts';
+import { scrape, histogramDelta, cumulativeQuantile } from '../lib/prometheus.ts';
+
+export type FreshnessMode = 'strict' | 'relaxed' | 'off';
+export interface FreshnessOptions {
+  modes: FreshnessMode[]; threads: number[]; durationS: number; rounds: number; tableSize: number; tables: number;
+  /** V8 CPU profiles of every stack process (NODE_OPTIONS=--cpu-prof) into bench/results/profiles/freshness-<mode>. */
+  profile?: boolean;
+  log?: (line: string) => void;
+}
+export interface FreshnessRun {
+  mode: FreshnessMode; threads: number; round: number; seconds: number; tps: number; p50Ms: number; p99Ms: number; errors: number;
+  seals: number; sealsPerSecond: number; holds: number; holdMeanMs: number; holdP50Ms: number; holdP99Ms: number;
+  /** relaxed: largest time writes went uncounted (age of the last counted epoch, capped at time since the run began; sampled every 100 ms). */
+  windowMaxMs?: number;
+  /** CPU (user+system) of the stack's processes during the run, ms. */
+  cpuMs: { cas: number; proxy: number; mariadb: number };
+}
+export interface FreshnessCell {
+  mode: FreshnessMode; threads: number; tps: number; vsOff: number; spread: number; p50Ms: number; p99Ms: number;
+  sealsPerSecond: number; holdMeanMs: number; holdP50Ms: number; holdP99Ms: number; writesPerSeal: number; windowMaxMs?: number;
+  /** CAS CPU per counter advance, ms; proxy and MariaDB CPU share of the run, in cores. */
+  casCpuMsPerAdvance: number; proxyCores: number; casCores: number; mariadbCores: number;
+}
+export interface FreshnessSummary { cells: FreshnessCell[]; durableReplaceMs: number; sealIntervalMs: number }
+
+export function runFreshness(o: FreshnessOptions): Promise<ScenarioResult<FreshnessSummary, FreshnessRun>> {
+  const log = o.log ?? (() => undefined);
+  return scenario('freshness', { ...o, log: undefined }, async ({ notes }) => {
+    const work = tempDir('bench-fresh');
+    const stacks = new Map<FreshnessMode, RunningStack>();
+    const runs: FreshnessRun[] = [];
+    let durableMs = NaN;
+    try {
+      for (const mode of o.modes) {
+        const dir = path.join(work.path, mode);
+        mkdirSync(dir);
+        log(`freshness: cdbp up --freshness ${mode}`);
+        const profDir = path.join(REPO, 'bench', 'results', 'profiles', `freshness-${mode}`);
+        if (o.profile) mkdirSync(profDir, { recursive: true });
+        const s = await startStack(dir, ['--freshness', mode],
+          { CDBP_LOG_LEVEL: 'warn', ...(o.profile ? { NODE_OPTIONS: `--cpu-prof --cpu-prof-dir=${profDir}` } : {}) }, 180_000);
+        stacks.set(mode, s);
+        const conn = await connectThroughProxy(s.stack);
+        try { await conn.query('CREATE DATABASE IF NOT EXISTS sbtest'); } finally { await conn.end(); }
+        await prepare(target(s, work.path, mode, o));
+      }
+      durableMs = await durableReplaceMs(work.path);
+      for (let r = 1; r <= o.rounds; r++) {
+        for (const threads of o.threads) {
+          const order = r % 2 === 1 ? o.modes : [...o.modes].reverse();
+          for (const mode of order) {
+            const s = stacks.get(mode)!;
+            const metricsUrl = `${s.stack.ops.url}/metrics`;
+            const before = await scrape(metricsUrl);
+            let windowMaxMs = 0;
+            let sampling = mode === 'relaxed';
+            const pids = stackPids(s);
+            const cpu0 = mapValues(pids, procCpuMs);
+            const t0 = performance.now();
+            const sampler = (async () => {
+              while (sampling) {
+                const age = (await scrape(metricsUrl).catch(() => new Map<string, number>())).get('cdbp_freshness_last_seal_age_seconds');
+                // Before the first seal of this run, writes have been uncounted only since the run began.
+                if (age !== undefined) windowMaxMs = Math.max(windowMaxMs, Math.min(age * 1000, performance.now() - t0));
+                await new Promise((res) => setTimeout(res, 100));
+              }
+            })();
+            const res = await runSysbench(target(s, work.path, mode, o), 'oltp_write_only', { threads, durationS: o.durationS }).finally(() => { sampling = false; });
+            const seconds = (performance.now() - t0) / 1000;
+            const cpu1 = mapValues(pids, procCpuMs);
+            await sampler;
+            const after = await scrape(metricsUrl);
+            const seals = (after.get('cdbp_freshness_seals_total') ?? 0) - (before.get('cdbp_freshness_seals_total') ?? 0);
+            const hold = histogramDelta(before, after, 'cdbp_freshness_hold_seconds');
+            const row: FreshnessRun = {
+              mode, threads, round: r, tps: res.tps, p50Ms: res.p50Ms, p99Ms: res.p99Ms, errors: res.errors,
+              seals, sealsPerSecond: round(seals / seconds, 1), holds: hold.count,
+              holdMeanMs: hold.count > 0 ? round((hold.sum / hold.count) * 1000, 2) : NaN,
+              holdP50Ms: cumulativeQuantile(hold, 0.5) * 1000, holdP99Ms: cumulativeQuantile(hold, 0.99) * 1000,
+              ...(mode === 'relaxed' ? { windowMaxMs: round(windowMaxMs, 0) } : {}),
+              cpuMs: { cas: cpu1.cas - cpu0.cas, proxy: cpu1.proxy - cpu0.proxy, mariadb: cpu1.mariadb - cpu0.mariadb },
+              seconds: round(seconds, 2),
+            };
+            runs.push(row);
+            log(`freshness r${r} t=${threads} ${mode.padEnd(7)} tps=${res.tps.toFixed(1)} seals/s=${row.sealsPerSecond} hold mean=${fmt(row.holdMeanMs)}ms p99≤${fmt(row.holdP99Ms)}ms${row.windowMaxMs !== undefined ? ` window max=${row.windowMaxMs}ms` : ''}`);
+          }
+        }
+      }
+    } finally {
+      for (const s of stacks.values()) await s.stop();
+      work.remove();
+    }
+    notes.push('Each mode is its own `cdbp up` stack (CAS + proxy + managed MariaDB with the keyring and innodb_flush_log_at_trx_commit=1), all on this machine.');
+    notes.push(`Durable replace (tmp write → fsync → rename → fsync dir) in the stacks' file system: median ${fmt(durableMs, 3)} ms. A counter advance pays two of them (the proxy's sealed record, the CAS's sealed counter state) and one audit-log append + fdatasync, serially, plus one mTLS HTTPS round trip (kept alive) and a SHOW STATUS for the position.`);
+    return { summary: summarizeFreshness(runs, durableMs), runs };
+  });
+}
+
+/** The stack's CAS and proxy (children of `cdbp up`) and its mariadbd. */
+function stackPids(s: RunningStack): { cas: number; proxy: number; mariadb: number } {
+  const out = { cas: NaN, proxy: NaN, mariadb: s.stack.mariadb.pid ?? NaN };
+  let children: string[] = [];
+  try {
+    children = readFileSync(`/proc/${s.proc.pid}/task/${s.proc.pid}/children`, 'utf8').trim().split(/\s+/);
+  } catch { /* no /proc children list: CPU columns stay n/a */ }
+  for (const c of children) {
+    const argv = readFileSafe(`/proc/${c}/cmdline`).split('\0');
+    if (argv.includes('cas')) out.cas = Number(c);
+    else if (argv.includes('proxy')) out.proxy = Number(c);
+  }
+  return out;
+}
+
+function readFileSafe(f: string): string {
+  try { return readFileSync(f, 'utf8'); } catch { return ''; }
+}
+
+/** user+system CPU of a process from /proc/<pid>/stat, ms (NaN if unknown). */
+function procCpuMs(pid: number): number {
+  const stat = readFileSafe(`/proc/${pid}/stat`);
+  if (!stat) return NaN;
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return ((Number(fields[11]) + Number(fields[12])) * 1000) / 100; // utime, stime in USER_HZ (100)
+}
+
+function mapValues<K extends string>(o: Record<K, number>, f: (v: number) => number): Record<K, number> {
+  return Object.fromEntries(Object.entries(o).map(([k, v]) => [k, f(v as number)])) as Record<K, number>;
+}
+
+function target(s: RunningStack, root: string, mode: string, o: FreshnessOptions) {
+  const cwd = path.join(root, `sysbench-${mode}`);
+  mkdirSync(cwd, { recursive: true });
+  return {
+    host: s.stack.mysql.host, port: s.stack.mysql.port, user: s.stack.admin.user, password: s.stack.admin.password, db: 'sbtest',
+    caPem: readFileSync(s.stack.caFile, 'utf8'), cwd, tables: o.tables, tableSize: o.tableSize,
+  };
+}
+
+export function summarizeFreshness(runs: FreshnessRun[], durableReplaceMs: number): FreshnessSummary {
+  const cells: FreshnessCell[] = [];
+  for (const threads of [...new Set(runs.map((r) => r.threads))]) {
+    const offTps = median(runs.filter((r) => r.threads === threads && r.mode === 'off').map((r) => r.tps));
+    for (const mode of [...new Set(runs.map((r) => r.mode))]) {
+      const rs = runs.filter((r) => r.threads === threads && r.mode === mode);
+      const tps = median(rs.map((r) => r.tps));
+      const sealsPerSecond = median(rs.map((r) => r.sealsPerSecond));
+      const windows = rs.map((r) => r.windowMaxMs).filter((x): x is number => x !== undefined);
+      cells.push({
+        mode, threads, tps: round(tps, 1), vsOff: round(tps / offTps, 3), spread: round(spread(rs.map((r) => r.tps)), 3),
+        p50Ms: median(rs.map((r) => r.p50Ms)), p99Ms: median(rs.map((r) => r.p99Ms)),
+        sealsPerSecond, holdMeanMs: round(median(rs.map((r) => r.holdMeanMs)), 2),
+        holdP50Ms: median(rs.map((r) => r.holdP50Ms)), holdP99Ms: median(rs.map((r) => r.holdP99Ms)),
+        writesPerSeal: sealsPerSecond > 0 ? round(tps / sealsPerSecond, 1) : NaN,
+        ...(windows.length ? { windowMaxMs: Math.max(...windows) } : {}),
+        casCpuMsPerAdvance: round(median(rs.map((r) => (r.seals > 0 ? r.cpuMs.cas / r.seals : NaN)).filter(Number.isFinite)), 2),
+        proxyCores: round(median(rs.map((r) => r.cpuMs.proxy / 1000 / r.seconds)), 2),
+        casCores: round(median(rs.map((r) => r.cpuMs.cas / 1000 / r.seconds)), 2),
+        mariadbCores: round(median(rs.map((r) => r.cpuMs.mariadb / 1000 / r.seconds)), 2),
+      });
+    }
+  }
+  return { cells, durableReplaceMs, sealIntervalMs: 1000 };
+}
+
+export function renderFreshness(r: ScenarioResult<FreshnessSummary, FreshnessRun>): string[] {
+  const c = r.config as unknown as FreshnessOptions;
+  return [
+    `sysbench \`oltp_write_only\` (${c.tables} tables × ${c.tableSize} rows, TLS through the proxy of a full \`cdbp up\` stack), ${c.durationS} s per arm, ${c.rounds} rounds, mode order reversed every round.`,
+    'vs off = tps / tps of freshness=off at the same thread count. Counter advances/s = cdbp_freshness_seals_total delta / run time.',
+    'Hold = cdbp_freshness_hold_seconds (time a COMMIT\'s OK waited for a counted epoch; p50/p99 are histogram bucket upper bounds).',
+    `Window (relaxed) = largest age of the last counted epoch sampled every 100 ms during the run (seal interval ${r.summary.sealIntervalMs} ms).`,
+    '',
+    'CPU columns: cores used (CPU seconds / wall seconds) by the stack\'s proxy, CAS and mariadbd during the arm, from /proc; CAS ms/advance = CAS CPU / advances.',
+    '',
+    '| mode | threads | tps | vs off | spread | p50 / p99 ms | counter advances/s | commits per advance | hold mean ms | hold p50 / p99 ms (≤) | relaxed window max ms | cores proxy / CAS / mariadbd | CAS CPU ms/advance |',
+    '|---|---:|---:|---:|---:|---|---:|---:|---:|---|---:|---|---:|',
+    ...r.summary.cells.map((x) => `| ${x.mode} | ${x.threads} | ${fmt(x.tps, 1)} | **${fmt(x.vsOff)}** | ${(x.spread * 100).toFixed(0)}% | ${fmt(x.p50Ms)} / ${fmt(x.p99Ms)} | ${fmt(x.sealsPerSecond, 1)} | ${fmt(x.writesPerSeal, 1)} | ${fmt(x.holdMeanMs)} | ${fmt(x.holdP50Ms, 1)} / ${fmt(x.holdP99Ms, 1)} | ${x.windowMaxMs !== undefined ? x.windowMaxMs : '–'} | ${fmt(x.proxyCores)} / ${fmt(x.casCores)} / ${fmt(x.mariadbCores)} | ${fmt(x.casCpuMsPerAdvance)} |`),
+  ];
+}
