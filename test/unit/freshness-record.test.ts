@@ -74,6 +74,6 @@ test('crc32c matches the standard check value and redo checkpoints need a valid 
   put(0x1000, 5000n);
   put(0x2000, 7000n);
   assert.equal(parseRedoCheckpoint(head), 7000n);
-  head[0x2000 + 3] ^= 0xff; // corrupt the newer block: its CRC fails, the older one wins
+  head[0x2000 + 3] = head[0x2000 + 3]! ^ 0xff; // corrupt the newer block: its CRC fails, the older one wins
   assert.equal(parseRedoCheckpoint(head), 5000n);
 });
