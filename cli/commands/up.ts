@@ -173,7 +173,8 @@ private PostgreSQL behind a second proxy (one proxy per database). Ctrl-C stops 
       CDBP_UNTRUSTED_DIR: layout.untrusted, CDBP_VOLATILE_DIR: volatileDir(dir), CDBP_FRESHNESS: freshness, CDBP_DRAIN_DELAY_MS: '0',
     });
     const opsUrl = `http://127.0.0.1:${opsPort}`;
-    const status = await followProxy(opsUrl, say, signalled);
+    const firstRun = !existsSync(path.join(datadir, 'mysql'));
+    const status = await followProxy(opsUrl, say, signalled, firstRun);
 
     // 4. An admin account for the stack's user (first run creates it; later runs keep its password).
     const admin = { user: 'admin', password: previous?.admin?.password ?? randomPassword() };
@@ -242,12 +243,12 @@ function volatileDir(dir: string): string {
 }
 
 /** Polls the proxy's status, printing each lifecycle step, until ready (or failed: then throws). */
-async function followProxy(opsUrl: string, say: (m: string) => void, signalled: Promise<string>): Promise<Record<string, unknown>> {
+async function followProxy(opsUrl: string, say: (m: string) => void, signalled: Promise<string>, firstRun = false): Promise<Record<string, unknown>> {
   const labels: Record<string, string> = {
     attesting: 'proxy attesting to the CAS',
     provisioned: 'proxy attested; TLS identity and keys provisioned',
     verifying: 'verifying freshness of the data volume',
-    starting_backend: 'keyring ready; starting MariaDB (initializing the database on first run)',
+    starting_backend: `freshness verified; keyring ready; ${firstRun ? 'initializing the database (first run) and starting MariaDB' : 'starting MariaDB'}`,
   };
   const seen = new Set<string>();
   return waitFor(async () => {
