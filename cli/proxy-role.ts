@@ -384,13 +384,14 @@ export class ProxyRole {
   private nextRenewalAt: Date | undefined;
 
   /**
-   * Renews at notAfter − CDBP_RENEW_BEFORE_SECONDS (default: when a third of the lifetime is left),
-   * and never sooner than 1 s from now.
+   * Renews at notAfter − CDBP_RENEW_BEFORE_SECONDS (default: when a third of the lifetime is left;
+   * capped at half the lifetime), and never sooner than 1 s from now.
    */
   private scheduleRenewal(delayMs?: number): void {
     const p = this.provision!;
     const life = p.identity.notAfter.getTime() - Date.now();
-    const before = this.deps.config.renewBeforeSeconds > 0 ? this.deps.config.renewBeforeSeconds * 1000 : life / 3;
+    // A renew-before longer than the lifetime would renew in a tight loop: at most half the lifetime.
+    const before = this.deps.config.renewBeforeSeconds > 0 ? Math.min(this.deps.config.renewBeforeSeconds * 1000, life / 2) : life / 3;
     const delay = delayMs ?? Math.max(1000, life - before);
     if (this.renewTimer) clearTimeout(this.renewTimer);
     const capped = Math.min(delay, 2 ** 31 - 1);
