@@ -26,7 +26,7 @@ export interface IdleRow {
   openPerSecond: number;
   proxyRssMB: number;
   proxyHeapMB: number;
-  /** RSS growth over the baseline per idle connection, KiB. */
+  /** RSS growth over the baseline per idle connection, KiB (0 below 200 connections: RSS noise dominates). */
   rssPerConnKiB: number;
   proxyIdleCpuPct: number;
   mariadbRssMB: number;
@@ -115,7 +115,7 @@ export function runIdle(o: IdleOptions): Promise<ScenarioResult<IdleRow[], IdleR
         const row: IdleRow = {
           idle: held.length, openSeconds: round(openSeconds, 1), openPerSecond: want > 0 ? round(want / openSeconds, 0) : 0,
           proxyRssMB: round(s1.rss / 2 ** 20, 1), proxyHeapMB: round(s1.heapUsed / 2 ** 20, 1),
-          rssPerConnKiB: held.length > 0 ? round((s1.rss - baseRss) / held.length / 1024, 1) : 0,
+          rssPerConnKiB: held.length >= 200 ? round((s1.rss - baseRss) / held.length / 1024, 1) : 0,
           proxyIdleCpuPct: round(idleCpuPct, 2), mariadbRssMB: rssOfPid(m.db.server.pid), active,
         };
         rows.push(row);
@@ -140,6 +140,6 @@ export function renderIdle(r: ScenarioResult<IdleRow[], IdleRow>): string[] {
     '',
     '| idle conns | proxy RSS MB | KiB per conn | proxy heap MB | proxy idle CPU % | open rate conn/s | active p50 / p99 ms via proxy | active p50 / p99 ms direct | MariaDB RSS MB |',
     '|---:|---:|---:|---:|---:|---:|---|---|---:|',
-    ...r.summary.map((x) => `| ${x.idle} | **${fmt(x.proxyRssMB, 1)}** | ${fmt(x.rssPerConnKiB, 1)} | ${fmt(x.proxyHeapMB, 1)} | ${fmt(x.proxyIdleCpuPct, 2)} | ${x.openPerSecond || '–'} | ${fmt(x.active.proxy.p50Ms, 3)} / ${fmt(x.active.proxy.p99Ms, 3)} | ${fmt(x.active.direct.p50Ms, 3)} / ${fmt(x.active.direct.p99Ms, 3)} | ${fmt(x.mariadbRssMB, 0)} |`),
+    ...r.summary.map((x) => `| ${x.idle} | **${fmt(x.proxyRssMB, 1)}** | ${x.idle >= 200 ? fmt(x.rssPerConnKiB, 1) : '–'} | ${fmt(x.proxyHeapMB, 1)} | ${fmt(x.proxyIdleCpuPct, 2)} | ${x.openPerSecond || '–'} | ${fmt(x.active.proxy.p50Ms, 3)} / ${fmt(x.active.proxy.p99Ms, 3)} | ${fmt(x.active.direct.p50Ms, 3)} / ${fmt(x.active.direct.p99Ms, 3)} | ${fmt(x.mariadbRssMB, 0)} |`),
   ];
 }
