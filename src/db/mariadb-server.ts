@@ -1,7 +1,8 @@
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync, openSync, closeSync } from 'node:fs';
 import path from 'node:path';
 import { once } from 'node:events';
+import { ServerProcess, logTail } from './server-process.ts';
 import { findBinary } from '../kernel/binaries.ts';
 import { CdbpError } from '../kernel/errors.ts';
 import { waitForListen } from '../kernel/net.ts';
@@ -36,8 +37,7 @@ export class MariadbServer {
   readonly cnfPath: string;
   readonly errorLog: string;
   readonly pidFile: string;
-  private child: ChildProcess | undefined;
-  private exited: Promise<number | null> | undefined;
+  private readonly proc = new ServerProcess('SIGTERM');
   private readonly opts: MariadbServerOptions;
 
   constructor(opts: MariadbServerOptions) {
@@ -53,11 +53,11 @@ export class MariadbServer {
   }
 
   get pid(): number | undefined {
-    return this.child?.pid;
+    return this.proc.pid;
   }
 
   get running(): boolean {
-    return this.child !== undefined && this.child.exitCode === null && this.child.signalCode === null;
+    return this.proc.running;
   }
 
   /** True when the datadir already holds a database (so start() resumes it). */
@@ -106,7 +106,7 @@ export class MariadbServer {
       const [code] = (await once(child, 'exit')) as [number | null];
       if (code !== 0) {
         throw new CdbpError('CHILD_FAILED',
-          `mariadb-install-db failed (exit ${code}): ${tail(path.join(this.dir, 'install-db.log'))}`);
+          `mariadb-install-db failed (exit ${code}): ${logTail(path.join(this.dir, 'install-db.log'))}`);
       }
     } finally {
       closeSync(logFd);
@@ -118,17 +118,15 @@ export class MariadbServer {
     await this.stopLeftover();
     this.writeConfig();
     const mariadbd = findBinary('mariadbd');
-    const child = spawn(mariadbd, [`--defaults-file=${this.cnfPath}`], {
+    this.proc.spawn(mariadbd, [`--defaults-file=${this.cnfPath}`], {
       stdio: ['ignore', 'ignore', 'ignore'],
       env: { ...process.env, ...this.opts.env },
     });
-    this.child = child;
-    this.exited = new Promise((resolve) => child.once('exit', (code, signal) => resolve(code ?? (signal ? -1 : null))));
     try {
       await waitForListen({ path: this.socket }, this.opts.startTimeoutMs ?? 60_000, () => this.running);
     } catch (e) {
       await this.stop();
-      throw new CdbpError('CHILD_FAILED', `mariadbd did not start: ${tail(this.errorLog)}`, { cause: e });
+      throw new CdbpError('CHILD_FAILED', `mariadbd did not start: ${logTail(this.errorLog)}`, { cause: e });
     }
   }
 
@@ -165,29 +163,21 @@ export class MariadbServer {
 
   /** Resolves with the exit code when mariadbd exits (for supervisors). */
   whenExited(): Promise<number | null> {
-    return this.exited ?? Promise.resolve(null);
+    return this.proc.whenExited();
   }
 
   /** Clean shutdown (SIGTERM), escalating to SIGKILL after `timeoutMs`. */
   async stop(timeoutMs = 60_000): Promise<void> {
-    const child = this.child;
-    if (!child || !this.running) return;
-    child.kill('SIGTERM');
-    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
-    await this.exited;
-    clearTimeout(timer);
+    await this.proc.stop(timeoutMs);
   }
 
   /** Simulates a crash. */
   async kill(): Promise<void> {
-    const child = this.child;
-    if (!child || !this.running) return;
-    child.kill('SIGKILL');
-    await this.exited;
+    await this.proc.kill();
   }
 
   errorLogTail(lines = 8): string {
-    return tail(this.errorLog, lines);
+    return logTail(this.errorLog, lines);
   }
 
   /** Lists every regular file under the datadir and tmpdir (for at-rest checks). */
@@ -207,10 +197,3 @@ function walk(dir: string): string[] {
   return out;
 }
 
-function tail(file: string, lines = 8): string {
-  try {
-    return readFileSync(file, 'utf8').trim().split('\n').slice(-lines).join(' | ');
-  } catch {
-    return `(no log at ${file})`;
-  }
-}

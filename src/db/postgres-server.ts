@@ -1,7 +1,8 @@
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { chownSync, closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync, appendFileSync } from 'node:fs';
 import path from 'node:path';
 import { once } from 'node:events';
+import { ServerProcess, logTail } from './server-process.ts';
 import { findBinary } from '../kernel/binaries.ts';
 import { CdbpError } from '../kernel/errors.ts';
 
@@ -61,8 +62,7 @@ export class PostgresServer {
   readonly port: number;
   readonly superuser: string;
   readonly logFile: string;
-  private child: ChildProcess | undefined;
-  private exited: Promise<number | null> | undefined;
+  private readonly proc = new ServerProcess('SIGINT');
   private readonly opts: PostgresServerOptions;
   private readonly owner: { uid: number; gid: number } | undefined;
 
@@ -83,11 +83,11 @@ export class PostgresServer {
   }
 
   get pid(): number | undefined {
-    return this.child?.pid;
+    return this.proc.pid;
   }
 
   get running(): boolean {
-    return this.child !== undefined && this.child.exitCode === null && this.child.signalCode === null;
+    return this.proc.running;
   }
 
   isInitialized(): boolean {
@@ -147,9 +147,8 @@ export class PostgresServer {
     this.writeConfig();
     const postgres = findBinary('postgres');
     const logFd = openSync(this.logFile, 'a');
-    let child: ChildProcess;
     try {
-      child = spawn(postgres, ['-D', this.datadir], {
+      this.proc.spawn(postgres, ['-D', this.datadir], {
         stdio: ['ignore', logFd, logFd],
         env: this.childEnv(),
         ...(this.owner ?? {}),
@@ -157,40 +156,30 @@ export class PostgresServer {
     } finally {
       closeSync(logFd);
     }
-    this.child = child;
-    this.exited = new Promise((resolve) => child.once('exit', (code, signal) => resolve(code ?? (signal ? -1 : null))));
     try {
       await this.waitReady(this.opts.startTimeoutMs ?? 60_000);
     } catch (e) {
       await this.stop();
-      throw new CdbpError('CHILD_FAILED', `postgres did not start: ${tail(this.logFile)}`, { cause: e });
+      throw new CdbpError('CHILD_FAILED', `postgres did not start: ${logTail(this.logFile)}`, { cause: e });
     }
   }
 
   whenExited(): Promise<number | null> {
-    return this.exited ?? Promise.resolve(null);
+    return this.proc.whenExited();
   }
 
   /** Fast shutdown (SIGINT: roll back sessions, checkpoint), escalating to SIGKILL after timeoutMs. */
   async stop(timeoutMs = 30_000): Promise<void> {
-    const child = this.child;
-    if (!child || !this.running) return;
-    child.kill('SIGINT');
-    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
-    await this.exited;
-    clearTimeout(timer);
+    await this.proc.stop(timeoutMs);
   }
 
   /** Simulates a crash (no checkpoint). */
   async kill(): Promise<void> {
-    const child = this.child;
-    if (!child || !this.running) return;
-    child.kill('SIGKILL');
-    await this.exited;
+    await this.proc.kill();
   }
 
   logTail(lines = 8): string {
-    return tail(this.logFile, lines);
+    return logTail(this.logFile, lines);
   }
 
   /** Runs pg_controldata on the datadir (server may be stopped) and returns its raw text. */
@@ -246,7 +235,7 @@ export class PostgresServer {
     try {
       const child = spawn(bin, args, { stdio: ['ignore', fd, fd], env: this.childEnv(), cwd: this.dir, ...(this.owner ?? {}) });
       const [code] = (await once(child, 'exit')) as [number | null];
-      if (code !== 0) throw new CdbpError('CHILD_FAILED', `${what} failed (exit ${code}): ${tail(logPath)}`);
+      if (code !== 0) throw new CdbpError('CHILD_FAILED', `${what} failed (exit ${code}): ${logTail(logPath)}`);
     } finally {
       closeSync(fd);
     }
@@ -292,10 +281,3 @@ export function formatLsn(lsn: bigint): string {
   return `${(lsn >> 32n).toString(16).toUpperCase()}/${(lsn & 0xffffffffn).toString(16).toUpperCase()}`;
 }
 
-function tail(file: string, lines = 8): string {
-  try {
-    return readFileSync(file, 'utf8').trim().split('\n').slice(-lines).join(' | ');
-  } catch {
-    return `(no log at ${file})`;
-  }
-}
