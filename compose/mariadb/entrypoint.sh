@@ -5,8 +5,8 @@
 #   /run/cdbp/keyring-ca.pem   the CA the plugin verifies the keyring with (public)
 #   /run/cdbp/keyring-token    the per-start keyring token (0600, never on a disk)
 # So: wait for both, pass the token as VAULT_TOKEN (the plugin's only token source here; it is in no
-# file, option or command line), initialise the datadir on first start, run mariadbd. When the proxy
-# restarts it issues a new token and the old one stops working: mariadbd is then restarted with it.
+# file, option or command line), initialise the datadir on first start, run mariadbd. mariadbd lives
+# only as long as the proxy instance that keyed it (see the supervision loop below).
 set -euo pipefail
 
 RUN_DIR=/run/cdbp
@@ -16,6 +16,7 @@ VOLATILE=/run/cdbp-volatile
 DEFAULTS=/etc/cdbp/server.cnf
 DATADIR=$(awk -F= '$1=="datadir"{print $2}' "$DEFAULTS")
 WAIT_SECONDS=${CDBP_TOKEN_WAIT_SECONDS:-0}   # 0 = wait for the proxy as long as it takes
+PROXY_OPS_PORT=${CDBP_PROXY_OPS_PORT:-9090}
 
 say() { echo "cdbp-mariadb: $*" >&2; }
 
@@ -38,11 +39,15 @@ on_signal() {
 }
 trap on_signal TERM INT
 
-wait_for_keyring() {
-  local waited=0
+read_token() { tr -d '\n' < "$TOKEN_FILE" 2>/dev/null || true; }
+
+# Waits for a keyring token different from $1 (a token of a proxy instance that is gone is useless).
+wait_for_new_token() {
+  local old=$1 waited=0
   say "waiting for the proxy to attest, verify freshness and start the keyring"
-  while ! { [ -s "$TOKEN_FILE" ] && [ -s "$CA_FILE" ]; }; do
+  while :; do
     [ "$stopping" = 1 ] && exit 0
+    if [ -s "$TOKEN_FILE" ] && [ -s "$CA_FILE" ] && [ "$(read_token)" != "$old" ]; then return 0; fi
     if [ "$WAIT_SECONDS" -gt 0 ] && [ "$waited" -ge "$WAIT_SECONDS" ]; then
       say "no keyring token after ${WAIT_SECONDS}s"; exit 1
     fi
@@ -51,48 +56,61 @@ wait_for_keyring() {
   done
 }
 
-read_token() { tr -d '\n' < "$TOKEN_FILE"; }
+# The proxy (same network namespace) is alive while its ops port accepts connections.
+proxy_alive() { (exec 3<>"/dev/tcp/127.0.0.1/$PROXY_OPS_PORT") 2>/dev/null; }
 
-wait_for_keyring
-[ "$stopping" = 1 ] && exit 0
-VAULT_TOKEN=$(read_token)
-export VAULT_TOKEN
-
-if [ ! -d "$DATADIR/mysql" ]; then
-  say "first start: initialising the (encrypted) datadir"
-  # Into a scratch dir first, renamed when complete: a half-initialised datadir is never mistaken for one.
-  rm -rf "$DATADIR.init"
-  mkdir -p -m 0700 "$DATADIR.init"
-  mariadb-install-db --defaults-file="$DEFAULTS" --datadir="$DATADIR.init" \
-    --auth-root-authentication-method=socket --skip-test-db --user=cdbp >"$VOLATILE/install-db.log" 2>&1 \
-    || { say "mariadb-install-db failed:"; tail -n 30 "$VOLATILE/install-db.log" >&2; exit 1; }
-  mv "$DATADIR.init" "$DATADIR"
-fi
-
-while :; do
-  mariadbd --defaults-file="$DEFAULTS" &
-  mariadbd_pid=$!
-  say "mariadbd started (pid $mariadbd_pid)"
-  current=$VAULT_TOKEN
-  # Supervise: exit with mariadbd; restart it when the proxy has issued a new token.
-  while kill -0 "$mariadbd_pid" 2>/dev/null; do
-    sleep 1 & wait $! || true
-    [ "$stopping" = 1 ] && break
-    if [ -s "$TOKEN_FILE" ] && [ "$(read_token)" != "$current" ]; then
-      say "the proxy issued a new keyring token (it restarted): restarting mariadbd with it"
-      kill -TERM "$mariadbd_pid" 2>/dev/null || true
-      break
-    fi
-  done
+stop_mariadbd() {
+  kill -TERM "$mariadbd_pid" 2>/dev/null || true
   # A signal interrupts `wait` before mariadbd is gone: keep waiting until it has really exited.
   set +e
   wait "$mariadbd_pid"; code=$?
   while kill -0 "$mariadbd_pid" 2>/dev/null; do wait "$mariadbd_pid"; code=$?; done
   set -e
   mariadbd_pid=
-  if [ "$stopping" = 1 ]; then say "stopped"; exit 0; fi
-  if [ "$(read_token 2>/dev/null || true)" = "$current" ]; then
+}
+
+token=
+while :; do
+  wait_for_new_token "$token"
+  token=$(read_token)
+  export VAULT_TOKEN=$token
+
+  if [ ! -d "$DATADIR/mysql" ]; then
+    say "first start: initialising the (encrypted) datadir"
+    # Into a scratch dir first, renamed when complete: a half-initialised datadir is never mistaken for one.
+    rm -rf "$DATADIR.init"
+    mkdir -p -m 0700 "$DATADIR.init"
+    mariadb-install-db --defaults-file="$DEFAULTS" --datadir="$DATADIR.init" \
+      --auth-root-authentication-method=socket --skip-test-db --user=cdbp >"$VOLATILE/install-db.log" 2>&1 \
+      || { say "mariadb-install-db failed:"; tail -n 30 "$VOLATILE/install-db.log" >&2; exit 1; }
+    mv "$DATADIR.init" "$DATADIR"
+  fi
+
+  mariadbd --defaults-file="$DEFAULTS" &
+  mariadbd_pid=$!
+  say "mariadbd started (pid $mariadbd_pid)"
+  # Supervise. mariadbd runs only while the proxy instance that issued its token runs: when the proxy
+  # stops (its ops port closes) or restarts (new token), mariadbd is stopped at once, before the new
+  # proxy instance could mistake the old server for the one it is about to key, and started again with
+  # the new token. Without its proxy MariaDB has no key source: fail closed.
+  reason=
+  misses=0
+  while [ -z "$reason" ]; do
+    sleep 0.25 & wait $! || true
+    if [ "$stopping" = 1 ]; then reason=signal
+    elif ! kill -0 "$mariadbd_pid" 2>/dev/null; then reason=exited
+    elif [ "$(read_token)" != "$token" ]; then reason="the proxy issued a new keyring token"
+    elif ! proxy_alive; then
+      misses=$((misses + 1))
+      [ "$misses" -ge 2 ] && reason="the proxy stopped"
+    else misses=0
+    fi
+  done
+  if [ "$reason" = exited ]; then
+    set +e; wait "$mariadbd_pid"; code=$?; set -e
     say "mariadbd exited (code $code)"; exit "$code"
   fi
-  VAULT_TOKEN=$(read_token); export VAULT_TOKEN
+  [ "$reason" != signal ] && say "$reason: stopping mariadbd"
+  stop_mariadbd
+  if [ "$stopping" = 1 ]; then say "stopped"; exit 0; fi
 done

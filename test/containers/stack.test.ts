@@ -157,8 +157,11 @@ describe('compose stack (docker-compose v1, private Docker engine)', { timeout: 
     // The adversary's backup: a copy of the untrusted volume taken now (database stopped cleanly).
     const snap = await withVolumes([[stack.volume('untrusted'), '/from', 'ro'], [snapshotVolume, '/to']], 'cp -a /from/. /to/');
     assert.equal(snap.code, 0, snap.stderr);
-    // Life goes on: more writes, each counted by the CAS.
+    // Life goes on: a proxy restart (new keyring token: mariadbd is restarted with it) and more writes,
+    // each counted by the CAS.
     await startDatabase();
+    await waitReady();
+    await stack.composeOk(['restart', '-t', '45', 'proxy']);
     await waitReady();
     const later = await client("INSERT INTO shop.secrets VALUES (100001, 'after-snapshot', 'x'); SELECT COUNT(*) FROM shop.secrets");
     assert.equal(later.code, 0, later.stderr);
