@@ -12,7 +12,7 @@
  * database.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { chmodSync, existsSync, mkdirSync, openSync, readFileSync, writeFileSync, copyFileSync, rmSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, statSync, openSync, readFileSync, writeFileSync, copyFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { once } from 'node:events';
 import { createHash } from 'node:crypto';
@@ -77,6 +77,7 @@ private PostgreSQL behind a second proxy (one proxy per database). Ctrl-C stops 
   if (flags.postgres) {
     findBinary('postgres');
     findBinary('initdb');
+    assertTraversableByOthers(dir);
   }
 
   const stackFile = path.join(dir, 'stack.json');
@@ -235,6 +236,21 @@ private PostgreSQL behind a second proxy (one proxy per database). Ctrl-C stops 
 }
 
 class SignalledError extends Error {}
+
+/**
+ * PostgreSQL refuses to run as root, so it runs as its own OS user, which must be able to reach its
+ * datadir under DIR. Say which directory blocks it instead of letting initdb fail obscurely.
+ */
+function assertTraversableByOthers(dir: string): void {
+  if (process.getuid?.() !== 0) return;
+  for (let d = path.dirname(dir); ; d = path.dirname(d)) {
+    if ((statSync(d).mode & 0o001) === 0) {
+      throw new CdbpError('CONFIG_INVALID',
+        `PostgreSQL runs as the postgres OS user and cannot reach ${dir}: ${d} is not traversable (chmod o+x ${d}, or use --dir elsewhere)`);
+    }
+    if (d === path.dirname(d)) return;
+  }
+}
 
 /** Memory-backed runtime dir for this stack (tmpfs when /dev/shm exists), keyed by DIR. */
 function volatileDir(dir: string): string {

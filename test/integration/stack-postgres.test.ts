@@ -5,7 +5,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { cpSync, rmSync } from 'node:fs';
+import { chmodSync, cpSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { startStack, expectStackFailure, type RunningStack } from '../support/stack.ts';
 import { tempDir } from '../support/tmp.ts';
@@ -21,6 +21,7 @@ function psql(s: RunningStack, sql: string) {
 test('cdbp up --postgres: psql over verify-full TLS, data survives a restart, a rolled-back PostgreSQL volume is refused', async (t) => {
   const tmp = tempDir('up-pg');
   t.after(() => tmp.remove());
+  chmodSync(tmp.path, 0o711); // PostgreSQL runs as its own OS user and must reach its datadir
   const dir = path.join(tmp.path, 'stack');
   const untrusted = path.join(dir, 'untrusted');
   const snap = path.join(tmp.path, 'snap');
