@@ -53,13 +53,19 @@ export class MariadbPositionSource implements PositionSource {
 
   private async connection(): Promise<Connection> {
     if (this.conn) return this.conn;
-    this.conn = await mariadb.createConnection({
+    const conn = await mariadb.createConnection({
       socketPath: this.opts.socket,
       user: this.opts.user ?? 'root',
       password: this.opts.password,
       connectTimeout: 5000,
     });
-    return this.conn;
+    // A server restart or crash closes the socket between reads: forget the connection (the next read
+    // reconnects) instead of letting the connector's 'error' event take the whole proxy down.
+    conn.on('error', () => {
+      if (this.conn === conn) this.conn = undefined;
+    });
+    this.conn = conn;
+    return conn;
   }
 }
 
