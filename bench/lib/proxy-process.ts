@@ -71,3 +71,13 @@ export async function spawnProxy(o: SpawnProxyOptions): Promise<ProxyProcess> {
     },
   };
 }
+
+/** spawnProxy, stopping `owner` (the database it fronts) if the proxy cannot start, so nothing leaks. */
+export async function spawnProxyOrStop(owner: { stop(): Promise<void> }, o: SpawnProxyOptions): Promise<ProxyProcess> {
+  try {
+    return await spawnProxy(o);
+  } catch (e) {
+    await owner.stop();
+    throw e;
+  }
+}

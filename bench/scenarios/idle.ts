@@ -8,7 +8,7 @@ import { readFileSync } from 'node:fs';
 import mariadb, { type Connection } from 'mariadb';
 import { scenario, quantile, round, fmt, type ScenarioResult } from '../lib/common.ts';
 import { startTlsMariadb } from '../lib/mariadb-tls.ts';
-import { spawnProxy } from '../lib/proxy-process.ts';
+import { spawnProxyOrStop } from '../lib/proxy-process.ts';
 
 export interface IdleOptions {
   counts: number[];
@@ -71,7 +71,7 @@ export function runIdle(o: IdleOptions): Promise<ScenarioResult<IdleRow[], IdleR
     const max = Math.max(0, ...o.counts);
     const m = await startTlsMariadb([`thread_handling=${o.threadHandling}`, `max_connections=${max + 200}`, 'max_connect_errors=1000000000',
       ...(o.threadHandling === 'pool-of-threads' ? ['thread_pool_max_threads=2000'] : [])]);
-    const proxy = await spawnProxy({
+    const proxy = await spawnProxyOrStop(m, {
       engine: 'mysql', backend: { socket: m.db.server.socket }, tls: { keyPem: m.pki.keyPem, certPem: m.pki.certPem },
       maxConnections: max + 200, nofile: 4 * max + 1000,
     });

@@ -7,7 +7,7 @@ import path from 'node:path';
 import { mkdirSync } from 'node:fs';
 import { scenario, median, spread, round, fmt, REPO, type ScenarioResult } from '../lib/common.ts';
 import { startTlsMariadb } from '../lib/mariadb-tls.ts';
-import { spawnProxy } from '../lib/proxy-process.ts';
+import { spawnProxyOrStop } from '../lib/proxy-process.ts';
 import { prepare, runSysbench, type SysbenchRun } from '../lib/sysbench.ts';
 
 export interface MysqlOptions {
@@ -46,7 +46,7 @@ export function runMysql(o: MysqlOptions): Promise<ScenarioResult<MysqlCell[], M
     const runs: MysqlRun[] = [];
     const profileDir = o.profile ? path.join(REPO, 'bench', 'results', 'profiles') : undefined;
     if (profileDir) mkdirSync(profileDir, { recursive: true });
-    const proxy = await spawnProxy({
+    const proxy = await spawnProxyOrStop(m, {
       engine: 'mysql', backend: { socket: m.db.server.socket }, tls: { keyPem: m.pki.keyPem, certPem: m.pki.certPem },
       maxConnections: 2000, ...(profileDir ? { cpuProfDir: profileDir } : {}),
     });

@@ -7,7 +7,7 @@
 import mariadb from 'mariadb';
 import { scenario, median, quantile, spread, round, fmt, type ScenarioResult } from '../lib/common.ts';
 import { startTlsMariadb } from '../lib/mariadb-tls.ts';
-import { spawnProxy } from '../lib/proxy-process.ts';
+import { spawnProxyOrStop } from '../lib/proxy-process.ts';
 
 export interface StormOptions { concurrency: number[]; durationS: number; rounds: number; log?: (line: string) => void }
 export type StormArm = 'direct' | 'proxy';
@@ -56,7 +56,7 @@ export function runStorm(o: StormOptions): Promise<ScenarioResult<StormCell[], S
   return scenario('storm', { ...o, log: undefined }, async () => {
     const m = await startTlsMariadb(['thread_handling=one-thread-per-connection', 'max_connect_errors=1000000000']);
     const runs: StormRun[] = [];
-    const proxy = await spawnProxy({
+    const proxy = await spawnProxyOrStop(m, {
       engine: 'mysql', backend: { socket: m.db.server.socket }, tls: { keyPem: m.pki.keyPem, certPem: m.pki.certPem }, maxConnections: 2000,
     });
     try {
