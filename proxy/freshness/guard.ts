@@ -43,6 +43,14 @@ export interface FreshnessViolation {
   seen?: Record<string, unknown>;
 }
 
+/** A record on disk whose counter advance has not been confirmed yet, and the acks it covers. */
+interface Unconfirmed {
+  record: FreshnessRecord;
+  digest: string;
+  from: number;
+  waiters: Waiter[];
+}
+
 interface Waiter {
   /** Set once resolved, rejected or timed out, so a retried batch skips it. */
   settled: boolean;
@@ -63,8 +71,11 @@ export class FreshnessGuard extends EventEmitter {
   private source: PositionSource | undefined;
   private pending: Waiter[] = [];
   private sealing = false;
+  /** Tail of the queue every seal runs through (see serial()). */
+  private chain: Promise<void> = Promise.resolve();
+  private unconfirmed: Unconfirmed | undefined;
   /** Acks in the batch currently being sealed. */
-  private inFlight = 0;
+  private inFlight: Waiter[] = [];
   private retryTimer: NodeJS.Timeout | undefined;
   private interval: NodeJS.Timeout | undefined;
   private lastError: string | undefined;
@@ -85,7 +96,7 @@ export class FreshnessGuard extends EventEmitter {
     m?.gauge('cdbp_freshness_counter', 'CAS freshness counter value as last seen by this proxy', (g) => {
       if (this.counterSeen !== undefined) g.set(this.counterSeen);
     });
-    m?.gauge('cdbp_freshness_writes_held', 'Write acknowledgments currently held', (g) => g.set(this.pending.length + this.inFlight));
+    m?.gauge('cdbp_freshness_writes_held', 'Write acknowledgments currently held', (g) => g.set(this.heldCount()));
     m?.gauge('cdbp_freshness_last_seal_age_seconds', 'Seconds since the last counted epoch', (g) => {
       if (this.lastSealAt !== undefined) g.set((Date.now() - this.lastSealAt) / 1000);
     });
@@ -206,17 +217,27 @@ export class FreshnessGuard extends EventEmitter {
     });
   }
 
-  /** Seals the current position now (e.g. before a clean shutdown). */
+  /**
+   * The final seal before a clean shutdown: stops the periodic seal, then (behind any seal in flight,
+   * never beside it) seals the current position.
+   */
   async sealNow(): Promise<void> {
-    if (!this.source || this.violation || this.opts.mode === 'off') return;
-    await this.sealEpoch(await this.source.read());
+    if (this.interval) clearInterval(this.interval);
+    this.interval = undefined;
+    const source = this.source;
+    if (!source || this.violation || this.opts.mode === 'off') return;
+    await this.serial(async () => {
+      if (this.unconfirmed) await this.confirm(this.unconfirmed);
+      await this.sealEpoch(await source.read());
+    });
   }
 
   async stop(): Promise<void> {
     this.stopped = true;
     if (this.interval) clearInterval(this.interval);
     if (this.retryTimer) clearTimeout(this.retryTimer);
-    for (const w of this.pending.splice(0)) w.reject(new CdbpError('BACKEND_UNAVAILABLE', 'proxy shutting down before the write could be counted'));
+    const err = new CdbpError('BACKEND_UNAVAILABLE', 'proxy shutting down before the write could be counted');
+    for (const w of [...this.pending.splice(0), ...(this.unconfirmed?.waiters ?? [])]) w.reject(err);
   }
 
   status(): Record<string, unknown> {
@@ -226,7 +247,7 @@ export class FreshnessGuard extends EventEmitter {
       epoch: this.epoch,
       lastSealAt: this.lastSealAt ? new Date(this.lastSealAt).toISOString() : null,
       lastSealAgeSeconds: this.lastSealAt ? (Date.now() - this.lastSealAt) / 1000 : null,
-      writesHeld: this.pending.length + this.inFlight,
+      writesHeld: this.heldCount(),
       holdP50Seconds: this.holdHist?.quantile(0.5) ?? null,
       holdP99Seconds: this.holdHist?.quantile(0.99) ?? null,
       seals: this.seals?.get() ?? null,
@@ -236,63 +257,90 @@ export class FreshnessGuard extends EventEmitter {
     };
   }
 
+  private heldCount(): number {
+    const unsettled = (ws: Waiter[]) => ws.filter((w) => !w.settled).length;
+    const u = this.unconfirmed && this.unconfirmed.waiters !== this.inFlight ? unsettled(this.unconfirmed.waiters) : 0;
+    return this.pending.length + unsettled(this.inFlight) + u;
+  }
+
   get violated(): FreshnessViolation | undefined {
     return this.violation;
   }
 
   // --- internals ---------------------------------------------------------------------------------
 
+  /**
+   * Seals run one at a time (a periodic seal, a group of held acks and the final seal must never
+   * produce two records for the same epoch: the loser would look like a fork).
+   */
+  private serial<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.chain.then(fn, fn);
+    this.chain = run.then(() => undefined, () => undefined);
+    return run;
+  }
+
   private pump(): void {
-    if (this.sealing || this.stopped || this.pending.length === 0 || this.violation || !this.source) return;
+    if (this.sealing || this.stopped || this.violation || !this.source) return;
+    if (this.pending.length === 0 && !this.unconfirmed) return;
     this.sealing = true;
     const batch = this.pending;
     this.pending = [];
-    this.inFlight = batch.length;
+    this.inFlight = batch;
     const source = this.source;
-    // The position is read after every waiter in the batch registered, i.e. after their OKs arrived,
-    // and the server only sends an OK once the commit is durable (innodb_flush_log_at_trx_commit=1).
-    source.read()
-      .then((pos) => this.sealEpoch(pos))
-      .then(() => {
-        this.sealing = false;
-        this.inFlight = 0;
-        for (const w of batch) w.resolve();
-        this.pump();
-      }, (e: unknown) => {
-        this.sealing = false;
-        this.inFlight = 0;
-        const err = asCdbpError(e);
-        this.lastError = `${err.code}: ${err.message}`;
-        if (this.violation) {
-          for (const w of batch) w.reject(err);
-          return;
-        }
-        // Keep the batch (minus waiters that already timed out) and retry with a short backoff.
-        this.pending = [...batch.filter((w) => !w.settled), ...this.pending];
-        this.opts.log.warn({ err: { code: err.code, message: err.message } }, 'freshness: sealing failed, retrying');
-        this.retryTimer = setTimeout(() => this.pump(), 250);
-        this.retryTimer.unref();
-      });
+    this.serial(async () => {
+      // A record written earlier whose counter advance is still unconfirmed covers the acks that were
+      // waiting when it was sealed: confirm it first, with the same bytes (a new record for the same
+      // epoch would look like a fork when the first advance did land).
+      if (this.unconfirmed) await this.confirm(this.unconfirmed);
+      if (batch.length === 0) return;
+      // The position is read after every waiter in the batch registered, i.e. after their OKs arrived,
+      // and the server only sends an OK once the commit is durable (innodb_flush_log_at_trx_commit=1).
+      await this.sealEpoch(await source.read(), undefined, batch);
+    }).then(() => {
+      this.sealing = false;
+      this.inFlight = [];
+      this.pump();
+    }, (e: unknown) => {
+      this.sealing = false;
+      this.inFlight = [];
+      const err = asCdbpError(e);
+      this.lastError = `${err.code}: ${err.message}`;
+      if (this.violation) {
+        for (const w of batch) w.reject(err);
+        return;
+      }
+      // Waiters attached to the unconfirmed record stay with it; the others wait for the next seal.
+      if (this.unconfirmed?.waiters !== batch) this.pending = [...batch.filter((w) => !w.settled), ...this.pending];
+      this.opts.log.warn({ err: { code: err.code, message: err.message } }, 'freshness: sealing failed, retrying');
+      this.retryTimer = setTimeout(() => this.pump(), 250);
+      this.retryTimer.unref();
+    });
   }
 
   private async sealIfAdvanced(): Promise<void> {
-    if (this.sealing || this.violation || !this.source || this.stopped) return;
-    this.sealing = true;
+    const source = this.source;
+    if (this.sealing || this.violation || !source || this.stopped) return;
     try {
-      const pos = await this.source.read();
-      if (positionAdvanced(pos, this.lastPosition)) await this.sealEpoch(pos);
+      await this.serial(async () => {
+        if (this.unconfirmed) await this.confirm(this.unconfirmed);
+        const pos = await source.read();
+        if (positionAdvanced(pos, this.lastPosition)) await this.sealEpoch(pos);
+      });
       this.lastError = undefined;
     } catch (e) {
       const err = asCdbpError(e);
       this.lastError = `${err.code}: ${err.message}`;
     } finally {
-      this.sealing = false;
       this.pump();
     }
   }
 
-  /** Writes record epoch+1, then advances the counter to it. */
-  private async sealEpoch(position: DurablePosition, counterNow?: CounterState): Promise<void> {
+  /**
+   * Writes record epoch+1, then advances the counter to it. Once the record is on disk it is the only
+   * candidate for that epoch until the counter confirms it: a failed advance leaves it `unconfirmed`,
+   * with the acks it covers, for confirm() to retry.
+   */
+  private async sealEpoch(position: DurablePosition, counterNow?: CounterState, waiters: Waiter[] = []): Promise<void> {
     const from = counterNow?.value ?? this.epoch;
     const record: FreshnessRecord = {
       databaseId: this.opts.databaseId, epoch: from + 1, position,
@@ -300,11 +348,20 @@ export class FreshnessGuard extends EventEmitter {
     };
     const bytes = await sealRecord(record, this.opts.key);
     await this.opts.store.write(bytes);
-    await this.advanceCounter(from, record.epoch, recordDigest(bytes));
-    this.adopt(record, record.epoch);
+    const pending: Unconfirmed = { record, digest: recordDigest(bytes), from, waiters };
+    this.unconfirmed = pending;
+    await this.confirm(pending);
+  }
+
+  /** Advances the counter to an unconfirmed record (idempotent: a lost answer is recognised). */
+  private async confirm(u: Unconfirmed): Promise<void> {
+    await this.advanceCounter(u.from, u.record.epoch, u.digest);
+    if (this.unconfirmed === u) this.unconfirmed = undefined;
+    this.adopt(u.record, u.record.epoch);
     this.lastSealAt = Date.now();
     this.lastError = undefined;
     this.seals?.inc();
+    for (const w of u.waiters) w.resolve();
   }
 
   private async advanceCounter(expected: number, next: number, digest: string): Promise<void> {
@@ -350,7 +407,8 @@ export class FreshnessGuard extends EventEmitter {
       const epochOf = (o?: Record<string, unknown>) => (typeof o?.epoch === 'number' ? o.epoch : undefined);
       void this.opts.counter.reportAlarm?.({ kind: v.kind, message: v.message, expectedEpoch: epochOf(v.expected), seenEpoch: epochOf(v.seen) })
         .catch((e: unknown) => this.opts.log.warn({ err: asCdbpError(e).message }, 'could not report the freshness alarm to the CAS'));
-      for (const w of this.pending.splice(0)) w.reject(new CdbpError(v.kind === 'rollback' ? 'ROLLBACK_DETECTED' : 'TAMPER_DETECTED', v.message));
+      const err = new CdbpError(v.kind === 'rollback' ? 'ROLLBACK_DETECTED' : 'TAMPER_DETECTED', v.message);
+      for (const w of [...this.pending.splice(0), ...this.inFlight, ...(this.unconfirmed?.waiters ?? [])]) w.reject(err);
       this.emit('violation', v);
     }
     throw new CdbpError(v.kind === 'rollback' ? 'ROLLBACK_DETECTED' : 'TAMPER_DETECTED', v.message, {

@@ -137,3 +137,37 @@ test('crash between record write and counter advance: the next start finishes th
   assert.equal(verdict.kind, 'finish-advance');
   assert.equal(counter.state.value, 2);
 });
+
+test('a lost counter answer is not a fork: the same record is confirmed and the held acks are released', async (t) => {
+  const dir = tempDir('fg'); t.after(() => dir.remove());
+  const { make, counter, store } = setup(dir.path);
+  const g = make('strict', 5000);
+  await g.verifyAtStartup();
+  const pos = new FakePosition();
+  g.startRuntime(pos);
+  counter.loseNextAnswer = true;
+  pos.lsn = 4242;
+  await g.holdAck();
+  assert.equal(g.violated, undefined, 'no fork raised');
+  const { recordDigest } = await import('../../proxy/freshness/record.ts');
+  assert.equal(recordDigest(store.read()!), counter.state.digest, 'the record on disk is the one the counter anchors');
+  await g.stop();
+  assert.equal((await make().verifyAtStartup()).kind, 'fresh');
+});
+
+test('the final seal queues behind seals in flight instead of racing them', async (t) => {
+  const dir = tempDir('fg'); t.after(() => dir.remove());
+  const { make, counter } = setup(dir.path);
+  const g = make('strict', 5000);
+  await g.verifyAtStartup();
+  const pos = new FakePosition();
+  g.startRuntime(pos);
+  counter.delayMs = 30;
+  pos.lsn = 5000;
+  const holds = Array.from({ length: 10 }, () => g.holdAck()!);
+  pos.lsn = 6000;
+  await Promise.all([...holds, g.sealNow(), g.sealNow()]);
+  assert.equal(g.violated, undefined, 'no self-inflicted fork');
+  await g.stop();
+  assert.equal((await make().verifyAtStartup()).kind, 'fresh');
+});
