@@ -77,7 +77,9 @@ export function mariadbEncryptionConfig(opts: MariadbEncryptionOptions): string[
     'aria_encrypt_tables=ON',
   ];
   if (opts.binlog !== false) {
-    lines.push(`log-bin=${requireOptionValue('binlog', opts.binlog ?? DEFAULT_BINLOG_BASENAME)}`, 'encrypt_binlog=ON');
+    // sync_binlog=1: the freshness guard seals and checks the GTID position, so a binlog tail lost in an
+    // OS crash would look like a rollback (and would lose acknowledged writes).
+    lines.push(`log-bin=${requireOptionValue('binlog', opts.binlog ?? DEFAULT_BINLOG_BASENAME)}`, 'encrypt_binlog=ON', 'sync_binlog=1');
   }
   if (opts.ariaLogDir !== undefined) {
     const dir = requireOptionValue('ariaLogDir', opts.ariaLogDir);

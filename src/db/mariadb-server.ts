@@ -78,6 +78,8 @@ export class MariadbServer {
       `log-error=${this.errorLog}`,
       `tmpdir=${this.tmpdir}`,
       ...(this.port !== undefined ? ['bind-address=127.0.0.1', `port=${this.port}`] : ['skip-networking']),
+      // An OK is sent only once the commit is on disk: strict freshness relies on it (docs/FRESHNESS.md).
+      'innodb_flush_log_at_trx_commit=1',
       'innodb_buffer_pool_size=128M',
       'innodb_log_file_size=48M',
       'max_connections=2000',
