@@ -10,6 +10,7 @@
  */
 import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
+import tls from 'node:tls';
 import { randomBytes, X509Certificate } from 'node:crypto';
 import type { ConfigOf } from '../src/kernel/config.ts';
 import type { Logger } from '../src/kernel/log.ts';
@@ -161,9 +162,7 @@ export class ProxyRole {
     });
     this.guard.on('violation', (v: { kind: string; message: string }) => {
       this.lifecycle.fail({ code: v.kind === 'rollback' ? 'ROLLBACK_DETECTED' : 'TAMPER_DETECTED', message: v.message });
-      // Fail closed at run time too: stop accepting; sessions' held writes were already refused.
-      void this.mysql?.stopAccepting();
-      void this.pg?.stopAccepting();
+      void this.failClosed(`freshness ${v.kind}`);
     });
     const offline = config.datadir && config.engine === 'mariadb' ? readOfflineCheckpoint(config.datadir) : undefined;
     const verdict = await this.guard.verifyAtStartup(offline);
@@ -426,11 +425,13 @@ export class ProxyRole {
         throw new CdbpError('LIFECYCLE_INVALID_TRANSITION', 'shutting down');
       }
       const id = { keyPem: fresh.identity.keyPem, certPem: fresh.identity.certPem };
-      // Endpoints validate the pair first and throw (keeping the old identity) if it is bad.
+      // Stage everything that can fail before anything changes, so a renewal is all or nothing: the
+      // keyring refuses changed bytes for an existing key version, and a bad key/cert pair throws here.
+      this.keyring?.addKeys(fresh.secrets.dbKeys);
+      tls.createSecureContext({ key: id.keyPem, cert: id.certPem });
       this.mysql?.setTlsIdentity(id);
       this.pg?.setTlsIdentity(id);
       this.keyring?.setTlsIdentity(id);
-      this.keyring?.addKeys(fresh.secrets.dbKeys);
       this.provision = { ...this.provision!, identity: fresh.identity };
       const old = this.counterClient;
       this.counterClient = fresh.counter;
@@ -454,6 +455,19 @@ export class ProxyRole {
       this.scheduleRenewal(Math.min(60_000, 5000 * 2 ** (this.renewFailures - 1)));
       throw err;
     }
+  }
+
+  /**
+   * A violation found at run time (a fork lost the counter race): this copy of the database must not
+   * serve anyone any more. Held writes were already refused; now close every session, revoke the
+   * keyring and stop the managed database. The ops API stays up to say why.
+   */
+  private async failClosed(reason: string): Promise<void> {
+    this.deps.log.error({ reason }, 'failing closed: closing sessions, revoking the keyring, stopping the database');
+    await Promise.all([this.mysql?.close(), this.pg?.close()].map((p) => p?.catch(() => undefined)));
+    await this.keyring?.close().catch(() => undefined);
+    await this.mariadb?.stop().catch(() => undefined);
+    await this.postgres?.stop().catch(() => undefined);
   }
 
   private activeCounter(): CounterClient {

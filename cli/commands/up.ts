@@ -98,15 +98,23 @@ private PostgreSQL behind a second proxy (one proxy per database). Ctrl-C stops 
     stopping = true;
     say('stopping ...');
     // Proxy first (it drains clients, seals a final epoch and shuts mariadbd down), then the CAS.
+    let clean = true;
     for (const { name, child } of [...children].reverse()) {
-      if (child.exitCode !== null || child.signalCode !== null) continue;
+      if (child.exitCode !== null || child.signalCode !== null) {
+        clean &&= child.exitCode === 0;
+        continue;
+      }
       child.kill('SIGTERM');
       const timer = setTimeout(() => child.kill('SIGKILL'), 60_000);
-      await once(child, 'exit');
+      const [exitCode] = (await once(child, 'exit')) as [number | null];
       clearTimeout(timer);
+      clean &&= exitCode === 0;
       say(`${name} stopped`);
     }
     await stopLeftover();
+    // After a clean shutdown MariaDB needs nothing from the tmpfs dir (Aria log, temp tables); after a
+    // crash the Aria log is kept for recovery.
+    if (clean) rmSync(volatileDir(dir), { recursive: true, force: true });
     return code;
   };
 
@@ -222,7 +230,8 @@ private PostgreSQL behind a second proxy (one proxy per database). Ctrl-C stops 
       ...(postgres ? { postgres } : {}),
     };
     writeFileSync(stackFile, JSON.stringify(stack, null, 2) + '\n', { mode: 0o600 });
-    say(`ready (SIMULATED TEE): mariadb --ssl-ca=${caFile} --ssl-verify-server-cert -h 127.0.0.1 -P ${mysqlPort} -u admin -p'${admin.password}'   (details: ${stackFile})`);
+    // The password stays in stack.json (0600); terminals and CI logs only see how to read it.
+    say(`ready (SIMULATED TEE): mariadb --ssl-ca=${caFile} --ssl-verify-server-cert -h 127.0.0.1 -P ${mysqlPort} -u admin -p"$(jq -r .admin.password ${stackFile})"`);
 
     const why = await signalled;
     return await stopAll(why === 'child-exit' ? 1 : 0);

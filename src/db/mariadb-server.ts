@@ -60,6 +60,16 @@ export class MariadbServer {
     return this.proc.running;
   }
 
+  /**
+   * mariadbd gets a minimal environment: the proxy's own (CDBP_* settings, possibly a monitor password)
+   * would be readable from /proc/<pid>/environ of a server that is not in a TEE.
+   */
+  private childEnv(): NodeJS.ProcessEnv {
+    const keep = ['PATH', 'LANG', 'LC_ALL', 'TZ'];
+    const base = Object.fromEntries(keep.filter((k) => process.env[k] !== undefined).map((k) => [k, process.env[k]]));
+    return { ...base, ...this.opts.env };
+  }
+
   /** True when the datadir already holds a database (so start() resumes it). */
   isInitialized(): boolean {
     return existsSync(path.join(this.datadir, 'mysql'));
@@ -104,7 +114,7 @@ export class MariadbServer {
         `--datadir=${this.datadir}`,
         '--auth-root-authentication-method=socket',
         '--skip-test-db',
-      ], { stdio: ['ignore', logFd, logFd], env: { ...process.env, ...this.opts.env } });
+      ], { stdio: ['ignore', logFd, logFd], env: this.childEnv() });
       const [code] = (await once(child, 'exit')) as [number | null];
       if (code !== 0) {
         throw new CdbpError('CHILD_FAILED',
@@ -122,7 +132,7 @@ export class MariadbServer {
     const mariadbd = findBinary('mariadbd');
     this.proc.spawn(mariadbd, [`--defaults-file=${this.cnfPath}`], {
       stdio: ['ignore', 'ignore', 'ignore'],
-      env: { ...process.env, ...this.opts.env },
+      env: this.childEnv(),
     });
     try {
       await waitForListen({ path: this.socket }, this.opts.startTimeoutMs ?? 60_000, () => this.running);
