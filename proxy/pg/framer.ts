@@ -79,8 +79,10 @@ export class MessageFramer extends LengthPrefixedFramer {
 
 /**
  * Follows message boundaries on the backend → client stream and reports where an *idle
- * acknowledgment* ends: a ReadyForQuery with status 'I' directly after a CommandComplete, i.e. the
- * moment a client learns that an autocommit statement or a COMMIT finished. It keeps 6 bytes of
+ * acknowledgment* ends: a ReadyForQuery with status 'I' after a CommandComplete in the same cycle
+ * (NotificationResponse, ParameterStatus or NoticeResponse may come between them, e.g. a trigger's
+ * NOTIFY or a COMMIT reverting a SET LOCAL), i.e. the moment a client learns that an autocommit
+ * statement or a COMMIT finished. It keeps 6 bytes of
  * state and never copies the stream, so it is cheap enough for the hot path.
  */
 export class MessageBoundaryTracker {
@@ -88,7 +90,8 @@ export class MessageBoundaryTracker {
   private readonly header = Buffer.alloc(MESSAGE_HEADER);
   private bodyLeft = 0;
   private type = 0;
-  private previousType = 0;
+  /** A CommandComplete was seen since the last ReadyForQuery. */
+  private completedSinceReady = false;
   /** True while waiting for the status byte of a ReadyForQuery. */
   private awaitingStatus = false;
   /**
@@ -109,7 +112,7 @@ export class MessageBoundaryTracker {
         if (this.awaitingStatus) {
           const status = chunk[pos]!;
           this.awaitingStatus = false;
-          if (status === TxStatus.Idle && this.previousType === BackendType.CommandComplete && this.bodyLeft === 1) {
+          if (status === TxStatus.Idle && this.completedSinceReady && this.bodyLeft === 1) {
             acks.push(pos + 1);
           }
         }
@@ -143,7 +146,8 @@ export class MessageBoundaryTracker {
   }
 
   private finishMessage(): void {
-    this.previousType = this.type;
+    if (this.type === BackendType.CommandComplete) this.completedSinceReady = true;
+    else if (this.type === BackendType.ReadyForQuery) this.completedSinceReady = false;
     this.awaitingStatus = false;
   }
 }

@@ -69,6 +69,20 @@ test('MessageBoundaryTracker finds idle acknowledgments (CommandComplete + Ready
   }
 });
 
+test('an acknowledgment is still found when a notification, parameter status or notice comes between CommandComplete and ReadyForQuery', () => {
+  const A = encodeMessage(0x41, Buffer.from([0, 0, 0, 7, 0x63, 0, 0x70, 0]));
+  const S = encodeMessage(0x53, Buffer.from('TimeZone\0UTC\0'));
+  const N = encodeMessage(0x4e, Buffer.from('SNOTICE\0\0'));
+  const parts = [C('INSERT 0 1'), A, S, N, Z('I'), D(), Z('I')];
+  const stream = Buffer.concat(parts);
+  const end = parts.slice(0, 5).reduce((n, p) => n + p.length, 0);
+  for (let cut = 0; cut <= stream.length; cut++) {
+    const t = new MessageBoundaryTracker();
+    const found = [...t.scan(stream.subarray(0, cut)), ...t.scan(stream.subarray(cut)).map((o) => o + cut)];
+    assert.deepEqual(found, [end], `split at ${cut}`);
+  }
+});
+
 test('CancelRegistry issues random keys, matches only the exact secret, forgets on release', () => {
   const reg = new CancelRegistry();
   const a = reg.issue({ processId: 100, secretKey: 200 });
