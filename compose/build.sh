@@ -2,13 +2,14 @@
 # Builds the stack's images with `docker build` (the build reaches apt and npm through --network=host):
 #   confidential-db-proxy/app:dev      CAS, proxy and the owner's setup steps (Node 20)
 #   confidential-db-proxy/mariadb:dev  stock Debian MariaDB 10.11 + hashicorp_key_management
+#   confidential-db-proxy/postgres:dev stock Debian PostgreSQL 15 (the optional `postgres` profile)
 #
 # usage: compose/build.sh [--base public|local|auto]   (default auto)
 #   public  FROM node:20-bookworm-slim and debian:bookworm (a registry must be reachable)
 #   local   FROM local/debian:bookworm (debootstrap, made here if missing) and local/node:20-bookworm-slim
 #           (built here from it: Node 20 from the npm registry, pinned by sha512; see node-local.Dockerfile)
 #   auto    public when those images are present or can be pulled, else local
-# Env: CDBP_APP_IMAGE, CDBP_MARIADB_IMAGE (tags), DOCKER_HOST.
+# Env: CDBP_APP_IMAGE, CDBP_MARIADB_IMAGE, CDBP_POSTGRES_IMAGE (tags), DOCKER_HOST.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,6 +24,7 @@ while [ $# -gt 0 ]; do
 done
 APP_IMAGE=${CDBP_APP_IMAGE:-confidential-db-proxy/app:dev}
 MARIADB_IMAGE=${CDBP_MARIADB_IMAGE:-confidential-db-proxy/mariadb:dev}
+POSTGRES_IMAGE=${CDBP_POSTGRES_IMAGE:-confidential-db-proxy/postgres:dev}
 say() { echo "build.sh: $*" >&2; }
 # Networks that intercept TLS (a corporate or sandbox egress proxy) need their CA for the npm downloads.
 # The host's local CAs are passed to the download stages only (never to a runtime image layer).
@@ -71,5 +73,7 @@ docker build --network=host -t "$APP_IMAGE" --build-arg NODE_IMAGE="$node_image"
   -f compose/images/app.Dockerfile .
 say "building $MARIADB_IMAGE (FROM $debian_image)"
 docker build --network=host -t "$MARIADB_IMAGE" --build-arg DEBIAN_IMAGE="$debian_image" -f compose/images/mariadb.Dockerfile .
-say "done: $APP_IMAGE $MARIADB_IMAGE"
+say "building $POSTGRES_IMAGE (FROM $debian_image)"
+docker build --network=host -t "$POSTGRES_IMAGE" --build-arg DEBIAN_IMAGE="$debian_image" -f compose/images/postgres.Dockerfile .
+say "done: $APP_IMAGE $MARIADB_IMAGE $POSTGRES_IMAGE"
 echo "CDBP_NODE_IMAGE=$node_image CDBP_DEBIAN_IMAGE=$debian_image"

@@ -14,6 +14,15 @@ const cnfLines = (file: string) => readFileSync(path.join(COMPOSE_DIR, 'mariadb'
   .split('\n').map((l) => l.trim()).filter((l) => l && !l.startsWith('#') && !l.startsWith('['));
 const option = (lines: string[], name: string) => lines.find((l) => l.startsWith(`${name}=`))?.slice(name.length + 1);
 
+/** The lines of one service in the compose file (from `  name:` to the next top-level service). */
+function serviceBlock(yml: string, name: string): string {
+  const start = yml.indexOf(`\n  ${name}:\n`);
+  assert.ok(start >= 0, `service ${name} not in the compose file`);
+  const rest = yml.slice(start + 1);
+  const end = rest.slice(1).search(/\n {2}[a-z][a-z-]*:\n|\n[a-z]/);
+  return end < 0 ? rest : rest.slice(0, end + 1);
+}
+
 describe('compose files', () => {
   it('encryption.cnf is exactly mariadbEncryptionConfig() for the compose paths', () => {
     const expected = mariadbEncryptionConfig({
@@ -47,7 +56,51 @@ describe('compose files', () => {
     assert.equal(r.code, 0, r.stderr);
     const services = await run('docker-compose', ['-f', COMPOSE_FILE, 'config', '--services']);
     assert.equal(services.code, 0, services.stderr);
-    assert.deepEqual(services.stdout.trim().split('\n').sort(), ['cas', 'mariadb', 'policy', 'proxy', 'setup']);
+    // docker-compose 1.29 lists profile services too; `up` starts them only with --profile postgres.
+    assert.deepEqual(services.stdout.trim().split('\n').sort(),
+      ['cas', 'mariadb', 'policy', 'policy-pg', 'postgres', 'proxy', 'proxy-pg', 'setup']);
+    const yml = readFileSync(COMPOSE_FILE, 'utf8');
+    for (const name of ['policy-pg', 'postgres', 'proxy-pg']) {
+      assert.match(serviceBlock(yml, name), /^\s+profiles: \["postgres"\]$/m, `${name} is in the postgres profile`);
+    }
+    for (const name of ['setup', 'cas', 'policy', 'mariadb', 'proxy']) {
+      assert.doesNotMatch(serviceBlock(yml, name), /profiles:/, `${name} stays in the default stack`);
+    }
+  });
+
+  it('proxy-pg and PostgreSQL agree on socket dir, port and volume; auth is peer for postgres only', () => {
+    const yml = readFileSync(COMPOSE_FILE, 'utf8');
+    const proxy = serviceBlock(yml, 'proxy-pg');
+    const env = (name: string) => new RegExp(`^\\s+${name}: (.+)$`, 'm').exec(proxy)?.[1]?.trim().replace(/^"|"$/g, '');
+    const conf = readFileSync(path.join(COMPOSE_DIR, 'postgres', 'postgresql.conf'), 'utf8');
+    const setting = (name: string) => new RegExp(`^${name} = '?([^'\\s]+)'?`, 'm').exec(conf)?.[1];
+    assert.equal(env('CDBP_ENGINE'), 'postgres');
+    assert.equal(env('CDBP_SERVICE'), 'postgres');
+    assert.equal(env('CDBP_PG_BACKEND_SOCKET_DIR'), setting('unix_socket_directories'));
+    assert.equal(env('CDBP_PG_BACKEND_PORT'), setting('port'));
+    assert.equal(setting('listen_addresses'), undefined, 'PostgreSQL has no TCP listener');
+    assert.match(conf, /^listen_addresses = ''$/m);
+    // Sealed record beside the datadir: one volume, one snapshot, rolled back together.
+    assert.equal(path.dirname(env('CDBP_UNTRUSTED_DIR')!), path.dirname(setting('data_directory')!));
+    assert.equal(env('network_mode'), 'service:postgres');
+    assert.match(proxy, /- pg-untrusted:\/srv\/untrusted$/m);
+    assert.match(serviceBlock(yml, 'postgres'), /- pg-untrusted:\/srv\/untrusted$/m);
+    assert.match(proxy, new RegExp(`http://127\\.0\\.0\\.1:${env('CDBP_OPS_PORT')}/readyz`));
+    // The entrypoint and the proxy's wrapper agree on where the monitor's per-start password is.
+    const entrypoint = readFileSync(path.join(COMPOSE_DIR, 'postgres', 'entrypoint.sh'), 'utf8');
+    assert.match(entrypoint, /PASSWORD_FILE=\$\{CDBP_PG_MONITOR_PASSWORD_FILE:-\$RUN_DIR\/monitor-password\}/);
+    assert.match(entrypoint, new RegExp(`^RUN_DIR=${env('CDBP_PG_BACKEND_SOCKET_DIR')}$`, 'm'));
+    assert.equal(env('CDBP_PG_MONITOR_PASSWORD_FILE'), `${env('CDBP_PG_BACKEND_SOCKET_DIR')}/monitor-password`);
+    assert.match(proxy, /command: \["\/app\/compose\/bin\/proxy-pg-run\.sh"\]/);
+    // pg_hba: peer only for the superuser `postgres` (an OS user the proxy's container does not have);
+    // every other login, the monitor's included, by SCRAM; never trust, password or md5.
+    const hba = readFileSync(path.join(COMPOSE_DIR, 'postgres', 'pg_hba.conf'), 'utf8')
+      .split('\n').map((l) => l.trim()).filter((l) => l && !l.startsWith('#')).map((l) => l.split(/\s+/));
+    assert.deepEqual(hba[0], ['local', 'all', 'postgres', 'peer']);
+    assert.deepEqual(hba[1], ['local', 'all', 'all', 'scram-sha-256']);
+    for (const line of hba) assert.ok(['peer', 'scram-sha-256', 'reject'].includes(line.at(-1)!), line.join(' '));
+    assert.equal(hba.filter((l) => l.at(-1) === 'peer').length, 1);
+    assert.equal(env('CDBP_PG_MONITOR_USER'), 'cdbp');
   });
 
   it('carries no secret and runs nothing as root', () => {
@@ -59,9 +112,9 @@ describe('compose files', () => {
       if (m && !/_(FILE|DIR|SECONDS)$/i.test(m[1]!)) assert.fail(`compose line looks like a secret: ${line}`);
     }
     // Every service runs as the unprivileged cdbp uid with a read-only root filesystem.
-    assert.equal(yml.match(/user: "10001:10001"/g)?.length, 2, 'the app anchor and mariadb set the user');
-    assert.equal(yml.match(/read_only: true/g)?.length, 2);
-    for (const f of ['app.Dockerfile', 'mariadb.Dockerfile']) {
+    assert.equal(yml.match(/user: "10001:10001"/g)?.length, 3, 'the app anchor, mariadb and postgres set the user');
+    assert.equal(yml.match(/read_only: true/g)?.length, 3);
+    for (const f of ['app.Dockerfile', 'mariadb.Dockerfile', 'postgres.Dockerfile']) {
       const dockerfile = readFileSync(path.join(COMPOSE_DIR, 'images', f), 'utf8');
       assert.match(dockerfile, /^USER \$\{CDBP_UID\}:\$\{CDBP_UID\}$/m, `${f} switches to the cdbp user`);
       assert.doesNotMatch(dockerfile, /^COPY .*(\.key|\.pem|owner|sealing)/m, `${f} copies key material`);

@@ -13,7 +13,7 @@ import { mkdtempSync, writeFileSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import {
-  ComposeProject, COMPOSE_DIR, run, runOk, withVolumes, fetchJson, waitFor,
+  ComposeProject, COMPOSE_DIR, buildImages, run, runOk, withVolumes, fetchJson, waitFor,
 } from './support.ts';
 import { DockerComposeEnvironment, Wait, type StartedDockerComposeEnvironment } from 'testcontainers';
 
@@ -67,7 +67,7 @@ describe('compose stack (docker-compose v1, private Docker engine)', { timeout: 
     assert.ok(process.env.DOCKER_HOST, 'DOCKER_HOST must point at a Docker engine (see .ci/containers)');
     await runOk('docker', ['info'], { timeoutMs: 30_000 });
     // The documented build step (base images: public when reachable, else the local debootstrap base).
-    await runOk(path.join(COMPOSE_DIR, 'build.sh'), [], { timeoutMs: 15 * 60_000 });
+    await buildImages();
     environment = await new DockerComposeEnvironment(COMPOSE_DIR, 'docker-compose.yml')
       .withClientOptions({ executable: { standalone: true } })
       .withProjectName(project)

@@ -7,6 +7,8 @@
  * pulled here), TESTCONTAINERS_HOST_OVERRIDE=localhost.
  */
 import { spawn } from 'node:child_process';
+import { mkdirSync, rmdirSync, statSync } from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -18,6 +20,7 @@ export const COMPOSE_DIR = path.join(REPO_ROOT, 'compose');
 export const COMPOSE_FILE = path.join(COMPOSE_DIR, 'docker-compose.yml');
 export const APP_IMAGE = process.env.CDBP_APP_IMAGE ?? 'confidential-db-proxy/app:dev';
 export const MARIADB_IMAGE = process.env.CDBP_MARIADB_IMAGE ?? 'confidential-db-proxy/mariadb:dev';
+export const POSTGRES_IMAGE = process.env.CDBP_POSTGRES_IMAGE ?? 'confidential-db-proxy/postgres:dev';
 
 export interface RunResult { code: number; stdout: string; stderr: string }
 
@@ -53,12 +56,39 @@ export async function runOk(cmd: string, args: string[], opts: Parameters<typeof
   return r.stdout;
 }
 
-/** One compose project: the file, a unique project name and the environment every call needs. */
+/**
+ * The documented build step (compose/build.sh), serialized across the suite's test files (node's runner
+ * runs them in parallel): a second caller waits for the first and then finds every layer cached.
+ */
+export async function buildImages(): Promise<void> {
+  const lock = path.join(os.tmpdir(), `cdbp-containers-build-${(process.env.DOCKER_HOST ?? 'default').replace(/[^a-zA-Z0-9]+/g, '_')}.lock`);
+  const deadline = Date.now() + 20 * 60_000;
+  for (;;) {
+    try {
+      mkdirSync(lock);
+      break;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+      // A lock older than any build is a crashed run's leftover.
+      try { if (Date.now() - statSync(lock).mtimeMs > 20 * 60_000) rmdirSync(lock); } catch { /* gone meanwhile */ }
+      if (Date.now() > deadline) throw new Error(`timed out waiting for the image build lock ${lock}`);
+      await new Promise((r) => setTimeout(r, 1000));
+    }
+  }
+  try {
+    await runOk(path.join(COMPOSE_DIR, 'build.sh'), [], { timeoutMs: 15 * 60_000 });
+  } finally {
+    rmdirSync(lock);
+  }
+}
+
+/** One compose project: the file, a unique project name, the environment and profiles every call needs. */
 export class ComposeProject {
-  constructor(readonly name: string, readonly env: Record<string, string>) {}
+  constructor(readonly name: string, readonly env: Record<string, string>, readonly profiles: string[] = []) {}
 
   compose(args: string[], opts: { input?: string; timeoutMs?: number } = {}): Promise<RunResult> {
-    return run('docker-compose', ['-f', COMPOSE_FILE, '-p', this.name, ...args], { ...opts, env: this.env });
+    const profileArgs = this.profiles.flatMap((p) => ['--profile', p]);
+    return run('docker-compose', ['-f', COMPOSE_FILE, '-p', this.name, ...profileArgs, ...args], { ...opts, env: this.env });
   }
 
   async composeOk(args: string[], opts: { input?: string; timeoutMs?: number } = {}): Promise<string> {
