@@ -10,13 +10,14 @@ import type { Logger } from '../src/kernel/log.ts';
 import { CdbpError } from '../src/kernel/errors.ts';
 import { MetricsRegistry } from '../src/kernel/metrics.ts';
 import { selectVerifiers } from '../src/attestation/select.ts';
-import { createCa, createCsr, generateTlsKeyPair, issueLeafCertificate, parseCsr } from '../src/crypto/x509.ts';
+import { createCa, createCsr, ed25519Spki, generateTlsKeyPair, issueLeafCertificate, parseCsr, type CaMaterial } from '../src/crypto/x509.ts';
+import { generateSigningKeyPair } from '../src/crypto/ed25519.ts';
 import { writeFileDurable } from '../src/crypto/atomic-file.ts';
 import { AuditLog } from './audit.ts';
 import { CasCore } from './core.ts';
 import { NonceStore } from './nonces.ts';
 import { deriveKey, type SealingKeyProvider } from './sealing-key.ts';
-import { StateStore } from './state.ts';
+import { StateStore, type CasMeta } from './state.ts';
 import { buildCasServer } from './server.ts';
 
 export interface CasOptions {
@@ -30,6 +31,11 @@ export interface CasOptions {
   /** Extra DNS names / IPs for the CAS's own server certificate. */
   tlsNames?: string[];
   nonceTtlMs?: number;
+  /**
+   * Owner keys (hex Ed25519) allowed to create services. Bound into the sealed state on first start;
+   * later starts must name the same set (or none). Without any, the first policy's owner is bound.
+   */
+  owners?: string[];
 }
 
 export interface RunningCas {
@@ -46,12 +52,45 @@ export function auditFile(dir: string): string {
   return path.join(dir, 'audit.log');
 }
 
+/** The CAS-level meta of a new (or pre-meta) state: a fresh answer-signing key certified by the CA. */
+async function makeMeta(ca: CaMaterial, existingOwners: string[]): Promise<CasMeta> {
+  const kp = await generateSigningKeyPair();
+  const signingCertPem = issueLeafCertificate(ca, {
+    role: 'cas-signing', spki: ed25519Spki(kp.publicKey),
+    subject: { commonName: 'cdbp CAS answer signing', organization: 'confidential-db-proxy', organizationalUnit: 'cas' },
+    dnsNames: [], ipAddresses: [], uris: [], notAfter: new Date(new X509Certificate(ca.certPem).validTo),
+  });
+  const meta: CasMeta = {
+    format: 'cdbp-cas-meta/1', signingSecretKey: kp.secretKey.toString('hex'), signingCertPem,
+    owners: existingOwners, ownersBoundBy: existingOwners.length > 0 ? 'existing-services' : null,
+  };
+  kp.secretKey.fill(0);
+  return meta;
+}
+
 export async function startCas(o: CasOptions): Promise<RunningCas> {
   mkdirSync(o.dir, { recursive: true, mode: 0o700 });
   const master = await o.sealing.masterKey();
-  const { store, created } = await StateStore.open(o.dir, deriveKey(master, 'state'),
-    () => createCa({ commonName: 'cdbp CAS root', lifetimeDays: 3650 }));
-  const audit = await AuditLog.open(auditFile(o.dir), deriveKey(master, 'audit'));
+  const { store, created, upgraded } = await StateStore.open(o.dir, deriveKey(master, 'state'),
+    () => createCa({ commonName: 'cdbp CAS root', lifetimeDays: 3650 }), makeMeta);
+  // The owner allow-list is part of the sealed state: flags can set it once, never silently change it.
+  const configured = [...new Set(o.owners ?? [])].sort();
+  let ownersBoundNow = false;
+  if (configured.length > 0) {
+    const sealed = [...store.meta.owners].sort();
+    if (sealed.length === 0) {
+      await store.updateMeta({ ...store.meta, owners: configured, ownersBoundBy: 'configured' });
+      ownersBoundNow = true;
+    } else if (sealed.join(',') !== configured.join(',')) {
+      throw new CdbpError('CONFIG_INVALID', `--owner names ${configured.length} key(s) that differ from the owner allow-list sealed in ${o.dir} `
+        + `(${sealed.map((k) => k.slice(0, 16) + '…').join(', ')}); start without --owner or with exactly that set`);
+    }
+  }
+  // The audit log is checked against the anchor sealed with the state (a truncated tail is caught), and
+  // every durable append moves the anchor.
+  const audit = await AuditLog.open(auditFile(o.dir), deriveKey(master, 'audit'), {
+    anchor: store.auditAnchor, onDurable: (a) => store.setAuditAnchor(a),
+  });
   master.fill(0);
   const ca = store.caMaterial;
   const caFile = path.join(o.dir, 'ca.pem');
@@ -59,16 +98,17 @@ export async function startCas(o: CasOptions): Promise<RunningCas> {
 
   const metrics = new MetricsRegistry();
   const verifiers = selectVerifiers({ allowSimulated: o.allowSimulated, platformPublicKey: o.platformPublicKey, log: o.log });
-  const core = new CasCore({
-    store, audit, nonces: new NonceStore(o.nonceTtlMs ?? 60_000), verifiers, allowSimulated: o.allowSimulated, log: o.log, metrics,
-  });
-
   // The CAS's own serving certificate: fresh key per start, kept in memory only.
   const names = new Set(['localhost', '127.0.0.1', o.host, ...(o.tlsNames ?? [])].filter((n) => n && n !== '0.0.0.0' && n !== '::'));
+  const core = new CasCore({
+    store, audit, nonces: new NonceStore(o.nonceTtlMs ?? 60_000), verifiers, allowSimulated: o.allowSimulated, log: o.log, metrics,
+    reservedNames: [...names],
+  });
   const kp = generateTlsKeyPair();
   const { spki } = parseCsr(createCsr({ ...kp, commonName: 'cdbp-cas' }));
+  // Role `cas` (URI SAN + EKU): the CA never gives it to a service, and every CAS client requires it.
   const certPem = issueLeafCertificate(ca, {
-    spki, subject: { commonName: 'cdbp-cas', organization: 'confidential-db-proxy', organizationalUnit: 'cas' },
+    role: 'cas', spki, subject: { commonName: 'cdbp-cas', organization: 'confidential-db-proxy', organizationalUnit: 'cas' },
     dnsNames: [...names].filter((n) => isIP(n) === 0), ipAddresses: [...names].filter((n) => isIP(n) !== 0), uris: [],
     notAfter: new Date(Math.min(Date.now() + 30 * 86_400_000, new Date(new X509Certificate(ca.certPem).validTo).getTime())),
   });
@@ -76,9 +116,13 @@ export async function startCas(o: CasOptions): Promise<RunningCas> {
     core, audit, metrics, log: o.log, simulated: o.allowSimulated,
     tls: { keyPem: kp.privateKey.export({ type: 'pkcs8', format: 'pem' }).toString(), certPem, caPem: ca.certPem },
   });
+  if (ownersBoundNow || upgraded) {
+    await audit.append({ event: 'cas.owners', outcome: 'ok', details: { owners: store.meta.owners.join(','), boundBy: store.meta.ownersBoundBy } });
+  }
   await audit.append({
     event: 'cas.start', outcome: 'ok',
-    details: { services: store.size, createdState: created, simulatedAttestation: o.allowSimulated, sealing: o.sealing.kind },
+    details: { services: store.size, createdState: created, upgradedState: upgraded, simulatedAttestation: o.allowSimulated, sealing: o.sealing.kind,
+      owners: store.meta.owners.length, ownersBoundBy: store.meta.ownersBoundBy },
   });
   try {
     await app.listen({ host: o.host, port: o.port });

@@ -5,6 +5,10 @@
  * file, so each hash is also MACed with a key derived from the CAS sealing key: only the CAS (or an
  * operator holding that key) can extend the chain.
  *
+ * Deleting the newest entries still leaves a valid chain, so the CAS also keeps the last sequence
+ * number and head hash in its sealed state (the "anchor", updated after every fsync, in append order):
+ * a log that ends before the anchor, or whose anchored entry differs, is truncated or rolled back.
+ *
  * Entries hold what happened, to which service, with which outcome and error code: never a secret
  * (no keys, tokens, CSRs, evidence bodies, sealed payloads).
  */
@@ -14,7 +18,7 @@ import { CdbpError } from '../src/kernel/errors.ts';
 import { canonicalJson, constantTimeEqual, sha256Hex } from '../src/crypto/hash.ts';
 
 /** counter.read is audited only when refused (reads are frequent and harmless when allowed). */
-export type AuditEventType = 'cas.start' | 'policy.apply' | 'attest' | 'counter.read' | 'counter.advance' | 'counter.recover' | 'freshness.alarm';
+export type AuditEventType = 'cas.start' | 'cas.owners' | 'policy.apply' | 'attest' | 'counter.read' | 'counter.advance' | 'counter.recover' | 'freshness.alarm';
 
 export interface AuditEvent {
   event: AuditEventType;
@@ -52,8 +56,16 @@ export interface AuditVerification {
   problem?: string;
 }
 
-/** Verifies a whole log's text. With `macKey`, every entry's MAC is checked too. Pure. */
-export function verifyAuditText(text: string, macKey?: Buffer): AuditVerification {
+export interface AuditAnchorRef {
+  seq: number;
+  head: string;
+}
+
+/**
+ * Verifies a whole log's text. With `macKey`, every entry's MAC is checked too; with `anchor` (from the
+ * sealed state), the log must reach the anchored entry and that entry must be the anchored one. Pure.
+ */
+export function verifyAuditText(text: string, macKey?: Buffer, anchor?: AuditAnchorRef): AuditVerification {
   let prev = GENESIS;
   let n = 0;
   if (text.length > 0 && !text.endsWith('\n')) {
@@ -81,24 +93,33 @@ export function verifyAuditText(text: string, macKey?: Buffer): AuditVerificatio
     }
     if (typeof hash !== 'string' || !constantTimeEqual(computed, hash)) return fail('entry hash does not match its content (entry edited)');
     if (macKey && (typeof mac !== 'string' || !constantTimeEqual(entryMac(macKey, hash), mac))) return fail('entry MAC does not verify (not written by this CAS)');
+    if (anchor && e.seq === anchor.seq && !constantTimeEqual(hash, anchor.head)) {
+      return fail(`entry ${e.seq} is not the one the sealed state anchors (log rolled back or replaced)`);
+    }
     prev = hash;
     n++;
+  }
+  if (anchor && n < anchor.seq) {
+    return { ok: false, entries: n, head: prev, line: n + 1,
+      problem: `log ends at entry ${n} but the sealed state anchors entry ${anchor.seq}: ${anchor.seq - n} entries removed from the end (tail truncated or log rolled back)` };
   }
   return { ok: true, entries: n, head: prev };
 }
 
-export async function verifyAuditFile(file: string, macKey?: Buffer): Promise<AuditVerification> {
+export async function verifyAuditFile(file: string, macKey?: Buffer, anchor?: AuditAnchorRef): Promise<AuditVerification> {
   let text = '';
   try {
     text = await readFile(file, 'utf8');
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
   }
-  return verifyAuditText(text, macKey);
+  return verifyAuditText(text, macKey, anchor);
 }
 
 interface Pending {
   line: string;
+  seq: number;
+  hash: string;
   resolve: () => void;
   reject: (e: unknown) => void;
 }
@@ -108,14 +129,20 @@ export class AuditLog {
   private flushing = false;
   private closed = false;
 
-  private constructor(private readonly fh: FileHandle, private seq: number, private head: string, private readonly macKey: Buffer) {}
+  private constructor(private readonly fh: FileHandle, private seq: number, private head: string, private readonly macKey: Buffer,
+    private readonly onDurable?: (a: AuditAnchorRef) => Promise<void>) {}
 
-  /** Opens (creating) the log after verifying the existing chain; a broken chain → AUDIT_CHAIN_BROKEN. */
-  static async open(file: string, macKey: Buffer): Promise<AuditLog> {
-    const v = await verifyAuditFile(file, macKey);
+  /**
+   * Opens (creating) the log after verifying the existing chain against the sealed anchor; a broken
+   * chain, a truncated or rolled-back log → AUDIT_CHAIN_BROKEN. `onDurable` is called after each fsync
+   * with the new end (the caller seals it as the next anchor) and once at open with the verified end.
+   */
+  static async open(file: string, macKey: Buffer, o: { anchor?: AuditAnchorRef; onDurable?: (a: AuditAnchorRef) => Promise<void> } = {}): Promise<AuditLog> {
+    const v = await verifyAuditFile(file, macKey, o.anchor);
     if (!v.ok) throw new CdbpError('AUDIT_CHAIN_BROKEN', `audit log ${file} line ${v.line}: ${v.problem}`);
     const fh = await open(file, 'a', 0o600);
-    return new AuditLog(fh, v.entries, v.head, macKey);
+    if (o.onDurable && (!o.anchor || o.anchor.seq !== v.entries)) await o.onDurable({ seq: v.entries, head: v.head });
+    return new AuditLog(fh, v.entries, v.head, macKey, o.onDurable);
   }
 
   get entries(): number {
@@ -133,7 +160,7 @@ export class AuditLog {
     this.head = hash;
     const line = JSON.stringify({ ...body, hash, mac: entryMac(this.macKey, hash) }) + '\n';
     return new Promise((resolve, reject) => {
-      this.pending.push({ line, resolve, reject });
+      this.pending.push({ line, seq: body.seq, hash, resolve, reject });
       if (!this.flushing) void this.flush();
     });
   }
@@ -146,6 +173,10 @@ export class AuditLog {
       try {
         await this.fh.write(batch.map((p) => p.line).join(''));
         await this.fh.datasync();
+        // Anchor after the entries are durable: a crash between leaves the log ahead of the anchor
+        // (accepted), never behind it.
+        const last = batch[batch.length - 1]!;
+        await this.onDurable?.({ seq: last.seq, head: last.hash });
         for (const p of batch) p.resolve();
       } catch (e) {
         for (const p of batch) p.reject(e);

@@ -3,7 +3,8 @@
  * recovery. Every decision, accepted or refused, leaves one audit entry and one metric increment.
  * Routes (server.ts) only translate HTTP to these calls.
  */
-import { randomBytes, randomUUID, X509Certificate } from 'node:crypto';
+import { createHash, randomBytes, randomUUID, X509Certificate, type KeyObject } from 'node:crypto';
+import { isIP } from 'node:net';
 import type { Logger } from '../src/kernel/log.ts';
 import { asCdbpError, CdbpError } from '../src/kernel/errors.ts';
 import type { MetricsRegistry } from '../src/kernel/metrics.ts';
@@ -17,6 +18,7 @@ import { checkPolicyUpdate, COUNTER_DIGEST_RE, verifySignedPolicy, verifySignedR
 import type { AuditEvent, AuditLog } from './audit.ts';
 import type { NonceStore } from './nonces.ts';
 import type { ServiceRecord, StateStore, StoredKey } from './state.ts';
+import { attestAnswerMessage, counterAnswerMessage, ed25519PrivateKey, signAnswer, type CounterAnswer } from '../src/cas-client/answers.ts';
 
 export const SECRETS_FORMAT = 'cdbp-secrets/1';
 
@@ -46,6 +48,10 @@ export interface AttestResponse {
   notAfter: string;
   /** Base64 sealed box (to sealingPublicKey) of the SealedSecrets JSON. */
   sealedSecrets: string;
+  /** The CAS's answer-signing certificate (chains to caPem, role cas-signing). */
+  signingCertPem: string;
+  /** Hex Ed25519 over attestAnswerMessage(...) (src/cas-client/answers.ts). */
+  signature: string;
 }
 
 /** The plaintext inside `sealedSecrets`. */
@@ -86,10 +92,35 @@ export interface CasCoreOptions {
   allowSimulated: boolean;
   log: Logger;
   metrics: MetricsRegistry;
+  /** The CAS's own non-loopback names: no service policy may claim them. */
+  reservedNames?: string[];
+}
+
+/**
+ * Names every local proxy puts in its certificate for its loopback keyring. Sharing them between
+ * services is safe: a loopback name or address only ever reaches the caller's own host, so a
+ * certificate for it cannot be used to impersonate anything on another host.
+ */
+export const SHARED_LOOPBACK_NAMES = new Set(['localhost', '127.0.0.1', '::1']);
+
+/** Lowercase DNS name without a trailing dot, or canonical IP text. */
+function normalName(n: string): string {
+  if (isIP(n) === 6) return new URL(`http://[${n}]/`).hostname.slice(1, -1);
+  return n.toLowerCase().replace(/\.$/, '');
+}
+
+/** True if a certificate for `a` and one for `b` could be valid for the same host (wildcards: one label). */
+function namesOverlap(a: string, b: string): boolean {
+  if (a === b) return true;
+  const wild = (w: string, n: string) => w.startsWith('*.') && !n.startsWith('*.') && n.slice(n.indexOf('.') + 1) === w.slice(2);
+  return wild(a, b) || wild(b, a);
 }
 
 export class CasCore {
   private readonly m;
+  private readonly signingKey: KeyObject;
+  /** Policy applies are rare; one at a time keeps the cross-service name and owner checks race-free. */
+  private applyChain: Promise<unknown> = Promise.resolve();
 
   constructor(private readonly o: CasCoreOptions) {
     const r = o.metrics;
@@ -103,7 +134,17 @@ export class CasCore {
     };
     r.gauge('cdbp_cas_services', 'Services with a policy', (g) => g.set(o.store.size));
     r.gauge('cdbp_cas_simulated_attestation_allowed', '1 if this CAS accepts SIMULATED attestation (not a TEE)', (g) => g.set(o.allowSimulated ? 1 : 0));
-    r.gauge('cdbp_cas_nonces_outstanding', 'Nonces issued and not yet used or expired', (g) => g.set(o.nonces.size));
+    r.gauge('cdbp_cas_nonces_outstanding', 'Consumed nonces remembered until they expire (issued nonces keep no state)', (g) => g.set(o.nonces.size));
+    this.signingKey = ed25519PrivateKey(Buffer.from(o.store.meta.signingSecretKey, 'hex'));
+  }
+
+  get signingCertPem(): string {
+    return this.o.store.meta.signingCertPem;
+  }
+
+  /** Signs a counter answer for the client's nonce (absent for clients from before signed answers). */
+  signCounterAnswer(a: CounterAnswer): string {
+    return signAnswer(this.signingKey, counterAnswerMessage(a));
   }
 
   get caPem(): string {
@@ -139,11 +180,13 @@ export class CasCore {
   async applyPolicy(input: unknown, remote?: string): Promise<ApplyResult> {
     const claimed = (input as { policy?: { service?: unknown } } | null)?.policy?.service;
     const service = typeof claimed === 'string' && claimed.length <= 63 ? claimed : undefined;
-    return this.decided({ event: 'policy.apply', service, details: { remote: remote ?? null } }, this.m.applies, {}, async () => {
+    const run = this.applyChain.catch(() => {}).then(() => this.decided({ event: 'policy.apply', service, details: { remote: remote ?? null } }, this.m.applies, {}, async () => {
       const signed = await verifySignedPolicy(input);
       const name = signed.policy.service;
-      return this.o.store.update<{ result: ApplyResult; details: AuditEvent['details'] }>(name, (current) => {
+      return this.o.store.update<{ result: ApplyResult; details: AuditEvent['details'] }>(name, async (current) => {
         const decision = checkPolicyUpdate(current && { owner: current.owner, policyHash: current.policyHash, policy: current.signed.policy }, signed);
+        if (decision.kind !== 'unchanged') this.checkNames(signed);
+        if (decision.kind === 'create') await this.admitOwner(signed, remote);
         if (decision.kind === 'unchanged') {
           return { result: { result: { service: name, policyHash: signed.policyHash, status: 'unchanged' as const, newKeys: [] }, details: { policyHash: signed.policyHash, status: 'unchanged' } } };
         }
@@ -178,7 +221,50 @@ export class CasCore {
           },
         };
       });
-    });
+    }));
+    this.applyChain = run;
+    return run;
+  }
+
+  /**
+   * A policy may not name what another service's certificates (or the CAS's own) already name, except
+   * the shared loopback names: otherwise one owner could obtain a CA-signed certificate for another
+   * service's endpoint (review finding 6, scenario B).
+   */
+  private checkNames(signed: SignedPolicy): void {
+    const mine = [...signed.policy.tls.dnsNames, ...signed.policy.tls.ipAddresses].map(normalName).filter((n) => !SHARED_LOOPBACK_NAMES.has(n));
+    const conflicts: string[] = [];
+    const reserved = (this.o.reservedNames ?? []).map(normalName).filter((n) => !SHARED_LOOPBACK_NAMES.has(n));
+    for (const n of mine) {
+      if (reserved.some((r) => namesOverlap(n, r))) conflicts.push(`${n} (the CAS itself)`);
+    }
+    for (const rec of this.o.store.all()) {
+      if (rec.service === signed.policy.service) continue;
+      const theirs = [...rec.signed.policy.tls.dnsNames, ...rec.signed.policy.tls.ipAddresses].map(normalName);
+      for (const n of mine) if (theirs.some((t) => namesOverlap(n, t))) conflicts.push(`${n} (service ${rec.service})`);
+    }
+    if (conflicts.length > 0) {
+      throw new CdbpError('POLICY_INVALID', `policy for ${signed.policy.service} names what is already taken: ${conflicts.join(', ')}`,
+        { details: { conflicts } });
+    }
+  }
+
+  /**
+   * Only allowed owners create services. With no owner configured, the first policy ever applied binds
+   * its owner as the CAS owner (trust on first use), sealed and audited before the service exists.
+   */
+  private async admitOwner(signed: SignedPolicy, remote?: string): Promise<void> {
+    const meta = this.o.store.meta;
+    if (meta.owners.length === 0) {
+      await this.o.store.updateMeta({ ...meta, owners: [signed.owner], ownersBoundBy: 'first-policy' });
+      this.o.log.warn({ owner: signed.owner, service: signed.policy.service }, 'CAS owner bound on first use: only this owner may create services from now on');
+      await this.o.audit.append({ event: 'cas.owners', outcome: 'ok', service: signed.policy.service,
+        details: { owners: signed.owner, boundBy: 'first-policy', remote: remote ?? null } });
+      return;
+    }
+    if (!meta.owners.includes(signed.owner)) {
+      throw new CdbpError('POLICY_OWNER_MISMATCH', `owner ${signed.owner.slice(0, 16)}… may not create services on this CAS (not in its owner allow-list)`);
+    }
   }
 
   getPolicy(service: string): { service: string; policyHash: string; owner: string; signed: SignedPolicy; history: ServiceRecord['history'] } {
@@ -193,7 +279,6 @@ export class CasCore {
     const service = typeof req.service === 'string' ? req.service : undefined;
     const out = await this.decided({ event: 'attest', service, details: { mode, remote: remote ?? null } }, this.m.attest, { mode }, async () => {
       // Consumed first: whatever happens next, this nonce cannot be tried again.
-      if (!isHex(req.nonce, 32)) throw new CdbpError('NONCE_INVALID', 'nonce must be 32 bytes of hex');
       this.o.nonces.consume(req.nonce, 'attest');
       const rec = this.o.store.get(req.service);
       if (!rec) throw new CdbpError('SERVICE_UNKNOWN', `no policy for service ${req.service}`);
@@ -238,9 +323,15 @@ export class CasCore {
       const sealed = await sealToPublicKey(sealingKey, plain);
       plain.fill(0);
       if (ev.mode === 'simulated') this.o.log.warn({ service: req.service, mode: 'simulated' }, 'issued a certificate on SIMULATED attestation (not a TEE)');
+      const sealedSecrets = sealed.toString('base64');
+      const sha = (t: string) => createHash('sha256').update(t).digest('hex');
+      const signature = signAnswer(this.signingKey, attestAnswerMessage({
+        service: rec.service, nonce: req.nonce, mode: ev.mode, measurement, policyHash: rec.policyHash, notAfter: notAfter.toISOString(),
+        certSha256: sha(certPem), sealedSecretsSha256: sha(sealedSecrets), sealingPublicKey: req.sealingPublicKey,
+      }));
       const result: AttestResponse = {
         service: rec.service, mode: ev.mode, measurement, policyHash: rec.policyHash, certPem, caPem: ca.certPem,
-        notAfter: notAfter.toISOString(), sealedSecrets: sealed.toString('base64'),
+        notAfter: notAfter.toISOString(), sealedSecrets, signingCertPem: this.signingCertPem, signature,
       };
       return { result, details: { measurement, policyHash: rec.policyHash, certNotAfter: result.notAfter } };
     });
@@ -291,7 +382,6 @@ export class CasCore {
     return this.decided({ event: 'counter.recover', service, details: { remote: remote ?? null } }, this.m.recoveries, {}, async () => {
       await verifySignedRecovery(input);
       const r = input.recovery;
-      if (!isHex(r.nonce, 32)) throw new CdbpError('NONCE_INVALID', 'nonce must be 32 bytes of hex');
       this.o.nonces.consume(r.nonce, 'recover');
       let from: CounterView | undefined;
       const view = await this.o.store.update(r.service, (rec) => {

@@ -56,7 +56,11 @@ const SCHEMAS = {
   },
   advance: {
     type: 'object', additionalProperties: false, required: ['expected', 'next', 'digest'],
-    properties: { expected: { type: 'integer', minimum: 0 }, next: { type: 'integer', minimum: 1 }, digest: digestSchema },
+    properties: { expected: { type: 'integer', minimum: 0 }, next: { type: 'integer', minimum: 1 }, digest: digestSchema, nonce: hex(32) },
+  },
+  counterQuery: {
+    type: 'object', additionalProperties: false,
+    properties: { nonce: hex(32) },
   },
   alarm: {
     type: 'object', additionalProperties: false, required: ['kind', 'message'],
@@ -183,7 +187,7 @@ export function buildCasServer(o: CasServerOptions): FastifyInstance {
   app.get('/livez', async () => ({ status: 'ok' }));
   app.get('/readyz', async () => ({ ready: true, simulated: o.simulated }));
   app.get('/metrics', async (_req, reply) => reply.type('text/plain; version=0.0.4').send(o.metrics.render()));
-  app.get('/v1/ca', async () => ({ caPem: core.caPem }));
+  app.get('/v1/ca', async () => ({ caPem: core.caPem, signingCertPem: core.signingCertPem }));
 
   app.post<{ Body: { purpose?: 'attest' | 'recover' } | undefined }>('/v1/nonce', { schema: { body: SCHEMAS.nonce } },
     async (req) => core.issueNonce(req.body?.purpose ?? 'attest'));
@@ -197,17 +201,33 @@ export function buildCasServer(o: CasServerOptions): FastifyInstance {
   app.get<{ Params: { service: string } }>('/v1/services/:service/policy', { schema: { params: serviceParam } },
     async (req) => core.getPolicy(req.params.service));
 
-  app.get<{ Params: { service: string } }>('/v1/services/:service/counter', { schema: { params: serviceParam } },
+  // Counter answers carry an Ed25519 signature over the client's nonce (src/cas-client/answers.ts), so
+  // even a man in the middle holding a valid TLS identity cannot forge a value or a conflict.
+  app.get<{ Params: { service: string }; Querystring: { nonce?: string } }>('/v1/services/:service/counter',
+    { schema: { params: serviceParam, querystring: SCHEMAS.counterQuery } },
     async (req) => {
       requireHolder(req);
-      return core.readCounter(req.params.service);
+      const view = core.readCounter(req.params.service);
+      const nonce = req.query.nonce;
+      return nonce ? { ...view, signature: core.signCounterAnswer({ service: req.params.service, op: 'read', nonce, ...view }) } : view;
     });
 
-  app.post<{ Params: { service: string }; Body: { expected: number; next: number; digest: string } }>('/v1/services/:service/counter',
+  app.post<{ Params: { service: string }; Body: { expected: number; next: number; digest: string; nonce?: string } }>('/v1/services/:service/counter',
     { schema: { params: serviceParam, body: SCHEMAS.advance } },
     async (req) => {
       requireHolder(req);
-      return core.advanceCounter(req.params.service, req.body.expected, req.body.next, req.body.digest, req.ip);
+      const { service } = req.params;
+      const nonce = req.body.nonce;
+      try {
+        const view = await core.advanceCounter(service, req.body.expected, req.body.next, req.body.digest, req.ip);
+        return nonce ? { ...view, signature: core.signCounterAnswer({ service, op: 'advance', nonce, ...view }) } : view;
+      } catch (e) {
+        const d = (e as CdbpError).details as { value?: number; digest?: string; signature?: string } | undefined;
+        if (nonce && e instanceof CdbpError && e.code === 'COUNTER_CONFLICT' && d && typeof d.value === 'number' && typeof d.digest === 'string') {
+          d.signature = core.signCounterAnswer({ service, op: 'conflict', nonce, value: d.value, digest: d.digest });
+        }
+        throw e;
+      }
     });
 
   // A proxy that detected a rollback, tamper or fork of its volume reports it here so the CAS audits it.

@@ -2,7 +2,8 @@
  * The CAS's sealed state at rest. One sealed file for the CA, one per service (so a counter advance
  * rewrites a few KB, not the whole state):
  *
- *   DIR/state/ca.sealed                      label "cas/ca"
+ *   DIR/state/ca.sealed                      label "cas/ca": CA, CAS-level meta (answer-signing key, owner
+ *                                            allow-list) and the audit anchor (last seq + head hash)
  *   DIR/state/services/<sha256(name)>.sealed label "cas/service/<name>"
  *
  * Each file is AEAD-sealed with the header (including its label) as associated data and replaced
@@ -50,6 +51,30 @@ export interface ServiceRecord {
   generation: number;
 }
 
+/** CAS-level state that is not per service. */
+export interface CasMeta {
+  format: 'cdbp-cas-meta/1';
+  /** Ed25519 answer-signing key, hex libsodium secret key (seed ‖ public). */
+  signingSecretKey: string;
+  /** Its certificate from the CAS CA (role cas-signing): how clients learn and trust the key. */
+  signingCertPem: string;
+  /** Owner keys allowed to create NEW services; empty = not bound yet (the first policy binds its owner). */
+  owners: string[];
+  ownersBoundBy: 'configured' | 'first-policy' | 'existing-services' | null;
+}
+
+/** The audit log's last durable entry, so a truncated or rolled-back log is caught at start. */
+export interface AuditAnchor {
+  seq: number;
+  head: string;
+}
+
+/** What ca.sealed holds. Older states hold only the CaMaterial; they are upgraded at open. */
+interface RootFile extends CaMaterial {
+  meta?: CasMeta;
+  audit?: AuditAnchor;
+}
+
 const CA_LABEL = 'cas/ca';
 const serviceLabel = (name: string): string => `cas/service/${name}`;
 const serviceFile = (name: string): string => `${sha256Hex(name).slice(0, 40)}.sealed`;
@@ -58,6 +83,10 @@ export class StateStore {
   private readonly services = new Map<string, ServiceRecord>();
   private readonly locks = new Map<string, Promise<unknown>>();
   private ca!: CaMaterial;
+  private casMeta!: CasMeta;
+  private anchor: AuditAnchor | undefined;
+  /** Serialises rewrites of ca.sealed (audit anchor, owner binding). */
+  private rootWrite: Promise<unknown> = Promise.resolve();
 
   private constructor(private readonly dir: string, private readonly key: Buffer) {}
 
@@ -69,7 +98,8 @@ export class StateStore {
    * Opens the state under `dir`, creating it (with a new CA from `makeCa`) if the directory was never
    * initialised. Any file that fails to open → STATE_TAMPERED.
    */
-  static async open(dir: string, key: Buffer, makeCa: () => CaMaterial): Promise<{ store: StateStore; created: boolean }> {
+  static async open(dir: string, key: Buffer, makeCa: () => CaMaterial, makeMeta: (ca: CaMaterial, existingOwners: string[]) => Promise<CasMeta>):
+    Promise<{ store: StateStore; created: boolean; upgraded: boolean }> {
     const store = new StateStore(dir, key);
     const stateDir = store.stateDir;
     const servicesDir = path.join(stateDir, 'services');
@@ -77,14 +107,18 @@ export class StateStore {
     if (!existsSync(stateDir)) {
       await mkdir(servicesDir, { recursive: true, mode: 0o700 });
       store.ca = makeCa();
-      await writeFileDurable(caFile, await sealBlob(key, CA_LABEL, Buffer.from(JSON.stringify(store.ca))));
+      store.casMeta = await makeMeta(store.ca, []);
+      await store.writeRoot();
       await fsyncDir(dir);
-      return { store, created: true };
+      return { store, created: true, upgraded: false };
     }
     if (!existsSync(caFile) || !existsSync(servicesDir)) {
+      // (ca.sealed also holds the owner binding and the audit anchor: deleting it must not reset them.)
       throw new CdbpError('STATE_TAMPERED', `${stateDir} exists but ${existsSync(caFile) ? 'services/' : 'ca.sealed'} is missing; refusing to start on partial state`);
     }
-    store.ca = await store.openJson<CaMaterial>(caFile, CA_LABEL);
+    const root = await store.openJson<RootFile>(caFile, CA_LABEL);
+    store.ca = { keyPem: root.keyPem, certPem: root.certPem };
+    store.anchor = root.audit;
     for (const name of (await readdir(servicesDir)).sort()) {
       if (name.startsWith('.') && name.endsWith('.tmp')) continue; // an interrupted write: the target is intact
       if (!name.endsWith('.sealed')) throw new CdbpError('STATE_TAMPERED', `unexpected file in ${servicesDir}: ${name}`);
@@ -93,7 +127,53 @@ export class StateStore {
       if (serviceFile(rec.service) !== name) throw new CdbpError('STATE_TAMPERED', `${file} holds service ${rec.service} under the wrong name`);
       store.services.set(rec.service, rec);
     }
-    return { store, created: false };
+    let upgraded = false;
+    if (root.meta) store.casMeta = root.meta;
+    else {
+      // A state from before the CAS-level meta: keep serving its services' owners, add a signing key.
+      store.casMeta = await makeMeta(store.ca, [...new Set([...store.services.values()].map((r) => r.owner))].sort());
+      await store.writeRoot();
+      upgraded = true;
+    }
+    return { store, created: false, upgraded };
+  }
+
+  /** Seals and durably replaces ca.sealed with the current CA, meta and audit anchor. */
+  private writeRoot(): Promise<void> {
+    const run = this.rootWrite.catch(() => {}).then(async () => {
+      const root: RootFile = { ...this.ca, meta: this.casMeta, ...(this.anchor ? { audit: this.anchor } : {}) };
+      await writeFileDurable(path.join(this.stateDir, 'ca.sealed'), await sealBlob(this.key, CA_LABEL, Buffer.from(JSON.stringify(root))));
+    });
+    this.rootWrite = run;
+    return run;
+  }
+
+  get meta(): CasMeta {
+    return this.casMeta;
+  }
+
+  /** The sealed audit anchor; undefined for a state that never had one (new, or from an older CAS). */
+  get auditAnchor(): AuditAnchor | undefined {
+    return this.anchor;
+  }
+
+  /** Records the audit log's durable end. Called after each audit fsync, in append order. */
+  async setAuditAnchor(a: AuditAnchor): Promise<void> {
+    if (this.anchor && a.seq < this.anchor.seq) return; // never move the anchor backwards
+    this.anchor = { seq: a.seq, head: a.head };
+    await this.writeRoot();
+  }
+
+  /** Replaces the meta (owner binding) durably before it takes effect. */
+  async updateMeta(next: CasMeta): Promise<void> {
+    const prev = this.casMeta;
+    this.casMeta = next;
+    try {
+      await this.writeRoot();
+    } catch (e) {
+      this.casMeta = prev;
+      throw e;
+    }
   }
 
   /**
@@ -135,6 +215,10 @@ export class StateStore {
     return this.services.size;
   }
 
+  all(): ServiceRecord[] {
+    return [...this.services.values()];
+  }
+
   /**
    * Read-modify-write of one service under a per-service lock: `fn` sees the current record and
    * returns the new one (or undefined to leave it unchanged, with a result). The new record is sealed
@@ -167,4 +251,16 @@ function readLabel(blob: Buffer): string | undefined {
   const len = blob.readUInt16BE(9);
   if (blob.length < 11 + len) return undefined;
   return blob.subarray(11, 11 + len).toString('utf8');
+}
+
+/** Offline (`cdbp cas audit verify`): the audit anchor in DIR's sealed state, opened with the state key. */
+export async function readSealedAuditAnchor(dir: string, key: Buffer): Promise<AuditAnchor | undefined> {
+  const file = path.join(dir, 'state', 'ca.sealed');
+  let plain: Buffer;
+  try {
+    plain = await openBlob(key, CA_LABEL, await readFile(file));
+  } catch (e) {
+    throw new CdbpError('STATE_TAMPERED', `cannot open ${file} with this sealing key: ${(e as Error).message}`);
+  }
+  return (JSON.parse(plain.toString('utf8')) as RootFile).audit;
 }

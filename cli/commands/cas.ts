@@ -19,6 +19,7 @@ import type { Logger } from '../../src/kernel/log.ts';
 import { buildOpsServer } from '../../src/ops/server.ts';
 import { VERSION } from '../version.ts';
 import { verifyAuditFile } from '../../cas/audit.ts';
+import { readSealedAuditAnchor, type AuditAnchor } from '../../cas/state.ts';
 import { deriveKey, FailClosedSealingKeyProvider, FileSealingKeyProvider } from '../../cas/sealing-key.ts';
 
 export const CAS_SCHEMA = {
@@ -31,6 +32,7 @@ export const CAS_SCHEMA = {
   casSealingKeyFile: { kind: 'string', doc: 'sealing key file for --sealing file [DIR/sealing.key]' },
   casNonceTtlMs: { kind: 'int', doc: 'lifetime of attestation/recovery nonces in ms', default: 60_000, min: 100, max: 600_000 },
   casTlsNames: { kind: 'list', doc: 'extra DNS names/IPs for the CAS server certificate', default: [] },
+  casOwners: { kind: 'list', doc: 'owner public keys (hex) or files of them allowed to create services (--owner, repeatable); none = first policy binds its owner', default: [] },
   casOpsHost: { kind: 'string', doc: 'ops API address (plain HTTP: health, metrics, status)', default: '127.0.0.1' },
   casOpsPort: { kind: 'int', doc: 'ops API port (-1 = off, 0 = any free port)', default: -1, min: -1, max: 65535 },
 } satisfies Schema;
@@ -43,13 +45,50 @@ const FLAG_TO_KEY: Record<string, string> = {
 
 const USAGE = `usage: cdbp cas --dir DIR [--host 127.0.0.1] [--port N] [--allow-simulated --platform-public-key FILE]
                 [--sealing file|fail-closed] [--sealing-key-file FILE] [--tls-names a,b] [--ops-port N]
+                [--owner HEX|FILE]...
        cdbp cas audit verify --dir DIR
 
 Environment (flags override):
 ${describeSchema(CAS_SCHEMA)}`;
 
-export async function run(argv: string[]): Promise<number> {
-  if (argv[0] === 'audit') return auditCommand(argv.slice(1));
+/** `--owner` may repeat (parseFlags keeps one value per flag): pull every occurrence out first. */
+function takeRepeated(argv: string[], name: string): { values: string[]; rest: string[] } {
+  const values: string[] = [];
+  const rest: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    if (a === `--${name}`) {
+      const v = argv[++i];
+      if (v === undefined) throw new CdbpError('CONFIG_INVALID', `--${name} needs a value`);
+      values.push(v);
+    } else if (a.startsWith(`--${name}=`)) values.push(a.slice(name.length + 3));
+    else rest.push(a);
+  }
+  return { values, rest };
+}
+
+/** Each entry is a hex key, or a file with one hex key per line (# comments allowed). */
+function resolveOwnerKeys(entries: string[]): string[] {
+  const keys: string[] = [];
+  for (const entry of entries) {
+    if (isHex(entry.toLowerCase(), 32)) { keys.push(entry.toLowerCase()); continue; }
+    let text: string;
+    try {
+      text = readFileSync(entry, 'utf8');
+    } catch (e) {
+      throw new CdbpError('CONFIG_INVALID', `--owner ${entry}: neither a 64-hex Ed25519 public key nor a readable file (${(e as Error).message})`);
+    }
+    for (const line of text.split('\n').map((l) => l.replace(/#.*/, '').trim()).filter(Boolean)) {
+      if (!isHex(line.toLowerCase(), 32)) throw new CdbpError('CONFIG_INVALID', `--owner file ${entry}: "${line.slice(0, 20)}" is not a 64-hex Ed25519 public key`);
+      keys.push(line.toLowerCase());
+    }
+  }
+  return keys;
+}
+
+export async function run(argv0: string[]): Promise<number> {
+  if (argv0[0] === 'audit') return auditCommand(argv0.slice(1));
+  const { values: ownerFlags, rest: argv } = takeRepeated(argv0, 'owner');
   const { flags, positionals } = parseFlags(argv, ['allow-simulated'], ['dir', 'host', 'port', 'platform-public-key', 'sealing', 'sealing-key-file', 'tls-names', 'ops-host', 'ops-port']);
   if (flags.help) {
     console.log(USAGE);
@@ -59,6 +98,7 @@ export async function run(argv: string[]): Promise<number> {
   const overrides: Record<string, string | boolean | undefined> = {};
   for (const [flag, key] of Object.entries(FLAG_TO_KEY)) if (flags[flag] !== undefined) overrides[key] = flags[flag];
   const config = loadConfig(CAS_SCHEMA, overrides);
+  const owners = resolveOwnerKeys(ownerFlags.length > 0 ? ownerFlags : config.casOwners);
   const allowSimulated = simulationAllowed(config.casAllowSimulated);
   const dir = path.resolve(config.casDir);
   const log = createLogger({ name: 'cas', base: allowSimulated ? { simulated: true } : {} });
@@ -74,7 +114,7 @@ export async function run(argv: string[]): Promise<number> {
   let cas: RunningCas;
   try {
     cas = await startCas({
-      dir, host: config.casHost, port: config.casPort, allowSimulated, sealing, log, tlsNames: config.casTlsNames, nonceTtlMs: config.casNonceTtlMs,
+      dir, host: config.casHost, port: config.casPort, allowSimulated, sealing, log, tlsNames: config.casTlsNames, nonceTtlMs: config.casNonceTtlMs, owners,
       platformPublicKey: config.casPlatformPublicKey ? readPublicKeyFile(config.casPlatformPublicKey) : undefined,
     });
   } catch (e) {
@@ -154,15 +194,28 @@ async function auditCommand(argv: string[]): Promise<number> {
   // With the (file) sealing key at hand, the MACs are checked too: a rewritten chain is caught.
   const keyFile = typeof flags['sealing-key-file'] === 'string' ? flags['sealing-key-file'] : path.join(dir, 'sealing.key');
   let macKey: Buffer | undefined;
+  let anchor: AuditAnchor | undefined;
   if (existsSync(keyFile)) {
     const text = readFileSync(keyFile, 'utf8').trim();
-    if (isHex(text, 32)) macKey = deriveKey(Buffer.from(text, 'hex'), 'audit');
+    if (isHex(text, 32)) {
+      const master = Buffer.from(text, 'hex');
+      macKey = deriveKey(master, 'audit');
+      // The sealed anchor (last seq + head hash) catches a truncated or rolled-back tail.
+      try {
+        anchor = await readSealedAuditAnchor(dir, deriveKey(master, 'state'));
+      } catch (e) {
+        console.error(`audit log NOT VERIFIED: ${(e as Error).message}`);
+        return 1;
+      }
+    }
   }
-  const v = await verifyAuditFile(file, macKey);
+  const v = await verifyAuditFile(file, macKey, anchor);
   if (!v.ok) {
-    console.error(`audit log BROKEN: ${file} line ${v.line}: ${v.problem} (${v.entries} entries verified before it)`);
+    console.error(`audit log BROKEN (AUDIT_CHAIN_BROKEN): ${file} line ${v.line}: ${v.problem} (${v.entries} entries verified before it)`);
     return 1;
   }
-  console.log(`audit log OK: ${v.entries} entries, head ${v.head}${macKey ? ', MACs verified' : ' (hash chain only: no sealing key, MACs not checked)'}`);
+  console.log(`audit log OK: ${v.entries} entries, head ${v.head}${macKey
+    ? `, MACs verified, ${anchor ? `sealed anchor at entry ${anchor.seq} matches` : 'no sealed anchor yet'}`
+    : ' (hash chain only: no sealing key, MACs and truncation not checked)'}`);
   return 0;
 }

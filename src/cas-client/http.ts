@@ -1,9 +1,12 @@
 /**
- * A small JSON-over-HTTPS client for the CAS: pinned CA, optional client certificate (counter
- * routes), bounded response size, and CAS errors turned back into CdbpErrors with the server's code.
+ * A small JSON-over-HTTPS client for the CAS: pinned CA, the CAS role required of the server's
+ * certificate (not just a certificate from the CA for the host: services get those too), optional client
+ * certificate (counter routes), bounded response size, and CAS errors turned back into CdbpErrors with
+ * the server's code.
  */
 import https from 'node:https';
 import { CdbpError, type ErrorCode } from '../kernel/errors.ts';
+import { checkCasServerIdentity } from '../crypto/x509.ts';
 
 const MAX_RESPONSE = 1024 * 1024;
 
@@ -16,7 +19,9 @@ export interface CasHttpOptions {
 }
 
 export function casAgent(o: { caPem: string; keyPem?: string; certPem?: string; keepAlive?: boolean }): https.Agent {
-  return new https.Agent({ ca: o.caPem, key: o.keyPem, cert: o.certPem, keepAlive: o.keepAlive ?? true, maxSockets: 4 });
+  return new https.Agent({
+    ca: o.caPem, key: o.keyPem, cert: o.certPem, keepAlive: o.keepAlive ?? true, maxSockets: 4, checkServerIdentity: checkCasServerIdentity,
+  });
 }
 
 export async function casRequest<T>(baseUrl: string, method: 'GET' | 'POST', path: string, body: unknown, o: CasHttpOptions): Promise<T> {
@@ -27,7 +32,7 @@ export async function casRequest<T>(baseUrl: string, method: 'GET' | 'POST', pat
     const req = https.request(url, {
       method,
       agent: o.agent,
-      ...(o.agent ? {} : { ca: o.caPem, rejectUnauthorized: !o.insecure }),
+      ...(o.agent ? {} : { ca: o.caPem, rejectUnauthorized: !o.insecure, ...(o.insecure ? {} : { checkServerIdentity: checkCasServerIdentity }) }),
       headers: payload ? { 'content-type': 'application/json', 'content-length': payload.length } : {},
       timeout: o.timeoutMs ?? 30_000,
     }, (res) => {

@@ -9,22 +9,24 @@
  *
  * Re-callable: certificate renewal simply calls attestAndProvision again (new keys, new nonce).
  */
-import { X509Certificate } from 'node:crypto';
+import { createHash, randomBytes, X509Certificate, type KeyObject } from 'node:crypto';
 import type { Logger } from '../kernel/log.ts';
 import { CdbpError } from '../kernel/errors.ts';
 import type { AttestationProvider } from '../attestation/types.ts';
 import type { CounterClient, CounterState, FreshnessAlarm, DbKey, Provision } from '../provisioning/types.ts';
 import { sha512, isHex } from '../crypto/hash.ts';
 import { generateSealingKeyPair, openSealed } from '../crypto/box.ts';
-import { certificateChainsTo, createCsr, generateTlsKeyPair, spkiDer } from '../crypto/x509.ts';
+import { certificateChainsTo, createCsr, generateTlsKeyPair, spkiDer, verifyCasSigningCert } from '../crypto/x509.ts';
+import { isCdbpError } from '../kernel/errors.ts';
 import { casAgent, casRequest } from './http.ts';
+import { attestAnswerMessage, counterAnswerMessage, verifyAnswer, type CounterAnswer } from './answers.ts';
 
 export { casRequest } from './http.ts';
 export { applySignedPolicy, getCurrentPolicyHash, getCurrentPolicy, recoverCounter } from './policy.ts';
 
 interface AttestResponse {
   service: string; mode: string; measurement: string; policyHash: string; certPem: string; caPem: string;
-  notAfter: string; sealedSecrets: string;
+  notAfter: string; sealedSecrets: string; signingCertPem: string; signature: string;
 }
 interface SealedSecrets {
   format: string; service: string; policyHash: string; databaseId: string; keyringToken: string; freshnessKey: string;
@@ -68,7 +70,17 @@ export async function attestAndProvision(o: AttestOptions): Promise<Provision & 
       service: o.service, nonce, csr, sealingPublicKey: sealing.publicKey.toString('hex'), evidence,
     }, { agent });
 
-    // Check what we got before using it: the certificate must chain to the pinned CA and carry our key.
+    // Check what we got before using it: signed by the CAS's answer key (certified by the pinned CA) over
+    // our nonce, our sealing key and exactly these bytes; the certificate chains to the CA and carries our key.
+    if (typeof r?.signingCertPem !== 'string') throw new CdbpError('CAS_IDENTITY_INVALID', 'CAS attest answer carries no signing certificate');
+    const signingKey = verifyCasSigningCert(r.signingCertPem, o.caPem);
+    const sha = (t: string) => createHash('sha256').update(t).digest('hex');
+    if (typeof r.certPem !== 'string' || typeof r.sealedSecrets !== 'string' || !verifyAnswer(signingKey, attestAnswerMessage({
+      service: r.service, nonce, mode: r.mode, measurement: r.measurement, policyHash: r.policyHash, notAfter: r.notAfter,
+      certSha256: sha(r.certPem), sealedSecretsSha256: sha(r.sealedSecrets), sealingPublicKey: sealing.publicKey.toString('hex'),
+    }), r.signature)) {
+      throw new CdbpError('CAS_IDENTITY_INVALID', 'CAS attest answer is not signed by the CAS (forged or altered on the way)');
+    }
     if (r.service !== o.service || r.mode !== o.provider.mode) throw new CdbpError('PROTOCOL_VIOLATION', 'CAS response is for another service or mode');
     if (!certificateChainsTo(r.certPem, o.caPem)) throw new CdbpError('PROTOCOL_VIOLATION', 'issued certificate does not chain to the pinned CAS CA');
     const cert = new X509Certificate(r.certPem);
@@ -104,30 +116,69 @@ export async function attestAndProvision(o: AttestOptions): Promise<Provision & 
         freshnessKey: Buffer.from(s.freshnessKey, 'hex'),
         databaseId: s.databaseId,
       },
-      counter: new HttpCounterClient(o.casUrl, o.service, o.caPem, keyPem, r.certPem),
+      counter: new HttpCounterClient(o.casUrl, o.service, o.caPem, keyPem, r.certPem, signingKey),
     };
   } finally {
     agent.destroy();
   }
 }
 
-/** Talks to the CAS counter for one service over mutual TLS with the CAS-issued certificate. */
+/**
+ * The CAS's answer-signing key, from its certificate checked against the pinned CA (GET /v1/ca; the
+ * certificate is public, the trust comes from the CA).
+ */
+export async function fetchCasSigningKey(casUrl: string, caPem: string): Promise<KeyObject> {
+  const r = await casRequest<{ signingCertPem?: string }>(casUrl, 'GET', '/v1/ca', undefined, { caPem });
+  if (typeof r?.signingCertPem !== 'string') throw new CdbpError('CAS_IDENTITY_INVALID', 'CAS published no signing certificate');
+  return verifyCasSigningCert(r.signingCertPem, caPem);
+}
+
+/**
+ * Talks to the CAS counter for one service over mutual TLS with the CAS-issued certificate. Every
+ * request carries a fresh nonce and every answer (including a COUNTER_CONFLICT's current value) must be
+ * signed by the CAS's answer key over it: a forged or replayed counter value is refused even if the TLS
+ * channel were compromised.
+ */
 export class HttpCounterClient implements CounterClient {
   private readonly agent;
   private readonly path: string;
 
-  constructor(private readonly casUrl: string, service: string, caPem: string, keyPem: string, certPem: string) {
+  constructor(private readonly casUrl: string, private readonly service: string, caPem: string, keyPem: string, certPem: string,
+    private readonly signingKey: KeyObject) {
     this.agent = casAgent({ caPem, keyPem, certPem });
     this.path = `/v1/services/${encodeURIComponent(service)}/counter`;
   }
 
-  read(): Promise<CounterState> {
-    return casRequest<CounterState>(this.casUrl, 'GET', this.path, undefined, { agent: this.agent });
+  /** The signed state in `answer` for `nonce`, or CAS_IDENTITY_INVALID. */
+  private checked(op: CounterAnswer['op'], nonce: string, answer: unknown): CounterState {
+    const a = answer as { value?: unknown; digest?: unknown; signature?: unknown } | undefined;
+    if (!a || !Number.isSafeInteger(a.value) || typeof a.digest !== 'string'
+      || !verifyAnswer(this.signingKey, counterAnswerMessage({ service: this.service, op, nonce, value: a.value as number, digest: a.digest }), a.signature)) {
+      throw new CdbpError('CAS_IDENTITY_INVALID', `counter ${op} answer is not signed by the CAS for this request (forged, replayed or altered)`);
+    }
+    return { value: a.value as number, digest: a.digest };
   }
 
-  /** Throws COUNTER_CONFLICT (details: { value, digest } of the CAS's counter) if `expected` is stale. */
-  advance(expected: number, next: number, digest: string): Promise<CounterState> {
-    return casRequest<CounterState>(this.casUrl, 'POST', this.path, { expected, next, digest }, { agent: this.agent });
+  async read(): Promise<CounterState> {
+    const nonce = randomBytes(32).toString('hex');
+    return this.checked('read', nonce, await casRequest<unknown>(this.casUrl, 'GET', `${this.path}?nonce=${nonce}`, undefined, { agent: this.agent }));
+  }
+
+  /** Throws COUNTER_CONFLICT (details: { value, digest } of the CAS's counter, signed) if `expected` is stale. */
+  async advance(expected: number, next: number, digest: string): Promise<CounterState> {
+    const nonce = randomBytes(32).toString('hex');
+    let answer: unknown;
+    try {
+      answer = await casRequest<unknown>(this.casUrl, 'POST', this.path, { expected, next, digest, nonce }, { agent: this.agent });
+    } catch (e) {
+      if (isCdbpError(e, 'COUNTER_CONFLICT')) {
+        // The guard acts on the conflict's value and digest (lost answer vs. fork): they must be the CAS's.
+        const current = this.checked('conflict', nonce, e.details);
+        throw new CdbpError('COUNTER_CONFLICT', e.message, { details: { ...e.details, value: current.value, digest: current.digest } });
+      }
+      throw e;
+    }
+    return this.checked('advance', nonce, answer);
   }
 
   reportAlarm(alarm: FreshnessAlarm): Promise<void> {

@@ -6,6 +6,7 @@
  */
 import { createHash, createPrivateKey, createPublicKey, generateKeyPairSync, randomBytes, sign, verify,
   X509Certificate, type KeyObject } from 'node:crypto';
+import { checkServerIdentity as tlsCheckServerIdentity, type PeerCertificate } from 'node:tls';
 import forge from 'node-forge';
 import { CdbpError } from '../kernel/errors.ts';
 import { derBitString, derChildren, derSequence, derTlv, readDer } from './der.ts';
@@ -117,7 +118,66 @@ export function createCa(o: { commonName: string; lifetimeDays: number }): CaMat
   return { keyPem: privateKey.export({ type: 'pkcs8', format: 'pem' }).toString(), certPem: signCertificate(tbs, privateKey) };
 }
 
+/**
+ * Our private OID arc: 2.25.<UUID e6c62021-8246-46f5-a2fc-e2f786a25e0a> (ITU-T X.667: a UUID-based OID
+ * needs no registration and cannot collide with anyone else's).
+ */
+export const CDBP_OID_ARC = '2.25.306751165500475237643499862428131417610';
+/** Extended key usages that say what a certificate from the CAS CA is for (see ROLE_URI). */
+export const OID_EKU_CAS_SERVER = `${CDBP_OID_ARC}.1.1`;
+export const OID_EKU_SERVICE = `${CDBP_OID_ARC}.1.2`;
+export const OID_EKU_CAS_SIGNING = `${CDBP_OID_ARC}.1.3`;
+const OID_EKU_SERVER_AUTH = '1.3.6.1.5.5.7.3.1';
+const OID_EKU_CLIENT_AUTH = '1.3.6.1.5.5.7.3.2';
+
+/**
+ * What a leaf from the CAS CA is. The one CA signs the CAS's own TLS certificate, its answer-signing key
+ * and every service certificate, and service names come from owner policies: so names alone never say
+ * "this is the CAS". The role is a URI SAN plus a private EKU, set only from `role` here (a caller can
+ * never smuggle one in through `uris`), and clients of the CAS require the `cas` role.
+ */
+export type CertRole = 'cas' | 'service' | 'cas-signing';
+export const ROLE_URI: Record<CertRole, string> = {
+  cas: 'urn:cdbp:role:cas',
+  service: 'urn:cdbp:role:service',
+  'cas-signing': 'urn:cdbp:role:cas-signing',
+};
+const ROLE_EKUS: Record<CertRole, string[]> = {
+  cas: [OID_EKU_SERVER_AUTH, OID_EKU_CAS_SERVER],
+  service: [OID_EKU_SERVER_AUTH, OID_EKU_CLIENT_AUTH, OID_EKU_SERVICE],
+  // Not usable for TLS at all: only to verify the CAS's signed answers.
+  'cas-signing': [OID_EKU_CAS_SIGNING],
+};
+
+/** DER of an OBJECT IDENTIFIER; BigInt arcs (our UUID arc is 128 bits). */
+export function oidDer(oid: string): Buffer {
+  const arcs = oid.split('.').map((a) => BigInt(a));
+  if (arcs.length < 2) throw new CdbpError('INTERNAL', `bad OID ${oid}`);
+  const out: number[] = [];
+  const push = (v: bigint) => {
+    const bytes = [Number(v & 0x7fn)];
+    for (let x = v >> 7n; x > 0n; x >>= 7n) bytes.unshift(Number((x & 0x7fn) | 0x80n));
+    out.push(...bytes);
+  };
+  push(arcs[0]! * 40n + arcs[1]!);
+  for (const a of arcs.slice(2)) push(a);
+  return derTlv(0x06, Buffer.from(out));
+}
+
+/** URI SANs out of node's `subjectaltname` text ("DNS:a, IP Address:b, URI:c"). */
+export function sanUris(subjectAltName: string | undefined): string[] {
+  return (subjectAltName ?? '').split(', ').filter((p) => p.startsWith('URI:')).map((p) => p.slice(4));
+}
+
+/** SubjectPublicKeyInfo DER of a raw 32-byte Ed25519 public key (RFC 8410). */
+export function ed25519Spki(publicKey: Buffer): Buffer {
+  if (publicKey.length !== 32) throw new CdbpError('INTERNAL', 'Ed25519 public key must be 32 bytes');
+  return Buffer.concat([Buffer.from('302a300506032b6570032100', 'hex'), publicKey]);
+}
+
 export interface LeafRequest {
+  /** Default 'service'. */
+  role?: CertRole;
   spki: Buffer;
   subject: DistinguishedName;
   dnsNames: string[];
@@ -131,10 +191,14 @@ export function issueLeafCertificate(ca: CaMaterial, req: LeafRequest): string {
   const caCert = new X509Certificate(ca.certPem);
   const caSpki = spkiDer(caCert.publicKey);
   const caDn = dnFromCert(caCert);
+  const role = req.role ?? 'service';
+  if (req.uris.some((u) => u.toLowerCase().startsWith('urn:cdbp:role:'))) {
+    throw new CdbpError('INTERNAL', 'a role URI can only come from the certificate role');
+  }
   const altNames = [
     ...req.dnsNames.map((value) => ({ type: 2, value })),
     ...req.ipAddresses.map((ip) => ({ type: 7, ip })),
-    ...req.uris.map((value) => ({ type: 6, value })),
+    ...[ROLE_URI[role], ...req.uris].map((value) => ({ type: 6, value })),
   ];
   const tbs = tbsCertificate({
     serial: serialNumber(), issuer: caDn, subject: req.subject, spki: req.spki,
@@ -142,8 +206,8 @@ export function issueLeafCertificate(ca: CaMaterial, req: LeafRequest): string {
     extensions: [
       { name: 'basicConstraints', cA: false, critical: true },
       { name: 'keyUsage', digitalSignature: true, critical: true },
-      { name: 'extKeyUsage', serverAuth: true, clientAuth: true },
-      ...(altNames.length > 0 ? [{ name: 'subjectAltName', altNames }] : []),
+      octetStringExt('2.5.29.37', derSequence(...ROLE_EKUS[role].map(oidDer))),
+      { name: 'subjectAltName', altNames },
       octetStringExt('2.5.29.14', derTlv(0x04, keyIdentifier(req.spki))),
       // AuthorityKeyIdentifier ::= SEQUENCE { keyIdentifier [0] IMPLICIT OCTET STRING }
       octetStringExt('2.5.29.35', derSequence(derTlv(0x80, keyIdentifier(caSpki)))),
@@ -219,4 +283,41 @@ export function certificateChainsTo(certPem: string, caPem: string, at = new Dat
   const ca = new X509Certificate(caPem);
   if (!cert.checkIssued(ca) || !cert.verify(ca.publicKey)) return false;
   return new Date(cert.validFrom) <= at && at <= new Date(cert.validTo);
+}
+
+/**
+ * `checkServerIdentity` for every client of the CAS: the normal host check, and the certificate must
+ * carry the CAS role (URI SAN + EKU) and no service identity. A service certificate that names the CAS
+ * host (owners choose service names) is thereby useless for impersonating the CAS.
+ */
+export function checkCasServerIdentity(host: string, cert: PeerCertificate): Error | undefined {
+  const hostError = tlsCheckServerIdentity(host, cert);
+  if (hostError) return hostError;
+  const uris = sanUris(cert.subjectaltname);
+  const ekus = cert.ext_key_usage ?? [];
+  if (!uris.includes(ROLE_URI.cas) || !ekus.includes(OID_EKU_CAS_SERVER)
+    || uris.some((u) => u === ROLE_URI.service || u.startsWith('urn:cdbp:service:')) || ekus.includes(OID_EKU_SERVICE)) {
+    return new CdbpError('CAS_IDENTITY_INVALID',
+      `the server at ${host} has a certificate from the CAS CA but not the CAS role (${ROLE_URI.cas}): refusing to talk to it as the CAS`);
+  }
+  return undefined;
+}
+
+/**
+ * Checks the CAS's answer-signing certificate against the pinned CA (chain, validity, role) and returns
+ * its Ed25519 public key: the key that signs attest and counter answers.
+ */
+export function verifyCasSigningCert(certPem: string, caPem: string): KeyObject {
+  let cert: X509Certificate;
+  try {
+    cert = new X509Certificate(certPem);
+  } catch {
+    throw new CdbpError('CAS_IDENTITY_INVALID', 'CAS signing certificate is not a certificate');
+  }
+  const ekus = cert.keyUsage ?? [];
+  if (!certificateChainsTo(certPem, caPem) || !sanUris(cert.subjectAltName).includes(ROLE_URI['cas-signing'])
+    || !ekus.includes(OID_EKU_CAS_SIGNING) || cert.publicKey.asymmetricKeyType !== 'ed25519') {
+    throw new CdbpError('CAS_IDENTITY_INVALID', 'CAS signing certificate does not chain to the pinned CA or lacks the cas-signing role');
+  }
+  return cert.publicKey;
 }

@@ -46,7 +46,9 @@ export type ErrorCode =
   // appended by the CAS
   | 'BODY_TOO_LARGE'
   | 'RATE_LIMITED'
-  | 'SEALING_UNAVAILABLE';
+  | 'SEALING_UNAVAILABLE'
+  // appended by the CAS hardening (review finding 6)
+  | 'CAS_IDENTITY_INVALID';
 
 export class CdbpError extends Error {
   readonly code: ErrorCode;

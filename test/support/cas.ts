@@ -7,7 +7,7 @@ import { existsSync, readFileSync, mkdirSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { generatePlatformKey } from '../../src/attestation/simulated.ts';
-import { generateSigningKeyPair, type SigningKeyPair } from '../../src/crypto/ed25519.ts';
+import { generateSigningKeyPair, readSigningKeyFile, writeSigningKeyFile, type SigningKeyPair } from '../../src/crypto/ed25519.ts';
 import { measureShippedCode } from '../../src/attestation/measurement.ts';
 import { applySignedPolicy, buildPolicy, signPolicy, type BuildPolicyOptions, type SignedPolicy } from '../../cas/policy.ts';
 
@@ -22,6 +22,12 @@ export interface TestCas {
   /** Simulated platform private key file (give it to SimulatedProvider) and its .pub. */
   platformKeyFile: string;
   platformPublicKeyFile: string;
+  /**
+   * The owner key applyTestPolicy signs with by default: a CAS binds its first policy's owner and then
+   * lets only that owner create services, so one test CAS has one default owner (kept next to its dir,
+   * so a restarted CAS gets the same one).
+   */
+  owner: SigningKeyPair;
   proc: ChildProcess;
   output(): string;
   /** SIGTERM and wait; resolves with the exit code. */
@@ -47,6 +53,9 @@ export async function startTestCas(o: StartTestCasOptions): Promise<TestCas> {
   const dir = o.dir ?? path.join(o.root, 'cas');
   const platformKeyFile = o.platformKeyFile ?? path.join(o.root, 'platform.key');
   if (!existsSync(platformKeyFile)) await generatePlatformKey(platformKeyFile);
+  const ownerFile = `${dir}.test-owner.key`;
+  if (!existsSync(ownerFile)) writeSigningKeyFile(ownerFile, await generateSigningKeyPair(), 'cdbp-owner-key/1');
+  const owner = readSigningKeyFile(ownerFile, 'cdbp-owner-key/1');
   const args = [path.join(REPO, 'bin', 'cdbp.js'), 'cas', '--dir', dir, '--port', '0',
     ...(o.allowSimulated === false ? [] : ['--allow-simulated', '--platform-public-key', `${platformKeyFile}.pub`]),
     ...(o.extraArgs ?? [])];
@@ -69,7 +78,7 @@ export async function startTestCas(o: StartTestCasOptions): Promise<TestCas> {
         if (info.pid === proc.pid) {
           return {
             url: info.url, caFile: info.caFile, caPem: readFileSync(info.caFile, 'utf8'), dir, platformKeyFile,
-            platformPublicKeyFile: `${platformKeyFile}.pub`, proc, output: () => out,
+            platformPublicKeyFile: `${platformKeyFile}.pub`, owner, proc, output: () => out,
             async stop() {
               if (exitCode !== undefined) return exitCode;
               proc.kill('SIGTERM');
@@ -104,10 +113,13 @@ export function runCdbp(args: string[], env: NodeJS.ProcessEnv = {}, timeoutMs =
   });
 }
 
-/** Signs and applies a policy for `service` allowing the current measurement in simulated mode. */
-export async function applyTestPolicy(cas: Pick<TestCas, 'url' | 'caPem'>, o: Partial<BuildPolicyOptions> & { service: string; owner?: SigningKeyPair }):
-  Promise<{ owner: SigningKeyPair; signed: SignedPolicy }> {
-  const owner = o.owner ?? await generateSigningKeyPair();
+/**
+ * Signs and applies a policy for `service` allowing the current measurement in simulated mode, with
+ * `o.owner`, else the test CAS's default owner, else a new key.
+ */
+export async function applyTestPolicy(cas: Pick<TestCas, 'url' | 'caPem'> & { owner?: SigningKeyPair },
+  o: Partial<BuildPolicyOptions> & { service: string; owner?: SigningKeyPair }): Promise<{ owner: SigningKeyPair; signed: SignedPolicy }> {
+  const owner = o.owner ?? cas.owner ?? await generateSigningKeyPair();
   const signed = await signPolicy(buildPolicy({ measurements: [measureShippedCode()], teeModes: ['simulated'], ...o }), owner);
   await applySignedPolicy(cas.url, cas.caPem, signed);
   return { owner, signed };
