@@ -1,28 +1,34 @@
 /**
- * Command-phase forwarding. Two modes:
+ * Command-phase forwarding. Client→server is always scanned (client-scanner.ts): command starts are
+ * found (LOCAL INFILE data is not mistaken for commands) and a COM_CHANGE_USER to a forbidden user is
+ * refused before any of it reaches the database. Server→client has two modes:
  *
- * - No ack gate: `stream.pipe` both ways. Zero parsing, zero copies; backpressure comes from pipe
- *   (the source pauses when the destination's writable buffer passes its highWaterMark), half-close
- *   from pipe's `end` propagation.
+ * - No ack gate: `stream.pipe`. Zero parsing, zero copies; backpressure comes from pipe (the source
+ *   pauses when the destination's writable buffer passes its highWaterMark).
  * - With an ack gate: the server→client direction is scanned for packet boundaries (4-byte headers,
  *   remaining lengths; payload bytes are never copied, except up to INSPECT_BYTES of a packet split across
- *   two chunks). The client→server direction is scanned for command starts (sequence id 0). When the
- *   ResponseTracker says a packet ends a write acknowledgment outside a transaction, the gate is asked;
+ *   two chunks) and the ResponseTracker follows the command/response grammar. When it says a packet ends
+ *   the acknowledgment of a possible write outside a transaction, the gate is asked;
  *   if it returns a promise, everything before that packet is written, the backend is paused, and the
  *   packet (and anything after it) is released when the promise resolves. On rejection the client gets
  *   an ERR instead of the OK, and the session ends: the client must not believe a write is durable.
+ *
+ * A refused change-user: the bytes before it are forwarded, the backend's write side is ended (so the
+ * database answers the commands before it, in order, then closes), and when the backend has ended the
+ * client receives ERR 1045 as the answer to the change-user, then the end of the connection.
  */
 import type { Duplex } from 'node:stream';
 import { PACKET_HEADER_SIZE, MAX_PACKET_PAYLOAD, ProxyErrno } from './constants.ts';
 import { encodeErrPacket, readPayloadLength } from './codec.ts';
 import { INSPECT_BYTES, ResponseTracker } from './tracker.ts';
-import { STATEMENT_PREFIX_BYTES } from './statement-class.ts';
+import { ClientScanner } from './client-scanner.ts';
+import { forbiddenUserErr } from './forbidden-user.ts';
 
 export interface AckGate {
   /**
-   * Called when the server sends an OK packet ending a client command outside a transaction
-   * (SERVER_STATUS_IN_TRANS clear); return a promise to hold the ack until it resolves (reject → send
-   * the client an ERR instead and close), or undefined to pass through.
+   * Called when the server sends the packet ending the acknowledgment of a possible write outside a
+   * transaction (SERVER_STATUS_IN_TRANS clear, or an implicit commit); return a promise to hold the ack
+   * until it resolves (reject → send the client an ERR instead and close), or undefined to pass through.
    */
   holdAck(): Promise<void> | undefined;
 }
@@ -30,23 +36,92 @@ export interface AckGate {
 export interface PumpEvents {
   /** The gate refused an acknowledgment; the ERR has been queued and the client end()ed. */
   onAckRefused(err: unknown): void;
+  /** A COM_CHANGE_USER named a forbidden user: it was not forwarded; the ERR follows once the backend ends. */
+  onForbiddenChangeUser(user: string): void;
+}
+
+export interface PumpOptions {
+  /** User names a COM_CHANGE_USER may not switch to (session.ts's login rule). */
+  forbiddenUsers: ReadonlySet<string>;
+  /** Client bytes that arrived before the pump started (commands pipelined before the login OK). */
+  initialClientBytes?: Buffer[];
+  /** Server bytes that arrived before the pump started. */
+  initialServerBytes?: Buffer;
 }
 
 export interface Pump {
-  /** Plaintext bytes client→server and server→client forwarded by this pump. */
+  /** An acknowledgment is being held by the gate. */
   readonly holding: boolean;
 }
 
-export function startPump(client: Duplex, backend: Duplex, capabilities: bigint, gate: AckGate | undefined, events: PumpEvents): Pump {
-  if (!gate) {
-    client.pipe(backend);
-    backend.pipe(client);
-    return { holding: false };
-  }
-  return new GatedPump(client, backend, new ResponseTracker(capabilities), gate, events);
+export function startPump(client: Duplex, backend: Duplex, capabilities: bigint, gate: AckGate | undefined, events: PumpEvents, opts: PumpOptions): Pump {
+  const pump = gate
+    ? new GatedPump(client, backend, new ResponseTracker(capabilities), gate, events, opts.forbiddenUsers)
+    : new PipedPump(client, backend, events, opts.forbiddenUsers);
+  pump.start(opts.initialClientBytes ?? [], opts.initialServerBytes);
+  return pump;
 }
 
-class GatedPump implements Pump {
+/** The answer to a refused change-user (the command had seq 0, so its answer has seq 1). */
+function forbiddenChangeUserPacket(user: string): Buffer {
+  return encodeErrPacket(1, forbiddenUserErr(user, 'change_user'));
+}
+
+/** Client→server half shared by both modes: scan, forward, backpressure, refusal. */
+abstract class ClientSide {
+  protected finalPacket: Buffer | undefined;
+  private stopped = false;
+
+  constructor(
+    protected readonly client: Duplex,
+    protected readonly backend: Duplex,
+    protected readonly scanner: ClientScanner,
+    protected readonly events: PumpEvents,
+  ) {}
+
+  protected startClientSide(initial: Buffer[]): void {
+    const { client, backend } = this;
+    for (const chunk of initial) this.fromClient(chunk);
+    client.on('data', (chunk: Buffer) => this.fromClient(chunk));
+    backend.on('drain', () => { if (!this.stopped) client.resume(); });
+    client.on('end', () => { if (!this.stopped) backend.end(); });
+  }
+
+  private fromClient(chunk: Buffer): void {
+    if (this.stopped) return;
+    const r = this.scanner.push(chunk);
+    if (r.forward.length > 0 && !this.backend.write(r.forward)) this.client.pause();
+    if (r.forbiddenUser !== undefined) {
+      this.stopped = true;
+      this.finalPacket = forbiddenChangeUserPacket(r.forbiddenUser);
+      // Let the database answer what came before, then close; the ERR goes out when the backend ends.
+      this.backend.end();
+      this.events.onForbiddenChangeUser(r.forbiddenUser);
+    }
+  }
+}
+
+class PipedPump extends ClientSide implements Pump {
+  readonly holding = false;
+
+  constructor(client: Duplex, backend: Duplex, events: PumpEvents, forbidden: ReadonlySet<string>) {
+    super(client, backend, new ClientScanner(forbidden), events);
+  }
+
+  start(initialClient: Buffer[], initialServer: Buffer | undefined): void {
+    if (initialServer && initialServer.length > 0) this.client.write(initialServer);
+    this.startClientSide(initialClient);
+    this.backend.pipe(this.client, { end: false });
+    this.backend.on('end', () => {
+      if (this.finalPacket) this.client.end(this.finalPacket);
+      else this.client.end();
+    });
+    // The handshake readers paused both sockets when they detached; pipe() resumes the backend.
+    this.client.resume();
+  }
+}
+
+class GatedPump extends ClientSide implements Pump {
   // server → client scanning state
   private buf: Buffer = Buffer.alloc(0);
   private pos = 0;
@@ -57,36 +132,21 @@ class GatedPump implements Pump {
   holding = false;
   private refused = false;
   private backendEnded = false;
-  // client → server scanning state
-  private cSkip = 0;
-  private cContinuation = false;
-  private cCarry: Buffer | undefined;
-
   constructor(
-    private readonly client: Duplex,
-    private readonly backend: Duplex,
+    client: Duplex,
+    backend: Duplex,
     private readonly tracker: ResponseTracker,
     private readonly gate: AckGate,
-    private readonly events: PumpEvents,
+    events: PumpEvents,
+    forbidden: ReadonlySet<string>,
   ) {
-    client.on('data', (chunk: Buffer) => {
-      this.scanClient(chunk);
-      if (!backend.write(chunk)) client.pause();
-    });
-    backend.on('drain', () => client.resume());
-    client.on('end', () => backend.end());
+    super(client, backend, new ClientScanner(forbidden, tracker), events);
+  }
 
-    backend.on('data', (chunk: Buffer) => {
-      if (this.refused) return;
-      if (this.carry) {
-        chunk = Buffer.concat([this.carry, chunk]);
-        this.carry = undefined;
-      }
-      this.buf = chunk;
-      this.pos = 0;
-      this.written = 0;
-      this.processServer();
-    });
+  start(initialClient: Buffer[], initialServer: Buffer | undefined): void {
+    const { client, backend } = this;
+    this.startClientSide(initialClient);
+    backend.on('data', (chunk: Buffer) => this.fromServer(chunk));
     client.on('drain', () => {
       if (!this.holding) backend.resume();
     });
@@ -94,16 +154,30 @@ class GatedPump implements Pump {
       this.backendEnded = true;
       if (!this.holding) this.endClient();
     });
+    if (initialServer && initialServer.length > 0) this.fromServer(initialServer);
     // The handshake readers paused both sockets when they detached; unlike pipe(), adding a 'data'
     // listener does not resume an explicitly paused stream.
     client.resume();
-    backend.resume();
+    if (!this.holding) backend.resume();
+  }
+
+  private fromServer(chunk: Buffer): void {
+    if (this.refused) return;
+    if (this.carry) {
+      chunk = Buffer.concat([this.carry, chunk]);
+      this.carry = undefined;
+    }
+    this.buf = chunk;
+    this.pos = 0;
+    this.written = 0;
+    this.processServer();
   }
 
   private endClient(): void {
     if (this.carry) this.client.write(this.carry);
     this.carry = undefined;
-    this.client.end();
+    if (this.finalPacket) this.client.end(this.finalPacket);
+    else this.client.end();
   }
 
   private processServer(): void {
@@ -167,44 +241,6 @@ class GatedPump implements Pump {
       const ok = this.client.write(this.written === 0 && flushEnd === buf.length ? buf : buf.subarray(this.written, flushEnd));
       this.written = flushEnd;
       if (!ok) this.backend.pause();
-    }
-  }
-
-  private scanClient(chunk: Buffer): void {
-    let buf = chunk;
-    if (this.cCarry) {
-      buf = Buffer.concat([this.cCarry, chunk]);
-      this.cCarry = undefined;
-    }
-    let pos = 0;
-    while (pos < buf.length) {
-      if (this.cSkip > 0) {
-        const n = Math.min(this.cSkip, buf.length - pos);
-        pos += n;
-        this.cSkip -= n;
-        continue;
-      }
-      if (buf.length - pos < PACKET_HEADER_SIZE + 1) {
-        this.cCarry = Buffer.from(buf.subarray(pos));
-        return;
-      }
-      const length = readPayloadLength(buf, pos);
-      const seq = buf[pos + 3]!;
-      const isContinuation = this.cContinuation;
-      const starts = !isContinuation && seq === 0 && length > 0;
-      // A command's first bytes (command byte + start of a query's text) must be contiguous to classify it.
-      const need = starts ? Math.min(length, 1 + STATEMENT_PREFIX_BYTES) : 0;
-      if (starts && buf.length - pos < PACKET_HEADER_SIZE + need) {
-        this.cCarry = Buffer.from(buf.subarray(pos));
-        return;
-      }
-      this.cContinuation = length === MAX_PACKET_PAYLOAD;
-      if (starts) {
-        const body = pos + PACKET_HEADER_SIZE;
-        this.tracker.commandStarted(buf[body]!, buf.subarray(body + 1, body + need));
-      }
-      pos += PACKET_HEADER_SIZE;
-      this.cSkip = length;
     }
   }
 }

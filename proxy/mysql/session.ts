@@ -31,6 +31,7 @@ import {
 } from './codec.ts';
 import { FramedReader } from './reader.ts';
 import { startPump, type AckGate } from './pump.ts';
+import { forbiddenUserErr, isForbiddenUser } from './forbidden-user.ts';
 
 export type BackendTarget =
   | { socket: string }
@@ -219,11 +220,10 @@ export class MysqlSession {
     this.lastClientSeq = packet.seq;
     if (hello.isSslRequest) throw new CdbpError('PROTOCOL_VIOLATION', 'second SSLRequest inside TLS');
     this.record.user = hello.user;
-    if (hello.user !== undefined && this.ctx.forbiddenUsers.has(hello.user)) {
+    if (isForbiddenUser(this.ctx.forbiddenUsers, hello.user)) {
       this.ctx.metrics.refused('forbidden_user');
-      this.refuse('forbidden_user', ProxyErrno.ACCESS_DENIED,
-        `Access denied for user '${hello.user}' through this proxy: the name matches the proxy's own OS account, which unix_socket authentication would accept without a password`,
-        packet.seq + 1);
+      const err = forbiddenUserErr(hello.user!, 'login');
+      this.refuse('forbidden_user', err, err.message, packet.seq + 1);
       return;
     }
     if (hello.capabilities & CAPS_NEVER_ADVERTISED) {
@@ -270,7 +270,8 @@ export class MysqlSession {
 
   private onClientAuthPacket(packet: Packet): void {
     if (packet.seq === 0) {
-      // A command pipelined before the auth OK: forward it untouched once authenticated.
+      // A command pipelined before the auth OK: it goes through the pump (scanner, tracker) once
+      // authenticated, like any other command.
       this.heldClientPackets.push(packet);
       return;
     }
@@ -300,10 +301,11 @@ export class MysqlSession {
     const backend = this.backend!;
     const clientRest = this.clientReader!.detach();
     const backendRest = this.backendReader!.detach();
-    for (const p of this.heldClientPackets) backend.write(encodePacket(p.seq, p.payload));
+    // Commands pipelined before the login OK enter the pump like any later command: the change-user
+    // check and the response tracker must see them, or the tracker would be out of step for good.
+    const initialClientBytes = this.heldClientPackets.map((p) => encodePacket(p.seq, p.payload));
     this.heldClientPackets.length = 0;
-    if (clientRest.length > 0) backend.write(clientRest);
-    if (backendRest.length > 0) clientTls.write(backendRest);
+    if (clientRest.length > 0) initialClientBytes.push(clientRest);
     if (this.ctx.limits.idleTimeoutMs > 0) {
       clientTls.setTimeout(this.ctx.limits.idleTimeoutMs, () => this.finish('idle_timeout'));
     }
@@ -313,7 +315,13 @@ export class MysqlSession {
         this.error = asCdbpError(err).message;
         this.scheduleGrace();
       },
-    });
+      onForbiddenChangeUser: (user) => {
+        this.ctx.metrics.refused('forbidden_user');
+        this.outcome = 'forbidden_user';
+        this.error = `COM_CHANGE_USER to '${user}' refused (the proxy's own OS account)`;
+        this.scheduleGrace();
+      },
+    }, { forbiddenUsers: this.ctx.forbiddenUsers, initialClientBytes, initialServerBytes: backendRest });
   }
 
   // ------------------------------------------------------------------------------------------
