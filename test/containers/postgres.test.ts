@@ -4,7 +4,8 @@
  * on: setup, cas, policy-pg, postgres), the operator's account bootstrap with `docker exec -u postgres
  * psql`, the host's stock `psql` writing and reading through the proxy with sslmode=verify-full pinned to
  * the CAS root CA, the logins that must NOT work through the proxy, a proxy restart that re-verifies the
- * sealed freshness record, and a teardown that leaves nothing behind.
+ * sealed freshness record, a rolled-back copy of the untrusted volume refused, and a teardown that
+ * leaves nothing behind.
  *
  * Needs DOCKER_HOST (a local engine; .ci/containers starts a private one), docker-compose v1 and psql.
  */
@@ -29,6 +30,7 @@ const env: Record<string, string> = {
   CDBP_DRAIN_DELAY_MS: '0',
 };
 const stack = new ComposeProject(project, env, ['postgres']);
+const snapshotVolume = `${project}_pgsnapshot`;
 const appPassword = randomBytes(18).toString('base64url');
 const marker = `cdbp-pg-${randomBytes(8).toString('hex')}`;
 const work = mkdtempSync(path.join(os.tmpdir(), 'cdbp-containers-pg-'));
@@ -79,7 +81,7 @@ describe('compose profile postgres (docker-compose v1, private Docker engine)', 
 
   after(async () => {
     // Safety net for a failed run; the last test asserts the normal teardown leaves nothing.
-    await stack.forceRemove().catch(() => undefined);
+    await stack.forceRemove([snapshotVolume]).catch(() => undefined);
     rmSync(work, { recursive: true, force: true });
   });
 
@@ -160,10 +162,58 @@ describe('compose profile postgres (docker-compose v1, private Docker engine)', 
     assert.deepEqual(ls.stdout.trim().split('\n'), ['freshness-postgres.sealed', '15']);
   });
 
+  it('refuses a rolled-back copy of pg-untrusted (503, ROLLBACK_DETECTED) until the owner recovers', async () => {
+    // Proxy first: it drains and seals a final epoch; then PostgreSQL (fast shutdown, clean checkpoint).
+    const stopBoth = async () => {
+      await stack.composeOk(['stop', '-t', '30', 'proxy-pg']);
+      await stack.composeOk(['stop', '-t', '30', 'postgres']);
+    };
+    const startBoth = () => stack.composeOk(['up', '-d', '--no-build', 'postgres', 'proxy-pg'], { timeoutMs: 180_000 });
+    await stopBoth();
+    const snap = await withVolumes([[stack.volume('pg-untrusted'), '/from', 'ro'], [snapshotVolume, '/to']], 'cp -a /from/. /to/');
+    assert.equal(snap.code, 0, snap.stderr);
+    await startBoth();
+    const url = await ops();
+    await waitFor('proxy-pg ready on the current volume', async () => ((await fetchJson(`${url}/readyz`))?.status === 200 ? true : undefined), 120_000);
+    const later = await psql('app', "INSERT INTO notes VALUES (2, 'after-snapshot'); SELECT count(*) FROM notes", { password: appPassword });
+    assert.equal(later.code, 0, later.stderr);
+    assert.equal(later.stdout.trim().split('\n').at(-1), '2');
+    await stopBoth();
+    const restore = await withVolumes([[stack.volume('pg-untrusted'), '/to'], [snapshotVolume, '/from', 'ro']],
+      'find /to -mindepth 1 -delete && cp -a /from/. /to/');
+    assert.equal(restore.code, 0, restore.stderr);
+    await startBoth();
+    const url2 = await ops();
+    const decided = await waitFor('proxy-pg to decide on the rolled-back volume', async () => {
+      const st = await fetchJson(`${url2}/v1/status`);
+      const state = (st?.body.lifecycle as { state?: string } | undefined)?.state;
+      return state === 'failed' || state === 'ready' ? st : undefined;
+    }, 120_000);
+    const lifecycle = decided.body.lifecycle as { state: string; reason?: { code: string; message: string } };
+    assert.equal(lifecycle.state, 'failed', 'proxy-pg accepted a rolled-back volume');
+    assert.equal(lifecycle.reason?.code, 'ROLLBACK_DETECTED');
+    assert.equal((await fetchJson(`${url2}/readyz`))?.status, 503);
+    const sql = await psql('app', 'SELECT count(*) FROM notes', { password: appPassword });
+    assert.notEqual(sql.code, 0, 'the rolled-back database answered through the proxy');
+
+    // A legitimate restore: the owner re-anchors the CAS counter to the restored record (the README's
+    // command), restarts proxy-pg, and the restored data is served again.
+    await stack.composeOk(['run', '--rm', '--no-deps', '-v', `${stack.volume('pg-untrusted')}:/srv/untrusted:ro`, 'policy-pg',
+      'node', '/app/bin/cdbp.js', 'recover', '--cas', 'https://cas:8700', '--ca', '/srv/cas-public/ca.pem',
+      '--owner-key', '/keys/owner/owner.key', '--service', 'postgres', '--record', '/srv/untrusted/freshness/freshness-postgres.sealed'],
+    { timeoutMs: 120_000 });
+    await stack.composeOk(['restart', '-t', '30', 'proxy-pg']);
+    await waitFor('proxy-pg ready after the owner\'s recovery', async () => ((await fetchJson(`${url2}/readyz`))?.status === 200 ? true : undefined), 120_000);
+    const restored = await psql('app', 'SELECT count(*) FROM notes', { password: appPassword });
+    assert.equal(restored.code, 0, restored.stderr);
+    assert.equal(restored.stdout.trim(), '1', 'the restored (older) data');
+  });
+
   it('tears down without leaving containers, volumes or networks', async () => {
     assert.ok(environment, 'stack was not started');
     await environment.down({ removeVolumes: true, timeout: 30_000 });
     environment = undefined;
-    assert.deepEqual(await stack.leftovers(), []);
+    await runOk('docker', ['volume', 'rm', snapshotVolume]);
+    assert.deepEqual(await stack.leftovers([snapshotVolume]), []);
   });
 });
