@@ -147,3 +147,89 @@ test('a pass-through gate (always undefined) keeps every feature working: big ro
     }
   });
 });
+
+test('strict holds cover every acknowledgment of a possible write: RETURNING result sets (text and prepared), implicit commits, SET PASSWORD / SET STATEMENT, BEGIN NOT ATOMIC; prepared reads stay unheld', async () => {
+  const gate = new TestGate();
+  await db.rootQuery("CREATE USER IF NOT EXISTS 'rot'@'%' IDENTIFIED BY 'x1'");
+  await withGate(gate, async (port) => {
+    const conn = await mariadb.createConnection({ host: '127.0.0.1', port, user: db.user, password: db.password, database: 'test', ssl: { ca: pki.caPem } });
+    const c2 = await mysql2.createConnection({ host: '127.0.0.1', port, user: db.user, password: db.password, database: 'test', ssl: { ca: pki.caPem } });
+    const held = async (label: string, f: () => Promise<unknown>) => {
+      const before = gate.calls;
+      await f();
+      return [label, gate.calls > before] as const;
+    };
+    try {
+      const results = [
+        await held('text INSERT ... RETURNING', () => conn.query("INSERT INTO g (v) VALUES ('r1') RETURNING id")),
+        await held('prepared INSERT ... RETURNING (mariadb)', () => conn.execute('INSERT INTO g (v) VALUES (?) RETURNING id', ['r2'])),
+        await held('prepared DELETE ... RETURNING (mysql2)', () => c2.execute("DELETE FROM g WHERE v = ? RETURNING id", ['r2'])),
+        await held('SET STATEMENT ... FOR INSERT', () => conn.query("SET STATEMENT max_statement_time=100 FOR INSERT INTO g (v) VALUES ('s')")),
+        await held('BEGIN NOT ATOMIC', () => conn.query("BEGIN NOT ATOMIC INSERT INTO g (v) VALUES ('na'); END")),
+        await held('SET PASSWORD', () => conn.query("SET PASSWORD FOR 'rot'@'%' = PASSWORD('x2')")),
+      ];
+      await conn.query('BEGIN');
+      await conn.query("INSERT INTO g (v) VALUES ('implicit')");
+      results.push(await held('BEGIN inside a transaction (implicit commit)', () => conn.query('BEGIN')));
+      await conn.query('ROLLBACK');
+      for (const [label, wasHeld] of results) assert.equal(wasHeld, true, label);
+      const reads = [
+        await held('BEGIN outside a transaction', () => conn.query('BEGIN')),
+        await held('prepared point select inside', () => conn.execute('SELECT v FROM g WHERE id = ?', [1])),
+        await held('ROLLBACK', () => conn.query('ROLLBACK')),
+        await held('prepared point select (mariadb)', () => conn.execute('SELECT v FROM g WHERE id = ?', [1])),
+        await held('prepared point select (mysql2)', () => c2.execute('SELECT v FROM g WHERE id = ?', [1])),
+        await held('SET NAMES', () => conn.query('SET NAMES utf8mb4')),
+      ];
+      for (const [label, wasHeld] of reads) assert.equal(wasHeld, false, label);
+    } finally {
+      await conn.end();
+      await c2.end();
+    }
+  });
+});
+
+test('LOAD DATA LOCAL INFILE (stock mariadb CLI, > 5 MB, sequence ids wrap) does not desynchronise tracking: each later INSERT is offered to the gate', async () => {
+  const { execFile } = await import('node:child_process');
+  const { promisify } = await import('node:util');
+  const { writeFileSync } = await import('node:fs');
+  const path = await import('node:path');
+  const { tempDir } = await import('../support/tmp.ts');
+  const dir = tempDir('mysql-infile');
+  try {
+    await db.rootQuery('CREATE TABLE IF NOT EXISTS test.li (v VARCHAR(64)); SET GLOBAL local_infile=1');
+    const caFile = path.join(dir.path, 'ca.pem');
+    writeFileSync(caFile, pki.caPem);
+    const dataFile = path.join(dir.path, 'data.txt');
+    const lines = Array.from({ length: 800_000 }, (_, i) => `${100000 + i}`).join('\n') + '\n';
+    assert.ok(lines.length > 5_000_000);
+    writeFileSync(dataFile, lines);
+    const gate = new TestGate();
+    await withGate(gate, async (port) => {
+      const run = async (sql: string) => {
+        const before = gate.calls;
+        await promisify(execFile)('mariadb', ['--connect-timeout=5', `--ssl-ca=${caFile}`, '--ssl-verify-server-cert', '-h', 'localhost', '-P', String(port),
+          '-u', db.user, `-p${db.password}`, '--local-infile=1', 'test', '-e', sql], { timeout: 30_000 });
+        return gate.calls - before;
+      };
+      const inserts = "INSERT INTO li VALUES ('a'); INSERT INTO li VALUES ('b'); INSERT INTO li VALUES ('c');";
+      assert.equal(await run(inserts), 3);
+      assert.equal(await run(`LOAD DATA LOCAL INFILE '${dataFile}' INTO TABLE li; ${inserts}`), 4, 'the LOAD and each of the 3 INSERTs');
+    });
+    const rows = await db.rootQuery('SELECT COUNT(*) AS n FROM test.li');
+    assert.equal(Number(rows[0].n), 800_006);
+  } finally {
+    dir.remove();
+  }
+});
+
+test('COM_CHANGE_USER to the proxy\'s OS account is refused with an ack gate too', async () => {
+  const osUser = (await import('node:os')).userInfo().username;
+  const gate = new TestGate();
+  await withGate(gate, async (port) => {
+    const conn = await mariadb.createConnection({ host: '127.0.0.1', port, user: db.user, password: db.password, ssl: { ca: pki.caPem } });
+    conn.on('error', () => {});
+    await assert.rejects(conn.changeUser({ user: osUser, password: '' }), (e: any) => e.errno === 1045 && e.sqlState === '28000' && /OS account/.test(e.message));
+    await conn.end().catch(() => {});
+  });
+});

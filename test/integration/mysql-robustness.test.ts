@@ -251,6 +251,75 @@ test('the proxy\'s own OS account name is refused on a unix-socket backend (unix
   });
 });
 
+test('COM_CHANGE_USER to the proxy\'s OS account is refused after login too (no gate: the plain pipe mode), with mysql2 and the mariadb connector', async () => {
+  const osUser = (await import('node:os')).userInfo().username;
+  const mariadb = (await import('mariadb')).default;
+  await withProxy({}, async (proxy, port) => {
+    const c2 = await connect2(port, { database: 'test' });
+    c2.on('error', () => {});
+    await assert.rejects(c2.changeUser({ user: osUser, password: '' }),
+      (e: any) => e.errno === 1045 && e.sqlState === '28000' && /COM_CHANGE_USER/.test(e.message) && /OS account/.test(e.message));
+    const cm = await mariadb.createConnection({ host: '127.0.0.1', port, user: db.user, password: db.password, ssl: { ca: pki.caPem } });
+    cm.on('error', () => {});
+    await assert.rejects(cm.changeUser({ user: osUser, password: '' }), (e: any) => e.errno === 1045 && /OS account/.test(e.message));
+    await assert.rejects(cm.query('SELECT CURRENT_USER()'), 'the session is closed, never switched');
+    await cm.end().catch(() => {});
+    c2.destroy();
+    // A change-user to an ordinary account still works.
+    const ok = await connect2(port);
+    await ok.changeUser({ user: db.user, password: db.password });
+    const [rows] = await ok.query('SELECT CURRENT_USER() AS u') as any;
+    assert.match(rows[0].u, new RegExp(`^${db.user}@`));
+    await ok.end();
+    const deadline = Date.now() + 3000;
+    while (proxy.stats().open > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    assert.equal(proxy.stats().open, 0);
+  });
+});
+
+test('commands pipelined before the login OK go through the pump: a change-user to the OS account is refused, and the gate sees a pipelined INSERT', async () => {
+  const osUser = (await import('node:os')).userInfo().username;
+  const changeUser = encodePacket(0, Buffer.concat([Buffer.from([0x11]), Buffer.from(`${osUser}\0`), Buffer.from([0]), Buffer.from('\0')]));
+  await withProxy({}, async (_p, port) => {
+    const { c, greeting } = await rawConnect(port);
+    c.sock.write(encodePacket(1, sslRequest()));
+    c.sock.removeAllListeners('data');
+    const t = tls.connect({ socket: c.sock as net.Socket, ca: pki.caPem, servername: 'localhost' });
+    await once(t, 'secureConnect');
+    const tc = new RawClient(t);
+    t.write(Buffer.concat([encodePacket(2, handshakeResponse(db.user, db.password, scrambleOf(greeting.payload))), comQuery('DO 1'), changeUser]));
+    const login = await tc.next();
+    assert.equal(login?.payload[0], 0x00, 'login OK');
+    const doOk = await tc.next();
+    assert.equal(doOk?.payload[0], 0x00, 'the command before it is answered');
+    const err = await tc.next();
+    assert.ok(err && err.payload[0] === 0xff, 'then an ERR for the change-user');
+    assert.equal(err.seq, 1);
+    assert.equal(decodeErr(err.payload).errno, 1045);
+    assert.equal(await tc.untilClosed(), true, 'and the session is closed');
+  });
+  let calls = 0;
+  const gate = { holdAck() { calls++; return undefined; } };
+  await db.rootQuery('CREATE TABLE IF NOT EXISTS test.pipelined (v INT)');
+  await withProxy({ ackGate: gate }, async (_p, port) => {
+    const { c, greeting } = await rawConnect(port);
+    c.sock.write(encodePacket(1, sslRequest()));
+    c.sock.removeAllListeners('data');
+    const t = tls.connect({ socket: c.sock as net.Socket, ca: pki.caPem, servername: 'localhost' });
+    await once(t, 'secureConnect');
+    const tc = new RawClient(t);
+    t.write(Buffer.concat([encodePacket(2, handshakeResponse(db.user, db.password, scrambleOf(greeting.payload))),
+      comQuery('INSERT INTO test.pipelined VALUES (1)')]));
+    assert.equal((await tc.next())?.payload[0], 0x00, 'login OK');
+    assert.equal((await tc.next())?.payload[0], 0x00, 'INSERT OK');
+    assert.equal(calls, 1, 'the pipelined INSERT was tracked and its OK offered to the gate');
+    tc.sock.write(comQuery('INSERT INTO test.pipelined VALUES (2)'));
+    assert.equal((await tc.next())?.payload[0], 0x00);
+    assert.equal(calls, 2, 'and the tracker is still in step');
+    tc.sock.destroy();
+  });
+});
+
 test('half-close: a client that sends a query and shuts its write side still receives the whole result', async () => {
   await withProxy({}, async (_p, port) => {
     const { c, reply } = await rawLogin(port);
