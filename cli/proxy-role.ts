@@ -237,7 +237,9 @@ export class ProxyRole {
       });
     }
     if (!socketDir) throw new CdbpError('CONFIG_INVALID', 'engine=postgres needs CDBP_PG_BACKEND_SOCKET_DIR or CDBP_MANAGE_POSTGRES');
-    const positions = new PostgresPositionSource({ socketDir, port: config.pgBackendPort, user: config.pgMonitorUser });
+    const positions = new PostgresPositionSource({
+      socketDir, port: config.pgBackendPort, user: config.pgMonitorUser, password: config.monitorPassword,
+    });
     this.positions = positions;
     if (!config.managePostgres) await waitForBackend(positions, log);
     await this.guard!.verifyOnline(positions);
@@ -250,6 +252,8 @@ export class ProxyRole {
       limits: { maxConnections: config.maxConnections, handshakeTimeoutMs: config.handshakeTimeoutMs },
       log, metrics: this.metrics,
       ...(config.freshness === 'strict' ? { ackGate: this.guard! } : {}),
+      // The managed server trusts its superuser (our monitor account) on the socket: clients may not use it.
+      forbiddenUsers: [config.pgMonitorUser],
     });
     this.pgAddress = await this.pg.listen();
   }

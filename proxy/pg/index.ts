@@ -4,6 +4,7 @@
  * then pipes frames. The composition root gives it a TLS identity, a backend and a logger.
  */
 import net from 'node:net';
+import os from 'node:os';
 import type { Logger } from '../../src/kernel/log.ts';
 import { CdbpError } from '../../src/kernel/errors.ts';
 import { ConnectionLimiter, type ConnectionSlot } from '../shared/connection-limiter.ts';
@@ -28,6 +29,12 @@ export interface PgProxyOptions {
   metrics?: MetricsRegistry;
   /** Freshness hook: may hold idle acknowledgments (see ack-gate.ts). */
   ackGate?: AckGate;
+  /**
+   * User names clients may not log in as. On a unix-socket backend the proxy's own OS user is always
+   * refused (peer authentication would see the proxy process); add accounts that trust the socket, such
+   * as the proxy's monitoring superuser.
+   */
+  forbiddenUsers?: string[];
 }
 
 export interface PgProxyStats {
@@ -75,6 +82,7 @@ export function createPgProxy(opts: PgProxyOptions): PgProxy {
     backend: opts.backend,
     cancels,
     ackGate: opts.ackGate,
+    forbiddenUsers: new Set([...('socketDir' in opts.backend ? [os.userInfo().username] : []), ...(opts.forbiddenUsers ?? [])]),
     secureContext: () => identity.context,
     tryAcquireSlot: (): ConnectionSlot | undefined => limiter.tryAcquire(),
     onClosed: (s: PgSession) => {

@@ -8,7 +8,7 @@ import { MetricsRegistry, type Counter, type Gauge } from '../../src/kernel/metr
 const P = { protocol: 'pg' } as const;
 
 export type RefusalReason = 'max_connections' | 'overload' | 'plaintext' | 'protocol_violation' | 'frame_too_large'
-  | 'no_alpn' | 'backend_unavailable' | 'draining';
+  | 'no_alpn' | 'backend_unavailable' | 'draining' | 'forbidden_user';
 export type CancelOutcome = 'forwarded' | 'unknown_key' | 'failed';
 
 export class PgMetrics {

@@ -59,6 +59,8 @@ export interface SessionEnv {
   backend: PgBackend;
   cancels: CancelRegistry;
   ackGate: AckGate | undefined;
+  /** Names refused at startup (accounts the backend would trust from the proxy's own socket peer). */
+  forbiddenUsers: ReadonlySet<string>;
   secureContext(): tls.SecureContext;
   /** Takes a backend slot; undefined when maxConnections are in use. */
   tryAcquireSlot(): ConnectionSlot | undefined;
@@ -197,6 +199,12 @@ export class PgSession {
     if (!this.user) {
       reader.detach();
       return this.endWithError(SqlState.invalidAuthorizationSpecification, 'no PostgreSQL user name specified in startup packet', 'no user');
+    }
+    if (this.env.forbiddenUsers.has(this.user)) {
+      reader.detach();
+      this.env.metrics.refused('forbidden_user');
+      return this.endWithError(SqlState.invalidAuthorizationSpecification,
+        `role "${this.user}" may not log in through this proxy: the backend trusts it on the proxy's own socket`, 'forbidden user');
     }
 
     // Connection limit, checked before dialing so a full proxy costs the backend nothing.

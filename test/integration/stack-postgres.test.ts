@@ -37,6 +37,11 @@ test('cdbp up --postgres: psql over verify-full TLS, data survives a restart, a 
       { encoding: 'utf8', env: { ...process.env, PGPASSWORD: s.stack.postgres.password } });
     assert.notEqual(plain.status, 0);
     assert.match(plain.stderr, /TLS|SSL|encrypt/i);
+    // The managed server trusts its superuser on the socket; through the proxy that name is refused.
+    const su = spawnSync('psql', [`host=127.0.0.1 port=${s.stack.postgres.port} user=postgres dbname=postgres sslmode=verify-full sslrootcert=${s.stack.caFile}`,
+      '-At', '-c', 'select current_user'], { encoding: 'utf8', env: { ...process.env, PGPASSWORD: 'anything' } });
+    assert.notEqual(su.status, 0, `logged in as postgres through the proxy: ${su.stdout}`);
+    assert.match(su.stderr, /may not log in through this proxy/);
   } finally {
     assert.equal(await s.stop(), 0, s.output());
   }
