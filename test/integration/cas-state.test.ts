@@ -6,7 +6,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import path from 'node:path';
-import { copyFileSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { copyFileSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import https from 'node:https';
 import { tempDir } from '../support/tmp.ts';
 import { startTestCas, applyTestPolicy, runCdbp } from '../support/cas.ts';
 import { SimulatedProvider } from '../../src/attestation/simulated.ts';
@@ -205,4 +206,83 @@ test('owner CLI: policy init/new/sign/apply, then cdbp recover re-anchors the co
   const audit = readFileSync(path.join(cas.dir, 'audit.log'), 'utf8');
   assert.match(audit, /"event":"counter.recover".*"outcome":"ok"/);
   assert.match(audit, /"toValue":1/);
+});
+
+test('audit tail truncated, log rolled back or deleted: the CAS refuses to start (AUDIT_CHAIN_BROKEN) and audit verify reports it', async (t) => {
+  const tmp = tempDir('cas-trunc');
+  t.after(() => tmp.remove());
+  const cas = await startTestCas({ root: tmp.path });
+  await applyTestPolicy(cas, { service: 'x' });
+  assert.equal(await cas.stop(), 0);
+  const log = path.join(cas.dir, 'audit.log');
+  const older = readFileSync(log, 'utf8');
+  // More history, including a recovery an adversary would like to erase.
+  const again = await startTestCas({ root: tmp.path, dir: cas.dir, platformKeyFile: cas.platformKeyFile });
+  const p = await attestAndProvision({ casUrl: again.url, caPem: again.caPem, service: 'x', provider: new SimulatedProvider(again.platformKeyFile), tls: {} });
+  await p.counter.advance(0, 3, 'ab'.repeat(32));
+  const { nonce } = await casRequest<{ nonce: string }>(again.url, 'POST', '/v1/nonce', { purpose: 'recover' }, { caPem: again.caPem });
+  await casRequest(again.url, 'POST', '/v1/services/x/recover', await signRecovery({ service: 'x', value: 1, digest: 'cd'.repeat(32), nonce }, again.owner), { caPem: again.caPem });
+  (p.counter as { close?: () => void }).close?.();
+  assert.equal(await again.stop(), 0);
+  const current = readFileSync(log, 'utf8');
+  const lines = current.trim().split('\n');
+  assert.match(lines[lines.length - 1]!, /"event":"counter.recover"/);
+
+  const cases: Array<[string, string | undefined]> = [
+    ['last two entries removed (chain still valid)', lines.slice(0, -2).join('\n') + '\n'],
+    ['last entry removed', lines.slice(0, -1).join('\n') + '\n'],
+    ['rolled back to an older copy', older],
+    ['log deleted', undefined],
+  ];
+  for (const [what, text] of cases) {
+    if (text === undefined) rmSync(log); else writeFileSync(log, text);
+    const v = await runCdbp(['cas', 'audit', 'verify', '--dir', cas.dir]);
+    assert.equal(v.code, 1, `${what}: ${v.output}`);
+    if (text !== undefined) assert.match(v.output, /BROKEN.*(removed from the end|tail truncated|rolled back)/, what);
+    const start = await runCdbp(['cas', '--dir', cas.dir, '--port', '0']);
+    assert.equal(start.code, 1, `${what}: ${start.output}`);
+    assert.match(start.output, /AUDIT_CHAIN_BROKEN/, what);
+  }
+  // Without the sealing key, only the chain can be checked, and the output says so.
+  writeFileSync(log, lines.slice(0, -2).join('\n') + '\n');
+  const noKey = await runCdbp(['cas', 'audit', 'verify', '--dir', cas.dir, '--sealing-key-file', path.join(tmp.path, 'nope')]);
+  assert.equal(noKey.code, 0);
+  assert.match(noKey.output, /truncation not checked/);
+  // The intact log verifies and the CAS starts (and keeps anchoring).
+  writeFileSync(log, current);
+  const ok = await runCdbp(['cas', 'audit', 'verify', '--dir', cas.dir]);
+  assert.equal(ok.code, 0, ok.output);
+  assert.match(ok.output, new RegExp(`sealed anchor at entry ${lines.length} matches`));
+  const third = await startTestCas({ root: tmp.path, dir: cas.dir, platformKeyFile: cas.platformKeyFile });
+  assert.equal(await third.stop(), 0);
+  assert.match((await runCdbp(['cas', 'audit', 'verify', '--dir', cas.dir])).output, new RegExp(`audit log OK: ${lines.length + 1} entries`));
+});
+
+test('nonce flood: more than 10,000 nonces within their lifetime neither fail nor block attestation', async (t) => {
+  const tmp = tempDir('cas-flood');
+  t.after(() => tmp.remove());
+  const cas = await startTestCas({ root: tmp.path });
+  t.after(() => cas.stop());
+  await applyTestPolicy(cas, { service: 'f' });
+  const agent = new https.Agent({ ca: cas.caPem, keepAlive: true, maxSockets: 16 });
+  t.after(() => agent.destroy());
+  const total = 10_500;
+  let issued = 0;
+  const refused: string[] = [];
+  await Promise.all(Array.from({ length: 16 }, async () => {
+    while (issued + refused.length < total) {
+      try {
+        await casRequest(cas.url, 'POST', '/v1/nonce', { purpose: 'attest' }, { agent });
+        issued++;
+      } catch (e) {
+        refused.push((e as { code?: string }).code ?? String(e));
+      }
+    }
+  }));
+  assert.deepEqual(refused.slice(0, 3), []);
+  assert.ok(issued >= total);
+  // Attestation right after the flood (all those nonces are still within their 60 s).
+  const p = await attestAndProvision({ casUrl: cas.url, caPem: cas.caPem, service: 'f', provider: new SimulatedProvider(cas.platformKeyFile), tls: {} });
+  assert.equal(p.service, 'f');
+  (p.counter as { close?: () => void }).close?.();
 });
