@@ -54,8 +54,8 @@ test('roles: the CAS role comes only from `role`; service certificates fail the 
   };
   const cas = asPeer(leaf('cas'));
   const service = asPeer(leaf('service'));
-  assert.ok(cas.ext_key_usage.includes(OID_EKU_CAS_SERVER) && !cas.ext_key_usage.includes(OID_EKU_SERVICE));
-  assert.ok(service.ext_key_usage.includes(OID_EKU_SERVICE) && service.ext_key_usage.includes('1.3.6.1.5.5.7.3.2'));
+  assert.ok(cas.ext_key_usage!.includes(OID_EKU_CAS_SERVER) && !cas.ext_key_usage!.includes(OID_EKU_SERVICE));
+  assert.ok(service.ext_key_usage!.includes(OID_EKU_SERVICE) && service.ext_key_usage!.includes('1.3.6.1.5.5.7.3.2'));
   assert.equal(checkCasServerIdentity('127.0.0.1', cas), undefined);
   assert.equal(checkCasServerIdentity('localhost', cas), undefined);
   assert.ok(isCdbpError(checkCasServerIdentity('127.0.0.1', service), 'CAS_IDENTITY_INVALID'));
