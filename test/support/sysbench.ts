@@ -56,7 +56,8 @@ function writePems(t: SysbenchTarget): void {
   }
 }
 
-function commonArgs(t: SysbenchTarget): string[] {
+/** Connection and table arguments for a target (shared with bench/lib/sysbench.ts). */
+export function commonArgs(t: SysbenchTarget): string[] {
   return [
     '--db-driver=mysql', `--mysql-host=${t.host}`, `--mysql-port=${t.port}`, `--mysql-user=${t.user}`,
     `--mysql-password=${t.password}`, `--mysql-db=${t.db}`, `--tables=${t.tables ?? 1}`, `--table-size=${t.tableSize ?? 10000}`,
@@ -64,11 +65,12 @@ function commonArgs(t: SysbenchTarget): string[] {
   ];
 }
 
-function sysbench(t: SysbenchTarget, args: string[], timeoutMs: number): Promise<string> {
+/** Runs sysbench in the target's working directory (with its PEM files) and returns stdout. */
+export function sysbench(t: SysbenchTarget, args: string[], timeoutMs: number): Promise<string> {
   writePems(t);
   return new Promise((resolve, reject) => {
     execFile(findBinary('sysbench'), args, { cwd: t.cwd, timeout: timeoutMs, maxBuffer: 16 << 20 }, (err, stdout, stderr) => {
-      if (err) reject(new Error(`sysbench ${args[0]} ${args.at(-1)} failed: ${stderr || stdout || err.message}`));
+      if (err) reject(new Error(`sysbench ${args[0]} ${args.at(-1)} failed: ${(stderr || stdout || err.message).slice(0, 2000)}`));
       else resolve(stdout);
     });
   });
