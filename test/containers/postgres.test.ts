@@ -131,13 +131,14 @@ describe('compose profile postgres (docker-compose v1, private Docker engine)', 
     assert.notEqual(wrong.code, 0);
     assert.match(wrong.stderr, /password authentication failed for user "app"/);
     // Through the proxy every login comes from the proxy's OS user (cdbp): `postgres` is peer-only, so
-    // it is refused, and the monitor role `cdbp` needs its per-start password, which only the proxy has.
+    // it is refused; the monitor role `cdbp` is the proxy's own OS user name, which the proxy itself refuses
+    // before dialing (and which would need its per-start password, which only the proxy has).
     const superuser = await psql('postgres', 'SELECT 1', { db: 'postgres' });
     assert.notEqual(superuser.code, 0);
     assert.match(superuser.stderr, /Peer authentication failed for user "postgres"/);
     const monitor = await psql('cdbp', 'SELECT 1', { db: 'postgres', password: 'guess' });
     assert.notEqual(monitor.code, 0);
-    assert.match(monitor.stderr, /password authentication failed for user "cdbp"/);
+    assert.match(monitor.stderr, /role "cdbp" may not log in through this proxy/);
     // The per-start password stays on the tmpfs, readable by uid 10001 only (not the operator's OS user).
     const peek = await stack.compose(['exec', '-T', '-u', 'postgres', 'postgres', 'cat', '/run/cdbp-pg/monitor-password']);
     assert.notEqual(peek.code, 0);
