@@ -45,6 +45,9 @@ export function run(cmd: string, args: string[], opts: { input?: string; env?: R
       clearTimeout(timer);
       resolve({ code: code ?? (signal ? 128 : 1), stdout, stderr });
     });
+    // A command that exits without reading its stdin (docker exec ... cat) makes this write fail with
+    // EPIPE; its exit code and output are what the caller checks, so the write error is not one.
+    child.stdin.on('error', () => undefined);
     child.stdin.end(opts.input ?? '');
   });
 }
