@@ -262,7 +262,7 @@ function assertTraversableByOthers(dir: string): void {
 }
 
 /** Memory-backed runtime dir for this stack (tmpfs when /dev/shm exists), keyed by DIR. */
-function volatileDir(dir: string): string {
+export function volatileDir(dir: string): string {
   const base = existsSync('/dev/shm') ? '/dev/shm' : path.join(dir, 'run');
   return path.join(base, `cdbp-${createHash('sha256').update(dir).digest('hex').slice(0, 12)}`);
 }

@@ -6,20 +6,20 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { cpSync, readFileSync, rmSync, writeFileSync, existsSync, readdirSync } from 'node:fs';
 import { spawn, spawnSync } from 'node:child_process';
-import { createHash } from 'node:crypto';
 import path from 'node:path';
-import { startStack, expectStackFailure, connectThroughProxy, alive, CLI, type RunningStack } from '../support/stack.ts';
+import { startStack, expectStackFailure, connectThroughProxy, alive, removeStackVolatile, CLI, type RunningStack } from '../support/stack.ts';
 import { startTestCas, runCdbp } from '../support/cas.ts';
 import { peekRecordHeader } from '../../proxy/freshness/record.ts';
 import { freePort } from '../../src/kernel/net.ts';
 import { tempDir } from '../support/tmp.ts';
+import { volatileDir } from '../../cli/commands/up.ts';
 
 const SERVICE = 'mariadb';
 const recordFile = (untrusted: string) => path.join(untrusted, `freshness-${SERVICE}.sealed`);
 
 /** The stack's tmpfs dir (Aria log, temp tables) is keyed by DIR; a restored volume starts with it empty, as after a reboot. */
 function wipeVolatile(dir: string): void {
-  rmSync(path.join('/dev/shm', `cdbp-${createHash('sha256').update(dir).digest('hex').slice(0, 12)}`), { recursive: true, force: true });
+  rmSync(volatileDir(dir), { recursive: true, force: true });
 }
 
 function snapshot(untrusted: string, to: string): void {
@@ -70,6 +70,7 @@ test('rolled-back volume, record or datadir and a forged record are refused; the
   const tmp = tempDir('fresh');
   t.after(() => tmp.remove());
   const dir = path.join(tmp.path, 'stack');
+  t.after(() => removeStackVolatile(dir));
   const untrusted = path.join(dir, 'untrusted');
   const snapA = path.join(tmp.path, 'snap-a');
   const snapB = path.join(tmp.path, 'snap-b');
@@ -152,6 +153,7 @@ test('strict mode: after kill -9 of mariadbd and the proxy, every acknowledged w
   const tmp = tempDir('fresh-kill');
   t.after(() => tmp.remove());
   const dir = path.join(tmp.path, 'stack');
+  t.after(() => removeStackVolatile(dir));
   let s = await startStack(dir);
   const setup = await connectThroughProxy(s.stack);
   await setup.query('CREATE DATABASE app');
@@ -202,6 +204,7 @@ test('CAS unreachable: reads are served, writes are held then failed with a clea
   const tmp = tempDir('fresh-cas');
   t.after(() => tmp.remove());
   const dir = path.join(tmp.path, 'stack');
+  t.after(() => removeStackVolatile(dir));
   const s = await startStack(dir, [], { CDBP_HOLD_TIMEOUT_MS: '1500' });
   let casPid = 0;
   try {
@@ -238,6 +241,7 @@ test('crash between the record write and the counter advance: the next start fin
   const tmp = tempDir('fresh-advance');
   t.after(() => tmp.remove());
   const dir = path.join(tmp.path, 'stack');
+  t.after(() => removeStackVolatile(dir));
   const untrusted = path.join(dir, 'untrusted');
   let s = await startStack(dir, [], { CDBP_HOLD_TIMEOUT_MS: '60000' });
   const c = await connectThroughProxy(s.stack);
@@ -280,6 +284,7 @@ test('a fork (second proxy on a copy of the volume) goes unready; the original k
   const tmp = tempDir('fresh-fork');
   t.after(() => tmp.remove());
   const dir = path.join(tmp.path, 'stack');
+  t.after(() => removeStackVolatile(dir));
   const copy = path.join(tmp.path, 'fork');
   let s = await startStack(dir);
   const c = await connectThroughProxy(s.stack);

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { chmodSync, cpSync, rmSync } from 'node:fs';
 import path from 'node:path';
-import { startStack, expectStackFailure, type RunningStack } from '../support/stack.ts';
+import { startStack, expectStackFailure, removeStackVolatile, type RunningStack } from '../support/stack.ts';
 import { tempDir } from '../support/tmp.ts';
 
 function psql(s: RunningStack, sql: string) {
@@ -23,6 +23,7 @@ test('cdbp up --postgres: psql over verify-full TLS, data survives a restart, a 
   t.after(() => tmp.remove());
   chmodSync(tmp.path, 0o711); // PostgreSQL runs as its own OS user and must reach its datadir
   const dir = path.join(tmp.path, 'stack');
+  t.after(() => removeStackVolatile(dir));
   const untrusted = path.join(dir, 'untrusted');
   const snap = path.join(tmp.path, 'snap');
 

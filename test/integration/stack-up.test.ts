@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
-import { startStack, connectThroughProxy, alive, CLI } from '../support/stack.ts';
+import { startStack, connectThroughProxy, alive, removeStackVolatile, CLI } from '../support/stack.ts';
 import { grepTree } from '../support/at-rest.ts';
 import { tempDir } from '../support/tmp.ts';
 
@@ -14,6 +14,7 @@ function mariadbCli(stack: any, args: string[]) {
 test('cdbp up: ready with stack.json, stock client over verified TLS, plaintext refused, clean stop, resume with the same data', async (t) => {
   const dir = tempDir('up');
   t.after(() => dir.remove());
+  t.after(() => removeStackVolatile(dir.path));
   const marker = `cdbp-marker-${Date.now()}-plaintext`;
 
   const first = await startStack(dir.path);

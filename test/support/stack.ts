@@ -3,11 +3,11 @@
  * "ready" line (or its exit), stopped with SIGINT like Ctrl-C. Reused by the stack and freshness tests.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import mariadb, { type Connection, type ConnectionConfig } from 'mariadb';
-import type { StackFile } from '../../cli/commands/up.ts';
+import { volatileDir, type StackFile } from '../../cli/commands/up.ts';
 
 export const CLI = fileURLToPath(new URL('../../bin/cdbp.js', import.meta.url));
 
@@ -23,6 +23,11 @@ export interface RunningStack {
 export interface StackExit {
   code: number | null;
   output: string;
+}
+
+/** Removes the tmpfs dir `cdbp up` keeps for DIR (Aria log, temp tables): tests call it when done. */
+export function removeStackVolatile(dir: string): void {
+  rmSync(volatileDir(dir), { recursive: true, force: true });
 }
 
 /** Starts `cdbp up --dir DIR`; resolves when ready, rejects (with the output) if it exits first. */
