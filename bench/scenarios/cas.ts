@@ -30,7 +30,7 @@ async function pool<T>(items: T[], width: number, fn: (item: T) => Promise<void>
   }));
 }
 
-/** The newest committed 6000-service figure (bench/results/cas-*.json from bench/cas.ts, or a run.ts result). */
+/** The newest committed 6000-service figure (bench/results/cas-*.json from the earlier standalone script, or a run.ts result with --cas-services). */
 export function committedProvisioning(): CasProvisioning | undefined {
   const dir = path.join(REPO, 'bench', 'results');
   const files = readdirSync(dir).filter((f) => f.endsWith('.json')).sort().reverse();

@@ -4,7 +4,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { cpSync, readFileSync, rmSync, writeFileSync, existsSync, readdirSync } from 'node:fs';
+import { cpSync, readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs';
 import { spawn, spawnSync } from 'node:child_process';
 import path from 'node:path';
 import { startStack, expectStackFailure, connectThroughProxy, alive, removeStackVolatile, CLI, type RunningStack } from '../support/stack.ts';
@@ -337,5 +337,4 @@ test('a fork (second proxy on a copy of the volume) goes unready; the original k
     assert.equal(await s.stop(), 0);
   }
   assert.equal(existsSync(path.join(copy, 'run', 'mariadb.pid')) && alive(Number(readFileSync(path.join(copy, 'run', 'mariadb.pid'), 'utf8'))), false, 'fork mariadbd stopped');
-  void readdirSync;
 });
