@@ -26,6 +26,8 @@ import { ProxyErrno } from './constants.ts';
 import { encodeErrPacket } from './codec.ts';
 import { MysqlSession, type BackendTarget, type SessionContext, type SessionTotals } from './session.ts';
 import type { AckGate } from './pump.ts';
+import { forbiddenUserErr } from './forbidden-user.ts';
+import { loadNativeDataPlane, type NativeDataPlane } from '../native/dataplane.ts';
 
 export type { AckGate } from './pump.ts';
 export type { BackendTarget } from './session.ts';
@@ -56,6 +58,21 @@ export interface MysqlProxyOptions {
   log: Logger;
   metrics?: MetricsRegistry;
   ackGate?: AckGate;
+  /**
+   * Who terminates TLS and relays the command phase: 'native' (proxy/native/dataplane.c, C worker
+   * threads), 'node' (Node's TLS and the JS pump), or 'auto' (default: native when it is built and no
+   * ack gate is configured; strict freshness needs the JS response tracker). 'native' fails if it
+   * cannot be used.
+   */
+  dataPlane?: 'auto' | 'native' | 'node';
+  /** Native data plane worker threads (default 1). */
+  nativeWorkers?: number;
+}
+
+/** Which data plane a proxy runs, and why (for logs, /v1/status and metrics). */
+export interface DataPlaneInfo {
+  kind: 'native' | 'node';
+  reason: string;
 }
 
 export interface MysqlProxyStats {
@@ -69,6 +86,7 @@ export interface MysqlProxyStats {
   handshakeTimeouts: number;
   /** Bytes currently queued inside the proxy across sessions (backpressure health). */
   buffered: number;
+  dataPlane: DataPlaneInfo;
 }
 
 export interface MysqlProxy {
@@ -95,6 +113,10 @@ export function createMysqlProxy(opts: MysqlProxyOptions): MysqlProxy {
   let accepting = true;
   let listening = false;
   const closedWaiters = new Set<() => void>();
+  const forbiddenUsers: ReadonlySet<string> = 'socket' in opts.backend ? new Set([os.userInfo().username]) : new Set();
+  const { native, dataPlane } = chooseDataPlane(opts, forbiddenUsers);
+  native?.setIdentity(opts.tls);
+  log.info({ event: 'data_plane', dataPlane: dataPlane.kind, reason: dataPlane.reason }, `data plane: ${dataPlane.kind}`);
 
   const ctx: SessionContext = {
     backend: opts.backend,
@@ -103,7 +125,8 @@ export function createMysqlProxy(opts: MysqlProxyOptions): MysqlProxy {
     log,
     metrics,
     ackGate: opts.ackGate,
-    forbiddenUsers: 'socket' in opts.backend ? new Set([os.userInfo().username]) : new Set(),
+    native,
+    forbiddenUsers,
     totals,
     onClosed(session) {
       sessions.delete(session);
@@ -169,7 +192,10 @@ export function createMysqlProxy(opts: MysqlProxyOptions): MysqlProxy {
       });
     },
     setTlsIdentity(next) {
+      // Both validate before swapping and keep the old identity on failure; the holder goes first so a
+      // bad pair never reaches the native side.
       identity.set(next);
+      native?.setIdentity(next);
       log.info({ event: 'tls_identity_swapped', generation: identity.generation, notAfter: identity.certificate.validTo }, 'TLS identity replaced');
     },
     stopAccepting() {
@@ -190,6 +216,7 @@ export function createMysqlProxy(opts: MysqlProxyOptions): MysqlProxy {
       const stopped = this.stopAccepting();
       for (const s of [...sessions]) s.destroy('drained');
       await stopped;
+      native?.destroy();
     },
     stats() {
       let liveIn = 0;
@@ -201,13 +228,32 @@ export function createMysqlProxy(opts: MysqlProxyOptions): MysqlProxy {
         liveIn += b.in;
         liveOut += b.out;
       }
+      const relayed = native?.stats() ?? { bytesIn: 0, bytesOut: 0 };
       return {
-        open: sessions.size, total, refused,
-        bytesIn: totals.bytesIn + liveIn, bytesOut: totals.bytesOut + liveOut,
+        open: sessions.size, total, refused, dataPlane,
+        bytesIn: totals.bytesIn + liveIn + relayed.bytesIn, bytesOut: totals.bytesOut + liveOut + relayed.bytesOut,
         tlsFailures: totals.tlsFailures, authFailures: totals.authFailures, handshakeTimeouts: totals.handshakeTimeouts, buffered,
       };
     },
   };
+}
+
+function chooseDataPlane(opts: MysqlProxyOptions, forbiddenUsers: ReadonlySet<string>): { native?: NativeDataPlane; dataPlane: DataPlaneInfo } {
+  const wanted = opts.dataPlane ?? 'auto';
+  if (wanted === 'node') return { dataPlane: { kind: 'node', reason: 'configured' } };
+  if (opts.ackGate) {
+    if (wanted === 'native') throw new CdbpError('CONFIG_INVALID', 'the native data plane cannot run with strict freshness (it needs the JS response tracker)');
+    return { dataPlane: { kind: 'node', reason: 'strict freshness holds acknowledgments in the JS pump' } };
+  }
+  const loaded = loadNativeDataPlane({
+    workers: opts.nativeWorkers ?? 1, forbiddenUsers,
+    changeUserErr: (user) => forbiddenUserErr(user, 'change_user'),
+  });
+  if ('unavailable' in loaded) {
+    if (wanted === 'native') throw new CdbpError('CONFIG_INVALID', `native data plane unavailable: ${loaded.unavailable}`);
+    return { dataPlane: { kind: 'node', reason: loaded.unavailable } };
+  }
+  return { native: loaded.plane, dataPlane: { kind: 'native', reason: wanted === 'native' ? 'configured' : 'available' } };
 }
 
 /** Plaintext to a remote database needs an explicit, loudly named opt-in (ghostunnel's rule). */

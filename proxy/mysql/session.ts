@@ -32,6 +32,7 @@ import {
 import { FramedReader } from './reader.ts';
 import { startPump, type AckGate } from './pump.ts';
 import { forbiddenUserErr, isForbiddenUser } from './forbidden-user.ts';
+import type { NativeClosed, NativeDataPlane } from '../native/dataplane.ts';
 
 export type BackendTarget =
   | { socket: string }
@@ -50,6 +51,12 @@ export interface SessionContext {
   log: Logger;
   metrics: EndpointMetrics;
   ackGate: AckGate | undefined;
+  /**
+   * The native data plane, when loaded and no ack gate is configured: it terminates TLS and, after
+   * authentication, relays the command phase itself (proxy/native/dataplane.c). Undefined: Node's TLS
+   * and the JS pump do both.
+   */
+  native: NativeDataPlane | undefined;
   /** User names refused before reaching the backend (the proxy's OS account on a unix-socket leg). */
   forbiddenUsers: ReadonlySet<string>;
   /** Totals across sessions, updated at close. */
@@ -65,6 +72,28 @@ export interface SessionTotals {
   handshakeTimeouts: number;
 }
 
+/**
+ * Stops Node from reading a socket whose descriptor is being handed to the native data plane, and
+ * returns what it had read but not delivered. Node's pause() only stops libuv at the high-water mark,
+ * so without this libuv could still read (and keep) bytes the relay needs.
+ */
+function takeSocketOver(sock: net.Socket): Buffer[] {
+  const s = sock as unknown as { _handle?: { readStop?: () => number; reading?: boolean }; _read: () => void };
+  s._handle?.readStop?.();
+  if (s._handle) s._handle.reading = false;
+  s._read = () => {}; // read() below must not restart libuv
+  const out: Buffer[] = [];
+  for (let b = sock.read() as Buffer | null; b !== null; b = sock.read() as Buffer | null) out.push(b);
+  return out;
+}
+
+/** The native data plane's close reasons, in connection-log terms ('closed' = we asked: keep ours). */
+const NATIVE_OUTCOMES: Record<string, ConnectionOutcome> = {
+  ok: 'ok', closed: 'ok', client_closed: 'ok', drained: 'drained', idle_timeout: 'idle_timeout', forbidden_user: 'forbidden_user',
+  client_error: 'client_error', backend_error: 'backend_error', protocol_error: 'protocol_error',
+  tls_failed: 'tls_failed', proxy_error: 'backend_error',
+};
+
 /** How long a closing side may take to flush before it is destroyed. */
 const CLOSE_GRACE_MS = 5_000;
 
@@ -75,7 +104,16 @@ export class MysqlSession {
   private phase: Phase = 'connecting';
   private backend: Duplex | undefined;
   private backendRaw: net.Socket | undefined;
-  private clientTls: tls.TLSSocket | undefined;
+  /** The decrypted client stream: Node's TLSSocket, or the native data plane's socketpair end. */
+  private clientTls: net.Socket | undefined;
+  /** Native data plane connection id (set from adoption to close). */
+  private nativeId: number | undefined;
+  /** Bytes of the handshake phases on the backend leg, frozen when the native relay takes over. */
+  private authBytes: { in: number; out: number } | undefined;
+  /** The native relay's command-phase bytes, reported when it closes. */
+  private nativeBytes: { in: number; out: number } | undefined;
+  /** Set while finish() waits for the native relay's close report (bounded by CLOSE_GRACE_MS). */
+  private pendingClose: (() => void) | undefined;
   private backendReader: FramedReader | undefined;
   private clientReader: FramedReader | undefined;
   private handshakeTimer: NodeJS.Timeout | undefined;
@@ -110,6 +148,8 @@ export class MysqlSession {
 
   /** Live byte counters (backend leg: what the client sent to / received from the database). */
   get bytes(): { in: number; out: number } {
+    // After a native bypass the relay's bytes are counted by the data plane (its stats() are live).
+    if (this.authBytes) return this.authBytes;
     return { in: this.backendRaw?.bytesWritten ?? 0, out: this.backendRaw?.bytesRead ?? 0 };
   }
 
@@ -191,8 +231,12 @@ export class MysqlSession {
       return;
     }
     const rest = this.clientReader!.detach();
-    if (rest.length > 0) this.client.unshift(rest);
     this.phase = 'tls';
+    if (this.ctx.native) {
+      this.adoptNative(this.ctx.native, rest);
+      return;
+    }
+    if (rest.length > 0) this.client.unshift(rest);
     const tlsSock = new tls.TLSSocket(this.client, { isServer: true, secureContext: this.ctx.identity.context });
     this.clientTls = tlsSock;
     tlsSock.on('error', (e) => {
@@ -205,14 +249,67 @@ export class MysqlSession {
       }
     });
     tlsSock.on('close', () => this.onClientClosed());
-    tlsSock.once('secure', () => {
-      if (this.phase === 'closed') return;
-      this.ctx.metrics.tlsHandshake();
-      this.record.tls = { protocol: tlsSock.getProtocol(), cipher: tlsSock.getCipher().name };
-      this.phase = 'response';
-      this.clientReader = new FramedReader(tlsSock, this.ctx.limits.maxHandshakePacket,
-        (p) => this.onClientHandshakeResponse(p), (e) => this.onClientProtocolError(e));
+    tlsSock.once('secure', () => this.onSecure(tlsSock.getProtocol() ?? 'unknown', tlsSock.getCipher().name));
+  }
+
+  private onSecure(protocol: string, cipher: string): void {
+    if (this.phase === 'closed') return;
+    this.ctx.metrics.tlsHandshake();
+    this.record.tls = { protocol, cipher };
+    this.phase = 'response';
+    this.clientReader = new FramedReader(this.clientTls!, this.ctx.limits.maxHandshakePacket,
+      (p) => this.onClientHandshakeResponse(p), (e) => this.onClientProtocolError(e));
+  }
+
+  /**
+   * Hands the client socket to the native data plane: it does the TLS handshake and gives us the
+   * decrypted stream through a socketpair, on which the rest of the handshake runs unchanged.
+   */
+  private adoptNative(native: NativeDataPlane, rest: Buffer): void {
+    const prefix = Buffer.concat([rest, ...takeSocketOver(this.client)]);
+    const fd = (this.client as unknown as { _handle?: { fd?: number } })._handle?.fd;
+    if (typeof fd !== 'number' || fd < 0) {
+      this.finish('protocol_error', new CdbpError('INTERNAL', 'client socket has no file descriptor'));
+      return;
+    }
+    const { id, fd: plainFd } = native.adopt(fd, prefix, {
+      onSecure: (protocol, cipher) => this.onSecure(protocol, cipher),
+      onClosed: (info) => this.onNativeClosed(info),
     });
+    this.nativeId = id;
+    // The data plane holds its own descriptor now; ours goes without ending the TCP connection.
+    this.client.removeAllListeners('close');
+    this.client.removeAllListeners('error');
+    this.client.on('error', () => {});
+    this.client.destroy();
+    const plain = new net.Socket({ fd: plainFd, readable: true, writable: true, allowHalfOpen: true });
+    this.clientTls = plain;
+    // The data plane owns the connection: its end (client gone, TLS failure, relay error) always comes
+    // as onClosed with the reason; the socketpair's own end/error only echo it, so they are ignored.
+    plain.on('error', () => {});
+  }
+
+  private onNativeClosed(info: NativeClosed): void {
+    this.nativeId = undefined;
+    this.nativeBytes = { in: info.bytesIn, out: info.bytesOut };
+    if (this.phase === 'closed') {
+      // We closed first (drain, destroy): the log line waited for the relay's byte counts.
+      this.pendingClose?.();
+      return;
+    }
+    if (this.phase === 'tls') {
+      this.ctx.metrics.tlsFailure();
+      this.ctx.totals.tlsFailures++;
+      this.finish('tls_failed', new CdbpError('PROTOCOL_VIOLATION', info.error ?? 'TLS handshake failed'));
+      return;
+    }
+    if (info.refusedUser !== undefined) {
+      this.ctx.metrics.refused('forbidden_user');
+      this.outcome = 'forbidden_user';
+      this.error = `COM_CHANGE_USER to '${info.refusedUser}' refused (the proxy's own OS account)`;
+    }
+    const outcome = NATIVE_OUTCOMES[info.outcome] ?? (this.phase === 'command' ? 'client_error' : 'protocol_error');
+    this.finish(outcome, info.error ? new CdbpError(outcome === 'ok' ? 'INTERNAL' : 'PROTOCOL_VIOLATION', info.error) : undefined);
   }
 
   private onClientHandshakeResponse(packet: Packet): void {
@@ -297,6 +394,11 @@ export class MysqlSession {
     this.phase = 'command';
     clearTimeout(this.handshakeTimer);
     this.handshakeTimer = undefined;
+    // A TLS backend leg stays in the JS pump (the relay speaks plaintext to the database).
+    if (this.nativeId !== undefined && this.ctx.native && this.backend === this.backendRaw) {
+      this.enterNativeCommandPhase(this.ctx.native, this.nativeId);
+      return;
+    }
     const clientTls = this.clientTls!;
     const backend = this.backend!;
     const clientRest = this.clientReader!.detach();
@@ -322,6 +424,49 @@ export class MysqlSession {
         this.scheduleGrace();
       },
     }, { forbiddenUsers: this.ctx.forbiddenUsers, initialClientBytes, initialServerBytes: backendRest });
+  }
+
+  /**
+   * Hands the command phase to the native relay. We end our side of the decrypted stream (the auth OK
+   * is already written to it); the data plane forwards it to the client, stops decrypting, and ends its
+   * side, so the bytes read here until that end are every client byte it decrypted for us (commands
+   * pipelined after the OK). They go back to it with the backend socket, ahead of anything newer.
+   */
+  private enterNativeCommandPhase(native: NativeDataPlane, id: number): void {
+    const plain = this.clientTls!;
+    const backend = this.backendRaw!;
+    const leftovers: Buffer[] = this.heldClientPackets.map((p) => encodePacket(p.seq, p.payload));
+    this.heldClientPackets.length = 0;
+    const clientRest = this.clientReader!.detach();
+    if (clientRest.length > 0) leftovers.push(clientRest);
+    const backendRest = this.backendReader!.detach();
+    if (backendRest.length > 0) plain.write(backendRest);
+    plain.on('data', (chunk: Buffer) => leftovers.push(chunk));
+    plain.once('end', () => {
+      if (this.phase !== 'command' || this.nativeId === undefined) return;
+      const fd = (backend as unknown as { _handle?: { fd?: number } })._handle?.fd;
+      if (typeof fd !== 'number' || fd < 0) {
+        this.finish('backend_error', new CdbpError('INTERNAL', 'backend socket has no file descriptor'));
+        return;
+      }
+      this.authBytes = { in: backend.bytesWritten, out: backend.bytesRead };
+      // Nothing is expected from the database before the next command, but whatever libuv already
+      // read must reach the client, and libuv must not read again once the relay owns the socket.
+      const early = takeSocketOver(backend);
+      if (early.length > 0) {
+        this.finish('backend_error', new CdbpError('PROTOCOL_VIOLATION', 'database sent data after the login OK, before any command'));
+        return;
+      }
+      native.bypass(id, fd, Buffer.concat(leftovers), this.ctx.limits.idleTimeoutMs);
+      // The relay has its own descriptor; closing ours does not end the connection (no shutdown()).
+      backend.removeAllListeners('close');
+      backend.removeAllListeners('error');
+      backend.on('error', () => {});
+      backend.destroy();
+      plain.destroy();
+    });
+    plain.end();
+    plain.resume();
   }
 
   // ------------------------------------------------------------------------------------------
@@ -398,6 +543,7 @@ export class MysqlSession {
    */
   private finish(outcome: ConnectionOutcome, cause?: unknown, flushFirst = false): void {
     if (this.phase === 'closed') return;
+    const phase = this.phase;
     this.phase = 'closed';
     if (this.outcome === 'ok' || outcome !== 'ok') this.outcome = this.outcome !== 'ok' ? this.outcome : outcome;
     clearTimeout(this.handshakeTimer);
@@ -414,6 +560,11 @@ export class MysqlSession {
         sock.destroy();
       }
     }
+    if (this.nativeId !== undefined) {
+      // flushFirst: the session wrote a last ERR and ended its side; the data plane delivers it, then closes.
+      if (flushFirst && this.clientTls && phase !== 'tls') this.ctx.native?.finish(this.nativeId);
+      else this.ctx.native?.close(this.nativeId);
+    }
     const client = this.clientTls ?? this.client;
     if (flushFirst && !client.destroyed) {
       const t = setTimeout(() => { client.destroy(); this.client.destroy(); }, CLOSE_GRACE_MS);
@@ -428,10 +579,36 @@ export class MysqlSession {
     const bytes = this.bytes;
     this.ctx.totals.bytesIn += bytes.in;
     this.ctx.totals.bytesOut += bytes.out;
-    this.ctx.metrics.bytes(bytes.in, bytes.out);
     this.ctx.metrics.closed();
-    const error = this.error ?? (cause === undefined ? undefined : asCdbpError(cause).message);
-    this.record.close({ outcome: this.outcome, bytesIn: bytes.in, bytesOut: bytes.out, ...(error ? { error } : {}) });
     this.ctx.onClosed(this);
+    // A native relay's connection closes on its worker thread; the log line waits (bounded) for its
+    // byte counts so it describes the whole session.
+    const relaying = this.nativeId !== undefined && this.authBytes !== undefined;
+    if (!relaying) {
+      this.completeClose(cause);
+      return;
+    }
+    let done = false;
+    const complete = () => {
+      if (done) return;
+      done = true;
+      clearTimeout(timer);
+      this.pendingClose = undefined;
+      this.completeClose(cause);
+    };
+    const timer = setTimeout(complete, CLOSE_GRACE_MS);
+    timer.unref();
+    this.pendingClose = complete;
+  }
+
+  /** The close line, counters and the proxy's bookkeeping: once, when the connection is really gone. */
+  private completeClose(cause: unknown): void {
+    const bytes = this.bytes;
+    // Native relay bytes are already in the data plane's live totals (stats()); the metric and the log
+    // line carry the whole session.
+    const all = { in: bytes.in + (this.nativeBytes?.in ?? 0), out: bytes.out + (this.nativeBytes?.out ?? 0) };
+    this.ctx.metrics.bytes(all.in, all.out);
+    const error = this.error ?? (cause === undefined ? undefined : asCdbpError(cause).message);
+    this.record.close({ outcome: this.outcome, bytesIn: all.in, bytesOut: all.out, ...(error ? { error } : {}) });
   }
 }

@@ -1,0 +1,45 @@
+// Builds the native data plane (proxy/native/dataplane.c) into proxy/native/build/cdbp_dataplane.node.
+//
+// Plain `cc`, no node-gyp: one C file, compiled against the headers of the Node that runs it (they ship
+// its N-API and its bundled OpenSSL; the node binary exports both, so nothing is linked but pthread).
+// Rebuilds only when the source is newer than the output. Exit code 0 when built or up to date; on a
+// machine without a C compiler it prints why and exits 1 (the proxy then runs its Node data plane, and
+// says so in its logs, /v1/status and metrics).
+import { existsSync, mkdirSync, statSync, renameSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import path from 'node:path';
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const src = path.join(root, 'proxy', 'native', 'dataplane.c');
+const outDir = path.join(root, 'proxy', 'native', 'build');
+const out = path.join(outDir, 'cdbp_dataplane.node');
+const force = process.argv.includes('--force');
+
+if (!force && existsSync(out) && statSync(out).mtimeMs >= statSync(src).mtimeMs) process.exit(0);
+
+const includeDir = [
+  process.env.CDBP_NODE_INCLUDE,
+  path.join(path.dirname(process.execPath), '..', 'include', 'node'),
+  '/usr/include/node',
+  '/usr/local/include/node',
+].find((d) => d && existsSync(path.join(d, 'node_api.h')) && existsSync(path.join(d, 'openssl', 'ssl.h')));
+if (!includeDir) {
+  console.error('cdbp: cannot build the native data plane: Node headers (node_api.h, openssl/) not found; set CDBP_NODE_INCLUDE');
+  process.exit(1);
+}
+mkdirSync(outDir, { recursive: true });
+const tmp = `${out}.${process.pid}.tmp`;
+const args = [
+  '-std=gnu11', '-O2', '-g', '-Wall', '-Wextra', '-Werror', '-fPIC', '-shared', '-fvisibility=hidden',
+  '-fstack-protector-strong', '-D_FORTIFY_SOURCE=2', '-Wl,-z,relro,-z,now',
+  '-DNODE_GYP_MODULE_NAME=cdbp_dataplane', `-I${includeDir}`, '-o', tmp, src, '-lpthread',
+];
+try {
+  execFileSync(process.env.CC || 'cc', args, { stdio: 'inherit' });
+  renameSync(tmp, out); // atomic: a concurrent test run never loads a half-written file
+  console.error(`cdbp: built ${path.relative(root, out)}`);
+} catch (e) {
+  console.error(`cdbp: cannot build the native data plane (${e.code === 'ENOENT' ? 'no C compiler: apt-get install gcc libc6-dev' : e.message}); the proxy will use its Node data plane`);
+  process.exit(1);
+}
