@@ -17,6 +17,10 @@ export interface RunnerConfig {
   backend: { socket: string } | { socketDir: string; port: number };
   tls: { keyPem: string; certPem: string };
   maxConnections: number;
+  /** mysql: which data plane terminates TLS and relays (default: the proxy's own choice, 'auto'). */
+  dataPlane?: 'auto' | 'native' | 'node';
+  /** mysql, native data plane: worker threads. */
+  nativeWorkers?: number;
 }
 
 type Msg = { cmd: 'start'; config: RunnerConfig } | { cmd: 'stats' } | { cmd: 'stop' };
@@ -39,6 +43,7 @@ async function handle(m: Msg): Promise<void> {
       proxy = createMysqlProxy({
         listen: { host: '127.0.0.1', port: c.port }, backend: c.backend as { socket: string }, tls: c.tls, log,
         limits: { maxConnections: c.maxConnections, handshakeTimeoutMs: 60_000 },
+        ...(c.dataPlane ? { dataPlane: c.dataPlane } : {}), ...(c.nativeWorkers ? { nativeWorkers: c.nativeWorkers } : {}),
       });
     } else {
       proxy = createPgProxy({
