@@ -201,6 +201,7 @@ export class ProxyRole {
       limits: { maxConnections: config.maxConnections, handshakeTimeoutMs: config.handshakeTimeoutMs, idleTimeoutMs: config.idleTimeoutMs },
       log, metrics: this.metrics,
       ...(config.freshness === 'strict' ? { ackGate: this.guard } : {}),
+      dataPlane: config.dataPlane, nativeWorkers: config.nativeWorkers,
     });
     const addr = await this.mysql.listen();
     if ('port' in addr) this.mysqlAddress = addr;

@@ -46,6 +46,11 @@ export const PROXY_SCHEMA = {
   maxConnections: { kind: 'int', doc: 'max client connections per listener', default: 1000, min: 1 },
   handshakeTimeoutMs: { kind: 'int', doc: 'TLS + auth handshake timeout', default: 10_000, min: 100 },
   idleTimeoutMs: { kind: 'int', doc: 'close sessions idle this long (0 = never)', default: 0, min: 0 },
+  dataPlane: {
+    kind: 'enum', values: ['auto', 'native', 'node'], default: 'auto',
+    doc: 'MySQL endpoint: who terminates TLS and relays queries (native = C relay, node = JS; auto = native unless strict freshness or not built)',
+  },
+  nativeWorkers: { kind: 'int', doc: 'native data plane worker threads', default: 1, min: 1, max: 16 },
 
   drainDelayMs: { kind: 'int', doc: 'on SIGTERM, keep accepting this long after readiness flips', default: 2000, min: 0 },
   drainTimeoutMs: { kind: 'int', doc: 'on SIGTERM, max time open sessions may take to finish', default: 30_000, min: 0 },

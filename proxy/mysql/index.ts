@@ -116,7 +116,11 @@ export function createMysqlProxy(opts: MysqlProxyOptions): MysqlProxy {
   const forbiddenUsers: ReadonlySet<string> = 'socket' in opts.backend ? new Set([os.userInfo().username]) : new Set();
   const { native, dataPlane } = chooseDataPlane(opts, forbiddenUsers);
   native?.setIdentity(opts.tls);
-  log.info({ event: 'data_plane', dataPlane: dataPlane.kind, reason: dataPlane.reason }, `data plane: ${dataPlane.kind}`);
+  metrics.dataPlane(dataPlane.kind);
+  const planeLine = { event: 'data_plane', dataPlane: dataPlane.kind, reason: dataPlane.reason };
+  // Falling back because the native build is missing is worth a warning: it costs throughput.
+  if (dataPlane.kind === 'node' && dataPlane.reason !== 'configured' && !opts.ackGate) log.warn(planeLine, 'data plane: node (native unavailable)');
+  else log.info(planeLine, `data plane: ${dataPlane.kind}`);
 
   const ctx: SessionContext = {
     backend: opts.backend,

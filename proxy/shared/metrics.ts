@@ -28,6 +28,7 @@ export class EndpointMetrics {
   private readonly tlsFail: Counter;
   private readonly authFail: Counter;
   private readonly timeouts: Counter;
+  private readonly dataPlaneG: Gauge;
 
   constructor(protocol: string, registry: MetricsRegistry = new MetricsRegistry()) {
     this.labels = { protocol };
@@ -38,12 +39,15 @@ export class EndpointMetrics {
     this.tls = registry.counter('cdbp_tls_handshakes_total', 'Client TLS handshakes completed');
     this.tlsFail = registry.counter('cdbp_tls_handshake_failures_total', 'Client TLS handshakes failed');
     this.authFail = registry.counter('cdbp_auth_failures_total', 'Authentications refused by the database');
+    this.dataPlaneG = registry.gauge('cdbp_data_plane_info', 'Which data plane serves the endpoint (1 for the active kind)');
     this.timeouts = registry.counter('cdbp_handshake_timeouts_total', 'Connections closed because the handshake took too long');
     this.open.set(this.open.get(this.labels), this.labels);
   }
 
   opened(): void { this.open.inc(this.labels); this.total.inc(this.labels); }
   closed(): void { this.open.dec(this.labels); }
+  /** cdbp_data_plane_info{protocol,kind} = 1: which data plane relays this endpoint (native | node). */
+  dataPlane(kind: string): void { this.dataPlaneG.set(1, { ...this.labels, kind }); }
   refused(reason: RefuseReason): void { this.refusedC.inc({ ...this.labels, reason }); }
   bytes(inBytes: number, outBytes: number): void {
     if (inBytes) this.bytesC.inc({ ...this.labels, direction: 'in' }, inBytes);
