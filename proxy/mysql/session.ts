@@ -442,7 +442,11 @@ export class MysqlSession {
     const backendRest = this.backendReader!.detach();
     if (backendRest.length > 0) plain.write(backendRest);
     plain.on('data', (chunk: Buffer) => leftovers.push(chunk));
+    // The switch is a local exchange with the relay (no network round trip): bounded all the same.
+    const switchTimer = setTimeout(() => this.finish('protocol_error', new CdbpError('INTERNAL', 'native relay did not take over the session')), CLOSE_GRACE_MS);
+    switchTimer.unref();
     plain.once('end', () => {
+      clearTimeout(switchTimer);
       if (this.phase !== 'command' || this.nativeId === undefined) return;
       const fd = (backend as unknown as { _handle?: { fd?: number } })._handle?.fd;
       if (typeof fd !== 'number' || fd < 0) {
