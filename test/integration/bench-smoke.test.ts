@@ -5,7 +5,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { runMysql } from '../../bench/scenarios/mysql.ts';
+import { runMysql, type MysqlArmCell } from '../../bench/scenarios/mysql.ts';
 import { runPg } from '../../bench/scenarios/pg.ts';
 import { runStorm } from '../../bench/scenarios/storm.ts';
 import { runIdle } from '../../bench/scenarios/idle.ts';
@@ -26,19 +26,28 @@ function commonFields(r: { scenario: string; startedAt: string; loadBefore: { lo
   assert.deepEqual(r.unmeasured, [], `nothing left unmeasured: ${r.unmeasured.join('; ')}`);
 }
 
-test('mysql: sysbench direct vs proxy, both arms, ratio and latency percentiles', async () => {
-  const r = await runMysql({ tests: ['oltp_point_select'], threads: [1], durationS: 1, rounds: 1, tables: 1, tableSize: 500 });
+test('mysql: sysbench direct vs proxy (native and node data planes) vs the no-TLS references, every arm with ratio and percentiles', async () => {
+  const r = await runMysql({ tests: ['oltp_point_select'], threads: [1], durationS: 1, rounds: 1, tables: 1, tableSize: 500,
+    arms: ['native', 'node', 'plain', 'c-forward'] });
   commonFields(r, 'mysql');
-  assert.deepEqual(r.runs.map((x) => x.arm).sort(), ['direct', 'proxy']);
+  assert.deepEqual(r.runs.map((x) => x.arm).sort(), ['c-forward', 'direct', 'native', 'node', 'plain']);
   const [cell] = r.summary;
   assert.ok(cell);
-  positive(cell.directTps, 'direct tps');
-  positive(cell.proxyTps, 'proxy tps');
-  positive(cell.ratio, 'ratio');
-  for (const arm of [cell.direct, cell.proxy]) for (const k of ['p50Ms', 'p95Ms', 'p99Ms'] as const) positive(arm[k], k);
-  assert.ok(cell.proxy.p50Ms <= cell.proxy.p99Ms);
-  assert.equal(typeof cell.addedP50Ms, 'number');
-  positive(cell.proxyCpuUsPerQuery, 'proxy CPU per query');
+  for (const arm of ['direct', 'native', 'node', 'plain', 'c-forward'] as const) {
+    const a: MysqlArmCell | undefined = cell.arms[arm];
+    assert.ok(a, `${arm} arm in the summary`);
+    positive(a.tps, `${arm} tps`);
+    positive(a.vsDirect, `${arm}/direct`);
+    for (const k of ['p50Ms', 'p95Ms', 'p99Ms'] as const) positive(a[k], `${arm} ${k}`);
+    assert.ok(a.p50Ms <= a.p99Ms);
+    assert.equal(typeof a.addedP50Ms, 'number');
+  }
+  assert.equal(cell.arms.direct!.vsDirect, 1);
+  // CPU per query belongs to the hop's own process: both proxies and the forwarder, never the direct arms.
+  for (const arm of ['native', 'node'] as const) positive(cell.arms[arm]!.hopCpuUsPerQuery, `${arm} proxy CPU per query`);
+  assert.equal(typeof cell.arms['c-forward']!.hopCpuUsPerQuery, 'number'); // clock-tick resolution: may read 0 in 1 s
+  assert.equal(cell.arms.direct!.hopCpuUsPerQuery, undefined);
+  positive(cell.cForwardVsPlain, 'c-forward/plain');
   scenarios.mysql = r;
 });
 
@@ -117,6 +126,7 @@ test('report: targets verdicts, markdown sections and the SVG plot from the smok
   assert.match(md, /load average \(1 min\) [\d.]+ before → [\d.]+ after/);
   const svg = mysqlThroughputSvg(scenarios.mysql!.summary, 'smoke');
   assert.match(svg, /^<svg xmlns="http:\/\/www.w3.org\/2000\/svg"/);
-  assert.equal((svg.match(/<polyline /g) ?? []).length, 2);
-  assert.match(svg, /through the proxy/);
+  assert.equal((svg.match(/<polyline /g) ?? []).length, 5, 'one line per arm');
+  for (const name of ['native data plane', 'Node data plane', 'C forwarder']) assert.ok(svg.includes(name), `legend has ${name}`);
+  for (const arm of ['native', 'node', 'plain', 'c-forward']) assert.match(md, new RegExp(`\\| ${arm} \\| [\\d.]+ \\| \\*\\*[\\d.]+\\*\\*`), `report row for ${arm}`);
 });
