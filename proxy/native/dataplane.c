@@ -249,7 +249,7 @@ struct conn {
   scanner_t sc;
   bytes_t final_pkt;      /* sent to the client when the backend has ended (refused change-user) */
   uint64_t bytes_in, bytes_out;
-  int64_t last_client_ms, idle_ms, deadline_ms;
+  int64_t last_activity_ms, idle_ms, deadline_ms;
   char outcome[32];
   char error[400];
   char refused_user[FORBIDDEN_MAX_LEN + 8];
@@ -537,7 +537,7 @@ static bool recv_client(conn_t *c) {
     return true;
   }
   if (n < RECV_CHUNK) c->c_readable = false;
-  c->last_client_ms = now_ms();
+  c->last_activity_ms = now_ms();
   if (c->phase == PH_LINGER) return true; /* discard: the session is over, we only wait for the FIN */
   BIO_write(c->rbio, c->w->recvbuf, (int)n);
   return true;
@@ -641,7 +641,7 @@ static bool tls_step(conn_t *c) {
     uint8_t *dst = c->w->plainbuf + CHANGE_USER_INSPECT + 8;
     int n = SSL_read(c->ssl, dst, PLAIN_CHUNK);
     if (n > 0) {
-      if (c->phase == PH_DIRECT) c->last_client_ms = now_ms();
+      if (c->phase == PH_DIRECT) c->last_activity_ms = now_ms();
       forward_client_plain(c, dst, (size_t)n);
       progress = true;
       continue;
@@ -689,6 +689,9 @@ static bool read_peer(conn_t *c) {
   }
   if (n < PLAIN_CHUNK) c->p_readable = false;
   if (c->phase == PH_DIRECT) {
+    /* Idle means no traffic either way (Node's socket timeout, the JS plane's rule): a result that
+     * streams for longer than the idle limit is not idle. */
+    c->last_activity_ms = now_ms();
     c->bytes_out += (uint64_t)n;
     atomic_fetch_add(&c->w->e->bytes_out, (unsigned long long)n);
   }
@@ -846,7 +849,7 @@ static void run_command(worker_t *w, cmd_t *cmd) {
     c->p_readable = true;
     c->phase = PH_DIRECT;
     c->idle_ms = cmd->idle_ms;
-    c->last_client_ms = now_ms();
+    c->last_activity_ms = now_ms();
     c->client_eof = false;
     if (cmd->len > 0) {
       /* Commands the session held (pipelined before the OK) go through the scanner like later ones. */
@@ -907,7 +910,7 @@ static void sweep(worker_t *w) {
       conn_t *next = c->next_in_bucket;
       if (c->deadline_ms && now >= c->deadline_ms) {
         conn_close(c, "ok", NULL);
-      } else if (c->phase == PH_DIRECT && c->idle_ms > 0 && now - c->last_client_ms >= c->idle_ms) {
+      } else if (c->phase == PH_DIRECT && c->idle_ms > 0 && now - c->last_activity_ms >= c->idle_ms) {
         snprintf(c->outcome, sizeof c->outcome, "idle_timeout");
         conn_close(c, "idle_timeout", "idle timeout");
       }

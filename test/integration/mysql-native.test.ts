@@ -454,13 +454,9 @@ test('[native] idle timeout is enforced by the relay: an idle client is cut afte
 });
 
 for (const plane of PLANES) {
-  // KNOWN BUG (native plane, reported; proxy/native/dataplane.c is not this test's to fix): the relay's idle
-  // clock (last_client_ms) only moves on client -> database bytes, so a client that sent a query and is
-  // receiving its streamed result is cut after idleTimeoutMs and gets a truncated result (8 of 15 rows
-  // here). The Node plane's socket timeout counts both directions and passes. Kept as a todo so it runs
-  // and shows in the output; drop the todo once the relay counts database -> client bytes as activity.
-  const todo = plane === 'native' ? 'native relay counts only client->database bytes as activity: streamed results are truncated at idleTimeoutMs' : undefined;
-  test(`[${plane}] a client waiting on a result that streams for longer than the idle timeout is not idle`, { todo }, async () => {
+  // Idle means no traffic in either direction: a result streaming for longer than the idle limit keeps the
+  // session alive (the native relay once counted only client -> database bytes and cut it after 8 of 15 rows).
+  test(`[${plane}] a client waiting on a result that streams for longer than the idle timeout is not idle`, async () => {
     await withProxy(plane, { limits: { idleTimeoutMs: 1500 } }, async (_proxy, port) => {
       const { c, t } = await rawLogin(port);
       // 15 rows, one every 200 ms (each over MariaDB's 16 KiB net buffer, so each is sent as it is made):
