@@ -31,7 +31,8 @@ if (!includeDir) {
 mkdirSync(outDir, { recursive: true });
 const tmp = `${out}.${process.pid}.tmp`;
 const args = [
-  '-std=gnu11', '-O2', '-g', '-Wall', '-Wextra', '-Werror', '-fPIC', '-shared', '-fvisibility=hidden',
+  // No -g: the binary is measured, and debug info embeds build paths (not reproducible).
+  '-std=gnu11', '-O2', '-Wall', '-Wextra', '-Werror', '-fPIC', '-shared', '-fvisibility=hidden',
   '-fstack-protector-strong', '-D_FORTIFY_SOURCE=2', '-Wl,-z,relro,-z,now',
   '-DNODE_GYP_MODULE_NAME=cdbp_dataplane', `-I${includeDir}`, '-o', tmp, src, '-lpthread',
 ];

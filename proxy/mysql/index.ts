@@ -245,6 +245,10 @@ export function createMysqlProxy(opts: MysqlProxyOptions): MysqlProxy {
 function chooseDataPlane(opts: MysqlProxyOptions, forbiddenUsers: ReadonlySet<string>): { native?: NativeDataPlane; dataPlane: DataPlaneInfo } {
   const wanted = opts.dataPlane ?? 'auto';
   if (wanted === 'node') return { dataPlane: { kind: 'node', reason: 'configured' } };
+  if ('host' in opts.backend && opts.backend.tls) {
+    if (wanted === 'native') throw new CdbpError('CONFIG_INVALID', 'the native data plane relays plaintext to the database: it cannot serve a TLS backend leg');
+    return { dataPlane: { kind: 'node', reason: 'TLS backend leg (the native relay speaks plaintext to the database)' } };
+  }
   if (opts.ackGate) {
     if (wanted === 'native') throw new CdbpError('CONFIG_INVALID', 'the native data plane cannot run with strict freshness (it needs the JS response tracker)');
     return { dataPlane: { kind: 'node', reason: 'strict freshness holds acknowledgments in the JS pump' } };

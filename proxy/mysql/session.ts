@@ -94,6 +94,9 @@ const NATIVE_OUTCOMES: Record<string, ConnectionOutcome> = {
   tls_failed: 'tls_failed', proxy_error: 'backend_error',
 };
 
+/** Commands a client may pipeline before its login completes (held, not forwarded, until it does). */
+const MAX_HELD_BEFORE_LOGIN = 1 << 20;
+
 /** How long a closing side may take to flush before it is destroyed. */
 const CLOSE_GRACE_MS = 5_000;
 
@@ -126,6 +129,9 @@ export class MysqlSession {
   private outcome: ConnectionOutcome = 'ok';
   private error: string | undefined;
   private readonly heldClientPackets: Packet[] = [];
+  private heldClientBytes = 0;
+  /** The sequence id (client numbering) of the one auth answer the database asked for, if it asked. */
+  private authReplySeq: number | undefined;
 
   constructor(
     readonly id: number,
@@ -368,10 +374,27 @@ export class MysqlSession {
   private onClientAuthPacket(packet: Packet): void {
     if (packet.seq === 0) {
       // A command pipelined before the auth OK: it goes through the pump (scanner, tracker) once
-      // authenticated, like any other command.
+      // authenticated, like any other command. Bounded: authentication can be kept waiting.
+      this.heldClientBytes += packet.payload.length + 4;
+      if (this.heldClientBytes > MAX_HELD_BEFORE_LOGIN) {
+        this.ctx.metrics.refused('protocol');
+        this.refuse('protocol_error', ProxyErrno.HANDSHAKE_ERROR,
+          `Bad handshake: more than ${MAX_HELD_BEFORE_LOGIN} bytes of commands sent before authentication completed`, this.lastClientSeq + 1);
+        return;
+      }
       this.heldClientPackets.push(packet);
       return;
     }
+    // Only an answer the database asked for (auth switch, more data), with the sequence id that answer
+    // must have, is forwarded. Anything else could reach the database renumbered (seq − 1 on a socket
+    // leg: a seq-1 packet would arrive as seq 0, i.e. as a command that skipped the change-user check).
+    if (this.authReplySeq === undefined || packet.seq !== this.authReplySeq) {
+      this.ctx.metrics.refused('protocol');
+      this.refuse('protocol_error', ProxyErrno.HANDSHAKE_ERROR,
+        `Bad handshake: unexpected packet (sequence id ${packet.seq}) during authentication`, this.lastClientSeq + 1);
+      return;
+    }
+    this.authReplySeq = undefined;
     this.lastClientSeq = packet.seq;
     this.backend!.write(encodePacket(packet.seq - this.seqShift, packet.payload));
   }
@@ -387,7 +410,13 @@ export class MysqlSession {
       return;
     }
     this.clientTls!.write(encodePacket(seq, packet.payload));
-    if (first === Header.OK) this.enterCommandPhase();
+    if (first === Header.OK) {
+      this.authReplySeq = undefined;
+      this.enterCommandPhase();
+    } else if (first === Header.EOF || first === Header.AUTH_MORE_DATA) {
+      // AuthSwitchRequest / AuthMoreData: the client owes exactly one answer, numbered after this packet.
+      this.authReplySeq = (seq + 1) & 0xff;
+    }
   }
 
   private enterCommandPhase(): void {
@@ -461,7 +490,13 @@ export class MysqlSession {
         this.finish('backend_error', new CdbpError('PROTOCOL_VIOLATION', 'database sent data after the login OK, before any command'));
         return;
       }
-      native.bypass(id, fd, Buffer.concat(leftovers), this.ctx.limits.idleTimeoutMs);
+      try {
+        native.bypass(id, fd, Buffer.concat(leftovers), this.ctx.limits.idleTimeoutMs);
+      } catch (e) {
+        // e.g. out of file descriptors for the dup: this session ends, the proxy does not.
+        this.finish('backend_error', e);
+        return;
+      }
       // The relay has its own descriptor; closing ours does not end the connection (no shutdown()).
       backend.removeAllListeners('close');
       backend.removeAllListeners('error');

@@ -64,6 +64,8 @@
 #define RECV_CHUNK (64 * 1024)
 #define PLAIN_CHUNK (16 * 1024)
 #define MAX_RBIO (64 * 1024)
+/* Ciphertext owed to a client that is not reading (e.g. alerts answering a renegotiation flood). */
+#define MAX_TLS_OUT (64 * 1024)
 #define CLOSE_GRACE_MS 5000
 #define SWEEP_MS 500
 #define MAX_FORBIDDEN 16
@@ -123,7 +125,7 @@ static void bytes_free(bytes_t *b) {
 /* ------------------------------------------------------------------------------------------------ */
 /* Client stream scanner: the C twin of proxy/mysql/client-scanner.ts without the tracker sink (the
  * direct phase only runs when no ack gate is configured). See that file for the protocol reasoning;
- * test/integration/native-dataplane.test.ts runs the same cases through both. */
+ * test/integration/mysql-native.test.ts and the mysql-robustness suite run the same cases on both planes. */
 
 typedef struct {
   uint32_t skip;
@@ -438,9 +440,10 @@ static size_t tls_out_pending(conn_t *c) { return (size_t)BIO_ctrl_pending(c->wb
 
 static bool reads_client(conn_t *c) {
   switch (c->phase) {
-  case PH_HANDSHAKE: return true;
+  case PH_HANDSHAKE: return tls_out_pending(c) < MAX_TLS_OUT;
   case PH_AUTH:
-  case PH_DIRECT: return !c->client_tcp_eof && (size_t)BIO_ctrl_pending(c->rbio) < MAX_RBIO;
+  case PH_DIRECT:
+    return !c->client_tcp_eof && (size_t)BIO_ctrl_pending(c->rbio) < MAX_RBIO && tls_out_pending(c) < MAX_TLS_OUT;
   case PH_LINGER: return !c->client_tcp_eof;
   default: return false;
   }
@@ -605,6 +608,7 @@ static void forward_client_plain(conn_t *c, uint8_t *p, size_t n) {
 
 /* Handshake, or decrypt client records and forward them. */
 static bool tls_step(conn_t *c) {
+  ERR_clear_error(); /* the queue is per thread: never judge this connection by another one's error */
   if (c->phase == PH_HANDSHAKE) {
     int r = SSL_do_handshake(c->ssl);
     if (r == 1) {
@@ -637,7 +641,7 @@ static bool tls_step(conn_t *c) {
   if (c->phase != PH_AUTH && c->phase != PH_DIRECT) return false;
   if (c->client_eof || c->pfd < 0 || c->peer_wr_shut || c->graceful_finish) return false;
   bool progress = false;
-  while (!c->dead && bytes_pending(&c->pout) == 0 && !c->refused) {
+  while (!c->dead && bytes_pending(&c->pout) == 0 && !c->refused && tls_out_pending(c) < MAX_TLS_OUT) {
     uint8_t *dst = c->w->plainbuf + CHANGE_USER_INSPECT + 8;
     int n = SSL_read(c->ssl, dst, PLAIN_CHUNK);
     if (n > 0) {
@@ -695,6 +699,7 @@ static bool read_peer(conn_t *c) {
     c->bytes_out += (uint64_t)n;
     atomic_fetch_add(&c->w->e->bytes_out, (unsigned long long)n);
   }
+  ERR_clear_error();
   if (SSL_write(c->ssl, buf, (int)n) != (int)n) {
     char text[256];
     ssl_error_text(text, sizeof text, "TLS write failed");

@@ -122,6 +122,7 @@ export class NativeDataPlane {
 
   /** Direct relay between the client's TLS and `backendFd` (duplicated; the caller closes its own). */
   bypass(id: number, backendFd: number, leftover: Buffer, idleTimeoutMs: number): void {
+    if (!Number.isFinite(idleTimeoutMs) || idleTimeoutMs < 0) throw new CdbpError('CONFIG_INVALID', `idle timeout ${idleTimeoutMs} is not a duration`);
     this.lib.bypass(this.engine, id, backendFd, leftover, idleTimeoutMs);
   }
 

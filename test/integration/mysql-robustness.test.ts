@@ -152,6 +152,14 @@ async function rawLogin(port: number, user = db.user, password = db.password, ca
   return { c: tc, reply: reply! };
 }
 
+async function until(cond: () => boolean, timeoutMs = 5000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error('condition not met in time');
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
 function comQuery(sql: string): Buffer {
   return encodePacket(0, Buffer.concat([Buffer.from([0x03]), Buffer.from(sql)]));
 }
@@ -163,6 +171,62 @@ for (const plane of PLANES) {
       assert.equal(reply.payload[0], 0x00, `expected OK, got ${reply.payload[0] === 0xff ? decodeErr(reply.payload).message : reply.payload[0]}`);
       assert.equal(reply.seq, 3);
       c.sock.destroy();
+    });
+  });
+
+  test(`[${plane}] auth relay forwards only answers the database asked for: seq-1 packets pipelined with the login never run as commands`, async () => {
+    // Review finding (critical): client packets with seq 1 were forwarded during authentication as seq
+    // 0 (socket leg: seq − 1) and executed right after the login OK, outside the change-user check.
+    const user = `low_${plane}`;
+    await db.rootQuery(`CREATE USER IF NOT EXISTS '${user}'@'localhost' IDENTIFIED BY 'low-pw'`);
+    await db.rootQuery(`DROP DATABASE IF EXISTS pwned_${plane}`);
+    await withProxy({ dataPlane: plane }, async (proxy, port) => {
+      const { c, greeting } = await rawConnect(port);
+      c.sock.write(encodePacket(1, sslRequest()));
+      c.sock.removeAllListeners('data');
+      const t = tls.connect({ socket: c.sock as net.Socket, ca: pki.caPem, servername: 'localhost' });
+      await once(t, 'secureConnect');
+      const tc = new RawClient(t);
+      const osUser = (await import('node:os')).userInfo().username;
+      const changeUser = Buffer.concat([Buffer.from([0x11]), Buffer.from(`${osUser}\0`), Buffer.from([0]), Buffer.from('\0'), Buffer.from([0x21, 0]), Buffer.from('mysql_native_password\0')]);
+      const create = Buffer.concat([Buffer.from([0x03]), Buffer.from(`CREATE DATABASE pwned_${plane}`)]);
+      t.write(Buffer.concat([
+        encodePacket(2, handshakeResponse(user, 'low-pw', scrambleOf(greeting.payload))),
+        encodePacket(1, changeUser), encodePacket(3, Buffer.alloc(20, 1)), encodePacket(1, create),
+      ]));
+      const reply = await tc.next();
+      assert.ok(reply && reply.payload[0] === 0xff, 'refused');
+      assert.match(decodeErr(reply.payload).message, /unexpected packet \(sequence id 1\) during authentication/);
+      assert.ok(await tc.untilClosed());
+      await until(() => proxy.stats().open === 0);
+      const rows = await db.rootQuery(`SHOW DATABASES LIKE 'pwned_${plane}'`);
+      assert.equal(rows.length, 0, 'nothing ran as the OS account');
+    });
+  });
+
+  test(`[${plane}] commands held before the login OK are bounded (1 MiB), then the client is refused`, async () => {
+    await withProxy({ dataPlane: plane }, async (proxy, port) => {
+      const { c, greeting } = await rawConnect(port);
+      c.sock.write(encodePacket(1, sslRequest()));
+      c.sock.removeAllListeners('data');
+      const t = tls.connect({ socket: c.sock as net.Socket, ca: pki.caPem, servername: 'localhost' });
+      await once(t, 'secureConnect');
+      const tc = new RawClient(t);
+      // A login the database answers with an auth switch nobody answers, then a stream of seq-0 packets.
+      const hr = Buffer.concat([sslRequest(), Buffer.from('nobody_here\0'), Buffer.from([0]), Buffer.from('no_such_plugin\0')]);
+      t.write(encodePacket(2, hr));
+      const chunk = encodePacket(0, Buffer.concat([Buffer.from([0x03]), Buffer.alloc(60_000, 0x20)]));
+      for (let i = 0; i < 40 && !tc.closed; i++) { t.write(chunk); await new Promise((r) => setTimeout(r, 5)); }
+      assert.ok(await tc.untilClosed(), 'the flooding client is cut');
+      const packets: { payload: Buffer }[] = [];
+      for (let p = await tc.next(100); p; p = await tc.next(100)) packets.push(p);
+      const err = packets.find((p) => p.payload[0] === 0xff);
+      assert.ok(err, 'an ERR before the close');
+      assert.match(decodeErr(err.payload).message, /bytes of commands sent before authentication completed/);
+      await until(() => proxy.stats().open === 0);
+      const good = await connect2(port);
+      await good.query('SELECT 1');
+      await good.end();
     });
   });
 
@@ -419,12 +483,22 @@ for (const plane of PLANES) {
   test(`[${plane}] TLS backend leg (verified with the CA) and unix-socket listener`, async () => {
     const sockPath = path.join(dir.path, `proxy-${plane}.sock`);
     const registry = new MetricsRegistry();
+    const tlsBackend = { host: '127.0.0.1', port: db.server.port!, tls: { caPem: pki.caPem, servername: 'localhost' } };
+    // The native relay speaks plaintext to the database: asked for explicitly it refuses, auto picks node.
+    if (plane === 'native') {
+      assert.throws(() => createMysqlProxy({
+        listen: { host: '127.0.0.1', port: 0 }, backend: tlsBackend, dataPlane: 'native',
+        tls: { keyPem: pki.keyPem, certPem: pki.certPem }, log: silentLogger(),
+      }), (e) => isCdbpError(e, 'CONFIG_INVALID'));
+    }
     await withProxy({
-      dataPlane: plane,
+      dataPlane: plane === 'native' ? 'auto' : plane,
       listen: { path: sockPath },
-      backend: { host: '127.0.0.1', port: db.server.port!, tls: { caPem: pki.caPem, servername: 'localhost' } },
+      backend: tlsBackend,
       metrics: registry,
-    }, async () => {
+    }, async (proxy) => {
+      assert.equal(proxy.stats().dataPlane.kind, 'node');
+      if (plane === 'native') assert.match(proxy.stats().dataPlane.reason, /TLS backend/);
       const conn = await mysql2.createConnection({ socketPath: sockPath, user: db.user, password: db.password, ssl: { ca: pki.caPem } });
       const [[row]] = await conn.query<mysql2.RowDataPacket[]>("SHOW SESSION STATUS LIKE 'Ssl_cipher'");
       assert.ok(String(row!.Value).length > 0, 'the database sees a TLS connection from the proxy');
