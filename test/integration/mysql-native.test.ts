@@ -12,7 +12,6 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
 import os from 'node:os';
-import tls from 'node:tls';
 import { createHash, X509Certificate } from 'node:crypto';
 import { once } from 'node:events';
 import { Readable, Writable } from 'node:stream';
@@ -25,9 +24,8 @@ import { createLogger, silentLogger } from '../../src/kernel/log.ts';
 import { MetricsRegistry } from '../../src/kernel/metrics.ts';
 import { isCdbpError } from '../../src/kernel/errors.ts';
 import { createMysqlProxy, type MysqlProxy, type MysqlProxyOptions } from '../../proxy/mysql/index.ts';
-import { Cap } from '../../proxy/mysql/constants.ts';
 import { decodeErr, encodePacket } from '../../proxy/mysql/codec.ts';
-import { PacketFramer } from '../../proxy/mysql/framer.ts';
+import { RawClient, comChangeUser, comQuery, handshakeResponse, rawTls, scrambleOf, sslRequest, until } from '../support/mysql-raw.ts';
 
 type Plane = 'native' | 'node';
 const PLANES: readonly Plane[] = ['native', 'node'];
@@ -84,109 +82,15 @@ function my2(port: number, opts: Partial<mysql2.ConnectionOptions> = {}) {
   });
 }
 
-async function until(cond: () => boolean, timeoutMs = 5000, what = 'condition'): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!cond()) {
-    if (Date.now() > deadline) assert.fail(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
-
 /** Sessions of the test account the database currently holds (each proxied client is one). */
 async function backendSessions(): Promise<number> {
   const rows = await db.rootQuery(`SELECT COUNT(*) AS n FROM information_schema.PROCESSLIST WHERE USER = '${db.user}'`);
   return Number(rows[0].n);
 }
 
-/** A raw protocol client: reads packets with the project's framer. */
-class RawClient {
-  private framer = new PacketFramer(1 << 30);
-  private queue: { seq: number; payload: Buffer }[] = [];
-  private waiters: (() => void)[] = [];
-  closed = false;
-  closedAt = 0;
-  constructor(public sock: net.Socket | tls.TLSSocket) {
-    sock.on('data', (c: Buffer) => { for (const p of this.framer.pushAll(c)) this.queue.push(p); this.wake(); });
-    sock.on('close', () => { this.closed = true; this.closedAt = Date.now(); this.wake(); });
-    sock.on('error', () => {});
-  }
-  private wake() { for (const w of this.waiters.splice(0)) w(); }
-  async next(timeoutMs = 5000): Promise<{ seq: number; payload: Buffer } | undefined> {
-    const deadline = Date.now() + timeoutMs;
-    while (this.queue.length === 0 && !this.closed && Date.now() < deadline) {
-      await new Promise<void>((r) => { this.waiters.push(r); setTimeout(r, 50); });
-    }
-    return this.queue.shift();
-  }
-  async untilClosed(timeoutMs = 5000) {
-    const deadline = Date.now() + timeoutMs;
-    while (!this.closed && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
-    return this.closed;
-  }
-}
-
-const CLIENT_CAPS = Cap.CLIENT_MYSQL | Cap.CLIENT_PROTOCOL_41 | Cap.CLIENT_SECURE_CONNECTION | Cap.CLIENT_PLUGIN_AUTH |
-  Cap.CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA | Cap.CLIENT_TRANSACTIONS | Cap.CLIENT_MULTI_RESULTS | Cap.CLIENT_SSL;
-
-function sslRequest(caps = CLIENT_CAPS): Buffer {
-  const p = Buffer.alloc(32);
-  p.writeUInt32LE(Number(caps & 0xffffffffn), 0);
-  p.writeUInt32LE(1 << 24, 4);
-  p[8] = 45;
-  return p;
-}
-
-function nativeToken(password: string, scramble: Buffer): Buffer {
-  const sha1 = (b: Buffer) => createHash('sha1').update(b).digest();
-  const s1 = sha1(Buffer.from(password));
-  const h = sha1(Buffer.concat([scramble, sha1(s1)]));
-  return Buffer.from(h.map((b, i) => b ^ s1[i]!));
-}
-
-function scrambleOf(greeting: Buffer): Buffer {
-  const afterVersion = greeting.indexOf(0, 1) + 1;
-  const part1 = greeting.subarray(afterVersion + 4, afterVersion + 12);
-  const p2start = afterVersion + 4 + 8 + 1 + 2 + 1 + 2 + 2 + 1 + 10;
-  return Buffer.concat([part1, greeting.subarray(p2start, p2start + 12)]);
-}
-
-function handshakeResponse(user: string, password: string, scramble: Buffer): Buffer {
-  const token = nativeToken(password, scramble);
-  return Buffer.concat([sslRequest(), Buffer.from(user + '\0'), Buffer.from([token.length]), token, Buffer.from('mysql_native_password\0')]);
-}
-
-function comQuery(sql: string): Buffer {
-  return encodePacket(0, Buffer.concat([Buffer.from([0x03]), Buffer.from(sql)]));
-}
-
-function comChangeUser(user: string, seq = 0): Buffer {
-  // user NUL, auth length 0, schema NUL: enough for the scanner and the server to read the name.
-  return encodePacket(seq, Buffer.concat([Buffer.from([0x11]), Buffer.from(`${user}\0`), Buffer.from([0]), Buffer.from('\0')]));
-}
-
-/** TCP connect, read the greeting, send the SSLRequest, finish the TLS handshake. */
-async function rawTls(port: number, ca: string | null = pki.caPem) {
-  const tcp = net.connect(port, '127.0.0.1');
-  tcp.on('error', () => {});
-  await once(tcp, 'connect');
-  const framer = new PacketFramer(1 << 20);
-  const [greeting] = await new Promise<{ seq: number; payload: Buffer }[]>((resolve) => {
-    const onData = (c: Buffer) => {
-      const ps = framer.pushAll(c);
-      if (ps.length > 0) { tcp.removeListener('data', onData); resolve(ps); }
-    };
-    tcp.on('data', onData);
-  });
-  tcp.write(encodePacket(1, sslRequest()));
-  const t = tls.connect({ socket: tcp, servername: 'localhost', ...(ca ? { ca } : { rejectUnauthorized: false }) });
-  t.on('error', () => {});
-  await once(t, 'secureConnect');
-  return { tcp, t, greeting: greeting!.payload };
-}
-
 /** A full raw login over TLS; the returned client is in the command phase (seq restarts at 0). */
 async function rawLogin(port: number) {
-  const { tcp, t, greeting } = await rawTls(port);
+  const { tcp, t, greeting } = await rawTls(port, pki.caPem);
   const c = new RawClient(t);
   t.setNoDelay(true);
   t.write(encodePacket(2, handshakeResponse(db.user, db.password, scrambleOf(greeting))));
@@ -555,7 +459,7 @@ test('[native] clients that vanish or send garbage at every stage after TLS leav
   /** TLS as far as the proxy is concerned: the client's secureConnect can come before the server read its Finished. */
   async function tlsDone(port: number) {
     const before = handshakes();
-    const r = await rawTls(port);
+    const r = await rawTls(port, pki.caPem);
     await until(() => handshakes() > before, 5000, 'the proxy to complete the handshake');
     return r;
   }

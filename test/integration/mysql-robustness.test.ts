@@ -9,7 +9,6 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
 import tls from 'node:tls';
-import { createHash } from 'node:crypto';
 import { once } from 'node:events';
 import { Writable } from 'node:stream';
 import path from 'node:path';
@@ -23,7 +22,7 @@ import { isCdbpError } from '../../src/kernel/errors.ts';
 import { createMysqlProxy, type MysqlProxy, type MysqlProxyOptions } from '../../proxy/mysql/index.ts';
 import { Cap } from '../../proxy/mysql/constants.ts';
 import { decodeErr, decodeInitialHandshake, encodePacket } from '../../proxy/mysql/codec.ts';
-import { PacketFramer } from '../../proxy/mysql/framer.ts';
+import { CLIENT_CAPS, RawClient, comQuery, handshakeResponse, rawTls, scrambleOf, sslRequest, until } from '../support/mysql-raw.ts';
 
 type Plane = 'native' | 'node';
 const PLANES: readonly Plane[] = ['native', 'node'];
@@ -69,34 +68,6 @@ function connect2(port: number, opts: Partial<mysql2.ConnectionOptions> = {}) {
   return mysql2.createConnection({ host: '127.0.0.1', port, user: db.user, password: db.password, ssl: { ca: pki.caPem }, connectTimeout: 10_000, ...opts });
 }
 
-/** A raw protocol client: reads packets with the project's framer (no cap that matters here). */
-class RawClient {
-  private framer = new PacketFramer(1 << 30);
-  private queue: { seq: number; payload: Buffer }[] = [];
-  private waiters: (() => void)[] = [];
-  closed = false;
-  constructor(public sock: net.Socket | tls.TLSSocket) { this.attach(sock); }
-  attach(sock: net.Socket | tls.TLSSocket) {
-    this.sock = sock;
-    sock.on('data', (c: Buffer) => { for (const p of this.framer.pushAll(c)) this.queue.push(p); this.wake(); });
-    sock.on('close', () => { this.closed = true; this.wake(); });
-    sock.on('error', () => {});
-  }
-  private wake() { for (const w of this.waiters.splice(0)) w(); }
-  async next(timeoutMs = 5000): Promise<{ seq: number; payload: Buffer } | undefined> {
-    const deadline = Date.now() + timeoutMs;
-    while (this.queue.length === 0 && !this.closed && Date.now() < deadline) {
-      await new Promise<void>((r) => { this.waiters.push(r); setTimeout(r, 50); });
-    }
-    return this.queue.shift();
-  }
-  async untilClosed(timeoutMs = 5000) {
-    const deadline = Date.now() + timeoutMs;
-    while (!this.closed && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
-    return this.closed;
-  }
-}
-
 async function rawConnect(port: number) {
   const sock = net.connect(port, '127.0.0.1');
   await once(sock, 'connect');
@@ -104,39 +75,6 @@ async function rawConnect(port: number) {
   const greeting = await c.next();
   assert.ok(greeting, 'greeting received');
   return { c, greeting };
-}
-
-const CLIENT_CAPS = Cap.CLIENT_MYSQL | Cap.CLIENT_PROTOCOL_41 | Cap.CLIENT_SECURE_CONNECTION | Cap.CLIENT_PLUGIN_AUTH |
-  Cap.CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA | Cap.CLIENT_TRANSACTIONS | Cap.CLIENT_MULTI_RESULTS | Cap.CLIENT_SSL;
-
-function sslRequest(caps = CLIENT_CAPS): Buffer {
-  const p = Buffer.alloc(32);
-  p.writeUInt32LE(Number(caps & 0xffffffffn), 0);
-  p.writeUInt32LE(1 << 24, 4);
-  p[8] = 45;
-  return p;
-}
-
-function nativeToken(password: string, scramble: Buffer): Buffer {
-  const sha1 = (b: Buffer) => createHash('sha1').update(b).digest();
-  const s1 = sha1(Buffer.from(password));
-  const s2 = sha1(s1);
-  const h = sha1(Buffer.concat([scramble, s2]));
-  return Buffer.from(h.map((b, i) => b ^ s1[i]!));
-}
-
-function scrambleOf(greeting: Buffer): Buffer {
-  const afterVersion = greeting.indexOf(0, 1) + 1;
-  const part1 = greeting.subarray(afterVersion + 4, afterVersion + 12);
-  const p2start = afterVersion + 4 + 8 + 1 + 2 + 1 + 2 + 2 + 1 + 10;
-  const part2 = greeting.subarray(p2start, p2start + 12);
-  return Buffer.concat([part1, part2]);
-}
-
-function handshakeResponse(user: string, password: string, scramble: Buffer, caps = CLIENT_CAPS): Buffer {
-  const head = sslRequest(caps);
-  const token = nativeToken(password, scramble);
-  return Buffer.concat([head, Buffer.from(user + '\0'), Buffer.from([token.length]), token, Buffer.from('mysql_native_password\0')]);
 }
 
 /** Full raw login over TLS; returns the client ready for commands (seq restarts at 0). */
@@ -150,18 +88,6 @@ async function rawLogin(port: number, user = db.user, password = db.password, ca
   t.write(encodePacket(2, handshakeResponse(user, password, scrambleOf(greeting.payload), caps)));
   const reply = await tc.next();
   return { c: tc, reply: reply! };
-}
-
-async function until(cond: () => boolean, timeoutMs = 5000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error('condition not met in time');
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
-
-function comQuery(sql: string): Buffer {
-  return encodePacket(0, Buffer.concat([Buffer.from([0x03]), Buffer.from(sql)]));
 }
 
 for (const plane of PLANES) {
@@ -181,17 +107,13 @@ for (const plane of PLANES) {
     await db.rootQuery(`CREATE USER IF NOT EXISTS '${user}'@'localhost' IDENTIFIED BY 'low-pw'`);
     await db.rootQuery(`DROP DATABASE IF EXISTS pwned_${plane}`);
     await withProxy({ dataPlane: plane }, async (proxy, port) => {
-      const { c, greeting } = await rawConnect(port);
-      c.sock.write(encodePacket(1, sslRequest()));
-      c.sock.removeAllListeners('data');
-      const t = tls.connect({ socket: c.sock as net.Socket, ca: pki.caPem, servername: 'localhost' });
-      await once(t, 'secureConnect');
+      const { t, greeting } = await rawTls(port, pki.caPem);
       const tc = new RawClient(t);
       const osUser = (await import('node:os')).userInfo().username;
       const changeUser = Buffer.concat([Buffer.from([0x11]), Buffer.from(`${osUser}\0`), Buffer.from([0]), Buffer.from('\0'), Buffer.from([0x21, 0]), Buffer.from('mysql_native_password\0')]);
       const create = Buffer.concat([Buffer.from([0x03]), Buffer.from(`CREATE DATABASE pwned_${plane}`)]);
       t.write(Buffer.concat([
-        encodePacket(2, handshakeResponse(user, 'low-pw', scrambleOf(greeting.payload))),
+        encodePacket(2, handshakeResponse(user, 'low-pw', scrambleOf(greeting))),
         encodePacket(1, changeUser), encodePacket(3, Buffer.alloc(20, 1)), encodePacket(1, create),
       ]));
       const reply = await tc.next();
@@ -206,11 +128,7 @@ for (const plane of PLANES) {
 
   test(`[${plane}] commands held before the login OK are bounded (1 MiB), then the client is refused`, async () => {
     await withProxy({ dataPlane: plane }, async (proxy, port) => {
-      const { c, greeting } = await rawConnect(port);
-      c.sock.write(encodePacket(1, sslRequest()));
-      c.sock.removeAllListeners('data');
-      const t = tls.connect({ socket: c.sock as net.Socket, ca: pki.caPem, servername: 'localhost' });
-      await once(t, 'secureConnect');
+      const { t } = await rawTls(port, pki.caPem);
       const tc = new RawClient(t);
       // A login the database answers with an auth switch nobody answers, then a stream of seq-0 packets.
       const hr = Buffer.concat([sslRequest(), Buffer.from('nobody_here\0'), Buffer.from([0]), Buffer.from('no_such_plugin\0')]);
