@@ -59,8 +59,15 @@ export const Cap = {
   MARIADB_CLIENT_BULK_UNIT_RESULTS: 1n << 37n,
 } as const;
 
-/** Capabilities this proxy never lets a client negotiate: the byte pump does not (de)compress. */
-export const CAPS_NEVER_ADVERTISED = Cap.CLIENT_COMPRESS | Cap.CLIENT_ZSTD_COMPRESSION_ALGORITHM;
+/** Compression: the byte pumps (JS and native) do not (de)compress. */
+export const CAPS_COMPRESSION = Cap.CLIENT_COMPRESS | Cap.CLIENT_ZSTD_COMPRESSION_ALGORITHM;
+
+/**
+ * Capabilities this proxy never lets a client negotiate: compression, and MariaDB's COM_MULTI, which
+ * bundles several commands into one packet; the change-user scanners (client-scanner.ts and its C twin)
+ * read one command per packet, so a bundled COM_CHANGE_USER would pass them unseen.
+ */
+export const CAPS_NEVER_ADVERTISED = CAPS_COMPRESSION | Cap.MARIADB_CLIENT_COM_MULTI;
 
 /** Command bytes: first payload byte of a client packet with sequence id 0 in the command phase. */
 export const enum Command {

@@ -24,7 +24,7 @@ import { ConnectionRecord, type ConnectionOutcome } from '../shared/connection-l
 import type { ConnectionSlot } from '../shared/connection-limiter.ts';
 import type { EndpointMetrics } from '../shared/metrics.ts';
 import type { TlsIdentityHolder } from '../shared/tls-identity.ts';
-import { Cap, CAPS_NEVER_ADVERTISED, Header, ProxyErrno } from './constants.ts';
+import { Cap, CAPS_COMPRESSION, CAPS_NEVER_ADVERTISED, Header, ProxyErrno } from './constants.ts';
 import {
   clearClientCapabilities, decodeClientHello, decodeInitialHandshake, encodeErrPacket, encodePacket,
   patchHandshakeCapabilities, sslRequestFrom, type ErrPacket, type Packet,
@@ -332,7 +332,9 @@ export class MysqlSession {
     if (hello.capabilities & CAPS_NEVER_ADVERTISED) {
       this.ctx.metrics.refused('protocol');
       this.refuse('protocol_error', ProxyErrno.FEATURE_REFUSED,
-        'Protocol compression is not supported by this proxy (it was not advertised); connect without compression',
+        hello.capabilities & CAPS_COMPRESSION
+          ? 'Protocol compression is not supported by this proxy (it was not advertised); connect without compression'
+          : 'COM_MULTI is not supported by this proxy (it was not advertised)',
         packet.seq + 1);
       return;
     }

@@ -227,6 +227,15 @@ for (const plane of PLANES) {
         assert.match(decodeErr(reply.payload).message, /compression/i);
         assert.ok(await c.untilClosed());
       }
+      // 6. MariaDB's COM_MULTI asked for although it was not advertised (it would hide commands from the scanners)
+      {
+        const caps = (CLIENT_CAPS & ~Cap.CLIENT_MYSQL) | Cap.MARIADB_CLIENT_COM_MULTI;
+        const { c, reply } = await rawLogin(port, db.user, db.password, caps);
+        assert.equal(reply.payload[0], 0xff);
+        assert.equal(decodeErr(reply.payload).errno, 1251);
+        assert.match(decodeErr(reply.payload).message, /COM_MULTI/);
+        assert.ok(await c.untilClosed());
+      }
       const [[row]] = await good.query<mysql2.RowDataPacket[]>('SELECT 1 AS ok');
       assert.equal(row!.ok, 1);
       assert.ok(proxy.stats().tlsFailures >= 1);

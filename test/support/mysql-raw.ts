@@ -50,6 +50,8 @@ export function sslRequest(caps = CLIENT_CAPS): Buffer {
   p.writeUInt32LE(Number(caps & 0xffffffffn), 0);
   p.writeUInt32LE(1 << 24, 4);
   p[8] = 45;
+  // MariaDB clients (CLIENT_MYSQL clear) send their extended capabilities in the last 4 filler bytes.
+  if ((caps & Cap.CLIENT_MYSQL) === 0n) p.writeUInt32LE(Number((caps >> 32n) & 0xffffffffn), 28);
   return p;
 }
 
