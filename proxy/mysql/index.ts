@@ -115,7 +115,12 @@ export function createMysqlProxy(opts: MysqlProxyOptions): MysqlProxy {
   const closedWaiters = new Set<() => void>();
   const forbiddenUsers: ReadonlySet<string> = 'socket' in opts.backend ? new Set([os.userInfo().username]) : new Set();
   const { native, dataPlane } = chooseDataPlane(opts, forbiddenUsers);
-  native?.setIdentity(opts.tls);
+  try {
+    native?.setIdentity(opts.tls);
+  } catch (e) {
+    native?.destroy(); // its worker threads must not outlive a proxy that was never created
+    throw e;
+  }
   metrics.dataPlane(dataPlane.kind);
   const planeLine = { event: 'data_plane', dataPlane: dataPlane.kind, reason: dataPlane.reason };
   // Falling back because the native build is missing is worth a warning: it costs throughput.

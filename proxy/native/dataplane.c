@@ -1176,9 +1176,16 @@ static napi_value js_create(napi_env env, napi_callback_info info) {
     w->evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     pthread_mutex_init(&w->qlock, NULL);
     struct epoll_event ev = {.events = EPOLLIN, .data.ptr = NULL};
-    epoll_ctl(w->epfd, EPOLL_CTL_ADD, w->evfd, &ev);
+    if (w->epfd < 0 || w->evfd < 0 || epoll_ctl(w->epfd, EPOLL_CTL_ADD, w->evfd, &ev) != 0 ||
+        pthread_create(&w->thread, NULL, worker_main, w) != 0) {
+      /* Not started: nothing to join. Workers already running stay (the engine is unusable and tiny). */
+      if (w->epfd >= 0) close(w->epfd);
+      if (w->evfd >= 0) close(w->evfd);
+      free(w);
+      napi_throw_error(env, NULL, "cdbp dataplane: cannot start a worker (epoll/eventfd/thread)");
+      return NULL;
+    }
     e->workers[i] = w;
-    pthread_create(&w->thread, NULL, worker_main, w);
   }
   napi_value out;
   NAPI_OK(napi_create_external(env, e, NULL, NULL, &out));

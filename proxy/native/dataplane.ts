@@ -169,5 +169,9 @@ export class NativeDataPlane {
 export function loadNativeDataPlane(options: NativeDataPlaneOptions): { plane: NativeDataPlane } | { unavailable: string } {
   const r = nativeAddon();
   if ('unavailable' in r) return r;
-  return { plane: new NativeDataPlane(r.addon, options) };
+  try {
+    return { plane: new NativeDataPlane(r.addon, options) };
+  } catch (e) {
+    return { unavailable: `cannot start the native data plane: ${(e as Error).message}` };
+  }
 }
