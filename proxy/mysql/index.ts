@@ -237,11 +237,11 @@ export function createMysqlProxy(opts: MysqlProxyOptions): MysqlProxy {
         liveIn += b.in;
         liveOut += b.out;
       }
-      const relayed = native?.stats() ?? { bytesIn: 0, bytesOut: 0 };
+      const relayed = native?.stats() ?? { bytesIn: 0, bytesOut: 0, buffered: 0 };
       return {
         open: sessions.size, total, refused, dataPlane,
         bytesIn: totals.bytesIn + liveIn + relayed.bytesIn, bytesOut: totals.bytesOut + liveOut + relayed.bytesOut,
-        tlsFailures: totals.tlsFailures, authFailures: totals.authFailures, handshakeTimeouts: totals.handshakeTimeouts, buffered,
+        tlsFailures: totals.tlsFailures, authFailures: totals.authFailures, handshakeTimeouts: totals.handshakeTimeouts, buffered: buffered + relayed.buffered,
       };
     },
   };

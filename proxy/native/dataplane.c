@@ -251,6 +251,7 @@ struct conn {
   scanner_t sc;
   bytes_t final_pkt;      /* sent to the client when the backend has ended (refused change-user) */
   uint64_t bytes_in, bytes_out;
+  size_t buffered; /* this connection's share of the engine's `buffered` as last reported */
   int64_t last_activity_ms, idle_ms, deadline_ms;
   char outcome[32];
   char error[400];
@@ -315,6 +316,8 @@ struct engine {
   char err_sqlstate[6];
   napi_threadsafe_function tsfn;
   atomic_ullong bytes_in, bytes_out;
+  /* Bytes held inside the relay across connections: ciphertext in and out, plaintext for the peer. */
+  atomic_llong buffered;
   atomic_int open;
   bool destroyed;
 };
@@ -404,6 +407,8 @@ static void conn_close(conn_t *c, const char *outcome, const char *error) {
   }
   table_del(w, c);
   atomic_fetch_sub(&w->e->open, 1);
+  atomic_fetch_sub(&w->e->buffered, (long long)c->buffered);
+  c->buffered = 0;
   event_t *ev = xcalloc(sizeof *ev);
   if (ev) {
     ev->type = EV_CLOSED;
@@ -799,6 +804,15 @@ static bool check_ends(conn_t *c) {
   }
 }
 
+/* Keeps the engine-wide `buffered` gauge in step with this connection (stats().buffered). */
+static void account_buffered(conn_t *c) {
+  size_t now = c->dead ? 0 : tls_out_pending(c) + (size_t)BIO_ctrl_pending(c->rbio) + bytes_pending(&c->pout);
+  if (now != c->buffered) {
+    atomic_fetch_add(&c->w->e->buffered, (long long)now - (long long)c->buffered);
+    c->buffered = now;
+  }
+}
+
 static void advance(conn_t *c) {
   for (int guard = 0; guard < 64 && !c->dead; guard++) {
     bool progress = false;
@@ -816,6 +830,7 @@ static void advance(conn_t *c) {
     if (!progress) break;
   }
   if (!c->dead) update_interest(c);
+  account_buffered(c);
 }
 
 /* ---- commands from JS ---- */
@@ -1310,7 +1325,7 @@ static napi_value simple_cmd(napi_env env, napi_callback_info info, cmd_type typ
 static napi_value js_finish(napi_env env, napi_callback_info info) { return simple_cmd(env, info, CMD_FINISH); }
 static napi_value js_close(napi_env env, napi_callback_info info) { return simple_cmd(env, info, CMD_CLOSE); }
 
-/* stats(engine) -> { open, bytesIn, bytesOut } */
+/* stats(engine) -> { open, bytesIn, bytesOut, buffered } */
 static napi_value js_stats(napi_env env, napi_callback_info info) {
   size_t argc = 1;
   napi_value argv[1], out, v;
@@ -1324,6 +1339,8 @@ static napi_value js_stats(napi_env env, napi_callback_info info) {
   napi_set_named_property(env, out, "bytesIn", v);
   napi_create_double(env, (double)atomic_load(&e->bytes_out), &v);
   napi_set_named_property(env, out, "bytesOut", v);
+  napi_create_double(env, (double)atomic_load(&e->buffered), &v);
+  napi_set_named_property(env, out, "buffered", v);
   return out;
 }
 

@@ -53,7 +53,7 @@ interface Addon {
   bypass(engine: unknown, id: number, fd: number, leftover: Buffer, idleMs: number): void;
   finish(engine: unknown, id: number): void;
   close(engine: unknown, id: number): void;
-  stats(engine: unknown): { open: number; bytesIn: number; bytesOut: number };
+  stats(engine: unknown): { open: number; bytesIn: number; bytesOut: number; buffered: number };
   destroy(engine: unknown): void;
 }
 
@@ -136,9 +136,12 @@ export class NativeDataPlane {
     if (!this.destroyed) this.lib.close(this.engine, id);
   }
 
-  /** Live counters: open native connections, command-phase bytes relayed so far (all connections). */
-  stats(): { open: number; bytesIn: number; bytesOut: number } {
-    return this.destroyed ? { open: 0, bytesIn: 0, bytesOut: 0 } : this.lib.stats(this.engine);
+  /**
+   * Live counters: open native connections, command-phase bytes relayed so far, and bytes held inside
+   * the relay right now (all connections; backpressure health).
+   */
+  stats(): { open: number; bytesIn: number; bytesOut: number; buffered: number } {
+    return this.destroyed ? { open: 0, bytesIn: 0, bytesOut: 0, buffered: 0 } : this.lib.stats(this.engine);
   }
 
   /** Closes every connection (their onClosed handlers run) and stops the workers. */

@@ -411,6 +411,7 @@ test('[native] bytes relayed by C are accounted once: close line, stats() (live 
     const s = proxy.stats();
     assert.equal(s.open, 0);
     assert.equal(s.bytesOut, close.bytesOut, 'stats after close: the same total, counted once');
+    assert.equal(s.buffered, 0, 'nothing held inside the proxy once every session is closed');
     assert.equal(s.bytesIn, close.bytesIn);
     const text = metrics.render();
     assert.match(text, new RegExp(`cdbp_bytes_total\\{direction="out",protocol="mysql"\\} ${close.bytesOut}\\n`));
