@@ -280,13 +280,9 @@ for (const plane of PLANES) {
     const osUser = (await import('node:os')).userInfo().username;
     const changeUser = encodePacket(0, Buffer.concat([Buffer.from([0x11]), Buffer.from(`${osUser}\0`), Buffer.from([0]), Buffer.from('\0')]));
     await withProxy({ dataPlane: plane }, async (_p, port) => {
-      const { c, greeting } = await rawConnect(port);
-      c.sock.write(encodePacket(1, sslRequest()));
-      c.sock.removeAllListeners('data');
-      const t = tls.connect({ socket: c.sock as net.Socket, ca: pki.caPem, servername: 'localhost' });
-      await once(t, 'secureConnect');
+      const { t, greeting } = await rawTls(port, pki.caPem);
       const tc = new RawClient(t);
-      t.write(Buffer.concat([encodePacket(2, handshakeResponse(db.user, db.password, scrambleOf(greeting.payload))), comQuery('DO 1'), changeUser]));
+      t.write(Buffer.concat([encodePacket(2, handshakeResponse(db.user, db.password, scrambleOf(greeting))), comQuery('DO 1'), changeUser]));
       const login = await tc.next();
       assert.equal(login?.payload[0], 0x00, 'login OK');
       const doOk = await tc.next();
@@ -445,13 +441,9 @@ test('commands pipelined before the login OK reach the ack gate: the tracker see
   await db.rootQuery('CREATE TABLE IF NOT EXISTS test.pipelined (v INT)');
   await withProxy({ ackGate: gate }, async (proxy, port) => {
     assert.equal(proxy.stats().dataPlane.kind, 'node', 'auto with a gate is the JS pump');
-    const { c, greeting } = await rawConnect(port);
-    c.sock.write(encodePacket(1, sslRequest()));
-    c.sock.removeAllListeners('data');
-    const t = tls.connect({ socket: c.sock as net.Socket, ca: pki.caPem, servername: 'localhost' });
-    await once(t, 'secureConnect');
+    const { t, greeting } = await rawTls(port, pki.caPem);
     const tc = new RawClient(t);
-    t.write(Buffer.concat([encodePacket(2, handshakeResponse(db.user, db.password, scrambleOf(greeting.payload))),
+    t.write(Buffer.concat([encodePacket(2, handshakeResponse(db.user, db.password, scrambleOf(greeting))),
       comQuery('INSERT INTO test.pipelined VALUES (1)')]));
     assert.equal((await tc.next())?.payload[0], 0x00, 'login OK');
     assert.equal((await tc.next())?.payload[0], 0x00, 'INSERT OK');
