@@ -17,7 +17,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { DockerComposeEnvironment, Wait, type StartedDockerComposeEnvironment } from 'testcontainers';
 import {
-  ComposeProject, COMPOSE_DIR, buildImages, run, runOk, withVolumes, fetchJson, waitFor, type RunResult,
+  ComposeProject, COMPOSE_DIR, buildImages, run, runOk, withVolumes, fetchJson, waitFor, restoreVolume, waitForStartDecision, type RunResult,
 } from './support.ts';
 
 const project = `cdbppg${randomBytes(3).toString('hex')}`;
@@ -180,16 +180,11 @@ describe('compose profile postgres (docker-compose v1, private Docker engine)', 
     assert.equal(later.code, 0, later.stderr);
     assert.equal(later.stdout.trim().split('\n').at(-1), '2');
     await stopBoth();
-    const restore = await withVolumes([[stack.volume('pg-untrusted'), '/to'], [snapshotVolume, '/from', 'ro']],
-      'find /to -mindepth 1 -delete && cp -a /from/. /to/');
+    const restore = await restoreVolume(stack.volume('pg-untrusted'), snapshotVolume);
     assert.equal(restore.code, 0, restore.stderr);
     await startBoth();
     const url2 = await ops();
-    const decided = await waitFor('proxy-pg to decide on the rolled-back volume', async () => {
-      const st = await fetchJson(`${url2}/v1/status`);
-      const state = (st?.body.lifecycle as { state?: string } | undefined)?.state;
-      return state === 'failed' || state === 'ready' ? st : undefined;
-    }, 120_000);
+    const decided = await waitForStartDecision('proxy-pg to decide on the rolled-back volume', url2);
     const lifecycle = decided.body.lifecycle as { state: string; reason?: { code: string; message: string } };
     assert.equal(lifecycle.state, 'failed', 'proxy-pg accepted a rolled-back volume');
     assert.equal(lifecycle.reason?.code, 'ROLLBACK_DETECTED');

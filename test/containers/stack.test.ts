@@ -13,7 +13,7 @@ import { mkdtempSync, writeFileSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import {
-  ComposeProject, COMPOSE_DIR, buildImages, run, runOk, withVolumes, fetchJson, waitFor,
+  ComposeProject, COMPOSE_DIR, buildImages, run, runOk, withVolumes, fetchJson, waitFor, restoreVolume, waitForStartDecision,
 } from './support.ts';
 import { DockerComposeEnvironment, Wait, type StartedDockerComposeEnvironment } from 'testcontainers';
 
@@ -168,16 +168,11 @@ describe('compose stack (docker-compose v1, private Docker engine)', { timeout: 
     assert.equal(later.stdout.trim(), '2001');
     await stopDatabase();
     // Roll the disk back to the copy.
-    const restore = await withVolumes([[stack.volume('untrusted'), '/to'], [snapshotVolume, '/from', 'ro']],
-      'find /to -mindepth 1 -delete && cp -a /from/. /to/');
+    const restore = await restoreVolume(stack.volume('untrusted'), snapshotVolume);
     assert.equal(restore.code, 0, restore.stderr);
     await startDatabase();
     const url = await ops();
-    const refused = await waitFor('the proxy to decide on the rolled-back volume', async () => {
-      const s = await fetchJson(`${url}/v1/status`);
-      const state = (s?.body.lifecycle as { state?: string } | undefined)?.state;
-      return state === 'failed' || state === 'ready' ? s : undefined;
-    }, 120_000);
+    const refused = await waitForStartDecision('the proxy to decide on the rolled-back volume', url);
     const lifecycle = refused.body.lifecycle as { state: string; reason?: { code: string; message: string } };
     assert.equal(lifecycle.state, 'failed', 'the proxy accepted a rolled-back volume');
     assert.equal(lifecycle.reason?.code, 'ROLLBACK_DETECTED');

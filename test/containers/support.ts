@@ -159,6 +159,20 @@ export async function fetchJson(url: string): Promise<{ status: number; body: Re
   }
 }
 
+/** Replaces a volume's whole content with a copy of another (rolling a disk back to a snapshot). */
+export function restoreVolume(volume: string, snapshot: string): Promise<RunResult> {
+  return withVolumes([[volume, '/to'], [snapshot, '/from', 'ro']], 'find /to -mindepth 1 -delete && cp -a /from/. /to/');
+}
+
+/** Waits until the proxy behind an ops URL has decided at start-up (lifecycle ready or failed); returns its /v1/status. */
+export function waitForStartDecision(what: string, opsUrl: string): Promise<{ status: number; body: Record<string, unknown> }> {
+  return waitFor(what, async () => {
+    const st = await fetchJson(`${opsUrl}/v1/status`);
+    const state = (st?.body.lifecycle as { state?: string } | undefined)?.state;
+    return state === 'failed' || state === 'ready' ? st : undefined;
+  }, 120_000);
+}
+
 /** Polls until `probe` returns a value (not undefined) or the deadline passes. */
 export async function waitFor<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs: number): Promise<T> {
   const deadline = Date.now() + timeoutMs;
