@@ -14,8 +14,8 @@ import { startPrivateMariadb, type PrivateMariadb } from '../support/mariadb.ts'
 import { makeTestPki } from '../support/test-pki.ts';
 import { tempDir } from '../support/tmp.ts';
 import { runSysbench, prepareSysbench } from '../support/sysbench.ts';
-import { silentLogger } from '../../src/kernel/log.ts';
-import { createMysqlProxy, type MysqlProxy } from '../../proxy/mysql/index.ts';
+import type { MysqlProxy } from '../../proxy/mysql/index.ts';
+import { listenMysqlProxy } from '../support/mysql-proxy.ts';
 
 const run = promisify(execFile);
 
@@ -41,17 +41,7 @@ before(async () => {
   caPem = pki.caPem;
   caFile = pki.writeTo(dir.path).caFile;
   for (const plane of PLANES) {
-    const proxy = createMysqlProxy({
-      listen: { host: '127.0.0.1', port: 0 },
-      backend: { socket: db.server.socket },
-      tls: { keyPem: pki.keyPem, certPem: pki.certPem },
-      log: silentLogger(),
-      dataPlane: plane,
-    });
-    assert.equal(proxy.stats().dataPlane.kind, plane);
-    const addr = await proxy.listen();
-    assert.ok('port' in addr);
-    proxies.set(plane, { proxy, port: addr.port });
+    proxies.set(plane, await listenMysqlProxy(db.server.socket, pki, { dataPlane: plane }));
   }
 });
 

@@ -26,6 +26,7 @@ import { isCdbpError } from '../../src/kernel/errors.ts';
 import { createMysqlProxy, type MysqlProxy, type MysqlProxyOptions } from '../../proxy/mysql/index.ts';
 import { decodeErr, encodePacket } from '../../proxy/mysql/codec.ts';
 import { RawClient, comChangeUser, comQuery, handshakeResponse, rawTls, scrambleOf, sslRequest, until } from '../support/mysql-raw.ts';
+import { listenMysqlProxy } from '../support/mysql-proxy.ts';
 
 type Plane = 'native' | 'node';
 const PLANES: readonly Plane[] = ['native', 'node'];
@@ -57,19 +58,9 @@ function captureLog() {
 }
 
 async function withProxy<T>(plane: Plane, extra: Partial<MysqlProxyOptions>, fn: (p: MysqlProxy, port: number) => Promise<T>): Promise<T> {
-  const proxy = createMysqlProxy({
-    listen: { host: '127.0.0.1', port: 0 },
-    backend: { socket: db.server.socket },
-    tls: { keyPem: pki.keyPem, certPem: pki.certPem },
-    log: silentLogger(),
-    dataPlane: plane,
-    ...extra,
-  });
-  // A missing build must fail here, not pass as native coverage.
-  assert.equal(proxy.stats().dataPlane.kind, plane);
-  const addr = await proxy.listen();
+  const { proxy, port } = await listenMysqlProxy(db.server.socket, pki, { dataPlane: plane, ...extra });
   try {
-    return await fn(proxy, (addr as { port: number }).port);
+    return await fn(proxy, port);
   } finally {
     await proxy.close();
   }

@@ -23,6 +23,7 @@ import { createMysqlProxy, type MysqlProxy, type MysqlProxyOptions } from '../..
 import { Cap } from '../../proxy/mysql/constants.ts';
 import { decodeErr, decodeInitialHandshake, encodePacket } from '../../proxy/mysql/codec.ts';
 import { CLIENT_CAPS, RawClient, comQuery, handshakeResponse, rawTls, scrambleOf, sslRequest, until } from '../support/mysql-raw.ts';
+import { listenMysqlProxy } from '../support/mysql-proxy.ts';
 
 type Plane = 'native' | 'node';
 const PLANES: readonly Plane[] = ['native', 'node'];
@@ -47,18 +48,9 @@ after(async () => {
 });
 
 async function withProxy<T>(extra: Partial<MysqlProxyOptions>, fn: (p: MysqlProxy, port: number) => Promise<T>): Promise<T> {
-  const proxy = createMysqlProxy({
-    listen: { host: '127.0.0.1', port: 0 },
-    backend: { socket: db.server.socket },
-    tls: { keyPem: pki.keyPem, certPem: pki.certPem },
-    log: silentLogger(),
-    ...extra,
-  });
-  // Asked for a plane: it must be the one running (a missing native build fails, it does not fall back).
-  if (extra.dataPlane && extra.dataPlane !== 'auto') assert.equal(proxy.stats().dataPlane.kind, extra.dataPlane);
-  const addr = await proxy.listen();
+  const { proxy, port } = await listenMysqlProxy(db.server.socket, pki, extra);
   try {
-    return await fn(proxy, (addr as { port: number }).port);
+    return await fn(proxy, port);
   } finally {
     await proxy.close();
   }
