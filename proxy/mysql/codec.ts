@@ -221,8 +221,13 @@ export function decodeErr(payload: Buffer): ErrPacket {
  * header, lenenc affected rows, lenenc last insert id, int<2> status. Returns undefined if `end` comes first.
  */
 export function okStatusFlags(buf: Buffer, payloadStart: number, end: number): number | undefined {
+  // A malformed length (0xFB/0xFF) reads as "no status" instead of throwing: this runs inside the
+  // relay's data handlers, where an exception would end more than this session (tracker.c does the same).
+  const lenencStart = (at: number) => at < end && buf[at] !== 0xfb && buf[at] !== 0xff;
+  if (!lenencStart(payloadStart + 1)) return undefined;
   const affected = readLenEnc(buf, payloadStart + 1, end);
   if (!affected) return undefined;
+  if (!lenencStart(affected.next)) return undefined;
   const insertId = readLenEnc(buf, affected.next, end);
   if (!insertId || insertId.next + 2 > end) return undefined;
   return buf.readUInt16LE(insertId.next);

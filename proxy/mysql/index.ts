@@ -60,8 +60,8 @@ export interface MysqlProxyOptions {
   ackGate?: AckGate;
   /**
    * Who terminates TLS and relays the command phase: 'native' (proxy/native/dataplane.c, C worker
-   * threads), 'node' (Node's TLS and the JS pump), or 'auto' (default: native when it is built and no
-   * ack gate is configured; strict freshness needs the JS response tracker). 'native' fails if it
+   * threads, with its own response tracker under strict freshness), 'node' (Node's TLS and the JS
+   * pump), or 'auto' (default: native when it is built and the backend leg is plaintext). 'native' fails if it
    * cannot be used.
    */
   dataPlane?: 'auto' | 'native' | 'node';
@@ -124,7 +124,7 @@ export function createMysqlProxy(opts: MysqlProxyOptions): MysqlProxy {
   metrics.dataPlane(dataPlane.kind);
   const planeLine = { event: 'data_plane', dataPlane: dataPlane.kind, reason: dataPlane.reason };
   // Falling back because the native build is missing is worth a warning: it costs throughput.
-  if (dataPlane.kind === 'node' && dataPlane.reason !== 'configured' && !opts.ackGate) log.warn(planeLine, 'data plane: node (native unavailable)');
+  if (dataPlane.kind === 'node' && dataPlane.reason !== 'configured') log.warn(planeLine, 'data plane: node (native unavailable)');
   else log.info(planeLine, `data plane: ${dataPlane.kind}`);
 
   const ctx: SessionContext = {
@@ -253,10 +253,6 @@ function chooseDataPlane(opts: MysqlProxyOptions, forbiddenUsers: ReadonlySet<st
   if ('host' in opts.backend && opts.backend.tls) {
     if (wanted === 'native') throw new CdbpError('CONFIG_INVALID', 'the native data plane relays plaintext to the database: it cannot serve a TLS backend leg');
     return { dataPlane: { kind: 'node', reason: 'TLS backend leg (the native relay speaks plaintext to the database)' } };
-  }
-  if (opts.ackGate) {
-    if (wanted === 'native') throw new CdbpError('CONFIG_INVALID', 'the native data plane cannot run with strict freshness (it needs the JS response tracker)');
-    return { dataPlane: { kind: 'node', reason: 'strict freshness holds acknowledgments in the JS pump' } };
   }
   const loaded = loadNativeDataPlane({
     workers: opts.nativeWorkers ?? 1, forbiddenUsers,

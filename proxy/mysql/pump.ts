@@ -62,6 +62,17 @@ export function startPump(client: Duplex, backend: Duplex, capabilities: bigint,
   return pump;
 }
 
+/**
+ * What the client gets instead of an acknowledgment the gate refused (`seq`: the held packet's). Shared
+ * with the native relay, which sets the sequence id itself.
+ */
+export function ackRefusedPacket(seq: number): Buffer {
+  return encodeErrPacket(seq, {
+    ...ProxyErrno.PROXY_ERROR,
+    message: 'The write was executed but could not be confirmed durable (freshness epoch not sealed); the connection is closed',
+  });
+}
+
 /** The answer to a refused change-user (the command had seq 0, so its answer has seq 1). */
 function forbiddenChangeUserPacket(user: string): Buffer {
   return encodeErrPacket(1, forbiddenUserErr(user, 'change_user'));
@@ -228,10 +239,7 @@ class GatedPump extends ClientSide implements Pump {
       }, (err: unknown) => {
         this.holding = false;
         this.refused = true;
-        this.client.end(encodeErrPacket(seq, {
-          ...ProxyErrno.PROXY_ERROR,
-          message: 'The write was executed but could not be confirmed durable (freshness epoch not sealed); the connection is closed',
-        }));
+        this.client.end(ackRefusedPacket(seq));
         this.events.onAckRefused(err);
       });
       return;

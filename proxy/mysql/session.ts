@@ -30,7 +30,7 @@ import {
   patchHandshakeCapabilities, sslRequestFrom, type ErrPacket, type Packet,
 } from './codec.ts';
 import { FramedReader } from './reader.ts';
-import { startPump, type AckGate } from './pump.ts';
+import { ackRefusedPacket, startPump, type AckGate } from './pump.ts';
 import { forbiddenUserErr, isForbiddenUser } from './forbidden-user.ts';
 import type { NativeClosed, NativeDataPlane } from '../native/dataplane.ts';
 
@@ -52,9 +52,9 @@ export interface SessionContext {
   metrics: EndpointMetrics;
   ackGate: AckGate | undefined;
   /**
-   * The native data plane, when loaded and no ack gate is configured: it terminates TLS and, after
-   * authentication, relays the command phase itself (proxy/native/dataplane.c). Undefined: Node's TLS
-   * and the JS pump do both.
+   * The native data plane, when loaded: it terminates TLS and, after authentication, relays the
+   * command phase itself (proxy/native/dataplane.c), with its own response tracker under strict
+   * freshness (holds come back as onHold). Undefined: Node's TLS and the JS pump do both.
    */
   native: NativeDataPlane | undefined;
   /** User names refused before reaching the backend (the proxy's OS account on a unix-socket leg). */
@@ -91,7 +91,7 @@ function takeSocketOver(sock: net.Socket): Buffer[] {
 const NATIVE_OUTCOMES: Record<string, ConnectionOutcome> = {
   ok: 'ok', closed: 'ok', client_closed: 'ok', drained: 'drained', idle_timeout: 'idle_timeout', forbidden_user: 'forbidden_user',
   client_error: 'client_error', backend_error: 'backend_error', protocol_error: 'protocol_error',
-  tls_failed: 'tls_failed', proxy_error: 'backend_error',
+  tls_failed: 'tls_failed', proxy_error: 'backend_error', ack_refused: 'ack_refused',
 };
 
 /** Commands a client may pipeline before its login completes (held, not forwarded, until it does). */
@@ -281,6 +281,7 @@ export class MysqlSession {
     const { id, fd: plainFd } = native.adopt(fd, prefix, {
       onSecure: (protocol, cipher) => this.onSecure(protocol, cipher),
       onClosed: (info) => this.onNativeClosed(info),
+      onHold: () => this.onNativeHold(),
     });
     this.nativeId = id;
     // The data plane holds its own descriptor now; ours goes without ending the TCP connection.
@@ -293,6 +294,27 @@ export class MysqlSession {
     // The data plane owns the connection: its end (client gone, TLS failure, relay error) always comes
     // as onClosed with the reason; the socketpair's own end/error only echo it, so they are ignored.
     plain.on('error', () => {});
+  }
+
+  /**
+   * Strict freshness on the native relay: it holds the acknowledgment of a possible write (and reads
+   * nothing more from the database) until the gate says the write is covered by a counted epoch.
+   */
+  private onNativeHold(): void {
+    const native = this.ctx.native;
+    const id = this.nativeId;
+    if (!native || id === undefined) return;
+    const hold = this.ctx.ackGate?.holdAck();
+    if (!hold) {
+      native.release(id);
+      return;
+    }
+    // A connection that closed meanwhile is gone from the relay: a late release or refusal is ignored.
+    hold.then(() => native.release(id), (err: unknown) => {
+      this.outcome = 'ack_refused';
+      this.error = asCdbpError(err).message;
+      native.refuseAck(id, ackRefusedPacket(0), this.error);
+    });
   }
 
   private onNativeClosed(info: NativeClosed): void {
@@ -493,7 +515,11 @@ export class MysqlSession {
         return;
       }
       try {
-        native.bypass(id, fd, Buffer.concat(leftovers), this.ctx.limits.idleTimeoutMs);
+        const gate = this.ctx.ackGate ? {
+          deprecateEof: (this.negotiatedCaps & Cap.CLIENT_DEPRECATE_EOF) !== 0n,
+          cacheMetadata: (this.negotiatedCaps & Cap.MARIADB_CLIENT_CACHE_METADATA) !== 0n,
+        } : undefined;
+        native.bypass(id, fd, Buffer.concat(leftovers), this.ctx.limits.idleTimeoutMs, gate);
       } catch (e) {
         // e.g. out of file descriptors for the dup: this session ends, the proxy does not.
         this.finish('backend_error', e);

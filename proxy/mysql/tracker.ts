@@ -116,9 +116,10 @@ export class ResponseTracker {
    * least the statement text prefix, or the statement id); `complete` says whether it is all of them.
    */
   commandStarted(command: number, rest: Buffer = Buffer.alloc(0), complete = rest.length === 0): void {
+    if (this.untracked) return; // final: nothing reads the queue or the statements again
     const kind = kindOf(command);
     if (kind === 'none') {
-      if (command === Command.COM_STMT_CLOSE && rest.length >= 4) this.statements.delete(rest.readUInt32LE(0));
+      if (command === Command.COM_STMT_CLOSE && rest.length >= 4) this.closeStatement(rest.readUInt32LE(0));
       return;
     }
     if (kind === 'untracked') {
@@ -143,6 +144,16 @@ export class ResponseTracker {
       }
     }
     this.queue.push({ kind, cls, stmtId, atomic: command !== Command.COM_STMT_BULK_EXECUTE });
+  }
+
+  /**
+   * COM_STMT_CLOSE. -1 closes the statement prepared last (the server's LAST_STMT_ID); either way
+   * "last" no longer names a live statement when it is the one closed.
+   */
+  private closeStatement(id: number): void {
+    const target = id === LAST_PREPARED_ID ? this.lastPrepared : id;
+    if (target !== undefined) this.statements.delete(target);
+    if (target === this.lastPrepared) this.lastPrepared = undefined;
   }
 
   /** Returns true when this packet ends a gated response (hold it until the gate opens). */
@@ -210,6 +221,8 @@ export class ResponseTracker {
           const id = prefix.readUInt32LE(1);
           this.statements.set(id, current.cls ?? 'write');
           this.lastPrepared = id;
+        } else {
+          this.lastPrepared = undefined; // no id: an execute of -1 must not reach an older statement
         }
         const columns = prefix.length >= 7 ? prefix.readUInt16LE(5) : 0;
         const params = prefix.length >= 9 ? prefix.readUInt16LE(7) : 0;

@@ -6,8 +6,8 @@
  * four libuv operations, ~45 us of CPU per query on this class of machine, which caps the proxy at ~0.6x
  * of a direct TLS connection. A C relay does the same work with four syscalls and one AES-GCM record
  * each way, ~10 us. Everything that is not the hot path stays in TypeScript: accepting, limits, the
- * greeting, the SSLRequest check, authentication (seq-id rewriting, auth switch), the freshness tracker
- * (strict mode never bypasses), logging, metrics.
+ * greeting, the SSLRequest check, authentication (seq-id rewriting, auth switch), the freshness gate's
+ * decisions, logging, metrics.
  *
  * Life of a connection (proxy/mysql/session.ts drives it):
  *
@@ -23,6 +23,11 @@
  *                         consumed yet (commands pipelined before the OK). From here on the relay is
  *                         direct: client TLS <-> backend ("direct" phase), with the client stream scanned
  *                         for COM_CHANGE_USER to a forbidden name (the same rules as client-scanner.ts).
+ *   (strict freshness)    bypass(..., gate): both directions are also framed for the response tracker
+ *                         (tracker.c, the twin of tracker.ts). A server packet that ends the ack of a
+ *                         possible write is held, with everything after it, and JS hears EV_HOLD; it
+ *                         answers release(id) once the write is counted, or refuseAck(id, err) (the
+ *                         client gets that ERR in its place, then the end of the connection).
  *   finish(id, graceful)  instead of bypass: flush what JS wrote (an ERR), close_notify, close.
  *   EV_CLOSED             the connection is gone: outcome, error, bytes each way.
  *
@@ -59,6 +64,8 @@
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "tracker.h"
 
 #define MAX_WORKERS 16
 #define RECV_CHUNK (64 * 1024)
@@ -123,8 +130,8 @@ static void bytes_free(bytes_t *b) {
 }
 
 /* ------------------------------------------------------------------------------------------------ */
-/* Client stream scanner: the C twin of proxy/mysql/client-scanner.ts without the tracker sink (the
- * direct phase only runs when no ack gate is configured). See that file for the protocol reasoning;
+/* Client stream scanner: the C twin of proxy/mysql/client-scanner.ts, with the response tracker
+ * (tracker.c) as its command sink under strict freshness. See that file for the protocol reasoning;
  * test/integration/mysql-native.test.ts and the mysql-robustness suite run the same cases on both planes. */
 
 typedef struct {
@@ -132,6 +139,7 @@ typedef struct {
   bool continuation;
   bool infile;
   int last_command;
+  tracker_t *tracker; /* strict freshness: every command start is reported to it (else NULL) */
   uint8_t held[CHANGE_USER_INSPECT + 8];
   size_t held_len;
 } scanner_t;
@@ -148,11 +156,12 @@ static bool is_forbidden(const forbidden_t *f, const uint8_t *name, size_t len) 
   return false;
 }
 
-typedef enum { SCAN_OK, SCAN_REFUSED } scan_result;
+typedef enum { SCAN_OK, SCAN_REFUSED, SCAN_UNTRACKABLE } scan_result;
 
 /* Scans buf[0..n). Sets *forward (bytes to pass on now) and *hold_from (start of bytes to keep for the
  * next call, == n when none). On SCAN_REFUSED the name is copied to user (NUL-terminated) and nothing at
- * or after the refused packet may be forwarded. */
+ * or after the refused packet may be forwarded; on SCAN_UNTRACKABLE (the tracker cannot record one more
+ * command) neither, and the session must end. */
 static scan_result scan_client(scanner_t *s, const forbidden_t *f, const uint8_t *buf, size_t n,
                                size_t *forward, size_t *hold_from, char *user, size_t user_cap) {
   size_t pos = 0;
@@ -182,12 +191,15 @@ static scan_result scan_client(scanner_t *s, const forbidden_t *f, const uint8_t
       if (length == 0) command = COM_SLEEP;
       else if (avail > 4) command = buf[pos + 4];
       else goto hold;
+      /* What must be here before the packet may pass: a change-user's name; under a tracker, also the
+       * start of a statement's text (classify_statement) or a statement id. */
+      size_t need_max = command == COM_CHANGE_USER ? CHANGE_USER_INSPECT : s->tracker ? 1 + STATEMENT_PREFIX_BYTES : 1;
+      size_t need = length < need_max ? length : need_max;
+      if (avail < 4 + need) goto hold;
+      const uint8_t *rest = buf + pos + 5;
+      size_t rest_len = need > 0 ? need - 1 : 0;
+      bool complete = need == length && length < MAX_PACKET_PAYLOAD;
       if (command == COM_CHANGE_USER) {
-        size_t need = length < CHANGE_USER_INSPECT ? length : CHANGE_USER_INSPECT;
-        if (avail < 4 + need) goto hold;
-        const uint8_t *rest = buf + pos + 5;
-        size_t rest_len = need - 1;
-        bool complete = need == length && length < MAX_PACKET_PAYLOAD;
         const uint8_t *nul = memchr(rest, 0, rest_len);
         size_t name_len = nul ? (size_t)(nul - rest) : rest_len;
         if ((nul || complete) && is_forbidden(f, rest, name_len)) {
@@ -200,6 +212,11 @@ static scan_result scan_client(scanner_t *s, const forbidden_t *f, const uint8_t
         }
       }
       s->last_command = command;
+      if (s->tracker && !tracker_command(s->tracker, command, rest, rest_len, complete)) {
+        *forward = pos;
+        *hold_from = n;
+        return SCAN_UNTRACKABLE;
+      }
     }
     s->continuation = length == MAX_PACKET_PAYLOAD;
     pos += 4;
@@ -249,7 +266,18 @@ struct conn {
   bool graceful_finish;   /* finish(id, graceful) in PH_WAIT */
   bool dead;
   scanner_t sc;
-  bytes_t final_pkt;      /* sent to the client when the backend has ended (refused change-user) */
+  /* Strict freshness (tracker != NULL): server packets are framed for the tracker; the one that ends
+   * the acknowledgment of a possible write is held, with everything after it, until JS releases it. */
+  tracker_t *tracker;
+  uint32_t s_skip;        /* payload bytes of the current server packet still to pass */
+  bool s_continuation;    /* the current server packet has length 0xFFFFFF */
+  uint8_t s_carry[4 + TRACKER_INSPECT_BYTES]; /* a server packet start whose inspected bytes are not all here */
+  size_t s_carry_len;
+  bool holding;           /* an acknowledgment waits for the freshness gate (EV_HOLD sent) */
+  bytes_t s_held;         /* server bytes from the held packet on (not sent to the client yet) */
+  size_t s_held_scan;     /* where scanning resumes in s_held (after the held packet's header) */
+  uint8_t s_held_seq;     /* the held packet's sequence id: a refusal's ERR takes its place */
+  bytes_t final_pkt;      /* sent to the client when the backend has ended (refused change-user, refused ack) */
   uint64_t bytes_in, bytes_out;
   size_t buffered; /* this connection's share of the engine's `buffered` as last reported */
   int64_t last_activity_ms, idle_ms, deadline_ms;
@@ -260,15 +288,17 @@ struct conn {
   conn_t *next_dead;
 };
 
-typedef enum { CMD_ADD, CMD_BYPASS, CMD_FINISH, CMD_CLOSE, CMD_STOP } cmd_type;
+typedef enum { CMD_ADD, CMD_BYPASS, CMD_FINISH, CMD_CLOSE, CMD_RELEASE, CMD_REFUSE_ACK, CMD_STOP } cmd_type;
 
 typedef struct cmd {
   cmd_type type;
   uint32_t id;
   conn_t *conn; /* CMD_ADD */
   int fd;       /* CMD_BYPASS */
-  uint8_t *data;
+  tracker_t *tracker; /* CMD_BYPASS under strict freshness */
+  uint8_t *data; /* CMD_BYPASS: leftover client bytes; CMD_REFUSE_ACK: the ERR packet */
   size_t len;
+  char *text;   /* CMD_REFUSE_ACK: the error for the connection log */
   int64_t idle_ms;
   bool graceful;
   struct cmd *next;
@@ -290,7 +320,7 @@ struct worker {
   bool running;
 };
 
-typedef enum { EV_SECURE = 1, EV_CLOSED = 2 } event_type;
+typedef enum { EV_SECURE = 1, EV_CLOSED = 2, EV_HOLD = 3 } event_type;
 
 typedef struct {
   event_type type;
@@ -386,6 +416,8 @@ static void free_conn(conn_t *c) {
   if (c->ssl) SSL_free(c->ssl); /* frees both BIOs */
   bytes_free(&c->pout);
   bytes_free(&c->final_pkt);
+  bytes_free(&c->s_held);
+  tracker_free(c->tracker);
   free(c);
 }
 
@@ -455,7 +487,7 @@ static bool reads_client(conn_t *c) {
 }
 
 static bool reads_peer(conn_t *c) {
-  if (c->pfd < 0 || c->peer_eof || tls_out_pending(c) > 0) return false;
+  if (c->pfd < 0 || c->peer_eof || c->holding || tls_out_pending(c) > 0) return false;
   return c->phase == PH_AUTH || c->phase == PH_SWITCHING || c->phase == PH_DIRECT;
 }
 
@@ -605,6 +637,10 @@ static void forward_client_plain(conn_t *c, uint8_t *p, size_t n) {
     refuse_change_user(c, user);
     return;
   }
+  if (r == SCAN_UNTRACKABLE) {
+    conn_close(c, "protocol_error", "too many pipelined commands to track for strict freshness");
+    return;
+  }
   if (hold_from < len) {
     c->sc.held_len = len - hold_from;
     memcpy(c->sc.held, buf + hold_from, c->sc.held_len);
@@ -677,10 +713,112 @@ static bool tls_step(conn_t *c) {
   return progress;
 }
 
+/* Encrypts plaintext for the client (sent by the caller's flush). False when the connection closed. */
+static bool tls_send(conn_t *c, const uint8_t *p, size_t n) {
+  if (n == 0) return true;
+  ERR_clear_error();
+  if (SSL_write(c->ssl, p, (int)n) != (int)n) {
+    char text[256];
+    ssl_error_text(text, sizeof text, "TLS write failed");
+    conn_close(c, "proxy_error", text);
+    return false;
+  }
+  return true;
+}
+
+/* Strict freshness: server bytes buf[0..n), none sent yet, scanning resumes at `pos` (the same walk as
+ * GatedPump.processServer in pump.ts). Sends them to the client up to the packet the tracker says ends
+ * a possibly-written acknowledgment; that packet and everything after it are kept in s_held, reading
+ * from the database stops (backpressure), and JS hears EV_HOLD. An incomplete packet start at the end
+ * is carried into the next read. */
+static void relay_server_tracked(conn_t *c, const uint8_t *buf, size_t n, size_t pos) {
+  size_t flush_end = n;
+  while (pos < n) {
+    if (c->s_skip > 0) {
+      size_t k = n - pos < c->s_skip ? n - pos : c->s_skip;
+      pos += k;
+      c->s_skip -= (uint32_t)k;
+      continue;
+    }
+    size_t start = pos, avail = n - pos;
+    if (avail < 4) {
+      flush_end = start;
+      break;
+    }
+    uint32_t length = (uint32_t)buf[start] | ((uint32_t)buf[start + 1] << 8) | ((uint32_t)buf[start + 2] << 16);
+    bool continued = c->s_continuation;
+    size_t need = length < TRACKER_INSPECT_BYTES ? length : TRACKER_INSPECT_BYTES;
+    if (!continued && avail < 4 + need) {
+      flush_end = start;
+      break;
+    }
+    c->s_continuation = length == MAX_PACKET_PAYLOAD;
+    pos = start + 4;
+    c->s_skip = length;
+    if (continued || !tracker_server_packet(c->tracker, buf + pos, need, length)) continue;
+    if (!tls_send(c, buf, start)) return;
+    c->s_held.off = c->s_held.len = 0;
+    if (bytes_append(&c->s_held, buf + start, n - start) != 0) {
+      conn_close(c, "proxy_error", "out of memory");
+      return;
+    }
+    c->s_held_scan = pos - start;
+    c->s_held_seq = buf[start + 3];
+    c->holding = true;
+    event_t *ev = xcalloc(sizeof *ev);
+    ev->type = EV_HOLD;
+    ev->id = c->id;
+    emit(c->w->e, ev);
+    return;
+  }
+  if (flush_end < n) {
+    memcpy(c->s_carry, buf + flush_end, n - flush_end); /* < 4 + TRACKER_INSPECT_BYTES by the checks above */
+    c->s_carry_len = n - flush_end;
+  }
+  tls_send(c, buf, flush_end);
+}
+
+/* JS released a held acknowledgment: send it and go on where the scan stopped. */
+static void release_held(conn_t *c) {
+  if (!c->holding) return;
+  c->holding = false;
+  bytes_t held = c->s_held; /* relay_server_tracked may hold again, into a fresh s_held */
+  memset(&c->s_held, 0, sizeof c->s_held);
+  relay_server_tracked(c, held.data + held.off, held.len - held.off, c->s_held_scan);
+  bytes_free(&held);
+}
+
+/* JS's gate refused a held acknowledgment: the client gets `err` in its place (the write may have been
+ * applied but is not rollback-proof), then the end of the connection; the database leg closes now. */
+static void refuse_held(conn_t *c, uint8_t *err, size_t len, const char *why) {
+  c->holding = false;
+  bytes_free(&c->s_held);
+  if (len >= 4) err[3] = c->s_held_seq;
+  c->final_pkt.off = c->final_pkt.len = 0;
+  if (bytes_append(&c->final_pkt, err, len) != 0) {
+    conn_close(c, "proxy_error", "out of memory");
+    return;
+  }
+  snprintf(c->outcome, sizeof c->outcome, "ack_refused");
+  snprintf(c->error, sizeof c->error, "%s", why);
+  c->refused = true; /* nothing more from the client reaches the database */
+  if (c->pfd >= 0) {
+    if (c->pmask) epoll_ctl(c->w->epfd, EPOLL_CTL_DEL, c->pfd, NULL);
+    c->pmask = 0;
+    close(c->pfd);
+    c->pfd = -1;
+  }
+  c->pout.off = c->pout.len = 0;
+  c->peer_eof = true;      /* check_ends sends final_pkt, close_notify, and ends the client side */
+  c->peer_wr_shut = true;
+  c->deadline_ms = now_ms() + CLOSE_GRACE_MS;
+}
+
 /* Read plaintext from the peer and encrypt it for the client. */
 static bool read_peer(conn_t *c) {
   if (!c->p_readable || !reads_peer(c)) return false;
-  uint8_t *buf = c->w->plainbuf;
+  /* Room in front for a carried packet start (strict freshness). */
+  uint8_t *buf = c->w->plainbuf + sizeof c->s_carry;
   ssize_t n = recv(c->pfd, buf, PLAIN_CHUNK, 0);
   if (n < 0) {
     if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
@@ -703,14 +841,20 @@ static bool read_peer(conn_t *c) {
     c->last_activity_ms = now_ms();
     c->bytes_out += (uint64_t)n;
     atomic_fetch_add(&c->w->e->bytes_out, (unsigned long long)n);
+    if (c->tracker) {
+      size_t len = (size_t)n;
+      if (c->s_carry_len > 0) {
+        buf -= c->s_carry_len;
+        memcpy(buf, c->s_carry, c->s_carry_len);
+        len += c->s_carry_len;
+        c->s_carry_len = 0;
+      }
+      relay_server_tracked(c, buf, len, 0);
+      if (!c->dead) flush_client(c);
+      return true;
+    }
   }
-  ERR_clear_error();
-  if (SSL_write(c->ssl, buf, (int)n) != (int)n) {
-    char text[256];
-    ssl_error_text(text, sizeof text, "TLS write failed");
-    conn_close(c, "proxy_error", text);
-    return true;
-  }
+  if (!tls_send(c, buf, (size_t)n)) return true;
   flush_client(c);
   return true;
 }
@@ -772,7 +916,13 @@ static bool check_ends(conn_t *c) {
       if (!c->deadline_ms) c->deadline_ms = now_ms() + CLOSE_GRACE_MS;
       progress = true;
     }
-    if (c->peer_eof && tls_out_pending(c) == 0 && !c->client_wr_shut) {
+    if (c->peer_eof && !c->holding && tls_out_pending(c) == 0 && !c->client_wr_shut) {
+      if (c->s_carry_len > 0) {
+        /* The database ended inside a packet start: the client gets those bytes as they are. */
+        size_t k = c->s_carry_len;
+        c->s_carry_len = 0;
+        if (!tls_send(c, c->s_carry, k)) return true;
+      }
       if (bytes_pending(&c->final_pkt) > 0) {
         SSL_write(c->ssl, c->final_pkt.data + c->final_pkt.off, (int)bytes_pending(&c->final_pkt));
         c->final_pkt.off = c->final_pkt.len;
@@ -859,9 +1009,12 @@ static void run_command(worker_t *w, cmd_t *cmd) {
   if (cmd->type == CMD_BYPASS) {
     if (!c || c->dead || c->phase != PH_WAIT) {
       close(cmd->fd);
+      tracker_free(cmd->tracker);
       if (c && !c->dead) conn_close(c, "proxy_error", "bypass in the wrong state");
       return;
     }
+    c->tracker = cmd->tracker;
+    c->sc.tracker = cmd->tracker;
     c->pfd = cmd->fd;
     c->pmask = 0;
     c->peer_eof = false;
@@ -901,6 +1054,16 @@ static void run_command(worker_t *w, cmd_t *cmd) {
     advance(c);
   } else if (cmd->type == CMD_CLOSE) {
     conn_close(c, "closed", NULL);
+  } else if (cmd->type == CMD_RELEASE) {
+    release_held(c);
+    if (!c->dead) advance(c);
+  } else if (cmd->type == CMD_REFUSE_ACK) {
+    if (!c->holding) {
+      conn_close(c, "proxy_error", "acknowledgment refused while none was held");
+      return;
+    }
+    refuse_held(c, cmd->data, cmd->len, cmd->text ? cmd->text : "acknowledgment refused");
+    if (!c->dead) advance(c);
   }
 }
 
@@ -917,6 +1080,7 @@ static void drain_commands(worker_t *w) {
     if (cmd->type == CMD_STOP) w->running = false;
     else run_command(w, cmd);
     free(cmd->data);
+    free(cmd->text);
     free(cmd);
     cmd = next;
   }
@@ -994,7 +1158,10 @@ static void call_js(napi_env env, napi_value js_cb, void *context, void *data) {
     napi_create_object(env, &obj);
     napi_create_uint32(env, ev->id, &v);
     napi_set_named_property(env, obj, "id", v);
-    if (ev->type == EV_SECURE) {
+    if (ev->type == EV_HOLD) {
+      napi_create_string_utf8(env, "hold", NAPI_AUTO_LENGTH, &v);
+      napi_set_named_property(env, obj, "type", v);
+    } else if (ev->type == EV_SECURE) {
       napi_create_string_utf8(env, "secure", NAPI_AUTO_LENGTH, &v);
       napi_set_named_property(env, obj, "type", v);
       napi_create_string_utf8(env, ev->a, NAPI_AUTO_LENGTH, &v);
@@ -1274,10 +1441,10 @@ static napi_value js_adopt(napi_env env, napi_callback_info info) {
   return out;
 }
 
-/* bypass(engine, id, backendFd, leftover: Buffer, idleMs) */
+/* bypass(engine, id, backendFd, leftover: Buffer, idleMs, gate?: { deprecateEof, cacheMetadata }) */
 static napi_value js_bypass(napi_env env, napi_callback_info info) {
-  size_t argc = 5;
-  napi_value argv[5];
+  size_t argc = 6;
+  napi_value argv[6];
   NAPI_OK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   engine_t *e = get_engine(env, argv[0]);
   if (!e) return NULL;
@@ -1290,8 +1457,25 @@ static napi_value js_bypass(napi_env env, napi_callback_info info) {
   NAPI_OK(napi_get_value_int32(env, argv[2], &fd));
   NAPI_OK(napi_get_buffer_info(env, argv[3], &data, &len));
   NAPI_OK(napi_get_value_double(env, argv[4], &idle));
+  tracker_t *tracker = NULL;
+  napi_valuetype gate_type = napi_undefined;
+  if (argc > 5) NAPI_OK(napi_typeof(env, argv[5], &gate_type));
+  if (gate_type == napi_object) {
+    napi_value v;
+    bool deprecate_eof = false, cache_metadata = false;
+    NAPI_OK(napi_get_named_property(env, argv[5], "deprecateEof", &v));
+    NAPI_OK(napi_get_value_bool(env, v, &deprecate_eof));
+    NAPI_OK(napi_get_named_property(env, argv[5], "cacheMetadata", &v));
+    NAPI_OK(napi_get_value_bool(env, v, &cache_metadata));
+    tracker = tracker_new(deprecate_eof, cache_metadata);
+    if (!tracker) {
+      napi_throw_error(env, NULL, "cdbp dataplane: out of memory for the response tracker");
+      return NULL;
+    }
+  }
   int dfd = fcntl(fd, F_DUPFD_CLOEXEC, 3);
   if (dfd < 0) {
+    tracker_free(tracker);
     napi_throw_error(env, NULL, "cdbp dataplane: dup failed");
     return NULL;
   }
@@ -1300,6 +1484,7 @@ static napi_value js_bypass(napi_env env, napi_callback_info info) {
   cmd->type = CMD_BYPASS;
   cmd->id = id;
   cmd->fd = dfd;
+  cmd->tracker = tracker;
   cmd->idle_ms = (int64_t)idle;
   if (len > 0) {
     cmd->data = xmalloc(len);
@@ -1324,6 +1509,36 @@ static napi_value simple_cmd(napi_env env, napi_callback_info info, cmd_type typ
 }
 static napi_value js_finish(napi_env env, napi_callback_info info) { return simple_cmd(env, info, CMD_FINISH); }
 static napi_value js_close(napi_env env, napi_callback_info info) { return simple_cmd(env, info, CMD_CLOSE); }
+static napi_value js_release(napi_env env, napi_callback_info info) { return simple_cmd(env, info, CMD_RELEASE); }
+
+/* refuseAck(engine, id, errPacket: Buffer, why: string): the ERR replaces the held acknowledgment. */
+static napi_value js_refuse_ack(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4];
+  NAPI_OK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  engine_t *e = get_engine(env, argv[0]);
+  if (!e) return NULL;
+  uint32_t id;
+  void *data;
+  size_t len;
+  NAPI_OK(napi_get_value_uint32(env, argv[1], &id));
+  NAPI_OK(napi_get_buffer_info(env, argv[2], &data, &len));
+  size_t why_len = 0;
+  char *why = get_string_alloc(env, argv[3], &why_len);
+  if (!why) {
+    napi_throw_type_error(env, NULL, "cdbp dataplane: refuseAck needs the reason as a string");
+    return NULL;
+  }
+  cmd_t *cmd = xcalloc(sizeof *cmd);
+  cmd->type = CMD_REFUSE_ACK;
+  cmd->id = id;
+  cmd->data = xmalloc(len > 0 ? len : 1);
+  memcpy(cmd->data, data, len);
+  cmd->len = len;
+  cmd->text = why;
+  enqueue(worker_of(e, id), cmd);
+  return NULL;
+}
 
 /* stats(engine) -> { open, bytesIn, bytesOut, buffered } */
 static napi_value js_stats(napi_env env, napi_callback_info info) {
@@ -1389,10 +1604,13 @@ static napi_value init(napi_env env, napi_value exports) {
       {"bypass", NULL, js_bypass, NULL, NULL, NULL, napi_default, NULL},
       {"finish", NULL, js_finish, NULL, NULL, NULL, napi_default, NULL},
       {"close", NULL, js_close, NULL, NULL, NULL, napi_default, NULL},
+      {"release", NULL, js_release, NULL, NULL, NULL, napi_default, NULL},
+      {"refuseAck", NULL, js_refuse_ack, NULL, NULL, NULL, napi_default, NULL},
       {"stats", NULL, js_stats, NULL, NULL, NULL, napi_default, NULL},
       {"destroy", NULL, js_destroy, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
+  tracker_register_test_api(env, exports);
   return exports;
 }
 

@@ -6,7 +6,8 @@
  *   const plane = loaded.plane;                       // one per proxy
  *   plane.setIdentity({ keyPem, certPem });           // new handshakes only; throws (keeping the old) if bad
  *   const { id, fd } = plane.adopt(clientFd, prefix, handlers);  // fd: the decrypted stream, for JS
- *   plane.bypass(id, backendFd, leftover, idleMs);    // direct relay from here on
+ *   plane.bypass(id, backendFd, leftover, idleMs, gate?);  // direct relay from here on
+ *   plane.release(id) / plane.refuseAck(id, err, why);    // strict freshness: answer onHold
  *   plane.finish(id) / plane.close(id); plane.stats(); plane.destroy();
  *
  * The build (scripts/build-native.js) runs from `npm test` / `npm run up`; where it cannot (no C
@@ -36,6 +37,17 @@ export interface NativeClosed {
 export interface NativeConnectionHandlers {
   onSecure(protocol: string, cipher: string): void;
   onClosed(info: NativeClosed): void;
+  /**
+   * Strict freshness (bypass with a gate): the relay holds a server packet that ends the acknowledgment
+   * of a possible write, and reads nothing more from the database, until release() or refuseAck().
+   */
+  onHold(): void;
+}
+
+/** The two negotiated capabilities the response tracker reads (tracker.ts's constructor). */
+export interface NativeTrackerCaps {
+  deprecateEof: boolean;
+  cacheMetadata: boolean;
 }
 
 export interface NativeDataPlaneOptions {
@@ -47,12 +59,14 @@ export interface NativeDataPlaneOptions {
 
 interface Addon {
   create(opts: { workers: number; forbidden: string[]; errPrefix: string; errSuffix: string; errno: number; sqlState: string },
-    onEvent: (ev: { id: number; type: 'secure' | 'closed' } & Record<string, unknown>) => void): unknown;
+    onEvent: (ev: { id: number; type: 'secure' | 'closed' | 'hold' } & Record<string, unknown>) => void): unknown;
   setIdentity(engine: unknown, certPem: string, keyPem: string, ciphers: string, suites: string, groups: string): void;
   adopt(engine: unknown, fd: number, prefix: Buffer): [number, number];
-  bypass(engine: unknown, id: number, fd: number, leftover: Buffer, idleMs: number): void;
+  bypass(engine: unknown, id: number, fd: number, leftover: Buffer, idleMs: number, gate?: NativeTrackerCaps): void;
   finish(engine: unknown, id: number): void;
   close(engine: unknown, id: number): void;
+  release(engine: unknown, id: number): void;
+  refuseAck(engine: unknown, id: number, errPacket: Buffer, why: string): void;
   stats(engine: unknown): { open: number; bytesIn: number; bytesOut: number; buffered: number };
   destroy(engine: unknown): void;
 }
@@ -120,10 +134,27 @@ export class NativeDataPlane {
     return { id, fd: jsFd };
   }
 
-  /** Direct relay between the client's TLS and `backendFd` (duplicated; the caller closes its own). */
-  bypass(id: number, backendFd: number, leftover: Buffer, idleTimeoutMs: number): void {
+  /**
+   * Direct relay between the client's TLS and `backendFd` (duplicated; the caller closes its own).
+   * With `gate` (strict freshness) the relay tracks responses and calls onHold for each acknowledgment
+   * of a possible write outside a transaction.
+   */
+  bypass(id: number, backendFd: number, leftover: Buffer, idleTimeoutMs: number, gate?: NativeTrackerCaps): void {
     if (!Number.isFinite(idleTimeoutMs) || idleTimeoutMs < 0) throw new CdbpError('CONFIG_INVALID', `idle timeout ${idleTimeoutMs} is not a duration`);
-    this.lib.bypass(this.engine, id, backendFd, leftover, idleTimeoutMs);
+    this.lib.bypass(this.engine, id, backendFd, leftover, idleTimeoutMs, gate);
+  }
+
+  /** The held acknowledgment may go to the client (it is covered by a counted epoch). */
+  release(id: number): void {
+    if (!this.destroyed) this.lib.release(this.engine, id);
+  }
+
+  /**
+   * The held acknowledgment must not reach the client: it gets `errPacket` instead (its sequence id is
+   * set to the held packet's), then the connection ends; `why` goes to the connection log.
+   */
+  refuseAck(id: number, errPacket: Buffer, why: string): void {
+    if (!this.destroyed) this.lib.refuseAck(this.engine, id, errPacket, why);
   }
 
   /** Before bypass: send what the session wrote (e.g. an ERR), close_notify, then close. */
@@ -151,10 +182,12 @@ export class NativeDataPlane {
     this.destroyed = true;
   }
 
-  private dispatch(ev: { id: number; type: 'secure' | 'closed' } & Record<string, unknown>): void {
+  private dispatch(ev: { id: number; type: 'secure' | 'closed' | 'hold' } & Record<string, unknown>): void {
     const h = this.handlers.get(ev.id);
     if (!h) return;
-    if (ev.type === 'secure') {
+    if (ev.type === 'hold') {
+      h.onHold();
+    } else if (ev.type === 'secure') {
       h.onSecure(String(ev.protocol), String(ev.cipher));
     } else {
       this.handlers.delete(ev.id);

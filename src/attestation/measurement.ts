@@ -3,7 +3,7 @@
  * launch digest a real TEE computes over the loaded image. The code runs from source through tsx (see
  * bin/cdbp.js), so hashing the source is hashing what runs.
  *
- * Covered: bin/, cli/, src/, cas/, proxy/, keyring/ (*.ts, *.js, and the native data plane's *.c and
+ * Covered: bin/, cli/, src/, cas/, proxy/, keyring/ (*.ts, *.js, and the native data plane's *.c, *.h and
  * built *.node; tests and benchmarks excluded) and
  * package-lock.json (pins the dependencies). Each file contributes `path NUL length NUL content`, in
  * sorted order of its relative POSIX path, so renames and moves change the measurement too.
@@ -20,8 +20,8 @@ const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..
 const cache = new Map<string, string>();
 
 function isMeasured(rel: string): boolean {
-  // .c and .node: the native data plane's source and the binary built from it run inside the TEE too.
-  if (!/\.(ts|js|c|node)$/.test(rel)) return false;
+  // .c, .h and .node: the native data plane's source and the binary built from it run inside the TEE too.
+  if (!/\.(ts|js|c|h|node)$/.test(rel)) return false;
   if (/\.(test|bench)\.(ts|js)$/.test(rel)) return false;
   return !rel.split('/').some((seg) => seg === 'test' || seg === 'bench' || seg === 'node_modules');
 }

@@ -110,7 +110,7 @@ function fieldBytes(rand: () => number, n: number): Buffer {
 // ------------------------------------------------------------------------------------------------
 // Which plane runs
 
-test('the data plane is chosen honestly: auto picks native when built, node is node, strict freshness stays on the JS pump', async () => {
+test('the data plane is chosen honestly: auto picks native when built, node is node, strict freshness runs on native too (its own tracker), a TLS backend leg on node', async () => {
   const { log, lines } = captureLog();
   const auto = createMysqlProxy({ listen: { host: '127.0.0.1', port: 0 }, backend: { socket: db.server.socket }, tls: { keyPem: pki.keyPem, certPem: pki.certPem }, log });
   try {
@@ -131,13 +131,20 @@ test('the data plane is chosen honestly: auto picks native when built, node is n
 
   const gate = { holdAck() { return undefined; } };
   const base = { listen: { host: '127.0.0.1', port: 0 }, backend: { socket: db.server.socket }, tls: { keyPem: pki.keyPem, certPem: pki.certPem }, log: silentLogger(), ackGate: gate };
-  assert.throws(() => createMysqlProxy({ ...base, dataPlane: 'native' }), (e) => isCdbpError(e, 'CONFIG_INVALID') && /strict freshness/.test((e as Error).message));
   const gated = createMysqlProxy(base);
   try {
-    assert.equal(gated.stats().dataPlane.kind, 'node');
-    assert.match(gated.stats().dataPlane.reason, /strict freshness/);
+    assert.deepEqual(gated.stats().dataPlane, { kind: 'native', reason: 'available' }, 'an ack gate no longer forces the Node plane');
   } finally {
     await gated.close();
+  }
+  const tlsLeg = { ...base, backend: { host: '127.0.0.1', port: 1, tls: { caPem: pki.caPem } } };
+  assert.throws(() => createMysqlProxy({ ...tlsLeg, dataPlane: 'native' }), (e) => isCdbpError(e, 'CONFIG_INVALID') && /TLS backend leg/.test((e as Error).message));
+  const viaTls = createMysqlProxy(tlsLeg);
+  try {
+    assert.equal(viaTls.stats().dataPlane.kind, 'node');
+    assert.match(viaTls.stats().dataPlane.reason, /TLS backend leg/);
+  } finally {
+    await viaTls.close();
   }
 });
 

@@ -201,3 +201,43 @@ test('COM_STMT_FETCH: rows until EOF; a binary row (0x00 first) is not an OK, an
     assert.equal(feed(t, ok(AUTOCOMMIT)), true, 'the INSERT after the fetch is matched to its own OK');
   }
 });
+
+test('"the statement prepared last" (-1) never reaches an older statement: after a prepare_ok without an id, or once it is closed', () => {
+  const LAST = 0xffffffff;
+  const t = new ResponseTracker(Cap.CLIENT_DEPRECATE_EOF);
+  t.commandStarted(Command.COM_STMT_PREPARE, text('SELECT ?'), true);
+  feed(t, prepareOk(7, 1, 1)); feed(t, colDef()); feed(t, colDef());
+  t.commandStarted(Command.COM_STMT_EXECUTE, stmtId(LAST), false);
+  assert.equal(feed(t, ok(AUTOCOMMIT)), false, 'a read, as prepared');
+  // A prepare_ok too short to carry its id: -1 is unknown from here on (a write), not statement 7.
+  t.commandStarted(Command.COM_STMT_PREPARE, text('DELETE FROM t'), true);
+  feed(t, Buffer.from([0x00, 0x08]));
+  t.commandStarted(Command.COM_STMT_EXECUTE, stmtId(LAST), false);
+  assert.equal(feed(t, ok(AUTOCOMMIT)), true);
+  // COM_STMT_CLOSE of -1 closes the last prepared statement (the server's LAST_STMT_ID).
+  t.commandStarted(Command.COM_STMT_PREPARE, text('SELECT 1'), true);
+  feed(t, prepareOk(9, 1, 0)); feed(t, colDef());
+  assert.equal(t.preparedCount, 2);
+  t.commandStarted(Command.COM_STMT_CLOSE, stmtId(LAST), true);
+  assert.equal(t.preparedCount, 1, 'statement 9 is gone');
+  t.commandStarted(Command.COM_STMT_EXECUTE, stmtId(LAST), false);
+  assert.equal(feed(t, ok(AUTOCOMMIT)), true, 'and -1 names nothing: held');
+});
+
+test('an OK whose length fields start with 0xFB/0xFF (not a valid length) is read as an OK without status: held, no exception', () => {
+  for (const bad of [0xfb, 0xff]) {
+    const t = new ResponseTracker(Cap.CLIENT_DEPRECATE_EOF);
+    query(t, 'INSERT INTO t VALUES (1)');
+    assert.equal(feed(t, Buffer.from([0x00, bad, 0x00, 0x01, 0x00, 0, 0])), true);
+    query(t, 'INSERT INTO t VALUES (1)');
+    assert.equal(feed(t, Buffer.from([0x00, 0x01, bad, 0x01, 0x00, 0, 0])), true);
+  }
+});
+
+test('once untracked (a replication stream), commands are no longer queued', () => {
+  const t = new ResponseTracker(0n);
+  t.commandStarted(Command.COM_BINLOG_DUMP, Buffer.alloc(10), true);
+  for (let i = 0; i < 1000; i++) query(t, 'INSERT INTO t VALUES (1)');
+  assert.equal(t.untracked, true);
+  assert.equal(t.pending, 0);
+});
