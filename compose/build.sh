@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Builds the stack's images with `docker build` (the build reaches apt and npm through --network=host):
-#   confidential-db-proxy/app:dev      CAS, proxy and the owner's setup steps (Node 20)
+#   confidential-db-proxy/app:dev      CAS, proxy and the owner's setup steps (Node 20, native data plane)
 #   confidential-db-proxy/mariadb:dev  stock Debian MariaDB 10.11 + hashicorp_key_management
 #   confidential-db-proxy/postgres:dev stock Debian PostgreSQL 15 (the optional `postgres` profile)
 #
 # usage: compose/build.sh [--base public|local|auto]   (default auto)
 #   public  FROM node:20-bookworm-slim and debian:bookworm (a registry must be reachable)
 #   local   FROM local/debian:bookworm (debootstrap, made here if missing) and local/node:20-bookworm-slim
-#           (built here from it: Node 20 from the npm registry, pinned by sha512; see node-local.Dockerfile)
+#           (built here from it: Node 20 + its headers from the npm registry, pinned by sha512; see
+#           node-local.Dockerfile; an older one without the headers is rebuilt)
 #   auto    public when those images are present or can be pulled, else local
 # Env: CDBP_APP_IMAGE, CDBP_MARIADB_IMAGE, CDBP_POSTGRES_IMAGE (tags), DOCKER_HOST.
 set -euo pipefail
@@ -59,7 +60,15 @@ case "$base" in
       tar -C "$rootfs" -c . | docker import - "$debian_image" >/dev/null
       rm -rf "$rootfs" "$rootfs.log"
     fi
-    if ! docker image inspect "$node_image" >/dev/null 2>&1; then
+    # Also rebuilt when an older build lacks Node's headers: app.Dockerfile compiles the native data plane
+    # against them.
+    build_node=0
+    if ! docker image inspect "$node_image" >/dev/null 2>&1; then build_node=1
+    elif ! docker run --rm --network none --entrypoint test "$node_image" -f /usr/local/include/node/node_api.h; then
+      say "$node_image lacks Node's headers (/usr/local/include/node/node_api.h): rebuilding it"
+      build_node=1
+    fi
+    if [ "$build_node" = 1 ]; then
       say "building $node_image"
       docker build --network=host -q -t "$node_image" --build-arg DEBIAN_IMAGE="$debian_image" --build-arg EXTRA_CA_PEM="$extra_ca" \
         -f compose/images/node-local.Dockerfile compose/images >/dev/null

@@ -1,14 +1,18 @@
 # syntax=docker/dockerfile:1
 #
 # One image for the CAS, the proxy and the owner's one-shot setup steps (different commands, see
-# compose/docker-compose.yml). It carries the code exactly as the repository has it: the simulated TEE
-# measures bin/ cli/ src/ cas/ proxy/ keyring/ + package-lock.json inside the image, and the compose
-# `policy` step allows precisely that measurement. No key, token, certificate or state is in any layer:
-# all of it is made at run time in volumes.
+# compose/docker-compose.yml). It carries the code exactly as the repository has it, plus the native data
+# plane built in the `native` stage below: the simulated TEE measures bin/ cli/ src/ cas/ proxy/ keyring/
+# + package-lock.json inside the image (src/attestation/measurement.ts: *.ts, *.js, and the native
+# plane's *.c, *.h and built proxy/native/build/*.node), and the compose `policy` step allows precisely
+# that measurement, so the measured tree is the one that runs: the .c/.h next to the .node are the
+# sources it was compiled from. No key, token, certificate or state is in any layer: all of it is made at
+# run time in volumes.
 #
 # NODE_IMAGE: the public node:20-bookworm-slim by default; `local/node:20-bookworm-slim` (built by
-# compose/images/node-local.Dockerfile) where no registry can be reached. Build with --network=host so
-# `npm ci` reaches the npm registry.
+# compose/images/node-local.Dockerfile) where no registry can be reached. Either carries Node's headers
+# in /usr/local/include/node. Build with --network=host so `npm ci` reaches the npm registry and apt
+# (the `native` stage) reaches Debian's mirror.
 ARG NODE_IMAGE=node:20-bookworm-slim
 
 FROM ${NODE_IMAGE} AS deps
@@ -21,6 +25,22 @@ COPY package.json package-lock.json ./
 RUN if [ -n "$EXTRA_CA_PEM" ]; then printf '%s\n' "$EXTRA_CA_PEM" > /tmp/extra-ca.pem; export NODE_EXTRA_CA_CERTS=/tmp/extra-ca.pem; fi \
  && npm ci --omit=dev --ignore-scripts --no-audit --no-fund \
  && npm cache clean --force && rm -f /tmp/extra-ca.pem
+
+# The native data plane (proxy/native/*.c), compiled against the headers of the very Node in NODE_IMAGE
+# that loads it at run time (a build on the host would be for the host's Node: .dockerignore keeps it
+# out). The compiler stays in this stage; the runtime stage gets the one .node file. No fallback: if it
+# does not build (or does not load), the image build fails rather than shipping the slower Node plane.
+FROM ${NODE_IMAGE} AS native
+RUN set -eux; export DEBIAN_FRONTEND=noninteractive; \
+    apt-get update; apt-get install -y --no-install-recommends gcc libc6-dev; rm -rf /var/lib/apt/lists/*
+# Same paths as at run time (/app), so nothing path-dependent differs from a build in place.
+WORKDIR /app
+# package.json only for its "type": "module" (the build script is an ES module).
+COPY package.json ./
+COPY scripts/build-native.js ./scripts/
+COPY proxy/native/*.c proxy/native/*.h ./proxy/native/
+RUN node scripts/build-native.js --force \
+ && node -e "require('/app/proxy/native/build/cdbp_dataplane.node')"
 
 FROM ${NODE_IMAGE}
 # One fixed non-root uid shared with the MariaDB image (compose/images/mariadb.Dockerfile): the keyring
@@ -44,8 +64,11 @@ COPY cas ./cas
 COPY proxy ./proxy
 COPY keyring ./keyring
 COPY compose/bin ./compose/bin
-# Code is root-owned and read-only for the runtime user.
-RUN chmod -R a-w /app && node -e "process.exit(0)"
+# The native data plane built above (root-owned like everything COPY'd; the proxy picks it up with
+# CDBP_DATA_PLANE=auto and reports `native` in its log, /v1/status and metrics).
+COPY --from=native /app/proxy/native/build/cdbp_dataplane.node ./proxy/native/build/
+# Code is root-owned and read-only for the runtime user; the addon must load in this very image.
+RUN chmod -R a-w /app && node -e "require('/app/proxy/native/build/cdbp_dataplane.node')"
 ENV NODE_ENV=production
 USER ${CDBP_UID}:${CDBP_UID}
 CMD ["node", "/app/bin/cdbp.js", "--help"]

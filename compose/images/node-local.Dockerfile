@@ -9,6 +9,9 @@
 # build, republished on npm) and `npm` itself, both pinned by version AND by the registry's sha512
 # integrity, checked here before anything is unpacked. Build with `--network=host` so curl reaches the
 # registry.
+# Like the official node images, it also carries Node's headers in /usr/local/include/node (N-API and the
+# bundled OpenSSL, from the same tarball): the app image compiles the native data plane against them, so
+# the addon is built for exactly the Node that loads it.
 ARG DEBIAN_IMAGE=local/debian:bookworm
 FROM ${DEBIAN_IMAGE} AS download
 
@@ -32,6 +35,8 @@ RUN set -eux; \
     curl -fsSLo npm.tgz "${NPM_REGISTRY}/npm/-/npm-${NPM_VERSION}.tgz"; \
     echo "${NPM_SHA512}  npm.tgz" | sha512sum -c -; \
     tar -xzf node.tgz --strip-components=2 -C /usr/local/bin package/bin/node; \
+    tar -xzf node.tgz --strip-components=1 -C /usr/local package/include/node; \
+    test -f /usr/local/include/node/node_api.h; test -f /usr/local/include/node/openssl/ssl.h; \
     mkdir -p /usr/local/lib/node_modules/npm; \
     tar -xzf npm.tgz --strip-components=1 -C /usr/local/lib/node_modules/npm; \
     ln -s ../lib/node_modules/npm/bin/npm-cli.js /usr/local/bin/npm; \
@@ -45,6 +50,7 @@ RUN set -eux; export DEBIAN_FRONTEND=noninteractive; \
     apt-get update; apt-get install -y --no-install-recommends ca-certificates; rm -rf /var/lib/apt/lists/*
 COPY --from=download /usr/local/bin/node /usr/local/bin/node
 COPY --from=download /usr/local/lib/node_modules/npm /usr/local/lib/node_modules/npm
+COPY --from=download /usr/local/include/node /usr/local/include/node
 RUN ln -s ../lib/node_modules/npm/bin/npm-cli.js /usr/local/bin/npm \
  && ln -s ../lib/node_modules/npm/bin/npx-cli.js /usr/local/bin/npx \
  && node --version && npm --version

@@ -92,6 +92,9 @@ describe('compose stack (docker-compose v1, private Docker engine)', { timeout: 
     assert.equal(status.mode, 'simulated');
     assert.match(String(status.warning), /SIMULATED/);
     assert.equal((status.lifecycle as { state: string }).state, 'ready');
+    // The image ships the native data plane (app.Dockerfile's `native` stage); it serves strict freshness too.
+    const plane = (status.connections as { mysql: { dataPlane: { kind: string; reason: string } } }).mysql.dataPlane;
+    assert.equal(plane.kind, 'native', `MySQL data plane is ${plane.kind}: ${plane.reason}`);
     // The mariadb container owns the network namespace: exactly the proxy's MySQL + ops ports are published.
     const ports = (await runOk('docker', ['port', `${project}_mariadb_1`])).trim().split('\n').map((l) => l.split(' ')[0]).sort();
     assert.deepEqual(ports, ['3307/tcp', '9090/tcp']);
