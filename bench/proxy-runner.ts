@@ -21,6 +21,11 @@ export interface RunnerConfig {
   dataPlane?: 'auto' | 'native' | 'node';
   /** mysql, native data plane: worker threads. */
   nativeWorkers?: number;
+  /**
+   * mysql: an ack gate that never holds (returns undefined). The response tracker and the hold round
+   * trip to JS run as under strict freshness, without the seal itself: the data path's own cost of strict.
+   */
+  passThroughGate?: boolean;
 }
 
 type Msg = { cmd: 'start'; config: RunnerConfig } | { cmd: 'stats' } | { cmd: 'stop' };
@@ -44,6 +49,7 @@ async function handle(m: Msg): Promise<void> {
         listen: { host: '127.0.0.1', port: c.port }, backend: c.backend as { socket: string }, tls: c.tls, log,
         limits: { maxConnections: c.maxConnections, handshakeTimeoutMs: 60_000 },
         ...(c.dataPlane ? { dataPlane: c.dataPlane } : {}), ...(c.nativeWorkers ? { nativeWorkers: c.nativeWorkers } : {}),
+        ...(c.passThroughGate ? { ackGate: { holdAck: () => undefined } } : {}),
       });
     } else {
       proxy = createPgProxy({

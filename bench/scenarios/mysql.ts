@@ -5,6 +5,8 @@
  *   direct     sysbench → MariaDB TCP+TLS (the baseline every ratio divides by)
  *   native     sysbench → proxy (own process, TLS, native data plane) → MariaDB unix socket
  *   node       the same proxy with its Node data plane
+ *   native-gated / node-gated  the same with a pass-through ack gate: strict freshness's data path
+ *              (response tracking, every write's acknowledgment held and released) without the seal
  *   plain      sysbench → MariaDB TCP without TLS                      (reference, --mysql-reference)
  *   c-forward  sysbench → bench/reference/forwarder.c → unix socket    (reference: one bare user-space hop)
  *
@@ -19,7 +21,7 @@ import { spawnProxy } from '../lib/proxy-process.ts';
 import { buildCForwarder, startCForwarder } from '../lib/c-forwarder.ts';
 import { prepare, runSysbench, type SysbenchRun, type SysbenchTarget } from '../lib/sysbench.ts';
 
-export const MYSQL_ARMS = ['direct', 'native', 'node', 'plain', 'c-forward'] as const;
+export const MYSQL_ARMS = ['direct', 'native', 'node', 'native-gated', 'node-gated', 'plain', 'c-forward'] as const;
 export type MysqlArm = (typeof MYSQL_ARMS)[number];
 export const DEFAULT_MYSQL_ARMS: MysqlArm[] = ['direct', 'native', 'node'];
 export const REFERENCE_ARMS: MysqlArm[] = ['plain', 'c-forward'];
@@ -28,6 +30,8 @@ export const ARM_DESCRIPTIONS: Record<MysqlArm, string> = {
   direct: 'sysbench → MariaDB TCP+TLS',
   native: 'sysbench → proxy (own process, TLS, native data plane) → MariaDB unix socket',
   node: 'sysbench → proxy (own process, TLS, Node data plane) → MariaDB unix socket',
+  'native-gated': 'native, with a pass-through ack gate (strict freshness\'s response tracking and holds, no seal)',
+  'node-gated': 'node, with a pass-through ack gate (strict freshness\'s response tracking and holds, no seal)',
   plain: 'sysbench → MariaDB TCP, no TLS (reference)',
   'c-forward': 'sysbench → minimal C epoll forwarder (bench/reference/forwarder.c, one thread, no TLS) → MariaDB unix socket (reference)',
 };
@@ -116,11 +120,13 @@ export function runMysql(o: MysqlOptions): Promise<ScenarioResult<MysqlCell[], M
       // An arm that cannot be set up (no native build, no C compiler) is reported as not measured; the rest still run.
       for (const arm of arms) {
         try {
-          if (arm === 'native' || arm === 'node') {
+          if (arm === 'native' || arm === 'node' || arm === 'native-gated' || arm === 'node-gated') {
             // With dataPlane 'native' the proxy refuses to start rather than fall back, so this arm is the native plane.
+            const plane = arm.startsWith('native') ? 'native' : 'node';
             const proxy = await spawnProxy({
               engine: 'mysql', backend: { socket: m.db.server.socket }, tls: { keyPem: m.pki.keyPem, certPem: m.pki.certPem },
-              maxConnections: 2000, dataPlane: arm, ...(arm === 'native' && o.nativeWorkers ? { nativeWorkers: o.nativeWorkers } : {}),
+              maxConnections: 2000, dataPlane: plane, passThroughGate: arm.endsWith('-gated'),
+              ...(plane === 'native' && o.nativeWorkers ? { nativeWorkers: o.nativeWorkers } : {}),
               ...(profileDir ? { cpuProfDir: profileDir } : {}),
             });
             stops.push(() => proxy.stop());
