@@ -100,7 +100,7 @@ export function createPgProxy(opts: PgProxyOptions): PgProxy {
       sock.destroy();
       return;
     }
-    metrics.accepted();
+    metrics.opened();
     const session = new PgSession(sock, env);
     sessions.add(session);
     void session.run();

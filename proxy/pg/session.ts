@@ -483,7 +483,8 @@ export class PgSession {
     this.slot?.release();
     const toBackend = this.backend?.bytesWritten ?? 0;
     const fromBackend = this.backend?.bytesRead ?? 0;
-    this.env.metrics.closed(toBackend, fromBackend);
+    this.env.metrics.bytes(toBackend, fromBackend);
+    this.env.metrics.closed();
     if (this.user !== undefined || this.closeReason !== 'cancel request') {
       this.env.log.info({
         event: 'pg.close', session: this.id, peer: this.peer, user: this.user, database: this.database,

@@ -18,7 +18,8 @@ import { MetricsRegistry, type Counter, type Gauge } from '../../src/kernel/metr
 
 export type RefuseReason = 'max_connections' | 'insecure_transport' | 'draining' | 'backend_unavailable' | 'protocol' | 'forbidden_user';
 
-export class EndpointMetrics {
+/** `Reason`: the endpoint's refusal reasons (label `reason`); PostgreSQL has its own set (proxy/pg/metrics.ts). */
+export class EndpointMetrics<Reason extends string = RefuseReason> {
   private readonly labels: { protocol: string };
   private readonly open: Gauge;
   private readonly total: Counter;
@@ -48,7 +49,7 @@ export class EndpointMetrics {
   closed(): void { this.open.dec(this.labels); }
   /** cdbp_data_plane_info{protocol,kind} = 1: which data plane relays this endpoint (native | node). */
   dataPlane(kind: string): void { this.dataPlaneG.set(1, { ...this.labels, kind }); }
-  refused(reason: RefuseReason): void { this.refusedC.inc({ ...this.labels, reason }); }
+  refused(reason: Reason): void { this.refusedC.inc({ ...this.labels, reason }); }
   bytes(inBytes: number, outBytes: number): void {
     if (inBytes) this.bytesC.inc({ ...this.labels, direction: 'in' }, inBytes);
     if (outBytes) this.bytesC.inc({ ...this.labels, direction: 'out' }, outBytes);
