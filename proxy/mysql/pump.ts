@@ -63,6 +63,18 @@ export function startPump(client: Duplex, backend: Duplex, capabilities: bigint,
 }
 
 /**
+ * Asks the gate; a gate that throws is a refusal (the acknowledgment must not go out unconfirmed, and
+ * the exception must not escape into a socket's data handler).
+ */
+export function askGate(gate: AckGate): Promise<void> | undefined {
+  try {
+    return gate.holdAck();
+  } catch (e) {
+    return Promise.reject(e);
+  }
+}
+
+/**
  * What the client gets instead of an acknowledgment the gate refused (`seq`: the held packet's). Shared
  * with the native relay, which sets the sequence id itself.
  */
@@ -220,7 +232,7 @@ class GatedPump extends ClientSide implements Pump {
       if (isContinuation) continue;
       const endsAck = this.tracker.onServerPacket(buf.subarray(this.pos, this.pos + need), length);
       if (!endsAck) continue;
-      const hold = this.gate.holdAck();
+      const hold = askGate(this.gate);
       if (!hold) continue;
       // Release everything before the acknowledgment, keep the rest of this chunk until the gate opens.
       if (start > this.written) this.client.write(buf.subarray(this.written, start));

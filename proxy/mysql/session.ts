@@ -30,7 +30,7 @@ import {
   patchHandshakeCapabilities, sslRequestFrom, type ErrPacket, type Packet,
 } from './codec.ts';
 import { FramedReader } from './reader.ts';
-import { ackRefusedPacket, startPump, type AckGate } from './pump.ts';
+import { ackRefusedPacket, askGate, startPump, type AckGate } from './pump.ts';
 import { forbiddenUserErr, isForbiddenUser } from './forbidden-user.ts';
 import type { NativeClosed, NativeDataPlane } from '../native/dataplane.ts';
 
@@ -304,16 +304,19 @@ export class MysqlSession {
     const native = this.ctx.native;
     const id = this.nativeId;
     if (!native || id === undefined) return;
-    const hold = this.ctx.ackGate?.holdAck();
+    const hold = askGate(this.ctx.ackGate!);
     if (!hold) {
       native.release(id);
       return;
     }
     // A connection that closed meanwhile is gone from the relay: a late release or refusal is ignored.
     hold.then(() => native.release(id), (err: unknown) => {
-      this.outcome = 'ack_refused';
-      this.error = asCdbpError(err).message;
-      native.refuseAck(id, ackRefusedPacket(0), this.error);
+      const why = asCdbpError(err).message;
+      if (this.phase !== 'closed') {
+        this.outcome = 'ack_refused';
+        this.error = why;
+      }
+      native.refuseAck(id, ackRefusedPacket(0), why);
     });
   }
 
@@ -492,8 +495,12 @@ export class MysqlSession {
     this.heldClientPackets.length = 0;
     const clientRest = this.clientReader!.detach();
     if (clientRest.length > 0) leftovers.push(clientRest);
-    const backendRest = this.backendReader!.detach();
-    if (backendRest.length > 0) plain.write(backendRest);
+    // Nothing may come from the database between the login OK and the first command (see `early` below):
+    // the relay's response framing starts at a packet boundary.
+    if (this.backendReader!.detach().length > 0) {
+      this.finish('backend_error', new CdbpError('PROTOCOL_VIOLATION', 'database sent data after the login OK, before any command'));
+      return;
+    }
     plain.on('data', (chunk: Buffer) => leftovers.push(chunk));
     // The switch is a local exchange with the relay (no network round trip): bounded all the same.
     const switchTimer = setTimeout(() => this.finish('protocol_error', new CdbpError('INTERNAL', 'native relay did not take over the session')), CLOSE_GRACE_MS);

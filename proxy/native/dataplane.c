@@ -156,12 +156,14 @@ static bool is_forbidden(const forbidden_t *f, const uint8_t *name, size_t len) 
   return false;
 }
 
-typedef enum { SCAN_OK, SCAN_REFUSED, SCAN_UNTRACKABLE } scan_result;
+typedef enum { SCAN_OK, SCAN_REFUSED, SCAN_TRACKER_FULL, SCAN_UNTRACKABLE } scan_result;
 
 /* Scans buf[0..n). Sets *forward (bytes to pass on now) and *hold_from (start of bytes to keep for the
  * next call, == n when none). On SCAN_REFUSED the name is copied to user (NUL-terminated) and nothing at
- * or after the refused packet may be forwarded; on SCAN_UNTRACKABLE (the tracker cannot record one more
- * command) neither, and the session must end. */
+ * or after the refused packet may be forwarded. On SCAN_TRACKER_FULL (TRACKER_MAX_PENDING commands
+ * await their answers) *forward stops at the next command: the caller keeps the rest, unscanned, until
+ * answers make room (backpressure, not an error). On SCAN_UNTRACKABLE (out of memory) the session must
+ * end. */
 static scan_result scan_client(scanner_t *s, const forbidden_t *f, const uint8_t *buf, size_t n,
                                size_t *forward, size_t *hold_from, char *user, size_t user_cap) {
   size_t pos = 0;
@@ -210,6 +212,11 @@ static scan_result scan_client(scanner_t *s, const forbidden_t *f, const uint8_t
           *hold_from = n;
           return SCAN_REFUSED;
         }
+      }
+      if (s->tracker && tracker_pending(s->tracker) >= TRACKER_MAX_PENDING) {
+        *forward = pos;
+        *hold_from = n;
+        return SCAN_TRACKER_FULL;
       }
       s->last_command = command;
       if (s->tracker && !tracker_command(s->tracker, command, rest, rest_len, complete)) {
@@ -277,6 +284,7 @@ struct conn {
   bytes_t s_held;         /* server bytes from the held packet on (not sent to the client yet) */
   size_t s_held_scan;     /* where scanning resumes in s_held (after the held packet's header) */
   uint8_t s_held_seq;     /* the held packet's sequence id: a refusal's ERR takes its place */
+  bytes_t c_unscanned;    /* decrypted client bytes waiting for the tracker to have room (SCAN_TRACKER_FULL) */
   bytes_t final_pkt;      /* sent to the client when the backend has ended (refused change-user, refused ack) */
   uint64_t bytes_in, bytes_out;
   size_t buffered; /* this connection's share of the engine's `buffered` as last reported */
@@ -417,6 +425,7 @@ static void free_conn(conn_t *c) {
   bytes_free(&c->pout);
   bytes_free(&c->final_pkt);
   bytes_free(&c->s_held);
+  bytes_free(&c->c_unscanned);
   tracker_free(c->tracker);
   free(c);
 }
@@ -610,15 +619,15 @@ static void refuse_change_user(conn_t *c, const char *user) {
   bytes_append(&c->final_pkt, msg, len);
 }
 
-/* Client plaintext towards the peer: scanned in the direct phase. */
-static void forward_client_plain(conn_t *c, uint8_t *p, size_t n) {
-  if (c->phase != PH_DIRECT) {
-    write_peer(c, p, n);
+/* Scans client plaintext p[0..n) (which must sit at least sizeof sc.held into plainbuf) and forwards
+ * what may pass. */
+static void scan_and_forward(conn_t *c, uint8_t *p, size_t n) {
+  if (c->refused) return;
+  if (bytes_pending(&c->c_unscanned) > 0) {
+    /* Older bytes wait for the tracker: these queue behind them, in order. */
+    if (bytes_append(&c->c_unscanned, p, n) != 0) conn_close(c, "proxy_error", "out of memory");
     return;
   }
-  c->bytes_in += n;
-  atomic_fetch_add(&c->w->e->bytes_in, n);
-  if (c->refused) return;
   uint8_t *buf = p;
   size_t len = n;
   if (c->sc.held_len > 0) {
@@ -637,14 +646,48 @@ static void forward_client_plain(conn_t *c, uint8_t *p, size_t n) {
     refuse_change_user(c, user);
     return;
   }
+  if (r == SCAN_TRACKER_FULL) {
+    if (bytes_append(&c->c_unscanned, buf + forward, len - forward) != 0) conn_close(c, "proxy_error", "out of memory");
+    return;
+  }
   if (r == SCAN_UNTRACKABLE) {
-    conn_close(c, "protocol_error", "too many pipelined commands to track for strict freshness");
+    conn_close(c, "proxy_error", "out of memory for the response tracker");
     return;
   }
   if (hold_from < len) {
     c->sc.held_len = len - hold_from;
     memcpy(c->sc.held, buf + hold_from, c->sc.held_len);
   }
+}
+
+/* Client plaintext towards the peer: scanned in the direct phase. */
+static void forward_client_plain(conn_t *c, uint8_t *p, size_t n) {
+  if (c->phase != PH_DIRECT) {
+    write_peer(c, p, n);
+    return;
+  }
+  c->bytes_in += n;
+  atomic_fetch_add(&c->w->e->bytes_in, n);
+  scan_and_forward(c, p, n);
+}
+
+/* Client bytes held back by a full tracker go on once answers have made room (half of it, so a client
+ * that keeps the queue full is served in batches, not one command per answer). */
+static bool rescan_client(conn_t *c) {
+  if (bytes_pending(&c->c_unscanned) == 0 || c->refused || bytes_pending(&c->pout) > 0) return false;
+  if (tracker_pending(c->tracker) >= TRACKER_MAX_PENDING / 2) return false;
+  bytes_t waiting = c->c_unscanned; /* scan_and_forward may queue part of it again, into a fresh buffer */
+  memset(&c->c_unscanned, 0, sizeof c->c_unscanned);
+  size_t off = waiting.off;
+  while (off < waiting.len && !c->dead) {
+    size_t k = waiting.len - off > PLAIN_CHUNK ? PLAIN_CHUNK : waiting.len - off;
+    uint8_t *dst = c->w->plainbuf + CHANGE_USER_INSPECT + 8;
+    memcpy(dst, waiting.data + off, k);
+    scan_and_forward(c, dst, k);
+    off += k;
+  }
+  bytes_free(&waiting);
+  return true;
 }
 
 /* Handshake, or decrypt client records and forward them. */
@@ -682,7 +725,8 @@ static bool tls_step(conn_t *c) {
   if (c->phase != PH_AUTH && c->phase != PH_DIRECT) return false;
   if (c->client_eof || c->pfd < 0 || c->peer_wr_shut || c->graceful_finish) return false;
   bool progress = false;
-  while (!c->dead && bytes_pending(&c->pout) == 0 && !c->refused && tls_out_pending(c) < MAX_TLS_OUT) {
+  while (!c->dead && bytes_pending(&c->pout) == 0 && bytes_pending(&c->c_unscanned) == 0 && !c->refused &&
+         tls_out_pending(c) < MAX_TLS_OUT) {
     uint8_t *dst = c->w->plainbuf + CHANGE_USER_INSPECT + 8;
     int n = SSL_read(c->ssl, dst, PLAIN_CHUNK);
     if (n > 0) {
@@ -782,6 +826,7 @@ static void relay_server_tracked(conn_t *c, const uint8_t *buf, size_t n, size_t
 static void release_held(conn_t *c) {
   if (!c->holding) return;
   c->holding = false;
+  if (c->deadline_ms) c->deadline_ms = now_ms() + CLOSE_GRACE_MS; /* a closing client still gets its answer */
   bytes_t held = c->s_held; /* relay_server_tracked may hold again, into a fresh s_held */
   memset(&c->s_held, 0, sizeof c->s_held);
   relay_server_tracked(c, held.data + held.off, held.len - held.off, c->s_held_scan);
@@ -909,7 +954,8 @@ static bool check_ends(conn_t *c) {
     return false;
   case PH_DIRECT: {
     bool progress = false;
-    if ((c->client_eof || c->refused) && bytes_pending(&c->pout) == 0 && !c->peer_wr_shut) {
+    if ((c->client_eof || c->refused) && bytes_pending(&c->pout) == 0 &&
+        (bytes_pending(&c->c_unscanned) == 0 || c->refused) && !c->peer_wr_shut) {
       /* The client's end (or a refused change-user): the database answers what came before, then ends. */
       shutdown(c->pfd, SHUT_WR);
       c->peer_wr_shut = true;
@@ -956,7 +1002,9 @@ static bool check_ends(conn_t *c) {
 
 /* Keeps the engine-wide `buffered` gauge in step with this connection (stats().buffered). */
 static void account_buffered(conn_t *c) {
-  size_t now = c->dead ? 0 : tls_out_pending(c) + (size_t)BIO_ctrl_pending(c->rbio) + bytes_pending(&c->pout);
+  size_t now = c->dead ? 0
+                        : tls_out_pending(c) + (size_t)BIO_ctrl_pending(c->rbio) + bytes_pending(&c->pout) +
+                              bytes_pending(&c->s_held) + bytes_pending(&c->c_unscanned);
   if (now != c->buffered) {
     atomic_fetch_add(&c->w->e->buffered, (long long)now - (long long)c->buffered);
     c->buffered = now;
@@ -975,6 +1023,8 @@ static void advance(conn_t *c) {
     progress |= tls_step(c);
     if (c->dead) return;
     progress |= read_peer(c);
+    if (c->dead) return;
+    progress |= rescan_client(c);
     if (c->dead) return;
     progress |= check_ends(c);
     if (!progress) break;
@@ -1092,7 +1142,8 @@ static void sweep(worker_t *w) {
     conn_t *c = w->buckets[b];
     while (c) {
       conn_t *next = c->next_in_bucket;
-      if (c->deadline_ms && now >= c->deadline_ms) {
+      if (c->deadline_ms && now >= c->deadline_ms && !c->holding) {
+        /* (A held acknowledgment is answered by the gate within its hold timeout; release re-arms.) */
         conn_close(c, "ok", NULL);
       } else if (c->phase == PH_DIRECT && c->idle_ms > 0 && now - c->last_activity_ms >= c->idle_ms) {
         snprintf(c->outcome, sizeof c->outcome, "idle_timeout");
@@ -1581,8 +1632,12 @@ static napi_value js_destroy(napi_env env, napi_callback_info info) {
     while (cmd) {
       cmd_t *next = cmd->next;
       if (cmd->type == CMD_ADD) free_conn(cmd->conn);
-      if (cmd->type == CMD_BYPASS) close(cmd->fd);
+      if (cmd->type == CMD_BYPASS) {
+        close(cmd->fd);
+        tracker_free(cmd->tracker);
+      }
       free(cmd->data);
+      free(cmd->text);
       free(cmd);
       cmd = next;
     }

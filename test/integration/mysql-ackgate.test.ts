@@ -9,14 +9,16 @@ import mariadb from 'mariadb';
 import mysql2 from 'mysql2/promise';
 import { startPrivateMariadb, type PrivateMariadb } from '../support/mariadb.ts';
 import { makeTestPki, type TestPki } from '../support/test-pki.ts';
-import type { AckGate, MysqlProxy } from '../../proxy/mysql/index.ts';
+import type { AckGate, MysqlProxy, MysqlProxyOptions } from '../../proxy/mysql/index.ts';
+import { encodePacket } from '../../proxy/mysql/codec.ts';
+import { RawClient, comQuery, handshakeResponse, rawTls, scrambleOf } from '../support/mysql-raw.ts';
 import { listenMysqlProxy } from '../support/mysql-proxy.ts';
 
 let db: PrivateMariadb;
 let pki: TestPki;
 
 before(async () => {
-  db = await startPrivateMariadb();
+  db = await startPrivateMariadb({ tcp: true });
   pki = makeTestPki();
   await db.rootQuery('CREATE TABLE test.g (id INT PRIMARY KEY AUTO_INCREMENT, v VARCHAR(64))');
 });
@@ -42,8 +44,8 @@ const settledWithin = (p: Promise<unknown>, ms: number) =>
   Promise.race([p.then(() => true, () => true), new Promise((r) => setTimeout(() => r(false), ms))]);
 
 for (const plane of ['native', 'node'] as const) describe(`${plane} data plane`, () => {
-  async function withGate<T>(gate: TestGate, fn: (port: number, proxy: MysqlProxy) => Promise<T>): Promise<T> {
-    const { proxy, port } = await listenMysqlProxy(db.server.socket, pki, { ackGate: gate, dataPlane: plane });
+  async function withGate<T>(gate: AckGate, fn: (port: number, proxy: MysqlProxy) => Promise<T>, extra: Partial<MysqlProxyOptions> = {}): Promise<T> {
+    const { proxy, port } = await listenMysqlProxy(db.server.socket, pki, { ackGate: gate, dataPlane: plane, ...extra });
     try { return await fn(port, proxy); } finally { await proxy.close(); }
   }
 
@@ -154,6 +156,41 @@ for (const plane of ['native', 'node'] as const) describe(`${plane} data plane`,
       while (proxy.stats().open > 0 && Date.now() < deadline) await sleep(20);
       assert.equal(proxy.stats().open, 0, 'both sessions ended');
     });
+  });
+
+  test('a gate that throws is a refusal: the client gets the ERR instead of the OK, and the session ends', async () => {
+    const gate: AckGate = { holdAck() { throw new Error('gate bug'); } };
+    await withGate(gate, async (port, proxy) => {
+      const conn = await mysql2.createConnection({ host: '127.0.0.1', port, user: db.user, password: db.password, database: 'test', ssl: { ca: pki.caPem } });
+      conn.on('error', () => {});
+      await assert.rejects(conn.query("INSERT INTO g (v) VALUES ('thrown')"), (e: any) => e.errno === 1105 && /could not be confirmed durable/.test(e.message));
+      const deadline = Date.now() + 3000;
+      while (proxy.stats().open > 0 && Date.now() < deadline) await sleep(20);
+      assert.equal(proxy.stats().open, 0, 'the session ended');
+    });
+  });
+
+  test('70,000 statements pipelined at once over a loopback TCP backend are all answered, each ack through the gate (more than the native tracker holds: backpressure, not an error)', async () => {
+    const n = 70_000;
+    let calls = 0;
+    const gate: AckGate = { holdAck() { calls++; return Promise.resolve(); } };
+    await withGate(gate, async (port) => {
+      const { t, greeting } = await rawTls(port, pki.caPem);
+      const client = new RawClient(t);
+      t.write(encodePacket(2, handshakeResponse(db.user, db.password, scrambleOf(greeting))));
+      assert.equal((await client.next())?.payload[0], 0x00, 'login OK');
+      const one = comQuery('DO 1');
+      t.write(Buffer.concat(Array.from({ length: n }, () => one)));
+      let oks = 0;
+      while (oks < n) {
+        const p = await client.next(20_000);
+        if (!p || p.payload[0] !== 0x00) break;
+        oks++;
+      }
+      t.destroy();
+      assert.equal(oks, n, 'every pipelined statement answered with its OK');
+      assert.equal(calls, n, 'each acknowledgment was offered to the gate');
+    }, { backend: { host: '127.0.0.1', port: db.server.port! } });
   });
 
   test('a pass-through gate (always undefined) keeps every feature working: big rows, change user, reset', async () => {
