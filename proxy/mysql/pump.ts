@@ -110,6 +110,11 @@ abstract class ClientSide {
     client.on('end', () => { if (!this.stopped) backend.end(); });
   }
 
+  /** Nothing more from the client reaches the database (a refused acknowledgment ends the session). */
+  protected stopClientSide(): void {
+    this.stopped = true;
+  }
+
   private fromClient(chunk: Buffer): void {
     if (this.stopped) return;
     const r = this.scanner.push(chunk);
@@ -251,6 +256,8 @@ class GatedPump extends ClientSide implements Pump {
       }, (err: unknown) => {
         this.holding = false;
         this.refused = true;
+        // Like the native relay: once the client is told its write is not confirmed, it sends no more.
+        this.stopClientSide();
         this.client.end(ackRefusedPacket(seq));
         this.events.onAckRefused(err);
       });

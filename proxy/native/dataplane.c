@@ -970,8 +970,9 @@ static bool check_ends(conn_t *c) {
         if (!tls_send(c, c->s_carry, k)) return true;
       }
       if (bytes_pending(&c->final_pkt) > 0) {
-        SSL_write(c->ssl, c->final_pkt.data + c->final_pkt.off, (int)bytes_pending(&c->final_pkt));
+        size_t k = bytes_pending(&c->final_pkt);
         c->final_pkt.off = c->final_pkt.len;
+        if (!tls_send(c, c->final_pkt.data + c->final_pkt.len - k, k)) return true;
       }
       send_close_notify(c);
       flush_client(c);

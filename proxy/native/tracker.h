@@ -23,8 +23,8 @@
 #define TRACKER_INSPECT_BYTES 32
 /* Bytes of statement text the classifier looks at (STATEMENT_PREFIX_BYTES). */
 #define STATEMENT_PREFIX_BYTES 64
-/* Commands awaiting their response. A client pipelining more than this is refused (the JS tracker's queue
- * is bounded by the JS plane's own buffering; here the bound is explicit). */
+/* Commands awaiting their response. The relay checks tracker_pending() before each command and pauses a
+ * client that pipelines more (dataplane.c, SCAN_TRACKER_FULL): backpressure, not an error. */
 #define TRACKER_MAX_PENDING 65536
 
 typedef enum { CLS_READ = 0, CLS_BEGIN = 1, CLS_DML = 2, CLS_WRITE = 3 } stmt_class_t;
@@ -39,8 +39,8 @@ tracker_t *tracker_new(bool deprecate_eof, bool cache_metadata);
 void tracker_free(tracker_t *t);
 
 /* commandStarted(command, rest, complete). Returns false when the command cannot be recorded (more than
- * TRACKER_MAX_PENDING pending, or out of memory): the caller must end the session. Once untracked
- * (replication), commands are only counted, never refused. */
+ * TRACKER_MAX_PENDING pending, which the relay avoids by checking first, or out of memory): the caller
+ * must end the session. Once untracked (replication), commands are ignored. */
 bool tracker_command(tracker_t *t, int command, const uint8_t *rest, size_t rest_len, bool complete);
 
 /* onServerPacket(prefix, length): prefix holds min(length, TRACKER_INSPECT_BYTES) payload bytes.
