@@ -10,7 +10,6 @@
  */
 import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
-import tls from 'node:tls';
 import { randomBytes, X509Certificate } from 'node:crypto';
 import type { ConfigOf } from '../src/kernel/config.ts';
 import type { Logger } from '../src/kernel/log.ts';
@@ -34,6 +33,7 @@ import { createKeyring, mariadbEncryptionConfig, keyringEnv, prepareVolatileDir,
 import { writeFileDurable } from '../src/crypto/atomic-file.ts';
 import type { PROXY_SCHEMA } from './settings.ts';
 import { VERSION } from './version.ts';
+import { TlsIdentityHolder } from '../src/crypto/tls-identity.ts';
 
 export type ProxyConfig = ConfigOf<typeof PROXY_SCHEMA>;
 
@@ -47,6 +47,8 @@ export class ProxyRole {
   readonly lifecycle = new Lifecycle();
   readonly metrics = new MetricsRegistry();
   private provision: (Provision & { counter: CounterClient }) | undefined;
+  /** The one TLS identity every listener reads; renewal swaps it here (src/crypto/tls-identity.ts). */
+  private identity: TlsIdentityHolder | undefined;
   private guard: FreshnessGuard | undefined;
   private keyring: Keyring | undefined;
   private keyringCaFile: string | undefined;
@@ -143,6 +145,7 @@ export class ProxyRole {
       tls: { dnsNames: config.dnsNames },
     });
     this.provision = provision;
+    this.identity = new TlsIdentityHolder({ keyPem: provision.identity.keyPem, certPem: provision.identity.certPem });
     this.counterClient = provision.counter;
     this.lifecycle.advance('provisioned');
     this.scheduleRenewal();
@@ -197,7 +200,7 @@ export class ProxyRole {
           ...(config.backendCaFile ? { tls: { caPem: readFileSync(config.backendCaFile, 'utf8') } } : {}),
           allowInsecure: config.allowInsecureBackend,
         },
-      tls: { keyPem: provision.identity.keyPem, certPem: provision.identity.certPem },
+      tls: this.identity!,
       limits: { maxConnections: config.maxConnections, handshakeTimeoutMs: config.handshakeTimeoutMs, idleTimeoutMs: config.idleTimeoutMs },
       log, metrics: this.metrics,
       ...(config.freshness === 'strict' ? { ackGate: this.guard } : {}),
@@ -249,7 +252,7 @@ export class ProxyRole {
     this.pg = createPgProxy({
       listen: { host: config.pgHost, port: config.pgPort },
       backend: { socketDir, port: config.pgBackendPort },
-      tls: { keyPem: provision.identity.keyPem, certPem: provision.identity.certPem },
+      tls: this.identity!,
       limits: { maxConnections: config.maxConnections, handshakeTimeoutMs: config.handshakeTimeoutMs },
       log, metrics: this.metrics,
       ...(config.freshness === 'strict' ? { ackGate: this.guard! } : {}),
@@ -265,7 +268,7 @@ export class ProxyRole {
     const provision = this.provision!;
     this.keyring = createKeyring({
       keys: provision.secrets.dbKeys,
-      tls: { keyPem: provision.identity.keyPem, certPem: provision.identity.certPem },
+      tls: this.identity!,
       port: config.keyringPort, log, metrics: this.metrics,
       audit: (e) => log.info({ keyring: e }, 'keyring request'),
     });
@@ -433,10 +436,7 @@ export class ProxyRole {
       // Stage everything that can fail before anything changes, so a renewal is all or nothing: the
       // keyring refuses changed bytes for an existing key version, and a bad key/cert pair throws here.
       this.keyring?.addKeys(fresh.secrets.dbKeys);
-      tls.createSecureContext({ key: id.keyPem, cert: id.certPem });
-      this.mysql?.setTlsIdentity(id);
-      this.pg?.setTlsIdentity(id);
-      this.keyring?.setTlsIdentity(id);
+      this.identity!.set(id);
       this.provision = { ...this.provision!, identity: fresh.identity };
       const old = this.counterClient;
       this.counterClient = fresh.counter;

@@ -10,6 +10,7 @@ import type { Counter, MetricsRegistry } from '../src/kernel/metrics.ts';
 import type { DbKey } from '../src/provisioning/types.ts';
 import { KeyStore } from './key-store.ts';
 import { TokenGate } from './token.ts';
+import { identityHolder, TLS_SERVER_DEFAULTS, type TlsIdentitySource } from '../src/crypto/tls-identity.ts';
 import { MOUNT_PATTERN, keyBody, notFoundBody, parseVaultRequest, tuneBody, type VaultRequest } from './vault-api.ts';
 
 export type KeyringOutcome = 'served' | 'not_found' | 'refused';
@@ -25,7 +26,8 @@ export interface KeyringAuditEvent {
 
 export interface KeyringOptions {
   keys: DbKey[];
-  tls: { keyPem: string; certPem: string };
+  /** The process's identity holder (renewal swaps it there), or a fixed pair. */
+  tls: TlsIdentitySource;
   /** Loopback only; default 127.0.0.1. */
   host?: string;
   /** 0 (default) = any free port. */
@@ -66,8 +68,6 @@ export interface Keyring {
   issueToken(): string;
   /** Adds key versions (e.g. a rotation). Refuses to change bytes of an existing (id, version). */
   addKeys(keys: DbKey[]): void;
-  /** Replaces the TLS identity for new connections; a broken one throws and the old one stays. */
-  setTlsIdentity(id: { keyPem: string; certPem: string }): void;
   close(): Promise<void>;
 }
 
@@ -97,11 +97,12 @@ export function createKeyring(opts: KeyringOptions): Keyring {
     'Connections to the keyring that failed or timed out in the TLS handshake');
   opts.metrics?.gauge('cdbp_keyring_key_versions', 'DB key versions the keyring holds', (g) => g.set(store.size));
   const refusalLog = rateLimited(1000);
+  const identity = identityHolder(opts.tls);
 
   const server = https.createServer({
-    key: opts.tls.keyPem,
-    cert: opts.tls.certPem,
-    minVersion: 'TLSv1.2',
+    key: identity.pem.keyPem,
+    cert: identity.pem.certPem,
+    ...TLS_SERVER_DEFAULTS,
     handshakeTimeout: limits.handshakeTimeoutMs,
     maxHeaderSize: limits.maxHeaderBytes,
     headersTimeout: limits.headersTimeoutMs,
@@ -174,6 +175,12 @@ export function createKeyring(opts: KeyringOptions): Keyring {
   server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => {
     refuse(socket, { id: 0, version: 'latest', reason: `http_${(err.code ?? 'error').toLowerCase()}` });
   });
+  // Renewal: new connections get the new pair (validated by the holder first); open ones keep theirs.
+  const unsubscribeIdentity = identity.onChange((pem) => {
+    server.setSecureContext({ key: pem.keyPem, cert: pem.certPem, ...TLS_SERVER_DEFAULTS });
+    log.info({ event: 'tls_identity_swapped', generation: identity.generation }, 'keyring TLS identity replaced');
+  });
+
   server.on('tlsClientError', (err: NodeJS.ErrnoException, socket: tls.TLSSocket) => {
     tlsFailures?.inc();
     refusalLog(() => log.warn({ code: err.code }, 'keyring TLS handshake failed'));
@@ -218,22 +225,10 @@ export function createKeyring(opts: KeyringOptions): Keyring {
       if (added > 0) log.info({ added, keys: store.summary() }, 'keyring key versions added');
     },
 
-    setTlsIdentity(id: { keyPem: string; certPem: string }) {
-      let ctx: tls.SecureContextOptions;
-      try {
-        // Build it first: a broken identity throws here and the serving one stays in place.
-        tls.createSecureContext({ key: id.keyPem, cert: id.certPem });
-        ctx = { key: id.keyPem, cert: id.certPem, minVersion: 'TLSv1.2' };
-      } catch (e) {
-        throw new CdbpError('CONFIG_INVALID', `keyring TLS identity rejected: ${(e as Error).message}`, { cause: e });
-      }
-      server.setSecureContext(ctx);
-      log.info('keyring TLS identity replaced');
-    },
-
     async close() {
       if (closed) return;
       closed = true;
+      unsubscribeIdentity();
       tokens.revoke();
       if (!server.listening) return;
       const done = new Promise<void>((resolve) => server.close(() => resolve()));

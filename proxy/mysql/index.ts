@@ -1,9 +1,9 @@
 /**
  * The MariaDB/MySQL drop-in endpoint: a TLS-terminating listener in front of one database.
  *
- *   const proxy = createMysqlProxy({ listen, backend, tls: { keyPem, certPem }, log, metrics?, limits?, ackGate? });
+ *   const proxy = createMysqlProxy({ listen, backend, tls: holder | { keyPem, certPem }, log, metrics?, limits?, ackGate? });
  *   const addr = await proxy.listen();
- *   proxy.setTlsIdentity({ keyPem, certPem });   // renewal: new handshakes only; throws (keeping the old) if bad
+ *   // renewal: holder.set(next) in the role; new handshakes on both data planes get it, open sessions keep theirs
  *   await proxy.stopAccepting(); await proxy.drain(30_000); await proxy.close();
  *
  * Composition: the proxy role gives it the CAS-issued identity and, for strict freshness, an AckGate.
@@ -21,7 +21,7 @@ import type { MetricsRegistry } from '../../src/kernel/metrics.ts';
 import { ConnectionLimiter } from '../shared/connection-limiter.ts';
 import { ConnectionRecord } from '../shared/connection-log.ts';
 import { EndpointMetrics } from '../shared/metrics.ts';
-import { TlsIdentityHolder, type TlsIdentityPem } from '../shared/tls-identity.ts';
+import { identityHolder, type TlsIdentitySource } from '../../src/crypto/tls-identity.ts';
 import { ProxyErrno } from './constants.ts';
 import { encodeErrPacket } from './codec.ts';
 import { MysqlSession, type BackendTarget, type SessionContext, type SessionTotals } from './session.ts';
@@ -53,7 +53,8 @@ export const DEFAULT_LIMITS: MysqlProxyLimits = {
 export interface MysqlProxyOptions {
   listen: { host: string; port: number } | { path: string };
   backend: BackendTarget;
-  tls: TlsIdentityPem;
+  /** The process's identity holder (renewal swaps it there), or a fixed pair. */
+  tls: TlsIdentitySource;
   limits?: Partial<MysqlProxyLimits>;
   log: Logger;
   metrics?: MetricsRegistry;
@@ -91,7 +92,6 @@ export interface MysqlProxyStats {
 
 export interface MysqlProxy {
   listen(): Promise<{ host: string; port: number } | { path: string }>;
-  setTlsIdentity(identity: TlsIdentityPem): void;
   stopAccepting(): Promise<void>;
   drain(timeoutMs: number): Promise<void>;
   close(): Promise<void>;
@@ -102,7 +102,7 @@ export function createMysqlProxy(opts: MysqlProxyOptions): MysqlProxy {
   validateBackend(opts.backend);
   const limits: MysqlProxyLimits = { ...DEFAULT_LIMITS, ...opts.limits };
   const log = opts.log.child({ component: 'mysql-proxy' });
-  const identity = new TlsIdentityHolder(opts.tls);
+  const identity = identityHolder(opts.tls);
   const metrics = new EndpointMetrics('mysql', opts.metrics);
   const limiter = new ConnectionLimiter(limits.maxConnections);
   const sessions = new Set<MysqlSession>();
@@ -115,9 +115,18 @@ export function createMysqlProxy(opts: MysqlProxyOptions): MysqlProxy {
   const closedWaiters = new Set<() => void>();
   const forbiddenUsers: ReadonlySet<string> = 'socket' in opts.backend ? new Set([os.userInfo().username]) : new Set();
   const { native, dataPlane } = chooseDataPlane(opts, forbiddenUsers);
+  let unsubscribeIdentity = (): void => {};
   try {
-    native?.setIdentity(opts.tls);
+    if (native) {
+      native.setIdentity(identity.pem);
+      // The holder validated the pair with the same OpenSSL, so the native side is not expected to refuse it.
+      unsubscribeIdentity = identity.onChange((pem) => {
+        native.setIdentity(pem);
+        log.info({ event: 'tls_identity_swapped', generation: identity.generation, notAfter: identity.certificate.validTo }, 'TLS identity replaced');
+      });
+    }
   } catch (e) {
+    unsubscribeIdentity();
     native?.destroy(); // its worker threads must not outlive a proxy that was never created
     throw e;
   }
@@ -200,13 +209,6 @@ export function createMysqlProxy(opts: MysqlProxyOptions): MysqlProxy {
         }
       });
     },
-    setTlsIdentity(next) {
-      // Both validate before swapping and keep the old identity on failure; the holder goes first so a
-      // bad pair never reaches the native side.
-      identity.set(next);
-      native?.setIdentity(next);
-      log.info({ event: 'tls_identity_swapped', generation: identity.generation, notAfter: identity.certificate.validTo }, 'TLS identity replaced');
-    },
     stopAccepting() {
       accepting = false;
       if (!listening) return Promise.resolve();
@@ -225,6 +227,7 @@ export function createMysqlProxy(opts: MysqlProxyOptions): MysqlProxy {
       const stopped = this.stopAccepting();
       for (const s of [...sessions]) s.destroy('drained');
       await stopped;
+      unsubscribeIdentity();
       native?.destroy();
     },
     stats() {

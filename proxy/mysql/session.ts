@@ -23,7 +23,7 @@ import { asCdbpError, CdbpError } from '../../src/kernel/errors.ts';
 import { ConnectionRecord, type ConnectionOutcome } from '../shared/connection-log.ts';
 import type { ConnectionSlot } from '../shared/connection-limiter.ts';
 import type { EndpointMetrics } from '../shared/metrics.ts';
-import type { TlsIdentityHolder } from '../shared/tls-identity.ts';
+import type { TlsIdentityHolder } from '../../src/crypto/tls-identity.ts';
 import { Cap, CAPS_COMPRESSION, CAPS_NEVER_ADVERTISED, Header, ProxyErrno } from './constants.ts';
 import {
   clearClientCapabilities, decodeClientHello, decodeInitialHandshake, encodeErrPacket, encodePacket,

@@ -17,7 +17,7 @@ import { createRequire } from 'node:module';
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { TLS_SERVER_DEFAULTS, type TlsIdentityPem } from '../shared/tls-identity.ts';
+import { TLS_SERVER_DEFAULTS, type TlsIdentityPem } from '../../src/crypto/tls-identity.ts';
 import { CdbpError } from '../../src/kernel/errors.ts';
 
 export const NATIVE_ADDON_PATH = path.join(path.dirname(fileURLToPath(import.meta.url)), 'build', 'cdbp_dataplane.node');

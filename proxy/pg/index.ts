@@ -8,7 +8,7 @@ import os from 'node:os';
 import type { Logger } from '../../src/kernel/log.ts';
 import { CdbpError } from '../../src/kernel/errors.ts';
 import { ConnectionLimiter, type ConnectionSlot } from '../shared/connection-limiter.ts';
-import { TlsIdentityHolder } from '../shared/tls-identity.ts';
+import { identityHolder, type TlsIdentitySource } from '../../src/crypto/tls-identity.ts';
 import type { MetricsRegistry } from '../../src/kernel/metrics.ts';
 import { validateBackend, describeBackend, type PgBackend } from './backend.ts';
 import { CancelRegistry } from './cancel-registry.ts';
@@ -23,7 +23,8 @@ export type { PgLimits } from './session.ts';
 export interface PgProxyOptions {
   listen: { host: string; port: number };
   backend: PgBackend;
-  tls: { keyPem: string; certPem: string };
+  /** The process's identity holder (renewal swaps it there), or a fixed pair. */
+  tls: TlsIdentitySource;
   limits?: Partial<PgLimits>;
   log: Logger;
   metrics?: MetricsRegistry;
@@ -51,8 +52,6 @@ export interface PgProxyStats {
 export interface PgProxy {
   /** Binds the listener; resolves with the bound address (port 0 picks one). */
   listen(): Promise<{ host: string; port: number }>;
-  /** Swaps the TLS identity for new handshakes; existing sessions keep theirs. Throws (keeping the old identity) on a bad pair. */
-  setTlsIdentity(identity: { keyPem: string; certPem: string }): void;
   /** Stops accepting new connections; open sessions continue. */
   stopAccepting(): Promise<void>;
   /** Stops accepting, waits up to timeoutMs for sessions to end, then closes the rest. Returns how many were forced. */
@@ -68,7 +67,7 @@ export function createPgProxy(opts: PgProxyOptions): PgProxy {
   const metrics = new PgMetrics(opts.metrics);
   const cancels = new CancelRegistry();
   const sessions = new Set<PgSession>();
-  const identity = new TlsIdentityHolder(opts.tls);
+  const identity = identityHolder(opts.tls);
   const limiter = new ConnectionLimiter(limits.maxConnections);
   let accepted = 0;
   let accepting = false;
@@ -123,11 +122,6 @@ export function createPgProxy(opts: PgProxyOptions): PgProxy {
       const addr = srv.address() as net.AddressInfo;
       opts.log.info({ event: 'pg.listening', host: addr.address, port: addr.port, backend: describeBackend(opts.backend) }, 'PostgreSQL endpoint listening');
       return { host: addr.address, port: addr.port };
-    },
-
-    setTlsIdentity(next) {
-      identity.set(next);
-      opts.log.info({ event: 'pg.tls_identity_updated', generation: identity.generation }, 'PostgreSQL endpoint TLS identity updated');
     },
 
     async stopAccepting() {

@@ -8,6 +8,7 @@
  * Requires the native build (node scripts/build-native.js): every proxy here asks for
  * dataPlane 'native' explicitly, so a missing build fails instead of silently testing the Node plane.
  */
+import { TlsIdentityHolder } from '../../src/crypto/tls-identity.ts';
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
@@ -428,15 +429,16 @@ async function servedFingerprint(port: number): Promise<string> {
 }
 
 test('[native] TLS identity hot swap: new handshakes get the new certificate, an open session keeps working, a bad pair throws and keeps the old', async () => {
-  await withProxy('native', {}, async (proxy, port) => {
+  const holder = new TlsIdentityHolder(pki);
+  await withProxy('native', { tls: holder }, async (_proxy, port) => {
     const oldFp = new X509Certificate(pki.certPem).fingerprint256;
     assert.equal(await servedFingerprint(port), oldFp);
     const open = await my2(port);
     const next = makeTestPki();
-    assert.throws(() => proxy.setTlsIdentity({ keyPem: next.keyPem, certPem: pki.certPem }), (e) => isCdbpError(e, 'CONFIG_INVALID'));
-    assert.throws(() => proxy.setTlsIdentity({ keyPem: 'not a key', certPem: 'not a cert' }), (e) => isCdbpError(e, 'CONFIG_INVALID'));
+    assert.throws(() => holder.set({ keyPem: next.keyPem, certPem: pki.certPem }), (e) => isCdbpError(e, 'CONFIG_INVALID'));
+    assert.throws(() => holder.set({ keyPem: 'not a key', certPem: 'not a cert' }), (e) => isCdbpError(e, 'CONFIG_INVALID'));
     assert.equal(await servedFingerprint(port), oldFp, 'a rejected identity changes nothing');
-    proxy.setTlsIdentity({ keyPem: next.keyPem, certPem: next.certPem });
+    holder.set({ keyPem: next.keyPem, certPem: next.certPem });
     assert.equal(await servedFingerprint(port), new X509Certificate(next.certPem).fingerprint256, 'new handshakes get the new certificate');
     await assert.rejects(my2(port), /certificate|self.signed|verify/i);
     const fresh = await my2(port, { ssl: { ca: next.caPem } });

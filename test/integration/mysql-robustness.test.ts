@@ -5,6 +5,7 @@
  * Each case runs once per data plane (native C relay, Node), ack-gate cases included; pure option checks
  * run once.
  */
+import { TlsIdentityHolder } from '../../src/crypto/tls-identity.ts';
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
@@ -362,13 +363,14 @@ for (const plane of PLANES) {
   });
 
   test(`[${plane}] TLS identity hot swap: open sessions continue, new handshakes get the new certificate, a bad identity keeps the old`, async () => {
-    await withProxy({ dataPlane: plane }, async (proxy, port) => {
+    const holder = new TlsIdentityHolder(pki);
+    await withProxy({ dataPlane: plane, tls: holder }, async (_proxy, port) => {
       const before = await connect2(port);
       const next = makeTestPki();
-      assert.throws(() => proxy.setTlsIdentity({ keyPem: next.keyPem, certPem: pki.certPem }), (e) => isCdbpError(e, 'CONFIG_INVALID'));
+      assert.throws(() => holder.set({ keyPem: next.keyPem, certPem: pki.certPem }), (e) => isCdbpError(e, 'CONFIG_INVALID'));
       const stillOld = await connect2(port);
       await stillOld.end();
-      proxy.setTlsIdentity({ keyPem: next.keyPem, certPem: next.certPem });
+      holder.set({ keyPem: next.keyPem, certPem: next.certPem });
       await assert.rejects(connect2(port), /certificate|self.signed|verify/i);
       const after = await connect2(port, { ssl: { ca: next.caPem } });
       const [[r1]] = await before.query<mysql2.RowDataPacket[]>('SELECT 1 AS a');

@@ -1,4 +1,5 @@
 import { test, before, after } from 'node:test';
+import { TlsIdentityHolder } from '../../src/crypto/tls-identity.ts';
 import assert from 'node:assert/strict';
 import pg from 'pg';
 import { serialize } from 'pg-protocol';
@@ -226,13 +227,14 @@ test('a silent client is closed after the handshake timeout', async () => {
   assert.equal(quick.proxy.stats().open, 0);
 });
 
-test('setTlsIdentity serves a new certificate to new connections; a broken identity is refused and the old one kept', async () => {
-  const spare = await t.extraProxy({});
+test('a swap of the identity holder serves a new certificate to new connections; a broken identity is refused and the old one kept', async () => {
+  const holder = new TlsIdentityHolder(t.pki);
+  const spare = await t.extraProxy({ tls: holder });
   const next = makeTestPki();
-  assert.throws(() => spare.proxy.setTlsIdentity({ keyPem: next.keyPem, certPem: t.pki.certPem }), (e: any) => e.code === 'CONFIG_INVALID');
+  assert.throws(() => holder.set({ keyPem: next.keyPem, certPem: t.pki.certPem }), (e: any) => e.code === 'CONFIG_INVALID');
   const old = new pg.Client({ host: 'localhost', port: spare.port, user: 'app', password: t.db.accounts.scram.password, database: 'test', ssl: { ca: t.pki.caPem } });
   await old.connect();
-  spare.proxy.setTlsIdentity({ keyPem: next.keyPem, certPem: next.certPem });
+  holder.set({ keyPem: next.keyPem, certPem: next.certPem });
   const fresh = new pg.Client({ host: 'localhost', port: spare.port, user: 'app', password: t.db.accounts.scram.password, database: 'test', ssl: { ca: next.caPem } });
   await fresh.connect();
   const stale = new pg.Client({ host: 'localhost', port: spare.port, user: 'app', password: t.db.accounts.scram.password, database: 'test', ssl: { ca: t.pki.caPem } });

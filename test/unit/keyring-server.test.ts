@@ -1,4 +1,5 @@
 import { test, before, after } from 'node:test';
+import { TlsIdentityHolder } from '../../src/crypto/tls-identity.ts';
 import assert from 'node:assert/strict';
 import https from 'node:https';
 import tls from 'node:tls';
@@ -36,6 +37,7 @@ function raw(port: number, ca: string, payload: string | Buffer): Promise<{ data
 }
 
 let pki: TestPki;
+let identity: TlsIdentityHolder;
 let keyring: Keyring;
 let port: number;
 let token: string;
@@ -48,10 +50,11 @@ const k2v1 = randomBytes(32);
 
 before(async () => {
   pki = makeTestPki();
+  identity = new TlsIdentityHolder(pki);
   const destination = new Writable({ write(chunk, _enc, cb) { logLines.push(chunk.toString()); cb(); } });
   keyring = createKeyring({
     keys: [{ id: 1, version: 1, key: k1v1 }, { id: 1, version: 2, key: k1v2 }, { id: 2, version: 1, key: k2v1 }],
-    tls: pki, log: createLogger({ name: 'test', level: 'debug', destination }), metrics, audit: (e) => audit.push(e),
+    tls: identity, log: createLogger({ name: 'test', level: 'debug', destination }), metrics, audit: (e) => audit.push(e),
     limits: { headersTimeoutMs: 500, requestTimeoutMs: 800, handshakeTimeoutMs: 500, maxConnections: 8 },
   });
   const l = await keyring.listen();
@@ -164,17 +167,17 @@ test('addKeys: a new version becomes latest; existing (id,version) bytes cannot 
   assert.ok('status' in v1 && v1.body.data.data.data === k1v1.toString('hex'), 'old versions stay served');
 });
 
-test('setTlsIdentity swaps the certificate for new connections and keeps the old one when broken', async () => {
+test('a swap of the identity holder changes the certificate for new connections; a broken one keeps the old', async () => {
   const other = makeTestPki();
-  assert.throws(() => keyring.setTlsIdentity({ keyPem: 'garbage', certPem: other.certPem }), /TLS identity rejected/);
+  assert.throws(() => identity.set({ keyPem: 'garbage', certPem: other.certPem }), /TLS identity rejected/);
   const stillOld = await get(port, pki.caPem, '/v1/cdbp/data/1', { 'x-vault-token': token });
   assert.ok('status' in stillOld && stillOld.status === 200);
-  keyring.setTlsIdentity(other);
+  identity.set(other);
   const oldCa = await get(port, pki.caPem, '/v1/cdbp/data/1', { 'x-vault-token': token });
   assert.ok('error' in oldCa, 'the old CA no longer verifies');
   const newCa = await get(port, other.caPem, '/v1/cdbp/data/1', { 'x-vault-token': token });
   assert.ok('status' in newCa && newCa.status === 200);
-  keyring.setTlsIdentity(pki);
+  identity.set(pki);
 });
 
 test('metrics count outcomes; logs carry neither key bytes nor the token', async () => {

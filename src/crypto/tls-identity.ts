@@ -1,9 +1,13 @@
 /**
- * TLS identity holder with hot swap, shared by the protocol endpoints.
+ * The one TLS identity of a TEE process: every listener (MySQL Node and native planes, PostgreSQL, keyring)
+ * reads it from here, and renewal changes it in one call (the shape of ghostunnel's certificate loader).
  *
  * Stable API:
  *   const holder = new TlsIdentityHolder({ keyPem, certPem });   // throws CONFIG_INVALID on a bad pair
+ *   identityHolder(source)    // a holder as is, or a new one around a PEM pair (tests, single listeners)
  *   holder.context            // tls.SecureContext for NEW handshakes (pass as `secureContext`)
+ *   holder.pem                // the current pair, for a consumer that builds its own context (native plane)
+ *   holder.onChange(fn)       // fn(pem) after each successful swap; returns the unsubscribe function
  *   holder.set({ keyPem, certPem })  // validates first; on failure throws and KEEPS the old identity
  *   holder.generation         // increments on each successful swap (for logs / status)
  *   holder.certificate        // the current leaf as an X509Certificate (expiry for /v1/status)
@@ -15,7 +19,7 @@
  */
 import tls from 'node:tls';
 import { randomBytes, X509Certificate } from 'node:crypto';
-import { CdbpError } from '../../src/kernel/errors.ts';
+import { CdbpError } from '../kernel/errors.ts';
 
 export interface TlsIdentityPem {
   keyPem: string;
@@ -40,16 +44,35 @@ export const TLS_SERVER_DEFAULTS = {
   sessionTimeout: 300,
 };
 
+export type TlsIdentitySource = TlsIdentityHolder | TlsIdentityPem;
+
+/** The holder itself, or a private holder around a fixed pair (a listener used on its own, tests). */
+export function identityHolder(source: TlsIdentitySource): TlsIdentityHolder {
+  return source instanceof TlsIdentityHolder ? source : new TlsIdentityHolder(source);
+}
+
 export class TlsIdentityHolder {
   private current: tls.SecureContext;
   private cert: X509Certificate;
+  private pair: TlsIdentityPem;
   private gen = 0;
   private readonly ticketKeys = randomBytes(48);
+  private readonly listeners = new Set<(pem: TlsIdentityPem) => void>();
 
   constructor(identity: TlsIdentityPem) {
     const { context, cert } = this.build(identity);
     this.current = context;
     this.cert = cert;
+    this.pair = { keyPem: identity.keyPem, certPem: identity.certPem };
+  }
+
+  get pem(): TlsIdentityPem {
+    return this.pair;
+  }
+
+  onChange(listener: (pem: TlsIdentityPem) => void): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
   }
 
   get context(): tls.SecureContext {
@@ -64,11 +87,22 @@ export class TlsIdentityHolder {
     return this.cert;
   }
 
+  /**
+   * Validated before anything changes, so a bad pair leaves every listener on the old identity. A consumer
+   * that then fails to take the new pair (it validated here with the same OpenSSL, so this is not expected)
+   * does not stop the others: the first such error is thrown after all were told.
+   */
   set(identity: TlsIdentityPem): void {
     const { context, cert } = this.build(identity);
     this.current = context;
     this.cert = cert;
+    this.pair = { keyPem: identity.keyPem, certPem: identity.certPem };
     this.gen++;
+    let failure: unknown;
+    for (const listener of this.listeners) {
+      try { listener(this.pair); } catch (e) { failure ??= e; }
+    }
+    if (failure !== undefined) throw failure;
   }
 
   private build(identity: TlsIdentityPem): { context: tls.SecureContext; cert: X509Certificate } {
