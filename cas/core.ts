@@ -13,12 +13,13 @@ import type { Evidence, EvidenceVerifier, TeeMode } from '../src/attestation/typ
 import { isHex, sha512 } from '../src/crypto/hash.ts';
 import { sealToPublicKey } from '../src/crypto/box.ts';
 import { issueLeafCertificate, parseCsr } from '../src/crypto/x509.ts';
-import { checkPolicyUpdate, COUNTER_DIGEST_RE, verifySignedPolicy, verifySignedRecovery, type SignedPolicy,
-  type SignedRecovery } from './policy.ts';
+import { checkPolicyUpdate } from './policy.ts';
+import { COUNTER_DIGEST_RE, verifySignedPolicy, verifySignedRecovery, type SignedPolicy,
+  type SignedRecovery } from '../src/provisioning/policy.ts';
 import type { AuditEvent, AuditLog } from './audit.ts';
 import type { NonceStore } from './nonces.ts';
 import type { ServiceRecord, StateStore, StoredKey } from './state.ts';
-import { attestAnswerMessage, counterAnswerMessage, ed25519PrivateKey, signAnswer, type CounterAnswer } from '../src/cas-client/answers.ts';
+import { attestAnswerMessage, counterAnswerMessage, ed25519PrivateKey, signAnswer, type CounterAnswer } from '../src/provisioning/answers.ts';
 
 export const SECRETS_FORMAT = 'cdbp-secrets/1';
 
@@ -50,7 +51,7 @@ export interface AttestResponse {
   sealedSecrets: string;
   /** The CAS's answer-signing certificate (chains to caPem, role cas-signing). */
   signingCertPem: string;
-  /** Hex Ed25519 over attestAnswerMessage(...) (src/cas-client/answers.ts). */
+  /** Hex Ed25519 over attestAnswerMessage(...) (src/provisioning/answers.ts). */
   signature: string;
 }
 

@@ -15,7 +15,7 @@ import type { MetricsRegistry } from '../src/kernel/metrics.ts';
 import type { AuditEventType, AuditLog } from './audit.ts';
 import type { AttestRequest, CasCore } from './core.ts';
 import { isAudited } from './core.ts';
-import type { SignedRecovery } from './policy.ts';
+import type { SignedRecovery } from '../src/provisioning/policy.ts';
 
 export const BODY_LIMIT = 64 * 1024;
 
@@ -201,7 +201,7 @@ export function buildCasServer(o: CasServerOptions): FastifyInstance {
   app.get<{ Params: { service: string } }>('/v1/services/:service/policy', { schema: { params: serviceParam } },
     async (req) => core.getPolicy(req.params.service));
 
-  // Counter answers carry an Ed25519 signature over the client's nonce (src/cas-client/answers.ts), so
+  // Counter answers carry an Ed25519 signature over the client's nonce (src/provisioning/answers.ts), so
   // even a man in the middle holding a valid TLS identity cannot forge a value or a conflict.
   app.get<{ Params: { service: string }; Querystring: { nonce?: string } }>('/v1/services/:service/counter',
     { schema: { params: serviceParam, querystring: SCHEMAS.counterQuery } },

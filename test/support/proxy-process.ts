@@ -24,7 +24,7 @@ import { freePort } from '../../src/kernel/net.ts';
 import { MariadbServer } from '../../src/db/mariadb-server.ts';
 import { applyTestPolicy, type TestCas } from './cas.ts';
 import type { SigningKeyPair } from '../../src/crypto/ed25519.ts';
-import type { BuildPolicyOptions } from '../../cas/policy.ts';
+import type { BuildPolicyOptions } from '../../src/provisioning/policy.ts';
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 
