@@ -23,6 +23,13 @@ import { readPublicKeyFile } from '../../src/crypto/ed25519.ts';
 import { isHex } from '../../src/crypto/hash.ts';
 import type { Evidence, EvidenceVerifier } from '../../src/attestation/types.ts';
 import { verifyEndpointEvidence } from '../../src/ops/evidence.ts';
+import { decodeErr, encodePacket, readPayloadLength, SSL_REQUEST_LENGTH } from '../../proxy/mysql/codec.ts';
+import { Cap, Header, PACKET_HEADER_SIZE } from '../../proxy/mysql/constants.ts';
+import { encodeSslRequest } from '../../proxy/pg/codec.ts';
+import { SSL_ACCEPT } from '../../proxy/pg/constants.ts';
+
+/** MySQL collation id 45 (utf8mb4_general_ci): what the SSLRequest announces; nothing is sent in it. */
+const UTF8MB4_GENERAL_CI = 45;
 
 const USAGE = `usage: cdbp verify --ops URL --ca FILE [--host 127.0.0.1] (--port N | --pg-port N)
                    --measurement HEX|local [--platform-public-key FILE] [--json]
@@ -160,15 +167,12 @@ export async function presentedCertificate(o: Pick<VerifyOptions, 'host' | 'port
     await new Promise<void>((resolve, reject) => { raw.once('connect', resolve); raw.once('error', reject); });
     if (o.protocol === 'mysql') {
       const greeting = await readMysqlPacket(raw);
-      if (greeting[0] === 0xff) throw new CdbpError('PROTOCOL_VIOLATION', `server refused: ${greeting.subarray(9).toString('utf8')}`);
+      if (greeting[0] === Header.ERR) throw new CdbpError('PROTOCOL_VIOLATION', `server refused: ${decodeErr(greeting).message}`);
       raw.write(mysqlSslRequest());
     } else {
-      const req = Buffer.alloc(8);
-      req.writeInt32BE(8, 0);
-      req.writeInt32BE(80877103, 4);
-      raw.write(req);
+      raw.write(encodeSslRequest());
       const answer = await readExactly(raw, 1);
-      if (answer[0] !== 0x53) throw new CdbpError('INSECURE_TRANSPORT', 'the PostgreSQL endpoint does not offer TLS');
+      if (answer[0] !== SSL_ACCEPT) throw new CdbpError('INSECURE_TRANSPORT', 'the PostgreSQL endpoint does not offer TLS');
     }
     const servername = net.isIP(o.host) ? undefined : o.host;
     const sock = tls.connect({ socket: raw, host: o.host, ...(servername ? { servername } : {}), ca: o.caPem, rejectUnauthorized: true, minVersion: 'TLSv1.2' });
@@ -190,17 +194,16 @@ export async function presentedCertificate(o: Pick<VerifyOptions, 'host' | 'port
 
 /** HandshakeResponse41 truncated after the filler: the SSLRequest (CLIENT_SSL | PROTOCOL_41 | SECURE_CONNECTION). */
 function mysqlSslRequest(): Buffer {
-  const payload = Buffer.alloc(32);
-  payload.writeUInt32LE(0x0800 | 0x0200 | 0x8000, 0);
-  payload.writeUInt32LE(16 * 1024 * 1024, 4);
-  payload[8] = 45; // utf8mb4_general_ci
-  const header = Buffer.from([payload.length, 0, 0, 1]);
-  return Buffer.concat([header, payload]);
+  const payload = Buffer.alloc(SSL_REQUEST_LENGTH);
+  payload.writeUInt32LE(Number(Cap.CLIENT_SSL | Cap.CLIENT_PROTOCOL_41 | Cap.CLIENT_SECURE_CONNECTION), 0);
+  payload.writeUInt32LE(16 * 1024 * 1024, 4); // max packet size
+  payload[8] = UTF8MB4_GENERAL_CI;
+  return encodePacket(1, payload);
 }
 
 async function readMysqlPacket(sock: net.Socket): Promise<Buffer> {
-  const header = await readExactly(sock, 4);
-  const len = header.readUIntLE(0, 3);
+  const header = await readExactly(sock, PACKET_HEADER_SIZE);
+  const len = readPayloadLength(header, 0);
   if (len > 64 * 1024) throw new CdbpError('FRAME_TOO_LARGE', 'server greeting too large');
   return readExactly(sock, len);
 }
