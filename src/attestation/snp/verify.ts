@@ -14,7 +14,7 @@
  *   8. report data = the expected binding (nonce and keys)                      TEE_REPORT_DATA_MISMATCH
  */
 import type { X509Certificate } from 'node:crypto';
-import { CdbpError } from '../../kernel/errors.ts';
+import { CdbpError, type ErrorCode } from '../../kernel/errors.ts';
 import { constantTimeEqual } from '../../crypto/hash.ts';
 import { certificateExtensions, decodeSmallUint, derRead, TAG } from '../asn1.ts';
 import { readDer } from '../../crypto/der.ts';
@@ -46,6 +46,8 @@ export interface SnpVerifyInput {
   policy?: SnpAppraisalPolicy;
   /** 64 bytes the report data must equal (the nonce/key binding); omitted only by `cdbp verify` on a bare file. */
   expectedReportData?: Buffer;
+  /** The trust anchors per product; default the pinned ARKs. Only tests pass others. */
+  arks?: Map<SnpProduct, X509Certificate>;
 }
 
 export interface SnpVerdict {
@@ -87,7 +89,7 @@ export function verifySnpReport(input: SnpVerifyInput): SnpVerdict {
   if (issuerCn !== expectedIssuer) fail('TEE_CERT_CHAIN_INVALID', `a ${signer} must be issued by ${expectedIssuer}, this one by ${issuerCn}`);
   const ask = input.certs.find((c) => c.subject === leaf.issuer)
     ?? fail('TEE_COLLATERAL_MISSING', `no ${expectedIssuer} certificate (the ${signer === 'VCEK' ? 'ASK' : 'ASVK'}) was supplied`);
-  const ark = pinnedArks().get(product)!;
+  const ark = (input.arks ?? pinnedArks()).get(product) ?? fail('TEE_UNTRUSTED_ROOT', `no pinned ARK for ${product}`);
   const suppliedArk = input.certs.find((c) => c.subject === ask.issuer);
   const links = [{ cert: leaf, name: signer }, { cert: ask, name: expectedIssuer }];
   if (suppliedArk) links.push({ cert: suppliedArk, name: `supplied ARK (${cn(suppliedArk)})` });
@@ -185,8 +187,6 @@ function checkLeafMatchesReport(leaf: X509Certificate, signer: SnpSigner, produc
   }
 }
 
-function fail(code: 'TEE_EVIDENCE_MALFORMED' | 'TEE_COLLATERAL_MISSING' | 'TEE_CERT_CHAIN_INVALID' | 'TEE_SIGNATURE_INVALID'
-  | 'TEE_TCB_MISMATCH' | 'TEE_DEBUG_REFUSED' | 'TEE_POLICY_REFUSED' | 'TEE_TCB_STATUS_REFUSED' | 'MEASUREMENT_MISMATCH'
-  | 'TEE_REPORT_DATA_MISMATCH', message: string, details?: Record<string, unknown>): never {
+function fail(code: ErrorCode, message: string, details?: Record<string, unknown>): never {
   throw new CdbpError(code, message, details ? { details } : undefined);
 }

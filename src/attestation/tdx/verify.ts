@@ -95,7 +95,6 @@ export function verifyTdxQuote(input: TdxVerifyInput): TdxVerdict {
   if (!c.qeIdentity) throw new CdbpError('TEE_COLLATERAL_MISSING', 'no QE identity was supplied');
   const tcbInfo = parseTcbInfo(c.tcbInfo);
   verifyCollateralSignature(tcbInfo, c.tcbInfoIssuerChain ?? [], root, input.now, 'TCB info');
-  const tcbWindow = checkCollateralWindow(tcbInfo.body.issueDate, tcbInfo.body.nextUpdate, input.now, grace, 'TCB info');
   if (tcbInfo.body.fmspc.toLowerCase() !== pckExt.fmspc) {
     throw new CdbpError('TEE_FMSPC_MISMATCH', `the TCB info is for FMSPC ${tcbInfo.body.fmspc.toLowerCase()}, the PCK certificate's platform is ${pckExt.fmspc}`,
       { details: { tcbInfo: tcbInfo.body.fmspc.toLowerCase(), pck: pckExt.fmspc } });
@@ -103,6 +102,7 @@ export function verifyTdxQuote(input: TdxVerifyInput): TdxVerdict {
   if (tcbInfo.body.pceId.toLowerCase() !== pckExt.pceId) {
     throw new CdbpError('TEE_FMSPC_MISMATCH', `the TCB info is for PCE-ID ${tcbInfo.body.pceId}, the PCK certificate's is ${pckExt.pceId}`);
   }
+  const tcbWindow = checkCollateralWindow(tcbInfo.body.issueDate, tcbInfo.body.nextUpdate, input.now, grace, 'TCB info');
   const qeIdentity = parseQeIdentity(c.qeIdentity);
   verifyCollateralSignature(qeIdentity, c.qeIdentityIssuerChain ?? c.tcbInfoIssuerChain ?? [], root, input.now, 'QE identity');
   const qeWindow = checkCollateralWindow(qeIdentity.body.issueDate, qeIdentity.body.nextUpdate, input.now, grace, 'QE identity');
