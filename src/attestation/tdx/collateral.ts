@@ -128,6 +128,14 @@ export function parseTcbInfo(text: Buffer): SignedJson<TdxTcbInfo> {
       invalid(what, 'a tcbLevel is malformed (16 SGX and 16 TDX components, pcesvn, a known tcbStatus)');
     }
   }
+  if (t.tdxModuleIdentities !== undefined && (!Array.isArray(t.tdxModuleIdentities) || !t.tdxModuleIdentities.every((m: any) =>
+    typeof m?.id === 'string' && isHexStr(m.mrsigner, 48) && isHexStr(m.attributes, 8) && isHexStr(m.attributesMask, 8)
+    && Array.isArray(m.tcbLevels) && m.tcbLevels.every((l: any) => isSvn(l?.tcb?.isvsvn) && isStatus(l.tcbStatus))))) {
+    invalid(what, 'tdxModuleIdentities malformed');
+  }
+  if (t.tdxModule !== undefined && !(isHexStr(t.tdxModule?.mrsigner, 48) && isHexStr(t.tdxModule.attributes, 8) && isHexStr(t.tdxModule.attributesMask, 8))) {
+    invalid(what, 'tdxModule malformed');
+  }
   return signed;
 }
 
