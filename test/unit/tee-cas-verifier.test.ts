@@ -89,3 +89,15 @@ test('policy: real TEE modes need pinned measurements under tee; simulated-only 
     (e: unknown) => isCdbpError(e, 'POLICY_INVALID') && /unknown field "sgx"/.test(e.message) && /snp.measurements\[0\]/.test(e.message));
   assert.equal('tee' in buildPolicy({ service: 's', measurements: ['ab'.repeat(32)], teeModes: ['simulated'] }), false);
 });
+
+test('cdbp policy measure: the measurements an owner pins come from the report (SNP) or quote (TDX MRTD, RTMR0-2)', async () => {
+  const { measureEvidence } = await import('../../cli/commands/policy.ts');
+  const snp = measureEvidence(fixture('snp/milan-vcek-2/report.hex'));
+  assert.deepEqual(snp.snp?.measurements, [snpVector('milan-vcek-2').evidence.bytes.subarray(0x90, 0xc0).toString('hex')]);
+  const tdx = measureEvidence(fixture('tdx/quote-5/quote.dat'));
+  const body = parseTdxQuote(tdxQuote('quote-5')).body;
+  assert.deepEqual(tdx.tdx?.mrtd, [body.mrTd.toString('hex')]);
+  assert.equal(tdx.tdx?.rtmr?.[3], null);
+  // What measure prints is a valid policy "tee" part.
+  assert.ok(buildPolicy({ service: 's', measurements: [], teeModes: ['sev-snp', 'tdx'], tee: { ...snp, ...tdx } }));
+});
