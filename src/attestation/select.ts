@@ -9,6 +9,7 @@ import type { AttestationProvider, EvidenceVerifier, TeeMode } from './types.ts'
 import { SimulatedProvider, SimulatedVerifier } from './simulated.ts';
 import { FailClosedProvider, FailClosedVerifier } from './fail-closed.ts';
 import { TeeEvidenceVerifier } from './tee-verifier.ts';
+import { ConfigfsTsmProvider, detectTee } from './configfs-tsm.ts';
 
 export const SIMULATION_WARNING = 'SIMULATED ATTESTATION: a software key stands in for the TEE. This proves NOTHING about '
   + 'the hardware or the code that runs. Never use it to protect real data.';
@@ -18,8 +19,13 @@ export function simulationAllowed(explicit: boolean | undefined, env: NodeJS.Pro
 }
 
 export interface ProviderConfig {
-  /** 'simulated', a hardware mode (not built yet → fail closed), or undefined/'none' → fail closed. */
-  mode?: TeeMode | 'fail-closed';
+  /**
+   * 'simulated' (opt-in), 'sev-snp' / 'tdx' (configfs-tsm), 'auto' (whatever configfs-tsm offers; never
+   * simulated: a machine without a TEE fails closed), or undefined/'none' → fail closed.
+   */
+  mode?: TeeMode | 'fail-closed' | 'auto';
+  /** configfs-tsm report directory (default /sys/kernel/config/tsm/report). */
+  tsmRoot?: string;
   allowSimulated?: boolean;
   /** Simulated only: the platform key file (see generatePlatformKey). */
   platformKeyFile?: string;
@@ -44,7 +50,14 @@ export function selectProvider(config: ProviderConfig): AttestationProvider {
     }
     case 'sev-snp':
     case 'tdx':
-      return new FailClosedProvider(`${config.mode} attestation is not implemented yet`);
+      // A real mode has exactly one provider; if the platform cannot attest, collect() fails closed.
+      return new ConfigfsTsmProvider(config.mode, { ...(config.tsmRoot ? { root: config.tsmRoot } : {}) });
+    case 'auto': {
+      const found = detectTee({ ...(config.tsmRoot ? { root: config.tsmRoot } : {}) });
+      config.log?.info({ tee: found.mode, found: found.found }, `TEE auto-detection: ${found.found}`);
+      if (found.mode === 'none') return new FailClosedProvider(`CDBP_TEE_MODE=auto found no TEE: ${found.found}`);
+      return new ConfigfsTsmProvider(found.mode, { ...(config.tsmRoot ? { root: config.tsmRoot } : {}) });
+    }
     default:
       return new FailClosedProvider();
   }
