@@ -101,3 +101,11 @@ test('cdbp policy measure: the measurements an owner pins come from the report (
   // What measure prints is a valid policy "tee" part.
   assert.ok(buildPolicy({ service: 's', measurements: [], teeModes: ['sev-snp', 'tdx'], tee: { ...snp, ...tdx } }));
 });
+
+test('bench scenario attest (smoke): one row per format, each a complete verification', async () => {
+  const { runAttest, renderAttest } = await import('../../bench/scenarios/attest.ts');
+  const r = await runAttest({ seconds: 0.05 });
+  assert.equal(r.summary.length, 5);
+  for (const row of r.summary) assert.ok(row.verifications > 0 && row.perSecond > 0, row.format);
+  assert.match(renderAttest(r).join('\n'), /TDX quote v4/);
+});
