@@ -26,7 +26,7 @@ import type { EndpointMetrics } from '../shared/metrics.ts';
 import type { TlsIdentityHolder } from '../../src/crypto/tls-identity.ts';
 import { Cap, CAPS_COMPRESSION, CAPS_NEVER_ADVERTISED, Header, ProxyErrno } from './constants.ts';
 import {
-  clearClientCapabilities, decodeClientHello, decodeInitialHandshake, encodeErrPacket, encodePacket,
+  clearClientCapabilities, decodeClientHello, decodeInitialHandshake, encodeErrPacket, encodePacket, encodePreGreetingErrPacket,
   patchHandshakeCapabilities, sslRequestFrom, type ErrPacket, type Packet,
 } from './codec.ts';
 import { FramedReader } from './reader.ts';
@@ -642,7 +642,9 @@ export class MysqlSession {
     this.clientReader?.detach();
     this.backendReader?.detach();
     this.backendRaw?.destroy();
-    if (out && !out.destroyed) out.end(encodeErrPacket(seq & 0xff, err));
+    // Before the greeting the client has negotiated nothing: no SQL-state marker, as MariaDB does.
+    const beforeGreeting = this.phase === 'connecting' || this.phase === 'greeting';
+    if (out && !out.destroyed) out.end(beforeGreeting ? encodePreGreetingErrPacket(err) : encodeErrPacket(seq & 0xff, err));
     this.finish(outcome, cause ?? new CdbpError('PROTOCOL_VIOLATION', message), true);
   }
 

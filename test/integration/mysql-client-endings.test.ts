@@ -188,3 +188,68 @@ for (const plane of PLANES) {
     assert.ok(closes[0].level < WARN && closes[1].level >= WARN);
   });
 }
+
+/** The error a client library reports for a refused connection. */
+async function refusal(connect: () => Promise<{ end(): Promise<void> }>): Promise<{ errno: number; sqlState: string; code: string }> {
+  try {
+    const c = await connect();
+    await c.end();
+  } catch (e: any) {
+    return { errno: e.errno, sqlState: e.sqlState, code: e.code };
+  }
+  throw new Error('the connection was not refused');
+}
+
+/** The first packet a server sends on a new connection (its greeting, or its refusal). */
+async function firstPacket(connectOpts: net.NetConnectOpts): Promise<Buffer> {
+  const sock = net.connect(connectOpts);
+  sock.on('error', () => {});
+  const c = new RawClient(sock);
+  const p = await c.next();
+  sock.destroy();
+  assert.ok(p, 'a first packet');
+  return encodePacket(p.seq, p.payload);
+}
+
+test('the pre-greeting "Too many connections" is byte for byte MariaDB\'s own (no SQL-state marker): mariadb and mysql2 report HY000', async () => {
+  // The database's answer for comparison: with max_connections (minimum 10) + 1 connections open
+  // (SUPER's extra one included), MariaDB refuses the next one before its greeting.
+  const admin = await mariadb.createConnection({ socketPath: db.server.socket, user: 'root' });
+  const [{ v: oldMax }] = await admin.query('SELECT @@global.max_connections AS v');
+  const held: { end(): Promise<void> }[] = [];
+  let direct: { errno: number; sqlState: string; code: string } | undefined;
+  let directBytes: Buffer;
+  try {
+    await admin.query('SET GLOBAL max_connections = 10');
+    while (!direct && held.length < 20) {
+      try {
+        held.push(await mariadb.createConnection({ socketPath: db.server.socket, user: 'root' }));
+      } catch (e: any) {
+        direct = { errno: e.errno, sqlState: e.sqlState, code: e.code };
+      }
+    }
+    directBytes = await firstPacket({ path: db.server.socket });
+  } finally {
+    for (const c of held) await c.end();
+    await admin.query(`SET GLOBAL max_connections = ${Number(oldMax)}`);
+    await admin.end();
+  }
+  assert.deepEqual(direct, { errno: 1040, sqlState: 'HY000', code: 'ER_CON_COUNT_ERROR' }, 'MariaDB refuses before its greeting without a SQL state');
+
+  for (const plane of PLANES) {
+    await withProxy({ dataPlane: plane, limits: { maxConnections: 1 } }, async (_proxy, port) => {
+      const holder = await mysql2.createConnection({ host: '127.0.0.1', port, user: db.user, password: db.password, ssl: { ca: pki.caPem } });
+      try {
+        assert.deepEqual(await firstPacket({ host: '127.0.0.1', port }), directBytes, `${plane}: the same bytes as MariaDB's refusal`);
+        const viaMariadb = await refusal(() => mariadb.createConnection({ host: '127.0.0.1', port, user: db.user, password: db.password, ssl: { ca: pki.caPem } }));
+        assert.deepEqual(viaMariadb, direct, `${plane}: the mariadb connector reports what it reports for MariaDB's own refusal`);
+        const viaMysql2 = await refusal(() => mysql2.createConnection({ host: '127.0.0.1', port, user: db.user, password: db.password, ssl: { ca: pki.caPem } }));
+        assert.equal(viaMysql2.errno, 1040);
+        assert.equal(viaMysql2.code, 'ER_CON_COUNT_ERROR');
+        assert.notEqual(viaMysql2.sqlState, '08004', `${plane}: no SQL state read from a marker`);
+      } finally {
+        await holder.end();
+      }
+    });
+  }
+});
