@@ -572,6 +572,12 @@ export class MysqlSession {
     this.ctx.totals.handshakeTimeouts++;
     if (this.phase === 'ssl_request' || this.phase === 'connecting' || this.phase === 'greeting') {
       this.refuse('handshake_timeout', ProxyErrno.READ_TIMEOUT, 'Handshake timed out', this.phase === 'ssl_request' ? 1 : 0);
+    } else if (this.phase === 'response' || this.phase === 'auth') {
+      // Inside TLS the client gets the same ERR 1159, numbered as the server packet it waits for next:
+      // the answer to its HandshakeResponse (seq 2), or to the auth reply the database asked for.
+      const expected = this.phase === 'response' ? this.lastClientSeq + 2
+        : this.authReplySeq !== undefined ? this.authReplySeq + 1 : this.lastClientSeq + 1;
+      this.refuse('handshake_timeout', ProxyErrno.READ_TIMEOUT, 'Handshake timed out', expected);
     } else {
       this.finish('handshake_timeout', new CdbpError('HANDSHAKE_TIMEOUT', 'handshake timed out'));
     }

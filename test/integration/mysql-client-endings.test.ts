@@ -253,3 +253,50 @@ test('the pre-greeting "Too many connections" is byte for byte MariaDB\'s own (n
     });
   }
 });
+
+for (const plane of PLANES) {
+  test(`[${plane}] a frame that stalls inside TLS gets ERR 1159 in TLS at the handshake timeout (HandshakeResponse and auth-switch answer), like one before TLS`, async () => {
+    await withProxy({ dataPlane: plane, limits: { handshakeTimeoutMs: 800 } }, async (proxy, port) => {
+      // 1. before TLS (today's behaviour, for comparison): a partial SSLRequest
+      {
+        const sock = net.connect(port, '127.0.0.1');
+        const c = new RawClient(sock);
+        await c.next(); // greeting
+        sock.write(encodePacket(1, sslRequest()).subarray(0, 10));
+        const err = await c.next(3000);
+        assert.ok(err && err.payload[0] === 0xff, 'ERR before TLS');
+        assert.equal(decodeErr(err.payload).errno, 1159);
+        assert.ok(await c.untilClosed(3000));
+      }
+      // 2. inside TLS: a HandshakeResponse whose header announces more than is ever sent
+      {
+        const { t, greeting } = await rawTls(port, pki.caPem);
+        const c = new RawClient(t);
+        t.write(encodePacket(2, handshakeResponse(db.user, db.password, scrambleOf(greeting))).subarray(0, 20));
+        const err = await c.next(3000);
+        assert.ok(err && err.payload[0] === 0xff, 'an ERR packet inside TLS, not a bare close');
+        assert.deepEqual({ errno: decodeErr(err.payload).errno, seq: err.seq }, { errno: 1159, seq: 3 });
+        assert.match(decodeErr(err.payload).message, /timed out/);
+        assert.ok(await c.untilClosed(3000));
+      }
+      // 3. inside TLS, during authentication: an unknown plugin makes the database ask for an auth
+      //    switch (seq 3); the client's answer (seq 4) stalls mid-frame
+      {
+        const { t, greeting } = await rawTls(port, pki.caPem);
+        const c = new RawClient(t);
+        const hs = handshakeResponse(db.user, db.password, scrambleOf(greeting));
+        const withOtherPlugin = Buffer.concat([hs.subarray(0, hs.length - 'mysql_native_password\0'.length), Buffer.from('no_such_plugin\0')]);
+        t.write(encodePacket(2, withOtherPlugin));
+        const sw = await c.next(3000);
+        assert.ok(sw && sw.payload[0] === 0xfe, 'auth switch request');
+        t.write(encodePacket(sw.seq + 1, Buffer.alloc(20, 7)).subarray(0, 8));
+        const err = await c.next(3000);
+        assert.ok(err && err.payload[0] === 0xff, 'an ERR packet inside TLS during authentication');
+        assert.deepEqual({ errno: decodeErr(err.payload).errno, seq: err.seq }, { errno: 1159, seq: sw.seq + 2 });
+        assert.ok(await c.untilClosed(3000));
+      }
+      assert.equal(proxy.stats().handshakeTimeouts, 3);
+      await until(() => proxy.stats().open === 0, 3000, 'sessions closed');
+    });
+  });
+}
