@@ -23,7 +23,7 @@ import { ConnectionRecord } from '../shared/connection-log.ts';
 import { EndpointMetrics } from '../shared/metrics.ts';
 import { identityHolder, type TlsIdentitySource } from '../../src/crypto/tls-identity.ts';
 import { ProxyErrno } from './constants.ts';
-import { encodeErrPacket } from './codec.ts';
+import { encodePreGreetingErrPacket } from './codec.ts';
 import { MysqlSession, type BackendTarget, type SessionContext, type SessionTotals } from './session.ts';
 import type { AckGate } from './pump.ts';
 import { forbiddenUserErr } from './forbidden-user.ts';
@@ -165,7 +165,7 @@ export function createMysqlProxy(opts: MysqlProxyOptions): MysqlProxy {
       const err = accepting
         ? { ...ProxyErrno.TOO_MANY_CONNECTIONS, message: 'Too many connections' }
         : { ...ProxyErrno.SHUTDOWN, message: 'Server shutdown in progress' };
-      socket.end(encodeErrPacket(0, err));
+      socket.end(encodePreGreetingErrPacket(err));
       setTimeout(() => socket.destroy(), 2_000).unref();
       return;
     }
