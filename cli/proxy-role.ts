@@ -22,6 +22,8 @@ import { MariadbServer } from '../src/db/mariadb-server.ts';
 import type { Provision, CounterClient } from '../src/provisioning/types.ts';
 import type { AttestationProvider } from '../src/attestation/types.ts';
 import { attestAndProvision } from '../src/cas-client/index.ts';
+import { onCasIdentityAlarm } from '../src/cas-client/http.ts';
+import { CasTrustPin } from '../src/cas-client/trust-pin.ts';
 import { FreshnessGuard } from '../proxy/freshness/guard.ts';
 import { RecordStore } from '../proxy/freshness/store.ts';
 import { MariadbPositionSource, readOfflineCheckpoint, type PositionSource } from '../proxy/freshness/mariadb-position.ts';
@@ -62,6 +64,12 @@ export class ProxyRole {
   private ops: ReturnType<typeof buildOpsServer> | undefined;
   private admin: ReturnType<typeof buildAdminServer> | undefined;
   private draining = false;
+  /**
+   * The CAS root CA this process trusts, read once before the first attestation and never again: a
+   * host-writable file must not be able to hand the counter to another CAS (docs/SECURITY.md).
+   */
+  private casPin: CasTrustPin | undefined;
+  private stopCasAlarms: (() => void) | undefined;
   private renewTimer: NodeJS.Timeout | undefined;
   private renewError: string | undefined;
   private renewFailures = 0;
@@ -95,6 +103,8 @@ export class ProxyRole {
     metrics.gauge('cdbp_cert_renewal_failing', '1 while certificate renewal is failing', (g) => g.set(this.renewError ? 1 : 0));
     metrics.gauge('cdbp_cert_renewals_total', 'Certificates renewed since start', (g) => g.set(this.renewals));
     metrics.gauge('cdbp_cert_renewal_failures', 'Consecutive failed renewal attempts', (g) => g.set(this.renewFailures));
+    metrics.gauge('cdbp_cas_identity_alarms_total', 'Times a server at the CAS URL failed the pinned CAS CA (an impostor)', (g) => g.set(this.casPin?.impostorAlarms ?? 0));
+    metrics.gauge('cdbp_cas_ca_file_changed', '1 when the CAS CA file on disk differs from the CA pinned at start (ignored, alarmed)', (g) => g.set(this.casPin?.fileChanged ? 1 : 0));
     metrics.gauge('cdbp_draining', '1 while draining for shutdown', (g) => g.set(this.draining ? 1 : 0));
     metrics.gauge('cdbp_info', 'Build and role of this process', (g) => g.set(1, { role: 'proxy', version: VERSION }));
     this.lifecycle.on('change', (state) => deps.log.info({ state }, `lifecycle: ${state}`));
@@ -139,9 +149,10 @@ export class ProxyRole {
   private async startSequence(): Promise<void> {
     const { config, log, provider } = this.deps;
     this.lifecycle.advance('attesting');
-    const caPem = readFileSync(config.casCaFile, 'utf8');
+    this.casPin = CasTrustPin.fromFile(config.casCaFile);
+    this.stopCasAlarms = onCasIdentityAlarm((a) => this.casPin!.impostor(a, log));
     const provision = await attestAndProvision({
-      casUrl: config.casUrl, caPem, service: config.service, provider, log,
+      casUrl: config.casUrl, caPem: this.casPin.caPem, service: config.service, provider, log,
       tls: { dnsNames: config.dnsNames },
     });
     this.provision = provision;
@@ -333,6 +344,8 @@ export class ProxyRole {
     }
     const v = this.guard?.violated;
     if (v) reasons.push(`freshness ${v.kind}: ${v.message}`);
+    const impostor = this.casPin?.lastImpostor;
+    if (impostor) reasons.push(`CAS identity: ${impostor.message} (the counter can no longer be trusted; restart once the CAS is the real one again)`);
     if (this.lifecycle.state === 'ready' && this.mariadb && !this.mariadb.running) reasons.push('backend: mariadbd is not running');
     return { ready: reasons.length === 0, reasons };
   }
@@ -354,6 +367,7 @@ export class ProxyRole {
         ...(this.renewError ? { renewalError: this.renewError, renewalFailures: this.renewFailures } : {}),
       } : null,
       freshness: this.guard?.status() ?? null,
+      casTrust: this.casPin?.status() ?? null,
       backend: {
         engine: this.deps.config.engine,
         managed: this.deps.config.manageMariadb || this.deps.config.managePostgres,
@@ -424,8 +438,10 @@ export class ProxyRole {
   private async renewOnce(): Promise<Record<string, unknown>> {
     const { config, log, provider } = this.deps;
     try {
+      // The CA pinned at start, never the file again; a changed file is only reported.
+      this.casPin!.checkFile(log);
       const fresh = await attestAndProvision({
-        casUrl: config.casUrl, caPem: readFileSync(config.casCaFile, 'utf8'), service: config.service, provider, log,
+        casUrl: config.casUrl, caPem: this.casPin!.caPem, service: config.service, provider, log,
         tls: { dnsNames: config.dnsNames },
       });
       if (this.stopping) {
@@ -453,6 +469,7 @@ export class ProxyRole {
     } catch (e) {
       const err = asCdbpError(e);
       if (this.stopping) throw err;
+      if (err.code === 'CAS_IDENTITY_INVALID') this.casPin!.impostor({ casUrl: config.casUrl, reason: err.code, message: err.message }, log);
       this.renewError = `${err.code}: ${err.message}`;
       this.renewFailures++;
       log.error({ err: { code: err.code, message: err.message }, failures: this.renewFailures },
@@ -526,6 +543,7 @@ export class ProxyRole {
       if (this.counterClient) closeCounter(this.counterClient);
       await this.ops?.close();
       await this.admin?.close();
+      this.stopCasAlarms?.();
       if (!this.lifecycle.isTerminal()) this.lifecycle.advance('stopped');
       log.info('stopped');
     })().finally(() => this.stoppedResolve());

@@ -115,6 +115,9 @@ export function httpStatusFor(code: ErrorCode): number {
     case 'KEYRING_UNAVAILABLE':
     case 'SEALING_UNAVAILABLE':
       return 503;
+    case 'CAS_IDENTITY_INVALID':
+      // An upstream answered that is not the pinned CAS: a gateway error, not ours and not the caller's.
+      return 502;
     default:
       return 500;
   }
