@@ -8,7 +8,7 @@
  * If any step fails, later steps never run: keys are not served, MariaDB is not started, /readyz stays
  * 503 and /v1/status says why.
  */
-import { existsSync, mkdirSync, readFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { randomBytes, X509Certificate } from 'node:crypto';
 import type { ConfigOf } from '../src/kernel/config.ts';
@@ -16,7 +16,7 @@ import type { Logger } from '../src/kernel/log.ts';
 import { Lifecycle } from '../src/kernel/lifecycle.ts';
 import { MetricsRegistry } from '../src/kernel/metrics.ts';
 import { CdbpError, asCdbpError } from '../src/kernel/errors.ts';
-import { buildOpsServer, buildAdminServer } from '../src/ops/server.ts';
+import { buildOpsServer, buildAdminServer, newAdminToken } from '../src/ops/server.ts';
 import { endpointReportData } from '../src/ops/evidence.ts';
 import { MariadbServer } from '../src/db/mariadb-server.ts';
 import type { Provision, CounterClient } from '../src/provisioning/types.ts';
@@ -91,7 +91,7 @@ export class ProxyRole {
     advance: (expected, next, digest) => this.activeCounter().advance(expected, next, digest),
     reportAlarm: async (alarm) => { await this.activeCounter().reportAlarm?.(alarm); },
   };
-  readonly addresses: { ops?: string; admin?: string; mysql?: { host: string; port: number }; keyring?: string } = {};
+  readonly addresses: { ops?: string; admin?: string; adminTokenFile?: string; mysql?: { host: string; port: number }; keyring?: string } = {};
 
   constructor(private readonly deps: ProxyRoleDeps) {
     const { metrics } = this;
@@ -124,11 +124,17 @@ export class ProxyRole {
     });
     this.addresses.ops = await this.ops.listen({ host: config.opsHost, port: config.opsPort });
     if (config.adminPort >= 0) {
+      // A new token every start, only in memory and in a 0600 file for `cdbp admin` (never logged).
+      const token = newAdminToken();
+      const tokenFile = adminTokenFile(config);
+      mkdirSync(path.dirname(tokenFile), { recursive: true, mode: 0o700 });
+      await writeFileDurable(tokenFile, `${token}\n`, 0o600);
+      this.addresses.adminTokenFile = tokenFile;
       this.admin = buildAdminServer({
         drain: () => void this.shutdown('admin drain'),
         quit: () => void this.shutdown('admin quit', { immediate: true }),
         renew: () => this.renew(),
-      }, log);
+      }, log, { token });
       // Always loopback, whatever the ops host is: these actions stop the proxy.
       this.addresses.admin = await this.admin.listen({ host: '127.0.0.1', port: config.adminPort });
     }
@@ -543,6 +549,7 @@ export class ProxyRole {
       if (this.counterClient) closeCounter(this.counterClient);
       await this.ops?.close();
       await this.admin?.close();
+      if (this.addresses.adminTokenFile) rmSync(this.addresses.adminTokenFile, { force: true });
       this.stopCasAlarms?.();
       if (!this.lifecycle.isTerminal()) this.lifecycle.advance('stopped');
       log.info('stopped');
@@ -559,6 +566,11 @@ export class ProxyRole {
     await this.postgres?.stop();
     await this.keyring?.close().catch(() => undefined);
   }
+}
+
+/** Where the admin token goes: CDBP_ADMIN_TOKEN_FILE, else admin.token in the role's runtime dir. */
+export function adminTokenFile(config: ProxyConfig): string {
+  return config.adminTokenFile ?? path.join(config.mariadbRunDir ?? config.pgRunDir ?? config.untrustedDir, 'admin.token');
 }
 
 /** An external database may still be starting (MariaDB waits for the keyring): poll it for a while. */
