@@ -8,7 +8,7 @@
  * If any step fails, later steps never run: keys are not served, MariaDB is not started, /readyz stays
  * 503 and /v1/status says why.
  */
-import { existsSync, mkdirSync, readFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { randomBytes, X509Certificate } from 'node:crypto';
 import type { ConfigOf } from '../src/kernel/config.ts';
@@ -16,12 +16,14 @@ import type { Logger } from '../src/kernel/log.ts';
 import { Lifecycle } from '../src/kernel/lifecycle.ts';
 import { MetricsRegistry } from '../src/kernel/metrics.ts';
 import { CdbpError, asCdbpError } from '../src/kernel/errors.ts';
-import { buildOpsServer, buildAdminServer } from '../src/ops/server.ts';
+import { buildOpsServer, buildAdminServer, newAdminToken } from '../src/ops/server.ts';
 import { endpointReportData } from '../src/ops/evidence.ts';
 import { MariadbServer } from '../src/db/mariadb-server.ts';
 import type { Provision, CounterClient } from '../src/provisioning/types.ts';
 import type { AttestationProvider } from '../src/attestation/types.ts';
 import { attestAndProvision } from '../src/cas-client/index.ts';
+import { onCasIdentityAlarm } from '../src/cas-client/http.ts';
+import { CasTrustPin } from '../src/cas-client/trust-pin.ts';
 import { FreshnessGuard } from '../proxy/freshness/guard.ts';
 import { RecordStore } from '../proxy/freshness/store.ts';
 import { MariadbPositionSource, readOfflineCheckpoint, type PositionSource } from '../proxy/freshness/mariadb-position.ts';
@@ -62,6 +64,12 @@ export class ProxyRole {
   private ops: ReturnType<typeof buildOpsServer> | undefined;
   private admin: ReturnType<typeof buildAdminServer> | undefined;
   private draining = false;
+  /**
+   * The CAS root CA this process trusts, read once before the first attestation and never again: a
+   * host-writable file must not be able to hand the counter to another CAS (docs/SECURITY.md).
+   */
+  private casPin: CasTrustPin | undefined;
+  private stopCasAlarms: (() => void) | undefined;
   private renewTimer: NodeJS.Timeout | undefined;
   private renewError: string | undefined;
   private renewFailures = 0;
@@ -83,7 +91,7 @@ export class ProxyRole {
     advance: (expected, next, digest) => this.activeCounter().advance(expected, next, digest),
     reportAlarm: async (alarm) => { await this.activeCounter().reportAlarm?.(alarm); },
   };
-  readonly addresses: { ops?: string; admin?: string; mysql?: { host: string; port: number }; keyring?: string } = {};
+  readonly addresses: { ops?: string; admin?: string; adminTokenFile?: string; mysql?: { host: string; port: number }; keyring?: string } = {};
 
   constructor(private readonly deps: ProxyRoleDeps) {
     const { metrics } = this;
@@ -95,6 +103,8 @@ export class ProxyRole {
     metrics.gauge('cdbp_cert_renewal_failing', '1 while certificate renewal is failing', (g) => g.set(this.renewError ? 1 : 0));
     metrics.gauge('cdbp_cert_renewals_total', 'Certificates renewed since start', (g) => g.set(this.renewals));
     metrics.gauge('cdbp_cert_renewal_failures', 'Consecutive failed renewal attempts', (g) => g.set(this.renewFailures));
+    metrics.gauge('cdbp_cas_identity_alarms_total', 'Times a server at the CAS URL failed the pinned CAS CA (an impostor)', (g) => g.set(this.casPin?.impostorAlarms ?? 0));
+    metrics.gauge('cdbp_cas_ca_file_changed', '1 when the CAS CA file on disk differs from the CA pinned at start (ignored, alarmed)', (g) => g.set(this.casPin?.fileChanged ? 1 : 0));
     metrics.gauge('cdbp_draining', '1 while draining for shutdown', (g) => g.set(this.draining ? 1 : 0));
     metrics.gauge('cdbp_info', 'Build and role of this process', (g) => g.set(1, { role: 'proxy', version: VERSION }));
     this.lifecycle.on('change', (state) => deps.log.info({ state }, `lifecycle: ${state}`));
@@ -114,11 +124,17 @@ export class ProxyRole {
     });
     this.addresses.ops = await this.ops.listen({ host: config.opsHost, port: config.opsPort });
     if (config.adminPort >= 0) {
+      // A new token every start, only in memory and in a 0600 file for `cdbp admin` (never logged).
+      const token = newAdminToken();
+      const tokenFile = adminTokenFile(config);
+      mkdirSync(path.dirname(tokenFile), { recursive: true, mode: 0o700 });
+      await writeFileDurable(tokenFile, `${token}\n`, 0o600);
+      this.addresses.adminTokenFile = tokenFile;
       this.admin = buildAdminServer({
         drain: () => void this.shutdown('admin drain'),
         quit: () => void this.shutdown('admin quit', { immediate: true }),
         renew: () => this.renew(),
-      }, log);
+      }, log, { token });
       // Always loopback, whatever the ops host is: these actions stop the proxy.
       this.addresses.admin = await this.admin.listen({ host: '127.0.0.1', port: config.adminPort });
     }
@@ -139,9 +155,10 @@ export class ProxyRole {
   private async startSequence(): Promise<void> {
     const { config, log, provider } = this.deps;
     this.lifecycle.advance('attesting');
-    const caPem = readFileSync(config.casCaFile, 'utf8');
+    this.casPin = CasTrustPin.fromFile(config.casCaFile);
+    this.stopCasAlarms = onCasIdentityAlarm((a) => this.casPin!.impostor(a, log));
     const provision = await attestAndProvision({
-      casUrl: config.casUrl, caPem, service: config.service, provider, log,
+      casUrl: config.casUrl, caPem: this.casPin.caPem, service: config.service, provider, log,
       tls: { dnsNames: config.dnsNames },
     });
     this.provision = provision;
@@ -333,6 +350,8 @@ export class ProxyRole {
     }
     const v = this.guard?.violated;
     if (v) reasons.push(`freshness ${v.kind}: ${v.message}`);
+    const impostor = this.casPin?.lastImpostor;
+    if (impostor) reasons.push(`CAS identity: ${impostor.message} (the counter can no longer be trusted; restart once the CAS is the real one again)`);
     if (this.lifecycle.state === 'ready' && this.mariadb && !this.mariadb.running) reasons.push('backend: mariadbd is not running');
     return { ready: reasons.length === 0, reasons };
   }
@@ -354,6 +373,7 @@ export class ProxyRole {
         ...(this.renewError ? { renewalError: this.renewError, renewalFailures: this.renewFailures } : {}),
       } : null,
       freshness: this.guard?.status() ?? null,
+      casTrust: this.casPin?.status() ?? null,
       backend: {
         engine: this.deps.config.engine,
         managed: this.deps.config.manageMariadb || this.deps.config.managePostgres,
@@ -424,8 +444,10 @@ export class ProxyRole {
   private async renewOnce(): Promise<Record<string, unknown>> {
     const { config, log, provider } = this.deps;
     try {
+      // The CA pinned at start, never the file again; a changed file is only reported.
+      this.casPin!.checkFile(log);
       const fresh = await attestAndProvision({
-        casUrl: config.casUrl, caPem: readFileSync(config.casCaFile, 'utf8'), service: config.service, provider, log,
+        casUrl: config.casUrl, caPem: this.casPin!.caPem, service: config.service, provider, log,
         tls: { dnsNames: config.dnsNames },
       });
       if (this.stopping) {
@@ -453,6 +475,7 @@ export class ProxyRole {
     } catch (e) {
       const err = asCdbpError(e);
       if (this.stopping) throw err;
+      if (err.code === 'CAS_IDENTITY_INVALID') this.casPin!.impostor({ casUrl: config.casUrl, reason: err.code, message: err.message }, log);
       this.renewError = `${err.code}: ${err.message}`;
       this.renewFailures++;
       log.error({ err: { code: err.code, message: err.message }, failures: this.renewFailures },
@@ -526,6 +549,8 @@ export class ProxyRole {
       if (this.counterClient) closeCounter(this.counterClient);
       await this.ops?.close();
       await this.admin?.close();
+      if (this.addresses.adminTokenFile) rmSync(this.addresses.adminTokenFile, { force: true });
+      this.stopCasAlarms?.();
       if (!this.lifecycle.isTerminal()) this.lifecycle.advance('stopped');
       log.info('stopped');
     })().finally(() => this.stoppedResolve());
@@ -541,6 +566,11 @@ export class ProxyRole {
     await this.postgres?.stop();
     await this.keyring?.close().catch(() => undefined);
   }
+}
+
+/** Where the admin token goes: CDBP_ADMIN_TOKEN_FILE, else admin.token in the role's runtime dir. */
+export function adminTokenFile(config: ProxyConfig): string {
+  return config.adminTokenFile ?? path.join(config.mariadbRunDir ?? config.pgRunDir ?? config.untrustedDir, 'admin.token');
 }
 
 /** An external database may still be starting (MariaDB waits for the keyring): poll it for a while. */

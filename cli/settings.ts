@@ -19,6 +19,7 @@ export const PROXY_SCHEMA = {
   opsHost: { kind: 'string', doc: 'ops API address (health, metrics, status)', default: '127.0.0.1' },
   opsPort: { kind: 'int', doc: 'ops API port (0 = any free port)', default: 9090, min: 0, max: 65535 },
   adminPort: { kind: 'int', doc: 'loopback-only admin port (drain, quit); 0 = any free, -1 = off', default: -1, min: -1, max: 65535 },
+  adminTokenFile: { kind: 'string', doc: 'where the per-start admin token is written (0600) [runtime dir/admin.token]' },
 
   backendSocket: { kind: 'string', doc: 'MariaDB unix socket (default backend leg)' },
   backendHost: { kind: 'string', doc: 'remote MariaDB host (TLS, verified)' },

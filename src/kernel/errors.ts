@@ -47,8 +47,14 @@ export type ErrorCode =
   | 'BODY_TOO_LARGE'
   | 'RATE_LIMITED'
   | 'SEALING_UNAVAILABLE'
-  // appended by the CAS hardening (review finding 6)
-  | 'CAS_IDENTITY_INVALID';
+  // appended by the CAS hardening
+  | 'CAS_IDENTITY_INVALID'
+  // HTTP edges: admin authentication, cross-site refusal, media type (issue 16)
+  | 'UNAUTHORIZED'
+  | 'ORIGIN_REFUSED'
+  | 'UNSUPPORTED_MEDIA_TYPE'
+  // the command line: an unknown or malformed option or argument (exit 2)
+  | 'USAGE';
 
 export class CdbpError extends Error {
   readonly code: ErrorCode;
@@ -83,6 +89,7 @@ export function asCdbpError(e: unknown, fallback: ErrorCode = 'INTERNAL'): CdbpE
 export function httpStatusFor(code: ErrorCode): number {
   switch (code) {
     case 'BAD_REQUEST':
+    case 'USAGE':
     case 'CONFIG_INVALID':
     case 'POLICY_INVALID':
     case 'PROTOCOL_VIOLATION':
@@ -93,8 +100,10 @@ export function httpStatusFor(code: ErrorCode): number {
     case 'ATTESTATION_REFUSED':
     case 'MEASUREMENT_MISMATCH':
     case 'SIMULATION_NOT_ALLOWED':
+    case 'UNAUTHORIZED':
       return 401;
     case 'FORBIDDEN':
+    case 'ORIGIN_REFUSED':
     case 'POLICY_OWNER_MISMATCH':
       return 403;
     case 'NOT_FOUND':
@@ -106,6 +115,8 @@ export function httpStatusFor(code: ErrorCode): number {
     case 'FRAME_TOO_LARGE':
     case 'BODY_TOO_LARGE':
       return 413;
+    case 'UNSUPPORTED_MEDIA_TYPE':
+      return 415;
     case 'TOO_MANY_CONNECTIONS':
     case 'RATE_LIMITED':
       return 429;
@@ -115,6 +126,9 @@ export function httpStatusFor(code: ErrorCode): number {
     case 'KEYRING_UNAVAILABLE':
     case 'SEALING_UNAVAILABLE':
       return 503;
+    case 'CAS_IDENTITY_INVALID':
+      // An upstream answered that is not the pinned CAS: a gateway error, not ours and not the caller's.
+      return 502;
     default:
       return 500;
   }

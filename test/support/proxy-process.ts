@@ -151,7 +151,12 @@ export async function startProxyProcess(o: StartProxyOptions): Promise<TestProxy
     get,
     async admin(action) {
       if (!adminUrl) throw new Error('started without an admin port');
-      const res = await fetch(`${adminUrl}/v1/admin/${action}`, { method: 'POST', signal: AbortSignal.timeout(30_000) });
+      // As `cdbp admin` does: the per-start token from its 0600 file, a JSON body, no Origin.
+      const token = readFileSync(path.join(mariadbRunDir, 'admin.token'), 'utf8').trim();
+      const res = await fetch(`${adminUrl}/v1/admin/${action}`, {
+        method: 'POST', headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' }, body: '{}',
+        signal: AbortSignal.timeout(30_000),
+      });
       return { status: res.status, body: await res.json() };
     },
     async waitReadyz(want = 200, timeoutMs = o.timeoutMs ?? 60_000) {
