@@ -23,6 +23,7 @@ import { readPublicKeyFile } from '../../src/crypto/ed25519.ts';
 import { isHex } from '../../src/crypto/hash.ts';
 import type { Evidence, EvidenceVerifier } from '../../src/attestation/types.ts';
 import { verifyEndpointEvidence } from '../../src/ops/evidence.ts';
+import { checkEvidenceFile, formatEvidenceVerdict } from './verify-evidence.ts';
 import { decodeErr, encodePacket, readPayloadLength, SSL_REQUEST_LENGTH } from '../../proxy/mysql/codec.ts';
 import { Cap, Header, PACKET_HEADER_SIZE } from '../../proxy/mysql/constants.ts';
 import { encodeSslRequest } from '../../proxy/pg/codec.ts';
@@ -33,6 +34,11 @@ const UTF8MB4_GENERAL_CI = 45;
 
 const USAGE = `usage: cdbp verify --ops URL --ca FILE [--host 127.0.0.1] (--port N | --pg-port N)
                    --measurement HEX|local [--platform-public-key FILE] [--json]
+       cdbp verify --evidence FILE [--certs PATH] [--collateral DIR] [--at ISO-TIME] [--policy FILE]
+                   [--report-data HEX] [--json]
+
+--evidence: verifies a real SEV-SNP report (bare or Azure HCL) or TDX quote offline against the pinned AMD /
+Intel roots and shows what it carries; without --policy the production default applies (debug refused).
 
 Checks a running proxy: TLS to its database port chains to the CAS CA (--ca) and names --host; the
 evidence on <ops>/v1/attestation binds a fresh nonce and the certificate the TLS endpoint presented;
@@ -61,10 +67,17 @@ export interface VerifyResult {
 }
 
 export async function run(argv: string[]): Promise<number> {
-  const { flags } = parseFlags(argv, ['json'], ['ops', 'ca', 'host', 'port', 'pg-port', 'measurement', 'platform-public-key']);
+  const { flags } = parseFlags(argv, ['json'], ['ops', 'ca', 'host', 'port', 'pg-port', 'measurement', 'platform-public-key',
+    'evidence', 'certs', 'collateral', 'at', 'policy', 'report-data']);
   if (flags.help) {
     console.log(USAGE);
     return 0;
+  }
+  if (typeof flags.evidence === 'string') {
+    const str = (k: string) => (typeof flags[k] === 'string' ? { [k === 'report-data' ? 'reportData' : k]: flags[k] as string } : {});
+    const r = checkEvidenceFile({ evidence: flags.evidence, ...str('certs'), ...str('collateral'), ...str('at'), ...str('policy'), ...str('report-data') });
+    console.log(flags.json ? JSON.stringify(r, null, 2) : formatEvidenceVerdict(r));
+    return r.verified ? 0 : 1;
   }
   const missing = ['ops', 'ca', 'measurement'].filter((f) => typeof flags[f] !== 'string');
   if (!flags.port && !flags['pg-port']) missing.push('port (or --pg-port)');

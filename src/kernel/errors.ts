@@ -54,7 +54,25 @@ export type ErrorCode =
   | 'ORIGIN_REFUSED'
   | 'UNSUPPORTED_MEDIA_TYPE'
   // the command line: an unknown or malformed option or argument (exit 2)
-  | 'USAGE';
+  | 'USAGE'
+  // real TEE evidence (SEV-SNP, TDX): src/attestation/, docs/ATTESTATION.md "Errors"
+  | 'TEE_EVIDENCE_MALFORMED'
+  | 'TEE_SIGNATURE_INVALID'
+  | 'TEE_CERT_CHAIN_INVALID'
+  | 'TEE_UNTRUSTED_ROOT'
+  | 'TEE_CERT_EXPIRED'
+  | 'TEE_TCB_MISMATCH'
+  | 'TEE_PCK_REVOKED'
+  | 'TEE_QE_BINDING_INVALID'
+  | 'TEE_QE_IDENTITY_MISMATCH'
+  | 'TEE_COLLATERAL_MISSING'
+  | 'TEE_COLLATERAL_INVALID'
+  | 'TEE_COLLATERAL_EXPIRED'
+  | 'TEE_FMSPC_MISMATCH'
+  | 'TEE_TCB_STATUS_REFUSED'
+  | 'TEE_DEBUG_REFUSED'
+  | 'TEE_POLICY_REFUSED'
+  | 'TEE_REPORT_DATA_MISMATCH';
 
 export class CdbpError extends Error {
   readonly code: ErrorCode;
