@@ -30,7 +30,7 @@ import { MariadbPositionSource, readOfflineCheckpoint, type PositionSource } fro
 import { PostgresPositionSource } from '../proxy/freshness/postgres-position.ts';
 import { createPgProxy, type PgProxy } from '../proxy/pg/index.ts';
 import { PostgresServer } from '../src/db/postgres-server.ts';
-import { createMysqlProxy, type MysqlProxy } from '../proxy/mysql/index.ts';
+import { createMysqlProxy, MariadbAccountTls, type MysqlProxy } from '../proxy/mysql/index.ts';
 import { createKeyring, mariadbEncryptionConfig, keyringEnv, prepareVolatileDir, writeKeyringCaFile, type Keyring } from '../keyring/index.ts';
 import { writeFileDurable } from '../src/crypto/atomic-file.ts';
 import type { PROXY_SCHEMA } from './settings.ts';
@@ -208,13 +208,18 @@ export class ProxyRole {
       this.guard.startRuntime(positions);
     }
 
+    // REQUIRE SSL/X509 accounts: read once now, then kept current by the proxy's logins (account-tls.ts).
+    const accountTls = socket ? new MariadbAccountTls({ socket, user: config.monitorUser, password: config.monitorPassword, log }) : undefined;
+    await accountTls?.refresh();
+    const backendTls = config.backendCaFile ? { tls: { caPem: readFileSync(config.backendCaFile, 'utf8') } } : {};
     this.mysql = createMysqlProxy({
       listen: { host: config.mysqlHost, port: config.mysqlPort },
+      accountTls,
       backend: socket
-        ? { socket }
+        ? { socket, ...backendTls }
         : {
           host: config.backendHost!, port: config.backendPort,
-          ...(config.backendCaFile ? { tls: { caPem: readFileSync(config.backendCaFile, 'utf8') } } : {}),
+          ...backendTls,
           allowInsecure: config.allowInsecureBackend,
         },
       tls: this.identity!,

@@ -32,11 +32,22 @@ import {
 import { FramedReader } from './reader.ts';
 import { ackRefusedPacket, askGate, startPump, type AckGate, type Pump } from './pump.ts';
 import { forbiddenUserErr, isForbiddenUser } from './forbidden-user.ts';
+import { accountTlsErr, type AccountTlsSource, type TlsRequirement } from './account-tls.ts';
 import type { NativeClosed, NativeDataPlane } from '../native/dataplane.ts';
 
+export interface BackendTls {
+  caPem: string;
+  servername?: string;
+}
+
+/**
+ * The database. `tls` on a TCP leg: every session speaks TLS to it. `tls` on a socket leg: only the
+ * sessions of accounts that require it (REQUIRE SSL, see account-tls.ts) do; the rest stay plaintext
+ * (and on the native relay).
+ */
 export type BackendTarget =
-  | { socket: string }
-  | { host: string; port: number; tls?: { caPem: string; servername?: string }; allowInsecure?: boolean };
+  | { socket: string; tls?: BackendTls }
+  | { host: string; port: number; tls?: BackendTls; allowInsecure?: boolean };
 
 export interface SessionLimits {
   handshakeTimeoutMs: number;
@@ -59,6 +70,8 @@ export interface SessionContext {
   native: NativeDataPlane | undefined;
   /** User names refused before reaching the backend (the proxy's OS account on a unix-socket leg). */
   forbiddenUsers: ReadonlySet<string>;
+  /** The accounts' REQUIRE clauses (account-tls.ts), when known: they pick the backend leg at login. */
+  accountTls: AccountTlsSource | undefined;
   /** Totals across sessions, updated at close. */
   totals: SessionTotals;
   onClosed(session: MysqlSession): void;
@@ -371,12 +384,22 @@ export class MysqlSession {
         packet.seq + 1);
       return;
     }
+    const required = hello.user === undefined ? undefined : this.ctx.accountTls?.requirement(hello.user);
+    const backendTls = this.backendTlsFor(required);
+    if (required === 'x509' || (required === 'ssl' && !backendTls)) {
+      // The database would refuse with a bare "Access denied": say why, before it counts a failed login.
+      this.ctx.accountTls?.stale(); // the account may have been altered since the last read
+      this.ctx.metrics.authFailure();
+      this.ctx.totals.authFailures++;
+      const err = accountTlsErr(hello.user!, required);
+      this.refuse('auth_failed', err, err.message, packet.seq + 1);
+      return;
+    }
     this.negotiatedCaps = hello.capabilities & this.serverCaps;
     this.phase = 'auth';
     this.clientReader!.onPacket = (p) => this.onClientAuthPacket(p);
-    const target = this.ctx.backend;
-    if ('host' in target && target.tls) {
-      this.upgradeBackend(target.tls, target.host, packet);
+    if (backendTls) {
+      this.upgradeBackend(backendTls.tls, backendTls.host, packet);
       return;
     }
     this.seqShift = 1;
@@ -384,7 +407,19 @@ export class MysqlSession {
     this.backend!.write(encodePacket(packet.seq - 1, clearClientCapabilities(packet.payload, Cap.CLIENT_SSL)));
   }
 
-  private upgradeBackend(opts: { caPem: string; servername?: string }, host: string, response: Packet): void {
+  /**
+   * The TLS leg to the database for this login, if any: always on a TCP leg configured with TLS; on a
+   * socket leg only for an account that requires TLS, and only if the database offers it.
+   */
+  private backendTlsFor(required: TlsRequirement | undefined): { tls: BackendTls; host: string } | undefined {
+    const target = this.ctx.backend;
+    if (!target.tls) return undefined;
+    if ('host' in target) return { tls: target.tls, host: target.host };
+    if (required !== 'ssl' || (this.serverCaps & Cap.CLIENT_SSL) === 0n) return undefined;
+    return { tls: target.tls, host: 'localhost' };
+  }
+
+  private upgradeBackend(opts: BackendTls, host: string, response: Packet): void {
     this.backendReader!.detach();
     this.backend!.write(encodePacket(1, sslRequestFrom(response.payload)));
     const servername = opts.servername ?? (net.isIP(host) ? undefined : host);
@@ -440,6 +475,7 @@ export class MysqlSession {
     if (first === Header.ERR) {
       this.ctx.metrics.authFailure();
       this.ctx.totals.authFailures++;
+      this.ctx.accountTls?.stale(); // e.g. an account created REQUIRE SSL since the last read
       this.clientTls!.end(encodePacket(seq, packet.payload));
       this.finish('auth_failed', undefined, true);
       return;
