@@ -48,7 +48,10 @@ export type ErrorCode =
   | 'RATE_LIMITED'
   | 'SEALING_UNAVAILABLE'
   // appended by the CAS hardening (review finding 6)
-  | 'CAS_IDENTITY_INVALID';
+  | 'CAS_IDENTITY_INVALID'
+  // appended for PostgreSQL at rest (src/storage/, issue 19)
+  | 'STORAGE_UNAVAILABLE'
+  | 'STORAGE_KEY_INVALID';
 
 export class CdbpError extends Error {
   readonly code: ErrorCode;
@@ -114,6 +117,7 @@ export function httpStatusFor(code: ErrorCode): number {
     case 'BACKEND_UNAVAILABLE':
     case 'KEYRING_UNAVAILABLE':
     case 'SEALING_UNAVAILABLE':
+    case 'STORAGE_UNAVAILABLE':
       return 503;
     default:
       return 500;
