@@ -72,7 +72,11 @@ export type ErrorCode =
   | 'TEE_TCB_STATUS_REFUSED'
   | 'TEE_DEBUG_REFUSED'
   | 'TEE_POLICY_REFUSED'
-  | 'TEE_REPORT_DATA_MISMATCH';
+  | 'TEE_REPORT_DATA_MISMATCH'
+  // appended by the CAS hardening (review finding 6)
+  // appended for PostgreSQL at rest (src/storage/, issue 19)
+  | 'STORAGE_UNAVAILABLE'
+  | 'STORAGE_KEY_INVALID';
 
 export class CdbpError extends Error {
   readonly code: ErrorCode;
@@ -143,6 +147,7 @@ export function httpStatusFor(code: ErrorCode): number {
     case 'BACKEND_UNAVAILABLE':
     case 'KEYRING_UNAVAILABLE':
     case 'SEALING_UNAVAILABLE':
+    case 'STORAGE_UNAVAILABLE':
       return 503;
     case 'CAS_IDENTITY_INVALID':
       // An upstream answered that is not the pinned CAS: a gateway error, not ours and not the caller's.
