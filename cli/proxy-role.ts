@@ -8,7 +8,7 @@
  * If any step fails, later steps never run: keys are not served, MariaDB is not started, /readyz stays
  * 503 and /v1/status says why.
  */
-import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { randomBytes, X509Certificate } from 'node:crypto';
 import type { ConfigOf } from '../src/kernel/config.ts';
@@ -29,7 +29,8 @@ import { RecordStore } from '../proxy/freshness/store.ts';
 import { MariadbPositionSource, readOfflineCheckpoint, type PositionSource } from '../proxy/freshness/mariadb-position.ts';
 import { PostgresPositionSource } from '../proxy/freshness/postgres-position.ts';
 import { createPgProxy, type PgProxy } from '../proxy/pg/index.ts';
-import { PostgresServer } from '../src/db/postgres-server.ts';
+import { PostgresServer, lookupOsUser } from '../src/db/postgres-server.ts';
+import { GocryptfsDirectory, openEncryptedDirectory, storageKeyCandidates, type EncryptedDirectory } from '../src/storage/index.ts';
 import { createMysqlProxy, MariadbAccountTls, type MysqlProxy } from '../proxy/mysql/index.ts';
 import { createKeyring, mariadbEncryptionConfig, keyringEnv, prepareVolatileDir, writeKeyringCaFile, type Keyring } from '../keyring/index.ts';
 import { writeFileDurable } from '../src/crypto/atomic-file.ts';
@@ -59,6 +60,8 @@ export class ProxyRole {
   private mysql: MysqlProxy | undefined;
   private mysqlAddress: { host: string; port: number } | undefined;
   private postgres: PostgresServer | undefined;
+  /** The managed PostgreSQL's encrypted directory (CDBP_PG_ENCRYPTION), mounted before it starts. */
+  private pgStorage: EncryptedDirectory | undefined;
   private pg: PgProxy | undefined;
   private pgAddress: { host: string; port: number } | undefined;
   private ops: ReturnType<typeof buildOpsServer> | undefined;
@@ -234,8 +237,8 @@ export class ProxyRole {
   }
 
   /**
-   * PostgreSQL: no key plugin exists for community PostgreSQL, so this path is TLS termination plus
-   * freshness (WAL flush LSN); its data files are NOT encrypted at rest (docs/PG-ENDPOINT.md).
+   * PostgreSQL: TLS termination plus freshness (WAL flush LSN). Community PostgreSQL has no key plugin, so
+   * a managed server runs inside an encrypted directory mounted with the CAS's key (docs/PG-AT-REST.md).
    */
   private async startPostgresPath(): Promise<void> {
     const { config, log } = this.deps;
@@ -244,13 +247,18 @@ export class ProxyRole {
       if (!config.pgRunDir || !config.datadir) {
         throw new CdbpError('CONFIG_INVALID', 'CDBP_MANAGE_POSTGRES needs CDBP_PG_RUN_DIR and CDBP_DATADIR');
       }
+      // Encrypted (default): everything PostgreSQL writes lives inside the mount; CDBP_DATADIR holds ciphertext.
+      const layout = config.pgEncryption === 'off'
+        ? { dir: config.pgRunDir, datadir: config.datadir, socketDir: path.join(config.pgRunDir, 'socket') }
+        : await this.mountPostgresStorage(config.pgRunDir, config.datadir);
       this.postgres = new PostgresServer({
-        dir: config.pgRunDir, datadir: config.datadir, socketDir: path.join(config.pgRunDir, 'socket'),
+        ...layout,
         port: config.pgBackendPort, superuser: config.pgMonitorUser,
         hba: ['local all all scram-sha-256'],
+        dieWithParent: true,
       });
-      if (!existsSync(path.join(config.datadir, 'PG_VERSION'))) {
-        log.info({ datadir: config.datadir }, 'initializing the database (first run)');
+      if (!this.postgres.isInitialized()) {
+        log.info({ datadir: this.postgres.datadir }, 'initializing the database (first run)');
       }
       await this.postgres.initialize();
       await this.postgres.start();
@@ -258,6 +266,9 @@ export class ProxyRole {
       log.info({ pid: this.postgres.pid, socket: this.postgres.socketPath }, 'postgres started');
       void this.postgres.whenExited?.().then((code: number | null) => {
         if (this.stopping) return;
+        // A vanished mount usually kills PostgreSQL first: name the cause, not the consequence.
+        const storage = this.pgStorage?.health();
+        if (storage && !storage.mounted) this.lifecycle.fail({ code: 'STORAGE_UNAVAILABLE', message: `encrypted directory lost: ${storage.reason}` });
         this.lifecycle.fail({ code: 'BACKEND_UNAVAILABLE', message: `postgres exited (code ${code})` });
         void this.pg?.stopAccepting();
       });
@@ -282,6 +293,34 @@ export class ProxyRole {
       forbiddenUsers: [config.pgMonitorUser],
     });
     this.pgAddress = await this.pg.listen();
+  }
+
+  /**
+   * attest → freshness → key → mount: opens the encrypted directory with the CAS-provisioned key (a new
+   * one only when no WAL position was ever sealed, i.e. the database's first start) and watches it; a
+   * lost mount fails the proxy closed. Returns PostgreSQL's layout inside the mount.
+   */
+  private async mountPostgresStorage(runDir: string, encryptedDir: string): Promise<{ dir: string; datadir: string; socketDir: string }> {
+    const { log } = this.deps;
+    mkdirSync(runDir, { recursive: true, mode: 0o711 });
+    const owner = process.getuid?.() === 0 ? lookupOsUser('postgres') : undefined;
+    // PostgreSQL's OS user must reach the mount point below the run dir (traverse only, no listing).
+    if (owner) chmodSync(runDir, (statSync(runDir).mode & 0o777) | 0o011);
+    const storage = new GocryptfsDirectory({ encryptedPath: encryptedDir, plaintextPath: path.join(runDir, 'plain'), owner, log });
+    this.pgStorage = storage;
+    const sealed = (this.guard!.status().position as { walLsn?: string } | null)?.walLsn;
+    const { path: plain } = await openEncryptedDirectory(storage, storageKeyCandidates(this.provision!.secrets.dbKeys), {
+      create: sealed === undefined,
+      refuseCreateBecause: `the freshness record says this database has data (WAL position ${sealed})`,
+      log,
+    });
+    storage.onLost((reason) => {
+      if (this.stopping) return;
+      this.lifecycle.fail({ code: 'STORAGE_UNAVAILABLE', message: `encrypted directory lost: ${reason}` });
+      void this.failClosed('encrypted directory lost');
+    });
+    const dir = path.join(plain, 'pg');
+    return { dir, datadir: path.join(dir, 'data'), socketDir: path.join(dir, 'run') };
   }
 
   /** The loopback keyring with the provisioned keys; for an external MariaDB, hands it the token via tmpfs. */
@@ -358,6 +397,8 @@ export class ProxyRole {
     const impostor = this.casPin?.lastImpostor;
     if (impostor) reasons.push(`CAS identity: ${impostor.message} (the counter can no longer be trusted; restart once the CAS is the real one again)`);
     if (this.lifecycle.state === 'ready' && this.mariadb && !this.mariadb.running) reasons.push('backend: mariadbd is not running');
+    const storage = this.pgStorage?.health();
+    if (storage && !storage.mounted && storage.reason) reasons.push(`storage: ${storage.reason}`);
     return { ready: reasons.length === 0, reasons };
   }
 
@@ -385,6 +426,7 @@ export class ProxyRole {
         running: this.mariadb ? this.mariadb.running : this.postgres ? this.postgres.running : null,
         pid: this.mariadb?.pid ?? this.postgres?.pid ?? null,
         socket: this.mariadb?.socket ?? this.postgres?.socketPath ?? this.deps.config.backendSocket ?? this.deps.config.pgBackendSocketDir ?? null,
+        ...(this.deps.config.engine === 'postgres' ? { storage: this.pgStorage?.health() ?? { kind: 'none', mounted: false, reason: 'not encrypted at rest' } } : {}),
       },
       engine: this.deps.config.engine,
       listeners: { mysql: this.mysqlAddress ?? null, postgres: this.pgAddress ?? null, keyring: this.addresses.keyring ?? null },
@@ -501,6 +543,7 @@ export class ProxyRole {
     await this.keyring?.close().catch(() => undefined);
     await this.mariadb?.stop().catch(() => undefined);
     await this.postgres?.stop().catch(() => undefined);
+    await this.pgStorage?.unmount().catch(() => undefined);
   }
 
   private activeCounter(): CounterClient {
@@ -569,6 +612,7 @@ export class ProxyRole {
     await this.positions?.close().catch(() => undefined);
     await this.mariadb?.stop();
     await this.postgres?.stop();
+    await this.pgStorage?.unmount().catch((e: unknown) => this.deps.log.error({ err: asCdbpError(e).message }, 'unmounting the encrypted directory failed'));
     await this.keyring?.close().catch(() => undefined);
   }
 }

@@ -64,4 +64,5 @@ export const PROXY_SCHEMA = {
   managePostgres: { kind: 'bool', doc: 'start and supervise a private PostgreSQL after attestation and freshness', default: false },
   pgRunDir: { kind: 'string', doc: 'runtime dir for the managed PostgreSQL (socket, logs)' },
   pgMonitorUser: { kind: 'string', doc: 'PostgreSQL account for WAL position reads', default: 'postgres' },
+  pgEncryption: { kind: 'enum', values: ['gocryptfs', 'off'], doc: 'managed PostgreSQL at rest: gocryptfs = its whole instance (data, WAL, temp, log, socket) in an encrypted directory keyed by the CAS, CDBP_DATADIR holds only ciphertext (docs/PG-AT-REST.md); off = plaintext files', default: 'gocryptfs' },
 } as const satisfies Schema;

@@ -10,8 +10,11 @@
  * fine, and why a wrong key fails loudly at mount time ("Password incorrect", exit 12) instead of
  * showing an empty directory. The master key then lives in the gocryptfs process (in the TEE) only.
  *
- * The process runs in the foreground as our child; it gets SIGKILL when we die (setpriv --pdeathsig),
- * so a crashed proxy leaves at worst a dead mount, which the next mount() clears (`fusermount3 -u -z`).
+ * The process runs in the foreground as our child, started with `setpriv --pdeathsig KILL` so it dies
+ * with us. Caveat (observed): running as root for another user's files, gocryptfs switches its threads'
+ * file-system credentials, and Linux clears the parent-death signal of a thread whose credentials change,
+ * so an orphaned gocryptfs can outlive a killed proxy. Either way the next mount() clears whatever is left
+ * at the mount point, dead (ENOTCONN) or alive (`fusermount3 -u -z`), and never reuses it.
  * A mount that disappears while in use (unmounted from outside, child died, something mounted over it)
  * is noticed by the child's exit or by polling /proc/self/mountinfo, and reported once via onLost.
  */
@@ -90,7 +93,9 @@ export class GocryptfsDirectory implements EncryptedDirectory {
     return this.mounted;
   }
 
+  /** Checks the mount now (cheap: one read of mountinfo), so a caller never sees a stale "mounted". */
   health(): StorageHealth {
+    this.check();
     return {
       kind: this.kind, mounted: this.mounted, reason: this.lostReason,
       encryptedPath: this.encryptedPath, plaintextPath: this.plaintextPath, keyVersion: this.mounted ? this.keyVersion : null,
