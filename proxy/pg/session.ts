@@ -25,6 +25,7 @@ import type { CancelRegistry, IssuedKey } from './cancel-registry.ts';
 import { AckGateError, AckGateStream, type AckGate } from './ack-gate.ts';
 import { Conversation } from './conversation.ts';
 import { ClientScanner } from './client-scanner.ts';
+import { classifyStatement } from './statement-class.ts';
 import type { PgMetrics } from './metrics.ts';
 import type { ConnectionSlot } from '../shared/connection-limiter.ts';
 
@@ -395,7 +396,7 @@ export class PgSession {
 
     const gate = this.env.ackGate;
     if (gate) {
-      const conversation = new Conversation(undefined, {
+      const conversation = new Conversation(classifyStatement, {
         onBacklog: (paused) => clientFlow.backlog(paused),
         onLost: (why) => this.env.log.warn({ event: 'pg.conversation_lost', session: this.id, why }, 'pg ack gate lost track of the conversation; holding every idle acknowledgment from now on'),
       });
