@@ -32,3 +32,15 @@ export function toHttpError(e: unknown, o: { bodyLimit: number }): CdbpError {
   }
   return asCdbpError(e);
 }
+
+/**
+ * For Fastify's `frameworkErrors` option: errors raised before routing (a malformed URL escape, an
+ * over-long parameter) get the same JSON shape and code as every other client mistake.
+ */
+// eslint-disable-next-line @typescript-eslint/no-explicit-any -- any server flavour's reply (http or https)
+export function frameworkClientError(error: Error, _req: unknown, reply: any): void {
+  const status = (error as { statusCode?: number }).statusCode ?? 400;
+  void reply.code(status >= 400 && status < 500 ? status : 400).send({
+    error: { code: status === 404 ? 'NOT_FOUND' : 'BAD_REQUEST', message: `bad request: ${error.message}` },
+  });
+}

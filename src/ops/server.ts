@@ -10,7 +10,7 @@ import type { Logger } from '../kernel/log.ts';
 import type { Lifecycle } from '../kernel/lifecycle.ts';
 import type { MetricsRegistry } from '../kernel/metrics.ts';
 import { CdbpError, httpStatusFor } from '../kernel/errors.ts';
-import { toHttpError } from './http-errors.ts';
+import { toHttpError, frameworkClientError } from './http-errors.ts';
 
 const OPS_BODY_LIMIT = 1024;
 const ADMIN_BODY_LIMIT = 1024;
@@ -37,7 +37,9 @@ export interface OpsServerOptions {
 }
 
 export function buildOpsServer(opts: OpsServerOptions): FastifyInstance {
-  const app = Fastify({ logger: false, bodyLimit: OPS_BODY_LIMIT, connectionTimeout: 10_000, requestTimeout: 10_000 });
+  const app = Fastify({ logger: false, bodyLimit: OPS_BODY_LIMIT, connectionTimeout: 10_000, requestTimeout: 10_000, frameworkErrors: frameworkClientError });
+  // JSON only: Fastify's built-in text/plain parser would let a non-JSON body reach a route.
+  app.removeContentTypeParser('text/plain');
 
   app.setErrorHandler((error, _req, reply) => {
     const err = toHttpError(error, { bodyLimit: OPS_BODY_LIMIT });
@@ -147,7 +149,8 @@ export function isLoopbackAddress(addr: string): boolean {
  */
 export function buildAdminServer(actions: AdminActions, log: Logger, options: AdminServerOptions): FastifyInstance {
   if (!options?.token || options.token.length < 16) throw new CdbpError('CONFIG_INVALID', 'the admin API needs a token of at least 16 characters');
-  const app = Fastify({ logger: false, bodyLimit: ADMIN_BODY_LIMIT, connectionTimeout: 10_000, requestTimeout: 60_000 });
+  const app = Fastify({ logger: false, bodyLimit: ADMIN_BODY_LIMIT, connectionTimeout: 10_000, requestTimeout: 60_000, frameworkErrors: frameworkClientError });
+  app.removeContentTypeParser('text/plain');
   const expected = createHash('sha256').update(`Bearer ${options.token}`).digest();
   const refuse = (reply: FastifyReply, code: 'FORBIDDEN' | 'ORIGIN_REFUSED' | 'UNAUTHORIZED' | 'UNSUPPORTED_MEDIA_TYPE', message: string) =>
     reply.code(httpStatusFor(code)).send({ error: { code, message } });
