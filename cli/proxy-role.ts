@@ -19,6 +19,9 @@ import { CdbpError, asCdbpError } from '../src/kernel/errors.ts';
 import { buildOpsServer, buildAdminServer, newAdminToken } from '../src/ops/server.ts';
 import { endpointReportData } from '../src/ops/evidence.ts';
 import { MariadbServer } from '../src/db/mariadb-server.ts';
+import { checkMariadbServer } from '../src/db/mariadb-encryption-check.ts';
+import { hardeningDirs, hardeningPaths, mariadbHardeningConfig, preparePluginDir } from '../src/db/mariadb-hardening.ts';
+import { mariadbPluginDir } from '../src/kernel/binaries.ts';
 import type { Provision, CounterClient } from '../src/provisioning/types.ts';
 import type { AttestationProvider } from '../src/attestation/types.ts';
 import { attestAndProvision } from '../src/cas-client/index.ts';
@@ -56,6 +59,8 @@ export class ProxyRole {
   private keyring: Keyring | undefined;
   private keyringCaFile: string | undefined;
   private mariadb: MariadbServer | undefined;
+  /** The managed mariadbd's memory-backed directory (Aria log, tmpdir, logs, secure_file_priv). */
+  private mariadbVolatileDir: string | undefined;
   private positions: PositionSource | undefined;
   private mysql: MysqlProxy | undefined;
   private mysqlAddress: { host: string; port: number } | undefined;
@@ -207,6 +212,7 @@ export class ProxyRole {
       const positions = new MariadbPositionSource({ socket, user: config.monitorUser, password: config.monitorPassword });
       this.positions = positions;
       if (!config.manageMariadb) await waitForBackend(positions, log);
+      if (this.keyring) await this.verifyBackendEncryption(socket);
       await this.guard.verifyOnline(positions);
       this.guard.startRuntime(positions);
     }
@@ -364,12 +370,20 @@ export class ProxyRole {
     if (!ariaLog.volatile || !tmp.volatile) {
       log.warn({ dir: volatileRoot }, 'volatile dir is not memory-backed: the Aria log and internal temp tables reach a disk in plaintext (set CDBP_VOLATILE_DIR to a tmpfs)');
     }
+    // Only encrypting engines, SQL-bearing logs and INTO OUTFILE on the volatile dir, no INSTALL SONAME.
+    const hardening = { volatileDir: path.resolve(volatileRoot), pluginDir: preparePluginDir(path.join(config.mariadbRunDir, 'plugins'), mariadbPluginDir()) };
+    this.mariadbVolatileDir = hardening.volatileDir;
     this.mariadb = new MariadbServer({
       dir: config.mariadbRunDir,
       datadir: config.datadir,
       tmpdir: tmp.dir,
-      extraConfig: mariadbEncryptionConfig({ vaultUrl: url, caFile, ariaLogDir: ariaLog.dir }),
+      extraConfig: [...mariadbEncryptionConfig({ vaultUrl: url, caFile, ariaLogDir: ariaLog.dir }), ...mariadbHardeningConfig(hardening)],
       env: keyringEnv(token),
+      // mariadbd runs as the `mysql` OS user (when we are root): it must own what it writes.
+      ownedDirs: [ariaLog.dir, tmp.dir, ...hardeningDirs(hardening)],
+      errorLog: hardeningPaths(hardening).errorLog,
+      // aria_log_control (the Aria UUID) stays in the datadir: losing it breaks encrypted Aria tables.
+      ariaLogDir: ariaLog.dir,
     });
     if (!this.mariadb.isInitialized()) {
       log.info({ datadir: config.datadir }, 'initializing the database (first run)');
@@ -384,6 +398,24 @@ export class ProxyRole {
       void this.mysql?.stopAccepting();
     });
     return this.mariadb.socket;
+  }
+
+  /**
+   * Before anyone is served: the server encrypts everything with keys from our keyring, and (managed)
+   * runs hardened and unprivileged. A server started with encryption off never goes ready.
+   */
+  private async verifyBackendEncryption(socket: string): Promise<void> {
+    const { config, log } = this.deps;
+    await checkMariadbServer({
+      socket, user: config.monitorUser, password: config.monitorPassword,
+      keysServed: () => this.keyring!.keysServedSinceToken(),
+      serverPid: this.mariadb?.pid,
+      expect: {
+        plugin: 'hashicorp_key_management', hardened: config.manageMariadb,
+        ...(this.mariadbVolatileDir ? { volatileDirs: [this.mariadbVolatileDir] } : {}),
+      },
+    });
+    log.info({ keysServed: this.keyring!.keysServedSinceToken() }, 'mariadb encryption verified');
   }
 
   private readiness(): { ready: boolean; reasons: string[] } {

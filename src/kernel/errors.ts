@@ -39,6 +39,8 @@ export type ErrorCode =
   | 'BACKEND_UNAVAILABLE'
   // keyring
   | 'KEYRING_UNAVAILABLE'
+  // the MariaDB behind the proxy does not encrypt (src/db/mariadb-encryption-check.ts)
+  | 'BACKEND_NOT_ENCRYPTED'
   // lifecycle
   | 'LIFECYCLE_INVALID_TRANSITION'
   | 'CHILD_FAILED'
