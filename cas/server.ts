@@ -57,7 +57,8 @@ const SCHEMAS = {
   },
   advance: {
     type: 'object', additionalProperties: false, required: ['expected', 'next', 'digest'],
-    properties: { expected: { type: 'integer', minimum: 0 }, next: { type: 'integer', minimum: 1 }, digest: digestSchema, nonce: hex(32) },
+    properties: { expected: { type: 'integer', minimum: 0 }, next: { type: 'integer', minimum: 1 }, digest: digestSchema, nonce: hex(32),
+      record: { type: 'string', maxLength: 8192 } },
   },
   counterQuery: {
     type: 'object', additionalProperties: false,
@@ -207,14 +208,14 @@ export function buildCasServer(o: CasServerOptions): FastifyInstance {
       return nonce ? { ...view, signature: core.signCounterAnswer({ service: req.params.service, op: 'read', nonce, ...view }) } : view;
     });
 
-  app.post<{ Params: { service: string }; Body: { expected: number; next: number; digest: string; nonce?: string } }>('/v1/services/:service/counter',
+  app.post<{ Params: { service: string }; Body: { expected: number; next: number; digest: string; nonce?: string; record?: string } }>('/v1/services/:service/counter',
     { schema: { params: serviceParam, body: SCHEMAS.advance } },
     async (req) => {
       requireHolder(req);
       const { service } = req.params;
       const nonce = req.body.nonce;
       try {
-        const view = await core.advanceCounter(service, req.body.expected, req.body.next, req.body.digest, req.ip);
+        const view = await core.advanceCounter(service, req.body.expected, req.body.next, req.body.digest, req.ip, req.body.record);
         return nonce ? { ...view, signature: core.signCounterAnswer({ service, op: 'advance', nonce, ...view }) } : view;
       } catch (e) {
         const d = (e as CdbpError).details as { value?: number; digest?: string; signature?: string } | undefined;
