@@ -26,7 +26,7 @@ export async function run(argv: string[]): Promise<number> {
   const config = loadConfig(PROXY_SCHEMA, overrides);
   const log = createLogger({ name: 'proxy', base: { mode: config.teeMode } });
   const provider = selectProvider({
-    mode: config.teeMode, allowSimulated: config.allowSimulated, platformKeyFile: config.platformKeyFile, log,
+    mode: config.teeMode, allowSimulated: config.allowSimulated, platformKeyFile: config.platformKeyFile, tsmRoot: config.tsmRoot, log,
   });
   const role = new ProxyRole({ config, provider, log });
 

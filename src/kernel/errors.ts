@@ -119,7 +119,27 @@ export function httpStatusFor(code: ErrorCode): number {
     case 'PROTOCOL_VIOLATION':
     case 'EVIDENCE_INVALID':
     case 'NONCE_INVALID':
+    case 'TEE_EVIDENCE_MALFORMED':
       return 400;
+    case 'TEE_SIGNATURE_INVALID':
+    case 'TEE_CERT_CHAIN_INVALID':
+    case 'TEE_UNTRUSTED_ROOT':
+    case 'TEE_CERT_EXPIRED':
+    case 'TEE_TCB_MISMATCH':
+    case 'TEE_PCK_REVOKED':
+    case 'TEE_QE_BINDING_INVALID':
+    case 'TEE_QE_IDENTITY_MISMATCH':
+    case 'TEE_FMSPC_MISMATCH':
+    case 'TEE_TCB_STATUS_REFUSED':
+    case 'TEE_DEBUG_REFUSED':
+    case 'TEE_POLICY_REFUSED':
+    case 'TEE_REPORT_DATA_MISMATCH':
+      return 401;
+    // The CAS's own collateral is missing or stale: the operator refreshes it (cdbp collateral).
+    case 'TEE_COLLATERAL_MISSING':
+    case 'TEE_COLLATERAL_INVALID':
+    case 'TEE_COLLATERAL_EXPIRED':
+      return 503;
     case 'POLICY_SIGNATURE_INVALID':
     case 'ATTESTATION_REFUSED':
     case 'MEASUREMENT_MISMATCH':
