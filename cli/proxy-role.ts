@@ -33,7 +33,9 @@ import { MariadbPositionSource, readOfflineCheckpoint, type PositionSource } fro
 import { PostgresPositionSource } from '../proxy/freshness/postgres-position.ts';
 import { createPgProxy, type PgProxy } from '../proxy/pg/index.ts';
 import { PostgresServer, lookupOsUser } from '../src/db/postgres-server.ts';
-import { GocryptfsDirectory, openEncryptedDirectory, storageKeyCandidates, type EncryptedDirectory } from '../src/storage/index.ts';
+import {
+  GocryptfsDirectory, openEncryptedDirectory, recoverInterruptedRotation, reencryptDirectory, storageKeyCandidates, type EncryptedDirectory,
+} from '../src/storage/index.ts';
 import { createMysqlProxy, MariadbAccountTls, type MysqlProxy } from '../proxy/mysql/index.ts';
 import { createKeyring, mariadbEncryptionConfig, keyringEnv, prepareVolatileDir, writeKeyringCaFile, type Keyring } from '../keyring/index.ts';
 import { writeFileDurable } from '../src/crypto/atomic-file.ts';
@@ -307,19 +309,30 @@ export class ProxyRole {
    * lost mount fails the proxy closed. Returns PostgreSQL's layout inside the mount.
    */
   private async mountPostgresStorage(runDir: string, encryptedDir: string): Promise<{ dir: string; datadir: string; socketDir: string }> {
-    const { log } = this.deps;
+    const { config, log } = this.deps;
     mkdirSync(runDir, { recursive: true, mode: 0o711 });
     const owner = process.getuid?.() === 0 ? lookupOsUser('postgres') : undefined;
     // PostgreSQL's OS user must reach the mount point below the run dir (traverse only, no listing).
     if (owner) chmodSync(runDir, (statSync(runDir).mode & 0o777) | 0o011);
-    const storage = new GocryptfsDirectory({ encryptedPath: encryptedDir, plaintextPath: path.join(runDir, 'plain'), owner, log });
+    const make = (encryptedPath: string, plaintextPath: string) => new GocryptfsDirectory({ encryptedPath, plaintextPath, owner, log });
+    const storage = make(encryptedDir, path.join(runDir, 'plain'));
     this.pgStorage = storage;
+    const recovered = recoverInterruptedRotation(encryptedDir);
+    if (recovered) log.warn({ dir: encryptedDir }, `key rotation: ${recovered}`);
+    const keys = storageKeyCandidates(this.provision!.secrets.dbKeys);
     const sealed = (this.guard!.status().position as { walLsn?: string } | null)?.walLsn;
-    const { path: plain } = await openEncryptedDirectory(storage, storageKeyCandidates(this.provision!.secrets.dbKeys), {
+    const opened = await openEncryptedDirectory(storage, keys, {
       create: sealed === undefined,
       refuseCreateBecause: `the freshness record says this database has data (WAL position ${sealed})`,
       log,
     });
+    if (opened.version !== keys[0]!.version && config.pgRekey) {
+      // Rotation: the owner provisioned a newer key version. PostgreSQL is not running yet: copy now.
+      log.warn({ from: opened.version, to: keys[0]!.version }, 'key rotation: re-encrypting the PostgreSQL directory with the newest key version');
+      await reencryptDirectory({ current: storage, newKey: keys[0]!, scratchMountPoint: path.join(runDir, 'rekey'), makeDirectory: make, log });
+      await storage.mount(keys[0]!);
+    }
+    const plain = storage.plaintextPath;
     storage.onLost((reason) => {
       if (this.stopping) return;
       this.lifecycle.fail({ code: 'STORAGE_UNAVAILABLE', message: `encrypted directory lost: ${reason}` });

@@ -66,4 +66,5 @@ export const PROXY_SCHEMA = {
   pgRunDir: { kind: 'string', doc: 'runtime dir for the managed PostgreSQL (socket, logs)' },
   pgMonitorUser: { kind: 'string', doc: 'PostgreSQL account for WAL position reads', default: 'postgres' },
   pgEncryption: { kind: 'enum', values: ['gocryptfs', 'off'], doc: 'managed PostgreSQL at rest: gocryptfs = its whole instance (data, WAL, temp, log, socket) in an encrypted directory keyed by the CAS, CDBP_DATADIR holds only ciphertext (docs/PG-AT-REST.md); off = plaintext files', default: 'gocryptfs' },
+  pgRekey: { kind: 'bool', doc: 'when the encrypted directory opens only with an older key version, re-encrypt it with the newest before PostgreSQL starts (key rotation, docs/PG-AT-REST.md)', default: true },
 } as const satisfies Schema;

@@ -79,6 +79,11 @@ private PostgreSQL behind a second proxy (one proxy per database). Ctrl-C stops 
   if (flags.postgres) {
     findBinary('postgres');
     findBinary('initdb');
+    // Encrypted at rest by default (docs/PG-AT-REST.md): gocryptfs over FUSE.
+    for (const [bin, pkg] of [['gocryptfs', 'gocryptfs'], ['fusermount3', 'fuse3']] as const) {
+      try { findBinary(bin); } catch { throw new CdbpError('BINARY_MISSING', `${bin} not found: install the Debian package ${pkg} (PostgreSQL runs encrypted at rest)`); }
+    }
+    if (!existsSync('/dev/fuse')) throw new CdbpError('CONFIG_INVALID', '/dev/fuse is missing: PostgreSQL runs in a FUSE-encrypted directory (docs/PG-AT-REST.md)');
     assertTraversableByOthers(dir);
   }
 
@@ -222,7 +227,7 @@ private PostgreSQL behind a second proxy (one proxy per database). Ctrl-C stops 
       const pgAdmin = { user: 'admin', password: previous?.postgres?.password ?? randomPassword() };
       await ensurePgAdmin(path.dirname(pgBackend.socket ?? ''), Number(path.extname(pgBackend.socket ?? '.5432').slice(1)), pgAdmin);
       postgres = { host: '127.0.0.1', port: pgPort, user: pgAdmin.user, password: pgAdmin.password, datadir: pgDatadir, socket: pgBackend.socket ?? '', ops: { url: `http://127.0.0.1:${pgOpsPort}` } };
-      say(`PostgreSQL ready: psql "host=127.0.0.1 port=${pgPort} user=admin dbname=postgres sslmode=verify-full sslrootcert=${caFile}"`);
+      say(`PostgreSQL ready (encrypted at rest: ${pgDatadir} holds ciphertext only): psql "host=127.0.0.1 port=${pgPort} user=admin dbname=postgres sslmode=verify-full sslrootcert=${caFile}"`);
     }
 
     const stack: StackFile = {
