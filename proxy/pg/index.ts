@@ -108,7 +108,8 @@ export function createPgProxy(opts: PgProxyOptions): PgProxy {
   return {
     async listen() {
       if (server) throw new CdbpError('LIFECYCLE_INVALID_TRANSITION', 'PostgreSQL endpoint already listening');
-      const srv = net.createServer({ noDelay: true }, onConnection);
+      // Half-open: a client that sends its last bytes and FIN (SSLRequest + Terminate) still reads our answer.
+      const srv = net.createServer({ noDelay: true, allowHalfOpen: true }, onConnection);
       server = srv;
       accepting = true;
       await new Promise<void>((resolve, reject) => {
