@@ -32,8 +32,15 @@ import type { ConnectionSlot } from '../shared/connection-limiter.ts';
 export interface PgLimits {
   /** Sessions holding a backend connection (dialing or authenticated). */
   maxConnections: number;
-  /** Connections still in the handshake, on top of maxConnections; beyond this we drop at accept. */
+  /** Connections still in the handshake, on top of maxConnections; beyond this a client is only told 53300. */
   maxPendingHandshakes: number;
+  /**
+   * Connections over that cap being told 53300 (negotiation, TLS, startup, then the error, like
+   * PostgreSQL's "sorry, too many clients already"); beyond this they are dropped at accept, unanswered.
+   */
+  maxRefusalHandshakes: number;
+  /** Handshake time allowed to a connection that is only being refused. */
+  refusalTimeoutMs: number;
   /** From accept to the backend's first ReadyForQuery. */
   handshakeTimeoutMs: number;
   backendConnectTimeoutMs: number;
@@ -48,6 +55,8 @@ export interface PgLimits {
 export const DEFAULT_LIMITS: PgLimits = {
   maxConnections: 1000,
   maxPendingHandshakes: 256,
+  maxRefusalHandshakes: 64,
+  refusalTimeoutMs: 5_000,
   handshakeTimeoutMs: 15_000,
   backendConnectTimeoutMs: 5_000,
   maxStartupPacketBytes: 10_000,
@@ -67,6 +76,8 @@ export interface SessionEnv {
   secureContext(): tls.SecureContext;
   /** Takes a backend slot; undefined when maxConnections are in use. */
   tryAcquireSlot(): ConnectionSlot | undefined;
+  /** Accepted over the accept-time cap: the session only negotiates TLS to say 53300, in the client's own terms. */
+  overflow?: boolean;
   onClosed(session: PgSession): void;
 }
 
@@ -108,7 +119,8 @@ export class PgSession {
 
   /** Drives the handshake; never throws (failures end the connection with an ErrorResponse). */
   async run(): Promise<void> {
-    this.handshakeTimer = setTimeout(() => this.onHandshakeTimeout(), this.env.limits.handshakeTimeoutMs);
+    const limits = this.env.limits;
+    this.handshakeTimer = setTimeout(() => this.onHandshakeTimeout(), this.env.overflow ? limits.refusalTimeoutMs : limits.handshakeTimeoutMs);
     try {
       await this.handshake();
     } catch (e) {
@@ -231,7 +243,7 @@ export class PgSession {
     // Connection limit, checked before dialing so a full proxy costs the backend nothing.
     this.slot = this.env.tryAcquireSlot();
     if (!this.slot) {
-      this.env.metrics.refused('max_connections');
+      this.env.metrics.refused(this.env.overflow ? 'overload' : 'max_connections');
       reader.detach();
       return this.endWithError(SqlState.tooManyConnections, 'sorry, too many clients already', 'too many connections');
     }

@@ -276,6 +276,24 @@ test('when maxConnections sessions are in use the next client gets 53300 before 
   assert.ok(small.metrics.render().includes('cdbp_connections_refused_total{protocol="pg",reason="max_connections"} 2'));
 });
 
+test('over the accept-time cap a client gets 53300 after TLS, not a silent drop (issue 16 item 7)', async () => {
+  const tight = await t.extraProxy({ limits: { maxConnections: 1, maxPendingHandshakes: 1, maxRefusalHandshakes: 2 } });
+  // Two silent sockets fill the accept-time cap (1 + 1).
+  const silent = await Promise.all([RawPg.plain(tight.port), RawPg.plain(tight.port)]);
+  await new Promise((r) => setTimeout(r, 100));
+  const c = new pg.Client({ host: 'localhost', port: tight.port, user: 'app', password: t.db.accounts.scram.password, database: 'test', ssl: { ca: t.pki.caPem } });
+  await assert.rejects(c.connect(), (e: any) => e.code === '53300' && /too many clients/.test(e.message));
+  const r = await psql(`host=localhost port=${tight.port} user=app dbname=test sslmode=verify-full sslrootcert=${t.files.caFile}`, ['-Atc', 'SELECT 1'], { PGPASSWORD: t.db.accounts.scram.password });
+  assert.match(r.stderr, /sorry, too many clients already/);
+  // By hand: S, TLS, then the ErrorResponse inside TLS.
+  const raw = await RawPg.overTls(tight.port, t.pki.caPem);
+  raw.write(serialize.startup({ user: 'app', database: 'test' }));
+  await raw.until(() => raw.closed);
+  assert.equal(raw.messages[0]?.code, '53300');
+  assert.match(tight.metrics.render(), /cdbp_connections_refused_total\{protocol="pg",reason="overload"\} 3/);
+  for (const s of silent) s.end();
+});
+
 test('a silent client is closed after the handshake timeout', async () => {
   const quick = await t.extraProxy({ limits: { handshakeTimeoutMs: 300 } });
   const raw = await RawPg.plain(quick.port);
