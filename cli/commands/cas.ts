@@ -7,6 +7,7 @@ import { existsSync, readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { loadConfig, describeSchema, type Schema } from '../../src/kernel/config.ts';
 import { parseFlags } from '../../src/kernel/args.ts';
+import { lockStateDir } from '../../src/kernel/state-lock.ts';
 import { createLogger } from '../../src/kernel/log.ts';
 import { CdbpError } from '../../src/kernel/errors.ts';
 import { readPublicKeyFile } from '../../src/crypto/ed25519.ts';
@@ -109,6 +110,8 @@ export async function run(argv0: string[]): Promise<number> {
   const sealing = config.casSealing === 'file'
     ? new FileSealingKeyProvider(config.casSealingKeyFile ?? path.join(dir, 'sealing.key'), log)
     : new FailClosedSealingKeyProvider();
+  // One CAS per state directory: two would append to one audit log and break its chain for good.
+  await lockStateDir(dir, { role: 'cdbp cas', scope: 'cas' });
   rmSync(path.join(dir, 'cas-ready.json'), { force: true });
   const ops = config.casOpsPort >= 0 ? await startCasOps(config.casOpsHost, config.casOpsPort, allowSimulated, log) : undefined;
   let cas: RunningCas;

@@ -54,7 +54,9 @@ export type ErrorCode =
   | 'ORIGIN_REFUSED'
   | 'UNSUPPORTED_MEDIA_TYPE'
   // the command line: an unknown or malformed option or argument (exit 2)
-  | 'USAGE';
+  | 'USAGE'
+  // another process holds this state directory (src/kernel/state-lock.ts)
+  | 'STATE_LOCKED';
 
 export class CdbpError extends Error {
   readonly code: ErrorCode;
@@ -111,6 +113,7 @@ export function httpStatusFor(code: ErrorCode): number {
       return 404;
     case 'COUNTER_CONFLICT':
     case 'POLICY_CHAIN_BROKEN':
+    case 'STATE_LOCKED':
       return 409;
     case 'FRAME_TOO_LARGE':
     case 'BODY_TOO_LARGE':
