@@ -60,7 +60,7 @@ function takeRepeated(argv: string[], name: string): { values: string[]; rest: s
     const a = argv[i]!;
     if (a === `--${name}`) {
       const v = argv[++i];
-      if (v === undefined) throw new CdbpError('CONFIG_INVALID', `--${name} needs a value`);
+      if (v === undefined) throw new CdbpError('USAGE', `option '--${name}' needs a value (--${name} VALUE)`);
       values.push(v);
     } else if (a.startsWith(`--${name}=`)) values.push(a.slice(name.length + 3));
     else rest.push(a);
@@ -95,7 +95,7 @@ export async function run(argv0: string[]): Promise<number> {
     console.log(USAGE);
     return 0;
   }
-  if (positionals.length > 0) throw new CdbpError('CONFIG_INVALID', `unexpected argument ${positionals[0]}\n${USAGE}`);
+  if (positionals.length > 0) throw new CdbpError('USAGE', `unexpected argument '${positionals[0]}'`);
   const overrides: Record<string, string | boolean | undefined> = {};
   for (const [flag, key] of Object.entries(FLAG_TO_KEY)) if (flags[flag] !== undefined) overrides[key] = flags[flag];
   const config = loadConfig(CAS_SCHEMA, overrides);

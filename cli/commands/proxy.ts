@@ -17,7 +17,7 @@ export async function run(argv: string[]): Promise<number> {
     .map((k) => k.replace(/([A-Z])/g, '-$1').toLowerCase());
   const boolFlags = Object.keys(PROXY_SCHEMA).filter((k) => PROXY_SCHEMA[k as keyof typeof PROXY_SCHEMA].kind === 'bool')
     .map((k) => k.replace(/([A-Z])/g, '-$1').toLowerCase());
-  const { flags } = parseFlags(argv, ['exit-on-failure', ...boolFlags], stringFlags);
+  const { flags } = parseFlags(argv, ['exit-on-failure', ...boolFlags], stringFlags, { maxPositionals: 0 });
   if (flags.help) {
     console.log(`usage: cdbp proxy [--flag value ...]\n\nEvery setting is a flag (--mysql-port) or an env variable:\n${describeSchema(PROXY_SCHEMA)}`);
     return 0;

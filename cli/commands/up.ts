@@ -49,7 +49,7 @@ export interface StackFile {
 }
 
 export async function run(argv: string[]): Promise<number> {
-  const { flags } = parseFlags(argv, ['postgres'], ['dir', 'mysql-port', 'ops-port', 'cas-port', 'pg-port', 'freshness']);
+  const { flags } = parseFlags(argv, ['postgres'], ['dir', 'mysql-port', 'ops-port', 'cas-port', 'pg-port', 'freshness'], { maxPositionals: 0 });
   if (flags.help) {
     console.log(`usage: cdbp up [--dir DIR] [--mysql-port N] [--ops-port N] [--cas-port N] [--freshness strict|relaxed|off]
                [--postgres [--pg-port N]]
