@@ -78,7 +78,9 @@ export type ErrorCode =
   // appended by the CAS hardening (review finding 6)
   // appended for PostgreSQL at rest (src/storage/, issue 19)
   | 'STORAGE_UNAVAILABLE'
-  | 'STORAGE_KEY_INVALID';
+  | 'STORAGE_KEY_INVALID'
+  // another process holds this state directory (src/kernel/state-lock.ts)
+  | 'STATE_LOCKED';
 
 export class CdbpError extends Error {
   readonly code: ErrorCode;
@@ -155,6 +157,7 @@ export function httpStatusFor(code: ErrorCode): number {
       return 404;
     case 'COUNTER_CONFLICT':
     case 'POLICY_CHAIN_BROKEN':
+    case 'STATE_LOCKED':
       return 409;
     case 'FRAME_TOO_LARGE':
     case 'BODY_TOO_LARGE':
