@@ -1,8 +1,9 @@
 /**
  * PostgreSQL endpoint benchmark, standalone: `pgbench -S` (select-only) through the proxy, PostgreSQL's
  * own TLS and PgBouncer, rotating the target order every round. It is the `pg` scenario of bench/run.ts
- * (bench/scenarios/pg.ts, helpers in bench/lib/pgbench.ts) with its select-only workload and its own
- * result files; `npx tsx bench/run.ts --scenarios pg` runs both workloads in the combined report.
+ * (bench/scenarios/pg.ts, helpers in bench/lib/pgbench.ts; it includes the gocryptfs-encrypted arm) with
+ * its select-only workload and its own result files; `npx tsx bench/run.ts --scenarios pg` runs both
+ * workloads in the combined report.
  *
  *   npx tsx bench/pg.ts [--duration S] [--clients 1,8,32] [--rounds N] [--scale N]
  *

@@ -11,8 +11,9 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { parseFlags } from '../../src/kernel/args.ts';
 import { CdbpError } from '../../src/kernel/errors.ts';
 import { measureShippedCode } from '../../src/attestation/measurement.ts';
-import { applySignedPolicy, buildPolicy, generateOwnerKey, getCurrentPolicy, getCurrentPolicyHash, loadOwnerKey,
-  POLICY_FORMAT, signPolicy, validatePolicy, type Policy, type PolicyDbKey } from '../../cas/policy.ts';
+import { buildPolicy, generateOwnerKey, loadOwnerKey, POLICY_FORMAT, signPolicy, validatePolicy, type Policy,
+  type PolicyDbKey } from '../../src/provisioning/policy.ts';
+import { applySignedPolicy, getCurrentPolicy, getCurrentPolicyHash } from '../../src/cas-client/policy.ts';
 
 const USAGE = `usage: cdbp policy init  --out owner.key
        cdbp policy new   --service S [--measurement HEX[,HEX]] [--tee-modes simulated[,sev-snp,tdx]]

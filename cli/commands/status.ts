@@ -50,6 +50,9 @@ export function formatStatus(s: Record<string, any>): string {
     lines.push(`  freshness:    ${f.mode}, ${f.verified ? 'verified' : 'NOT verified'}, epoch ${f.epoch}, last seal ${f.lastSealAgeSeconds === null ? 'never' : `${Number(f.lastSealAgeSeconds).toFixed(1)} s ago`}, ${f.writesHeld} writes held`);
     if (f.violation) lines.push(`  VIOLATION:    ${f.violation.kind}: ${f.violation.message}`);
   }
+  const ct = s.casTrust;
+  if (ct?.lastImpostor) lines.push(`  CAS ALARM:    ${ct.impostorAlarms} request(s) met a server that is not the pinned CAS (${ct.lastImpostor.reason}, last ${ct.lastImpostor.at})`);
+  if (ct?.caFileChanged) lines.push('  CAS ALARM:    the CAS CA file changed on disk since start (ignored: the CA pinned at start is kept)');
   if (s.backend) lines.push(`  backend:      ${s.backend.managed ? 'managed ' : ''}${s.backend.socket ?? ''}${s.backend.running === false ? ' (NOT running)' : ''}`);
   if (s.listeners?.mysql) lines.push(`  mysql:        ${s.listeners.mysql.host}:${s.listeners.mysql.port}`);
   const c = s.connections?.mysql;

@@ -37,6 +37,8 @@ export interface StackFile {
   cas: { url: string };
   caFile: string;
   admin: { user: string; password: string };
+  /** The proxy's loopback admin API (`cdbp admin --dir DIR quit`): URL and its per-start token file (0600). */
+  control: { url: string; tokenFile: string };
   mariadb: { socket: string; datadir: string; pid: number | null };
   untrustedDir: string;
   trustedDir: string;
@@ -135,10 +137,15 @@ private PostgreSQL behind a second proxy (one proxy per database). Ctrl-C stops 
     });
     children.push({ name, child, log });
     child.on('exit', (code, sig) => {
-      if (!stopping) {
-        say(`${name} exited unexpectedly (${sig ?? `code ${code}`}); last log lines:\n${tail(log, 12)}`);
-        resolveSignal('child-exit');
+      if (stopping) return;
+      if (name === 'proxy' && code === 0) {
+        // A clean exit of the proxy is a requested stop (`cdbp admin quit|drain`): stop the rest, exit 0.
+        say('proxy stopped (admin request)');
+        resolveSignal('SIGTERM');
+        return;
       }
+      say(`${name} exited unexpectedly (${sig ?? `code ${code}`}); last log lines:\n${tail(log, 12)}`);
+      resolveSignal('child-exit');
     });
     return child;
   };
@@ -170,6 +177,7 @@ private PostgreSQL behind a second proxy (one proxy per database). Ctrl-C stops 
     // 3. The proxy: attests, verifies freshness, serves keys, starts MariaDB, opens the endpoint.
     const mysqlPort = flags['mysql-port'] ? Number(flags['mysql-port']) : previous?.mysql?.port ?? (await freePort());
     const opsPort = flags['ops-port'] ? Number(flags['ops-port']) : await freePort();
+    const adminPort = await freePort();
     const freshness = String(flags.freshness ?? 'strict');
     const mariadbRunDir = path.join(layout.run, 'mariadb');
     const datadir = path.join(layout.untrusted, 'mariadb');
@@ -177,7 +185,8 @@ private PostgreSQL behind a second proxy (one proxy per database). Ctrl-C stops 
       CDBP_CAS_URL: casReady.url, CDBP_CAS_CA_FILE: caFile, CDBP_SERVICE: 'mariadb',
       CDBP_TEE_MODE: 'simulated', CDBP_ALLOW_SIMULATED: '1', CDBP_PLATFORM_KEY_FILE: platformKey,
       CDBP_MYSQL_HOST: '127.0.0.1', CDBP_MYSQL_PORT: String(mysqlPort),
-      CDBP_OPS_HOST: '127.0.0.1', CDBP_OPS_PORT: String(opsPort),
+      CDBP_OPS_HOST: '127.0.0.1', CDBP_OPS_PORT: String(opsPort), CDBP_ADMIN_PORT: String(adminPort),
+      CDBP_ADMIN_TOKEN_FILE: path.join(layout.run, 'admin.token'),
       CDBP_MANAGE_MARIADB: '1', CDBP_MARIADB_RUN_DIR: mariadbRunDir, CDBP_DATADIR: datadir,
       CDBP_UNTRUSTED_DIR: layout.untrusted, CDBP_VOLATILE_DIR: volatileDir(dir), CDBP_FRESHNESS: freshness, CDBP_DRAIN_DELAY_MS: '0',
     });
@@ -222,6 +231,7 @@ private PostgreSQL behind a second proxy (one proxy per database). Ctrl-C stops 
       cas: { url: casReady.url },
       caFile,
       admin,
+      control: { url: `http://127.0.0.1:${adminPort}`, tokenFile: path.join(layout.run, 'admin.token') },
       mariadb: { socket, datadir, pid: (status.backend as { pid?: number } | undefined)?.pid ?? readPid(mariadbPidFile) },
       untrustedDir: layout.untrusted,
       trustedDir: layout.trusted,

@@ -23,14 +23,16 @@ import { ConnectionRecord } from '../shared/connection-log.ts';
 import { EndpointMetrics } from '../shared/metrics.ts';
 import { identityHolder, type TlsIdentitySource } from '../../src/crypto/tls-identity.ts';
 import { ProxyErrno } from './constants.ts';
-import { encodeErrPacket } from './codec.ts';
+import { encodePreGreetingErrPacket } from './codec.ts';
 import { MysqlSession, type BackendTarget, type SessionContext, type SessionTotals } from './session.ts';
 import type { AckGate } from './pump.ts';
 import { forbiddenUserErr } from './forbidden-user.ts';
+import type { AccountTlsSource } from './account-tls.ts';
 import { loadNativeDataPlane, type NativeDataPlane } from '../native/dataplane.ts';
 
 export type { AckGate } from './pump.ts';
 export type { BackendTarget } from './session.ts';
+export { MariadbAccountTls, type AccountTlsSource } from './account-tls.ts';
 
 export interface MysqlProxyLimits {
   /** Concurrent client connections; over it clients get ERR 1040 (default 1000). */
@@ -68,6 +70,11 @@ export interface MysqlProxyOptions {
   dataPlane?: 'auto' | 'native' | 'node';
   /** Native data plane worker threads (default 1). */
   nativeWorkers?: number;
+  /**
+   * The accounts' REQUIRE SSL/X509 clauses (account-tls.ts): such logins are explained instead of
+   * refused bare, and REQUIRE SSL ones use `backend.tls` on a socket leg.
+   */
+  accountTls?: AccountTlsSource;
 }
 
 /** Which data plane a proxy runs, and why (for logs, /v1/status and metrics). */
@@ -145,6 +152,7 @@ export function createMysqlProxy(opts: MysqlProxyOptions): MysqlProxy {
     ackGate: opts.ackGate,
     native,
     forbiddenUsers,
+    accountTls: opts.accountTls,
     totals,
     onClosed(session) {
       sessions.delete(session);
@@ -165,7 +173,7 @@ export function createMysqlProxy(opts: MysqlProxyOptions): MysqlProxy {
       const err = accepting
         ? { ...ProxyErrno.TOO_MANY_CONNECTIONS, message: 'Too many connections' }
         : { ...ProxyErrno.SHUTDOWN, message: 'Server shutdown in progress' };
-      socket.end(encodeErrPacket(0, err));
+      socket.end(encodePreGreetingErrPacket(err));
       setTimeout(() => socket.destroy(), 2_000).unref();
       return;
     }

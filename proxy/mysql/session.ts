@@ -26,17 +26,28 @@ import type { EndpointMetrics } from '../shared/metrics.ts';
 import type { TlsIdentityHolder } from '../../src/crypto/tls-identity.ts';
 import { Cap, CAPS_COMPRESSION, CAPS_NEVER_ADVERTISED, Header, ProxyErrno } from './constants.ts';
 import {
-  clearClientCapabilities, decodeClientHello, decodeInitialHandshake, encodeErrPacket, encodePacket,
+  clearClientCapabilities, decodeClientHello, decodeInitialHandshake, encodeErrPacket, encodePacket, encodePreGreetingErrPacket,
   patchHandshakeCapabilities, sslRequestFrom, type ErrPacket, type Packet,
 } from './codec.ts';
 import { FramedReader } from './reader.ts';
-import { ackRefusedPacket, askGate, startPump, type AckGate } from './pump.ts';
+import { ackRefusedPacket, askGate, startPump, type AckGate, type Pump } from './pump.ts';
 import { forbiddenUserErr, isForbiddenUser } from './forbidden-user.ts';
+import { accountTlsErr, type AccountTlsSource, type TlsRequirement } from './account-tls.ts';
 import type { NativeClosed, NativeDataPlane } from '../native/dataplane.ts';
 
+export interface BackendTls {
+  caPem: string;
+  servername?: string;
+}
+
+/**
+ * The database. `tls` on a TCP leg: every session speaks TLS to it. `tls` on a socket leg: only the
+ * sessions of accounts that require it (REQUIRE SSL, see account-tls.ts) do; the rest stay plaintext
+ * (and on the native relay).
+ */
 export type BackendTarget =
-  | { socket: string }
-  | { host: string; port: number; tls?: { caPem: string; servername?: string }; allowInsecure?: boolean };
+  | { socket: string; tls?: BackendTls }
+  | { host: string; port: number; tls?: BackendTls; allowInsecure?: boolean };
 
 export interface SessionLimits {
   handshakeTimeoutMs: number;
@@ -59,6 +70,8 @@ export interface SessionContext {
   native: NativeDataPlane | undefined;
   /** User names refused before reaching the backend (the proxy's OS account on a unix-socket leg). */
   forbiddenUsers: ReadonlySet<string>;
+  /** The accounts' REQUIRE clauses (account-tls.ts), when known: they pick the backend leg at login. */
+  accountTls: AccountTlsSource | undefined;
   /** Totals across sessions, updated at close. */
   totals: SessionTotals;
   onClosed(session: MysqlSession): void;
@@ -132,6 +145,8 @@ export class MysqlSession {
   private heldClientBytes = 0;
   /** The sequence id (client numbering) of the one auth answer the database asked for, if it asked. */
   private authReplySeq: number | undefined;
+  /** The Node plane's command-phase pump. */
+  private pump: Pump | undefined;
 
   constructor(
     readonly id: number,
@@ -168,8 +183,12 @@ export class MysqlSession {
   start(): void {
     const { client, ctx } = this;
     client.setNoDelay(true);
-    client.on('error', (e) => this.finish(this.phase === 'command' ? 'client_error' : 'protocol_error', e));
+    client.on('error', (e) => this.onClientError(e));
     client.on('close', () => this.onClientClosed());
+    // The listener allows half-open sockets (a client's FIN must not cut a result it still reads), so a
+    // FIN alone never emits 'close': before the TLS upgrade it is the client leaving (data planes watch
+    // their own streams from then on).
+    client.on('end', () => this.onClientEndBeforeLogin());
     this.handshakeTimer = setTimeout(() => this.onHandshakeTimeout(), ctx.limits.handshakeTimeoutMs);
     this.dialBackend();
   }
@@ -251,10 +270,11 @@ export class MysqlSession {
         this.ctx.totals.tlsFailures++;
         this.finish('tls_failed', e);
       } else {
-        this.finish(this.phase === 'command' ? 'client_error' : 'protocol_error', e);
+        this.onClientError(e);
       }
     });
     tlsSock.on('close', () => this.onClientClosed());
+    tlsSock.on('end', () => this.onClientEndBeforeLogin());
     tlsSock.once('secure', () => this.onSecure(tlsSock.getProtocol() ?? 'unknown', tlsSock.getCipher().name));
   }
 
@@ -286,6 +306,7 @@ export class MysqlSession {
     this.nativeId = id;
     // The data plane holds its own descriptor now; ours goes without ending the TCP connection.
     this.client.removeAllListeners('close');
+    this.client.removeAllListeners('end');
     this.client.removeAllListeners('error');
     this.client.on('error', () => {});
     this.client.destroy();
@@ -363,12 +384,22 @@ export class MysqlSession {
         packet.seq + 1);
       return;
     }
+    const required = hello.user === undefined ? undefined : this.ctx.accountTls?.requirement(hello.user);
+    const backendTls = this.backendTlsFor(required);
+    if (required === 'x509' || (required === 'ssl' && !backendTls)) {
+      // The database would refuse with a bare "Access denied": say why, before it counts a failed login.
+      this.ctx.accountTls?.stale(); // the account may have been altered since the last read
+      this.ctx.metrics.authFailure();
+      this.ctx.totals.authFailures++;
+      const err = accountTlsErr(hello.user!, required);
+      this.refuse('auth_failed', err, err.message, packet.seq + 1);
+      return;
+    }
     this.negotiatedCaps = hello.capabilities & this.serverCaps;
     this.phase = 'auth';
     this.clientReader!.onPacket = (p) => this.onClientAuthPacket(p);
-    const target = this.ctx.backend;
-    if ('host' in target && target.tls) {
-      this.upgradeBackend(target.tls, target.host, packet);
+    if (backendTls) {
+      this.upgradeBackend(backendTls.tls, backendTls.host, packet);
       return;
     }
     this.seqShift = 1;
@@ -376,7 +407,19 @@ export class MysqlSession {
     this.backend!.write(encodePacket(packet.seq - 1, clearClientCapabilities(packet.payload, Cap.CLIENT_SSL)));
   }
 
-  private upgradeBackend(opts: { caPem: string; servername?: string }, host: string, response: Packet): void {
+  /**
+   * The TLS leg to the database for this login, if any: always on a TCP leg configured with TLS; on a
+   * socket leg only for an account that requires TLS, and only if the database offers it.
+   */
+  private backendTlsFor(required: TlsRequirement | undefined): { tls: BackendTls; host: string } | undefined {
+    const target = this.ctx.backend;
+    if (!target.tls) return undefined;
+    if ('host' in target) return { tls: target.tls, host: target.host };
+    if (required !== 'ssl' || (this.serverCaps & Cap.CLIENT_SSL) === 0n) return undefined;
+    return { tls: target.tls, host: 'localhost' };
+  }
+
+  private upgradeBackend(opts: BackendTls, host: string, response: Packet): void {
     this.backendReader!.detach();
     this.backend!.write(encodePacket(1, sslRequestFrom(response.payload)));
     const servername = opts.servername ?? (net.isIP(host) ? undefined : host);
@@ -432,6 +475,7 @@ export class MysqlSession {
     if (first === Header.ERR) {
       this.ctx.metrics.authFailure();
       this.ctx.totals.authFailures++;
+      this.ctx.accountTls?.stale(); // e.g. an account created REQUIRE SSL since the last read
       this.clientTls!.end(encodePacket(seq, packet.payload));
       this.finish('auth_failed', undefined, true);
       return;
@@ -467,7 +511,7 @@ export class MysqlSession {
     if (this.ctx.limits.idleTimeoutMs > 0) {
       clientTls.setTimeout(this.ctx.limits.idleTimeoutMs, () => this.finish('idle_timeout'));
     }
-    startPump(clientTls, backend, this.negotiatedCaps, this.ctx.ackGate, {
+    this.pump = startPump(clientTls, backend, this.negotiatedCaps, this.ctx.ackGate, {
       onAckRefused: (err) => {
         this.outcome = 'ack_refused';
         this.error = asCdbpError(err).message;
@@ -546,6 +590,12 @@ export class MysqlSession {
   // ------------------------------------------------------------------------------------------
   // Errors, closing, cleanup
 
+  private onClientError(e: unknown): void {
+    if (this.phase !== 'command') this.finish('protocol_error', e);
+    else if (this.pump?.quitSent) this.finish('ok'); // a reset right after COM_QUIT: it quit normally
+    else this.finish('client_error', e);
+  }
+
   private onClientProtocolError(e: unknown): void {
     const err = asCdbpError(e, 'PROTOCOL_VIOLATION');
     this.ctx.metrics.refused('protocol');
@@ -558,6 +608,12 @@ export class MysqlSession {
     this.ctx.totals.handshakeTimeouts++;
     if (this.phase === 'ssl_request' || this.phase === 'connecting' || this.phase === 'greeting') {
       this.refuse('handshake_timeout', ProxyErrno.READ_TIMEOUT, 'Handshake timed out', this.phase === 'ssl_request' ? 1 : 0);
+    } else if (this.phase === 'response' || this.phase === 'auth') {
+      // Inside TLS the client gets the same ERR 1159, numbered as the server packet it waits for next:
+      // the answer to its HandshakeResponse (seq 2), or to the auth reply the database asked for.
+      const expected = this.phase === 'response' ? this.lastClientSeq + 2
+        : this.authReplySeq !== undefined ? this.authReplySeq + 1 : this.lastClientSeq + 1;
+      this.refuse('handshake_timeout', ProxyErrno.READ_TIMEOUT, 'Handshake timed out', expected);
     } else {
       this.finish('handshake_timeout', new CdbpError('HANDSHAKE_TIMEOUT', 'handshake timed out'));
     }
@@ -586,6 +642,27 @@ export class MysqlSession {
     this.scheduleGrace();
   }
 
+  /**
+   * The client's FIN before the login OK: nothing it could still want (it cannot log in without sending
+   * more), so the slot and the database connection are freed now, not at the handshake timeout (a
+   * connect+close flood would otherwise hold every slot). In the command phase the pump propagates the
+   * FIN instead (the client may still read its results).
+   */
+  private onClientEndBeforeLogin(): void {
+    switch (this.phase) {
+      case 'connecting': case 'greeting': case 'ssl_request': case 'response': case 'auth':
+        this.finish('ok', new CdbpError('PROTOCOL_VIOLATION', 'client closed the connection before login'));
+        return;
+      case 'tls':
+        this.ctx.metrics.tlsFailure();
+        this.ctx.totals.tlsFailures++;
+        this.finish('tls_failed', new CdbpError('PROTOCOL_VIOLATION', 'client closed the connection during the TLS handshake'));
+        return;
+      default:
+        return;
+    }
+  }
+
   private onClientClosed(): void {
     if (this.phase === 'closed') return;
     // In the command phase the client closing ends the session; its half-close (FIN) was already
@@ -607,7 +684,9 @@ export class MysqlSession {
     this.clientReader?.detach();
     this.backendReader?.detach();
     this.backendRaw?.destroy();
-    if (out && !out.destroyed) out.end(encodeErrPacket(seq & 0xff, err));
+    // Before the greeting the client has negotiated nothing: no SQL-state marker, as MariaDB does.
+    const beforeGreeting = this.phase === 'connecting' || this.phase === 'greeting';
+    if (out && !out.destroyed) out.end(beforeGreeting ? encodePreGreetingErrPacket(err) : encodeErrPacket(seq & 0xff, err));
     this.finish(outcome, cause ?? new CdbpError('PROTOCOL_VIOLATION', message), true);
   }
 

@@ -82,6 +82,7 @@
 #define CHANGE_USER_INSPECT 256
 #define MAX_PACKET_PAYLOAD 0xFFFFFFu
 #define COM_SLEEP 0x00
+#define COM_QUIT 0x01
 #define COM_QUERY 0x03
 #define COM_CHANGE_USER 0x11
 
@@ -465,6 +466,13 @@ static void conn_close(conn_t *c, const char *outcome, const char *error) {
   w->dead = c;
 }
 
+/* A client that fails after its COM_QUIT has quit normally: the mariadb connector's end() resets the
+ * socket right after sending it. Its session is over as it asked, so that is not a client error. */
+static void client_failed(conn_t *c, const char *error) {
+  if (c->sc.last_command == COM_QUIT) conn_close(c, "ok", NULL);
+  else conn_close(c, "client_error", error);
+}
+
 /* ---- epoll interest ---- */
 
 /* Registered interest is kept as (events | REGISTERED). An fd we want nothing from is removed from the
@@ -519,7 +527,7 @@ static bool flush_client(conn_t *c) {
     ssize_t s = send(c->cfd, p, (size_t)n, MSG_NOSIGNAL);
     if (s < 0) {
       if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return progress;
-      conn_close(c, "client_error", strerror(errno));
+      client_failed(c, strerror(errno));
       return true;
     }
     /* consume s bytes from the memory BIO */
@@ -577,7 +585,8 @@ static bool recv_client(conn_t *c) {
       c->c_readable = false;
       return false;
     }
-    conn_close(c, c->phase == PH_DIRECT || c->phase == PH_LINGER ? "client_error" : "protocol_error", strerror(errno));
+    if (c->phase == PH_DIRECT || c->phase == PH_LINGER) client_failed(c, strerror(errno));
+    else conn_close(c, "protocol_error", strerror(errno));
     return true;
   }
   if (n == 0) {
@@ -750,7 +759,8 @@ static bool tls_step(conn_t *c) {
     }
     char text[256];
     ssl_error_text(text, sizeof text, "TLS record error");
-    conn_close(c, c->phase == PH_DIRECT ? "client_error" : "protocol_error", text);
+    if (c->phase == PH_DIRECT) client_failed(c, text);
+    else conn_close(c, "protocol_error", text);
     return true;
   }
   if (progress && (size_t)BIO_ctrl_pending(c->wbio) > 0) flush_client(c); /* e.g. a KeyUpdate answer */

@@ -23,6 +23,9 @@ import { FrameReader, readFirstChunk } from './reader.ts';
 import { dialBackend, sendBackendCancel, type PgBackend } from './backend.ts';
 import type { CancelRegistry, IssuedKey } from './cancel-registry.ts';
 import { AckGateError, AckGateStream, type AckGate } from './ack-gate.ts';
+import { Conversation } from './conversation.ts';
+import { ClientScanner } from './client-scanner.ts';
+import { classifyStatement } from './statement-class.ts';
 import type { PgMetrics } from './metrics.ts';
 import type { ConnectionSlot } from '../shared/connection-limiter.ts';
 
@@ -391,12 +394,16 @@ export class PgSession {
       event: 'pg.open', session: this.id, peer: this.peer, user: this.user, database: this.database, tls: this.tlsMode,
     }, 'pg session open');
 
-    if (clientRest.length > 0) backend.write(clientRest);
-    relay(client, backend);
-
     const gate = this.env.ackGate;
     if (gate) {
-      const gated = new AckGateStream(gate);
+      const conversation = new Conversation(classifyStatement, {
+        onBacklog: (paused) => clientFlow.backlog(paused),
+        onLost: (why) => this.env.log.warn({ event: 'pg.conversation_lost', session: this.id, why }, 'pg ack gate lost track of the conversation; holding every idle acknowledgment from now on'),
+      });
+      const scanner = new ClientScanner(conversation);
+      const clientFlow = relayScanned(client, backend, scanner);
+      if (clientRest.length > 0) clientFlow.forward(clientRest);
+      const gated = new AckGateStream(gate, conversation);
       gated.on('error', (e) => {
         const refused = e instanceof AckGateError;
         this.env.log.warn({ event: 'pg.ack_refused', session: this.id, err: (refused ? asCdbpError(e.reason) : e).message }, 'pg acknowledgment not released');
@@ -408,6 +415,8 @@ export class PgSession {
       relay(backend, gated);
       relay(gated, client);
     } else {
+      if (clientRest.length > 0) backend.write(clientRest);
+      relay(client, backend);
       if (backendRest.length > 0) client.write(backendRest);
       relay(backend, client); // hot path: no copies, no parsing
     }
@@ -510,4 +519,39 @@ function relay(from: Readable, to: Writable): void {
   });
   from.once('end', () => to.end());
   from.resume();
+}
+
+/**
+ * The client → backend direction under a gate: every chunk is scanned (for the conversation mirror)
+ * before it is forwarded unchanged. The client is paused while the backend's buffer is full or while
+ * the mirror has too many requests in flight, and resumed when neither holds.
+ */
+function relayScanned(from: Readable, to: Writable, scanner: ClientScanner): { forward(chunk: Buffer): void; backlog(paused: boolean): void } {
+  let full = false;
+  let backlogged = false;
+  const update = () => {
+    if (full || backlogged) from.pause();
+    else from.resume();
+  };
+  const forward = (chunk: Buffer) => {
+    scanner.scan(chunk);
+    if (!to.write(chunk) && !full) {
+      full = true;
+      update();
+      to.once('drain', () => {
+        full = false;
+        update();
+      });
+    }
+  };
+  from.on('data', forward);
+  from.once('end', () => to.end());
+  queueMicrotask(update);
+  return {
+    forward,
+    backlog(paused) {
+      backlogged = paused;
+      update();
+    },
+  };
 }

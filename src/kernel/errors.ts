@@ -49,8 +49,36 @@ export type ErrorCode =
   | 'BODY_TOO_LARGE'
   | 'RATE_LIMITED'
   | 'SEALING_UNAVAILABLE'
+  // appended by the CAS hardening
+  | 'CAS_IDENTITY_INVALID'
+  // HTTP edges: admin authentication, cross-site refusal, media type (issue 16)
+  | 'UNAUTHORIZED'
+  | 'ORIGIN_REFUSED'
+  | 'UNSUPPORTED_MEDIA_TYPE'
+  // the command line: an unknown or malformed option or argument (exit 2)
+  | 'USAGE'
+  // real TEE evidence (SEV-SNP, TDX): src/attestation/, docs/ATTESTATION.md "Errors"
+  | 'TEE_EVIDENCE_MALFORMED'
+  | 'TEE_SIGNATURE_INVALID'
+  | 'TEE_CERT_CHAIN_INVALID'
+  | 'TEE_UNTRUSTED_ROOT'
+  | 'TEE_CERT_EXPIRED'
+  | 'TEE_TCB_MISMATCH'
+  | 'TEE_PCK_REVOKED'
+  | 'TEE_QE_BINDING_INVALID'
+  | 'TEE_QE_IDENTITY_MISMATCH'
+  | 'TEE_COLLATERAL_MISSING'
+  | 'TEE_COLLATERAL_INVALID'
+  | 'TEE_COLLATERAL_EXPIRED'
+  | 'TEE_FMSPC_MISMATCH'
+  | 'TEE_TCB_STATUS_REFUSED'
+  | 'TEE_DEBUG_REFUSED'
+  | 'TEE_POLICY_REFUSED'
+  | 'TEE_REPORT_DATA_MISMATCH'
   // appended by the CAS hardening (review finding 6)
-  | 'CAS_IDENTITY_INVALID';
+  // appended for PostgreSQL at rest (src/storage/, issue 19)
+  | 'STORAGE_UNAVAILABLE'
+  | 'STORAGE_KEY_INVALID';
 
 export class CdbpError extends Error {
   readonly code: ErrorCode;
@@ -85,6 +113,7 @@ export function asCdbpError(e: unknown, fallback: ErrorCode = 'INTERNAL'): CdbpE
 export function httpStatusFor(code: ErrorCode): number {
   switch (code) {
     case 'BAD_REQUEST':
+    case 'USAGE':
     case 'CONFIG_INVALID':
     case 'POLICY_INVALID':
     case 'PROTOCOL_VIOLATION':
@@ -95,8 +124,10 @@ export function httpStatusFor(code: ErrorCode): number {
     case 'ATTESTATION_REFUSED':
     case 'MEASUREMENT_MISMATCH':
     case 'SIMULATION_NOT_ALLOWED':
+    case 'UNAUTHORIZED':
       return 401;
     case 'FORBIDDEN':
+    case 'ORIGIN_REFUSED':
     case 'POLICY_OWNER_MISMATCH':
       return 403;
     case 'NOT_FOUND':
@@ -108,6 +139,8 @@ export function httpStatusFor(code: ErrorCode): number {
     case 'FRAME_TOO_LARGE':
     case 'BODY_TOO_LARGE':
       return 413;
+    case 'UNSUPPORTED_MEDIA_TYPE':
+      return 415;
     case 'TOO_MANY_CONNECTIONS':
     case 'RATE_LIMITED':
       return 429;
@@ -116,7 +149,11 @@ export function httpStatusFor(code: ErrorCode): number {
     case 'BACKEND_UNAVAILABLE':
     case 'KEYRING_UNAVAILABLE':
     case 'SEALING_UNAVAILABLE':
+    case 'STORAGE_UNAVAILABLE':
       return 503;
+    case 'CAS_IDENTITY_INVALID':
+      // An upstream answered that is not the pinned CAS: a gateway error, not ours and not the caller's.
+      return 502;
     default:
       return 500;
   }

@@ -15,7 +15,7 @@ import { generateSealingKeyPair } from '../../src/crypto/box.ts';
 import { createCsr, generateTlsKeyPair, spkiDer } from '../../src/crypto/x509.ts';
 import { sha512 } from '../../src/crypto/hash.ts';
 import { attestAndProvision } from '../../src/cas-client/index.ts';
-import { buildPolicy, signPolicy } from '../../cas/policy.ts';
+import { buildPolicy, signPolicy } from '../../src/provisioning/policy.ts';
 import { measureShippedCode } from '../../src/attestation/measurement.ts';
 import type { AttestationProvider } from '../../src/attestation/types.ts';
 
@@ -179,7 +179,7 @@ test('refusals: bad evidence, nonces, policies, input, counter access', async (t
   });
   await t.test('recover: signed by a stranger', async () => {
     const stranger = await generateSigningKeyPair();
-    const { recoverCounter } = await import('../../cas/policy.ts');
+    const { recoverCounter } = await import('../../src/cas-client/policy.ts');
     await assert.rejects(recoverCounter({ casUrl: cas.url, caPem: cas.caPem, ownerKey: stranger, service: 'svc', value: 0, digest: '' }),
       (e: { code?: string }) => e.code === 'POLICY_OWNER_MISMATCH');
     expectedCodes.push('POLICY_OWNER_MISMATCH');

@@ -24,7 +24,7 @@ import { freePort } from '../../src/kernel/net.ts';
 import { MariadbServer } from '../../src/db/mariadb-server.ts';
 import { applyTestPolicy, type TestCas } from './cas.ts';
 import type { SigningKeyPair } from '../../src/crypto/ed25519.ts';
-import type { BuildPolicyOptions } from '../../cas/policy.ts';
+import type { BuildPolicyOptions } from '../../src/provisioning/policy.ts';
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 
@@ -153,7 +153,12 @@ export async function startProxyProcess(o: StartProxyOptions): Promise<TestProxy
     get,
     async admin(action) {
       if (!adminUrl) throw new Error('started without an admin port');
-      const res = await fetch(`${adminUrl}/v1/admin/${action}`, { method: 'POST', signal: AbortSignal.timeout(30_000) });
+      // As `cdbp admin` does: the per-start token from its 0600 file, a JSON body, no Origin.
+      const token = readFileSync(path.join(mariadbRunDir, 'admin.token'), 'utf8').trim();
+      const res = await fetch(`${adminUrl}/v1/admin/${action}`, {
+        method: 'POST', headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' }, body: '{}',
+        signal: AbortSignal.timeout(30_000),
+      });
       return { status: res.status, body: await res.json() };
     },
     async waitReadyz(want = 200, timeoutMs = o.timeoutMs ?? 60_000) {
