@@ -109,6 +109,7 @@ async function main(): Promise<void> {
     tcp: true, tls: { certPem: pki.certPem, keyPem: pki.keyPem },
     hba: ['local all all scram-sha-256', 'hostssl all all 127.0.0.1/32 scram-sha-256'],
     extraConfig: ['max_connections = 300'],
+    encrypted: false, // this standalone compares hops, not storage (bench/scenarios/pg.ts has the encrypted arm)
   });
   const password = db.accounts.scram.password;
   const bouncerDir = path.join(work.path, 'pgbouncer');

@@ -90,17 +90,33 @@ export function createPgProxy(opts: PgProxyOptions): PgProxy {
     },
   };
 
+  // Over the accept-time cap a client still hears why, in its own terms (53300 after TLS if it asked
+  // for TLS), from a bounded number of refusal sessions that never take a slot; past those, a flood is
+  // dropped unanswered (answering would cost a TLS handshake each).
+  let refusing = 0;
+  const overflowEnv = {
+    ...env,
+    overflow: true,
+    tryAcquireSlot: (): ConnectionSlot | undefined => undefined,
+    onClosed: (s: PgSession) => {
+      refusing--;
+      env.onClosed(s);
+    },
+  };
+
   function onConnection(sock: net.Socket): void {
     accepted++;
     // Handshakes are cheap to start and costly to finish (TLS): bound how many may be in flight.
-    if (!accepting || sessions.size >= limits.maxConnections + limits.maxPendingHandshakes) {
+    const over = sessions.size >= limits.maxConnections + limits.maxPendingHandshakes;
+    if (!accepting || (over && refusing >= limits.maxRefusalHandshakes)) {
       metrics.refused(accepting ? 'overload' : 'draining');
       sock.on('error', () => undefined);
       sock.destroy();
       return;
     }
     metrics.opened();
-    const session = new PgSession(sock, env);
+    if (over) refusing++;
+    const session = new PgSession(sock, over ? overflowEnv : env);
     sessions.add(session);
     void session.run();
   }
@@ -108,7 +124,8 @@ export function createPgProxy(opts: PgProxyOptions): PgProxy {
   return {
     async listen() {
       if (server) throw new CdbpError('LIFECYCLE_INVALID_TRANSITION', 'PostgreSQL endpoint already listening');
-      const srv = net.createServer({ noDelay: true }, onConnection);
+      // Half-open: a client that sends its last bytes and FIN (SSLRequest + Terminate) still reads our answer.
+      const srv = net.createServer({ noDelay: true, allowHalfOpen: true }, onConnection);
       server = srv;
       accepting = true;
       await new Promise<void>((resolve, reject) => {
