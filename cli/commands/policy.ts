@@ -65,7 +65,7 @@ const list = (v: string | boolean | undefined): string[] | undefined =>
 export async function run(argv: string[]): Promise<number> {
   const [sub, ...rest] = argv;
   const { flags } = parseFlags(rest, [], ['out', 'key', 'in', 'predecessor', 'cas', 'ca', 'service', 'measurement', 'tee-modes', 'dns', 'ips', 'lifetime', 'keys', 'from-evidence', 'into']);
-  if (!sub || flags.help || sub === 'help') {
+  if (!sub || flags.help || sub === 'help' || sub === '--help' || sub === '-h') {
     console.log(USAGE);
     return sub ? 0 : 2;
   }

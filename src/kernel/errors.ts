@@ -39,6 +39,8 @@ export type ErrorCode =
   | 'BACKEND_UNAVAILABLE'
   // keyring
   | 'KEYRING_UNAVAILABLE'
+  // the MariaDB behind the proxy does not encrypt (src/db/mariadb-encryption-check.ts)
+  | 'BACKEND_NOT_ENCRYPTED'
   // lifecycle
   | 'LIFECYCLE_INVALID_TRANSITION'
   | 'CHILD_FAILED'
@@ -47,8 +49,14 @@ export type ErrorCode =
   | 'BODY_TOO_LARGE'
   | 'RATE_LIMITED'
   | 'SEALING_UNAVAILABLE'
-  // appended by the CAS hardening (review finding 6)
+  // appended by the CAS hardening
   | 'CAS_IDENTITY_INVALID'
+  // HTTP edges: admin authentication, cross-site refusal, media type (issue 16)
+  | 'UNAUTHORIZED'
+  | 'ORIGIN_REFUSED'
+  | 'UNSUPPORTED_MEDIA_TYPE'
+  // the command line: an unknown or malformed option or argument (exit 2)
+  | 'USAGE'
   // real TEE evidence (SEV-SNP, TDX): src/attestation/, docs/ATTESTATION.md "Errors"
   | 'TEE_EVIDENCE_MALFORMED'
   | 'TEE_SIGNATURE_INVALID'
@@ -66,7 +74,13 @@ export type ErrorCode =
   | 'TEE_TCB_STATUS_REFUSED'
   | 'TEE_DEBUG_REFUSED'
   | 'TEE_POLICY_REFUSED'
-  | 'TEE_REPORT_DATA_MISMATCH';
+  | 'TEE_REPORT_DATA_MISMATCH'
+  // appended by the CAS hardening (review finding 6)
+  // appended for PostgreSQL at rest (src/storage/, issue 19)
+  | 'STORAGE_UNAVAILABLE'
+  | 'STORAGE_KEY_INVALID'
+  // another process holds this state directory (src/kernel/state-lock.ts)
+  | 'STATE_LOCKED';
 
 export class CdbpError extends Error {
   readonly code: ErrorCode;
@@ -101,6 +115,8 @@ export function asCdbpError(e: unknown, fallback: ErrorCode = 'INTERNAL'): CdbpE
 export function httpStatusFor(code: ErrorCode): number {
   switch (code) {
     case 'BAD_REQUEST':
+    case 'INSECURE_TRANSPORT':
+    case 'USAGE':
     case 'CONFIG_INVALID':
     case 'POLICY_INVALID':
     case 'PROTOCOL_VIOLATION':
@@ -131,8 +147,10 @@ export function httpStatusFor(code: ErrorCode): number {
     case 'ATTESTATION_REFUSED':
     case 'MEASUREMENT_MISMATCH':
     case 'SIMULATION_NOT_ALLOWED':
+    case 'UNAUTHORIZED':
       return 401;
     case 'FORBIDDEN':
+    case 'ORIGIN_REFUSED':
     case 'POLICY_OWNER_MISMATCH':
       return 403;
     case 'NOT_FOUND':
@@ -140,10 +158,13 @@ export function httpStatusFor(code: ErrorCode): number {
       return 404;
     case 'COUNTER_CONFLICT':
     case 'POLICY_CHAIN_BROKEN':
+    case 'STATE_LOCKED':
       return 409;
     case 'FRAME_TOO_LARGE':
     case 'BODY_TOO_LARGE':
       return 413;
+    case 'UNSUPPORTED_MEDIA_TYPE':
+      return 415;
     case 'TOO_MANY_CONNECTIONS':
     case 'RATE_LIMITED':
       return 429;
@@ -152,7 +173,11 @@ export function httpStatusFor(code: ErrorCode): number {
     case 'BACKEND_UNAVAILABLE':
     case 'KEYRING_UNAVAILABLE':
     case 'SEALING_UNAVAILABLE':
+    case 'STORAGE_UNAVAILABLE':
       return 503;
+    case 'CAS_IDENTITY_INVALID':
+      // An upstream answered that is not the pinned CAS: a gateway error, not ours and not the caller's.
+      return 502;
     default:
       return 500;
   }
