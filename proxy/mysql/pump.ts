@@ -50,6 +50,8 @@ export interface PumpOptions {
 export interface Pump {
   /** An acknowledgment is being held by the gate. */
   readonly holding: boolean;
+  /** The client's last command was COM_QUIT (a reset after it is a normal end). */
+  readonly quitSent: boolean;
 }
 
 export function startPump(client: Duplex, backend: Duplex, capabilities: bigint, gate: AckGate | undefined, events: PumpEvents, opts: PumpOptions): Pump {
@@ -87,6 +89,10 @@ abstract class ClientSide {
     protected readonly scanner: ClientScanner,
     protected readonly events: PumpEvents,
   ) {}
+
+  get quitSent(): boolean {
+    return this.scanner.quitSent;
+  }
 
   protected startClientSide(initial: Buffer[]): void {
     const { client, backend } = this;
