@@ -88,7 +88,7 @@ export const DEFAULT_CONNECTION_LOG_LIMITS: ConnectionLogLimits = { burst: 100, 
 
 /** Events that are written once per connection (and only those are limited). */
 export const CONNECTION_EVENTS: ReadonlySet<string> = new Set([
-  'connection_open', 'connection_close', 'pg.open', 'pg.close', 'pg.auth_failed',
+  'connection_open', 'connection_close', 'pg.auth_failed',
 ]);
 
 export class ConnectionLogLimiter {
