@@ -1,12 +1,12 @@
 /**
  * The PG endpoint's Prometheus metrics: the shared endpoint metrics (proxy/shared/metrics.ts, label
- * protocol="pg") with PostgreSQL's own refusal reasons, plus cdbp_cancel_requests_total{outcome}.
+ * protocol="pg", the shared refusal reasons), plus cdbp_cancel_requests_total{outcome}.
  */
 import { MetricsRegistry, type Counter } from '../../src/kernel/metrics.ts';
-import { EndpointMetrics } from '../shared/metrics.ts';
+import { EndpointMetrics, type RefuseReason } from '../shared/metrics.ts';
 
-export type RefusalReason = 'max_connections' | 'overload' | 'plaintext' | 'protocol_violation' | 'frame_too_large'
-  | 'no_alpn' | 'backend_unavailable' | 'draining' | 'forbidden_user';
+/** The shared refusal vocabulary (proxy/shared/metrics.ts). */
+export type RefusalReason = RefuseReason;
 export type CancelOutcome = 'forwarded' | 'unknown_key' | 'failed';
 
 export class PgMetrics extends EndpointMetrics<RefusalReason> {

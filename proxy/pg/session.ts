@@ -29,6 +29,7 @@ import { classifyStatement } from './statement-class.ts';
 import type { PgMetrics } from './metrics.ts';
 import type { ConnectionSlot } from '../shared/connection-limiter.ts';
 import { DEFAULT_IDLE_TIMEOUT_MS } from '../shared/limits.ts';
+import { ConnectionRecord, type ConnectionOutcome } from '../shared/connection-log.ts';
 
 export interface PgLimits {
   /** Sessions holding a backend connection (dialing or authenticated). */
@@ -105,12 +106,19 @@ export class PgSession {
   private handshakeTimer: NodeJS.Timeout | undefined;
   private closeReason: string | undefined;
   private cleanedUp = false;
+  private authenticatedOnce = false;
   /** Set once the session started ending: later failures of the handshake flow are moot. */
   private ending = false;
+
+  /** The connection's open and close log lines (shared vocabulary with MySQL: connection_open / connection_close). */
+  private readonly record: ConnectionRecord;
+  /** How the connection ended, for the close line; set where the reason is known, else derived from closeReason. */
+  private outcome: ConnectionOutcome | undefined;
 
   constructor(private readonly raw: net.Socket, private readonly env: SessionEnv) {
     this.client = raw;
     this.peer = `${raw.remoteAddress ?? '?'}:${raw.remotePort ?? '?'}`;
+    this.record = new ConnectionRecord(env.log, { protocol: 'pg', id: this.id, peer: this.peer });
     raw.setNoDelay(true);
     raw.setKeepAlive(true, 60_000);
     raw.on('error', () => this.destroy('client socket error'));
@@ -215,7 +223,7 @@ export class PgSession {
         }
         if (pkt.packet.kind === 'cancel') return this.handleCancel(pkt.packet);
         if (pkt.packet.kind === 'startup') {
-          this.env.metrics.refused('plaintext');
+          this.env.metrics.refused('insecure_transport');
           reader.detach();
           return this.endWithError(SqlState.invalidAuthorizationSpecification,
             'TLS is required: this endpoint accepts only encrypted connections (use sslmode=verify-full, or at least sslmode=require)',
@@ -299,12 +307,16 @@ export class PgSession {
         secure.once('secure', resolve);
         secure.once('error', reject);
         secure.once('close', () => reject(new Error('closed during TLS handshake')));
+        // The listener is half-open: a client that gave up (FIN) must not wait for the handshake timeout.
+        secure.once('end', () => reject(new Error('client ended during TLS handshake')));
       });
     } catch (e) {
       this.env.metrics.tlsFailure();
+      this.outcome ??= 'tls_failed';
       throw new CdbpError('PROTOCOL_VIOLATION', `TLS handshake failed: ${(e as Error).message}`, { details: { silent: true } });
     }
     this.env.metrics.tlsHandshake();
+    this.record.tls = { protocol: secure.getProtocol(), cipher: secure.getCipher()?.name ?? '' };
     this.phase = 'startup';
     // PG 17 semantics: direct TLS must negotiate ALPN "postgresql" (it tells a PG server from any
     // other TLS service); after SSLRequest, ALPN is optional but must be ours if present.
@@ -372,6 +384,7 @@ export class PgSession {
               sqlState = (msg as { code?: string }).code;
             });
             if (!authenticated) this.env.metrics.authFailure();
+            this.outcome ??= authenticated ? 'backend_error' : 'auth_failed';
             this.env.log.info({ event: 'pg.auth_failed', session: this.id, peer: this.peer, user: this.user, database: this.database, sqlState }, 'pg backend refused the session');
             this.closeReason ??= `backend error ${sqlState ?? ''}`.trim();
             this.ending = true;
@@ -423,10 +436,9 @@ export class PgSession {
 
   private startPiping(clientRest: Buffer, backendRest: Buffer, backend: net.Socket | tls.TLSSocket): void {
     this.phase = 'pipe';
+    this.authenticatedOnce = true;
     const client = this.client;
-    this.env.log.info({
-      event: 'pg.open', session: this.id, peer: this.peer, user: this.user, database: this.database, tls: this.tlsMode,
-    }, 'pg session open');
+    this.env.log.debug({ event: 'pg.authenticated', session: this.id, user: this.user, database: this.database, tls: this.tlsMode }, 'pg session authenticated');
 
     const gate = this.env.ackGate;
     if (gate) {
@@ -511,8 +523,9 @@ export class PgSession {
     const err = asCdbpError(e, 'PROTOCOL_VIOLATION');
     const details = err.details ?? {};
     if (details.silent) return this.destroy(err.message);
+    this.outcome ??= err.code === 'BACKEND_UNAVAILABLE' ? 'backend_error' : 'protocol_error';
     if (err.code === 'FRAME_TOO_LARGE') this.env.metrics.refused('frame_too_large');
-    else if (err.code === 'PROTOCOL_VIOLATION') this.env.metrics.refused('protocol_violation');
+    else if (err.code === 'PROTOCOL_VIOLATION') this.env.metrics.refused('protocol');
     else if (err.code === 'BACKEND_UNAVAILABLE') this.env.metrics.refused('backend_unavailable');
     const sqlState = typeof details.sqlState === 'string' ? details.sqlState : isCdbpError(e) ? SqlState.protocolViolation : 'XX000';
     // Only our own wording reaches the client; internal errors stay in the log.
@@ -535,12 +548,10 @@ export class PgSession {
     const fromBackend = this.backend?.bytesRead ?? 0;
     this.env.metrics.bytes(toBackend, fromBackend);
     this.env.metrics.closed();
-    if (this.user !== undefined || this.closeReason !== 'cancel request') {
-      this.env.log.info({
-        event: 'pg.close', session: this.id, peer: this.peer, user: this.user, database: this.database,
-        bytesIn: toBackend, bytesOut: fromBackend, durationMs: Date.now() - this.startedAt, reason: this.closeReason ?? 'client closed',
-      }, 'pg connection closed');
-    }
+    this.record.user = this.user;
+    this.record.database = this.database;
+    const reason = this.closeReason ?? 'client closed';
+    this.record.close({ outcome: this.outcome ?? outcomeOf(reason, this.authenticatedOnce), bytesIn: toBackend, bytesOut: fromBackend, error: reason });
     this.env.onClosed(this);
   }
 }
@@ -595,4 +606,22 @@ function relayScanned(from: Readable, to: Writable, scanner: ClientScanner): { f
       update();
     },
   };
+}
+
+/** The close line's outcome for the reasons the session records (closed set, see connection-log.ts). */
+function outcomeOf(reason: string, authenticated: boolean): ConnectionOutcome {
+  switch (reason) {
+    case 'plaintext refused': return 'insecure';
+    case 'forbidden user': return 'forbidden_user';
+    case 'too many connections': return 'refused';
+    case 'backend unavailable': case 'backend socket error': return 'backend_error';
+    case 'ack refused': return 'ack_refused';
+    case 'backend protocol violation': case 'no user': return 'protocol_error';
+    case 'idle timeout': return 'idle_timeout';
+    case 'handshake timeout': return 'handshake_timeout';
+    case 'tls error': return 'tls_failed';
+    case 'drain timeout': case 'proxy closing': return 'drained';
+    case 'client socket error': return authenticated ? 'client_error' : 'protocol_error';
+    default: return 'ok';
+  }
 }

@@ -38,6 +38,8 @@ export interface CloseFacts {
 
 export class ConnectionRecord {
   user: string | undefined;
+  /** PostgreSQL: the database named at startup. */
+  database: string | undefined;
   backendId: number | undefined;
   tls: { protocol: string | null; cipher: string } | undefined;
   readonly startedAt = performance.now();
@@ -56,7 +58,7 @@ export class ConnectionRecord {
     this.closed = true;
     const durationMs = Math.round(performance.now() - this.startedAt);
     const line = {
-      event: 'connection_close', ...this.base, user: this.user, backendId: this.backendId,
+      event: 'connection_close', ...this.base, user: this.user, database: this.database, backendId: this.backendId,
       tlsProtocol: this.tls?.protocol, cipher: this.tls?.cipher, durationMs, ...facts,
     };
     if (facts.outcome === 'ok' || facts.outcome === 'drained') this.log.info(line, 'connection closed');
@@ -86,7 +88,7 @@ export const DEFAULT_CONNECTION_LOG_LIMITS: ConnectionLogLimits = { burst: 100, 
 
 /** Events that are written once per connection (and only those are limited). */
 export const CONNECTION_EVENTS: ReadonlySet<string> = new Set([
-  'connection_open', 'connection_close', 'pg.open', 'pg.close', 'pg.auth_failed',
+  'connection_open', 'connection_close', 'pg.auth_failed',
 ]);
 
 export class ConnectionLogLimiter {

@@ -16,9 +16,16 @@
  */
 import { MetricsRegistry, type Counter, type Gauge } from '../../src/kernel/metrics.ts';
 
-export type RefuseReason = 'max_connections' | 'insecure_transport' | 'draining' | 'backend_unavailable' | 'protocol' | 'forbidden_user';
+/**
+ * Why a connection was refused (label `reason`), one vocabulary for both endpoints: `max_connections`
+ * (slots full), `overload` (accept-time cap, PG), `insecure_transport` (no TLS), `draining`,
+ * `backend_unavailable`, `protocol` (bad bytes), `frame_too_large`, `no_alpn` (direct TLS without
+ * ALPN, PG), `forbidden_user`.
+ */
+export type RefuseReason = 'max_connections' | 'overload' | 'insecure_transport' | 'draining' | 'backend_unavailable' | 'protocol'
+  | 'frame_too_large' | 'no_alpn' | 'forbidden_user';
 
-/** `Reason`: the endpoint's refusal reasons (label `reason`); PostgreSQL has its own set (proxy/pg/metrics.ts). */
+/** `Reason`: the endpoint's refusal reasons (label `reason`). */
 export class EndpointMetrics<Reason extends string = RefuseReason> {
   private readonly labels: { protocol: string };
   private readonly open: Gauge;

@@ -23,11 +23,11 @@ test('a connection flood writes at most the burst of close lines, counts the res
   for (let i = 0; i < 100 && t.proxy.stats().open > 0; i++) await new Promise((r) => setTimeout(r, 20));
   await new Promise((r) => setTimeout(r, 700)); // one summary period
   const lines = t.logs.slice(start).map((l) => JSON.parse(l));
-  const closes = lines.filter((l) => l.event === 'pg.close').length;
+  const closes = lines.filter((l) => l.event === 'connection_close').length;
   assert.ok(closes >= 5 && closes <= 8, `close lines written: ${closes}`);
-  const dropped = Number(/cdbp_log_lines_dropped_total\{event="pg.close"\} (\d+)/.exec(t.metrics.render())?.[1]);
+  const dropped = Number(/cdbp_log_lines_dropped_total\{event="connection_close"\} (\d+)/.exec(t.metrics.render())?.[1]);
   assert.equal(dropped + closes, 60, 'every connection is either logged or counted');
   const summaries = lines.filter((l) => l.event === 'connection_log_suppressed');
   assert.ok(summaries.length >= 1);
-  assert.equal(summaries.reduce((n, s) => n + (s.dropped['pg.close'] ?? 0), 0), dropped);
+  assert.equal(summaries.reduce((n, s) => n + (s.dropped['connection_close'] ?? 0), 0), dropped);
 });
