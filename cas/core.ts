@@ -329,7 +329,8 @@ export class CasCore {
         subject: { commonName: req.service, organization: 'confidential-db-proxy', organizationalUnit: ev.mode === 'simulated' ? 'SIMULATED-NOT-A-TEE' : `tee-${ev.mode}` },
         dnsNames: policy.tls.dnsNames,
         ipAddresses: policy.tls.ipAddresses,
-        uris: [`urn:cdbp:service:${req.service}`, `urn:cdbp:tee:${ev.mode}`, `urn:cdbp:measurement:${measurement}`],
+        uris: [`urn:cdbp:service:${req.service}`, `urn:cdbp:tee:${ev.mode}`, `urn:cdbp:measurement:${measurement}`,
+          ...(tee ? [`urn:cdbp:tcb:${tee.tcb}`] : [])],
         notAfter,
       });
       const secrets: SealedSecrets = {

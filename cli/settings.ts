@@ -3,6 +3,7 @@
  * field has a safe default (loopback listeners, strict freshness, no simulation) or is required.
  */
 import type { Schema } from '../src/kernel/config.ts';
+import { DEFAULT_IDLE_TIMEOUT_MS } from '../proxy/shared/limits.ts';
 
 export const PROXY_SCHEMA = {
   casUrl: { kind: 'string', doc: 'CAS base URL (https://host:port)', required: true },
@@ -47,7 +48,7 @@ export const PROXY_SCHEMA = {
 
   maxConnections: { kind: 'int', doc: 'max client connections per listener', default: 1000, min: 1 },
   handshakeTimeoutMs: { kind: 'int', doc: 'TLS + auth handshake timeout', default: 10_000, min: 100 },
-  idleTimeoutMs: { kind: 'int', doc: 'close sessions idle this long (0 = never)', default: 0, min: 0 },
+  idleTimeoutMs: { kind: 'int', doc: 'close sessions idle this long (0 = never)', default: DEFAULT_IDLE_TIMEOUT_MS, min: 0 },
   dataPlane: {
     kind: 'enum', values: ['auto', 'native', 'node'], default: 'auto',
     doc: 'MySQL endpoint: who terminates TLS and relays queries (native = C relay, node = JS; auto = native when built and the backend leg is plaintext)',

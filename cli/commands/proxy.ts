@@ -11,6 +11,7 @@ import { selectProvider } from '../../src/attestation/select.ts';
 import { watchParent } from '../../src/kernel/parent-watch.ts';
 import { PROXY_SCHEMA } from '../settings.ts';
 import { ProxyRole } from '../proxy-role.ts';
+import { ensureNativeDataPlane } from '../native-build.ts';
 
 export async function run(argv: string[]): Promise<number> {
   const stringFlags = Object.keys(PROXY_SCHEMA).filter((k) => PROXY_SCHEMA[k as keyof typeof PROXY_SCHEMA].kind !== 'bool')
@@ -29,6 +30,8 @@ export async function run(argv: string[]): Promise<number> {
   // each other's database. Taken before anything else; the kernel frees it if we are killed.
   await lockStateDir(config.untrustedDir, { role: `cdbp proxy (${config.service})`, scope: `proxy:${config.service}` });
   const log = createLogger({ name: 'proxy', base: { mode: config.teeMode } });
+  // Every path that starts a proxy (cdbp up, cdbp proxy, compose) builds a stale native plane first.
+  ensureNativeDataPlane({ dataPlane: config.dataPlane, engine: config.engine, log });
   const provider = selectProvider({
     mode: config.teeMode, allowSimulated: config.allowSimulated, platformKeyFile: config.platformKeyFile, tsmRoot: config.tsmRoot, log,
   });

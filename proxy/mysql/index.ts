@@ -19,18 +19,21 @@ import { CdbpError } from '../../src/kernel/errors.ts';
 import { isLoopbackHost } from '../../src/kernel/net.ts';
 import type { MetricsRegistry } from '../../src/kernel/metrics.ts';
 import { ConnectionLimiter } from '../shared/connection-limiter.ts';
-import { ConnectionRecord } from '../shared/connection-log.ts';
+import {
+  ConnectionLogLimiter, ConnectionRecord, DEFAULT_CONNECTION_LOG_LIMITS, rateLimitedConnectionLog, type ConnectionLogLimits,
+} from '../shared/connection-log.ts';
 import { EndpointMetrics } from '../shared/metrics.ts';
 import { identityHolder, type TlsIdentitySource } from '../../src/crypto/tls-identity.ts';
 import { ProxyErrno } from './constants.ts';
 import { encodePreGreetingErrPacket } from './codec.ts';
 import { MysqlSession, type BackendTarget, type SessionContext, type SessionTotals } from './session.ts';
-import type { AckGate } from './pump.ts';
+import type { AckGate } from '../shared/ack-gate.ts';
+import { DEFAULT_IDLE_TIMEOUT_MS } from '../shared/limits.ts';
 import type { AccountTlsSource } from './account-tls.ts';
 import { chooseDataPlane } from './choose-data-plane.ts';
 import type { DataPlaneInfo } from './data-plane.ts';
 
-export type { AckGate } from './pump.ts';
+export type { AckGate } from '../shared/ack-gate.ts';
 export type { BackendTarget } from './session.ts';
 export { MariadbAccountTls, type AccountTlsSource } from './account-tls.ts';
 
@@ -48,7 +51,7 @@ export interface MysqlProxyLimits {
 export const DEFAULT_LIMITS: MysqlProxyLimits = {
   maxConnections: 1000,
   handshakeTimeoutMs: 10_000,
-  idleTimeoutMs: 8 * 3600_000,
+  idleTimeoutMs: DEFAULT_IDLE_TIMEOUT_MS,
   maxHandshakePacket: 64 * 1024,
 };
 
@@ -75,6 +78,8 @@ export interface MysqlProxyOptions {
    * refused bare, and REQUIRE SSL ones use `backend.tls` on a socket leg.
    */
   accountTls?: AccountTlsSource;
+  /** Rate limit of per-connection log lines (proxy/shared/connection-log.ts). */
+  connectionLog?: Partial<ConnectionLogLimits>;
 }
 
 export type { DataPlaneInfo } from './data-plane.ts';
@@ -104,7 +109,8 @@ export interface MysqlProxy {
 export function createMysqlProxy(opts: MysqlProxyOptions): MysqlProxy {
   validateBackend(opts.backend);
   const limits: MysqlProxyLimits = { ...DEFAULT_LIMITS, ...opts.limits };
-  const log = opts.log.child({ component: 'mysql-proxy' });
+  const logLimiter = new ConnectionLogLimiter(opts.log, opts.metrics, { ...DEFAULT_CONNECTION_LOG_LIMITS, ...opts.connectionLog });
+  const log = rateLimitedConnectionLog(opts.log.child({ component: 'mysql-proxy' }), logLimiter);
   const identity = identityHolder(opts.tls);
   const metrics = new EndpointMetrics('mysql', opts.metrics);
   const limiter = new ConnectionLimiter(limits.maxConnections);
@@ -219,6 +225,7 @@ export function createMysqlProxy(opts: MysqlProxyOptions): MysqlProxy {
       for (const s of [...sessions]) s.destroy('drained');
       await stopped;
       plane.destroy();
+      logLimiter.stop();
     },
     stats() {
       let liveIn = 0;

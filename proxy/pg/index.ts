@@ -8,15 +8,18 @@ import os from 'node:os';
 import type { Logger } from '../../src/kernel/log.ts';
 import { CdbpError } from '../../src/kernel/errors.ts';
 import { ConnectionLimiter, type ConnectionSlot } from '../shared/connection-limiter.ts';
+import {
+  ConnectionLogLimiter, DEFAULT_CONNECTION_LOG_LIMITS, rateLimitedConnectionLog, type ConnectionLogLimits,
+} from '../shared/connection-log.ts';
 import { identityHolder, type TlsIdentitySource } from '../../src/crypto/tls-identity.ts';
 import type { MetricsRegistry } from '../../src/kernel/metrics.ts';
 import { validateBackend, describeBackend, type PgBackend } from './backend.ts';
 import { CancelRegistry } from './cancel-registry.ts';
 import { PgMetrics } from './metrics.ts';
 import { DEFAULT_LIMITS, PgSession, type PgLimits } from './session.ts';
-import type { AckGate } from './ack-gate.ts';
+import type { AckGate } from '../shared/ack-gate.ts';
 
-export type { AckGate } from './ack-gate.ts';
+export type { AckGate } from '../shared/ack-gate.ts';
 export type { PgBackend } from './backend.ts';
 export type { PgLimits } from './session.ts';
 
@@ -36,6 +39,8 @@ export interface PgProxyOptions {
    * as the proxy's monitoring superuser.
    */
   forbiddenUsers?: string[];
+  /** Rate limit of per-connection log lines (proxy/shared/connection-log.ts). */
+  connectionLog?: Partial<ConnectionLogLimits>;
 }
 
 export interface PgProxyStats {
@@ -74,9 +79,10 @@ export function createPgProxy(opts: PgProxyOptions): PgProxy {
   let server: net.Server | undefined;
   const drainWaiters = new Set<() => void>();
 
+  const logLimiter = new ConnectionLogLimiter(opts.log, opts.metrics, { ...DEFAULT_CONNECTION_LOG_LIMITS, ...opts.connectionLog });
   const env = {
     limits,
-    log: opts.log,
+    log: rateLimitedConnectionLog(opts.log, logLimiter),
     metrics,
     backend: opts.backend,
     cancels,
@@ -172,6 +178,7 @@ export function createPgProxy(opts: PgProxyOptions): PgProxy {
 
     async close() {
       await this.stopAccepting();
+      logLimiter.stop();
       const closing = [...sessions];
       for (const s of closing) s.destroy('proxy closing');
       if (sessions.size > 0) {

@@ -28,6 +28,7 @@ import { ClientScanner } from './client-scanner.ts';
 import { classifyStatement } from './statement-class.ts';
 import type { PgMetrics } from './metrics.ts';
 import type { ConnectionSlot } from '../shared/connection-limiter.ts';
+import { DEFAULT_IDLE_TIMEOUT_MS } from '../shared/limits.ts';
 
 export interface PgLimits {
   /** Sessions holding a backend connection (dialing or authenticated). */
@@ -50,6 +51,8 @@ export interface PgLimits {
   maxAuthMessageBytes: number;
   /** Cap on backend messages before ReadyForQuery (auth requests, ParameterStatus, errors). */
   maxBackendStartupMessageBytes: number;
+  /** After authentication: close a session with no traffic either way for this long (0 = never). */
+  idleTimeoutMs: number;
 }
 
 export const DEFAULT_LIMITS: PgLimits = {
@@ -62,6 +65,7 @@ export const DEFAULT_LIMITS: PgLimits = {
   maxStartupPacketBytes: 10_000,
   maxAuthMessageBytes: 64 * 1024,
   maxBackendStartupMessageBytes: 1024 * 1024,
+  idleTimeoutMs: DEFAULT_IDLE_TIMEOUT_MS,
 };
 
 export interface SessionEnv {
@@ -449,6 +453,13 @@ export class PgSession {
       relay(client, backend);
       if (backendRest.length > 0) client.write(backendRest);
       relay(backend, client); // hot path: no copies, no parsing
+    }
+
+    // Idle sessions end like PostgreSQL's idle_session_timeout ends them (57P05).
+    const idleMs = this.env.limits.idleTimeoutMs;
+    if (idleMs > 0) {
+      client.setTimeout(idleMs, () => this.endWithError(SqlState.idleSessionTimeout,
+        'terminating connection due to idle-session timeout', 'idle timeout', { streamAligned: true }));
     }
 
     // Client gone: the backend session ends too. Backend gone: flush what it said (e.g. a FATAL

@@ -52,7 +52,7 @@ export class TeeEvidenceVerifier implements EvidenceVerifier {
     }
     return {
       measurement: verdict.measurement,
-      tee: { tcbStatus: verdict.tcbStatus, signer: verdict.signer, ...(verdict.collateralAgeSeconds !== undefined ? { collateralAgeSeconds: verdict.collateralAgeSeconds } : {}) },
+      tee: { tcbStatus: verdict.tcbStatus, tcb: verdict.tee === 'tdx' ? verdict.tcbStatus : `snp-${(verdict.details as { reportedTcb: { raw: string } }).reportedTcb.raw}`, signer: verdict.signer, ...(verdict.collateralAgeSeconds !== undefined ? { collateralAgeSeconds: verdict.collateralAgeSeconds } : {}) },
     };
   }
 

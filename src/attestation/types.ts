@@ -30,6 +30,8 @@ export interface AttestationProvider {
 export interface TeeFacts {
   /** TDX: the evaluated TCB status; SEV-SNP: the reported TCB the VCEK/VLEK certifies. */
   tcbStatus: string;
+  /** The same as a URN-safe token: TDX "UpToDate", SEV-SNP "snp-0300000000000873" (the reported TCB). */
+  tcb: string;
   signer: string;
   collateralAgeSeconds?: number;
 }

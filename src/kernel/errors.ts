@@ -115,6 +115,7 @@ export function asCdbpError(e: unknown, fallback: ErrorCode = 'INTERNAL'): CdbpE
 export function httpStatusFor(code: ErrorCode): number {
   switch (code) {
     case 'BAD_REQUEST':
+    case 'INSECURE_TRANSPORT':
     case 'USAGE':
     case 'CONFIG_INVALID':
     case 'POLICY_INVALID':

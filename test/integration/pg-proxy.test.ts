@@ -294,6 +294,24 @@ test('over the accept-time cap a client gets 53300 after TLS, not a silent drop 
   for (const s of silent) s.end();
 });
 
+test('an idle session is closed after idleTimeoutMs with 57P05 (issue 15: PG gets the idle timeout MySQL has); an active one stays', async () => {
+  const idle = await t.extraProxy({ limits: { idleTimeoutMs: 400 } });
+  const mk = () => new pg.Client({ host: 'localhost', port: idle.port, user: 'app', password: t.db.accounts.scram.password, database: 'test', ssl: { ca: t.pki.caPem } });
+  const quiet = mk();
+  const busy = mk();
+  await quiet.connect();
+  await busy.connect();
+  const quietError = new Promise<any>((r) => quiet.on('error', r));
+  for (let i = 0; i < 8; i++) {
+    await busy.query('SELECT 1');
+    await new Promise((r) => setTimeout(r, 150));
+  }
+  const e = await Promise.race([quietError, new Promise((r) => setTimeout(() => r(undefined), 3000))]);
+  assert.equal(e?.code, '57P05');
+  assert.equal((await busy.query('SELECT 2 AS x')).rows[0].x, 2, 'the active session is still open');
+  await busy.end();
+});
+
 test('a silent client is closed after the handshake timeout', async () => {
   const quick = await t.extraProxy({ limits: { handshakeTimeoutMs: 300 } });
   const raw = await RawPg.plain(quick.port);

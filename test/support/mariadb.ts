@@ -35,6 +35,11 @@ export async function startPrivateMariadb(opts: Partial<MariadbServerOptions> & 
       if (server.owner) chownSync(tlsFiles[k], server.owner.uid, server.owner.gid);
     }
   }
+  // mariadbd runs as the mysql OS user when we are root: TLS files the caller wrote (0600, root) must be its.
+  for (const line of opts.extraConfig ?? []) {
+    const file = /^ssl-(?:ca|cert|key)=(.+)$/.exec(line)?.[1];
+    if (file && server.owner) chownSync(file, server.owner.uid, server.owner.gid);
+  }
   await server.initialize();
   await server.start();
   const user = 'app';

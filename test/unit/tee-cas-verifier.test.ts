@@ -26,6 +26,7 @@ test('CAS verifier, SEV-SNP: certificates from the envelope or from the collater
   const ok = await v.verify(ev, rd, { snp: { measurements: [m] } });
   assert.equal(ok.measurement, m);
   assert.match(ok.tee.signer, /ARK-Milan/);
+  assert.equal(ok.tee.tcb, 'snp-0300000000000873'); // what the certificate names (urn:cdbp:tcb:...)
   await assert.rejects(v.verify(ev, rd, {}), (e: unknown) => isCdbpError(e, 'ATTESTATION_REFUSED'));
   await assert.rejects(v.verify(ev, rd), (e: unknown) => isCdbpError(e, 'ATTESTATION_REFUSED'));
   await assert.rejects(v.verify({ ...ev, measurement: 'ab'.repeat(48) }, rd, { snp: { measurements: [m] } }), (e: unknown) => isCdbpError(e, 'EVIDENCE_INVALID'));
@@ -61,6 +62,7 @@ test('CAS verifier, TDX: collateral from tdx/ and tdx/<fmspc>/, status and age r
   const v = new TeeEvidenceVerifier('tdx', d.path, () => SPR_V4_AT);
   const ok = await v.verify(ev, rd, { tdx: { mrtd: [mrtd], allowDebug: true } });
   assert.equal(ok.tee.tcbStatus, 'UpToDate');
+  assert.equal(ok.tee.tcb, 'UpToDate');
   assert.ok((ok.tee.collateralAgeSeconds ?? 0) > 0);
   await assert.rejects(v.verify(ev, rd, { tdx: { mrtd: [mrtd] } }), (e: unknown) => isCdbpError(e, 'TEE_DEBUG_REFUSED'));
   await assert.rejects(new TeeEvidenceVerifier('tdx', undefined, () => SPR_V4_AT).verify(ev, rd, { tdx: { mrtd: [mrtd], allowDebug: true } }),
