@@ -14,7 +14,6 @@ import assert from 'node:assert/strict';
 import mariadb, { type Connection } from 'mariadb';
 import { startPrivateMariadb, type PrivateMariadb } from '../support/mariadb.ts';
 import { makeTestPki, type TestPki } from '../support/test-pki.ts';
-import { tempDir } from '../support/tmp.ts';
 import { silentLogger } from '../../src/kernel/log.ts';
 import { MariadbAccountTls, requirementsByUser } from '../../proxy/mysql/account-tls.ts';
 import type { MysqlProxy, MysqlProxyOptions } from '../../proxy/mysql/index.ts';
@@ -25,13 +24,11 @@ const PLANES: readonly Plane[] = ['native', 'node'];
 
 let db: PrivateMariadb;
 let pki: TestPki;
-const dir = tempDir('mysql-account-tls');
 const PW = 'req-pw-' + Math.random().toString(36).slice(2);
 
 before(async () => {
   pki = makeTestPki();
-  const f = pki.writeTo(dir.path);
-  db = await startPrivateMariadb({ extraConfig: [`ssl-ca=${f.caFile}`, `ssl-cert=${f.certFile}`, `ssl-key=${f.keyFile}`] });
+  db = await startPrivateMariadb({ tls: pki });
   for (const host of ['localhost', '%']) {
     await db.rootQuery(
       `CREATE USER 'needs_ssl'@'${host}' IDENTIFIED BY '${PW}' REQUIRE SSL;` +
@@ -42,7 +39,6 @@ before(async () => {
 
 after(async () => {
   await db?.stop();
-  dir.remove();
 });
 
 async function withProxy<T>(extra: Partial<MysqlProxyOptions>, fn: (p: MysqlProxy, port: number) => Promise<T>): Promise<T> {

@@ -32,15 +32,10 @@ const PLANES: readonly Plane[] = ['native', 'node'];
 let db: PrivateMariadb;
 let pki: TestPki;
 const dir = tempDir('mysql-robust');
-let tlsFiles: { caFile: string; certFile: string; keyFile: string };
 
 before(async () => {
   pki = makeTestPki();
-  tlsFiles = pki.writeTo(dir.path);
-  db = await startPrivateMariadb({
-    tcp: true,
-    extraConfig: [`ssl-ca=${tlsFiles.caFile}`, `ssl-cert=${tlsFiles.certFile}`, `ssl-key=${tlsFiles.keyFile}`],
-  });
+  db = await startPrivateMariadb({ tcp: true, tls: pki });
 });
 
 after(async () => {
