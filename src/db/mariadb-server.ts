@@ -74,7 +74,7 @@ export class MariadbServer {
     this.errorLog = path.resolve(opts.errorLog ?? path.join(this.dir, 'mariadb.err'));
     this.pidFile = path.join(this.dir, 'mariadb.pid');
     const runAs = opts.runAsUser ?? 'mysql';
-    this.owner = process.getuid?.() === 0 && runAs !== 'root' ? lookupOsUser(runAs) : undefined;
+    this.owner = process.getuid?.() === 0 && runAs !== 'root' ? mariadbOwner(runAs) : undefined;
   }
 
   get pid(): number | undefined {
@@ -266,6 +266,15 @@ export class MariadbServer {
   /** Lists every regular file under the datadir and tmpdir (for at-rest checks). */
   dataFiles(): string[] {
     return [...walk(this.datadir), ...walk(this.tmpdir)];
+  }
+}
+
+function mariadbOwner(name: string): { uid: number; gid: number } {
+  try {
+    return lookupOsUser(name);
+  } catch {
+    throw new CdbpError('CONFIG_INVALID',
+      `OS user ${name} does not exist: mariadbd does not run as root (install the Debian package mariadb-server, which creates it, or set runAsUser)`);
   }
 }
 
