@@ -27,13 +27,16 @@ import type { AttestationProvider } from '../src/attestation/types.ts';
 import { attestAndProvision } from '../src/cas-client/index.ts';
 import { onCasIdentityAlarm } from '../src/cas-client/http.ts';
 import { CasTrustPin } from '../src/cas-client/trust-pin.ts';
+import { CurrentCounter, closeClient } from '../src/cas-client/current-counter.ts';
 import { FreshnessGuard } from '../proxy/freshness/guard.ts';
 import { RecordStore } from '../proxy/freshness/store.ts';
 import { MariadbPositionSource, readOfflineCheckpoint, type PositionSource } from '../proxy/freshness/mariadb-position.ts';
 import { PostgresPositionSource } from '../proxy/freshness/postgres-position.ts';
 import { createPgProxy, type PgProxy } from '../proxy/pg/index.ts';
 import { PostgresServer, lookupOsUser } from '../src/db/postgres-server.ts';
-import { GocryptfsDirectory, openEncryptedDirectory, storageKeyCandidates, type EncryptedDirectory } from '../src/storage/index.ts';
+import {
+  GocryptfsDirectory, openEncryptedDirectory, recoverInterruptedRotation, reencryptDirectory, storageKeyCandidates, type EncryptedDirectory,
+} from '../src/storage/index.ts';
 import { createMysqlProxy, MariadbAccountTls, type MysqlProxy } from '../proxy/mysql/index.ts';
 import { createKeyring, mariadbEncryptionConfig, keyringEnv, prepareVolatileDir, writeKeyringCaFile, type Keyring } from '../keyring/index.ts';
 import { writeFileDurable } from '../src/crypto/atomic-file.ts';
@@ -88,17 +91,8 @@ export class ProxyRole {
   private stopping: Promise<void> | undefined;
   private stoppedResolve: () => void = () => undefined;
   private readonly stoppedPromise = new Promise<void>((r) => { this.stoppedResolve = r; });
-  /** The CAS counter client of the current certificate (mTLS); swapped on renewal. */
-  private counterClient: CounterClient | undefined;
-  /**
-   * What the freshness guard holds: a stable facade over the current counter client, so the guard keeps
-   * counting over mTLS with the renewed certificate after the first one expires.
-   */
-  private readonly counter: CounterClient = {
-    read: () => this.activeCounter().read(),
-    advance: (expected, next, digest) => this.activeCounter().advance(expected, next, digest),
-    reportAlarm: async (alarm) => { await this.activeCounter().reportAlarm?.(alarm); },
-  };
+  /** What the freshness guard holds: the current counter client (mTLS), swapped on renewal. */
+  private readonly counter = new CurrentCounter();
   readonly addresses: { ops?: string; admin?: string; adminTokenFile?: string; mysql?: { host: string; port: number }; keyring?: string } = {};
 
   constructor(private readonly deps: ProxyRoleDeps) {
@@ -171,7 +165,7 @@ export class ProxyRole {
     });
     this.provision = provision;
     this.identity = new TlsIdentityHolder({ keyPem: provision.identity.keyPem, certPem: provision.identity.certPem });
-    this.counterClient = provision.counter;
+    this.counter.set(provision.counter);
     this.lifecycle.advance('provisioned');
     this.scheduleRenewal();
 
@@ -292,7 +286,7 @@ export class ProxyRole {
       listen: { host: config.pgHost, port: config.pgPort },
       backend: { socketDir, port: config.pgBackendPort },
       tls: this.identity!,
-      limits: { maxConnections: config.maxConnections, handshakeTimeoutMs: config.handshakeTimeoutMs },
+      limits: { maxConnections: config.maxConnections, handshakeTimeoutMs: config.handshakeTimeoutMs, idleTimeoutMs: config.idleTimeoutMs },
       log, metrics: this.metrics,
       ...(config.freshness === 'strict' ? { ackGate: this.guard! } : {}),
       // The managed server trusts its superuser (our monitor account) on the socket: clients may not use it.
@@ -307,19 +301,30 @@ export class ProxyRole {
    * lost mount fails the proxy closed. Returns PostgreSQL's layout inside the mount.
    */
   private async mountPostgresStorage(runDir: string, encryptedDir: string): Promise<{ dir: string; datadir: string; socketDir: string }> {
-    const { log } = this.deps;
+    const { config, log } = this.deps;
     mkdirSync(runDir, { recursive: true, mode: 0o711 });
     const owner = process.getuid?.() === 0 ? lookupOsUser('postgres') : undefined;
     // PostgreSQL's OS user must reach the mount point below the run dir (traverse only, no listing).
     if (owner) chmodSync(runDir, (statSync(runDir).mode & 0o777) | 0o011);
-    const storage = new GocryptfsDirectory({ encryptedPath: encryptedDir, plaintextPath: path.join(runDir, 'plain'), owner, log });
+    const make = (encryptedPath: string, plaintextPath: string) => new GocryptfsDirectory({ encryptedPath, plaintextPath, owner, log });
+    const storage = make(encryptedDir, path.join(runDir, 'plain'));
     this.pgStorage = storage;
+    const recovered = recoverInterruptedRotation(encryptedDir);
+    if (recovered) log.warn({ dir: encryptedDir }, `key rotation: ${recovered}`);
+    const keys = storageKeyCandidates(this.provision!.secrets.dbKeys);
     const sealed = (this.guard!.status().position as { walLsn?: string } | null)?.walLsn;
-    const { path: plain } = await openEncryptedDirectory(storage, storageKeyCandidates(this.provision!.secrets.dbKeys), {
+    const opened = await openEncryptedDirectory(storage, keys, {
       create: sealed === undefined,
       refuseCreateBecause: `the freshness record says this database has data (WAL position ${sealed})`,
       log,
     });
+    if (opened.version !== keys[0]!.version && config.pgRekey) {
+      // Rotation: the owner provisioned a newer key version. PostgreSQL is not running yet: copy now.
+      log.warn({ from: opened.version, to: keys[0]!.version }, 'key rotation: re-encrypting the PostgreSQL directory with the newest key version');
+      await reencryptDirectory({ current: storage, newKey: keys[0]!, scratchMountPoint: path.join(runDir, 'rekey'), makeDirectory: make, log });
+      await storage.mount(keys[0]!);
+    }
+    const plain = storage.plaintextPath;
     storage.onLost((reason) => {
       if (this.stopping) return;
       this.lifecycle.fail({ code: 'STORAGE_UNAVAILABLE', message: `encrypted directory lost: ${reason}` });
@@ -530,7 +535,7 @@ export class ProxyRole {
         tls: { dnsNames: config.dnsNames },
       });
       if (this.stopping) {
-        closeCounter(fresh.counter);
+        closeClient(fresh.counter);
         throw new CdbpError('LIFECYCLE_INVALID_TRANSITION', 'shutting down');
       }
       const id = { keyPem: fresh.identity.keyPem, certPem: fresh.identity.certPem };
@@ -539,10 +544,7 @@ export class ProxyRole {
       this.keyring?.addKeys(fresh.secrets.dbKeys);
       this.identity!.set(id);
       this.provision = { ...this.provision!, identity: fresh.identity };
-      const old = this.counterClient;
-      this.counterClient = fresh.counter;
-      // A seal may be mid-request on the old client's connection: let it finish before closing it.
-      if (old) setTimeout(() => closeCounter(old), 10_000).unref();
+      this.counter.set(fresh.counter);
       this.renewError = undefined;
       this.renewFailures = 0;
       this.renewals++;
@@ -576,11 +578,6 @@ export class ProxyRole {
     await this.mariadb?.stop().catch(() => undefined);
     await this.postgres?.stop().catch(() => undefined);
     await this.pgStorage?.unmount().catch(() => undefined);
-  }
-
-  private activeCounter(): CounterClient {
-    if (!this.counterClient) throw new CdbpError('ATTESTATION_UNAVAILABLE', 'no CAS counter client: not attested');
-    return this.counterClient;
   }
 
   /**
@@ -626,7 +623,7 @@ export class ProxyRole {
       await this.guard?.sealNow().catch((e: unknown) => log.warn({ err: asCdbpError(e).message }, 'final seal failed'));
       await this.stopBackends();
       await this.renewing?.catch(() => undefined);
-      if (this.counterClient) closeCounter(this.counterClient);
+      this.counter.close();
       await this.ops?.close();
       await this.admin?.close();
       if (this.addresses.adminTokenFile) rmSync(this.addresses.adminTokenFile, { force: true });
@@ -675,10 +672,6 @@ async function waitForBackend(source: PositionSource, log: Logger, timeoutMs = 1
 function certificateFacts(certPem: string): { serial: string; notBefore: string; fingerprint256: string } {
   const c = new X509Certificate(certPem);
   return { serial: c.serialNumber, notBefore: new Date(c.validFrom).toISOString(), fingerprint256: c.fingerprint256 };
-}
-
-function closeCounter(c: CounterClient): void {
-  (c as { close?: () => void }).close?.();
 }
 
 function sleep(ms: number): Promise<void> {

@@ -15,6 +15,7 @@ import path from 'node:path';
 import pg from 'pg';
 import { startTestCas, type TestCas } from '../support/cas.ts';
 import { applyProxyPolicy } from '../support/proxy-process.ts';
+import { getCurrentPolicy } from '../../src/cas-client/policy.ts';
 import { startPgProxyProcess, type PgTestProxy } from '../support/pg-proxy-process.ts';
 import { describeHits, grepTree, type MarkerHit } from '../support/at-rest.ts';
 import { tempDir } from '../support/tmp.ts';
@@ -186,6 +187,32 @@ test('encrypted: a mount that vanishes while running fails closed (unready, reas
   await until(() => !pidAlive(pgPid), 30_000, 'postgres to be stopped');
   await assert.rejects(p.client(APP.user, APP.password));
   assert.equal(await p.stop(), 0, p.output().slice(-3000));
+});
+
+test('encrypted: a new key version makes the next start re-encrypt into a new directory; data intact, old wrap gone', async (t) => {
+  const cipher = path.join(encRoot(), 'untrusted', 'postgres');
+  const current = await getCurrentPolicy(cas.url, cas.caPem, 'postgres');
+  await applyProxyPolicy(cas, { service: 'postgres', predecessor: current!.policyHash, dbKeys: [{ id: 1, versions: [1, 2] }, { id: 2, versions: [1] }] });
+  const confBefore = readFileSync(path.join(cipher, 'gocryptfs.conf'), 'utf8');
+  const p = await start(encRoot());
+  const line = p.output().split('\n').find((l) => l.includes('re-encrypted the directory with the new key version'));
+  assert.ok(line, p.output().slice(-3000));
+  const { files, bytes, ms } = JSON.parse(line!) as { files: number; bytes: number; ms: number };
+  t.diagnostic(`re-encryption: ${files} files, ${(bytes / 1048576).toFixed(1)} MiB in ${ms} ms`);
+  assert.equal((await p.get('/v1/status')).body.backend.storage.keyVersion, 2);
+  const c = await p.client(APP.user, APP.password);
+  try {
+    assert.equal((await c.query("SELECT count(*)::int AS n FROM atrest WHERE v <> 'toast'")).rows[0].n, 5000);
+    assert.equal((await c.query("SELECT length(big) AS n FROM atrest WHERE v = 'toast'")).rows[0].n > 100_000, true);
+  } finally {
+    await c.end();
+  }
+  assert.equal(await p.stop(), 0, p.output().slice(-3000));
+  assert.notEqual(readFileSync(path.join(cipher, 'gocryptfs.conf'), 'utf8'), confBefore, 'a new directory (new master key)');
+  assert.equal(existsSync(`${cipher}.rekey`) || existsSync(`${cipher}.retired`), false, 'no copy left behind');
+  const again = await start(encRoot());
+  assert.doesNotMatch(again.output(), /re-encrypt/);
+  assert.equal(await again.stop(), 0);
 });
 
 async function expectStorageFailure(code: string, message: RegExp): Promise<void> {

@@ -111,6 +111,24 @@ test('gocryptfs directory: an unmount from outside and a killed FUSE server are 
   await next.unmount();
 });
 
+test('gocryptfs directory: something mounted over the mount point is a lost mount (PostgreSQL would write plaintext there)', async (t) => {
+  const tmp = tempDir('gcfs');
+  const dirs = { encryptedPath: path.join(tmp.path, 'cipher'), plaintextPath: path.join(tmp.path, 'plain'), healthIntervalMs: 200 };
+  const d = new GocryptfsDirectory(dirs);
+  t.after(async () => {
+    spawnSync('umount', ['-l', dirs.plaintextPath]);
+    await d.unmount();
+    tmp.remove();
+  });
+  await d.mount(key(), { create: true });
+  const lost: string[] = [];
+  d.onLost((r) => lost.push(r));
+  const m = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', dirs.plaintextPath], { encoding: 'utf8' });
+  assert.equal(m.status, 0, m.stderr);
+  assert.equal(d.health().mounted, false, 'health() checks now, not only on the next poll');
+  assert.match(lost[0] ?? '', /shows tmpfs/);
+});
+
 test('storage keys are derived per version from the provisioned DB keys, newest first', () => {
   const k1 = randomBytes(32);
   const k2 = randomBytes(32);
