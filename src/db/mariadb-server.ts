@@ -74,7 +74,7 @@ export class MariadbServer {
     this.errorLog = path.resolve(opts.errorLog ?? path.join(this.dir, 'mariadb.err'));
     this.pidFile = path.join(this.dir, 'mariadb.pid');
     const runAs = opts.runAsUser ?? 'mysql';
-    this.owner = process.getuid?.() === 0 && runAs !== 'root' ? lookupOsUser(runAs) : undefined;
+    this.owner = process.getuid?.() === 0 && runAs !== 'root' ? mariadbOwner(runAs) : undefined;
   }
 
   get pid(): number | undefined {
@@ -249,14 +249,50 @@ export class MariadbServer {
     await this.proc.kill();
   }
 
+  /**
+   * The last lines of the error log for the proxy's own log, without SQL: a crashing mariadbd prints the
+   * query it was running ("Query (0x…): …"), which must not travel into logs that reach a disk.
+   */
   errorLogTail(lines = 8): string {
-    return logTail(this.errorLog, lines);
+    let text: string;
+    try {
+      text = readFileSync(this.errorLog, 'utf8');
+    } catch {
+      return logTail(this.errorLog, lines);
+    }
+    return redactErrorLog(text).trim().split('\n').slice(-lines).join(' | ');
   }
 
   /** Lists every regular file under the datadir and tmpdir (for at-rest checks). */
   dataFiles(): string[] {
     return [...walk(this.datadir), ...walk(this.tmpdir)];
   }
+}
+
+function mariadbOwner(name: string): { uid: number; gid: number } {
+  try {
+    return lookupOsUser(name);
+  } catch {
+    throw new CdbpError('CONFIG_INVALID',
+      `OS user ${name} does not exist: mariadbd does not run as root (install the Debian package mariadb-server, which creates it, or set runAsUser)`);
+  }
+}
+
+/** Drops the SQL a crash report prints ("Query (0x…): <SQL>", possibly over several lines, up to "Connection ID"). */
+export function redactErrorLog(text: string): string {
+  const out: string[] = [];
+  let inQuery = false;
+  for (const line of text.split('\n')) {
+    if (/^Query \([0-9a-fx]+\):/i.test(line)) {
+      out.push('Query (…): [redacted]');
+      inQuery = true;
+      continue;
+    }
+    if (inQuery && !/^Connection ID \(thread ID\):/.test(line)) continue;
+    inQuery = false;
+    out.push(line);
+  }
+  return out.join('\n');
 }
 
 export const ARIA_CONTROL_FILE = 'aria_log_control';

@@ -171,6 +171,7 @@ export function httpStatusFor(code: ErrorCode): number {
     case 'ATTESTATION_UNAVAILABLE':
     case 'CAS_UNREACHABLE':
     case 'BACKEND_UNAVAILABLE':
+    case 'BACKEND_NOT_ENCRYPTED':
     case 'KEYRING_UNAVAILABLE':
     case 'SEALING_UNAVAILABLE':
     case 'STORAGE_UNAVAILABLE':

@@ -17,6 +17,10 @@ import { startPrivateMariadb } from '../support/mariadb.ts';
 import { startTestCas } from '../support/cas.ts';
 import { applyProxyPolicy, startProxyProcess, type TestProxy } from '../support/proxy-process.ts';
 import { tempDir } from '../support/tmp.ts';
+import { MariadbServer } from '../../src/db/mariadb-server.ts';
+import { freePort } from '../../src/kernel/net.ts';
+import { keyringEnv, mariadbEncryptionConfig } from '../../keyring/index.ts';
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 
 const TMPFS_MAGIC = 0x01021994;
 const ADMIN = { user: 'admin', password: 'admin-' + randomBytes(6).toString('hex') };
@@ -197,5 +201,51 @@ test('end to end: a proxy keyed for MariaDB in front of a server without encrypt
     await plain.stop();
     await cas.stop();
     tmp.remove();
+  }
+});
+
+test('end to end: an external MariaDB keyed by the proxy (the compose layout) passes the check and the proxy goes ready', async () => {
+  const tmp = tempDir('external');
+  const cas = await startTestCas({ root: tmp.path });
+  const shm = mkdtempSync('/dev/shm/cdbp-ext-');
+  const tokenFile = path.join(shm, 'run', 'keyring-token');
+  const caDir = path.join(tmp.path, 'kr');
+  mkdirSync(caDir, { mode: 0o755 });
+  const keyringPort = await freePort();
+  const options = {
+    dir: path.join(tmp.path, 'ext-mariadb'), tmpdir: path.join(shm, 'tmp'), ownedDirs: [shm, path.join(shm, 'aria')],
+    ariaLogDir: path.join(shm, 'aria'), startTimeoutMs: 30_000,
+    extraConfig: mariadbEncryptionConfig({ vaultUrl: `https://127.0.0.1:${keyringPort}/v1/cdbp`, caFile: path.join(caDir, 'keyring-ca.pem'), ariaLogDir: path.join(shm, 'aria') }),
+  };
+  let proxy: TestProxy | undefined;
+  try {
+    await applyProxyPolicy(cas, { service: 'mariadb' });
+    proxy = await startProxyProcess({
+      root: tmp.path, cas, waitFor: 'ops',
+      env: {
+        CDBP_MANAGE_MARIADB: '0', CDBP_KEYRING: '1', CDBP_KEYRING_PORT: String(keyringPort), CDBP_KEYRING_CA_DIR: caDir,
+        CDBP_KEYRING_TOKEN_FILE: tokenFile, CDBP_BACKEND_SOCKET: path.join(options.dir, 'mariadb.sock'),
+      },
+    });
+    // What the compose entrypoint does: wait for the token, then install-db and mariadbd with it.
+    const deadline = Date.now() + 60_000;
+    while (!existsSync(tokenFile) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+    const keyed = new MariadbServer({ ...options, env: keyringEnv(readFileSync(tokenFile, 'utf8').trim()) });
+    await keyed.initialize();
+    await keyed.start();
+    try {
+      await proxy.waitReadyz(200, 90_000);
+      const status = (await proxy.get('/v1/status')).body;
+      assert.equal(status.ready, true);
+      assert.match(proxy.output(), /mariadb encryption verified/);
+    } finally {
+      await proxy.stop();
+      await keyed.stop();
+    }
+  } finally {
+    await proxy?.kill();
+    await cas.stop();
+    tmp.remove();
+    rmSync(shm, { recursive: true, force: true });
   }
 });

@@ -2,6 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { checkMariadbEncryption, verifyMariadbEncryption, type MariadbEncryptionFacts, type EncryptionExpectations } from '../../src/db/mariadb-encryption-check.ts';
 import { mariadbHardeningConfig, hardeningPaths } from '../../src/db/mariadb-hardening.ts';
+import { redactErrorLog } from '../../src/db/mariadb-server.ts';
 
 const VOL = '/dev/shm/cdbp-x';
 const EXPECT: EncryptionExpectations = { plugin: 'hashicorp_key_management', hardened: true, volatileDirs: [VOL] };
@@ -99,4 +100,20 @@ test('the hardening lines put every SQL-bearing file on the volatile dir and mat
   }
   assert.throws(() => mariadbHardeningConfig({ volatileDir: 'relative' }), /absolute/);
   assert.throws(() => mariadbHardeningConfig({ volatileDir: '/x\nplugin_dir=/evil' }), /single-line/);
+});
+
+test('the error-log tail the proxy logs carries no SQL from a crash report', () => {
+  const crash = [
+    '2026-12-02 13:00:00 0 [Note] ready for connections.',
+    'Trying to get some variables.',
+    'Some pointers may be invalid and cause the dump to abort.',
+    "Query (0x7f00deadbeef): SELECT secret FROM app.t WHERE card = '4111 1111'",
+    "  AND more = 'second line'",
+    'Connection ID (thread ID): 5',
+    'Status: NOT_KILLED',
+  ].join('\n');
+  const out = redactErrorLog(crash);
+  assert.doesNotMatch(out, /secret|4111|second line/);
+  assert.match(out, /Query \(…\): \[redacted\]\nConnection ID \(thread ID\): 5\nStatus: NOT_KILLED/);
+  assert.match(out, /ready for connections/);
 });
