@@ -44,6 +44,8 @@ const SCHEMAS = {
           measurement: { type: 'string', maxLength: 128 },
           reportData: { type: 'string', maxLength: 128 },
           report: { type: 'string', maxLength: 48 * 1024 },
+          // Real TEEs: the report's certificates (SEV-SNP's VCEK/VLEK, ASK, ARK), base64 DER.
+          certs: { type: 'array', maxItems: 8, items: { type: 'string', maxLength: 8192 } },
         },
       },
     },

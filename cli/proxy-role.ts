@@ -294,7 +294,7 @@ export class ProxyRole {
       listen: { host: config.pgHost, port: config.pgPort },
       backend: { socketDir, port: config.pgBackendPort },
       tls: this.identity!,
-      limits: { maxConnections: config.maxConnections, handshakeTimeoutMs: config.handshakeTimeoutMs },
+      limits: { maxConnections: config.maxConnections, handshakeTimeoutMs: config.handshakeTimeoutMs, idleTimeoutMs: config.idleTimeoutMs },
       log, metrics: this.metrics,
       ...(config.freshness === 'strict' ? { ackGate: this.guard! } : {}),
       // The managed server trusts its superuser (our monitor account) on the socket: clients may not use it.

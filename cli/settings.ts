@@ -3,13 +3,15 @@
  * field has a safe default (loopback listeners, strict freshness, no simulation) or is required.
  */
 import type { Schema } from '../src/kernel/config.ts';
+import { DEFAULT_IDLE_TIMEOUT_MS } from '../proxy/shared/limits.ts';
 
 export const PROXY_SCHEMA = {
   casUrl: { kind: 'string', doc: 'CAS base URL (https://host:port)', required: true },
   casCaFile: { kind: 'string', doc: 'CAS root CA certificate (pinned out of band)', required: true },
   service: { kind: 'string', doc: 'service name in the owner policy', default: 'mariadb' },
   engine: { kind: 'enum', values: ['mariadb', 'postgres'], doc: 'database behind this proxy (one proxy per database)', default: 'mariadb' },
-  teeMode: { kind: 'enum', values: ['none', 'simulated', 'sev-snp', 'tdx'], doc: 'attestation provider (none = fail closed)', default: 'none' },
+  teeMode: { kind: 'enum', values: ['none', 'simulated', 'sev-snp', 'tdx', 'auto'], doc: 'attestation provider (none = fail closed; auto = what the machine offers, never simulated)', default: 'none' },
+  tsmRoot: { kind: 'string', doc: 'configfs-tsm report directory (sev-snp, tdx)', default: '/sys/kernel/config/tsm/report' },
   allowSimulated: { kind: 'bool', doc: 'permit the simulated TEE (development only; loud everywhere)', default: false },
   platformKeyFile: { kind: 'string', doc: 'simulated platform signing key (stands in for the CPU)' },
   dnsNames: { kind: 'list', doc: 'extra DNS names to request in the certificate', default: [] },
@@ -46,7 +48,7 @@ export const PROXY_SCHEMA = {
 
   maxConnections: { kind: 'int', doc: 'max client connections per listener', default: 1000, min: 1 },
   handshakeTimeoutMs: { kind: 'int', doc: 'TLS + auth handshake timeout', default: 10_000, min: 100 },
-  idleTimeoutMs: { kind: 'int', doc: 'close sessions idle this long (0 = never)', default: 0, min: 0 },
+  idleTimeoutMs: { kind: 'int', doc: 'close sessions idle this long (0 = never)', default: DEFAULT_IDLE_TIMEOUT_MS, min: 0 },
   dataPlane: {
     kind: 'enum', values: ['auto', 'native', 'node'], default: 'auto',
     doc: 'MySQL endpoint: who terminates TLS and relays queries (native = C relay, node = JS; auto = native when built and the backend leg is plaintext)',

@@ -6,23 +6,22 @@
  * lives in a gocryptfs encrypted directory (what the managed proxy runs by default, docs/PG-AT-REST.md),
  * so the cost of encryption at rest is read off one run: proxy-encrypted / proxy.
  */
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { chmodSync, chownSync, mkdirSync, writeFileSync } from 'node:fs';
+import { execFile, type ChildProcess } from 'node:child_process';
+import { chmodSync, mkdirSync } from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { findBinary } from '../../src/kernel/binaries.ts';
-import { freePort, waitForListen } from '../../src/kernel/net.ts';
-import { lookupOsUser } from '../../src/db/postgres-server.ts';
 import { startPrivatePostgres } from '../../test/support/postgres.ts';
 import { makeTestPki } from '../../test/support/test-pki.ts';
 import { tempDir } from '../../test/support/tmp.ts';
 import { scenario, median, spread, round, fmt, exited, type ScenarioResult } from '../lib/common.ts';
 import { spawnProxy } from '../lib/proxy-process.ts';
+import { pgbench, startPgbouncer, type PgWorkload } from '../lib/pgbench.ts';
 
 const run = promisify(execFile);
 
+export type { PgWorkload } from '../lib/pgbench.ts';
 export type PgTarget = 'proxy' | 'proxy-encrypted' | 'direct' | 'pgbouncer';
-export type PgWorkload = 'select-only' | 'tpcb';
 export interface PgOptions {
   workloads: PgWorkload[];
   clients: number[];
@@ -42,42 +41,6 @@ export interface PgCell {
   proxyVsDirect: number;
   /** What encryption at rest costs: proxy over the encrypted instance / proxy over the plain one. */
   encryptedVsPlain: number;
-}
-
-async function startPgbouncer(dir: string, pg: { socketDir: string; port: number }, tls: { certPem: string; keyPem: string }, password: string): Promise<{ port: number; child: ChildProcess }> {
-  const port = await freePort();
-  const certFile = path.join(dir, 'cert.pem');
-  const keyFile = path.join(dir, 'key.pem');
-  writeFileSync(certFile, tls.certPem);
-  writeFileSync(keyFile, tls.keyPem, { mode: 0o600 });
-  const ini = path.join(dir, 'pgbouncer.ini');
-  const userlist = path.join(dir, 'userlist.txt');
-  writeFileSync(userlist, `"app" "${password}"\n`, { mode: 0o600 });
-  writeFileSync(ini, [
-    '[databases]', `test = host=${pg.socketDir} port=${pg.port} dbname=test`,
-    '[pgbouncer]', 'listen_addr = 127.0.0.1', `listen_port = ${port}`, "unix_socket_dir = ''",
-    'auth_type = scram-sha-256', `auth_file = ${userlist}`, 'pool_mode = session', 'max_client_conn = 500', 'default_pool_size = 200',
-    'client_tls_sslmode = require', `client_tls_cert_file = ${certFile}`, `client_tls_key_file = ${keyFile}`,
-    `logfile = ${path.join(dir, 'pgbouncer.log')}`, 'log_connections = 0', 'log_disconnections = 0', '',
-  ].join('\n'), { mode: 0o600 });
-  // PgBouncer refuses to run as root, like PostgreSQL.
-  const owner = process.getuid?.() === 0 ? lookupOsUser('postgres') : undefined;
-  if (owner) for (const f of [dir, ini, userlist, certFile, keyFile]) chownSync(f, owner.uid, owner.gid);
-  const child = spawn(findBinary('pgbouncer'), [ini], { stdio: 'ignore', ...(owner ?? {}) });
-  await waitForListen({ host: '127.0.0.1', port }, 15_000, () => child.exitCode === null);
-  return { port, child };
-}
-
-async function pgbench(port: number, workload: PgWorkload, clients: number, durationS: number, password: string): Promise<Omit<PgRun, 'target' | 'round' | 'workload'>> {
-  const { stdout } = await run(findBinary('pgbench'), [
-    '-h', '127.0.0.1', '-p', String(port), '-U', 'app', ...(workload === 'select-only' ? ['-S'] : []), '-n', '-T', String(durationS),
-    '-c', String(clients), '-j', String(Math.min(clients, 2)), 'test',
-  ], { env: { ...process.env, PGPASSWORD: password, PGSSLMODE: 'require' }, maxBuffer: 16 << 20, timeout: (durationS + 60) * 1000 });
-  const tps = Number(/tps = ([\d.]+) \(without initial connection time\)/.exec(stdout)?.[1]);
-  const latencyMs = Number(/latency average = ([\d.]+) ms/.exec(stdout)?.[1]);
-  const failed = Number(/number of failed transactions: (\d+)/.exec(stdout)?.[1] ?? 0);
-  if (!Number.isFinite(tps)) throw new Error(`could not parse pgbench output:\n${stdout}`);
-  return { clients, tps, latencyMs, failed };
 }
 
 export function runPg(o: PgOptions): Promise<ScenarioResult<PgCell[], PgRun>> {

@@ -24,7 +24,7 @@ export async function run(argv: string[]): Promise<number> {
   }
   const [action, ...extra] = positionals;
   if (!action || !ACTIONS.has(action) || extra.length > 0) {
-    throw new CdbpError('USAGE', `${action ? `unknown action '${action}'` : 'no action given'}\n${USAGE}`);
+    throw new CdbpError('USAGE', action ? `unknown action '${action}'` : 'no action given');
   }
   let url = flags.url as string | undefined;
   let tokenFile = flags['token-file'] as string | undefined;

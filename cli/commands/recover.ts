@@ -17,7 +17,7 @@ freshness record you restored together with the data directory (--record reads b
 Signed with the owner key; audited.`;
 
 export async function run(argv: string[]): Promise<number> {
-  const { flags } = parseFlags(argv, [], ['cas', 'ca', 'owner-key', 'service', 'value', 'digest', 'record']);
+  const { flags } = parseFlags(argv, [], ['cas', 'ca', 'owner-key', 'service', 'value', 'digest', 'record'], { maxPositionals: 0 });
   if (flags.help) {
     console.log(USAGE);
     return 0;

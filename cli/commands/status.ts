@@ -8,7 +8,7 @@ import { parseFlags } from '../../src/kernel/args.ts';
 import { CdbpError } from '../../src/kernel/errors.ts';
 
 export async function run(argv: string[]): Promise<number> {
-  const { flags } = parseFlags(argv, ['json'], ['url', 'dir']);
+  const { flags } = parseFlags(argv, ['json'], ['url', 'dir'], { maxPositionals: 0 });
   if (flags.help) {
     console.log('usage: cdbp status [--url http://127.0.0.1:PORT | --dir DIR] [--json]');
     return 0;

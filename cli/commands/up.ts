@@ -23,6 +23,7 @@ import { parseFlags } from '../../src/kernel/args.ts';
 import { CdbpError } from '../../src/kernel/errors.ts';
 import { findBinary, requirePluginFile } from '../../src/kernel/binaries.ts';
 import { freePort } from '../../src/kernel/net.ts';
+import { lockStateDir } from '../../src/kernel/state-lock.ts';
 import { generatePlatformKey } from '../../src/attestation/simulated.ts';
 import { measureShippedCode } from '../../src/attestation/measurement.ts';
 import { ensureOwnerKey, ensureServicePolicy } from '../local-policy.ts';
@@ -48,7 +49,7 @@ export interface StackFile {
 }
 
 export async function run(argv: string[]): Promise<number> {
-  const { flags } = parseFlags(argv, ['postgres'], ['dir', 'mysql-port', 'ops-port', 'cas-port', 'pg-port', 'freshness']);
+  const { flags } = parseFlags(argv, ['postgres'], ['dir', 'mysql-port', 'ops-port', 'cas-port', 'pg-port', 'freshness'], { maxPositionals: 0 });
   if (flags.help) {
     console.log(`usage: cdbp up [--dir DIR] [--mysql-port N] [--ops-port N] [--cas-port N] [--freshness strict|relaxed|off]
                [--postgres [--pg-port N]]
@@ -70,6 +71,9 @@ private PostgreSQL behind a second proxy (one proxy per database). Ctrl-C stops 
     mkdirSync(d, { recursive: true });
     chmodSync(d, 0o711);
   }
+  // One `cdbp up` per DIR, before anything is touched (a second one stopped the first's mariadbd and
+  // appended to its CAS audit log). Held until this process ends; the kernel frees it if we are killed.
+  await lockStateDir(dir, { role: 'cdbp up', scope: 'up' });
   const say = (msg: string) => console.log(`cdbp up: ${msg}`);
 
   // Preflight: one line naming the package, not a stack trace, for anything missing.

@@ -11,32 +11,14 @@ import { Transform, type TransformCallback } from 'node:stream';
 import { BackendType, MESSAGE_HEADER } from './constants.ts';
 import { protocolError } from './codec.ts';
 import { isAsyncBackendMessage, type Conversation } from './conversation.ts';
+import { AckGateError, askGate, type AckGate } from '../shared/ack-gate.ts';
 
-export interface AckGate {
-  /** undefined: release now. A promise: hold until it resolves; a rejection closes the session. */
-  holdAck(): Promise<void> | undefined;
-}
-
-export class AckGateError extends Error {
-  constructor(readonly reason: unknown) {
-    super('acknowledgment held by the freshness gate was refused');
-    this.name = 'AckGateError';
-  }
-}
+export { AckGateError, type AckGate } from '../shared/ack-gate.ts';
 
 /** A CommandComplete or ReadyForQuery larger than this is not PostgreSQL talking. */
 const MAX_KEPT_MESSAGE = 64 * 1024;
 /** Async messages behind a kept CommandComplete are kept with it up to this size; larger ones release it. */
 const MAX_KEPT_ASYNC = 1024 * 1024;
-
-/** Asks the gate; a gate that throws is a refusal (an unconfirmed acknowledgment must not go out). */
-function askGate(gate: AckGate): Promise<void> | undefined {
-  try {
-    return gate.holdAck();
-  } catch (e) {
-    return Promise.reject(e);
-  }
-}
 
 /**
  * Passes backend bytes through, holding what the conversation says to hold. Whatever reached the client

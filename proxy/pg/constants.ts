@@ -107,6 +107,7 @@ export const SqlState = {
   programLimitExceeded: '54000',
   statementCompletionUnknown: '40003',
   adminShutdown: '57P01',
+  idleSessionTimeout: '57P05',
 } as const;
 export type SqlStateCode = (typeof SqlState)[keyof typeof SqlState];
 

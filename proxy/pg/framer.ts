@@ -19,20 +19,33 @@ abstract class LengthPrefixedFramer {
   protected abstract frameSize(header: Buffer): number;
   protected abstract readonly headerBytes: number;
 
+  /**
+   * A framing error met after complete frames of the same push: those frames are returned first (a
+   * client may pipeline a valid packet and garbage, e.g. SSLRequest then Terminate), the error is kept
+   * here and thrown by the next push. The bytes from the bad header on stay in the remainder.
+   */
+  deferredFailure: unknown;
+
   /** Feeds bytes; returns every complete frame (each a Buffer including its header). */
   push(chunk: Buffer): Buffer[] {
+    if (this.deferredFailure !== undefined) throw this.deferredFailure;
     this.buf = this.buf.length === 0 ? chunk : Buffer.concat([this.buf, chunk]);
     const frames: Buffer[] = [];
     let pos = 0;
-    while (this.buf.length - pos >= this.headerBytes) {
-      const size = this.frameSize(this.buf.subarray(pos, pos + this.headerBytes));
-      if (size > this.maxFrameBytes) {
-        throw new CdbpError('FRAME_TOO_LARGE', `${this.what} of ${size} bytes exceeds the limit of ${this.maxFrameBytes}`,
-          { details: { sqlState: '08P01', size, limit: this.maxFrameBytes } });
+    try {
+      while (this.buf.length - pos >= this.headerBytes) {
+        const size = this.frameSize(this.buf.subarray(pos, pos + this.headerBytes));
+        if (size > this.maxFrameBytes) {
+          throw new CdbpError('FRAME_TOO_LARGE', `${this.what} of ${size} bytes exceeds the limit of ${this.maxFrameBytes}`,
+            { details: { sqlState: '08P01', size, limit: this.maxFrameBytes } });
+        }
+        if (this.buf.length - pos < size) break;
+        frames.push(this.buf.subarray(pos, pos + size));
+        pos += size;
       }
-      if (this.buf.length - pos < size) break;
-      frames.push(this.buf.subarray(pos, pos + size));
-      pos += size;
+    } catch (e) {
+      if (frames.length === 0) throw e;
+      this.deferredFailure = e;
     }
     this.buf = pos === 0 ? this.buf : this.buf.subarray(pos);
     return frames;

@@ -7,6 +7,7 @@
  */
 import { createHash, X509Certificate } from 'node:crypto';
 import { CdbpError } from '../kernel/errors.ts';
+import { memoKey, verifiedOnce } from './verified-cache.ts';
 
 export function sha256Fingerprint(cert: X509Certificate): string {
   return createHash('sha256').update(cert.raw).digest('hex');
@@ -61,7 +62,7 @@ export function verifyChainToPinnedRoot(links: ChainLink[], pinnedRoots: X509Cer
   if (!pinned.has(sha256Fingerprint(root.cert))) {
     throw new CdbpError('TEE_UNTRUSTED_ROOT', `${root.name} (${cn(root.cert)}, SHA-256 ${sha256Fingerprint(root.cert)}) is not a pinned root`);
   }
-  if (!root.cert.verify(root.cert.publicKey)) throw new CdbpError('TEE_CERT_CHAIN_INVALID', `${root.name}: self-signature does not verify`);
+  if (!verifiedOnce(memoKey('x509-self', root.cert.raw), () => root.cert.verify(root.cert.publicKey))) throw new CdbpError('TEE_CERT_CHAIN_INVALID', `${root.name}: self-signature does not verify`);
   for (let i = 0; i < chain.length; i++) {
     const { cert, name } = chain[i]!;
     checkValidAt(cert, now, name);
@@ -73,7 +74,7 @@ export function verifyChainToPinnedRoot(links: ChainLink[], pinnedRoots: X509Cer
     if (!issuer.cert.ca) throw new CdbpError('TEE_CERT_CHAIN_INVALID', `${issuer.name} is not a CA certificate`);
     let ok = false;
     try {
-      ok = cert.verify(issuer.cert.publicKey);
+      ok = verifiedOnce(memoKey('x509', cert.raw, issuer.cert.raw), () => cert.verify(issuer.cert.publicKey));
     } catch {
       ok = false;
     }

@@ -11,6 +11,7 @@
  */
 import { verify, type X509Certificate } from 'node:crypto';
 import { CdbpError } from '../kernel/errors.ts';
+import { memoKey, verifiedOnce } from './verified-cache.ts';
 import { derChildren, readDer } from '../crypto/der.ts';
 import { decodeOid, decodeTime, derRead, expectTag, integerHex, TAG } from './asn1.ts';
 
@@ -79,7 +80,7 @@ export function parseCrl(data: Buffer, what: string): Crl {
 export function checkCrl(crl: Crl, issuer: X509Certificate, now: Date, graceSeconds: number, what: string): void {
   let ok = false;
   try {
-    ok = verify(crl.hash, crl.tbs, issuer.publicKey, crl.signature);
+    ok = verifiedOnce(memoKey('crl', crl.hash, crl.tbs, crl.signature, issuer.raw), () => verify(crl.hash, crl.tbs, issuer.publicKey, crl.signature));
   } catch {
     ok = false;
   }

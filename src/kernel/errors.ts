@@ -78,7 +78,9 @@ export type ErrorCode =
   // appended by the CAS hardening (review finding 6)
   // appended for PostgreSQL at rest (src/storage/, issue 19)
   | 'STORAGE_UNAVAILABLE'
-  | 'STORAGE_KEY_INVALID';
+  | 'STORAGE_KEY_INVALID'
+  // another process holds this state directory (src/kernel/state-lock.ts)
+  | 'STATE_LOCKED';
 
 export class CdbpError extends Error {
   readonly code: ErrorCode;
@@ -113,13 +115,34 @@ export function asCdbpError(e: unknown, fallback: ErrorCode = 'INTERNAL'): CdbpE
 export function httpStatusFor(code: ErrorCode): number {
   switch (code) {
     case 'BAD_REQUEST':
+    case 'INSECURE_TRANSPORT':
     case 'USAGE':
     case 'CONFIG_INVALID':
     case 'POLICY_INVALID':
     case 'PROTOCOL_VIOLATION':
     case 'EVIDENCE_INVALID':
     case 'NONCE_INVALID':
+    case 'TEE_EVIDENCE_MALFORMED':
       return 400;
+    case 'TEE_SIGNATURE_INVALID':
+    case 'TEE_CERT_CHAIN_INVALID':
+    case 'TEE_UNTRUSTED_ROOT':
+    case 'TEE_CERT_EXPIRED':
+    case 'TEE_TCB_MISMATCH':
+    case 'TEE_PCK_REVOKED':
+    case 'TEE_QE_BINDING_INVALID':
+    case 'TEE_QE_IDENTITY_MISMATCH':
+    case 'TEE_FMSPC_MISMATCH':
+    case 'TEE_TCB_STATUS_REFUSED':
+    case 'TEE_DEBUG_REFUSED':
+    case 'TEE_POLICY_REFUSED':
+    case 'TEE_REPORT_DATA_MISMATCH':
+      return 401;
+    // The CAS's own collateral is missing or stale: the operator refreshes it (cdbp collateral).
+    case 'TEE_COLLATERAL_MISSING':
+    case 'TEE_COLLATERAL_INVALID':
+    case 'TEE_COLLATERAL_EXPIRED':
+      return 503;
     case 'POLICY_SIGNATURE_INVALID':
     case 'ATTESTATION_REFUSED':
     case 'MEASUREMENT_MISMATCH':
@@ -135,6 +158,7 @@ export function httpStatusFor(code: ErrorCode): number {
       return 404;
     case 'COUNTER_CONFLICT':
     case 'POLICY_CHAIN_BROKEN':
+    case 'STATE_LOCKED':
       return 409;
     case 'FRAME_TOO_LARGE':
     case 'BODY_TOO_LARGE':

@@ -16,6 +16,7 @@
 import { isIP } from 'node:net';
 import { CdbpError } from '../kernel/errors.ts';
 import type { TeeMode } from '../attestation/types.ts';
+import { validateTeeAppraisalPolicy, type TeeAppraisalPolicy } from '../attestation/tee-policy.ts';
 import { canonicalJson, isHex, sha256Hex } from '../crypto/hash.ts';
 import { generateSigningKeyPair, readSigningKeyFile, signDetached, verifyDetached, writeSigningKeyFile,
   type SigningKeyPair } from '../crypto/ed25519.ts';
@@ -48,6 +49,13 @@ export interface Policy {
   teeModes: Array<(typeof POLICY_TEE_MODES)[number]>;
   tls: { dnsNames: string[]; ipAddresses: string[]; lifetimeSeconds: number };
   dbKeys: PolicyDbKey[];
+  /**
+   * What real TEE evidence must show, per TEE type (src/attestation/tee-policy.ts): SNP measurements and
+   * minimum TCB, TDX MRTD/RTMRs and accepted TCB statuses, debug never unless allowed. Required (with
+   * pinned measurements) for every real mode in teeModes. Absent in simulated-only policies, so their
+   * hashes are unchanged.
+   */
+  tee?: TeeAppraisalPolicy;
 }
 
 export interface SignedPolicy {
@@ -74,14 +82,16 @@ const isPositiveInt = (n: unknown, max = 0xffffffff): n is number => Number.isSa
 export function validatePolicy(input: unknown): Policy {
   const p: string[] = [];
   if (!isObject(input)) throw new CdbpError('POLICY_INVALID', 'policy must be a JSON object');
-  unknownKeys(input, ['format', 'service', 'predecessor', 'measurements', 'teeModes', 'tls', 'dbKeys'], 'policy', p);
+  unknownKeys(input, ['format', 'service', 'predecessor', 'measurements', 'teeModes', 'tls', 'dbKeys', 'tee'], 'policy', p);
   if (input.format !== POLICY_FORMAT) p.push(`format must be "${POLICY_FORMAT}"`);
   if (typeof input.service !== 'string' || !SERVICE_NAME_RE.test(input.service)) {
     p.push('service must match ' + SERVICE_NAME_RE.source);
   }
   if (input.predecessor !== null && !isHex(input.predecessor, 32)) p.push('predecessor must be null or a hex SHA-256');
   const m = input.measurements;
-  if (!Array.isArray(m) || m.length === 0 || m.length > 64) p.push('measurements must list 1..64 entries');
+  // The code measurement (SHA-256) is what simulated evidence carries; real TEEs pin theirs under `tee`.
+  const needsCodeMeasurement = !Array.isArray(input.teeModes) || input.teeModes.includes('simulated');
+  if (!Array.isArray(m) || (needsCodeMeasurement && m.length === 0) || m.length > 64) p.push('measurements must list 1..64 entries');
   else {
     m.forEach((x, i) => { if (!isHex(x, 32)) p.push(`measurements[${i}] must be a lowercase hex SHA-256`); });
     if (new Set(m).size !== m.length) p.push('measurements has duplicates');
@@ -126,6 +136,18 @@ export function validatePolicy(input: unknown): Policy {
       }
     });
   }
+  if (input.tee !== undefined) {
+    try {
+      validateTeeAppraisalPolicy(input.tee, 'tee');
+    } catch (e) {
+      p.push(...(((e as CdbpError).details?.problems as string[] | undefined) ?? [(e as Error).message]));
+    }
+  }
+  if (Array.isArray(t)) {
+    const tee = (isObject(input.tee) ? input.tee : {}) as TeeAppraisalPolicy;
+    if (t.includes('sev-snp') && !(tee.snp?.measurements?.length)) p.push('teeModes names sev-snp: tee.snp.measurements must pin at least one launch measurement');
+    if (t.includes('tdx') && !(tee.tdx?.mrtd?.length)) p.push('teeModes names tdx: tee.tdx.mrtd must pin at least one MRTD');
+  }
   if (p.length > 0) throw new CdbpError('POLICY_INVALID', `invalid policy: ${p.join('; ')}`, { details: { problems: p } });
   return input as unknown as Policy;
 }
@@ -150,6 +172,7 @@ export interface BuildPolicyOptions {
   lifetimeSeconds?: number;
   /** Default [{ id: 1, versions: [1] }]. */
   dbKeys?: PolicyDbKey[];
+  tee?: TeeAppraisalPolicy;
 }
 
 export function buildPolicy(o: BuildPolicyOptions): Policy {
@@ -165,6 +188,7 @@ export function buildPolicy(o: BuildPolicyOptions): Policy {
       lifetimeSeconds: o.lifetimeSeconds ?? DEFAULT_CERT_LIFETIME_S,
     },
     dbKeys: (o.dbKeys ?? [{ id: 1, versions: [1] }]).map((k) => ({ id: k.id, versions: [...k.versions] })),
+    ...(o.tee ? { tee: structuredClone(o.tee) } : {}),
   });
 }
 

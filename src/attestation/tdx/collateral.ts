@@ -9,6 +9,7 @@ import type { X509Certificate } from 'node:crypto';
 import { CdbpError } from '../../kernel/errors.ts';
 import { cn, verifyChainToPinnedRoot } from '../chain.ts';
 import { verifyP1363 } from '../ecdsa.ts';
+import { memoKey, verifiedOnce } from '../verified-cache.ts';
 import type { TcbStatus } from '../tee-policy.ts';
 import { TCB_STATUSES } from '../tee-policy.ts';
 
@@ -66,7 +67,8 @@ export function verifyCollateralSignature(signed: SignedJson<unknown>, issuerCha
 
 /** The signature alone (for collateral whose signer certificate has since expired: tests of exact-bytes signing). */
 export function checkCollateralSignatureOnly(signed: SignedJson<unknown>, signer: X509Certificate, what: string): void {
-  if (!verifyP1363('sha256', signed.signedBytes, signer.publicKey, signed.signature)) {
+  const key = memoKey('collateral', signed.signedBytes, signed.signature, signer.raw);
+  if (!verifiedOnce(key, () => verifyP1363('sha256', signed.signedBytes, signer.publicKey, signed.signature))) {
     throw new CdbpError('TEE_COLLATERAL_INVALID', `${what}: signature by ${cn(signer)} does not verify over the bytes as served`);
   }
 }
