@@ -27,6 +27,7 @@ import type { AttestationProvider } from '../src/attestation/types.ts';
 import { attestAndProvision } from '../src/cas-client/index.ts';
 import { onCasIdentityAlarm } from '../src/cas-client/http.ts';
 import { CasTrustPin } from '../src/cas-client/trust-pin.ts';
+import { CurrentCounter, closeClient } from '../src/cas-client/current-counter.ts';
 import { FreshnessGuard } from '../proxy/freshness/guard.ts';
 import { RecordStore } from '../proxy/freshness/store.ts';
 import { MariadbPositionSource, readOfflineCheckpoint, type PositionSource } from '../proxy/freshness/mariadb-position.ts';
@@ -90,17 +91,8 @@ export class ProxyRole {
   private stopping: Promise<void> | undefined;
   private stoppedResolve: () => void = () => undefined;
   private readonly stoppedPromise = new Promise<void>((r) => { this.stoppedResolve = r; });
-  /** The CAS counter client of the current certificate (mTLS); swapped on renewal. */
-  private counterClient: CounterClient | undefined;
-  /**
-   * What the freshness guard holds: a stable facade over the current counter client, so the guard keeps
-   * counting over mTLS with the renewed certificate after the first one expires.
-   */
-  private readonly counter: CounterClient = {
-    read: () => this.activeCounter().read(),
-    advance: (expected, next, digest) => this.activeCounter().advance(expected, next, digest),
-    reportAlarm: async (alarm) => { await this.activeCounter().reportAlarm?.(alarm); },
-  };
+  /** What the freshness guard holds: the current counter client (mTLS), swapped on renewal. */
+  private readonly counter = new CurrentCounter();
   readonly addresses: { ops?: string; admin?: string; adminTokenFile?: string; mysql?: { host: string; port: number }; keyring?: string } = {};
 
   constructor(private readonly deps: ProxyRoleDeps) {
@@ -173,7 +165,7 @@ export class ProxyRole {
     });
     this.provision = provision;
     this.identity = new TlsIdentityHolder({ keyPem: provision.identity.keyPem, certPem: provision.identity.certPem });
-    this.counterClient = provision.counter;
+    this.counter.set(provision.counter);
     this.lifecycle.advance('provisioned');
     this.scheduleRenewal();
 
@@ -543,7 +535,7 @@ export class ProxyRole {
         tls: { dnsNames: config.dnsNames },
       });
       if (this.stopping) {
-        closeCounter(fresh.counter);
+        closeClient(fresh.counter);
         throw new CdbpError('LIFECYCLE_INVALID_TRANSITION', 'shutting down');
       }
       const id = { keyPem: fresh.identity.keyPem, certPem: fresh.identity.certPem };
@@ -552,10 +544,7 @@ export class ProxyRole {
       this.keyring?.addKeys(fresh.secrets.dbKeys);
       this.identity!.set(id);
       this.provision = { ...this.provision!, identity: fresh.identity };
-      const old = this.counterClient;
-      this.counterClient = fresh.counter;
-      // A seal may be mid-request on the old client's connection: let it finish before closing it.
-      if (old) setTimeout(() => closeCounter(old), 10_000).unref();
+      this.counter.set(fresh.counter);
       this.renewError = undefined;
       this.renewFailures = 0;
       this.renewals++;
@@ -589,11 +578,6 @@ export class ProxyRole {
     await this.mariadb?.stop().catch(() => undefined);
     await this.postgres?.stop().catch(() => undefined);
     await this.pgStorage?.unmount().catch(() => undefined);
-  }
-
-  private activeCounter(): CounterClient {
-    if (!this.counterClient) throw new CdbpError('ATTESTATION_UNAVAILABLE', 'no CAS counter client: not attested');
-    return this.counterClient;
   }
 
   /**
@@ -639,7 +623,7 @@ export class ProxyRole {
       await this.guard?.sealNow().catch((e: unknown) => log.warn({ err: asCdbpError(e).message }, 'final seal failed'));
       await this.stopBackends();
       await this.renewing?.catch(() => undefined);
-      if (this.counterClient) closeCounter(this.counterClient);
+      this.counter.close();
       await this.ops?.close();
       await this.admin?.close();
       if (this.addresses.adminTokenFile) rmSync(this.addresses.adminTokenFile, { force: true });
@@ -688,10 +672,6 @@ async function waitForBackend(source: PositionSource, log: Logger, timeoutMs = 1
 function certificateFacts(certPem: string): { serial: string; notBefore: string; fingerprint256: string } {
   const c = new X509Certificate(certPem);
   return { serial: c.serialNumber, notBefore: new Date(c.validFrom).toISOString(), fingerprint256: c.fingerprint256 };
-}
-
-function closeCounter(c: CounterClient): void {
-  (c as { close?: () => void }).close?.();
 }
 
 function sleep(ms: number): Promise<void> {

@@ -166,10 +166,15 @@ export function checkCollateralDir(dir: string, now: Date): CheckRow[] {
 
 export async function run(argv: string[]): Promise<number> {
   const [sub, ...rest] = argv;
-  const { flags } = parseFlags(rest, [], ['fmspc', 'out', 'pcs', 'root-crl-url', 'kds', 'amd', 'dir', 'at']);
-  if (!sub || flags.help || sub === 'help') {
+  if (sub === '--help' || sub === '-h' || sub === 'help') {
     console.log(USAGE);
-    return sub ? 0 : 2;
+    return 0;
+  }
+  // An option where the subcommand belongs is checked as an option (a typo is a usage error).
+  const { flags } = parseFlags(sub?.startsWith('-') ? argv : rest, [], ['fmspc', 'out', 'pcs', 'root-crl-url', 'kds', 'amd', 'dir', 'at']);
+  if (!sub || sub.startsWith('-') || flags.help) {
+    console.log(USAGE);
+    return sub && flags.help ? 0 : 2;
   }
   const dirOf = (v: unknown) => {
     const d = typeof v === 'string' ? v : process.env.CDBP_TEE_COLLATERAL_DIR;

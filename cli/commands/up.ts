@@ -26,6 +26,7 @@ import { freePort } from '../../src/kernel/net.ts';
 import { lockStateDir } from '../../src/kernel/state-lock.ts';
 import { generatePlatformKey } from '../../src/attestation/simulated.ts';
 import { measureShippedCode } from '../../src/attestation/measurement.ts';
+import { buildNativeDataPlane } from '../native-build.ts';
 import { ensureOwnerKey, ensureServicePolicy } from '../local-policy.ts';
 import { randomPassword } from '../proxy-role.ts';
 import { MariadbServer } from '../../src/db/mariadb-server.ts';
@@ -177,6 +178,10 @@ private PostgreSQL behind a second proxy (one proxy per database). Ctrl-C stops 
     // 2. The owner's policy for this build of the proxy (re-signed when the code's measurement changes).
     const ownerKey = path.join(layout.trusted, 'owner.key');
     await ensureOwnerKey(ownerKey);
+    // The native data plane's binary is measured code: build it (if stale) before measuring, or the proxy's
+    // own build step would change the code after the owner signed for it (a MEASUREMENT_MISMATCH at attest).
+    const nativeBuild = buildNativeDataPlane();
+    if (!nativeBuild.ok) say(`native data plane not built (the proxy will run the Node plane): ${nativeBuild.output.split('\n').pop()}`);
     const measurement = measureShippedCode();
     const applied = await ensureServicePolicy({
       casUrl: casReady.url, caPem: readFileSync(caFile, 'utf8'), ownerKeyFile: ownerKey, service: 'mariadb', measurement,

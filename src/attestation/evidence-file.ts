@@ -22,7 +22,7 @@ import type { TdxCollateral } from './tdx/verify.ts';
 
 export const EVIDENCE_FILE_MAX_SIZE = 1024 * 1024;
 
-export type EvidenceFormat = 'snp-report' | 'azure-snp-hcl' | 'tdx-quote';
+export type EvidenceFormat = 'snp-report' | 'azure-snp-hcl' | 'azure-snp-vtpm' | 'tdx-quote';
 
 export interface LoadedEvidence {
   format: EvidenceFormat;
@@ -108,6 +108,8 @@ function loadEnvelope(data: Buffer): LoadedEvidence {
   } catch (e) {
     throw new CdbpError('TEE_EVIDENCE_MALFORMED', `evidence envelope is not JSON: ${(e as Error).message}`);
   }
+  // Azure vTPM evidence (HCL report + TPM2 quote, trustee's az-snp-vtpm JSON): verified by azure/vtpm.ts.
+  if (doc.quote && typeof doc.quote === 'object' && Array.isArray(doc.report)) return { format: 'azure-snp-vtpm', bytes: data, certs: [] };
   // The endpoint's /v1/attestation answer wraps the envelope as {evidence: {...}}.
   const env = (doc.evidence && typeof doc.evidence === 'object' ? doc.evidence : doc) as Record<string, unknown>;
   if (typeof env.report !== 'string') throw new CdbpError('TEE_EVIDENCE_MALFORMED', 'evidence envelope has no "report" (base64)');

@@ -6,6 +6,7 @@
 import type { X509Certificate } from 'node:crypto';
 import type { LoadedEvidence } from './evidence-file.ts';
 import { verifySnpReport, type SnpVerdict } from './snp/verify.ts';
+import { parseAzureVtpmEvidence, verifyAzureSnpVtpm } from './azure/vtpm.ts';
 import { verifyTdxQuote, type TdxCollateral, type TdxVerdict } from './tdx/verify.ts';
 import type { TeeAppraisalPolicy } from './tee-policy.ts';
 
@@ -40,6 +41,16 @@ export function verifyTeeEvidence(i: VerifyEvidenceInput): TeeVerdict {
     return {
       tee: 'tdx', format: `TDX quote v${v.quoteVersion} (TDX ${v.tdxVersion})`, measurement: v.mrTd, tcbStatus: v.tcb.status,
       signer: `${v.chain} (FMSPC ${v.fmspc})`, debug: v.debug, reportData: v.reportData, collateralAgeSeconds: v.collateral.ageSeconds, details: v,
+    };
+  }
+  if (i.evidence.format === 'azure-snp-vtpm') {
+    const a = verifyAzureSnpVtpm({ evidence: parseAzureVtpmEvidence(i.evidence.bytes), certs: i.certs ?? [], now: i.now,
+      ...(i.policy?.snp ? { policy: i.policy.snp } : {}), ...(i.expectedReportData ? { expectedNonce: i.expectedReportData } : {}) });
+    const v = a.snp;
+    return {
+      tee: 'sev-snp', format: `Azure SNP vTPM: SEV-SNP report v${v.reportVersion} → HCL runtime data → vTPM AK → TPM2 quote (nonce ${a.nonce})`,
+      measurement: v.measurement, tcbStatus: `reported TCB ${v.reportedTcb.raw} certified by the ${v.signer}`,
+      signer: `${v.chain} → HCLAkPub`, debug: v.debug, reportData: v.reportData, details: v,
     };
   }
   const v = verifySnpReport({ report: i.evidence.bytes, certs: [...i.evidence.certs, ...(i.certs ?? [])], now: i.now,
