@@ -14,6 +14,7 @@ import { createCa, createCsr, ed25519Spki, generateTlsKeyPair, issueLeafCertific
 import { generateSigningKeyPair } from '../src/crypto/ed25519.ts';
 import { writeFileDurable } from '../src/crypto/atomic-file.ts';
 import { AuditLog } from './audit.ts';
+import { CounterLog } from './counter-log.ts';
 import { CasCore } from './core.ts';
 import { NonceStore } from './nonces.ts';
 import { deriveKey, type SealingKeyProvider } from './sealing-key.ts';
@@ -91,6 +92,9 @@ export async function startCas(o: CasOptions): Promise<RunningCas> {
   const audit = await AuditLog.open(auditFile(o.dir), deriveKey(master, 'audit'), {
     anchor: store.auditAnchor, onDurable: (a) => store.setAuditAnchor(a),
   });
+  // Every service's counter in one group-committed log, checked against its anchor (cas/counter-log.ts).
+  const counters = await CounterLog.open(store.stateDir, deriveKey(master, 'counters'), { mustExist: store.counterLogCreated });
+  await store.markCounterLog();
   master.fill(0);
   const ca = store.caMaterial;
   const caFile = path.join(o.dir, 'ca.pem');
@@ -101,7 +105,7 @@ export async function startCas(o: CasOptions): Promise<RunningCas> {
   // The CAS's own serving certificate: fresh key per start, kept in memory only.
   const names = new Set(['localhost', '127.0.0.1', o.host, ...(o.tlsNames ?? [])].filter((n) => n && n !== '0.0.0.0' && n !== '::'));
   const core = new CasCore({
-    store, audit, nonces: new NonceStore(o.nonceTtlMs ?? 60_000), verifiers, allowSimulated: o.allowSimulated, log: o.log, metrics,
+    store, audit, counters, nonces: new NonceStore(o.nonceTtlMs ?? 60_000), verifiers, allowSimulated: o.allowSimulated, log: o.log, metrics,
     reservedNames: [...names],
   });
   const kp = generateTlsKeyPair();
@@ -128,6 +132,7 @@ export async function startCas(o: CasOptions): Promise<RunningCas> {
     await app.listen({ host: o.host, port: o.port });
   } catch (e) {
     await audit.close();
+    await counters.close();
     throw new CdbpError('CONFIG_INVALID', `cannot listen on ${o.host}:${o.port}: ${(e as Error).message}`);
   }
   const addr = app.server.address();
@@ -140,6 +145,7 @@ export async function startCas(o: CasOptions): Promise<RunningCas> {
     async close() {
       await app.close();
       await audit.close();
+      await counters.close();
     },
   };
 }

@@ -13,12 +13,14 @@ import type { Evidence, EvidenceVerifier, TeeMode } from '../src/attestation/typ
 import { isHex, sha512 } from '../src/crypto/hash.ts';
 import { sealToPublicKey } from '../src/crypto/box.ts';
 import { issueLeafCertificate, parseCsr } from '../src/crypto/x509.ts';
-import { checkPolicyUpdate, COUNTER_DIGEST_RE, verifySignedPolicy, verifySignedRecovery, type SignedPolicy,
-  type SignedRecovery } from './policy.ts';
+import { checkPolicyUpdate } from './policy.ts';
+import { COUNTER_DIGEST_RE, verifySignedPolicy, verifySignedRecovery, type SignedPolicy,
+  type SignedRecovery } from '../src/provisioning/policy.ts';
 import type { AuditEvent, AuditLog } from './audit.ts';
 import type { NonceStore } from './nonces.ts';
 import type { ServiceRecord, StateStore, StoredKey } from './state.ts';
-import { attestAnswerMessage, counterAnswerMessage, ed25519PrivateKey, signAnswer, type CounterAnswer } from '../src/cas-client/answers.ts';
+import { MAX_RECORD_BYTES, type CounterLog } from './counter-log.ts';
+import { attestAnswerMessage, counterAnswerMessage, ed25519PrivateKey, signAnswer, type CounterAnswer } from '../src/provisioning/answers.ts';
 
 export const SECRETS_FORMAT = 'cdbp-secrets/1';
 
@@ -50,7 +52,7 @@ export interface AttestResponse {
   sealedSecrets: string;
   /** The CAS's answer-signing certificate (chains to caPem, role cas-signing). */
   signingCertPem: string;
-  /** Hex Ed25519 over attestAnswerMessage(...) (src/cas-client/answers.ts). */
+  /** Hex Ed25519 over attestAnswerMessage(...) (src/provisioning/answers.ts). */
   signature: string;
 }
 
@@ -77,6 +79,8 @@ export interface ApplyResult {
 export interface CounterView {
   value: number;
   digest: string;
+  /** Base64 of the sealed record the counter anchors, when the proxy handed it over (SHA-256 = digest). */
+  record?: string;
 }
 
 /** The expected report data: SHA-512(nonce ‖ TLS SubjectPublicKeyInfo DER ‖ X25519 sealing public key). */
@@ -87,6 +91,8 @@ export function expectedReportData(nonce: Buffer, tlsSpki: Buffer, sealingPublic
 export interface CasCoreOptions {
   store: StateStore;
   audit: AuditLog;
+  /** All services' counters: one append-only log, group-committed (cas/counter-log.ts). */
+  counters: CounterLog;
   nonces: NonceStore;
   verifiers: Map<TeeMode, EvidenceVerifier>;
   allowSimulated: boolean;
@@ -121,6 +127,12 @@ export class CasCore {
   private readonly signingKey: KeyObject;
   /** Policy applies are rare; one at a time keeps the cross-service name and owner checks race-free. */
   private applyChain: Promise<unknown> = Promise.resolve();
+  /**
+   * Counter changes accepted but not yet durable, by service: the next compare-and-advance compares
+   * against these, so a proxy may send advance n+1→n+2 before n→n+1 is on disk (pipelining) and both
+   * share one fdatasync. Readers only ever see durable values (CounterLog.counters).
+   */
+  private readonly unsynced = new Map<string, { value: number; digest: string }>();
 
   constructor(private readonly o: CasCoreOptions) {
     const r = o.metrics;
@@ -130,9 +142,12 @@ export class CasCore {
       applies: r.counter('cdbp_cas_policy_applies_total', 'Policy applies by outcome and code'),
       advances: r.counter('cdbp_cas_counter_advances_total', 'Counter compare-and-advance calls by outcome and code'),
       recoveries: r.counter('cdbp_cas_recoveries_total', 'Owner-signed counter recoveries by outcome and code'),
+      advanceSeconds: r.histogram('cdbp_cas_counter_advance_seconds', 'Time from an accepted advance to its durable answer (group commit)', LATENCY_BUCKETS),
       nonces: r.counter('cdbp_cas_nonces_issued_total', 'Nonces issued by purpose'),
     };
     r.gauge('cdbp_cas_services', 'Services with a policy', (g) => g.set(o.store.size));
+    r.gauge('cdbp_cas_counter_batches', 'Counter log batches synced since start (one fdatasync each)', (g) => g.set(o.counters.stats.batches));
+    r.gauge('cdbp_cas_counter_entries', 'Counter log entries synced since start (entries / batches = advances per fdatasync)', (g) => g.set(o.counters.stats.entries));
     r.gauge('cdbp_cas_simulated_attestation_allowed', '1 if this CAS accepts SIMULATED attestation (not a TEE)', (g) => g.set(o.allowSimulated ? 1 : 0));
     r.gauge('cdbp_cas_nonces_outstanding', 'Consumed nonces remembered until they expire (issued nonces keep no state)', (g) => g.set(o.nonces.size));
     this.signingKey = ed25519PrivateKey(Buffer.from(o.store.meta.signingSecretKey, 'hex'));
@@ -143,8 +158,9 @@ export class CasCore {
   }
 
   /** Signs a counter answer for the client's nonce (absent for clients from before signed answers). */
-  signCounterAnswer(a: CounterAnswer): string {
-    return signAnswer(this.signingKey, counterAnswerMessage(a));
+  signCounterAnswer(a: CounterAnswer & { record?: string }): string {
+    // Exactly the answer's fields: the record is bound through the digest, not signed again.
+    return signAnswer(this.signingKey, counterAnswerMessage({ service: a.service, op: a.op, nonce: a.nonce, value: a.value, digest: a.digest }));
   }
 
   get caPem(): string {
@@ -159,10 +175,10 @@ export class CasCore {
 
   /** Runs `op`, then audits and counts its outcome; refusals are re-thrown unchanged. */
   private async decided<T>(base: Omit<AuditEvent, 'outcome'>, counter: { inc(l: Record<string, string>): void }, labels: Record<string, string>,
-    op: () => Promise<{ result: T; details?: AuditEvent['details'] }>): Promise<T> {
+    op: () => Promise<{ result: T; details?: AuditEvent['details'] }>, o: { auditOk?: boolean } = {}): Promise<T> {
     try {
       const { result, details } = await op();
-      await this.o.audit.append({ ...base, outcome: 'ok', details: { ...base.details, ...details } });
+      if (o.auditOk !== false) await this.o.audit.append({ ...base, outcome: 'ok', details: { ...base.details, ...details } });
       counter.inc({ ...labels, outcome: 'ok', code: '' });
       return result;
     } catch (e) {
@@ -299,8 +315,10 @@ export class CasCore {
       // The report data binds the nonce and both public keys: evidence produced for other keys (or
       // another nonce) does not verify here, and the CSR's key is exactly the one the TEE vouched for.
       const expected = expectedReportData(Buffer.from(req.nonce, 'hex'), csr.spki, sealingKey);
-      const { measurement } = await verifier.verify(ev, expected);
-      if (!policy.measurements.includes(measurement)) {
+      // Real TEE verifiers apply the policy's `tee` part (measurements, TCB, debug) themselves; the
+      // code measurement list is what simulated evidence is checked against.
+      const { measurement, tee } = await verifier.verify(ev, expected, policy.tee);
+      if (ev.mode === 'simulated' && !policy.measurements.includes(measurement)) {
         throw new CdbpError('MEASUREMENT_MISMATCH', `measurement ${measurement} is not allowed for ${req.service}`, { details: { measurement } });
       }
       const ca = this.o.store.caMaterial;
@@ -311,7 +329,8 @@ export class CasCore {
         subject: { commonName: req.service, organization: 'confidential-db-proxy', organizationalUnit: ev.mode === 'simulated' ? 'SIMULATED-NOT-A-TEE' : `tee-${ev.mode}` },
         dnsNames: policy.tls.dnsNames,
         ipAddresses: policy.tls.ipAddresses,
-        uris: [`urn:cdbp:service:${req.service}`, `urn:cdbp:tee:${ev.mode}`, `urn:cdbp:measurement:${measurement}`],
+        uris: [`urn:cdbp:service:${req.service}`, `urn:cdbp:tee:${ev.mode}`, `urn:cdbp:measurement:${measurement}`,
+          ...(tee ? [`urn:cdbp:tcb:${tee.tcb}`] : [])],
         notAfter,
       });
       const secrets: SealedSecrets = {
@@ -333,7 +352,8 @@ export class CasCore {
         service: rec.service, mode: ev.mode, measurement, policyHash: rec.policyHash, certPem, caPem: ca.certPem,
         notAfter: notAfter.toISOString(), sealedSecrets, signingCertPem: this.signingCertPem, signature,
       };
-      return { result, details: { measurement, policyHash: rec.policyHash, certNotAfter: result.notAfter } };
+      return { result, details: { measurement, policyHash: rec.policyHash, certNotAfter: result.notAfter, 
+        ...(tee ? { tcbStatus: tee.tcbStatus, teeSigner: tee.signer, collateralAgeSeconds: tee.collateralAgeSeconds ?? null } : {}) } };
     });
     this.m.attestSeconds.observe(Number(process.hrtime.bigint() - started) / 1e9);
     return out;
@@ -342,30 +362,60 @@ export class CasCore {
   readCounter(service: string): CounterView {
     const rec = this.o.store.get(service);
     if (!rec) throw new CdbpError('SERVICE_UNKNOWN', `no policy for service ${service}`);
-    return { value: rec.counter.value, digest: rec.counter.digest };
+    return this.durableCounter(rec);
+  }
+
+  /** The last durable counter of a service: its latest counter-log entry, else the legacy value in its file. */
+  private durableCounter(rec: ServiceRecord): CounterView {
+    const c = this.o.counters.counters.get(rec.service);
+    if (!c) return { value: rec.counter.value, digest: rec.counter.digest };
+    return { value: c.value, digest: c.digest, ...(c.record ? { record: c.record } : {}) };
   }
 
   /**
    * Compare-and-advance: moves the counter from `expected` to `next` (> expected) and stores the digest
-   * of the sealed record it now anchors. Durable before it returns. A stale `expected` → COUNTER_CONFLICT
-   * carrying the current value and digest.
+   * of the sealed record it now anchors, and the record itself when given (the proxy then keeps nothing
+   * durable of its own on the hot path). Durable before it returns: one entry in the counter log, which
+   * group-commits every service's advances (one fdatasync per batch). A stale `expected` →
+   * COUNTER_CONFLICT carrying the current durable value and digest.
+   *
+   * Accepted advances are not written to the audit log: the counter log is their audit trail (hash
+   * chained, MACed, anchored). Refusals are audited as before.
    */
-  async advanceCounter(service: string, expected: number, next: number, digest: string, remote?: string): Promise<CounterView> {
+  async advanceCounter(service: string, expected: number, next: number, digest: string, remote?: string, record?: string): Promise<CounterView> {
+    const started = performance.now();
     return this.decided({ event: 'counter.advance', service, details: { expected, next, remote: remote ?? null } }, this.m.advances, {}, async () => {
       if (!Number.isSafeInteger(expected) || !Number.isSafeInteger(next) || expected < 0) throw new CdbpError('BAD_REQUEST', 'expected and next must be integers ≥ 0');
       if (next <= expected) throw new CdbpError('BAD_REQUEST', 'counter only moves forward: next must be > expected');
       if (!COUNTER_DIGEST_RE.test(digest) || digest === '') throw new CdbpError('BAD_REQUEST', 'digest must be a hex SHA-256 or SHA-512');
-      const view = await this.o.store.update(service, (rec) => {
-        if (!rec) throw new CdbpError('SERVICE_UNKNOWN', `no policy for service ${service}`);
-        if (rec.counter.value !== expected) {
-          throw new CdbpError('COUNTER_CONFLICT', `counter is at ${rec.counter.value}, not ${expected}`,
-            { details: { value: rec.counter.value, digest: rec.counter.digest } });
+      if (record !== undefined) {
+        const bytes = typeof record === 'string' ? Buffer.from(record, 'base64') : Buffer.alloc(0);
+        if (bytes.length === 0 || bytes.length > MAX_RECORD_BYTES || bytes.toString('base64') !== record) {
+          throw new CdbpError('BAD_REQUEST', `record must be base64 of 1..${MAX_RECORD_BYTES} bytes`);
         }
-        const counter = { value: next, digest, updatedAt: new Date().toISOString() };
-        return { next: { ...rec, counter }, result: { value: next, digest } };
-      });
-      return { result: view, details: { digest } };
-    });
+        if (createHash(digest.length === 64 ? 'sha256' : 'sha512').update(bytes).digest('hex') !== digest) {
+          throw new CdbpError('BAD_REQUEST', 'digest is not the hash of the record');
+        }
+      }
+      const rec = this.o.store.get(service);
+      if (!rec) throw new CdbpError('SERVICE_UNKNOWN', `no policy for service ${service}`);
+      const current = this.unsynced.get(service) ?? this.durableCounter(rec);
+      if (current.value !== expected) {
+        // Answer a conflict with what is durable, never with a value a crash could still undo.
+        await this.o.counters.idle();
+        const now = this.durableCounter(rec);
+        throw new CdbpError('COUNTER_CONFLICT', `counter is at ${now.value}, not ${expected}`, { details: { value: now.value, digest: now.digest } });
+      }
+      const mine = { value: next, digest };
+      this.unsynced.set(service, mine);
+      try {
+        await this.o.counters.append(service, 'advance', next, digest, record);
+      } finally {
+        if (this.unsynced.get(service) === mine) this.unsynced.delete(service);
+      }
+      this.m.advanceSeconds.observe((performance.now() - started) / 1000);
+      return { result: { value: next, digest } };
+    }, { auditOk: false });
   }
 
   /** Audits a freshness violation a proxy detected (it has already failed closed). */
@@ -383,14 +433,20 @@ export class CasCore {
       await verifySignedRecovery(input);
       const r = input.recovery;
       this.o.nonces.consume(r.nonce, 'recover');
-      let from: CounterView | undefined;
-      const view = await this.o.store.update(r.service, (rec) => {
-        if (!rec) throw new CdbpError('SERVICE_UNKNOWN', `no policy for service ${r.service}`);
-        if (rec.owner !== input.owner) throw new CdbpError('POLICY_OWNER_MISMATCH', `recovery for ${r.service} is not signed by its owner`);
-        from = { value: rec.counter.value, digest: rec.counter.digest };
-        const counter = { value: r.value, digest: r.digest, updatedAt: new Date().toISOString() };
-        return { next: { ...rec, counter }, result: { value: r.value, digest: r.digest } };
-      });
+      const rec = this.o.store.get(r.service);
+      if (!rec) throw new CdbpError('SERVICE_UNKNOWN', `no policy for service ${r.service}`);
+      if (rec.owner !== input.owner) throw new CdbpError('POLICY_OWNER_MISMATCH', `recovery for ${r.service} is not signed by its owner`);
+      // Behind any advance still being synced, so the recovery is the last word.
+      await this.o.counters.idle();
+      const from: CounterView = this.durableCounter(rec);
+      const mine = { value: r.value, digest: r.digest };
+      this.unsynced.set(r.service, mine);
+      try {
+        await this.o.counters.append(r.service, 'recover', r.value, r.digest);
+      } finally {
+        if (this.unsynced.get(r.service) === mine) this.unsynced.delete(r.service);
+      }
+      const view: CounterView = { value: r.value, digest: r.digest };
       this.o.log.warn({ service: r.service, from, to: view }, 'counter re-anchored by owner-signed recovery');
       return { result: view, details: { fromValue: from?.value ?? null, fromDigest: from?.digest ?? null, toValue: view.value, toDigest: view.digest } };
     });

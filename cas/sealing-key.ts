@@ -54,6 +54,6 @@ export class FailClosedSealingKeyProvider implements SealingKeyProvider {
 }
 
 /** Separate keys per purpose, so the audit MAC key can never open the state and vice versa. */
-export function deriveKey(master: Buffer, purpose: 'state' | 'audit'): Buffer {
+export function deriveKey(master: Buffer, purpose: 'state' | 'audit' | 'counters'): Buffer {
   return Buffer.from(hkdfSync('sha256', master, Buffer.alloc(0), `cdbp-cas/${purpose}/1`, 32));
 }

@@ -16,7 +16,7 @@ import type { MetricsRegistry } from '../src/kernel/metrics.ts';
 import type { AuditEventType, AuditLog } from './audit.ts';
 import type { AttestRequest, CasCore } from './core.ts';
 import { isAudited } from './core.ts';
-import type { SignedRecovery } from './policy.ts';
+import type { SignedRecovery } from '../src/provisioning/policy.ts';
 
 export const BODY_LIMIT = 64 * 1024;
 
@@ -44,6 +44,8 @@ const SCHEMAS = {
           measurement: { type: 'string', maxLength: 128 },
           reportData: { type: 'string', maxLength: 128 },
           report: { type: 'string', maxLength: 48 * 1024 },
+          // Real TEEs: the report's certificates (SEV-SNP's VCEK/VLEK, ASK, ARK), base64 DER.
+          certs: { type: 'array', maxItems: 8, items: { type: 'string', maxLength: 8192 } },
         },
       },
     },
@@ -57,7 +59,8 @@ const SCHEMAS = {
   },
   advance: {
     type: 'object', additionalProperties: false, required: ['expected', 'next', 'digest'],
-    properties: { expected: { type: 'integer', minimum: 0 }, next: { type: 'integer', minimum: 1 }, digest: digestSchema, nonce: hex(32) },
+    properties: { expected: { type: 'integer', minimum: 0 }, next: { type: 'integer', minimum: 1 }, digest: digestSchema, nonce: hex(32),
+      record: { type: 'string', maxLength: 8192 } },
   },
   counterQuery: {
     type: 'object', additionalProperties: false,
@@ -196,7 +199,7 @@ export function buildCasServer(o: CasServerOptions): FastifyInstance {
   app.get<{ Params: { service: string } }>('/v1/services/:service/policy', { schema: { params: serviceParam } },
     async (req) => core.getPolicy(req.params.service));
 
-  // Counter answers carry an Ed25519 signature over the client's nonce (src/cas-client/answers.ts), so
+  // Counter answers carry an Ed25519 signature over the client's nonce (src/provisioning/answers.ts), so
   // even a man in the middle holding a valid TLS identity cannot forge a value or a conflict.
   app.get<{ Params: { service: string }; Querystring: { nonce?: string } }>('/v1/services/:service/counter',
     { schema: { params: serviceParam, querystring: SCHEMAS.counterQuery } },
@@ -207,14 +210,14 @@ export function buildCasServer(o: CasServerOptions): FastifyInstance {
       return nonce ? { ...view, signature: core.signCounterAnswer({ service: req.params.service, op: 'read', nonce, ...view }) } : view;
     });
 
-  app.post<{ Params: { service: string }; Body: { expected: number; next: number; digest: string; nonce?: string } }>('/v1/services/:service/counter',
+  app.post<{ Params: { service: string }; Body: { expected: number; next: number; digest: string; nonce?: string; record?: string } }>('/v1/services/:service/counter',
     { schema: { params: serviceParam, body: SCHEMAS.advance } },
     async (req) => {
       requireHolder(req);
       const { service } = req.params;
       const nonce = req.body.nonce;
       try {
-        const view = await core.advanceCounter(service, req.body.expected, req.body.next, req.body.digest, req.ip);
+        const view = await core.advanceCounter(service, req.body.expected, req.body.next, req.body.digest, req.ip, req.body.record);
         return nonce ? { ...view, signature: core.signCounterAnswer({ service, op: 'advance', nonce, ...view }) } : view;
       } catch (e) {
         const d = (e as CdbpError).details as { value?: number; digest?: string; signature?: string } | undefined;

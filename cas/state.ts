@@ -22,7 +22,7 @@ import { sha256Hex } from '../src/crypto/hash.ts';
 import { openBlob, sealBlob } from '../src/crypto/sealed-file.ts';
 import { writeFileDurable, fsyncDir } from '../src/crypto/atomic-file.ts';
 import type { CaMaterial } from '../src/crypto/x509.ts';
-import type { SignedPolicy } from './policy.ts';
+import type { SignedPolicy } from '../src/provisioning/policy.ts';
 
 export interface StoredKey {
   id: number;
@@ -73,6 +73,8 @@ export interface AuditAnchor {
 interface RootFile extends CaMaterial {
   meta?: CasMeta;
   audit?: AuditAnchor;
+  /** Set once when the counter log (cas/counter-log.ts) is created: from then on it must exist. */
+  counterLog?: true;
 }
 
 const CA_LABEL = 'cas/ca';
@@ -85,6 +87,7 @@ export class StateStore {
   private ca!: CaMaterial;
   private casMeta!: CasMeta;
   private anchor: AuditAnchor | undefined;
+  private hasCounterLog = false;
   /** Serialises rewrites of ca.sealed (audit anchor, owner binding). */
   private rootWrite: Promise<unknown> = Promise.resolve();
 
@@ -119,6 +122,7 @@ export class StateStore {
     const root = await store.openJson<RootFile>(caFile, CA_LABEL);
     store.ca = { keyPem: root.keyPem, certPem: root.certPem };
     store.anchor = root.audit;
+    store.hasCounterLog = root.counterLog === true;
     for (const name of (await readdir(servicesDir)).sort()) {
       if (name.startsWith('.') && name.endsWith('.tmp')) continue; // an interrupted write: the target is intact
       if (!name.endsWith('.sealed')) throw new CdbpError('STATE_TAMPERED', `unexpected file in ${servicesDir}: ${name}`);
@@ -141,7 +145,8 @@ export class StateStore {
   /** Seals and durably replaces ca.sealed with the current CA, meta and audit anchor. */
   private writeRoot(): Promise<void> {
     const run = this.rootWrite.catch(() => {}).then(async () => {
-      const root: RootFile = { ...this.ca, meta: this.casMeta, ...(this.anchor ? { audit: this.anchor } : {}) };
+      const root: RootFile = { ...this.ca, meta: this.casMeta, ...(this.anchor ? { audit: this.anchor } : {}),
+        ...(this.hasCounterLog ? { counterLog: true as const } : {}) };
       await writeFileDurable(path.join(this.stateDir, 'ca.sealed'), await sealBlob(this.key, CA_LABEL, Buffer.from(JSON.stringify(root))));
     });
     this.rootWrite = run;
@@ -161,6 +166,18 @@ export class StateStore {
   async setAuditAnchor(a: AuditAnchor): Promise<void> {
     if (this.anchor && a.seq < this.anchor.seq) return; // never move the anchor backwards
     this.anchor = { seq: a.seq, head: a.head };
+    await this.writeRoot();
+  }
+
+  /** True once this directory has a counter log: it may then never be missing. */
+  get counterLogCreated(): boolean {
+    return this.hasCounterLog;
+  }
+
+  /** Seals, once, that the counter log exists (after its files were created and synced). */
+  async markCounterLog(): Promise<void> {
+    if (this.hasCounterLog) return;
+    this.hasCounterLog = true;
     await this.writeRoot();
   }
 

@@ -11,6 +11,7 @@ const COMMANDS: Record<string, { summary: string; load: () => Promise<{ run(argv
   policy: { summary: 'owner tools: policy init | sign | apply', load: () => import('./commands/policy.ts') },
   recover: { summary: 'owner: re-anchor a service counter after a legitimate restore (signed, audited)', load: () => import('./commands/recover.ts') },
   proxy: { summary: 'run the attested proxy (MySQL/PostgreSQL listeners, keyring, ops API)', load: () => import('./commands/proxy.ts') },
+  collateral: { summary: 'fetch and check TEE collateral (Intel PCS, AMD KDS) for the CAS', load: () => import('./commands/collateral.ts') },
   verify: { summary: 'check a running endpoint: TLS chains to the CAS CA, evidence binds its key and measurement', load: () => import('./commands/verify.ts') },
   admin: { summary: 'drive a running proxy: drain | quit | renew (loopback admin API, per-start token)', load: () => import('./commands/admin.ts') },
   status: { summary: 'print the status of a running role (--url http://127.0.0.1:PORT)', load: () => import('./commands/status.ts') },

@@ -8,7 +8,7 @@
  * If any step fails, later steps never run: keys are not served, MariaDB is not started, /readyz stays
  * 503 and /v1/status says why.
  */
-import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { randomBytes, X509Certificate } from 'node:crypto';
 import type { ConfigOf } from '../src/kernel/config.ts';
@@ -19,6 +19,9 @@ import { CdbpError, asCdbpError } from '../src/kernel/errors.ts';
 import { buildOpsServer, buildAdminServer, newAdminToken } from '../src/ops/server.ts';
 import { endpointReportData } from '../src/ops/evidence.ts';
 import { MariadbServer } from '../src/db/mariadb-server.ts';
+import { checkMariadbServer } from '../src/db/mariadb-encryption-check.ts';
+import { hardeningDirs, hardeningPaths, mariadbHardeningConfig, preparePluginDir } from '../src/db/mariadb-hardening.ts';
+import { mariadbPluginDir } from '../src/kernel/binaries.ts';
 import type { Provision, CounterClient } from '../src/provisioning/types.ts';
 import type { AttestationProvider } from '../src/attestation/types.ts';
 import { attestAndProvision } from '../src/cas-client/index.ts';
@@ -26,13 +29,17 @@ import { onCasIdentityAlarm } from '../src/cas-client/http.ts';
 import { CasTrustPin } from '../src/cas-client/trust-pin.ts';
 import { checkProxyConfig } from './proxy-config-check.ts';
 import { RenewalDriver, type RenewalOutcome, type RenewalStatus } from '../src/cas-client/renewal.ts';
+import { CurrentCounter, closeClient } from '../src/cas-client/current-counter.ts';
 import { FreshnessGuard } from '../proxy/freshness/guard.ts';
 import { RecordStore } from '../proxy/freshness/store.ts';
 import { MariadbPositionSource, readOfflineCheckpoint, type PositionSource } from '../proxy/freshness/mariadb-position.ts';
 import { PostgresPositionSource } from '../proxy/freshness/postgres-position.ts';
 import { createPgProxy, type PgProxy } from '../proxy/pg/index.ts';
-import { PostgresServer } from '../src/db/postgres-server.ts';
-import { createMysqlProxy, type MysqlProxy } from '../proxy/mysql/index.ts';
+import { PostgresServer, lookupOsUser } from '../src/db/postgres-server.ts';
+import {
+  GocryptfsDirectory, openEncryptedDirectory, recoverInterruptedRotation, reencryptDirectory, storageKeyCandidates, type EncryptedDirectory,
+} from '../src/storage/index.ts';
+import { createMysqlProxy, MariadbAccountTls, type MysqlProxy } from '../proxy/mysql/index.ts';
 import { createKeyring, mariadbEncryptionConfig, keyringEnv, prepareVolatileDir, writeKeyringCaFile, type Keyring } from '../keyring/index.ts';
 import { writeFileDurable } from '../src/crypto/atomic-file.ts';
 import type { PROXY_SCHEMA } from './settings.ts';
@@ -57,10 +64,14 @@ export class ProxyRole {
   private keyring: Keyring | undefined;
   private keyringCaFile: string | undefined;
   private mariadb: MariadbServer | undefined;
+  /** The managed mariadbd's memory-backed directory (Aria log, tmpdir, logs, secure_file_priv). */
+  private mariadbVolatileDir: string | undefined;
   private positions: PositionSource | undefined;
   private mysql: MysqlProxy | undefined;
   private mysqlAddress: { host: string; port: number } | undefined;
   private postgres: PostgresServer | undefined;
+  /** The managed PostgreSQL's encrypted directory (CDBP_PG_ENCRYPTION), mounted before it starts. */
+  private pgStorage: EncryptedDirectory | undefined;
   private pg: PgProxy | undefined;
   private pgAddress: { host: string; port: number } | undefined;
   private ops: ReturnType<typeof buildOpsServer> | undefined;
@@ -78,17 +89,8 @@ export class ProxyRole {
   private stopping: Promise<void> | undefined;
   private stoppedResolve: () => void = () => undefined;
   private readonly stoppedPromise = new Promise<void>((r) => { this.stoppedResolve = r; });
-  /** The CAS counter client of the current certificate (mTLS); swapped on renewal. */
-  private counterClient: CounterClient | undefined;
-  /**
-   * What the freshness guard holds: a stable facade over the current counter client, so the guard keeps
-   * counting over mTLS with the renewed certificate after the first one expires.
-   */
-  private readonly counter: CounterClient = {
-    read: () => this.activeCounter().read(),
-    advance: (expected, next, digest) => this.activeCounter().advance(expected, next, digest),
-    reportAlarm: async (alarm) => { await this.activeCounter().reportAlarm?.(alarm); },
-  };
+  /** What the freshness guard holds: the current counter client (mTLS), swapped on renewal. */
+  private readonly counter = new CurrentCounter();
   readonly addresses: { ops?: string; admin?: string; adminTokenFile?: string; mysql?: { host: string; port: number }; keyring?: string } = {};
 
   constructor(private readonly deps: ProxyRoleDeps) {
@@ -164,7 +166,7 @@ export class ProxyRole {
     });
     this.provision = provision;
     this.identity = new TlsIdentityHolder({ keyPem: provision.identity.keyPem, certPem: provision.identity.certPem });
-    this.counterClient = provision.counter;
+    this.counter.set(provision.counter);
     this.lifecycle.advance('provisioned');
     this.renewal.scheduleFor(provision.identity.notAfter);
 
@@ -205,17 +207,23 @@ export class ProxyRole {
       const positions = new MariadbPositionSource({ socket, user: config.monitorUser, password: config.monitorPassword });
       this.positions = positions;
       if (!config.manageMariadb) await waitForBackend(positions, log);
+      if (this.keyring) await this.verifyBackendEncryption(socket);
       await this.guard.verifyOnline(positions);
       this.guard.startRuntime(positions);
     }
 
+    // REQUIRE SSL/X509 accounts: read once now, then kept current by the proxy's logins (account-tls.ts).
+    const accountTls = socket ? new MariadbAccountTls({ socket, user: config.monitorUser, password: config.monitorPassword, log }) : undefined;
+    await accountTls?.refresh();
+    const backendTls = config.backendCaFile ? { tls: { caPem: readFileSync(config.backendCaFile, 'utf8') } } : {};
     this.mysql = createMysqlProxy({
       listen: { host: config.mysqlHost, port: config.mysqlPort },
+      accountTls,
       backend: socket
-        ? { socket }
+        ? { socket, ...backendTls }
         : {
           host: config.backendHost!, port: config.backendPort,
-          ...(config.backendCaFile ? { tls: { caPem: readFileSync(config.backendCaFile, 'utf8') } } : {}),
+          ...backendTls,
           allowInsecure: config.allowInsecureBackend,
         },
       tls: this.identity!,
@@ -230,8 +238,8 @@ export class ProxyRole {
   }
 
   /**
-   * PostgreSQL: no key plugin exists for community PostgreSQL, so this path is TLS termination plus
-   * freshness (WAL flush LSN); its data files are NOT encrypted at rest (docs/PG-ENDPOINT.md).
+   * PostgreSQL: TLS termination plus freshness (WAL flush LSN). Community PostgreSQL has no key plugin, so
+   * a managed server runs inside an encrypted directory mounted with the CAS's key (docs/PG-AT-REST.md).
    */
   private async startPostgresPath(): Promise<void> {
     const { config, log } = this.deps;
@@ -240,13 +248,18 @@ export class ProxyRole {
       if (!config.pgRunDir || !config.datadir) {
         throw new CdbpError('CONFIG_INVALID', 'CDBP_MANAGE_POSTGRES needs CDBP_PG_RUN_DIR and CDBP_DATADIR');
       }
+      // Encrypted (default): everything PostgreSQL writes lives inside the mount; CDBP_DATADIR holds ciphertext.
+      const layout = config.pgEncryption === 'off'
+        ? { dir: config.pgRunDir, datadir: config.datadir, socketDir: path.join(config.pgRunDir, 'socket') }
+        : await this.mountPostgresStorage(config.pgRunDir, config.datadir);
       this.postgres = new PostgresServer({
-        dir: config.pgRunDir, datadir: config.datadir, socketDir: path.join(config.pgRunDir, 'socket'),
+        ...layout,
         port: config.pgBackendPort, superuser: config.pgMonitorUser,
         hba: ['local all all scram-sha-256'],
+        dieWithParent: true,
       });
-      if (!existsSync(path.join(config.datadir, 'PG_VERSION'))) {
-        log.info({ datadir: config.datadir }, 'initializing the database (first run)');
+      if (!this.postgres.isInitialized()) {
+        log.info({ datadir: this.postgres.datadir }, 'initializing the database (first run)');
       }
       await this.postgres.initialize();
       await this.postgres.start();
@@ -254,6 +267,9 @@ export class ProxyRole {
       log.info({ pid: this.postgres.pid, socket: this.postgres.socketPath }, 'postgres started');
       void this.postgres.whenExited?.().then((code: number | null) => {
         if (this.stopping) return;
+        // A vanished mount usually kills PostgreSQL first: name the cause, not the consequence.
+        const storage = this.pgStorage?.health();
+        if (storage && !storage.mounted) this.lifecycle.fail({ code: 'STORAGE_UNAVAILABLE', message: `encrypted directory lost: ${storage.reason}` });
         this.lifecycle.fail({ code: 'BACKEND_UNAVAILABLE', message: `postgres exited (code ${code})` });
         void this.pg?.stopAccepting();
       });
@@ -271,13 +287,52 @@ export class ProxyRole {
       listen: { host: config.pgHost, port: config.pgPort },
       backend: { socketDir, port: config.pgBackendPort },
       tls: this.identity!,
-      limits: { maxConnections: config.maxConnections, handshakeTimeoutMs: config.handshakeTimeoutMs },
+      limits: { maxConnections: config.maxConnections, handshakeTimeoutMs: config.handshakeTimeoutMs, idleTimeoutMs: config.idleTimeoutMs },
       log, metrics: this.metrics,
       ...(config.freshness === 'strict' ? { ackGate: this.guard! } : {}),
       // The managed server trusts its superuser (our monitor account) on the socket: clients may not use it.
       forbiddenUsers: [config.pgMonitorUser],
     });
     this.pgAddress = await this.pg.listen();
+  }
+
+  /**
+   * attest → freshness → key → mount: opens the encrypted directory with the CAS-provisioned key (a new
+   * one only when no WAL position was ever sealed, i.e. the database's first start) and watches it; a
+   * lost mount fails the proxy closed. Returns PostgreSQL's layout inside the mount.
+   */
+  private async mountPostgresStorage(runDir: string, encryptedDir: string): Promise<{ dir: string; datadir: string; socketDir: string }> {
+    const { config, log } = this.deps;
+    mkdirSync(runDir, { recursive: true, mode: 0o711 });
+    const owner = process.getuid?.() === 0 ? lookupOsUser('postgres') : undefined;
+    // PostgreSQL's OS user must reach the mount point below the run dir (traverse only, no listing).
+    if (owner) chmodSync(runDir, (statSync(runDir).mode & 0o777) | 0o011);
+    const make = (encryptedPath: string, plaintextPath: string) => new GocryptfsDirectory({ encryptedPath, plaintextPath, owner, log });
+    const storage = make(encryptedDir, path.join(runDir, 'plain'));
+    this.pgStorage = storage;
+    const recovered = recoverInterruptedRotation(encryptedDir);
+    if (recovered) log.warn({ dir: encryptedDir }, `key rotation: ${recovered}`);
+    const keys = storageKeyCandidates(this.provision!.secrets.dbKeys);
+    const sealed = (this.guard!.status().position as { walLsn?: string } | null)?.walLsn;
+    const opened = await openEncryptedDirectory(storage, keys, {
+      create: sealed === undefined,
+      refuseCreateBecause: `the freshness record says this database has data (WAL position ${sealed})`,
+      log,
+    });
+    if (opened.version !== keys[0]!.version && config.pgRekey) {
+      // Rotation: the owner provisioned a newer key version. PostgreSQL is not running yet: copy now.
+      log.warn({ from: opened.version, to: keys[0]!.version }, 'key rotation: re-encrypting the PostgreSQL directory with the newest key version');
+      await reencryptDirectory({ current: storage, newKey: keys[0]!, scratchMountPoint: path.join(runDir, 'rekey'), makeDirectory: make, log });
+      await storage.mount(keys[0]!);
+    }
+    const plain = storage.plaintextPath;
+    storage.onLost((reason) => {
+      if (this.stopping) return;
+      this.lifecycle.fail({ code: 'STORAGE_UNAVAILABLE', message: `encrypted directory lost: ${reason}` });
+      void this.failClosed('encrypted directory lost');
+    });
+    const dir = path.join(plain, 'pg');
+    return { dir, datadir: path.join(dir, 'data'), socketDir: path.join(dir, 'run') };
   }
 
   /** The loopback keyring with the provisioned keys; for an external MariaDB, hands it the token via tmpfs. */
@@ -321,12 +376,20 @@ export class ProxyRole {
     if (!ariaLog.volatile || !tmp.volatile) {
       log.warn({ dir: volatileRoot }, 'volatile dir is not memory-backed: the Aria log and internal temp tables reach a disk in plaintext (set CDBP_VOLATILE_DIR to a tmpfs)');
     }
+    // Only encrypting engines, SQL-bearing logs and INTO OUTFILE on the volatile dir, no INSTALL SONAME.
+    const hardening = { volatileDir: path.resolve(volatileRoot), pluginDir: preparePluginDir(path.join(config.mariadbRunDir, 'plugins'), mariadbPluginDir()) };
+    this.mariadbVolatileDir = hardening.volatileDir;
     this.mariadb = new MariadbServer({
       dir: config.mariadbRunDir,
       datadir: config.datadir,
       tmpdir: tmp.dir,
-      extraConfig: mariadbEncryptionConfig({ vaultUrl: url, caFile, ariaLogDir: ariaLog.dir }),
+      extraConfig: [...mariadbEncryptionConfig({ vaultUrl: url, caFile, ariaLogDir: ariaLog.dir }), ...mariadbHardeningConfig(hardening)],
       env: keyringEnv(token),
+      // mariadbd runs as the `mysql` OS user (when we are root): it must own what it writes.
+      ownedDirs: [ariaLog.dir, tmp.dir, ...hardeningDirs(hardening)],
+      errorLog: hardeningPaths(hardening).errorLog,
+      // aria_log_control (the Aria UUID) stays in the datadir: losing it breaks encrypted Aria tables.
+      ariaLogDir: ariaLog.dir,
     });
     if (!this.mariadb.isInitialized()) {
       log.info({ datadir: config.datadir }, 'initializing the database (first run)');
@@ -343,6 +406,24 @@ export class ProxyRole {
     return this.mariadb.socket;
   }
 
+  /**
+   * Before anyone is served: the server encrypts everything with keys from our keyring, and (managed)
+   * runs hardened and unprivileged. A server started with encryption off never goes ready.
+   */
+  private async verifyBackendEncryption(socket: string): Promise<void> {
+    const { config, log } = this.deps;
+    await checkMariadbServer({
+      socket, user: config.monitorUser, password: config.monitorPassword,
+      keysServed: () => this.keyring!.keysServedSinceToken(),
+      serverPid: this.mariadb?.pid,
+      expect: {
+        plugin: 'hashicorp_key_management', hardened: config.manageMariadb,
+        ...(this.mariadbVolatileDir ? { volatileDirs: [this.mariadbVolatileDir] } : {}),
+      },
+    });
+    log.info({ keysServed: this.keyring!.keysServedSinceToken() }, 'mariadb encryption verified');
+  }
+
   private readiness(): { ready: boolean; reasons: string[] } {
     const reasons: string[] = [];
     if (this.draining) reasons.push('draining');
@@ -355,6 +436,8 @@ export class ProxyRole {
     const impostor = this.casPin?.lastImpostor;
     if (impostor) reasons.push(`CAS identity: ${impostor.message} (the counter can no longer be trusted; restart once the CAS is the real one again)`);
     if (this.lifecycle.state === 'ready' && this.mariadb && !this.mariadb.running) reasons.push('backend: mariadbd is not running');
+    const storage = this.pgStorage?.health();
+    if (storage && !storage.mounted && storage.reason) reasons.push(`storage: ${storage.reason}`);
     return { ready: reasons.length === 0, reasons };
   }
 
@@ -379,6 +462,7 @@ export class ProxyRole {
         running: this.mariadb ? this.mariadb.running : this.postgres ? this.postgres.running : null,
         pid: this.mariadb?.pid ?? this.postgres?.pid ?? null,
         socket: this.mariadb?.socket ?? this.postgres?.socketPath ?? this.deps.config.backendSocket ?? this.deps.config.pgBackendSocketDir ?? null,
+        ...(this.deps.config.engine === 'postgres' ? { storage: this.pgStorage?.health() ?? { kind: 'none', mounted: false, reason: 'not encrypted at rest' } } : {}),
       },
       engine: this.deps.config.engine,
       listeners: { mysql: this.mysqlAddress ?? null, postgres: this.pgAddress ?? null, keyring: this.addresses.keyring ?? null },
@@ -428,7 +512,7 @@ export class ProxyRole {
         tls: { dnsNames: config.dnsNames },
       });
       if (this.stopping) {
-        closeCounter(fresh.counter);
+        closeClient(fresh.counter);
         throw new CdbpError('LIFECYCLE_INVALID_TRANSITION', 'shutting down');
       }
       const id = { keyPem: fresh.identity.keyPem, certPem: fresh.identity.certPem };
@@ -437,10 +521,7 @@ export class ProxyRole {
       this.keyring?.addKeys(fresh.secrets.dbKeys);
       this.identity!.set(id);
       this.provision = { ...this.provision!, identity: fresh.identity };
-      const old = this.counterClient;
-      this.counterClient = fresh.counter;
-      // A seal may be mid-request on the old client's connection: let it finish before closing it.
-      if (old) setTimeout(() => closeCounter(old), 10_000).unref();
+      this.counter.set(fresh.counter);
       const facts = { ...certificateFacts(fresh.identity.certPem), notAfter: fresh.identity.notAfter.toISOString() };
       log.info(facts, 'certificate renewed');
       return { notAfter: fresh.identity.notAfter, facts };
@@ -462,11 +543,7 @@ export class ProxyRole {
     await this.keyring?.close().catch(() => undefined);
     await this.mariadb?.stop().catch(() => undefined);
     await this.postgres?.stop().catch(() => undefined);
-  }
-
-  private activeCounter(): CounterClient {
-    if (!this.counterClient) throw new CdbpError('ATTESTATION_UNAVAILABLE', 'no CAS counter client: not attested');
-    return this.counterClient;
+    await this.pgStorage?.unmount().catch(() => undefined);
   }
 
   /**
@@ -512,7 +589,7 @@ export class ProxyRole {
       await this.guard?.sealNow().catch((e: unknown) => log.warn({ err: asCdbpError(e).message }, 'final seal failed'));
       await this.stopBackends();
       await renewalStopped;
-      if (this.counterClient) closeCounter(this.counterClient);
+      this.counter.close();
       await this.ops?.close();
       await this.admin?.close();
       if (this.addresses.adminTokenFile) rmSync(this.addresses.adminTokenFile, { force: true });
@@ -530,6 +607,7 @@ export class ProxyRole {
     await this.positions?.close().catch(() => undefined);
     await this.mariadb?.stop();
     await this.postgres?.stop();
+    await this.pgStorage?.unmount().catch((e: unknown) => this.deps.log.error({ err: asCdbpError(e).message }, 'unmounting the encrypted directory failed'));
     await this.keyring?.close().catch(() => undefined);
   }
 }
@@ -570,10 +648,6 @@ function renewalFacts(r: RenewalStatus): Record<string, unknown> {
 function certificateFacts(certPem: string): { serial: string; notBefore: string; fingerprint256: string } {
   const c = new X509Certificate(certPem);
   return { serial: c.serialNumber, notBefore: new Date(c.validFrom).toISOString(), fingerprint256: c.fingerprint256 };
-}
-
-function closeCounter(c: CounterClient): void {
-  (c as { close?: () => void }).close?.();
 }
 
 function sleep(ms: number): Promise<void> {

@@ -36,7 +36,7 @@ export async function run(argv: string[]): Promise<number> {
   // Every path that starts a proxy (cdbp up, cdbp proxy, compose) builds a stale native plane first.
   ensureNativeDataPlane({ dataPlane: config.dataPlane, engine: config.engine, log });
   const provider = selectProvider({
-    mode: config.teeMode, allowSimulated: config.allowSimulated, platformKeyFile: config.platformKeyFile, log,
+    mode: config.teeMode, allowSimulated: config.allowSimulated, platformKeyFile: config.platformKeyFile, tsmRoot: config.tsmRoot, log,
   });
   const role = new ProxyRole({ config, provider, log });
 

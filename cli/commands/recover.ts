@@ -6,7 +6,8 @@
 import { readFileSync } from 'node:fs';
 import { parseFlags } from '../../src/kernel/args.ts';
 import { CdbpError } from '../../src/kernel/errors.ts';
-import { loadOwnerKey, recoverCounter, COUNTER_DIGEST_RE } from '../../cas/policy.ts';
+import { loadOwnerKey, COUNTER_DIGEST_RE } from '../../src/provisioning/policy.ts';
+import { recoverCounter } from '../../src/cas-client/policy.ts';
 import { peekRecordHeader, recordDigest } from '../../proxy/freshness/record.ts';
 
 const USAGE = `usage: cdbp recover --cas URL --ca FILE --owner-key FILE --service S (--record FILE | --value N --digest HEX)

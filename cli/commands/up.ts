@@ -26,6 +26,7 @@ import { freePort } from '../../src/kernel/net.ts';
 import { lockStateDir } from '../../src/kernel/state-lock.ts';
 import { generatePlatformKey } from '../../src/attestation/simulated.ts';
 import { measureShippedCode } from '../../src/attestation/measurement.ts';
+import { buildNativeDataPlane } from '../native-build.ts';
 import { ensureOwnerKey, ensureServicePolicy } from '../local-policy.ts';
 import { randomPassword } from '../proxy-role.ts';
 import { MariadbServer } from '../../src/db/mariadb-server.ts';
@@ -83,6 +84,11 @@ private PostgreSQL behind a second proxy (one proxy per database). Ctrl-C stops 
   if (flags.postgres) {
     findBinary('postgres');
     findBinary('initdb');
+    // Encrypted at rest by default (docs/PG-AT-REST.md): gocryptfs over FUSE.
+    for (const [bin, pkg] of [['gocryptfs', 'gocryptfs'], ['fusermount3', 'fuse3']] as const) {
+      try { findBinary(bin); } catch { throw new CdbpError('BINARY_MISSING', `${bin} not found: install the Debian package ${pkg} (PostgreSQL runs encrypted at rest)`); }
+    }
+    if (!existsSync('/dev/fuse')) throw new CdbpError('CONFIG_INVALID', '/dev/fuse is missing: PostgreSQL runs in a FUSE-encrypted directory (docs/PG-AT-REST.md)');
     assertTraversableByOthers(dir);
   }
 
@@ -172,6 +178,10 @@ private PostgreSQL behind a second proxy (one proxy per database). Ctrl-C stops 
     // 2. The owner's policy for this build of the proxy (re-signed when the code's measurement changes).
     const ownerKey = path.join(layout.trusted, 'owner.key');
     await ensureOwnerKey(ownerKey);
+    // The native data plane's binary is measured code: build it (if stale) before measuring, or the proxy's
+    // own build step would change the code after the owner signed for it (a MEASUREMENT_MISMATCH at attest).
+    const nativeBuild = buildNativeDataPlane();
+    if (!nativeBuild.ok) say(`native data plane not built (the proxy will run the Node plane): ${nativeBuild.output.split('\n').pop()}`);
     const measurement = measureShippedCode();
     const applied = await ensureServicePolicy({
       casUrl: casReady.url, caPem: readFileSync(caFile, 'utf8'), ownerKeyFile: ownerKey, service: 'mariadb', measurement,
@@ -226,7 +236,7 @@ private PostgreSQL behind a second proxy (one proxy per database). Ctrl-C stops 
       const pgAdmin = { user: 'admin', password: previous?.postgres?.password ?? randomPassword() };
       await ensurePgAdmin(path.dirname(pgBackend.socket ?? ''), Number(path.extname(pgBackend.socket ?? '.5432').slice(1)), pgAdmin);
       postgres = { host: '127.0.0.1', port: pgPort, user: pgAdmin.user, password: pgAdmin.password, datadir: pgDatadir, socket: pgBackend.socket ?? '', ops: { url: `http://127.0.0.1:${pgOpsPort}` } };
-      say(`PostgreSQL ready: psql "host=127.0.0.1 port=${pgPort} user=admin dbname=postgres sslmode=verify-full sslrootcert=${caFile}"`);
+      say(`PostgreSQL ready (encrypted at rest: ${pgDatadir} holds ciphertext only): psql "host=127.0.0.1 port=${pgPort} user=admin dbname=postgres sslmode=verify-full sslrootcert=${caFile}"`);
     }
 
     const stack: StackFile = {

@@ -66,3 +66,49 @@ export function decideStartup(found: FoundRecord, counter: CounterState, databas
     expected: { epoch: counter.value }, seen: { epoch: record.epoch },
   };
 }
+
+/**
+ * Start-up when the CAS keeps the sealed record with its counter (issue 17): that record is the
+ * anchored state, and the copy on the untrusted volume is only a cache, written off the hot path, so
+ * it may lag the counter after a crash. A cache that does not open, belongs to another database, runs
+ * ahead of the counter, or differs from the anchored record at the same epoch is still evidence of
+ * tampering (or a fork) and refused.
+ */
+export function decideWithAnchoredRecord(cache: FoundRecord, counter: CounterState, anchored: FoundRecord, databaseId: string): StartupVerdict {
+  if (anchored.kind !== 'ok') {
+    return {
+      kind: 'tamper',
+      message: `the sealed record the CAS counter anchors does not open with this service's key: ${anchored.kind === 'invalid' ? anchored.message : 'missing'}`,
+    };
+  }
+  if (anchored.record.databaseId !== databaseId || anchored.record.epoch !== counter.value || anchored.digest !== counter.digest) {
+    return {
+      kind: 'tamper', message: 'the sealed record the CAS counter anchors is for another database or epoch',
+      expected: { databaseId, epoch: counter.value }, seen: { databaseId: anchored.record.databaseId, epoch: anchored.record.epoch },
+    };
+  }
+  if (cache.kind === 'invalid') return { kind: 'tamper', message: `sealed freshness record rejected: ${cache.message}` };
+  if (cache.kind === 'ok') {
+    const { record, digest } = cache;
+    if (record.databaseId !== databaseId) {
+      return {
+        kind: 'tamper', message: 'sealed freshness record belongs to another database',
+        expected: { databaseId }, seen: { databaseId: record.databaseId },
+      };
+    }
+    if (record.epoch > counter.value) {
+      return {
+        kind: 'tamper', message: `sealed freshness record is ahead of the CAS counter by ${record.epoch - counter.value} epochs`,
+        expected: { epoch: counter.value }, seen: { epoch: record.epoch },
+      };
+    }
+    if (record.epoch === counter.value && digest !== counter.digest) {
+      return {
+        kind: 'tamper',
+        message: `sealed freshness record for epoch ${record.epoch} is not the one the CAS counter anchors (fork or forgery)`,
+        expected: { epoch: counter.value, digest: counter.digest }, seen: { epoch: record.epoch, digest },
+      };
+    }
+  }
+  return { kind: 'fresh', record: anchored.record };
+}

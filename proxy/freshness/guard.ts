@@ -12,12 +12,15 @@ import { CdbpError, asCdbpError, isCdbpError } from '../../src/kernel/errors.ts'
 import { LATENCY_BUCKETS, type MetricsRegistry, type Histogram, type Counter } from '../../src/kernel/metrics.ts';
 import type { CounterClient, CounterState } from '../../src/provisioning/types.ts';
 import { openRecord, recordDigest, sealRecord, type DurablePosition, type FreshnessRecord } from './record.ts';
-import { decideStartup, type FoundRecord, type StartupVerdict } from './decide.ts';
+import { decideStartup, decideWithAnchoredRecord, type FoundRecord, type StartupVerdict } from './decide.ts';
 import { positionAdvanced, positionBehind } from './position.ts';
 import type { RecordStore } from './store.ts';
 import type { PositionSource } from './mariadb-position.ts';
 
 export type FreshnessMode = 'strict' | 'relaxed' | 'off';
+
+/** The record cache on the untrusted volume is rewritten at most this often. */
+const CACHE_INTERVAL_MS = 1000;
 
 export interface FreshnessGuardOptions {
   store: RecordStore;
@@ -46,6 +49,7 @@ export interface FreshnessViolation {
 /** A record on disk whose counter advance has not been confirmed yet, and the acks it covers. */
 interface Unconfirmed {
   record: FreshnessRecord;
+  bytes: Buffer;
   digest: string;
   from: number;
   waiters: Waiter[];
@@ -80,6 +84,11 @@ export class FreshnessGuard extends EventEmitter {
   private interval: NodeJS.Timeout | undefined;
   private lastError: string | undefined;
   private stopped = false;
+  /** The record cache on the untrusted volume (see cacheLater). */
+  private cacheNext: Buffer | undefined;
+  private cacheTimer: NodeJS.Timeout | undefined;
+  private cacheWriting: Promise<void> | undefined;
+  private cacheWrittenAt: number | undefined;
   private readonly holdHist: Histogram | undefined;
   private readonly seals: Counter | undefined;
   private readonly violations: Counter | undefined;
@@ -119,7 +128,11 @@ export class FreshnessGuard extends EventEmitter {
     const counter = await this.opts.counter.read();
     this.counterSeen = counter.value;
     const found = await this.readRecord();
-    const verdict = decideStartup(found, counter, this.opts.databaseId);
+    // The CAS keeps the record with the counter (the volume's copy is a cache); a counter without one
+    // (older CAS state, or re-anchored by `cdbp recover` to a restored record) is checked as before.
+    const verdict = counter.record
+      ? decideWithAnchoredRecord(found, counter, await this.openBytes(counter.record), this.opts.databaseId)
+      : decideStartup(found, counter, this.opts.databaseId);
     switch (verdict.kind) {
       case 'first-start':
         this.opts.log.info('freshness: first start of this database, sealing epoch 1');
@@ -230,12 +243,23 @@ export class FreshnessGuard extends EventEmitter {
       if (this.unconfirmed) await this.confirm(this.unconfirmed);
       await this.sealEpoch(await source.read());
     });
+    await this.writeCacheNow();
+  }
+
+  /** Writes the latest counted record to the cache now (clean shutdown), after any write in progress. */
+  async writeCacheNow(): Promise<void> {
+    if (this.cacheTimer) clearTimeout(this.cacheTimer);
+    this.cacheTimer = undefined;
+    await this.cacheWriting;
+    await this.flushCache();
   }
 
   async stop(): Promise<void> {
     this.stopped = true;
     if (this.interval) clearInterval(this.interval);
     if (this.retryTimer) clearTimeout(this.retryTimer);
+    if (this.cacheTimer) clearTimeout(this.cacheTimer);
+    await this.cacheWriting;
     const err = new CdbpError('BACKEND_UNAVAILABLE', 'proxy shutting down before the write could be counted');
     for (const w of [...this.pending.splice(0), ...(this.unconfirmed?.waiters ?? [])]) w.reject(err);
   }
@@ -336,9 +360,10 @@ export class FreshnessGuard extends EventEmitter {
   }
 
   /**
-   * Writes record epoch+1, then advances the counter to it. Once the record is on disk it is the only
-   * candidate for that epoch until the counter confirms it: a failed advance leaves it `unconfirmed`,
-   * with the acks it covers, for confirm() to retry.
+   * Seals record epoch+1 in memory and advances the counter to it, handing the CAS the record itself:
+   * the one durable step of a seal is the CAS's counter-log append (nothing is synced on this side).
+   * Once sent, the record is the only candidate for that epoch until the counter confirms it: a failed
+   * advance leaves it `unconfirmed`, with the acks it covers, for confirm() to retry with the same bytes.
    */
   private async sealEpoch(position: DurablePosition, counterNow?: CounterState, waiters: Waiter[] = []): Promise<void> {
     const from = counterNow?.value ?? this.epoch;
@@ -347,26 +372,58 @@ export class FreshnessGuard extends EventEmitter {
       sealedAt: (this.opts.now?.() ?? new Date()).toISOString(),
     };
     const bytes = await sealRecord(record, this.opts.key);
-    await this.opts.store.write(bytes);
-    const pending: Unconfirmed = { record, digest: recordDigest(bytes), from, waiters };
+    const pending: Unconfirmed = { record, bytes, digest: recordDigest(bytes), from, waiters };
     this.unconfirmed = pending;
     await this.confirm(pending);
   }
 
   /** Advances the counter to an unconfirmed record (idempotent: a lost answer is recognised). */
   private async confirm(u: Unconfirmed): Promise<void> {
-    await this.advanceCounter(u.from, u.record.epoch, u.digest);
+    await this.advanceCounter(u.from, u.record.epoch, u.digest, u.bytes);
     if (this.unconfirmed === u) this.unconfirmed = undefined;
     this.adopt(u.record, u.record.epoch);
     this.lastSealAt = Date.now();
     this.lastError = undefined;
     this.seals?.inc();
     for (const w of u.waiters) w.resolve();
+    this.cacheLater(u.bytes);
   }
 
-  private async advanceCounter(expected: number, next: number, digest: string): Promise<void> {
+  /**
+   * The copy on the untrusted volume is a cache (what `cdbp recover` re-anchors a restored backup to,
+   * and what an operator inspects offline): written in the background at most once a second, never
+   * on an ack's path. It may lag the counter; start-up accepts that and refuses only a forged copy.
+   */
+  private cacheLater(bytes: Buffer): void {
+    this.cacheNext = bytes;
+    if (this.cacheTimer || this.cacheWriting) return;
+    const wait = Math.max(0, (this.cacheWrittenAt ?? 0) + CACHE_INTERVAL_MS - Date.now());
+    this.cacheTimer = setTimeout(() => {
+      this.cacheTimer = undefined;
+      void this.flushCache();
+    }, wait);
+    this.cacheTimer.unref();
+  }
+
+  private flushCache(): Promise<void> {
+    if (this.cacheWriting) return this.cacheWriting;
+    const bytes = this.cacheNext;
+    if (!bytes) return Promise.resolve();
+    this.cacheNext = undefined;
+    this.cacheWriting = this.opts.store.write(bytes).then(() => {
+      this.cacheWrittenAt = Date.now();
+    }, (e: unknown) => {
+      this.opts.log.warn({ err: asCdbpError(e).message }, 'freshness: could not write the record cache (the CAS holds the record)');
+    }).finally(() => {
+      this.cacheWriting = undefined;
+      if (this.cacheNext && !this.stopped) this.cacheLater(this.cacheNext);
+    });
+    return this.cacheWriting;
+  }
+
+  private async advanceCounter(expected: number, next: number, digest: string, record?: Buffer): Promise<void> {
     try {
-      await this.opts.counter.advance(expected, next, digest);
+      await this.opts.counter.advance(expected, next, digest, record);
       this.counterSeen = next;
     } catch (e) {
       if (!isCdbpError(e, 'COUNTER_CONFLICT')) throw e;
@@ -392,6 +449,10 @@ export class FreshnessGuard extends EventEmitter {
   private async readRecord(): Promise<FoundRecord> {
     const bytes = this.opts.store.read();
     if (!bytes) return { kind: 'missing' };
+    return this.openBytes(bytes);
+  }
+
+  private async openBytes(bytes: Buffer): Promise<FoundRecord> {
     try {
       return { kind: 'ok', record: await openRecord(bytes, this.opts.key), digest: recordDigest(bytes) };
     } catch (e) {

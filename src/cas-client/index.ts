@@ -19,7 +19,7 @@ import { generateSealingKeyPair, openSealed } from '../crypto/box.ts';
 import { certificateChainsTo, createCsr, generateTlsKeyPair, spkiDer, verifyCasSigningCert } from '../crypto/x509.ts';
 import { isCdbpError } from '../kernel/errors.ts';
 import { casAgent, casRequest } from './http.ts';
-import { attestAnswerMessage, counterAnswerMessage, verifyAnswer, type CounterAnswer } from './answers.ts';
+import { attestAnswerMessage, counterAnswerMessage, verifyAnswer, type CounterAnswer } from '../provisioning/answers.ts';
 
 export { casRequest } from './http.ts';
 export { applySignedPolicy, getCurrentPolicyHash, getCurrentPolicy, recoverCounter } from './policy.ts';
@@ -151,12 +151,17 @@ export class HttpCounterClient implements CounterClient {
 
   /** The signed state in `answer` for `nonce`, or CAS_IDENTITY_INVALID. */
   private checked(op: CounterAnswer['op'], nonce: string, answer: unknown): CounterState {
-    const a = answer as { value?: unknown; digest?: unknown; signature?: unknown } | undefined;
+    const a = answer as { value?: unknown; digest?: unknown; signature?: unknown; record?: unknown } | undefined;
     if (!a || !Number.isSafeInteger(a.value) || typeof a.digest !== 'string'
       || !verifyAnswer(this.signingKey, counterAnswerMessage({ service: this.service, op, nonce, value: a.value as number, digest: a.digest }), a.signature)) {
       throw new CdbpError('CAS_IDENTITY_INVALID', `counter ${op} answer is not signed by the CAS for this request (forged, replayed or altered)`);
     }
-    return { value: a.value as number, digest: a.digest };
+    // The signature covers the digest; the record is bound to it by its hash.
+    const record = typeof a.record === 'string' ? Buffer.from(a.record, 'base64') : undefined;
+    if (record && createHash(a.digest.length === 128 ? 'sha512' : 'sha256').update(record).digest('hex') !== a.digest) {
+      throw new CdbpError('CAS_IDENTITY_INVALID', `counter ${op} answer carries a record that is not the one its signed digest names`);
+    }
+    return { value: a.value as number, digest: a.digest, ...(record ? { record } : {}) };
   }
 
   async read(): Promise<CounterState> {
@@ -165,11 +170,12 @@ export class HttpCounterClient implements CounterClient {
   }
 
   /** Throws COUNTER_CONFLICT (details: { value, digest } of the CAS's counter, signed) if `expected` is stale. */
-  async advance(expected: number, next: number, digest: string): Promise<CounterState> {
+  async advance(expected: number, next: number, digest: string, record?: Buffer): Promise<CounterState> {
     const nonce = randomBytes(32).toString('hex');
     let answer: unknown;
     try {
-      answer = await casRequest<unknown>(this.casUrl, 'POST', this.path, { expected, next, digest, nonce }, { agent: this.agent });
+      answer = await casRequest<unknown>(this.casUrl, 'POST', this.path,
+        { expected, next, digest, nonce, ...(record ? { record: record.toString('base64') } : {}) }, { agent: this.agent });
     } catch (e) {
       if (isCdbpError(e, 'COUNTER_CONFLICT')) {
         // The guard acts on the conflict's value and digest (lost answer vs. fork): they must be the CAS's.

@@ -39,6 +39,8 @@ export type ErrorCode =
   | 'BACKEND_UNAVAILABLE'
   // keyring
   | 'KEYRING_UNAVAILABLE'
+  // the MariaDB behind the proxy does not encrypt (src/db/mariadb-encryption-check.ts)
+  | 'BACKEND_NOT_ENCRYPTED'
   // lifecycle
   | 'LIFECYCLE_INVALID_TRANSITION'
   | 'CHILD_FAILED'
@@ -55,6 +57,27 @@ export type ErrorCode =
   | 'UNSUPPORTED_MEDIA_TYPE'
   // the command line: an unknown or malformed option or argument (exit 2)
   | 'USAGE'
+  // real TEE evidence (SEV-SNP, TDX): src/attestation/, docs/ATTESTATION.md "Errors"
+  | 'TEE_EVIDENCE_MALFORMED'
+  | 'TEE_SIGNATURE_INVALID'
+  | 'TEE_CERT_CHAIN_INVALID'
+  | 'TEE_UNTRUSTED_ROOT'
+  | 'TEE_CERT_EXPIRED'
+  | 'TEE_TCB_MISMATCH'
+  | 'TEE_PCK_REVOKED'
+  | 'TEE_QE_BINDING_INVALID'
+  | 'TEE_QE_IDENTITY_MISMATCH'
+  | 'TEE_COLLATERAL_MISSING'
+  | 'TEE_COLLATERAL_INVALID'
+  | 'TEE_COLLATERAL_EXPIRED'
+  | 'TEE_FMSPC_MISMATCH'
+  | 'TEE_TCB_STATUS_REFUSED'
+  | 'TEE_DEBUG_REFUSED'
+  | 'TEE_POLICY_REFUSED'
+  | 'TEE_REPORT_DATA_MISMATCH'
+  // appended for PostgreSQL at rest (src/storage/, issue 19)
+  | 'STORAGE_UNAVAILABLE'
+  | 'STORAGE_KEY_INVALID'
   // another process holds this state directory (src/kernel/state-lock.ts)
   | 'STATE_LOCKED';
 
@@ -98,7 +121,27 @@ export function httpStatusFor(code: ErrorCode): number {
     case 'PROTOCOL_VIOLATION':
     case 'EVIDENCE_INVALID':
     case 'NONCE_INVALID':
+    case 'TEE_EVIDENCE_MALFORMED':
       return 400;
+    case 'TEE_SIGNATURE_INVALID':
+    case 'TEE_CERT_CHAIN_INVALID':
+    case 'TEE_UNTRUSTED_ROOT':
+    case 'TEE_CERT_EXPIRED':
+    case 'TEE_TCB_MISMATCH':
+    case 'TEE_PCK_REVOKED':
+    case 'TEE_QE_BINDING_INVALID':
+    case 'TEE_QE_IDENTITY_MISMATCH':
+    case 'TEE_FMSPC_MISMATCH':
+    case 'TEE_TCB_STATUS_REFUSED':
+    case 'TEE_DEBUG_REFUSED':
+    case 'TEE_POLICY_REFUSED':
+    case 'TEE_REPORT_DATA_MISMATCH':
+      return 401;
+    // The CAS's own collateral is missing or stale: the operator refreshes it (cdbp collateral).
+    case 'TEE_COLLATERAL_MISSING':
+    case 'TEE_COLLATERAL_INVALID':
+    case 'TEE_COLLATERAL_EXPIRED':
+      return 503;
     case 'POLICY_SIGNATURE_INVALID':
     case 'ATTESTATION_REFUSED':
     case 'MEASUREMENT_MISMATCH':
@@ -129,6 +172,7 @@ export function httpStatusFor(code: ErrorCode): number {
     case 'BACKEND_UNAVAILABLE':
     case 'KEYRING_UNAVAILABLE':
     case 'SEALING_UNAVAILABLE':
+    case 'STORAGE_UNAVAILABLE':
       return 503;
     case 'CAS_IDENTITY_INVALID':
       // An upstream answered that is not the pinned CAS: a gateway error, not ours and not the caller's.

@@ -48,12 +48,14 @@ export interface CounterState {
   value: number;
   /** Hex digest of the sealed record that this value anchors ('' for value 0). */
   digest: string;
+  /** The sealed record itself, when the CAS keeps it with the counter (checked: its hash is `digest`). */
+  record?: Buffer;
 }
 
 export interface CounterClient {
   read(): Promise<CounterState>;
   /** Compare-and-advance: succeeds only if the counter is still `expected`; throws COUNTER_CONFLICT otherwise. */
-  advance(expected: number, next: number, digest: string): Promise<CounterState>;
+  advance(expected: number, next: number, digest: string, record?: Buffer): Promise<CounterState>;
   /** Reports a detected rollback/tamper/fork so the CAS audits it (best effort: the proxy fails closed anyway). */
   reportAlarm?(alarm: FreshnessAlarm): Promise<void>;
 }

@@ -13,17 +13,19 @@ export class MemoryCounter implements CounterClient {
   loseNextAnswer = false;
   /** Delay before each advance is applied (to make seals overlap). */
   delayMs = 0;
+  /** Keep the sealed record with the counter, as the CAS does since issue 17 (false: an older CAS). */
+  keepRecords = true;
   async read(): Promise<CounterState> {
     if (this.down) throw new CdbpError('CAS_UNREACHABLE', 'CAS unreachable (test)');
     return { ...this.state };
   }
-  async advance(expected: number, next: number, digest: string): Promise<CounterState> {
+  async advance(expected: number, next: number, digest: string, record?: Buffer): Promise<CounterState> {
     if (this.delayMs) await new Promise((r) => setTimeout(r, this.delayMs));
     if (this.down) throw new CdbpError('CAS_UNREACHABLE', 'CAS unreachable (test)');
     if (this.state.value !== expected || next !== expected + 1) {
       throw new CdbpError('COUNTER_CONFLICT', `counter is at ${this.state.value}`);
     }
-    this.state = { value: next, digest };
+    this.state = { value: next, digest, ...(record && this.keepRecords ? { record } : {}) };
     this.advances++;
     if (this.loseNextAnswer) {
       this.loseNextAnswer = false;

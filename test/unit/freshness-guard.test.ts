@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { copyFileSync } from 'node:fs';
+import { copyFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { FreshnessGuard } from '../../proxy/freshness/guard.ts';
 import { RecordStore } from '../../proxy/freshness/store.ts';
@@ -67,29 +67,72 @@ test('relaxed and off modes never hold an ack', async (t) => {
   }
 });
 
-test('rollback: restoring an older record is refused with expected vs seen', async (t) => {
+test('rollback: data behind the position the CAS anchors is refused with expected vs seen; a stale record cache is not a rollback', async (t) => {
   const dir = tempDir('fg'); t.after(() => dir.remove());
   const { make, store } = setup(dir.path);
   const g = make();
   await g.verifyAtStartup();
   const pos = new FakePosition();
   g.startRuntime(pos);
+  await g.writeCacheNow();
   const snapshot = path.join(dir.path, 'snapshot');
   copyFileSync(store.file, snapshot);
   pos.lsn = 2000;
   await g.holdAck();
   await g.stop();
+  // Only the cache rolled back: the CAS holds the record, so this start is fresh.
   copyFileSync(snapshot, store.file);
   const again = make();
-  await assert.rejects(again.verifyAtStartup(), (e: any) => e.code === 'ROLLBACK_DETECTED' && /epoch 1 .*counter is at 2/.test(e.message));
+  assert.equal((await again.verifyAtStartup()).kind, 'fresh');
+  assert.equal(again.status().epoch, 2);
+  // The data rolled back (position behind the anchored one): refused.
+  const old = new FakePosition();
+  old.lsn = 1000;
+  await assert.rejects(again.verifyOnline(old), (e: any) => e.code === 'ROLLBACK_DETECTED' && /behind/.test(e.message));
   assert.equal(again.violated?.kind, 'rollback');
+});
+
+test('legacy counter without a record (older CAS, or cdbp recover): an older record on the volume is a rollback', async (t) => {
+  const dir = tempDir('fg'); t.after(() => dir.remove());
+  const { make, store, counter } = setup(dir.path);
+  counter.keepRecords = false;
+  const g = make();
+  await g.verifyAtStartup();
+  const pos = new FakePosition();
+  g.startRuntime(pos);
+  await g.writeCacheNow();
+  const snapshot = path.join(dir.path, 'snapshot');
+  copyFileSync(store.file, snapshot);
+  pos.lsn = 2000;
+  await g.holdAck();
+  await g.sealNow();
+  await g.stop();
+  copyFileSync(snapshot, store.file);
+  const again = make();
+  await assert.rejects(again.verifyAtStartup(), (e: any) => e.code === 'ROLLBACK_DETECTED' && /epoch 1 .*counter is at 3/.test(e.message));
+  assert.equal(again.violated?.kind, 'rollback');
+});
+
+test('a forged or foreign record cache is tamper even when the CAS holds the record', async (t) => {
+  const dir = tempDir('fg'); t.after(() => dir.remove());
+  const { make, store } = setup(dir.path);
+  const g = make();
+  await g.verifyAtStartup();
+  await g.writeCacheNow();
+  await g.stop();
+  const b = store.read()!;
+  b[b.length - 3] = b[b.length - 3]! ^ 1;
+  writeFileSync(store.file, b);
+  await assert.rejects(make().verifyAtStartup(), (e: any) => e.code === 'TAMPER_DETECTED' && /failed authentication/.test(e.message));
 });
 
 test('a fork loses the counter race and is told so', async (t) => {
   const dir = tempDir('fg'); t.after(() => dir.remove());
   const dir2 = tempDir('fg2'); t.after(() => dir2.remove());
   const { make, store, counter, key } = setup(dir.path);
-  await make().verifyAtStartup();
+  const first = make();
+  await first.verifyAtStartup();
+  await first.writeCacheNow();
   copyFileSync(store.file, path.join(dir2.path, 'freshness.sealed'));
   const a = make();
   const b = setup(dir2.path, counter, key).make();
@@ -119,20 +162,34 @@ test('CAS down: a held ack fails with a clear error after the timeout, then work
   await g.stop();
 });
 
-test('crash between record write and counter advance: the next start finishes the advance', async (t) => {
+test('crash with the advance unsent or lost: the next start is fresh at the counted epoch (nothing to finish)', async (t) => {
   const dir = tempDir('fg'); t.after(() => dir.remove());
   const { make, counter } = setup(dir.path);
   const g = make('strict', 200);
   await g.verifyAtStartup();
   const pos = new FakePosition();
   g.startRuntime(pos);
-  // The record for epoch 2 gets written, the advance never reaches the CAS.
   counter.down = true;
   pos.lsn = 7000;
   await assert.rejects(g.holdAck()!);
   await g.stop();
   counter.down = false;
   assert.equal(counter.state.value, 1);
+  assert.equal((await make().verifyAtStartup()).kind, 'fresh');
+  assert.equal(counter.state.value, 1);
+});
+
+test('legacy: crash between record write and counter advance: the next start finishes the advance', async (t) => {
+  const dir = tempDir('fg'); t.after(() => dir.remove());
+  const { make, counter, store, key } = setup(dir.path);
+  counter.keepRecords = false;
+  const g = make('strict', 200);
+  await g.verifyAtStartup();
+  await g.writeCacheNow();
+  await g.stop();
+  // An older proxy wrote record 2 to the volume, then crashed before the advance.
+  const { sealRecord } = await import('../../proxy/freshness/record.ts');
+  await store.write(await sealRecord({ databaseId: 'db-test', epoch: 2, position: { engine: 'mariadb', lsnFlushed: '7000' }, sealedAt: new Date().toISOString() }, key));
   const verdict = await make().verifyAtStartup();
   assert.equal(verdict.kind, 'finish-advance');
   assert.equal(counter.state.value, 2);
@@ -149,8 +206,9 @@ test('a lost counter answer is not a fork: the same record is confirmed and the 
   pos.lsn = 4242;
   await g.holdAck();
   assert.equal(g.violated, undefined, 'no fork raised');
+  await g.writeCacheNow();
   const { recordDigest } = await import('../../proxy/freshness/record.ts');
-  assert.equal(recordDigest(store.read()!), counter.state.digest, 'the record on disk is the one the counter anchors');
+  assert.equal(recordDigest(store.read()!), counter.state.digest, 'the cached record is the one the counter anchors');
   await g.stop();
   assert.equal((await make().verifyAtStartup()).kind, 'fresh');
 });
