@@ -9,6 +9,7 @@
  * plane in /v1/status and metrics).
  */
 import { spawnSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Logger } from '../src/kernel/log.ts';
@@ -23,7 +24,15 @@ export interface NativeBuildResult {
 }
 
 export function buildNativeDataPlane(o: { root?: string; env?: NodeJS.ProcessEnv } = {}): NativeBuildResult {
-  const script = path.join(o.root ?? REPO, 'scripts', 'build-native.js');
+  const root = o.root ?? REPO;
+  const script = path.join(root, 'scripts', 'build-native.js');
+  if (!existsSync(script)) {
+    // A packaged install (the compose image ships the binary built in its own stage, not the script).
+    const addon = path.join(root, 'proxy', 'native', 'build', 'cdbp_dataplane.node');
+    return existsSync(addon)
+      ? { ok: true, output: '' }
+      : { ok: false, output: `no ${path.relative(root, addon)} and no build script to make it` };
+  }
   const r = spawnSync(process.execPath, [script], { encoding: 'utf8', env: o.env ?? process.env, timeout: 300_000 });
   return { ok: r.status === 0, output: `${r.stdout ?? ''}${r.stderr ?? ''}${r.error ? r.error.message : ''}`.trim() };
 }

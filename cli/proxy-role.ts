@@ -27,6 +27,8 @@ import type { AttestationProvider } from '../src/attestation/types.ts';
 import { attestAndProvision } from '../src/cas-client/index.ts';
 import { onCasIdentityAlarm } from '../src/cas-client/http.ts';
 import { CasTrustPin } from '../src/cas-client/trust-pin.ts';
+import { checkProxyConfig } from './proxy-config-check.ts';
+import { RenewalDriver, type RenewalOutcome, type RenewalStatus } from '../src/cas-client/renewal.ts';
 import { CurrentCounter, closeClient } from '../src/cas-client/current-counter.ts';
 import { FreshnessGuard } from '../proxy/freshness/guard.ts';
 import { RecordStore } from '../proxy/freshness/store.ts';
@@ -81,12 +83,8 @@ export class ProxyRole {
    */
   private casPin: CasTrustPin | undefined;
   private stopCasAlarms: (() => void) | undefined;
-  private renewTimer: NodeJS.Timeout | undefined;
-  private renewError: string | undefined;
-  private renewFailures = 0;
-  private renewals = 0;
-  private lastRenewalAt: Date | undefined;
-  private renewing: Promise<Record<string, unknown>> | undefined;
+  /** When to renew and the bookkeeping of attempts (src/cas-client/renewal.ts); what a renewal does is renewOnce. */
+  private readonly renewal: RenewalDriver;
   private startup: Promise<void> | undefined;
   private stopping: Promise<void> | undefined;
   private stoppedResolve: () => void = () => undefined;
@@ -96,15 +94,16 @@ export class ProxyRole {
   readonly addresses: { ops?: string; admin?: string; adminTokenFile?: string; mysql?: { host: string; port: number }; keyring?: string } = {};
 
   constructor(private readonly deps: ProxyRoleDeps) {
+    this.renewal = new RenewalDriver({ attempt: () => this.renewOnce(), renewBeforeSeconds: deps.config.renewBeforeSeconds, log: deps.log });
     const { metrics } = this;
     metrics.gauge('cdbp_mode', 'TEE mode of this process (simulated is not a real TEE)', (g) => g.set(1, { mode: deps.provider.mode }));
     metrics.gauge('cdbp_ready', '1 when ready to serve', (g) => g.set(this.lifecycle.state === 'ready' && !this.draining ? 1 : 0));
     metrics.gauge('cdbp_cert_expiry_seconds', 'Seconds until the serving certificate expires', (g) => {
       if (this.provision) g.set(Math.round((this.provision.identity.notAfter.getTime() - Date.now()) / 1000));
     });
-    metrics.gauge('cdbp_cert_renewal_failing', '1 while certificate renewal is failing', (g) => g.set(this.renewError ? 1 : 0));
-    metrics.gauge('cdbp_cert_renewals_total', 'Certificates renewed since start', (g) => g.set(this.renewals));
-    metrics.gauge('cdbp_cert_renewal_failures', 'Consecutive failed renewal attempts', (g) => g.set(this.renewFailures));
+    metrics.gauge('cdbp_cert_renewal_failing', '1 while certificate renewal is failing', (g) => g.set(this.renewal.status().error ? 1 : 0));
+    metrics.gauge('cdbp_cert_renewals_total', 'Certificates renewed since start', (g) => g.set(this.renewal.status().renewals));
+    metrics.gauge('cdbp_cert_renewal_failures', 'Consecutive failed renewal attempts', (g) => g.set(this.renewal.status().consecutiveFailures));
     metrics.gauge('cdbp_cas_identity_alarms_total', 'Times a server at the CAS URL failed the pinned CAS CA (an impostor)', (g) => g.set(this.casPin?.impostorAlarms ?? 0));
     metrics.gauge('cdbp_cas_ca_file_changed', '1 when the CAS CA file on disk differs from the CA pinned at start (ignored, alarmed)', (g) => g.set(this.casPin?.fileChanged ? 1 : 0));
     metrics.gauge('cdbp_draining', '1 while draining for shutdown', (g) => g.set(this.draining ? 1 : 0));
@@ -115,6 +114,8 @@ export class ProxyRole {
   /** Starts the ops API first, so probes see every start-up step, then runs the start-up sequence. */
   async start(): Promise<void> {
     const { config, log } = this.deps;
+    // Cross-field checks before anything else (also for callers that skip cdbp proxy): seconds, not an attestation.
+    checkProxyConfig(config);
     if (this.deps.provider.mode === 'simulated') {
       log.warn('SIMULATED TEE: this process is NOT protected by hardware; attestation is a software stand-in');
     }
@@ -167,7 +168,7 @@ export class ProxyRole {
     this.identity = new TlsIdentityHolder({ keyPem: provision.identity.keyPem, certPem: provision.identity.certPem });
     this.counter.set(provision.counter);
     this.lifecycle.advance('provisioned');
-    this.scheduleRenewal();
+    this.renewal.scheduleFor(provision.identity.notAfter);
 
     this.lifecycle.advance('verifying');
     mkdirSync(config.untrustedDir, { recursive: true, mode: 0o700 });
@@ -427,7 +428,8 @@ export class ProxyRole {
     const reasons: string[] = [];
     if (this.draining) reasons.push('draining');
     if (this.provision && this.provision.identity.notAfter.getTime() <= Date.now()) {
-      reasons.push(`certificate expired at ${this.provision.identity.notAfter.toISOString()}${this.renewError ? ` (renewal failing: ${this.renewError})` : ''}`);
+      const failing = this.renewal.status().error;
+      reasons.push(`certificate expired at ${this.provision.identity.notAfter.toISOString()}${failing ? ` (renewal failing: ${failing})` : ''}`);
     }
     const v = this.guard?.violated;
     if (v) reasons.push(`freshness ${v.kind}: ${v.message}`);
@@ -450,10 +452,7 @@ export class ProxyRole {
       certificate: p ? { ...certificateFacts(p.identity.certPem), subject: p.identity.subject,
         notAfter: p.identity.notAfter.toISOString(),
         expiresInSeconds: Math.round((p.identity.notAfter.getTime() - Date.now()) / 1000),
-        renewals: this.renewals,
-        lastRenewalAt: this.lastRenewalAt?.toISOString() ?? null,
-        nextRenewalAt: this.nextRenewalAt?.toISOString() ?? null,
-        ...(this.renewError ? { renewalError: this.renewError, renewalFailures: this.renewFailures } : {}),
+        ...renewalFacts(this.renewal.status()),
       } : null,
       freshness: this.guard?.status() ?? null,
       casTrust: this.casPin?.status() ?? null,
@@ -492,40 +491,18 @@ export class ProxyRole {
     };
   }
 
-  private nextRenewalAt: Date | undefined;
-
   /**
-   * Renews at notAfter − CDBP_RENEW_BEFORE_SECONDS (default: when a third of the lifetime is left;
-   * capped at half the lifetime), and never sooner than 1 s from now.
-   */
-  private scheduleRenewal(delayMs?: number): void {
-    const p = this.provision!;
-    const life = p.identity.notAfter.getTime() - Date.now();
-    // A renew-before longer than the lifetime would renew in a tight loop: at most half the lifetime.
-    const before = this.deps.config.renewBeforeSeconds > 0 ? Math.min(this.deps.config.renewBeforeSeconds * 1000, life / 2) : life / 3;
-    const delay = delayMs ?? Math.max(1000, life - before);
-    if (this.renewTimer) clearTimeout(this.renewTimer);
-    const capped = Math.min(delay, 2 ** 31 - 1);
-    this.nextRenewalAt = new Date(Date.now() + capped);
-    this.renewTimer = setTimeout(() => void this.renew().catch(() => undefined), capped);
-    this.renewTimer.unref();
-  }
-
-  /**
-   * Re-attests for a new certificate (new key, new nonce); new handshakes use it, open sessions keep
-   * theirs. A failure keeps the current certificate, shows in status/metrics, and retries with
-   * backoff (5 s doubling to 60 s); once the old certificate expires, readiness says so.
-   * Concurrent calls (timer + admin) share one attempt. Rejects with the failure.
+   * Re-attests for a new certificate now (new key, new nonce); new handshakes use it, open sessions keep
+   * theirs. The schedule, retries and shared attempts are the RenewalDriver's. Rejects with the failure.
    */
   renew(): Promise<Record<string, unknown>> {
-    if (this.renewing) return this.renewing;
     if (!this.provision) return Promise.reject(new CdbpError('ATTESTATION_UNAVAILABLE', 'not attested yet'));
     if (this.stopping) return Promise.reject(new CdbpError('LIFECYCLE_INVALID_TRANSITION', 'shutting down'));
-    this.renewing = this.renewOnce().finally(() => { this.renewing = undefined; });
-    return this.renewing;
+    return this.renewal.renew();
   }
 
-  private async renewOnce(): Promise<Record<string, unknown>> {
+  /** One renewal: all or nothing. A failure keeps the current certificate (the driver counts and retries). */
+  private async renewOnce(): Promise<RenewalOutcome> {
     const { config, log, provider } = this.deps;
     try {
       // The CA pinned at start, never the file again; a changed file is only reported.
@@ -545,23 +522,12 @@ export class ProxyRole {
       this.identity!.set(id);
       this.provision = { ...this.provision!, identity: fresh.identity };
       this.counter.set(fresh.counter);
-      this.renewError = undefined;
-      this.renewFailures = 0;
-      this.renewals++;
-      this.lastRenewalAt = new Date();
       const facts = { ...certificateFacts(fresh.identity.certPem), notAfter: fresh.identity.notAfter.toISOString() };
       log.info(facts, 'certificate renewed');
-      this.scheduleRenewal();
-      return facts;
+      return { notAfter: fresh.identity.notAfter, facts };
     } catch (e) {
       const err = asCdbpError(e);
-      if (this.stopping) throw err;
-      if (err.code === 'CAS_IDENTITY_INVALID') this.casPin!.impostor({ casUrl: config.casUrl, reason: err.code, message: err.message }, log);
-      this.renewError = `${err.code}: ${err.message}`;
-      this.renewFailures++;
-      log.error({ err: { code: err.code, message: err.message }, failures: this.renewFailures },
-        'certificate renewal failed; keeping the current one');
-      this.scheduleRenewal(Math.min(60_000, 5000 * 2 ** (this.renewFailures - 1)));
+      if (!this.stopping && err.code === 'CAS_IDENTITY_INVALID') this.casPin!.impostor({ casUrl: config.casUrl, reason: err.code, message: err.message }, log);
       throw err;
     }
   }
@@ -607,7 +573,7 @@ export class ProxyRole {
     this.draining = true;
     this.stopping = (async () => {
       log.info({ reason }, 'shutting down');
-      if (this.renewTimer) clearTimeout(this.renewTimer);
+      const renewalStopped = this.renewal.stop();
       await this.startup?.catch(() => undefined);
       if (this.lifecycle.state === 'ready') this.lifecycle.advance('draining');
       const delay = o.immediate ? 0 : config.drainDelayMs;
@@ -622,7 +588,7 @@ export class ProxyRole {
       await Promise.all([this.mysql?.drain(timeout), this.pg?.drain(timeout)]);
       await this.guard?.sealNow().catch((e: unknown) => log.warn({ err: asCdbpError(e).message }, 'final seal failed'));
       await this.stopBackends();
-      await this.renewing?.catch(() => undefined);
+      await renewalStopped;
       this.counter.close();
       await this.ops?.close();
       await this.admin?.close();
@@ -666,6 +632,16 @@ async function waitForBackend(source: PositionSource, log: Logger, timeoutMs = 1
       await sleep(500);
     }
   }
+}
+
+/** The renewal part of the certificate's /v1/status facts. */
+function renewalFacts(r: RenewalStatus): Record<string, unknown> {
+  return {
+    renewals: r.renewals,
+    lastRenewalAt: r.lastRenewalAt?.toISOString() ?? null,
+    nextRenewalAt: r.nextRenewalAt?.toISOString() ?? null,
+    ...(r.error ? { renewalError: r.error, renewalFailures: r.consecutiveFailures } : {}),
+  };
 }
 
 /** Public facts about a certificate for status and logs. */

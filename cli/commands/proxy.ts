@@ -12,6 +12,7 @@ import { watchParent } from '../../src/kernel/parent-watch.ts';
 import { PROXY_SCHEMA } from '../settings.ts';
 import { ProxyRole } from '../proxy-role.ts';
 import { ensureNativeDataPlane } from '../native-build.ts';
+import { checkProxyConfig } from '../proxy-config-check.ts';
 
 export async function run(argv: string[]): Promise<number> {
   const stringFlags = Object.keys(PROXY_SCHEMA).filter((k) => PROXY_SCHEMA[k as keyof typeof PROXY_SCHEMA].kind !== 'bool')
@@ -26,6 +27,8 @@ export async function run(argv: string[]): Promise<number> {
   const overrides: Record<string, string | boolean | undefined> = {};
   for (const [k, v] of Object.entries(flags)) if (k !== 'help' && k !== 'exit-on-failure') overrides[camel(k)] = v;
   const config = loadConfig(PROXY_SCHEMA, overrides);
+  // A combination that cannot work fails now, before the lock, the build, the ops API or the CAS.
+  checkProxyConfig(config);
   // One proxy per service on an untrusted volume: two would race on its freshness record and stop
   // each other's database. Taken before anything else; the kernel frees it if we are killed.
   await lockStateDir(config.untrustedDir, { role: `cdbp proxy (${config.service})`, scope: `proxy:${config.service}` });

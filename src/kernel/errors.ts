@@ -75,7 +75,6 @@ export type ErrorCode =
   | 'TEE_DEBUG_REFUSED'
   | 'TEE_POLICY_REFUSED'
   | 'TEE_REPORT_DATA_MISMATCH'
-  // appended by the CAS hardening (review finding 6)
   // appended for PostgreSQL at rest (src/storage/, issue 19)
   | 'STORAGE_UNAVAILABLE'
   | 'STORAGE_KEY_INVALID'

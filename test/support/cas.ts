@@ -9,6 +9,7 @@ import { fileURLToPath } from 'node:url';
 import { generatePlatformKey } from '../../src/attestation/simulated.ts';
 import { generateSigningKeyPair, readSigningKeyFile, writeSigningKeyFile, type SigningKeyPair } from '../../src/crypto/ed25519.ts';
 import { measureShippedCode } from '../../src/attestation/measurement.ts';
+import { buildNativeDataPlane } from '../../cli/native-build.ts';
 import { buildPolicy, signPolicy, type BuildPolicyOptions, type SignedPolicy } from '../../src/provisioning/policy.ts';
 import { applySignedPolicy } from '../../src/cas-client/policy.ts';
 
@@ -121,6 +122,9 @@ export function runCdbp(args: string[], env: NodeJS.ProcessEnv = {}, timeoutMs =
 export async function applyTestPolicy(cas: Pick<TestCas, 'url' | 'caPem'> & { owner?: SigningKeyPair },
   o: Partial<BuildPolicyOptions> & { service: string; owner?: SigningKeyPair }): Promise<{ owner: SigningKeyPair; signed: SignedPolicy }> {
   const owner = o.owner ?? cas.owner ?? await generateSigningKeyPair();
+  // The native binary is measured code and a proxy builds a stale one at start: build it before measuring
+  // (as `cdbp up` does), or a single test run after a C change signs for the old binary.
+  buildNativeDataPlane();
   const signed = await signPolicy(buildPolicy({ measurements: [measureShippedCode()], teeModes: ['simulated'], ...o }), owner);
   await applySignedPolicy(cas.url, cas.caPem, signed);
   return { owner, signed };

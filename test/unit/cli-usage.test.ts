@@ -39,7 +39,7 @@ test('an unknown option on every subcommand: exit 2, the option named, the comma
   assert.ok(COMMAND_NAMES.length >= 8 && COMMAND_NAMES.includes('up') && COMMAND_NAMES.includes('admin'));
   for (const cmd of COMMAND_NAMES) {
     // Subcommands with their own subcommands get the typo after them too.
-    const prefixes = cmd === 'cas' ? [['cas'], ['cas', 'audit', 'verify']] : cmd === 'policy' ? [['policy', 'sign']] : cmd === 'admin' ? [['admin', 'quit']] : [[cmd]];
+    const prefixes = cmd === 'cas' ? [['cas'], ['cas', 'audit', 'verify']] : cmd === 'policy' ? [['policy', 'sign']] : cmd === 'collateral' ? [['collateral', 'check']] : cmd === 'admin' ? [['admin', 'quit']] : [[cmd]];
     for (const p of prefixes) {
       assertUsage(await cdbp([...p, '--bogus']), cmd, /unknown option '--bogus'/, `cdbp ${p.join(' ')} --bogus`);
       assertUsage(await cdbp([...p, '-x']), cmd, /unknown option '-x'/, `cdbp ${p.join(' ')} -x`);

@@ -63,6 +63,14 @@ test('missing → built; up to date → left alone; a newer source → rebuilt; 
   assert.equal(auto?.ok, false);
   assert.ok(lines.some((l) => l.level === 'error' && /NATIVE DATA PLANE NOT BUILT/.test(l.msg)), JSON.stringify(lines));
 
+  // A packaged install without the build script (the compose image): the shipped binary is used as is;
+  // without a binary either, native refuses.
+  const { rmSync } = await import('node:fs');
+  rmSync(path.join(root, 'scripts', 'build-native.js'));
+  assert.equal(ensureNativeDataPlane({ dataPlane: 'native', engine: 'mariadb', log, root, env })?.ok, true);
+  rmSync(out);
+  assert.throws(() => ensureNativeDataPlane({ dataPlane: 'native', engine: 'mariadb', log, root, env }), /no build script/);
+
   // Nothing to build for the Node plane or PostgreSQL.
   assert.equal(ensureNativeDataPlane({ dataPlane: 'node', engine: 'mariadb', log, root, env }), undefined);
   assert.equal(ensureNativeDataPlane({ dataPlane: 'auto', engine: 'postgres', log, root, env }), undefined);
