@@ -15,6 +15,7 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
+import { median } from './lib/common.ts';
 
 if (cluster.isWorker) {
   await runWorker();
@@ -67,21 +68,13 @@ async function main(): Promise<void> {
   const tests = values.tests!.split(',');
   const tableSize = Number(values['table-size']);
 
-  const { startPrivateMariadb } = await import('../test/support/mariadb.ts');
-  const { makeTestPki } = await import('../test/support/test-pki.ts');
-  const { tempDir } = await import('../test/support/tmp.ts');
+  const { startTlsMariadb } = await import('./lib/mariadb-tls.ts');
   const { prepareSysbench, runSysbench } = await import('../test/support/sysbench.ts');
   const { freePort } = await import('../src/kernel/net.ts');
 
-  const work = tempDir('bench-mysql');
-  const pki = makeTestPki();
-  const files = pki.writeTo(work.path);
   console.error('starting MariaDB (TCP+TLS and unix socket)...');
-  const db = await startPrivateMariadb({
-    tcp: true,
-    extraConfig: [`ssl-ca=${files.caFile}`, `ssl-cert=${files.certFile}`, `ssl-key=${files.keyFile}`,
-      'innodb_flush_log_at_trx_commit=2', 'thread_handling=one-thread-per-connection'],
-  });
+  const tls = await startTlsMariadb(['thread_handling=one-thread-per-connection']);
+  const { db, pki, work } = tls;
   const results: ArmResult[] = [];
   const proxyCpu: { arm: string; round: number; cpuUsPerQuery: number }[] = [];
   const proxyPort = await freePort();
@@ -151,17 +144,10 @@ async function main(): Promise<void> {
       }
     }
   } finally {
-    await db.stop();
-    work.remove();
+    await tls.stop();
   }
   writeReport(results, proxyCpu, { duration, threadsList, rounds, workersList, tests, tableSize });
   process.exit(0);
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = Math.floor(s.length / 2);
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
 }
 
 function writeReport(results: ArmResult[], proxyCpu: { arm: string; round: number; cpuUsPerQuery: number }[], cfg: Record<string, unknown>): void {

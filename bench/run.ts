@@ -19,9 +19,10 @@ import { runStorm, renderStorm } from './scenarios/storm.ts';
 import { runIdle, renderIdle, type IdleRow } from './scenarios/idle.ts';
 import { runFreshness, renderFreshness, type FreshnessMode, type FreshnessSummary } from './scenarios/freshness.ts';
 import { runCas, renderCas } from './scenarios/cas.ts';
+import { runAttest, renderAttest } from './scenarios/attest.ts';
 import { mysqlThroughputSvg } from './plot.ts';
 
-export const SCENARIOS = ['mysql', 'pg', 'storm', 'idle', 'freshness', 'cas'] as const;
+export const SCENARIOS = ['mysql', 'pg', 'storm', 'idle', 'freshness', 'cas', 'attest'] as const;
 export type ScenarioName = (typeof SCENARIOS)[number];
 
 const HELP = `npx tsx bench/run.ts [options]
@@ -135,6 +136,7 @@ export function renderReport(r: BenchReport): string {
     idle: ['Scale: idle TLS connections, proxy RSS/CPU, active-client latency', renderIdle],
     freshness: ['Freshness: strict / relaxed / off write throughput', renderFreshness],
     cas: ['CAS: attest-and-provision', renderCas],
+    attest: ['Attestation: SEV-SNP / TDX evidence verifications per second', renderAttest],
   };
   for (const name of SCENARIOS) {
     const res = r.scenarios[name];
@@ -195,6 +197,7 @@ async function main(): Promise<void> {
     freshness: () => runFreshness({ modes: list(v['freshness-modes']!) as FreshnessMode[], threads: nums(v['freshness-threads']!), durationS: duration, rounds,
       tables: Number(v.tables), tableSize: Number(v['table-size']), profile: !!v.profile, log }),
     cas: () => runCas({ clients: nums(v['cas-clients']!), seconds: Number(v['cas-seconds'] ?? duration), services: Number(v['cas-services']), concurrency: 8, log }),
+    attest: () => runAttest({ seconds: Math.min(duration, 3), log }),
   };
   for (const name of chosen) {
     log(`=== ${name}`);

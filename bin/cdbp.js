@@ -3,4 +3,5 @@
 // measured code (see src/attestation/measurement.ts) is exactly the source a reviewer reads.
 import { register } from 'tsx/esm/api';
 register();
-await import('../cli/main.ts');
+const { runMain } = await import('../cli/main.ts');
+runMain();

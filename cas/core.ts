@@ -13,13 +13,14 @@ import type { Evidence, EvidenceVerifier, TeeMode } from '../src/attestation/typ
 import { isHex, sha512 } from '../src/crypto/hash.ts';
 import { sealToPublicKey } from '../src/crypto/box.ts';
 import { issueLeafCertificate, parseCsr } from '../src/crypto/x509.ts';
-import { checkPolicyUpdate, COUNTER_DIGEST_RE, verifySignedPolicy, verifySignedRecovery, type SignedPolicy,
-  type SignedRecovery } from './policy.ts';
+import { checkPolicyUpdate } from './policy.ts';
+import { COUNTER_DIGEST_RE, verifySignedPolicy, verifySignedRecovery, type SignedPolicy,
+  type SignedRecovery } from '../src/provisioning/policy.ts';
 import type { AuditEvent, AuditLog } from './audit.ts';
 import type { NonceStore } from './nonces.ts';
 import type { ServiceRecord, StateStore, StoredKey } from './state.ts';
 import { MAX_RECORD_BYTES, type CounterLog } from './counter-log.ts';
-import { attestAnswerMessage, counterAnswerMessage, ed25519PrivateKey, signAnswer, type CounterAnswer } from '../src/cas-client/answers.ts';
+import { attestAnswerMessage, counterAnswerMessage, ed25519PrivateKey, signAnswer, type CounterAnswer } from '../src/provisioning/answers.ts';
 
 export const SECRETS_FORMAT = 'cdbp-secrets/1';
 
@@ -51,7 +52,7 @@ export interface AttestResponse {
   sealedSecrets: string;
   /** The CAS's answer-signing certificate (chains to caPem, role cas-signing). */
   signingCertPem: string;
-  /** Hex Ed25519 over attestAnswerMessage(...) (src/cas-client/answers.ts). */
+  /** Hex Ed25519 over attestAnswerMessage(...) (src/provisioning/answers.ts). */
   signature: string;
 }
 
@@ -314,8 +315,10 @@ export class CasCore {
       // The report data binds the nonce and both public keys: evidence produced for other keys (or
       // another nonce) does not verify here, and the CSR's key is exactly the one the TEE vouched for.
       const expected = expectedReportData(Buffer.from(req.nonce, 'hex'), csr.spki, sealingKey);
-      const { measurement } = await verifier.verify(ev, expected);
-      if (!policy.measurements.includes(measurement)) {
+      // Real TEE verifiers apply the policy's `tee` part (measurements, TCB, debug) themselves; the
+      // code measurement list is what simulated evidence is checked against.
+      const { measurement, tee } = await verifier.verify(ev, expected, policy.tee);
+      if (ev.mode === 'simulated' && !policy.measurements.includes(measurement)) {
         throw new CdbpError('MEASUREMENT_MISMATCH', `measurement ${measurement} is not allowed for ${req.service}`, { details: { measurement } });
       }
       const ca = this.o.store.caMaterial;
@@ -326,7 +329,8 @@ export class CasCore {
         subject: { commonName: req.service, organization: 'confidential-db-proxy', organizationalUnit: ev.mode === 'simulated' ? 'SIMULATED-NOT-A-TEE' : `tee-${ev.mode}` },
         dnsNames: policy.tls.dnsNames,
         ipAddresses: policy.tls.ipAddresses,
-        uris: [`urn:cdbp:service:${req.service}`, `urn:cdbp:tee:${ev.mode}`, `urn:cdbp:measurement:${measurement}`],
+        uris: [`urn:cdbp:service:${req.service}`, `urn:cdbp:tee:${ev.mode}`, `urn:cdbp:measurement:${measurement}`,
+          ...(tee ? [`urn:cdbp:tcb:${tee.tcb}`] : [])],
         notAfter,
       });
       const secrets: SealedSecrets = {
@@ -348,7 +352,8 @@ export class CasCore {
         service: rec.service, mode: ev.mode, measurement, policyHash: rec.policyHash, certPem, caPem: ca.certPem,
         notAfter: notAfter.toISOString(), sealedSecrets, signingCertPem: this.signingCertPem, signature,
       };
-      return { result, details: { measurement, policyHash: rec.policyHash, certNotAfter: result.notAfter } };
+      return { result, details: { measurement, policyHash: rec.policyHash, certNotAfter: result.notAfter, 
+        ...(tee ? { tcbStatus: tee.tcbStatus, teeSigner: tee.signer, collateralAgeSeconds: tee.collateralAgeSeconds ?? null } : {}) } };
     });
     this.m.attestSeconds.observe(Number(process.hrtime.bigint() - started) / 1e9);
     return out;

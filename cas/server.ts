@@ -7,15 +7,16 @@
  * Counter routes need mutual TLS with a certificate this CAS issued on attestation, naming the service
  * in its URI SAN (urn:cdbp:service:<name>) and a measurement the current policy still allows.
  */
+import { toHttpError, frameworkClientError } from '../src/ops/http-errors.ts';
 import Fastify, { type FastifyInstance, type FastifyRequest } from 'fastify';
 import type { TLSSocket } from 'node:tls';
-import { CdbpError, asCdbpError, httpStatusFor, type ErrorCode } from '../src/kernel/errors.ts';
+import { CdbpError, httpStatusFor, type ErrorCode } from '../src/kernel/errors.ts';
 import type { Logger } from '../src/kernel/log.ts';
 import type { MetricsRegistry } from '../src/kernel/metrics.ts';
 import type { AuditEventType, AuditLog } from './audit.ts';
 import type { AttestRequest, CasCore } from './core.ts';
 import { isAudited } from './core.ts';
-import type { SignedRecovery } from './policy.ts';
+import type { SignedRecovery } from '../src/provisioning/policy.ts';
 
 export const BODY_LIMIT = 64 * 1024;
 
@@ -43,6 +44,8 @@ const SCHEMAS = {
           measurement: { type: 'string', maxLength: 128 },
           reportData: { type: 'string', maxLength: 128 },
           report: { type: 'string', maxLength: 48 * 1024 },
+          // Real TEEs: the report's certificates (SEV-SNP's VCEK/VLEK, ASK, ARK), base64 DER.
+          certs: { type: 'array', maxItems: 8, items: { type: 'string', maxLength: 8192 } },
         },
       },
     },
@@ -105,18 +108,9 @@ export interface CasServerOptions {
   simulated: boolean;
 }
 
+/** Client mistakes (size, media type, JSON, schema) are 4xx with a stable code: src/ops/http-errors.ts. */
 function toCdbpError(e: unknown): CdbpError {
-  if (e instanceof CdbpError) return e;
-  const fe = e as { code?: string; statusCode?: number; validation?: unknown; message?: string };
-  if (fe.code === 'FST_ERR_CTP_BODY_TOO_LARGE' || fe.statusCode === 413) {
-    return new CdbpError('BODY_TOO_LARGE', `request body exceeds ${BODY_LIMIT} bytes`);
-  }
-  if (fe.validation) return new CdbpError('BAD_REQUEST', `invalid request: ${fe.message ?? 'schema validation failed'}`);
-  if (fe.statusCode !== undefined && fe.statusCode >= 400 && fe.statusCode < 500) {
-    return new CdbpError('BAD_REQUEST', fe.code === 'FST_ERR_CTP_INVALID_JSON_BODY' || e instanceof SyntaxError
-      ? 'request body is not valid JSON' : `bad request: ${fe.message ?? ''}`);
-  }
-  return asCdbpError(e);
+  return toHttpError(e, { bodyLimit: BODY_LIMIT });
 }
 
 /** The peer certificate's URI SANs, if the client presented a certificate chaining to our CA. */
@@ -148,7 +142,10 @@ export function buildCasServer(o: CasServerOptions): FastifyInstance {
     ajv: { customOptions: { allErrors: false, coerceTypes: false, removeAdditional: false } },
     connectionTimeout: 30_000,
     requestTimeout: 30_000,
+    frameworkErrors: frameworkClientError,
   });
+  // JSON only: Fastify's built-in text/plain parser would hand a string to the schema (400, not 415).
+  app.removeContentTypeParser('text/plain');
   const { core } = o;
 
   const requireHolder = (req: FastifyRequest<{ Params: { service: string } }>): void => {
@@ -202,7 +199,7 @@ export function buildCasServer(o: CasServerOptions): FastifyInstance {
   app.get<{ Params: { service: string } }>('/v1/services/:service/policy', { schema: { params: serviceParam } },
     async (req) => core.getPolicy(req.params.service));
 
-  // Counter answers carry an Ed25519 signature over the client's nonce (src/cas-client/answers.ts), so
+  // Counter answers carry an Ed25519 signature over the client's nonce (src/provisioning/answers.ts), so
   // even a man in the middle holding a valid TLS identity cannot forge a value or a conflict.
   app.get<{ Params: { service: string }; Querystring: { nonce?: string } }>('/v1/services/:service/counter',
     { schema: { params: serviceParam, querystring: SCHEMAS.counterQuery } },

@@ -22,7 +22,7 @@ import { sha256Hex } from '../src/crypto/hash.ts';
 import { openBlob, sealBlob } from '../src/crypto/sealed-file.ts';
 import { writeFileDurable, fsyncDir } from '../src/crypto/atomic-file.ts';
 import type { CaMaterial } from '../src/crypto/x509.ts';
-import type { SignedPolicy } from './policy.ts';
+import type { SignedPolicy } from '../src/provisioning/policy.ts';
 
 export interface StoredKey {
   id: number;

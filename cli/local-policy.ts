@@ -4,7 +4,7 @@
  * measurement, so the policy is re-signed naming its predecessor; key versions already issued stay).
  */
 import { existsSync } from 'node:fs';
-import { buildPolicy, generateOwnerKey, loadOwnerKey, signPolicy, type Policy } from '../cas/policy.ts';
+import { buildPolicy, generateOwnerKey, loadOwnerKey, signPolicy, type Policy } from '../src/provisioning/policy.ts';
 import { applySignedPolicy, getCurrentPolicy } from '../src/cas-client/policy.ts';
 
 export async function ensureOwnerKey(file: string): Promise<void> {

@@ -8,7 +8,7 @@
  * If any step fails, later steps never run: keys are not served, MariaDB is not started, /readyz stays
  * 503 and /v1/status says why.
  */
-import { existsSync, mkdirSync, readFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { randomBytes, X509Certificate } from 'node:crypto';
 import type { ConfigOf } from '../src/kernel/config.ts';
@@ -16,20 +16,28 @@ import type { Logger } from '../src/kernel/log.ts';
 import { Lifecycle } from '../src/kernel/lifecycle.ts';
 import { MetricsRegistry } from '../src/kernel/metrics.ts';
 import { CdbpError, asCdbpError } from '../src/kernel/errors.ts';
-import { buildOpsServer, buildAdminServer } from '../src/ops/server.ts';
+import { buildOpsServer, buildAdminServer, newAdminToken } from '../src/ops/server.ts';
 import { endpointReportData } from '../src/ops/evidence.ts';
 import { MariadbServer } from '../src/db/mariadb-server.ts';
+import { checkMariadbServer } from '../src/db/mariadb-encryption-check.ts';
+import { hardeningDirs, hardeningPaths, mariadbHardeningConfig, preparePluginDir } from '../src/db/mariadb-hardening.ts';
+import { mariadbPluginDir } from '../src/kernel/binaries.ts';
 import type { Provision, CounterClient } from '../src/provisioning/types.ts';
 import type { AttestationProvider } from '../src/attestation/types.ts';
 import { attestAndProvision } from '../src/cas-client/index.ts';
+import { onCasIdentityAlarm } from '../src/cas-client/http.ts';
+import { CasTrustPin } from '../src/cas-client/trust-pin.ts';
 import { CurrentCounter, closeClient } from '../src/cas-client/current-counter.ts';
 import { FreshnessGuard } from '../proxy/freshness/guard.ts';
 import { RecordStore } from '../proxy/freshness/store.ts';
 import { MariadbPositionSource, readOfflineCheckpoint, type PositionSource } from '../proxy/freshness/mariadb-position.ts';
 import { PostgresPositionSource } from '../proxy/freshness/postgres-position.ts';
 import { createPgProxy, type PgProxy } from '../proxy/pg/index.ts';
-import { PostgresServer } from '../src/db/postgres-server.ts';
-import { createMysqlProxy, type MysqlProxy } from '../proxy/mysql/index.ts';
+import { PostgresServer, lookupOsUser } from '../src/db/postgres-server.ts';
+import {
+  GocryptfsDirectory, openEncryptedDirectory, recoverInterruptedRotation, reencryptDirectory, storageKeyCandidates, type EncryptedDirectory,
+} from '../src/storage/index.ts';
+import { createMysqlProxy, MariadbAccountTls, type MysqlProxy } from '../proxy/mysql/index.ts';
 import { createKeyring, mariadbEncryptionConfig, keyringEnv, prepareVolatileDir, writeKeyringCaFile, type Keyring } from '../keyring/index.ts';
 import { writeFileDurable } from '../src/crypto/atomic-file.ts';
 import type { PROXY_SCHEMA } from './settings.ts';
@@ -54,15 +62,25 @@ export class ProxyRole {
   private keyring: Keyring | undefined;
   private keyringCaFile: string | undefined;
   private mariadb: MariadbServer | undefined;
+  /** The managed mariadbd's memory-backed directory (Aria log, tmpdir, logs, secure_file_priv). */
+  private mariadbVolatileDir: string | undefined;
   private positions: PositionSource | undefined;
   private mysql: MysqlProxy | undefined;
   private mysqlAddress: { host: string; port: number } | undefined;
   private postgres: PostgresServer | undefined;
+  /** The managed PostgreSQL's encrypted directory (CDBP_PG_ENCRYPTION), mounted before it starts. */
+  private pgStorage: EncryptedDirectory | undefined;
   private pg: PgProxy | undefined;
   private pgAddress: { host: string; port: number } | undefined;
   private ops: ReturnType<typeof buildOpsServer> | undefined;
   private admin: ReturnType<typeof buildAdminServer> | undefined;
   private draining = false;
+  /**
+   * The CAS root CA this process trusts, read once before the first attestation and never again: a
+   * host-writable file must not be able to hand the counter to another CAS (docs/SECURITY.md).
+   */
+  private casPin: CasTrustPin | undefined;
+  private stopCasAlarms: (() => void) | undefined;
   private renewTimer: NodeJS.Timeout | undefined;
   private renewError: string | undefined;
   private renewFailures = 0;
@@ -75,7 +93,7 @@ export class ProxyRole {
   private readonly stoppedPromise = new Promise<void>((r) => { this.stoppedResolve = r; });
   /** What the freshness guard holds: the current counter client (mTLS), swapped on renewal. */
   private readonly counter = new CurrentCounter();
-  readonly addresses: { ops?: string; admin?: string; mysql?: { host: string; port: number }; keyring?: string } = {};
+  readonly addresses: { ops?: string; admin?: string; adminTokenFile?: string; mysql?: { host: string; port: number }; keyring?: string } = {};
 
   constructor(private readonly deps: ProxyRoleDeps) {
     const { metrics } = this;
@@ -87,6 +105,8 @@ export class ProxyRole {
     metrics.gauge('cdbp_cert_renewal_failing', '1 while certificate renewal is failing', (g) => g.set(this.renewError ? 1 : 0));
     metrics.gauge('cdbp_cert_renewals_total', 'Certificates renewed since start', (g) => g.set(this.renewals));
     metrics.gauge('cdbp_cert_renewal_failures', 'Consecutive failed renewal attempts', (g) => g.set(this.renewFailures));
+    metrics.gauge('cdbp_cas_identity_alarms_total', 'Times a server at the CAS URL failed the pinned CAS CA (an impostor)', (g) => g.set(this.casPin?.impostorAlarms ?? 0));
+    metrics.gauge('cdbp_cas_ca_file_changed', '1 when the CAS CA file on disk differs from the CA pinned at start (ignored, alarmed)', (g) => g.set(this.casPin?.fileChanged ? 1 : 0));
     metrics.gauge('cdbp_draining', '1 while draining for shutdown', (g) => g.set(this.draining ? 1 : 0));
     metrics.gauge('cdbp_info', 'Build and role of this process', (g) => g.set(1, { role: 'proxy', version: VERSION }));
     this.lifecycle.on('change', (state) => deps.log.info({ state }, `lifecycle: ${state}`));
@@ -106,11 +126,17 @@ export class ProxyRole {
     });
     this.addresses.ops = await this.ops.listen({ host: config.opsHost, port: config.opsPort });
     if (config.adminPort >= 0) {
+      // A new token every start, only in memory and in a 0600 file for `cdbp admin` (never logged).
+      const token = newAdminToken();
+      const tokenFile = adminTokenFile(config);
+      mkdirSync(path.dirname(tokenFile), { recursive: true, mode: 0o700 });
+      await writeFileDurable(tokenFile, `${token}\n`, 0o600);
+      this.addresses.adminTokenFile = tokenFile;
       this.admin = buildAdminServer({
         drain: () => void this.shutdown('admin drain'),
         quit: () => void this.shutdown('admin quit', { immediate: true }),
         renew: () => this.renew(),
-      }, log);
+      }, log, { token });
       // Always loopback, whatever the ops host is: these actions stop the proxy.
       this.addresses.admin = await this.admin.listen({ host: '127.0.0.1', port: config.adminPort });
     }
@@ -131,9 +157,10 @@ export class ProxyRole {
   private async startSequence(): Promise<void> {
     const { config, log, provider } = this.deps;
     this.lifecycle.advance('attesting');
-    const caPem = readFileSync(config.casCaFile, 'utf8');
+    this.casPin = CasTrustPin.fromFile(config.casCaFile);
+    this.stopCasAlarms = onCasIdentityAlarm((a) => this.casPin!.impostor(a, log));
     const provision = await attestAndProvision({
-      casUrl: config.casUrl, caPem, service: config.service, provider, log,
+      casUrl: config.casUrl, caPem: this.casPin.caPem, service: config.service, provider, log,
       tls: { dnsNames: config.dnsNames },
     });
     this.provision = provision;
@@ -179,17 +206,23 @@ export class ProxyRole {
       const positions = new MariadbPositionSource({ socket, user: config.monitorUser, password: config.monitorPassword });
       this.positions = positions;
       if (!config.manageMariadb) await waitForBackend(positions, log);
+      if (this.keyring) await this.verifyBackendEncryption(socket);
       await this.guard.verifyOnline(positions);
       this.guard.startRuntime(positions);
     }
 
+    // REQUIRE SSL/X509 accounts: read once now, then kept current by the proxy's logins (account-tls.ts).
+    const accountTls = socket ? new MariadbAccountTls({ socket, user: config.monitorUser, password: config.monitorPassword, log }) : undefined;
+    await accountTls?.refresh();
+    const backendTls = config.backendCaFile ? { tls: { caPem: readFileSync(config.backendCaFile, 'utf8') } } : {};
     this.mysql = createMysqlProxy({
       listen: { host: config.mysqlHost, port: config.mysqlPort },
+      accountTls,
       backend: socket
-        ? { socket }
+        ? { socket, ...backendTls }
         : {
           host: config.backendHost!, port: config.backendPort,
-          ...(config.backendCaFile ? { tls: { caPem: readFileSync(config.backendCaFile, 'utf8') } } : {}),
+          ...backendTls,
           allowInsecure: config.allowInsecureBackend,
         },
       tls: this.identity!,
@@ -204,8 +237,8 @@ export class ProxyRole {
   }
 
   /**
-   * PostgreSQL: no key plugin exists for community PostgreSQL, so this path is TLS termination plus
-   * freshness (WAL flush LSN); its data files are NOT encrypted at rest (docs/PG-ENDPOINT.md).
+   * PostgreSQL: TLS termination plus freshness (WAL flush LSN). Community PostgreSQL has no key plugin, so
+   * a managed server runs inside an encrypted directory mounted with the CAS's key (docs/PG-AT-REST.md).
    */
   private async startPostgresPath(): Promise<void> {
     const { config, log } = this.deps;
@@ -214,13 +247,18 @@ export class ProxyRole {
       if (!config.pgRunDir || !config.datadir) {
         throw new CdbpError('CONFIG_INVALID', 'CDBP_MANAGE_POSTGRES needs CDBP_PG_RUN_DIR and CDBP_DATADIR');
       }
+      // Encrypted (default): everything PostgreSQL writes lives inside the mount; CDBP_DATADIR holds ciphertext.
+      const layout = config.pgEncryption === 'off'
+        ? { dir: config.pgRunDir, datadir: config.datadir, socketDir: path.join(config.pgRunDir, 'socket') }
+        : await this.mountPostgresStorage(config.pgRunDir, config.datadir);
       this.postgres = new PostgresServer({
-        dir: config.pgRunDir, datadir: config.datadir, socketDir: path.join(config.pgRunDir, 'socket'),
+        ...layout,
         port: config.pgBackendPort, superuser: config.pgMonitorUser,
         hba: ['local all all scram-sha-256'],
+        dieWithParent: true,
       });
-      if (!existsSync(path.join(config.datadir, 'PG_VERSION'))) {
-        log.info({ datadir: config.datadir }, 'initializing the database (first run)');
+      if (!this.postgres.isInitialized()) {
+        log.info({ datadir: this.postgres.datadir }, 'initializing the database (first run)');
       }
       await this.postgres.initialize();
       await this.postgres.start();
@@ -228,6 +266,9 @@ export class ProxyRole {
       log.info({ pid: this.postgres.pid, socket: this.postgres.socketPath }, 'postgres started');
       void this.postgres.whenExited?.().then((code: number | null) => {
         if (this.stopping) return;
+        // A vanished mount usually kills PostgreSQL first: name the cause, not the consequence.
+        const storage = this.pgStorage?.health();
+        if (storage && !storage.mounted) this.lifecycle.fail({ code: 'STORAGE_UNAVAILABLE', message: `encrypted directory lost: ${storage.reason}` });
         this.lifecycle.fail({ code: 'BACKEND_UNAVAILABLE', message: `postgres exited (code ${code})` });
         void this.pg?.stopAccepting();
       });
@@ -245,13 +286,52 @@ export class ProxyRole {
       listen: { host: config.pgHost, port: config.pgPort },
       backend: { socketDir, port: config.pgBackendPort },
       tls: this.identity!,
-      limits: { maxConnections: config.maxConnections, handshakeTimeoutMs: config.handshakeTimeoutMs },
+      limits: { maxConnections: config.maxConnections, handshakeTimeoutMs: config.handshakeTimeoutMs, idleTimeoutMs: config.idleTimeoutMs },
       log, metrics: this.metrics,
       ...(config.freshness === 'strict' ? { ackGate: this.guard! } : {}),
       // The managed server trusts its superuser (our monitor account) on the socket: clients may not use it.
       forbiddenUsers: [config.pgMonitorUser],
     });
     this.pgAddress = await this.pg.listen();
+  }
+
+  /**
+   * attest → freshness → key → mount: opens the encrypted directory with the CAS-provisioned key (a new
+   * one only when no WAL position was ever sealed, i.e. the database's first start) and watches it; a
+   * lost mount fails the proxy closed. Returns PostgreSQL's layout inside the mount.
+   */
+  private async mountPostgresStorage(runDir: string, encryptedDir: string): Promise<{ dir: string; datadir: string; socketDir: string }> {
+    const { config, log } = this.deps;
+    mkdirSync(runDir, { recursive: true, mode: 0o711 });
+    const owner = process.getuid?.() === 0 ? lookupOsUser('postgres') : undefined;
+    // PostgreSQL's OS user must reach the mount point below the run dir (traverse only, no listing).
+    if (owner) chmodSync(runDir, (statSync(runDir).mode & 0o777) | 0o011);
+    const make = (encryptedPath: string, plaintextPath: string) => new GocryptfsDirectory({ encryptedPath, plaintextPath, owner, log });
+    const storage = make(encryptedDir, path.join(runDir, 'plain'));
+    this.pgStorage = storage;
+    const recovered = recoverInterruptedRotation(encryptedDir);
+    if (recovered) log.warn({ dir: encryptedDir }, `key rotation: ${recovered}`);
+    const keys = storageKeyCandidates(this.provision!.secrets.dbKeys);
+    const sealed = (this.guard!.status().position as { walLsn?: string } | null)?.walLsn;
+    const opened = await openEncryptedDirectory(storage, keys, {
+      create: sealed === undefined,
+      refuseCreateBecause: `the freshness record says this database has data (WAL position ${sealed})`,
+      log,
+    });
+    if (opened.version !== keys[0]!.version && config.pgRekey) {
+      // Rotation: the owner provisioned a newer key version. PostgreSQL is not running yet: copy now.
+      log.warn({ from: opened.version, to: keys[0]!.version }, 'key rotation: re-encrypting the PostgreSQL directory with the newest key version');
+      await reencryptDirectory({ current: storage, newKey: keys[0]!, scratchMountPoint: path.join(runDir, 'rekey'), makeDirectory: make, log });
+      await storage.mount(keys[0]!);
+    }
+    const plain = storage.plaintextPath;
+    storage.onLost((reason) => {
+      if (this.stopping) return;
+      this.lifecycle.fail({ code: 'STORAGE_UNAVAILABLE', message: `encrypted directory lost: ${reason}` });
+      void this.failClosed('encrypted directory lost');
+    });
+    const dir = path.join(plain, 'pg');
+    return { dir, datadir: path.join(dir, 'data'), socketDir: path.join(dir, 'run') };
   }
 
   /** The loopback keyring with the provisioned keys; for an external MariaDB, hands it the token via tmpfs. */
@@ -295,12 +375,20 @@ export class ProxyRole {
     if (!ariaLog.volatile || !tmp.volatile) {
       log.warn({ dir: volatileRoot }, 'volatile dir is not memory-backed: the Aria log and internal temp tables reach a disk in plaintext (set CDBP_VOLATILE_DIR to a tmpfs)');
     }
+    // Only encrypting engines, SQL-bearing logs and INTO OUTFILE on the volatile dir, no INSTALL SONAME.
+    const hardening = { volatileDir: path.resolve(volatileRoot), pluginDir: preparePluginDir(path.join(config.mariadbRunDir, 'plugins'), mariadbPluginDir()) };
+    this.mariadbVolatileDir = hardening.volatileDir;
     this.mariadb = new MariadbServer({
       dir: config.mariadbRunDir,
       datadir: config.datadir,
       tmpdir: tmp.dir,
-      extraConfig: mariadbEncryptionConfig({ vaultUrl: url, caFile, ariaLogDir: ariaLog.dir }),
+      extraConfig: [...mariadbEncryptionConfig({ vaultUrl: url, caFile, ariaLogDir: ariaLog.dir }), ...mariadbHardeningConfig(hardening)],
       env: keyringEnv(token),
+      // mariadbd runs as the `mysql` OS user (when we are root): it must own what it writes.
+      ownedDirs: [ariaLog.dir, tmp.dir, ...hardeningDirs(hardening)],
+      errorLog: hardeningPaths(hardening).errorLog,
+      // aria_log_control (the Aria UUID) stays in the datadir: losing it breaks encrypted Aria tables.
+      ariaLogDir: ariaLog.dir,
     });
     if (!this.mariadb.isInitialized()) {
       log.info({ datadir: config.datadir }, 'initializing the database (first run)');
@@ -317,6 +405,24 @@ export class ProxyRole {
     return this.mariadb.socket;
   }
 
+  /**
+   * Before anyone is served: the server encrypts everything with keys from our keyring, and (managed)
+   * runs hardened and unprivileged. A server started with encryption off never goes ready.
+   */
+  private async verifyBackendEncryption(socket: string): Promise<void> {
+    const { config, log } = this.deps;
+    await checkMariadbServer({
+      socket, user: config.monitorUser, password: config.monitorPassword,
+      keysServed: () => this.keyring!.keysServedSinceToken(),
+      serverPid: this.mariadb?.pid,
+      expect: {
+        plugin: 'hashicorp_key_management', hardened: config.manageMariadb,
+        ...(this.mariadbVolatileDir ? { volatileDirs: [this.mariadbVolatileDir] } : {}),
+      },
+    });
+    log.info({ keysServed: this.keyring!.keysServedSinceToken() }, 'mariadb encryption verified');
+  }
+
   private readiness(): { ready: boolean; reasons: string[] } {
     const reasons: string[] = [];
     if (this.draining) reasons.push('draining');
@@ -325,7 +431,11 @@ export class ProxyRole {
     }
     const v = this.guard?.violated;
     if (v) reasons.push(`freshness ${v.kind}: ${v.message}`);
+    const impostor = this.casPin?.lastImpostor;
+    if (impostor) reasons.push(`CAS identity: ${impostor.message} (the counter can no longer be trusted; restart once the CAS is the real one again)`);
     if (this.lifecycle.state === 'ready' && this.mariadb && !this.mariadb.running) reasons.push('backend: mariadbd is not running');
+    const storage = this.pgStorage?.health();
+    if (storage && !storage.mounted && storage.reason) reasons.push(`storage: ${storage.reason}`);
     return { ready: reasons.length === 0, reasons };
   }
 
@@ -346,12 +456,14 @@ export class ProxyRole {
         ...(this.renewError ? { renewalError: this.renewError, renewalFailures: this.renewFailures } : {}),
       } : null,
       freshness: this.guard?.status() ?? null,
+      casTrust: this.casPin?.status() ?? null,
       backend: {
         engine: this.deps.config.engine,
         managed: this.deps.config.manageMariadb || this.deps.config.managePostgres,
         running: this.mariadb ? this.mariadb.running : this.postgres ? this.postgres.running : null,
         pid: this.mariadb?.pid ?? this.postgres?.pid ?? null,
         socket: this.mariadb?.socket ?? this.postgres?.socketPath ?? this.deps.config.backendSocket ?? this.deps.config.pgBackendSocketDir ?? null,
+        ...(this.deps.config.engine === 'postgres' ? { storage: this.pgStorage?.health() ?? { kind: 'none', mounted: false, reason: 'not encrypted at rest' } } : {}),
       },
       engine: this.deps.config.engine,
       listeners: { mysql: this.mysqlAddress ?? null, postgres: this.pgAddress ?? null, keyring: this.addresses.keyring ?? null },
@@ -416,8 +528,10 @@ export class ProxyRole {
   private async renewOnce(): Promise<Record<string, unknown>> {
     const { config, log, provider } = this.deps;
     try {
+      // The CA pinned at start, never the file again; a changed file is only reported.
+      this.casPin!.checkFile(log);
       const fresh = await attestAndProvision({
-        casUrl: config.casUrl, caPem: readFileSync(config.casCaFile, 'utf8'), service: config.service, provider, log,
+        casUrl: config.casUrl, caPem: this.casPin!.caPem, service: config.service, provider, log,
         tls: { dnsNames: config.dnsNames },
       });
       if (this.stopping) {
@@ -442,6 +556,7 @@ export class ProxyRole {
     } catch (e) {
       const err = asCdbpError(e);
       if (this.stopping) throw err;
+      if (err.code === 'CAS_IDENTITY_INVALID') this.casPin!.impostor({ casUrl: config.casUrl, reason: err.code, message: err.message }, log);
       this.renewError = `${err.code}: ${err.message}`;
       this.renewFailures++;
       log.error({ err: { code: err.code, message: err.message }, failures: this.renewFailures },
@@ -462,6 +577,7 @@ export class ProxyRole {
     await this.keyring?.close().catch(() => undefined);
     await this.mariadb?.stop().catch(() => undefined);
     await this.postgres?.stop().catch(() => undefined);
+    await this.pgStorage?.unmount().catch(() => undefined);
   }
 
   /**
@@ -510,6 +626,8 @@ export class ProxyRole {
       this.counter.close();
       await this.ops?.close();
       await this.admin?.close();
+      if (this.addresses.adminTokenFile) rmSync(this.addresses.adminTokenFile, { force: true });
+      this.stopCasAlarms?.();
       if (!this.lifecycle.isTerminal()) this.lifecycle.advance('stopped');
       log.info('stopped');
     })().finally(() => this.stoppedResolve());
@@ -523,8 +641,14 @@ export class ProxyRole {
     await this.positions?.close().catch(() => undefined);
     await this.mariadb?.stop();
     await this.postgres?.stop();
+    await this.pgStorage?.unmount().catch((e: unknown) => this.deps.log.error({ err: asCdbpError(e).message }, 'unmounting the encrypted directory failed'));
     await this.keyring?.close().catch(() => undefined);
   }
+}
+
+/** Where the admin token goes: CDBP_ADMIN_TOKEN_FILE, else admin.token in the role's runtime dir. */
+export function adminTokenFile(config: ProxyConfig): string {
+  return config.adminTokenFile ?? path.join(config.mariadbRunDir ?? config.pgRunDir ?? config.untrustedDir, 'admin.token');
 }
 
 /** An external database may still be starting (MariaDB waits for the keyring): poll it for a while. */

@@ -3,13 +3,15 @@
  * field has a safe default (loopback listeners, strict freshness, no simulation) or is required.
  */
 import type { Schema } from '../src/kernel/config.ts';
+import { DEFAULT_IDLE_TIMEOUT_MS } from '../proxy/shared/limits.ts';
 
 export const PROXY_SCHEMA = {
   casUrl: { kind: 'string', doc: 'CAS base URL (https://host:port)', required: true },
   casCaFile: { kind: 'string', doc: 'CAS root CA certificate (pinned out of band)', required: true },
   service: { kind: 'string', doc: 'service name in the owner policy', default: 'mariadb' },
   engine: { kind: 'enum', values: ['mariadb', 'postgres'], doc: 'database behind this proxy (one proxy per database)', default: 'mariadb' },
-  teeMode: { kind: 'enum', values: ['none', 'simulated', 'sev-snp', 'tdx'], doc: 'attestation provider (none = fail closed)', default: 'none' },
+  teeMode: { kind: 'enum', values: ['none', 'simulated', 'sev-snp', 'tdx', 'auto'], doc: 'attestation provider (none = fail closed; auto = what the machine offers, never simulated)', default: 'none' },
+  tsmRoot: { kind: 'string', doc: 'configfs-tsm report directory (sev-snp, tdx)', default: '/sys/kernel/config/tsm/report' },
   allowSimulated: { kind: 'bool', doc: 'permit the simulated TEE (development only; loud everywhere)', default: false },
   platformKeyFile: { kind: 'string', doc: 'simulated platform signing key (stands in for the CPU)' },
   dnsNames: { kind: 'list', doc: 'extra DNS names to request in the certificate', default: [] },
@@ -19,11 +21,12 @@ export const PROXY_SCHEMA = {
   opsHost: { kind: 'string', doc: 'ops API address (health, metrics, status)', default: '127.0.0.1' },
   opsPort: { kind: 'int', doc: 'ops API port (0 = any free port)', default: 9090, min: 0, max: 65535 },
   adminPort: { kind: 'int', doc: 'loopback-only admin port (drain, quit); 0 = any free, -1 = off', default: -1, min: -1, max: 65535 },
+  adminTokenFile: { kind: 'string', doc: 'where the per-start admin token is written (0600) [runtime dir/admin.token]' },
 
   backendSocket: { kind: 'string', doc: 'MariaDB unix socket (default backend leg)' },
   backendHost: { kind: 'string', doc: 'remote MariaDB host (TLS, verified)' },
   backendPort: { kind: 'int', doc: 'remote MariaDB port', default: 3306, min: 1, max: 65535 },
-  backendCaFile: { kind: 'string', doc: 'CA for a TLS backend leg' },
+  backendCaFile: { kind: 'string', doc: 'CA for a TLS backend leg (on a socket leg: only for REQUIRE SSL accounts)' },
   allowInsecureBackend: { kind: 'bool', doc: 'UNSAFE: plaintext to a non-loopback backend', default: false },
 
   manageMariadb: { kind: 'bool', doc: 'start and supervise mariadbd after attestation, freshness and keyring', default: false },
@@ -45,10 +48,10 @@ export const PROXY_SCHEMA = {
 
   maxConnections: { kind: 'int', doc: 'max client connections per listener', default: 1000, min: 1 },
   handshakeTimeoutMs: { kind: 'int', doc: 'TLS + auth handshake timeout', default: 10_000, min: 100 },
-  idleTimeoutMs: { kind: 'int', doc: 'close sessions idle this long (0 = never)', default: 0, min: 0 },
+  idleTimeoutMs: { kind: 'int', doc: 'close sessions idle this long (0 = never)', default: DEFAULT_IDLE_TIMEOUT_MS, min: 0 },
   dataPlane: {
     kind: 'enum', values: ['auto', 'native', 'node'], default: 'auto',
-    doc: 'MySQL endpoint: who terminates TLS and relays queries (native = C relay, node = JS; auto = native unless strict freshness or not built)',
+    doc: 'MySQL endpoint: who terminates TLS and relays queries (native = C relay, node = JS; auto = native when built and the backend leg is plaintext)',
   },
   nativeWorkers: { kind: 'int', doc: 'native data plane worker threads', default: 1, min: 1, max: 16 },
 
@@ -63,4 +66,6 @@ export const PROXY_SCHEMA = {
   managePostgres: { kind: 'bool', doc: 'start and supervise a private PostgreSQL after attestation and freshness', default: false },
   pgRunDir: { kind: 'string', doc: 'runtime dir for the managed PostgreSQL (socket, logs)' },
   pgMonitorUser: { kind: 'string', doc: 'PostgreSQL account for WAL position reads', default: 'postgres' },
+  pgEncryption: { kind: 'enum', values: ['gocryptfs', 'off'], doc: 'managed PostgreSQL at rest: gocryptfs = its whole instance (data, WAL, temp, log, socket) in an encrypted directory keyed by the CAS, CDBP_DATADIR holds only ciphertext (docs/PG-AT-REST.md); off = plaintext files', default: 'gocryptfs' },
+  pgRekey: { kind: 'bool', doc: 'when the encrypted directory opens only with an older key version, re-encrypt it with the newest before PostgreSQL starts (key rotation, docs/PG-AT-REST.md)', default: true },
 } as const satisfies Schema;

@@ -2,7 +2,7 @@
 # Builds the stack's images with `docker build` (the build reaches apt and npm through --network=host):
 #   confidential-db-proxy/app:dev      CAS, proxy and the owner's setup steps (Node 20, native data plane)
 #   confidential-db-proxy/mariadb:dev  stock Debian MariaDB 10.11 + hashicorp_key_management
-#   confidential-db-proxy/postgres:dev stock Debian PostgreSQL 15 (the optional `postgres` profile)
+#   confidential-db-proxy/postgres:dev the app image + Debian PostgreSQL 15 + gocryptfs (the optional `postgres` profile)
 #
 # usage: compose/build.sh [--base public|local|auto]   (default auto)
 #   public  FROM node:20-bookworm-slim and debian:bookworm (a registry must be reachable)
@@ -82,7 +82,7 @@ docker build --network=host -t "$APP_IMAGE" --build-arg NODE_IMAGE="$node_image"
   -f compose/images/app.Dockerfile .
 say "building $MARIADB_IMAGE (FROM $debian_image)"
 docker build --network=host -t "$MARIADB_IMAGE" --build-arg DEBIAN_IMAGE="$debian_image" -f compose/images/mariadb.Dockerfile .
-say "building $POSTGRES_IMAGE (FROM $debian_image)"
-docker build --network=host -t "$POSTGRES_IMAGE" --build-arg DEBIAN_IMAGE="$debian_image" -f compose/images/postgres.Dockerfile .
+say "building $POSTGRES_IMAGE (FROM $APP_IMAGE: the proxy + PostgreSQL 15 + gocryptfs)"
+docker build --network=host -t "$POSTGRES_IMAGE" --build-arg APP_IMAGE="$APP_IMAGE" -f compose/images/postgres.Dockerfile .
 say "done: $APP_IMAGE $MARIADB_IMAGE $POSTGRES_IMAGE"
 echo "CDBP_NODE_IMAGE=$node_image CDBP_DEBIAN_IMAGE=$debian_image"

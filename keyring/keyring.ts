@@ -66,6 +66,11 @@ export interface Keyring {
   listen(): Promise<{ url: string; port: number }>;
   /** A fresh random token for the next mariadbd start; the previous one stops working at once. */
   issueToken(): string;
+  /**
+   * Key requests served (200 with key bytes) since the last issueToken(): proof that the server holding
+   * the current token takes its keys from here (mariadb-encryption-check.ts). Mount checks do not count.
+   */
+  keysServedSinceToken(): number;
   /** Adds key versions (e.g. a rotation). Refuses to change bytes of an existing (id, version). */
   addKeys(keys: DbKey[]): void;
   close(): Promise<void>;
@@ -121,8 +126,10 @@ export function createKeyring(opts: KeyringOptions): Keyring {
     s.once('close', () => sockets.delete(s));
   });
 
+  let servedSinceToken = 0;
   const record = (e: KeyringAuditEvent) => {
     requests?.inc({ outcome: e.outcome });
+    if (e.outcome === 'served') servedSinceToken++;
     try {
       opts.audit?.(e);
     } catch (err) {
@@ -216,8 +223,13 @@ export function createKeyring(opts: KeyringOptions): Keyring {
     issueToken() {
       if (closed) throw new CdbpError('KEYRING_UNAVAILABLE', 'keyring is closed');
       const token = tokens.issue();
+      servedSinceToken = 0;
       log.info('keyring token issued (previous token revoked)');
       return token;
+    },
+
+    keysServedSinceToken() {
+      return servedSinceToken;
     },
 
     addKeys(keys: DbKey[]) {

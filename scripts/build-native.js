@@ -1,4 +1,4 @@
-// Builds the native data plane (proxy/native/*.c: dataplane.c, tracker.c) into
+// Builds the native data plane (proxy/native/*.c: dataplane.c, relay.c, worker.c, tracker.c) into
 // proxy/native/build/cdbp_dataplane.node.
 //
 // Plain `cc`, no node-gyp: the C files of proxy/native, compiled against the headers of the Node that runs it (they ship

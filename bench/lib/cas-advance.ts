@@ -9,7 +9,8 @@ import { attestAndProvision } from '../../src/cas-client/index.ts';
 import { SimulatedProvider } from '../../src/attestation/simulated.ts';
 import { measureShippedCode } from '../../src/attestation/measurement.ts';
 import { generateSigningKeyPair } from '../../src/crypto/ed25519.ts';
-import { applySignedPolicy, buildPolicy, signPolicy } from '../../cas/policy.ts';
+import { buildPolicy, signPolicy } from '../../src/provisioning/policy.ts';
+import { applySignedPolicy } from '../../src/cas-client/policy.ts';
 import { quantile, round } from './common.ts';
 
 export interface CasAdvanceLatency { advanceP50Ms: number; advanceP90Ms: number; readP50Ms: number; readP90Ms: number; samples: number }

@@ -15,7 +15,8 @@ import { attestAndProvision } from '../../src/cas-client/index.ts';
 import { SimulatedProvider } from '../../src/attestation/simulated.ts';
 import { measureShippedCode } from '../../src/attestation/measurement.ts';
 import { generateSigningKeyPair } from '../../src/crypto/ed25519.ts';
-import { applySignedPolicy, buildPolicy, signPolicy } from '../../cas/policy.ts';
+import { buildPolicy, signPolicy } from '../../src/provisioning/policy.ts';
+import { applySignedPolicy } from '../../src/cas-client/policy.ts';
 import { scenario, quantile, round, fmt, REPO, type ScenarioResult } from '../lib/common.ts';
 
 export interface CasOptions { clients: number[]; seconds: number; services: number; concurrency: number; log?: (line: string) => void }

@@ -7,6 +7,7 @@ import { existsSync, readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { loadConfig, describeSchema, type Schema } from '../../src/kernel/config.ts';
 import { parseFlags } from '../../src/kernel/args.ts';
+import { lockStateDir } from '../../src/kernel/state-lock.ts';
 import { createLogger } from '../../src/kernel/log.ts';
 import { CdbpError } from '../../src/kernel/errors.ts';
 import { readPublicKeyFile } from '../../src/crypto/ed25519.ts';
@@ -59,7 +60,7 @@ function takeRepeated(argv: string[], name: string): { values: string[]; rest: s
     const a = argv[i]!;
     if (a === `--${name}`) {
       const v = argv[++i];
-      if (v === undefined) throw new CdbpError('CONFIG_INVALID', `--${name} needs a value`);
+      if (v === undefined) throw new CdbpError('USAGE', `option '--${name}' needs a value (--${name} VALUE)`);
       values.push(v);
     } else if (a.startsWith(`--${name}=`)) values.push(a.slice(name.length + 3));
     else rest.push(a);
@@ -94,7 +95,7 @@ export async function run(argv0: string[]): Promise<number> {
     console.log(USAGE);
     return 0;
   }
-  if (positionals.length > 0) throw new CdbpError('CONFIG_INVALID', `unexpected argument ${positionals[0]}\n${USAGE}`);
+  if (positionals.length > 0) throw new CdbpError('USAGE', `unexpected argument '${positionals[0]}'`);
   const overrides: Record<string, string | boolean | undefined> = {};
   for (const [flag, key] of Object.entries(FLAG_TO_KEY)) if (flags[flag] !== undefined) overrides[key] = flags[flag];
   const config = loadConfig(CAS_SCHEMA, overrides);
@@ -109,6 +110,8 @@ export async function run(argv0: string[]): Promise<number> {
   const sealing = config.casSealing === 'file'
     ? new FileSealingKeyProvider(config.casSealingKeyFile ?? path.join(dir, 'sealing.key'), log)
     : new FailClosedSealingKeyProvider();
+  // One CAS per state directory: two would append to one audit log and break its chain for good.
+  await lockStateDir(dir, { role: 'cdbp cas', scope: 'cas' });
   rmSync(path.join(dir, 'cas-ready.json'), { force: true });
   const ops = config.casOpsPort >= 0 ? await startCasOps(config.casOpsHost, config.casOpsPort, allowSimulated, log) : undefined;
   let cas: RunningCas;

@@ -11,8 +11,13 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { parseFlags } from '../../src/kernel/args.ts';
 import { CdbpError } from '../../src/kernel/errors.ts';
 import { measureShippedCode } from '../../src/attestation/measurement.ts';
-import { applySignedPolicy, buildPolicy, generateOwnerKey, getCurrentPolicy, getCurrentPolicyHash, loadOwnerKey,
-  POLICY_FORMAT, signPolicy, validatePolicy, type Policy, type PolicyDbKey } from '../../cas/policy.ts';
+import { buildPolicy, generateOwnerKey, loadOwnerKey, POLICY_FORMAT, signPolicy, validatePolicy, type Policy,
+  type PolicyDbKey } from '../../src/provisioning/policy.ts';
+import { applySignedPolicy, getCurrentPolicy, getCurrentPolicyHash } from '../../src/cas-client/policy.ts';
+import { loadEvidenceFile } from '../../src/attestation/evidence-file.ts';
+import { parseSnpReport } from '../../src/attestation/snp/report.ts';
+import { parseTdxQuote } from '../../src/attestation/tdx/quote.ts';
+import type { TeeAppraisalPolicy } from '../../src/attestation/tee-policy.ts';
 
 const USAGE = `usage: cdbp policy init  --out owner.key
        cdbp policy new   --service S [--measurement HEX[,HEX]] [--tee-modes simulated[,sev-snp,tdx]]
@@ -20,6 +25,9 @@ const USAGE = `usage: cdbp policy init  --out owner.key
        cdbp policy sign  --key owner.key --in policy.json --out signed.json [--predecessor HASH | --cas URL --ca FILE]
        cdbp policy apply --cas URL --ca FILE --in signed.json
        cdbp policy show  --cas URL --ca FILE --service S
+       cdbp policy measure --from-evidence FILE [--into policy.json]
+                         the TEE measurements a real report or quote carries (SNP MEASUREMENT; TDX MRTD and
+                         RTMR0-2), as the policy's "tee" part; --into adds them to an unsigned policy file
 
 Policy JSON format: docs/CAS.md.`;
 
@@ -37,13 +45,27 @@ function readJson(file: string): unknown {
   }
 }
 
+/**
+ * What to pin from a known-good VM's evidence. Parsed, not verified: the owner takes the report from a
+ * VM they launched themselves (verify it with `cdbp verify --evidence` first if it came from elsewhere).
+ * RTMR3 is left out: the running system extends it, so it is not a property of the image.
+ */
+export function measureEvidence(file: string): TeeAppraisalPolicy {
+  const ev = loadEvidenceFile(file);
+  if (ev.format === 'tdx-quote') {
+    const b = parseTdxQuote(ev.bytes).body;
+    return { tdx: { mrtd: [b.mrTd.toString('hex')], rtmr: [[b.rtmr[0].toString('hex')], [b.rtmr[1].toString('hex')], [b.rtmr[2].toString('hex')], null] } };
+  }
+  return { snp: { measurements: [parseSnpReport(ev.bytes).measurement.toString('hex')] } };
+}
+
 const list = (v: string | boolean | undefined): string[] | undefined =>
   typeof v === 'string' ? v.split(',').map((s) => s.trim()).filter(Boolean) : undefined;
 
 export async function run(argv: string[]): Promise<number> {
   const [sub, ...rest] = argv;
-  const { flags } = parseFlags(rest, [], ['out', 'key', 'in', 'predecessor', 'cas', 'ca', 'service', 'measurement', 'tee-modes', 'dns', 'ips', 'lifetime', 'keys']);
-  if (!sub || flags.help || sub === 'help') {
+  const { flags } = parseFlags(rest, [], ['out', 'key', 'in', 'predecessor', 'cas', 'ca', 'service', 'measurement', 'tee-modes', 'dns', 'ips', 'lifetime', 'keys', 'from-evidence', 'into']);
+  if (!sub || flags.help || sub === 'help' || sub === '--help' || sub === '-h') {
     console.log(USAGE);
     return sub ? 0 : 2;
   }
@@ -92,6 +114,25 @@ export async function run(argv: string[]): Promise<number> {
     case 'apply': {
       const r = await applySignedPolicy(need(flags, 'cas'), readFileSync(need(flags, 'ca'), 'utf8'), readJson(need(flags, 'in')) as never);
       console.log(`${r.service}: ${r.status} (policy ${r.policyHash}${r.newKeys.length ? `, new keys ${r.newKeys.join(', ')}` : ''})`);
+      return 0;
+    }
+    case 'measure': {
+      const tee = measureEvidence(need(flags, 'from-evidence'));
+      if (typeof flags.into === 'string') {
+        const raw = readJson(flags.into) as Policy;
+        const mode = tee.snp ? 'sev-snp' : 'tdx';
+        const merged: Record<string, any> = { ...raw, tee: { ...(raw.tee ?? {}) } };
+        if (tee.snp) merged.tee.snp = { ...(merged.tee.snp ?? {}), measurements: [...new Set([...(merged.tee.snp?.measurements ?? []), ...tee.snp.measurements!])] };
+        if (tee.tdx) {
+          merged.tee.tdx = { ...(merged.tee.tdx ?? {}), mrtd: [...new Set([...(merged.tee.tdx?.mrtd ?? []), ...tee.tdx.mrtd!])],
+            rtmr: tee.tdx.rtmr!.map((r, i) => [...new Set([...((merged.tee.tdx?.rtmr?.[i] as string[] | null) ?? []), ...(r ?? [])])]) };
+        }
+        if (!(raw.teeModes ?? []).includes(mode)) merged.teeModes = [...(raw.teeModes ?? []), mode];
+        writeFileSync(flags.into, JSON.stringify(validatePolicy({ format: POLICY_FORMAT, predecessor: null, ...merged }), null, 2) + '\n');
+        console.log(`${flags.into}: allows ${mode} with ${tee.snp ? `measurement ${tee.snp.measurements![0]}` : `MRTD ${tee.tdx!.mrtd![0]}`}`);
+      } else {
+        console.log(JSON.stringify({ tee }, null, 2));
+      }
       return 0;
     }
     case 'show': {

@@ -6,7 +6,8 @@
 import { readFileSync } from 'node:fs';
 import { parseFlags } from '../../src/kernel/args.ts';
 import { CdbpError } from '../../src/kernel/errors.ts';
-import { loadOwnerKey, recoverCounter, COUNTER_DIGEST_RE } from '../../cas/policy.ts';
+import { loadOwnerKey, COUNTER_DIGEST_RE } from '../../src/provisioning/policy.ts';
+import { recoverCounter } from '../../src/cas-client/policy.ts';
 import { peekRecordHeader, recordDigest } from '../../proxy/freshness/record.ts';
 
 const USAGE = `usage: cdbp recover --cas URL --ca FILE --owner-key FILE --service S (--record FILE | --value N --digest HEX)
@@ -16,7 +17,7 @@ freshness record you restored together with the data directory (--record reads b
 Signed with the owner key; audited.`;
 
 export async function run(argv: string[]): Promise<number> {
-  const { flags } = parseFlags(argv, [], ['cas', 'ca', 'owner-key', 'service', 'value', 'digest', 'record']);
+  const { flags } = parseFlags(argv, [], ['cas', 'ca', 'owner-key', 'service', 'value', 'digest', 'record'], { maxPositionals: 0 });
   if (flags.help) {
     console.log(USAGE);
     return 0;

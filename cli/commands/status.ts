@@ -8,7 +8,7 @@ import { parseFlags } from '../../src/kernel/args.ts';
 import { CdbpError } from '../../src/kernel/errors.ts';
 
 export async function run(argv: string[]): Promise<number> {
-  const { flags } = parseFlags(argv, ['json'], ['url', 'dir']);
+  const { flags } = parseFlags(argv, ['json'], ['url', 'dir'], { maxPositionals: 0 });
   if (flags.help) {
     console.log('usage: cdbp status [--url http://127.0.0.1:PORT | --dir DIR] [--json]');
     return 0;
@@ -50,6 +50,9 @@ export function formatStatus(s: Record<string, any>): string {
     lines.push(`  freshness:    ${f.mode}, ${f.verified ? 'verified' : 'NOT verified'}, epoch ${f.epoch}, last seal ${f.lastSealAgeSeconds === null ? 'never' : `${Number(f.lastSealAgeSeconds).toFixed(1)} s ago`}, ${f.writesHeld} writes held`);
     if (f.violation) lines.push(`  VIOLATION:    ${f.violation.kind}: ${f.violation.message}`);
   }
+  const ct = s.casTrust;
+  if (ct?.lastImpostor) lines.push(`  CAS ALARM:    ${ct.impostorAlarms} request(s) met a server that is not the pinned CAS (${ct.lastImpostor.reason}, last ${ct.lastImpostor.at})`);
+  if (ct?.caFileChanged) lines.push('  CAS ALARM:    the CAS CA file changed on disk since start (ignored: the CA pinned at start is kept)');
   if (s.backend) lines.push(`  backend:      ${s.backend.managed ? 'managed ' : ''}${s.backend.socket ?? ''}${s.backend.running === false ? ' (NOT running)' : ''}`);
   if (s.listeners?.mysql) lines.push(`  mysql:        ${s.listeners.mysql.host}:${s.listeners.mysql.port}`);
   const c = s.connections?.mysql;

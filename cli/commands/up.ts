@@ -23,8 +23,10 @@ import { parseFlags } from '../../src/kernel/args.ts';
 import { CdbpError } from '../../src/kernel/errors.ts';
 import { findBinary, requirePluginFile } from '../../src/kernel/binaries.ts';
 import { freePort } from '../../src/kernel/net.ts';
+import { lockStateDir } from '../../src/kernel/state-lock.ts';
 import { generatePlatformKey } from '../../src/attestation/simulated.ts';
 import { measureShippedCode } from '../../src/attestation/measurement.ts';
+import { buildNativeDataPlane } from '../native-build.ts';
 import { ensureOwnerKey, ensureServicePolicy } from '../local-policy.ts';
 import { randomPassword } from '../proxy-role.ts';
 import { MariadbServer } from '../../src/db/mariadb-server.ts';
@@ -37,6 +39,8 @@ export interface StackFile {
   cas: { url: string };
   caFile: string;
   admin: { user: string; password: string };
+  /** The proxy's loopback admin API (`cdbp admin --dir DIR quit`): URL and its per-start token file (0600). */
+  control: { url: string; tokenFile: string };
   mariadb: { socket: string; datadir: string; pid: number | null };
   untrustedDir: string;
   trustedDir: string;
@@ -46,7 +50,7 @@ export interface StackFile {
 }
 
 export async function run(argv: string[]): Promise<number> {
-  const { flags } = parseFlags(argv, ['postgres'], ['dir', 'mysql-port', 'ops-port', 'cas-port', 'pg-port', 'freshness']);
+  const { flags } = parseFlags(argv, ['postgres'], ['dir', 'mysql-port', 'ops-port', 'cas-port', 'pg-port', 'freshness'], { maxPositionals: 0 });
   if (flags.help) {
     console.log(`usage: cdbp up [--dir DIR] [--mysql-port N] [--ops-port N] [--cas-port N] [--freshness strict|relaxed|off]
                [--postgres [--pg-port N]]
@@ -68,6 +72,9 @@ private PostgreSQL behind a second proxy (one proxy per database). Ctrl-C stops 
     mkdirSync(d, { recursive: true });
     chmodSync(d, 0o711);
   }
+  // One `cdbp up` per DIR, before anything is touched (a second one stopped the first's mariadbd and
+  // appended to its CAS audit log). Held until this process ends; the kernel frees it if we are killed.
+  await lockStateDir(dir, { role: 'cdbp up', scope: 'up' });
   const say = (msg: string) => console.log(`cdbp up: ${msg}`);
 
   // Preflight: one line naming the package, not a stack trace, for anything missing.
@@ -77,6 +84,11 @@ private PostgreSQL behind a second proxy (one proxy per database). Ctrl-C stops 
   if (flags.postgres) {
     findBinary('postgres');
     findBinary('initdb');
+    // Encrypted at rest by default (docs/PG-AT-REST.md): gocryptfs over FUSE.
+    for (const [bin, pkg] of [['gocryptfs', 'gocryptfs'], ['fusermount3', 'fuse3']] as const) {
+      try { findBinary(bin); } catch { throw new CdbpError('BINARY_MISSING', `${bin} not found: install the Debian package ${pkg} (PostgreSQL runs encrypted at rest)`); }
+    }
+    if (!existsSync('/dev/fuse')) throw new CdbpError('CONFIG_INVALID', '/dev/fuse is missing: PostgreSQL runs in a FUSE-encrypted directory (docs/PG-AT-REST.md)');
     assertTraversableByOthers(dir);
   }
 
@@ -135,10 +147,15 @@ private PostgreSQL behind a second proxy (one proxy per database). Ctrl-C stops 
     });
     children.push({ name, child, log });
     child.on('exit', (code, sig) => {
-      if (!stopping) {
-        say(`${name} exited unexpectedly (${sig ?? `code ${code}`}); last log lines:\n${tail(log, 12)}`);
-        resolveSignal('child-exit');
+      if (stopping) return;
+      if (name === 'proxy' && code === 0) {
+        // A clean exit of the proxy is a requested stop (`cdbp admin quit|drain`): stop the rest, exit 0.
+        say('proxy stopped (admin request)');
+        resolveSignal('SIGTERM');
+        return;
       }
+      say(`${name} exited unexpectedly (${sig ?? `code ${code}`}); last log lines:\n${tail(log, 12)}`);
+      resolveSignal('child-exit');
     });
     return child;
   };
@@ -161,6 +178,10 @@ private PostgreSQL behind a second proxy (one proxy per database). Ctrl-C stops 
     // 2. The owner's policy for this build of the proxy (re-signed when the code's measurement changes).
     const ownerKey = path.join(layout.trusted, 'owner.key');
     await ensureOwnerKey(ownerKey);
+    // The native data plane's binary is measured code: build it (if stale) before measuring, or the proxy's
+    // own build step would change the code after the owner signed for it (a MEASUREMENT_MISMATCH at attest).
+    const nativeBuild = buildNativeDataPlane();
+    if (!nativeBuild.ok) say(`native data plane not built (the proxy will run the Node plane): ${nativeBuild.output.split('\n').pop()}`);
     const measurement = measureShippedCode();
     const applied = await ensureServicePolicy({
       casUrl: casReady.url, caPem: readFileSync(caFile, 'utf8'), ownerKeyFile: ownerKey, service: 'mariadb', measurement,
@@ -170,6 +191,7 @@ private PostgreSQL behind a second proxy (one proxy per database). Ctrl-C stops 
     // 3. The proxy: attests, verifies freshness, serves keys, starts MariaDB, opens the endpoint.
     const mysqlPort = flags['mysql-port'] ? Number(flags['mysql-port']) : previous?.mysql?.port ?? (await freePort());
     const opsPort = flags['ops-port'] ? Number(flags['ops-port']) : await freePort();
+    const adminPort = await freePort();
     const freshness = String(flags.freshness ?? 'strict');
     const mariadbRunDir = path.join(layout.run, 'mariadb');
     const datadir = path.join(layout.untrusted, 'mariadb');
@@ -177,7 +199,8 @@ private PostgreSQL behind a second proxy (one proxy per database). Ctrl-C stops 
       CDBP_CAS_URL: casReady.url, CDBP_CAS_CA_FILE: caFile, CDBP_SERVICE: 'mariadb',
       CDBP_TEE_MODE: 'simulated', CDBP_ALLOW_SIMULATED: '1', CDBP_PLATFORM_KEY_FILE: platformKey,
       CDBP_MYSQL_HOST: '127.0.0.1', CDBP_MYSQL_PORT: String(mysqlPort),
-      CDBP_OPS_HOST: '127.0.0.1', CDBP_OPS_PORT: String(opsPort),
+      CDBP_OPS_HOST: '127.0.0.1', CDBP_OPS_PORT: String(opsPort), CDBP_ADMIN_PORT: String(adminPort),
+      CDBP_ADMIN_TOKEN_FILE: path.join(layout.run, 'admin.token'),
       CDBP_MANAGE_MARIADB: '1', CDBP_MARIADB_RUN_DIR: mariadbRunDir, CDBP_DATADIR: datadir,
       CDBP_UNTRUSTED_DIR: layout.untrusted, CDBP_VOLATILE_DIR: volatileDir(dir), CDBP_FRESHNESS: freshness, CDBP_DRAIN_DELAY_MS: '0',
     });
@@ -213,7 +236,7 @@ private PostgreSQL behind a second proxy (one proxy per database). Ctrl-C stops 
       const pgAdmin = { user: 'admin', password: previous?.postgres?.password ?? randomPassword() };
       await ensurePgAdmin(path.dirname(pgBackend.socket ?? ''), Number(path.extname(pgBackend.socket ?? '.5432').slice(1)), pgAdmin);
       postgres = { host: '127.0.0.1', port: pgPort, user: pgAdmin.user, password: pgAdmin.password, datadir: pgDatadir, socket: pgBackend.socket ?? '', ops: { url: `http://127.0.0.1:${pgOpsPort}` } };
-      say(`PostgreSQL ready: psql "host=127.0.0.1 port=${pgPort} user=admin dbname=postgres sslmode=verify-full sslrootcert=${caFile}"`);
+      say(`PostgreSQL ready (encrypted at rest: ${pgDatadir} holds ciphertext only): psql "host=127.0.0.1 port=${pgPort} user=admin dbname=postgres sslmode=verify-full sslrootcert=${caFile}"`);
     }
 
     const stack: StackFile = {
@@ -222,6 +245,7 @@ private PostgreSQL behind a second proxy (one proxy per database). Ctrl-C stops 
       cas: { url: casReady.url },
       caFile,
       admin,
+      control: { url: `http://127.0.0.1:${adminPort}`, tokenFile: path.join(layout.run, 'admin.token') },
       mariadb: { socket, datadir, pid: (status.backend as { pid?: number } | undefined)?.pid ?? readPid(mariadbPidFile) },
       untrustedDir: layout.untrusted,
       trustedDir: layout.trusted,

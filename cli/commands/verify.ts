@@ -23,9 +23,22 @@ import { readPublicKeyFile } from '../../src/crypto/ed25519.ts';
 import { isHex } from '../../src/crypto/hash.ts';
 import type { Evidence, EvidenceVerifier } from '../../src/attestation/types.ts';
 import { verifyEndpointEvidence } from '../../src/ops/evidence.ts';
+import { checkEvidenceFile, formatEvidenceVerdict } from './verify-evidence.ts';
+import { decodeErr, encodePacket, readPayloadLength, SSL_REQUEST_LENGTH } from '../../proxy/mysql/codec.ts';
+import { Cap, Header, PACKET_HEADER_SIZE } from '../../proxy/mysql/constants.ts';
+import { encodeSslRequest } from '../../proxy/pg/codec.ts';
+import { SSL_ACCEPT } from '../../proxy/pg/constants.ts';
+
+/** MySQL collation id 45 (utf8mb4_general_ci): what the SSLRequest announces; nothing is sent in it. */
+const UTF8MB4_GENERAL_CI = 45;
 
 const USAGE = `usage: cdbp verify --ops URL --ca FILE [--host 127.0.0.1] (--port N | --pg-port N)
                    --measurement HEX|local [--platform-public-key FILE] [--json]
+       cdbp verify --evidence FILE [--certs PATH] [--collateral DIR] [--at ISO-TIME] [--policy FILE]
+                   [--report-data HEX] [--json]
+
+--evidence: verifies a real SEV-SNP report (bare or Azure HCL) or TDX quote offline against the pinned AMD /
+Intel roots and shows what it carries; without --policy the production default applies (debug refused).
 
 Checks a running proxy: TLS to its database port chains to the CAS CA (--ca) and names --host; the
 evidence on <ops>/v1/attestation binds a fresh nonce and the certificate the TLS endpoint presented;
@@ -54,10 +67,17 @@ export interface VerifyResult {
 }
 
 export async function run(argv: string[]): Promise<number> {
-  const { flags } = parseFlags(argv, ['json'], ['ops', 'ca', 'host', 'port', 'pg-port', 'measurement', 'platform-public-key']);
+  const { flags } = parseFlags(argv, ['json'], ['ops', 'ca', 'host', 'port', 'pg-port', 'measurement', 'platform-public-key',
+    'evidence', 'certs', 'collateral', 'at', 'policy', 'report-data']);
   if (flags.help) {
     console.log(USAGE);
     return 0;
+  }
+  if (typeof flags.evidence === 'string') {
+    const str = (k: string) => (typeof flags[k] === 'string' ? { [k === 'report-data' ? 'reportData' : k]: flags[k] as string } : {});
+    const r = checkEvidenceFile({ evidence: flags.evidence, ...str('certs'), ...str('collateral'), ...str('at'), ...str('policy'), ...str('report-data') });
+    console.log(flags.json ? JSON.stringify(r, null, 2) : formatEvidenceVerdict(r));
+    return r.verified ? 0 : 1;
   }
   const missing = ['ops', 'ca', 'measurement'].filter((f) => typeof flags[f] !== 'string');
   if (!flags.port && !flags['pg-port']) missing.push('port (or --pg-port)');
@@ -160,15 +180,12 @@ export async function presentedCertificate(o: Pick<VerifyOptions, 'host' | 'port
     await new Promise<void>((resolve, reject) => { raw.once('connect', resolve); raw.once('error', reject); });
     if (o.protocol === 'mysql') {
       const greeting = await readMysqlPacket(raw);
-      if (greeting[0] === 0xff) throw new CdbpError('PROTOCOL_VIOLATION', `server refused: ${greeting.subarray(9).toString('utf8')}`);
+      if (greeting[0] === Header.ERR) throw new CdbpError('PROTOCOL_VIOLATION', `server refused: ${decodeErr(greeting).message}`);
       raw.write(mysqlSslRequest());
     } else {
-      const req = Buffer.alloc(8);
-      req.writeInt32BE(8, 0);
-      req.writeInt32BE(80877103, 4);
-      raw.write(req);
+      raw.write(encodeSslRequest());
       const answer = await readExactly(raw, 1);
-      if (answer[0] !== 0x53) throw new CdbpError('INSECURE_TRANSPORT', 'the PostgreSQL endpoint does not offer TLS');
+      if (answer[0] !== SSL_ACCEPT) throw new CdbpError('INSECURE_TRANSPORT', 'the PostgreSQL endpoint does not offer TLS');
     }
     const servername = net.isIP(o.host) ? undefined : o.host;
     const sock = tls.connect({ socket: raw, host: o.host, ...(servername ? { servername } : {}), ca: o.caPem, rejectUnauthorized: true, minVersion: 'TLSv1.2' });
@@ -190,17 +207,16 @@ export async function presentedCertificate(o: Pick<VerifyOptions, 'host' | 'port
 
 /** HandshakeResponse41 truncated after the filler: the SSLRequest (CLIENT_SSL | PROTOCOL_41 | SECURE_CONNECTION). */
 function mysqlSslRequest(): Buffer {
-  const payload = Buffer.alloc(32);
-  payload.writeUInt32LE(0x0800 | 0x0200 | 0x8000, 0);
-  payload.writeUInt32LE(16 * 1024 * 1024, 4);
-  payload[8] = 45; // utf8mb4_general_ci
-  const header = Buffer.from([payload.length, 0, 0, 1]);
-  return Buffer.concat([header, payload]);
+  const payload = Buffer.alloc(SSL_REQUEST_LENGTH);
+  payload.writeUInt32LE(Number(Cap.CLIENT_SSL | Cap.CLIENT_PROTOCOL_41 | Cap.CLIENT_SECURE_CONNECTION), 0);
+  payload.writeUInt32LE(16 * 1024 * 1024, 4); // max packet size
+  payload[8] = UTF8MB4_GENERAL_CI;
+  return encodePacket(1, payload);
 }
 
 async function readMysqlPacket(sock: net.Socket): Promise<Buffer> {
-  const header = await readExactly(sock, 4);
-  const len = header.readUIntLE(0, 3);
+  const header = await readExactly(sock, PACKET_HEADER_SIZE);
+  const len = readPayloadLength(header, 0);
   if (len > 64 * 1024) throw new CdbpError('FRAME_TOO_LARGE', 'server greeting too large');
   return readExactly(sock, len);
 }

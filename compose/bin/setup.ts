@@ -13,7 +13,7 @@ import { copyFileSync, existsSync, mkdirSync, readFileSync, chmodSync } from 'no
 import path from 'node:path';
 import { generatePlatformKey } from '../../src/attestation/simulated.ts';
 import { measureShippedCode } from '../../src/attestation/measurement.ts';
-import { loadOwnerKey } from '../../cas/policy.ts';
+import { loadOwnerKey } from '../../src/provisioning/policy.ts';
 import { ensureOwnerKey, ensureServicePolicy } from '../../cli/local-policy.ts';
 
 const env = (name: string, fallback?: string): string => {

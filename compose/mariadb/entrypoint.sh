@@ -29,7 +29,21 @@ volatile_ok() {
 for d in "$RUN_DIR" "$VOLATILE"; do
   if ! volatile_ok "$d"; then say "$d is not memory-backed (tmpfs); refusing to start"; exit 1; fi
 done
-mkdir -p -m 0700 "$VOLATILE/tmp" "$VOLATILE/aria-log"
+mkdir -p -m 0700 "$VOLATILE/tmp" "$VOLATILE/aria-log" "$VOLATILE/logs" "$VOLATILE/files"
+
+# aria_log_control holds the Aria UUID: it lives in the datadir, the tmpfs Aria log dir links to it. A
+# new UUID (control file lost with the tmpfs at a container restart) makes Aria zerofill every table as
+# "moved", which MariaDB 10.11 gets wrong for encrypted Aria tables (mysql.proc fails to decrypt; issue 21
+# item 7, docs/KEYRING.md). Same logic as pinAriaControlFile in src/db/mariadb-server.ts.
+pin_aria_control() {
+  local link="$VOLATILE/aria-log/aria_log_control" target="$DATADIR/aria_log_control"
+  if [ -f "$link" ] && [ ! -L "$link" ]; then
+    cp "$link" "$target" && sync "$target" && rm -f "$link"
+  fi
+  if [ -f "$target" ] && [ "$(readlink "$link" 2>/dev/null)" != "$target" ]; then
+    ln -sfn "$target" "$link"
+  fi
+}
 
 mariadbd_pid=
 stopping=0
@@ -85,6 +99,7 @@ while :; do
       || { say "mariadb-install-db failed:"; tail -n 30 "$VOLATILE/install-db.log" >&2; exit 1; }
     mv "$DATADIR.init" "$DATADIR"
   fi
+  pin_aria_control
 
   mariadbd --defaults-file="$DEFAULTS" &
   mariadbd_pid=$!

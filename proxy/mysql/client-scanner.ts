@@ -57,6 +57,14 @@ export class ClientScanner {
     assertForbiddenNamesCheckable(forbidden);
   }
 
+  /**
+   * The client's last command was COM_QUIT: it has ended its session, so a reset that follows (the
+   * mariadb connector's end() sends COM_QUIT, then destroys its socket) is a normal end, not an error.
+   */
+  get quitSent(): boolean {
+    return this.lastCommand === Command.COM_QUIT;
+  }
+
   /** True while the client streams LOCAL INFILE data (exposed for tests). */
   get inInfileUpload(): boolean {
     return this.infile;

@@ -207,6 +207,20 @@ export function encodeErrPacket(seq: number, err: ErrPacket): Buffer {
   return encodePacket(seq, encodeErrPayload(err));
 }
 
+/**
+ * ERR sent instead of the greeting (e.g. "Too many connections" at accept). No capabilities are
+ * negotiated yet, so MariaDB sends it without the SQL-state marker (net_send_error_packet writes
+ * '#'+SQLSTATE only for a CLIENT_PROTOCOL_41 peer), and clients report SQLSTATE HY000. Sequence id 0.
+ */
+export function encodePreGreetingErrPacket(err: Pick<ErrPacket, 'errno' | 'message'>): Buffer {
+  const message = Buffer.from(err.message, 'utf8');
+  const payload = Buffer.allocUnsafe(3 + message.length);
+  payload[0] = 0xff;
+  payload.writeUInt16LE(err.errno, 1);
+  message.copy(payload, 3);
+  return encodePacket(0, payload);
+}
+
 export function decodeErr(payload: Buffer): ErrPacket {
   if (payload[0] !== 0xff || payload.length < 3) throw violation('not an ERR packet');
   const errno = payload.readUInt16LE(1);

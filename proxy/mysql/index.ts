@@ -19,18 +19,23 @@ import { CdbpError } from '../../src/kernel/errors.ts';
 import { isLoopbackHost } from '../../src/kernel/net.ts';
 import type { MetricsRegistry } from '../../src/kernel/metrics.ts';
 import { ConnectionLimiter } from '../shared/connection-limiter.ts';
-import { ConnectionRecord } from '../shared/connection-log.ts';
+import {
+  ConnectionLogLimiter, ConnectionRecord, DEFAULT_CONNECTION_LOG_LIMITS, rateLimitedConnectionLog, type ConnectionLogLimits,
+} from '../shared/connection-log.ts';
 import { EndpointMetrics } from '../shared/metrics.ts';
 import { identityHolder, type TlsIdentitySource } from '../../src/crypto/tls-identity.ts';
 import { ProxyErrno } from './constants.ts';
-import { encodeErrPacket } from './codec.ts';
+import { encodePreGreetingErrPacket } from './codec.ts';
 import { MysqlSession, type BackendTarget, type SessionContext, type SessionTotals } from './session.ts';
-import type { AckGate } from './pump.ts';
-import { forbiddenUserErr } from './forbidden-user.ts';
-import { loadNativeDataPlane, type NativeDataPlane } from '../native/dataplane.ts';
+import type { AckGate } from '../shared/ack-gate.ts';
+import { DEFAULT_IDLE_TIMEOUT_MS } from '../shared/limits.ts';
+import type { AccountTlsSource } from './account-tls.ts';
+import { chooseDataPlane } from './choose-data-plane.ts';
+import type { DataPlaneInfo } from './data-plane.ts';
 
-export type { AckGate } from './pump.ts';
+export type { AckGate } from '../shared/ack-gate.ts';
 export type { BackendTarget } from './session.ts';
+export { MariadbAccountTls, type AccountTlsSource } from './account-tls.ts';
 
 export interface MysqlProxyLimits {
   /** Concurrent client connections; over it clients get ERR 1040 (default 1000). */
@@ -46,7 +51,7 @@ export interface MysqlProxyLimits {
 export const DEFAULT_LIMITS: MysqlProxyLimits = {
   maxConnections: 1000,
   handshakeTimeoutMs: 10_000,
-  idleTimeoutMs: 8 * 3600_000,
+  idleTimeoutMs: DEFAULT_IDLE_TIMEOUT_MS,
   maxHandshakePacket: 64 * 1024,
 };
 
@@ -68,13 +73,16 @@ export interface MysqlProxyOptions {
   dataPlane?: 'auto' | 'native' | 'node';
   /** Native data plane worker threads (default 1). */
   nativeWorkers?: number;
+  /**
+   * The accounts' REQUIRE SSL/X509 clauses (account-tls.ts): such logins are explained instead of
+   * refused bare, and REQUIRE SSL ones use `backend.tls` on a socket leg.
+   */
+  accountTls?: AccountTlsSource;
+  /** Rate limit of per-connection log lines (proxy/shared/connection-log.ts). */
+  connectionLog?: Partial<ConnectionLogLimits>;
 }
 
-/** Which data plane a proxy runs, and why (for logs, /v1/status and metrics). */
-export interface DataPlaneInfo {
-  kind: 'native' | 'node';
-  reason: string;
-}
+export type { DataPlaneInfo } from './data-plane.ts';
 
 export interface MysqlProxyStats {
   open: number;
@@ -101,7 +109,8 @@ export interface MysqlProxy {
 export function createMysqlProxy(opts: MysqlProxyOptions): MysqlProxy {
   validateBackend(opts.backend);
   const limits: MysqlProxyLimits = { ...DEFAULT_LIMITS, ...opts.limits };
-  const log = opts.log.child({ component: 'mysql-proxy' });
+  const logLimiter = new ConnectionLogLimiter(opts.log, opts.metrics, { ...DEFAULT_CONNECTION_LOG_LIMITS, ...opts.connectionLog });
+  const log = rateLimitedConnectionLog(opts.log.child({ component: 'mysql-proxy' }), logLimiter);
   const identity = identityHolder(opts.tls);
   const metrics = new EndpointMetrics('mysql', opts.metrics);
   const limiter = new ConnectionLimiter(limits.maxConnections);
@@ -114,22 +123,10 @@ export function createMysqlProxy(opts: MysqlProxyOptions): MysqlProxy {
   let listening = false;
   const closedWaiters = new Set<() => void>();
   const forbiddenUsers: ReadonlySet<string> = 'socket' in opts.backend ? new Set([os.userInfo().username]) : new Set();
-  const { native, dataPlane } = chooseDataPlane(opts, forbiddenUsers);
-  let unsubscribeIdentity = (): void => {};
-  try {
-    if (native) {
-      native.setIdentity(identity.pem);
-      // The holder validated the pair with the same OpenSSL, so the native side is not expected to refuse it.
-      unsubscribeIdentity = identity.onChange((pem) => {
-        native.setIdentity(pem);
-        log.info({ event: 'tls_identity_swapped', generation: identity.generation, notAfter: identity.certificate.validTo }, 'TLS identity replaced');
-      });
-    }
-  } catch (e) {
-    unsubscribeIdentity();
-    native?.destroy(); // its worker threads must not outlive a proxy that was never created
-    throw e;
-  }
+  const plane = chooseDataPlane({
+    wanted: opts.dataPlane ?? 'auto', backend: opts.backend, identity, forbiddenUsers, nativeWorkers: opts.nativeWorkers ?? 1, log,
+  });
+  const dataPlane = plane.info;
   metrics.dataPlane(dataPlane.kind);
   const planeLine = { event: 'data_plane', dataPlane: dataPlane.kind, reason: dataPlane.reason };
   // Falling back because the native build is missing is worth a warning: it costs throughput.
@@ -138,13 +135,13 @@ export function createMysqlProxy(opts: MysqlProxyOptions): MysqlProxy {
 
   const ctx: SessionContext = {
     backend: opts.backend,
-    identity,
     limits,
     log,
     metrics,
     ackGate: opts.ackGate,
-    native,
+    plane,
     forbiddenUsers,
+    accountTls: opts.accountTls,
     totals,
     onClosed(session) {
       sessions.delete(session);
@@ -165,7 +162,7 @@ export function createMysqlProxy(opts: MysqlProxyOptions): MysqlProxy {
       const err = accepting
         ? { ...ProxyErrno.TOO_MANY_CONNECTIONS, message: 'Too many connections' }
         : { ...ProxyErrno.SHUTDOWN, message: 'Server shutdown in progress' };
-      socket.end(encodeErrPacket(0, err));
+      socket.end(encodePreGreetingErrPacket(err));
       setTimeout(() => socket.destroy(), 2_000).unref();
       return;
     }
@@ -227,8 +224,8 @@ export function createMysqlProxy(opts: MysqlProxyOptions): MysqlProxy {
       const stopped = this.stopAccepting();
       for (const s of [...sessions]) s.destroy('drained');
       await stopped;
-      unsubscribeIdentity();
-      native?.destroy();
+      plane.destroy();
+      logLimiter.stop();
     },
     stats() {
       let liveIn = 0;
@@ -240,7 +237,7 @@ export function createMysqlProxy(opts: MysqlProxyOptions): MysqlProxy {
         liveIn += b.in;
         liveOut += b.out;
       }
-      const relayed = native?.stats() ?? { bytesIn: 0, bytesOut: 0, buffered: 0 };
+      const relayed = plane.stats();
       return {
         open: sessions.size, total, refused, dataPlane,
         bytesIn: totals.bytesIn + liveIn + relayed.bytesIn, bytesOut: totals.bytesOut + liveOut + relayed.bytesOut,
@@ -248,24 +245,6 @@ export function createMysqlProxy(opts: MysqlProxyOptions): MysqlProxy {
       };
     },
   };
-}
-
-function chooseDataPlane(opts: MysqlProxyOptions, forbiddenUsers: ReadonlySet<string>): { native?: NativeDataPlane; dataPlane: DataPlaneInfo } {
-  const wanted = opts.dataPlane ?? 'auto';
-  if (wanted === 'node') return { dataPlane: { kind: 'node', reason: 'configured' } };
-  if ('host' in opts.backend && opts.backend.tls) {
-    if (wanted === 'native') throw new CdbpError('CONFIG_INVALID', 'the native data plane relays plaintext to the database: it cannot serve a TLS backend leg');
-    return { dataPlane: { kind: 'node', reason: 'TLS backend leg (the native relay speaks plaintext to the database)' } };
-  }
-  const loaded = loadNativeDataPlane({
-    workers: opts.nativeWorkers ?? 1, forbiddenUsers,
-    changeUserErr: (user) => forbiddenUserErr(user, 'change_user'),
-  });
-  if ('unavailable' in loaded) {
-    if (wanted === 'native') throw new CdbpError('CONFIG_INVALID', `native data plane unavailable: ${loaded.unavailable}`);
-    return { dataPlane: { kind: 'node', reason: loaded.unavailable } };
-  }
-  return { native: loaded.plane, dataPlane: { kind: 'native', reason: wanted === 'native' ? 'configured' : 'available' } };
 }
 
 /** Plaintext to a remote database needs an explicit, loudly named opt-in (ghostunnel's rule). */

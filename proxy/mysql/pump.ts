@@ -23,15 +23,13 @@ import { encodeErrPacket, readPayloadLength } from './codec.ts';
 import { INSPECT_BYTES, ResponseTracker } from './tracker.ts';
 import { ClientScanner } from './client-scanner.ts';
 import { forbiddenUserErr } from './forbidden-user.ts';
+import { askGate, type AckGate } from '../shared/ack-gate.ts';
 
-export interface AckGate {
-  /**
-   * Called when the server sends the packet ending the acknowledgment of a possible write outside a
-   * transaction (SERVER_STATUS_IN_TRANS clear, or an implicit commit); return a promise to hold the ack
-   * until it resolves (reject → send the client an ERR instead and close), or undefined to pass through.
-   */
-  holdAck(): Promise<void> | undefined;
-}
+/**
+ * The gate is called when the server sends the packet ending the acknowledgment of a possible write
+ * outside a transaction (SERVER_STATUS_IN_TRANS clear, or an implicit commit); see proxy/shared/ack-gate.ts.
+ */
+export { askGate, type AckGate } from '../shared/ack-gate.ts';
 
 export interface PumpEvents {
   /** The gate refused an acknowledgment; the ERR has been queued and the client end()ed. */
@@ -52,6 +50,8 @@ export interface PumpOptions {
 export interface Pump {
   /** An acknowledgment is being held by the gate. */
   readonly holding: boolean;
+  /** The client's last command was COM_QUIT (a reset after it is a normal end). */
+  readonly quitSent: boolean;
 }
 
 export function startPump(client: Duplex, backend: Duplex, capabilities: bigint, gate: AckGate | undefined, events: PumpEvents, opts: PumpOptions): Pump {
@@ -60,18 +60,6 @@ export function startPump(client: Duplex, backend: Duplex, capabilities: bigint,
     : new PipedPump(client, backend, events, opts.forbiddenUsers);
   pump.start(opts.initialClientBytes ?? [], opts.initialServerBytes);
   return pump;
-}
-
-/**
- * Asks the gate; a gate that throws is a refusal (the acknowledgment must not go out unconfirmed, and
- * the exception must not escape into a socket's data handler).
- */
-export function askGate(gate: AckGate): Promise<void> | undefined {
-  try {
-    return gate.holdAck();
-  } catch (e) {
-    return Promise.reject(e);
-  }
 }
 
 /**
@@ -101,6 +89,10 @@ abstract class ClientSide {
     protected readonly scanner: ClientScanner,
     protected readonly events: PumpEvents,
   ) {}
+
+  get quitSent(): boolean {
+    return this.scanner.quitSent;
+  }
 
   protected startClientSide(initial: Buffer[]): void {
     const { client, backend } = this;

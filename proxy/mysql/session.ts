@@ -9,6 +9,11 @@
  * Everything that ends the session goes through `finish()`, which runs once: destroys both sockets,
  * clears timers, releases the connection slot, logs the close line, updates counters.
  *
+ * From the SSLRequest on, the client is on a data plane (data-plane.ts, chosen once per proxy): it
+ * terminates TLS and hands back the decrypted stream (`leg.plain`) on which the handshake continues,
+ * and at the login OK it takes the command phase (the JS pump, or the native relay). The session never
+ * sees which plane it runs on.
+ *
  * Sequence ids (https://mariadb.com/kb/en/0-packet/#sequence-id): the client's HandshakeResponse after
  * TLS has seq 2 (greeting 0, SSLRequest 1). A backend reached over a unix socket (no TLS on that leg)
  * expects it as seq 1, so during authentication client→backend packets get seq-1 and backend→client
@@ -23,20 +28,30 @@ import { asCdbpError, CdbpError } from '../../src/kernel/errors.ts';
 import { ConnectionRecord, type ConnectionOutcome } from '../shared/connection-log.ts';
 import type { ConnectionSlot } from '../shared/connection-limiter.ts';
 import type { EndpointMetrics } from '../shared/metrics.ts';
-import type { TlsIdentityHolder } from '../../src/crypto/tls-identity.ts';
 import { Cap, CAPS_COMPRESSION, CAPS_NEVER_ADVERTISED, Header, ProxyErrno } from './constants.ts';
 import {
-  clearClientCapabilities, decodeClientHello, decodeInitialHandshake, encodeErrPacket, encodePacket,
+  clearClientCapabilities, decodeClientHello, decodeInitialHandshake, encodeErrPacket, encodePacket, encodePreGreetingErrPacket,
   patchHandshakeCapabilities, sslRequestFrom, type ErrPacket, type Packet,
 } from './codec.ts';
 import { FramedReader } from './reader.ts';
-import { ackRefusedPacket, askGate, startPump, type AckGate } from './pump.ts';
+import type { AckGate } from './pump.ts';
 import { forbiddenUserErr, isForbiddenUser } from './forbidden-user.ts';
-import type { NativeClosed, NativeDataPlane } from '../native/dataplane.ts';
+import { accountTlsErr, type AccountTlsSource, type TlsRequirement } from './account-tls.ts';
+import { CLOSE_GRACE_MS, closeClientStream, type ClientLeg, type ClientLegEvents, type DataPlane } from './data-plane.ts';
 
+export interface BackendTls {
+  caPem: string;
+  servername?: string;
+}
+
+/**
+ * The database. `tls` on a TCP leg: every session speaks TLS to it. `tls` on a socket leg: only the
+ * sessions of accounts that require it (REQUIRE SSL, see account-tls.ts) do; the rest stay plaintext
+ * (and on the native relay).
+ */
 export type BackendTarget =
-  | { socket: string }
-  | { host: string; port: number; tls?: { caPem: string; servername?: string }; allowInsecure?: boolean };
+  | { socket: string; tls?: BackendTls }
+  | { host: string; port: number; tls?: BackendTls; allowInsecure?: boolean };
 
 export interface SessionLimits {
   handshakeTimeoutMs: number;
@@ -46,19 +61,16 @@ export interface SessionLimits {
 
 export interface SessionContext {
   backend: BackendTarget;
-  identity: TlsIdentityHolder;
   limits: SessionLimits;
   log: Logger;
   metrics: EndpointMetrics;
   ackGate: AckGate | undefined;
-  /**
-   * The native data plane, when loaded: it terminates TLS and, after authentication, relays the
-   * command phase itself (proxy/native/dataplane.c), with its own response tracker under strict
-   * freshness (holds come back as onHold). Undefined: Node's TLS and the JS pump do both.
-   */
-  native: NativeDataPlane | undefined;
+  /** Who terminates the client's TLS and relays the command phase (choose-data-plane.ts). */
+  plane: DataPlane;
   /** User names refused before reaching the backend (the proxy's OS account on a unix-socket leg). */
   forbiddenUsers: ReadonlySet<string>;
+  /** The accounts' REQUIRE clauses (account-tls.ts), when known: they pick the backend leg at login. */
+  accountTls: AccountTlsSource | undefined;
   /** Totals across sessions, updated at close. */
   totals: SessionTotals;
   onClosed(session: MysqlSession): void;
@@ -72,33 +84,8 @@ export interface SessionTotals {
   handshakeTimeouts: number;
 }
 
-/**
- * Stops Node from reading a socket whose descriptor is being handed to the native data plane, and
- * returns what it had read but not delivered. Node's pause() only stops libuv at the high-water mark,
- * so without this libuv could still read (and keep) bytes the relay needs.
- */
-function takeSocketOver(sock: net.Socket): Buffer[] {
-  const s = sock as unknown as { _handle?: { readStop?: () => number; reading?: boolean }; _read: () => void };
-  s._handle?.readStop?.();
-  if (s._handle) s._handle.reading = false;
-  s._read = () => {}; // read() below must not restart libuv
-  const out: Buffer[] = [];
-  for (let b = sock.read() as Buffer | null; b !== null; b = sock.read() as Buffer | null) out.push(b);
-  return out;
-}
-
-/** The native data plane's close reasons, in connection-log terms ('closed' = we asked: keep ours). */
-const NATIVE_OUTCOMES: Record<string, ConnectionOutcome> = {
-  ok: 'ok', closed: 'ok', client_closed: 'ok', drained: 'drained', idle_timeout: 'idle_timeout', forbidden_user: 'forbidden_user',
-  client_error: 'client_error', backend_error: 'backend_error', protocol_error: 'protocol_error',
-  tls_failed: 'tls_failed', proxy_error: 'backend_error', ack_refused: 'ack_refused',
-};
-
 /** Commands a client may pipeline before its login completes (held, not forwarded, until it does). */
 const MAX_HELD_BEFORE_LOGIN = 1 << 20;
-
-/** How long a closing side may take to flush before it is destroyed. */
-const CLOSE_GRACE_MS = 5_000;
 
 type Phase = 'connecting' | 'greeting' | 'ssl_request' | 'tls' | 'response' | 'auth' | 'command' | 'closed';
 
@@ -107,16 +94,8 @@ export class MysqlSession {
   private phase: Phase = 'connecting';
   private backend: Duplex | undefined;
   private backendRaw: net.Socket | undefined;
-  /** The decrypted client stream: Node's TLSSocket, or the native data plane's socketpair end. */
-  private clientTls: net.Socket | undefined;
-  /** Native data plane connection id (set from adoption to close). */
-  private nativeId: number | undefined;
-  /** Bytes of the handshake phases on the backend leg, frozen when the native relay takes over. */
-  private authBytes: { in: number; out: number } | undefined;
-  /** The native relay's command-phase bytes, reported when it closes. */
-  private nativeBytes: { in: number; out: number } | undefined;
-  /** Set while finish() waits for the native relay's close report (bounded by CLOSE_GRACE_MS). */
-  private pendingClose: (() => void) | undefined;
+  /** The client from its SSLRequest on, on the data plane: `leg.plain` is the decrypted stream. */
+  private leg: ClientLeg | undefined;
   private backendReader: FramedReader | undefined;
   private clientReader: FramedReader | undefined;
   private handshakeTimer: NodeJS.Timeout | undefined;
@@ -154,22 +133,27 @@ export class MysqlSession {
 
   /** Live byte counters (backend leg: what the client sent to / received from the database). */
   get bytes(): { in: number; out: number } {
-    // After a native bypass the relay's bytes are counted by the data plane (its stats() are live).
-    if (this.authBytes) return this.authBytes;
+    // Once a plane relays the command phase itself, it counts those bytes (its stats() are live).
+    const frozen = this.leg?.handedOverBytes;
+    if (frozen) return frozen;
     return { in: this.backendRaw?.bytesWritten ?? 0, out: this.backendRaw?.bytesRead ?? 0 };
   }
 
   /** Bytes queued inside the proxy for this session (TLS write buffer + unread backend data). */
   get buffered(): number {
-    const client = this.clientTls ?? this.client;
+    const client = this.leg?.plain ?? this.client;
     return client.writableLength + (this.backend?.readableLength ?? 0) + (this.backend?.writableLength ?? 0);
   }
 
   start(): void {
     const { client, ctx } = this;
     client.setNoDelay(true);
-    client.on('error', (e) => this.finish(this.phase === 'command' ? 'client_error' : 'protocol_error', e));
+    client.on('error', (e) => this.onClientError(e));
     client.on('close', () => this.onClientClosed());
+    // The listener allows half-open sockets (a client's FIN must not cut a result it still reads), so a
+    // FIN alone never emits 'close': before the TLS upgrade it is the client leaving (data planes watch
+    // their own streams from then on).
+    client.on('end', () => this.onClientEndBeforeLogin());
     this.handshakeTimer = setTimeout(() => this.onHandshakeTimeout(), ctx.limits.handshakeTimeoutMs);
     this.dialBackend();
   }
@@ -208,9 +192,7 @@ export class MysqlSession {
     this.serverCaps = hs.capabilities;
     this.record.backendId = hs.connectionId;
     if ((hs.capabilities & Cap.CLIENT_PROTOCOL_41) === 0n) throw new CdbpError('PROTOCOL_VIOLATION', 'database does not speak protocol 4.1');
-    // Always advertise TLS (we terminate it); never compression (the pump does not inflate). With an ack
-    // gate, also drop MariaDB's metadata cache so result sets keep a fixed shape for the tracker... it
-    // handles it, but fewer variants means fewer ways to lose track.
+    // Always advertise TLS (we terminate it); never compression or COM_MULTI (constants.ts says why).
     const patched = patchHandshakeCapabilities(packet.payload, hs, Cap.CLIENT_SSL, CAPS_NEVER_ADVERTISED);
     this.phase = 'ssl_request';
     this.client.write(encodePacket(packet.seq, patched));
@@ -238,24 +220,32 @@ export class MysqlSession {
     }
     const rest = this.clientReader!.detach();
     this.phase = 'tls';
-    if (this.ctx.native) {
-      this.adoptNative(this.ctx.native, rest);
-      return;
+    // From here the plane owns the client socket (the native one drops our handle and its listeners).
+    try {
+      this.leg = this.ctx.plane.upgrade(this.client, rest, this.ctx.ackGate, this.legEvents());
+    } catch (e) {
+      this.finish('protocol_error', e);
     }
-    if (rest.length > 0) this.client.unshift(rest);
-    const tlsSock = new tls.TLSSocket(this.client, { isServer: true, secureContext: this.ctx.identity.context });
-    this.clientTls = tlsSock;
-    tlsSock.on('error', (e) => {
-      if (this.phase === 'tls') {
-        this.ctx.metrics.tlsFailure();
-        this.ctx.totals.tlsFailures++;
-        this.finish('tls_failed', e);
-      } else {
-        this.finish(this.phase === 'command' ? 'client_error' : 'protocol_error', e);
-      }
-    });
-    tlsSock.on('close', () => this.onClientClosed());
-    tlsSock.once('secure', () => this.onSecure(tlsSock.getProtocol() ?? 'unknown', tlsSock.getCipher().name));
+  }
+
+  private legEvents(): ClientLegEvents {
+    return {
+      secure: (protocol, cipher) => this.onSecure(protocol, cipher),
+      tlsFailed: (err) => this.onTlsFailed(err),
+      error: (err) => this.onClientError(err),
+      end: () => this.onClientEndBeforeLogin(),
+      closed: () => this.onClientClosed(),
+      planeClosed: (info) => this.onPlaneClosed(info),
+      refused: (kind, detail) => this.onCommandPhaseRefusal(kind, detail),
+      failed: (outcome, err) => this.finish(outcome, err),
+    };
+  }
+
+  private onTlsFailed(err: unknown): void {
+    if (this.phase === 'closed') return;
+    this.ctx.metrics.tlsFailure();
+    this.ctx.totals.tlsFailures++;
+    this.finish('tls_failed', err);
   }
 
   private onSecure(protocol: string, cipher: string): void {
@@ -263,75 +253,15 @@ export class MysqlSession {
     this.ctx.metrics.tlsHandshake();
     this.record.tls = { protocol, cipher };
     this.phase = 'response';
-    this.clientReader = new FramedReader(this.clientTls!, this.ctx.limits.maxHandshakePacket,
+    this.clientReader = new FramedReader(this.leg!.plain, this.ctx.limits.maxHandshakePacket,
       (p) => this.onClientHandshakeResponse(p), (e) => this.onClientProtocolError(e));
   }
 
-  /**
-   * Hands the client socket to the native data plane: it does the TLS handshake and gives us the
-   * decrypted stream through a socketpair, on which the rest of the handshake runs unchanged.
-   */
-  private adoptNative(native: NativeDataPlane, rest: Buffer): void {
-    const prefix = Buffer.concat([rest, ...takeSocketOver(this.client)]);
-    const fd = (this.client as unknown as { _handle?: { fd?: number } })._handle?.fd;
-    if (typeof fd !== 'number' || fd < 0) {
-      this.finish('protocol_error', new CdbpError('INTERNAL', 'client socket has no file descriptor'));
-      return;
-    }
-    const { id, fd: plainFd } = native.adopt(fd, prefix, {
-      onSecure: (protocol, cipher) => this.onSecure(protocol, cipher),
-      onClosed: (info) => this.onNativeClosed(info),
-      onHold: () => this.onNativeHold(),
-    });
-    this.nativeId = id;
-    // The data plane holds its own descriptor now; ours goes without ending the TCP connection.
-    this.client.removeAllListeners('close');
-    this.client.removeAllListeners('error');
-    this.client.on('error', () => {});
-    this.client.destroy();
-    const plain = new net.Socket({ fd: plainFd, readable: true, writable: true, allowHalfOpen: true });
-    this.clientTls = plain;
-    // The data plane owns the connection: its end (client gone, TLS failure, relay error) always comes
-    // as onClosed with the reason; the socketpair's own end/error only echo it, so they are ignored.
-    plain.on('error', () => {});
-  }
-
-  /**
-   * Strict freshness on the native relay: it holds the acknowledgment of a possible write (and reads
-   * nothing more from the database) until the gate says the write is covered by a counted epoch.
-   */
-  private onNativeHold(): void {
-    const native = this.ctx.native;
-    const id = this.nativeId;
-    if (!native || id === undefined) return;
-    const hold = askGate(this.ctx.ackGate!);
-    if (!hold) {
-      native.release(id);
-      return;
-    }
-    // A connection that closed meanwhile is gone from the relay: a late release or refusal is ignored.
-    hold.then(() => native.release(id), (err: unknown) => {
-      const why = asCdbpError(err).message;
-      if (this.phase !== 'closed') {
-        this.outcome = 'ack_refused';
-        this.error = why;
-      }
-      native.refuseAck(id, ackRefusedPacket(0), why);
-    });
-  }
-
-  private onNativeClosed(info: NativeClosed): void {
-    this.nativeId = undefined;
-    this.nativeBytes = { in: info.bytesIn, out: info.bytesOut };
-    if (this.phase === 'closed') {
-      // We closed first (drain, destroy): the log line waited for the relay's byte counts.
-      this.pendingClose?.();
-      return;
-    }
+  /** The plane ended the connection itself (the native relay: client gone, relay error, refusal). */
+  private onPlaneClosed(info: Parameters<ClientLegEvents['planeClosed']>[0]): void {
+    if (this.phase === 'closed') return;
     if (this.phase === 'tls') {
-      this.ctx.metrics.tlsFailure();
-      this.ctx.totals.tlsFailures++;
-      this.finish('tls_failed', new CdbpError('PROTOCOL_VIOLATION', info.error ?? 'TLS handshake failed'));
+      this.onTlsFailed(new CdbpError('PROTOCOL_VIOLATION', info.error ?? 'TLS handshake failed'));
       return;
     }
     if (info.refusedUser !== undefined) {
@@ -339,8 +269,25 @@ export class MysqlSession {
       this.outcome = 'forbidden_user';
       this.error = `COM_CHANGE_USER to '${info.refusedUser}' refused (the proxy's own OS account)`;
     }
-    const outcome = NATIVE_OUTCOMES[info.outcome] ?? (this.phase === 'command' ? 'client_error' : 'protocol_error');
+    const outcome = info.outcome ?? (this.phase === 'command' ? 'client_error' : 'protocol_error');
     this.finish(outcome, info.error ? new CdbpError(outcome === 'ok' ? 'INTERNAL' : 'PROTOCOL_VIOLATION', info.error) : undefined);
+  }
+
+  /**
+   * The command phase refused something: an acknowledgment the gate would not confirm (the client got
+   * an ERR instead), or a change-user to a forbidden name (it gets ERR 1045 once the database has
+   * answered what came before). The session ends after the plane's last words, bounded.
+   */
+  private onCommandPhaseRefusal(kind: 'ack_refused' | 'forbidden_user', detail: string): void {
+    if (this.phase === 'closed') return;
+    this.outcome = kind;
+    if (kind === 'forbidden_user') {
+      this.ctx.metrics.refused('forbidden_user');
+      this.error = `COM_CHANGE_USER to '${detail}' refused (the proxy's own OS account)`;
+    } else {
+      this.error = detail;
+    }
+    this.scheduleGrace();
   }
 
   private onClientHandshakeResponse(packet: Packet): void {
@@ -363,12 +310,22 @@ export class MysqlSession {
         packet.seq + 1);
       return;
     }
+    const required = hello.user === undefined ? undefined : this.ctx.accountTls?.requirement(hello.user);
+    const backendTls = this.backendTlsFor(required);
+    if (required === 'x509' || (required === 'ssl' && !backendTls)) {
+      // The database would refuse with a bare "Access denied": say why, before it counts a failed login.
+      this.ctx.accountTls?.stale(); // the account may have been altered since the last read
+      this.ctx.metrics.authFailure();
+      this.ctx.totals.authFailures++;
+      const err = accountTlsErr(hello.user!, required);
+      this.refuse('auth_failed', err, err.message, packet.seq + 1);
+      return;
+    }
     this.negotiatedCaps = hello.capabilities & this.serverCaps;
     this.phase = 'auth';
     this.clientReader!.onPacket = (p) => this.onClientAuthPacket(p);
-    const target = this.ctx.backend;
-    if ('host' in target && target.tls) {
-      this.upgradeBackend(target.tls, target.host, packet);
+    if (backendTls) {
+      this.upgradeBackend(backendTls.tls, backendTls.host, packet);
       return;
     }
     this.seqShift = 1;
@@ -376,7 +333,19 @@ export class MysqlSession {
     this.backend!.write(encodePacket(packet.seq - 1, clearClientCapabilities(packet.payload, Cap.CLIENT_SSL)));
   }
 
-  private upgradeBackend(opts: { caPem: string; servername?: string }, host: string, response: Packet): void {
+  /**
+   * The TLS leg to the database for this login, if any: always on a TCP leg configured with TLS; on a
+   * socket leg only for an account that requires TLS, and only if the database offers it.
+   */
+  private backendTlsFor(required: TlsRequirement | undefined): { tls: BackendTls; host: string } | undefined {
+    const target = this.ctx.backend;
+    if (!target.tls) return undefined;
+    if ('host' in target) return { tls: target.tls, host: target.host };
+    if (required !== 'ssl' || (this.serverCaps & Cap.CLIENT_SSL) === 0n) return undefined;
+    return { tls: target.tls, host: 'localhost' };
+  }
+
+  private upgradeBackend(opts: BackendTls, host: string, response: Packet): void {
     this.backendReader!.detach();
     this.backend!.write(encodePacket(1, sslRequestFrom(response.payload)));
     const servername = opts.servername ?? (net.isIP(host) ? undefined : host);
@@ -432,11 +401,12 @@ export class MysqlSession {
     if (first === Header.ERR) {
       this.ctx.metrics.authFailure();
       this.ctx.totals.authFailures++;
-      this.clientTls!.end(encodePacket(seq, packet.payload));
+      this.ctx.accountTls?.stale(); // e.g. an account created REQUIRE SSL since the last read
+      this.leg!.plain.end(encodePacket(seq, packet.payload));
       this.finish('auth_failed', undefined, true);
       return;
     }
-    this.clientTls!.write(encodePacket(seq, packet.payload));
+    this.leg!.plain.write(encodePacket(seq, packet.payload));
     if (first === Header.OK) {
       this.authReplySeq = undefined;
       this.enterCommandPhase();
@@ -450,101 +420,27 @@ export class MysqlSession {
     this.phase = 'command';
     clearTimeout(this.handshakeTimer);
     this.handshakeTimer = undefined;
-    // A TLS backend leg stays in the JS pump (the relay speaks plaintext to the database).
-    if (this.nativeId !== undefined && this.ctx.native && this.backend === this.backendRaw) {
-      this.enterNativeCommandPhase(this.ctx.native, this.nativeId);
-      return;
-    }
-    const clientTls = this.clientTls!;
-    const backend = this.backend!;
-    const clientRest = this.clientReader!.detach();
-    const backendRest = this.backendReader!.detach();
-    // Commands pipelined before the login OK enter the pump like any later command: the change-user
-    // check and the response tracker must see them, or the tracker would be out of step for good.
+    // Commands pipelined before the login OK enter the command phase like any later command: the
+    // change-user check and the response tracker must see them, or the tracker would be out of step for good.
     const initialClientBytes = this.heldClientPackets.map((p) => encodePacket(p.seq, p.payload));
     this.heldClientPackets.length = 0;
-    if (clientRest.length > 0) initialClientBytes.push(clientRest);
-    if (this.ctx.limits.idleTimeoutMs > 0) {
-      clientTls.setTimeout(this.ctx.limits.idleTimeoutMs, () => this.finish('idle_timeout'));
-    }
-    startPump(clientTls, backend, this.negotiatedCaps, this.ctx.ackGate, {
-      onAckRefused: (err) => {
-        this.outcome = 'ack_refused';
-        this.error = asCdbpError(err).message;
-        this.scheduleGrace();
-      },
-      onForbiddenChangeUser: (user) => {
-        this.ctx.metrics.refused('forbidden_user');
-        this.outcome = 'forbidden_user';
-        this.error = `COM_CHANGE_USER to '${user}' refused (the proxy's own OS account)`;
-        this.scheduleGrace();
-      },
-    }, { forbiddenUsers: this.ctx.forbiddenUsers, initialClientBytes, initialServerBytes: backendRest });
-  }
-
-  /**
-   * Hands the command phase to the native relay. We end our side of the decrypted stream (the auth OK
-   * is already written to it); the data plane forwards it to the client, stops decrypting, and ends its
-   * side, so the bytes read here until that end are every client byte it decrypted for us (commands
-   * pipelined after the OK). They go back to it with the backend socket, ahead of anything newer.
-   */
-  private enterNativeCommandPhase(native: NativeDataPlane, id: number): void {
-    const plain = this.clientTls!;
-    const backend = this.backendRaw!;
-    const leftovers: Buffer[] = this.heldClientPackets.map((p) => encodePacket(p.seq, p.payload));
-    this.heldClientPackets.length = 0;
     const clientRest = this.clientReader!.detach();
-    if (clientRest.length > 0) leftovers.push(clientRest);
-    // Nothing may come from the database between the login OK and the first command (see `early` below):
-    // the relay's response framing starts at a packet boundary.
-    if (this.backendReader!.detach().length > 0) {
-      this.finish('backend_error', new CdbpError('PROTOCOL_VIOLATION', 'database sent data after the login OK, before any command'));
-      return;
-    }
-    plain.on('data', (chunk: Buffer) => leftovers.push(chunk));
-    // The switch is a local exchange with the relay (no network round trip): bounded all the same.
-    const switchTimer = setTimeout(() => this.finish('protocol_error', new CdbpError('INTERNAL', 'native relay did not take over the session')), CLOSE_GRACE_MS);
-    switchTimer.unref();
-    plain.once('end', () => {
-      clearTimeout(switchTimer);
-      if (this.phase !== 'command' || this.nativeId === undefined) return;
-      const fd = (backend as unknown as { _handle?: { fd?: number } })._handle?.fd;
-      if (typeof fd !== 'number' || fd < 0) {
-        this.finish('backend_error', new CdbpError('INTERNAL', 'backend socket has no file descriptor'));
-        return;
-      }
-      this.authBytes = { in: backend.bytesWritten, out: backend.bytesRead };
-      // Nothing is expected from the database before the next command, but whatever libuv already
-      // read must reach the client, and libuv must not read again once the relay owns the socket.
-      const early = takeSocketOver(backend);
-      if (early.length > 0) {
-        this.finish('backend_error', new CdbpError('PROTOCOL_VIOLATION', 'database sent data after the login OK, before any command'));
-        return;
-      }
-      try {
-        const gate = this.ctx.ackGate ? {
-          deprecateEof: (this.negotiatedCaps & Cap.CLIENT_DEPRECATE_EOF) !== 0n,
-          cacheMetadata: (this.negotiatedCaps & Cap.MARIADB_CLIENT_CACHE_METADATA) !== 0n,
-        } : undefined;
-        native.bypass(id, fd, Buffer.concat(leftovers), this.ctx.limits.idleTimeoutMs, gate);
-      } catch (e) {
-        // e.g. out of file descriptors for the dup: this session ends, the proxy does not.
-        this.finish('backend_error', e);
-        return;
-      }
-      // The relay has its own descriptor; closing ours does not end the connection (no shutdown()).
-      backend.removeAllListeners('close');
-      backend.removeAllListeners('error');
-      backend.on('error', () => {});
-      backend.destroy();
-      plain.destroy();
+    if (clientRest.length > 0) initialClientBytes.push(clientRest);
+    this.leg!.startCommandPhase({
+      backend: this.backend!, backendRaw: this.backendRaw!, capabilities: this.negotiatedCaps,
+      forbiddenUsers: this.ctx.forbiddenUsers, idleTimeoutMs: this.ctx.limits.idleTimeoutMs,
+      initialClientBytes, initialServerBytes: this.backendReader!.detach(),
     });
-    plain.end();
-    plain.resume();
   }
 
   // ------------------------------------------------------------------------------------------
   // Errors, closing, cleanup
+
+  private onClientError(e: unknown): void {
+    if (this.phase !== 'command') this.finish('protocol_error', e);
+    else if (this.leg?.quitSent) this.finish('ok'); // a reset right after COM_QUIT: it quit normally
+    else this.finish('client_error', e);
+  }
 
   private onClientProtocolError(e: unknown): void {
     const err = asCdbpError(e, 'PROTOCOL_VIOLATION');
@@ -558,6 +454,12 @@ export class MysqlSession {
     this.ctx.totals.handshakeTimeouts++;
     if (this.phase === 'ssl_request' || this.phase === 'connecting' || this.phase === 'greeting') {
       this.refuse('handshake_timeout', ProxyErrno.READ_TIMEOUT, 'Handshake timed out', this.phase === 'ssl_request' ? 1 : 0);
+    } else if (this.phase === 'response' || this.phase === 'auth') {
+      // Inside TLS the client gets the same ERR 1159, numbered as the server packet it waits for next:
+      // the answer to its HandshakeResponse (seq 2), or to the auth reply the database asked for.
+      const expected = this.phase === 'response' ? this.lastClientSeq + 2
+        : this.authReplySeq !== undefined ? this.authReplySeq + 1 : this.lastClientSeq + 1;
+      this.refuse('handshake_timeout', ProxyErrno.READ_TIMEOUT, 'Handshake timed out', expected);
     } else {
       this.finish('handshake_timeout', new CdbpError('HANDSHAKE_TIMEOUT', 'handshake timed out'));
     }
@@ -569,7 +471,7 @@ export class MysqlSession {
       this.refuse('backend_error', ProxyErrno.PROXY_ERROR, 'The database behind this proxy is unavailable', 0, e);
       return;
     }
-    this.finish(this.phase === 'command' ? 'backend_error' : 'backend_error', e);
+    this.finish('backend_error', e);
   }
 
   private onBackendClosed(): void {
@@ -584,6 +486,25 @@ export class MysqlSession {
     }
     // Command phase: pipe has already end()ed the client side; give it time to flush, then close.
     this.scheduleGrace();
+  }
+
+  /**
+   * The client's FIN before the login OK: nothing it could still want (it cannot log in without sending
+   * more), so the slot and the database connection are freed now, not at the handshake timeout (a
+   * connect+close flood would otherwise hold every slot). In the command phase the pump propagates the
+   * FIN instead (the client may still read its results).
+   */
+  private onClientEndBeforeLogin(): void {
+    switch (this.phase) {
+      case 'connecting': case 'greeting': case 'ssl_request': case 'response': case 'auth':
+        this.finish('ok', new CdbpError('PROTOCOL_VIOLATION', 'client closed the connection before login'));
+        return;
+      case 'tls':
+        this.onTlsFailed(new CdbpError('PROTOCOL_VIOLATION', 'client closed the connection during the TLS handshake'));
+        return;
+      default:
+        return;
+    }
   }
 
   private onClientClosed(): void {
@@ -603,11 +524,14 @@ export class MysqlSession {
   private refuse(outcome: ConnectionOutcome, code: { errno: number; sqlState: string }, message: string, seq: number, cause?: unknown): void {
     if (this.phase === 'closed') return;
     const err: ErrPacket = { ...code, message };
-    const out = this.clientTls && this.phase !== 'tls' ? this.clientTls : this.clientTls ? undefined : this.client;
+    // Before TLS: the raw socket; inside it: the decrypted stream; during the TLS handshake: nowhere.
+    const out = this.leg ? (this.phase !== 'tls' ? this.leg.plain : undefined) : this.client;
     this.clientReader?.detach();
     this.backendReader?.detach();
     this.backendRaw?.destroy();
-    if (out && !out.destroyed) out.end(encodeErrPacket(seq & 0xff, err));
+    // Before the greeting the client has negotiated nothing: no SQL-state marker, as MariaDB does.
+    const beforeGreeting = this.phase === 'connecting' || this.phase === 'greeting';
+    if (out && !out.destroyed) out.end(beforeGreeting ? encodePreGreetingErrPacket(err) : encodeErrPacket(seq & 0xff, err));
     this.finish(outcome, cause ?? new CdbpError('PROTOCOL_VIOLATION', message), true);
   }
 
@@ -619,7 +543,8 @@ export class MysqlSession {
     if (this.phase === 'closed') return;
     const phase = this.phase;
     this.phase = 'closed';
-    if (this.outcome === 'ok' || outcome !== 'ok') this.outcome = this.outcome !== 'ok' ? this.outcome : outcome;
+    // The first reason recorded wins (e.g. ack_refused, set before the close that follows it).
+    if (this.outcome === 'ok') this.outcome = outcome;
     clearTimeout(this.handshakeTimer);
     clearTimeout(this.graceTimer);
     // A backend whose write side was already ended (the client's COM_QUIT/FIN propagated) may still be
@@ -634,53 +559,38 @@ export class MysqlSession {
         sock.destroy();
       }
     }
-    if (this.nativeId !== undefined) {
-      // flushFirst: the session wrote a last ERR and ended its side; the data plane delivers it, then closes.
-      if (flushFirst && this.clientTls && phase !== 'tls') this.ctx.native?.finish(this.nativeId);
-      else this.ctx.native?.close(this.nativeId);
-    }
-    const client = this.clientTls ?? this.client;
-    if (flushFirst && !client.destroyed) {
-      const t = setTimeout(() => { client.destroy(); this.client.destroy(); }, CLOSE_GRACE_MS);
-      t.unref();
-      client.once('close', () => clearTimeout(t));
-      client.end();
-    } else {
-      client.destroy();
-      this.client.destroy();
-    }
+    const relayReport = this.leg ? this.leg.close(flushFirst) : (closeClientStream(this.client, this.client, flushFirst), undefined);
     this.slot.release();
     const bytes = this.bytes;
     this.ctx.totals.bytesIn += bytes.in;
     this.ctx.totals.bytesOut += bytes.out;
     this.ctx.metrics.closed();
     this.ctx.onClosed(this);
-    // A native relay's connection closes on its worker thread; the log line waits (bounded) for its
-    // byte counts so it describes the whole session.
-    const relaying = this.nativeId !== undefined && this.authBytes !== undefined;
-    if (!relaying) {
+    if (!relayReport) {
       this.completeClose(cause);
       return;
     }
+    // A relayed connection closes on the plane's worker thread: the log line waits (bounded) for its
+    // byte counts so it describes the whole session.
     let done = false;
     const complete = () => {
       if (done) return;
       done = true;
       clearTimeout(timer);
-      this.pendingClose = undefined;
       this.completeClose(cause);
     };
     const timer = setTimeout(complete, CLOSE_GRACE_MS);
     timer.unref();
-    this.pendingClose = complete;
+    void relayReport.then(complete);
   }
 
   /** The close line, counters and the proxy's bookkeeping: once, when the connection is really gone. */
   private completeClose(cause: unknown): void {
     const bytes = this.bytes;
-    // Native relay bytes are already in the data plane's live totals (stats()); the metric and the log
-    // line carry the whole session.
-    const all = { in: bytes.in + (this.nativeBytes?.in ?? 0), out: bytes.out + (this.nativeBytes?.out ?? 0) };
+    // A plane's relayed bytes are already in its live totals (stats()); the metric and the log line
+    // carry the whole session.
+    const relayed = this.leg?.relayedBytes;
+    const all = { in: bytes.in + (relayed?.in ?? 0), out: bytes.out + (relayed?.out ?? 0) };
     this.ctx.metrics.bytes(all.in, all.out);
     const error = this.error ?? (cause === undefined ? undefined : asCdbpError(cause).message);
     this.record.close({ outcome: this.outcome, bytesIn: all.in, bytesOut: all.out, ...(error ? { error } : {}) });

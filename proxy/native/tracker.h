@@ -10,11 +10,6 @@
 #ifndef CDBP_TRACKER_H
 #define CDBP_TRACKER_H
 
-/* The N-API level dataplane.c builds against (it defines it too, before its own include). */
-#ifndef NAPI_VERSION
-#define NAPI_VERSION 8
-#endif
-#include <node_api.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -51,9 +46,5 @@ bool tracker_server_packet(tracker_t *t, const uint8_t *prefix, size_t prefix_le
 bool tracker_untracked(const tracker_t *t);
 size_t tracker_pending(const tracker_t *t);
 size_t tracker_prepared_count(const tracker_t *t);
-
-/* Test bindings on the addon's exports (trackerNew, trackerCommand, trackerServerPacket, trackerState,
- * classifyStatement), used by test/unit/native-tracker.test.ts. Called from dataplane.c's init. */
-napi_status tracker_register_test_api(napi_env env, napi_value exports);
 
 #endif

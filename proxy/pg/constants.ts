@@ -36,13 +36,41 @@ export const enum BackendType {
   NoticeResponse = 0x4e, // 'N'
   NegotiateProtocolVersion = 0x76, // 'v'
   CommandComplete = 0x43, // 'C'
+  ParseComplete = 0x31, // '1'
+  BindComplete = 0x32, // '2'
+  CloseComplete = 0x33, // '3'
+  ParameterDescription = 0x74, // 't'
+  RowDescription = 0x54, // 'T'
+  NoData = 0x6e, // 'n'
+  DataRow = 0x44, // 'D'
+  PortalSuspended = 0x73, // 's'
+  EmptyQueryResponse = 0x49, // 'I'
+  CopyInResponse = 0x47, // 'G'
+  CopyOutResponse = 0x48, // 'H'
+  CopyBothResponse = 0x57, // 'W'
+  CopyData = 0x64, // 'd'
+  CopyDone = 0x63, // 'c'
+  FunctionCallResponse = 0x56, // 'V'
+  NotificationResponse = 0x41, // 'A'
 }
 
-/** Frontend (client → server) message types seen during authentication. */
+/** Frontend (client → server) message types. */
 export const enum FrontendType {
   /** PasswordMessage, SASLInitialResponse, SASLResponse, GSSResponse all use 'p'. */
   Password = 0x70, // 'p'
   Terminate = 0x58, // 'X'
+  Query = 0x51, // 'Q'
+  Parse = 0x50, // 'P'
+  Bind = 0x42, // 'B'
+  Describe = 0x44, // 'D'
+  Execute = 0x45, // 'E'
+  Close = 0x43, // 'C'
+  Sync = 0x53, // 'S'
+  Flush = 0x48, // 'H'
+  FunctionCall = 0x46, // 'F'
+  CopyData = 0x64, // 'd'
+  CopyDone = 0x63, // 'c'
+  CopyFail = 0x66, // 'f'
 }
 
 /** AuthenticationXXX sub-codes (the int32 after the length of an 'R' message). */
@@ -79,6 +107,7 @@ export const SqlState = {
   programLimitExceeded: '54000',
   statementCompletionUnknown: '40003',
   adminShutdown: '57P01',
+  idleSessionTimeout: '57P05',
 } as const;
 export type SqlStateCode = (typeof SqlState)[keyof typeof SqlState];
 

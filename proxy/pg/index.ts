@@ -8,15 +8,18 @@ import os from 'node:os';
 import type { Logger } from '../../src/kernel/log.ts';
 import { CdbpError } from '../../src/kernel/errors.ts';
 import { ConnectionLimiter, type ConnectionSlot } from '../shared/connection-limiter.ts';
+import {
+  ConnectionLogLimiter, DEFAULT_CONNECTION_LOG_LIMITS, rateLimitedConnectionLog, type ConnectionLogLimits,
+} from '../shared/connection-log.ts';
 import { identityHolder, type TlsIdentitySource } from '../../src/crypto/tls-identity.ts';
 import type { MetricsRegistry } from '../../src/kernel/metrics.ts';
 import { validateBackend, describeBackend, type PgBackend } from './backend.ts';
 import { CancelRegistry } from './cancel-registry.ts';
 import { PgMetrics } from './metrics.ts';
 import { DEFAULT_LIMITS, PgSession, type PgLimits } from './session.ts';
-import type { AckGate } from './ack-gate.ts';
+import type { AckGate } from '../shared/ack-gate.ts';
 
-export type { AckGate } from './ack-gate.ts';
+export type { AckGate } from '../shared/ack-gate.ts';
 export type { PgBackend } from './backend.ts';
 export type { PgLimits } from './session.ts';
 
@@ -36,6 +39,8 @@ export interface PgProxyOptions {
    * as the proxy's monitoring superuser.
    */
   forbiddenUsers?: string[];
+  /** Rate limit of per-connection log lines (proxy/shared/connection-log.ts). */
+  connectionLog?: Partial<ConnectionLogLimits>;
 }
 
 export interface PgProxyStats {
@@ -74,9 +79,10 @@ export function createPgProxy(opts: PgProxyOptions): PgProxy {
   let server: net.Server | undefined;
   const drainWaiters = new Set<() => void>();
 
+  const logLimiter = new ConnectionLogLimiter(opts.log, opts.metrics, { ...DEFAULT_CONNECTION_LOG_LIMITS, ...opts.connectionLog });
   const env = {
     limits,
-    log: opts.log,
+    log: rateLimitedConnectionLog(opts.log, logLimiter),
     metrics,
     backend: opts.backend,
     cancels,
@@ -90,17 +96,33 @@ export function createPgProxy(opts: PgProxyOptions): PgProxy {
     },
   };
 
+  // Over the accept-time cap a client still hears why, in its own terms (53300 after TLS if it asked
+  // for TLS), from a bounded number of refusal sessions that never take a slot; past those, a flood is
+  // dropped unanswered (answering would cost a TLS handshake each).
+  let refusing = 0;
+  const overflowEnv = {
+    ...env,
+    overflow: true,
+    tryAcquireSlot: (): ConnectionSlot | undefined => undefined,
+    onClosed: (s: PgSession) => {
+      refusing--;
+      env.onClosed(s);
+    },
+  };
+
   function onConnection(sock: net.Socket): void {
     accepted++;
     // Handshakes are cheap to start and costly to finish (TLS): bound how many may be in flight.
-    if (!accepting || sessions.size >= limits.maxConnections + limits.maxPendingHandshakes) {
+    const over = sessions.size >= limits.maxConnections + limits.maxPendingHandshakes;
+    if (!accepting || (over && refusing >= limits.maxRefusalHandshakes)) {
       metrics.refused(accepting ? 'overload' : 'draining');
       sock.on('error', () => undefined);
       sock.destroy();
       return;
     }
     metrics.opened();
-    const session = new PgSession(sock, env);
+    if (over) refusing++;
+    const session = new PgSession(sock, over ? overflowEnv : env);
     sessions.add(session);
     void session.run();
   }
@@ -108,7 +130,8 @@ export function createPgProxy(opts: PgProxyOptions): PgProxy {
   return {
     async listen() {
       if (server) throw new CdbpError('LIFECYCLE_INVALID_TRANSITION', 'PostgreSQL endpoint already listening');
-      const srv = net.createServer({ noDelay: true }, onConnection);
+      // Half-open: a client that sends its last bytes and FIN (SSLRequest + Terminate) still reads our answer.
+      const srv = net.createServer({ noDelay: true, allowHalfOpen: true }, onConnection);
       server = srv;
       accepting = true;
       await new Promise<void>((resolve, reject) => {
@@ -155,6 +178,7 @@ export function createPgProxy(opts: PgProxyOptions): PgProxy {
 
     async close() {
       await this.stopAccepting();
+      logLimiter.stop();
       const closing = [...sessions];
       for (const s of closing) s.destroy('proxy closing');
       if (sessions.size > 0) {

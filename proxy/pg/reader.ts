@@ -8,6 +8,9 @@ import type { Duplex } from 'node:stream';
 interface Framer {
   push(chunk: Buffer): Buffer[];
   takeRemainder(): Buffer;
+  /** An error met after frames that push() returned (see LengthPrefixedFramer). */
+  readonly deferredFailure?: unknown;
+  readonly pending: number;
 }
 
 const MAX_QUEUED_FRAMES = 16;
@@ -40,6 +43,7 @@ export class FrameReader {
     if (this.detached || this.failure !== undefined) return;
     try {
       this.queue.push(...this.framer.push(chunk));
+      if (this.framer.deferredFailure !== undefined) throw this.framer.deferredFailure; // after the good frames
     } catch (e) {
       this.failure = e;
       this.stream.pause(); // stop reading whatever else a misbehaving peer sends
@@ -60,6 +64,16 @@ export class FrameReader {
   /** Frames already received and not yet consumed. */
   get queued(): number {
     return this.queue.length;
+  }
+
+  /** Bytes received and not yet consumed (queued frames and a partial one). */
+  get buffered(): number {
+    return this.queue.reduce((n, f) => n + f.length, 0) + this.framer.pending;
+  }
+
+  /** The peer closed its sending side. */
+  get peerEnded(): boolean {
+    return this.ended;
   }
 
   /**

@@ -12,7 +12,7 @@ import type { Logger } from '../../src/kernel/log.ts';
 import { CdbpError, asCdbpError, isCdbpError } from '../../src/kernel/errors.ts';
 import {
   ALPN_POSTGRESQL, AuthCode, BackendType, ENCRYPTION_REFUSED, FrontendType, SCRAM_PLUS, SSL_ACCEPT, SqlState,
-  TLS_HANDSHAKE_RECORD,
+  TLS_HANDSHAKE_RECORD, MESSAGE_HEADER,
 } from './constants.ts';
 import {
   authCodeOf, backendKeyDataOf, decodeStartupPacket, encodeAuthenticationSasl, encodeBackendKeyData,
@@ -23,14 +23,25 @@ import { FrameReader, readFirstChunk } from './reader.ts';
 import { dialBackend, sendBackendCancel, type PgBackend } from './backend.ts';
 import type { CancelRegistry, IssuedKey } from './cancel-registry.ts';
 import { AckGateError, AckGateStream, type AckGate } from './ack-gate.ts';
+import { Conversation } from './conversation.ts';
+import { ClientScanner } from './client-scanner.ts';
+import { classifyStatement } from './statement-class.ts';
 import type { PgMetrics } from './metrics.ts';
 import type { ConnectionSlot } from '../shared/connection-limiter.ts';
+import { DEFAULT_IDLE_TIMEOUT_MS } from '../shared/limits.ts';
 
 export interface PgLimits {
   /** Sessions holding a backend connection (dialing or authenticated). */
   maxConnections: number;
-  /** Connections still in the handshake, on top of maxConnections; beyond this we drop at accept. */
+  /** Connections still in the handshake, on top of maxConnections; beyond this a client is only told 53300. */
   maxPendingHandshakes: number;
+  /**
+   * Connections over that cap being told 53300 (negotiation, TLS, startup, then the error, like
+   * PostgreSQL's "sorry, too many clients already"); beyond this they are dropped at accept, unanswered.
+   */
+  maxRefusalHandshakes: number;
+  /** Handshake time allowed to a connection that is only being refused. */
+  refusalTimeoutMs: number;
   /** From accept to the backend's first ReadyForQuery. */
   handshakeTimeoutMs: number;
   backendConnectTimeoutMs: number;
@@ -40,16 +51,21 @@ export interface PgLimits {
   maxAuthMessageBytes: number;
   /** Cap on backend messages before ReadyForQuery (auth requests, ParameterStatus, errors). */
   maxBackendStartupMessageBytes: number;
+  /** After authentication: close a session with no traffic either way for this long (0 = never). */
+  idleTimeoutMs: number;
 }
 
 export const DEFAULT_LIMITS: PgLimits = {
   maxConnections: 1000,
   maxPendingHandshakes: 256,
+  maxRefusalHandshakes: 64,
+  refusalTimeoutMs: 5_000,
   handshakeTimeoutMs: 15_000,
   backendConnectTimeoutMs: 5_000,
   maxStartupPacketBytes: 10_000,
   maxAuthMessageBytes: 64 * 1024,
   maxBackendStartupMessageBytes: 1024 * 1024,
+  idleTimeoutMs: DEFAULT_IDLE_TIMEOUT_MS,
 };
 
 export interface SessionEnv {
@@ -64,6 +80,8 @@ export interface SessionEnv {
   secureContext(): tls.SecureContext;
   /** Takes a backend slot; undefined when maxConnections are in use. */
   tryAcquireSlot(): ConnectionSlot | undefined;
+  /** Accepted over the accept-time cap: the session only negotiates TLS to say 53300, in the client's own terms. */
+  overflow?: boolean;
   onClosed(session: PgSession): void;
 }
 
@@ -105,7 +123,8 @@ export class PgSession {
 
   /** Drives the handshake; never throws (failures end the connection with an ErrorResponse). */
   async run(): Promise<void> {
-    this.handshakeTimer = setTimeout(() => this.onHandshakeTimeout(), this.env.limits.handshakeTimeoutMs);
+    const limits = this.env.limits;
+    this.handshakeTimer = setTimeout(() => this.onHandshakeTimeout(), this.env.overflow ? limits.refusalTimeoutMs : limits.handshakeTimeoutMs);
     try {
       await this.handshake();
     } catch (e) {
@@ -150,6 +169,12 @@ export class PgSession {
     const { limits } = this.env;
     const first = await readFirstChunk(this.raw);
     if (first === null) return this.destroy('closed before startup');
+    // A Terminate before anything else (pg's end() called before its socket connected writes it ahead
+    // of the SSLRequest): the client is gone. PostgreSQL closes without a word here (its length check
+    // is a COMMERROR, logged only); so do we, instead of reading 'X' as a 1.4 GB startup length.
+    if (first.length >= MESSAGE_HEADER && first[0] === FrontendType.Terminate && first.readUInt32BE(1) === 4) {
+      return this.destroy('client terminated before startup');
+    }
 
     let reader: FrameReader;
     if (first[0] === TLS_HANDSHAKE_RECORD) {
@@ -166,13 +191,25 @@ export class PgSession {
           // We offer no GSSAPI encryption; libpq then falls back to SSLRequest (or plaintext).
           gssencAnswered = true;
           this.raw.write(Buffer.from([ENCRYPTION_REFUSED]));
+          // Like PostgreSQL: nothing may be pipelined behind the request (it might be injected).
+          if (reader.buffered > 0) throw protocolError('received unencrypted data after GSSAPI encryption request');
           continue;
         }
         if (pkt.packet.kind === 'ssl-request') {
-          // Bytes after the SSLRequest would be plaintext injected into the TLS session (CVE-2021-23214).
-          if (reader.detach().length > 0) throw protocolError('received unencrypted data after SSL request');
+          // Like PostgreSQL (postmaster's ProcessStartupPacket): answer S whatever follows, run the TLS
+          // handshake, and only then report bytes that arrived before it: they were not encrypted, may
+          // have been injected (CVE-2021-23214), and are never read as startup packets. A client that
+          // pipelines Terminate and closes (pg's end() right after connect()) just gets S and the close.
+          const peerEnded = reader.peerEnded;
+          const early = reader.detach().length > 0;
+          if (peerEnded) {
+            this.closeReason = 'client closed after SSLRequest';
+            this.raw.end(Buffer.from([SSL_ACCEPT]));
+            return;
+          }
           this.raw.write(Buffer.from([SSL_ACCEPT]));
           await this.startTls('ssl-request');
+          if (early) throw protocolError('received unencrypted data after SSL request');
           reader = new FrameReader(this.client, new StartupFramer(limits.maxStartupPacketBytes));
           break;
         }
@@ -210,7 +247,7 @@ export class PgSession {
     // Connection limit, checked before dialing so a full proxy costs the backend nothing.
     this.slot = this.env.tryAcquireSlot();
     if (!this.slot) {
-      this.env.metrics.refused('max_connections');
+      this.env.metrics.refused(this.env.overflow ? 'overload' : 'max_connections');
       reader.detach();
       return this.endWithError(SqlState.tooManyConnections, 'sorry, too many clients already', 'too many connections');
     }
@@ -391,12 +428,16 @@ export class PgSession {
       event: 'pg.open', session: this.id, peer: this.peer, user: this.user, database: this.database, tls: this.tlsMode,
     }, 'pg session open');
 
-    if (clientRest.length > 0) backend.write(clientRest);
-    relay(client, backend);
-
     const gate = this.env.ackGate;
     if (gate) {
-      const gated = new AckGateStream(gate);
+      const conversation = new Conversation(classifyStatement, {
+        onBacklog: (paused) => clientFlow.backlog(paused),
+        onLost: (why) => this.env.log.warn({ event: 'pg.conversation_lost', session: this.id, why }, 'pg ack gate lost track of the conversation; holding every idle acknowledgment from now on'),
+      });
+      const scanner = new ClientScanner(conversation);
+      const clientFlow = relayScanned(client, backend, scanner);
+      if (clientRest.length > 0) clientFlow.forward(clientRest);
+      const gated = new AckGateStream(gate, conversation);
       gated.on('error', (e) => {
         const refused = e instanceof AckGateError;
         this.env.log.warn({ event: 'pg.ack_refused', session: this.id, err: (refused ? asCdbpError(e.reason) : e).message }, 'pg acknowledgment not released');
@@ -408,8 +449,17 @@ export class PgSession {
       relay(backend, gated);
       relay(gated, client);
     } else {
+      if (clientRest.length > 0) backend.write(clientRest);
+      relay(client, backend);
       if (backendRest.length > 0) client.write(backendRest);
       relay(backend, client); // hot path: no copies, no parsing
+    }
+
+    // Idle sessions end like PostgreSQL's idle_session_timeout ends them (57P05).
+    const idleMs = this.env.limits.idleTimeoutMs;
+    if (idleMs > 0) {
+      client.setTimeout(idleMs, () => this.endWithError(SqlState.idleSessionTimeout,
+        'terminating connection due to idle-session timeout', 'idle timeout', { streamAligned: true }));
     }
 
     // Client gone: the backend session ends too. Backend gone: flush what it said (e.g. a FATAL
@@ -510,4 +560,39 @@ function relay(from: Readable, to: Writable): void {
   });
   from.once('end', () => to.end());
   from.resume();
+}
+
+/**
+ * The client → backend direction under a gate: every chunk is scanned (for the conversation mirror)
+ * before it is forwarded unchanged. The client is paused while the backend's buffer is full or while
+ * the mirror has too many requests in flight, and resumed when neither holds.
+ */
+function relayScanned(from: Readable, to: Writable, scanner: ClientScanner): { forward(chunk: Buffer): void; backlog(paused: boolean): void } {
+  let full = false;
+  let backlogged = false;
+  const update = () => {
+    if (full || backlogged) from.pause();
+    else from.resume();
+  };
+  const forward = (chunk: Buffer) => {
+    scanner.scan(chunk);
+    if (!to.write(chunk) && !full) {
+      full = true;
+      update();
+      to.once('drain', () => {
+        full = false;
+        update();
+      });
+    }
+  };
+  from.on('data', forward);
+  from.once('end', () => to.end());
+  queueMicrotask(update);
+  return {
+    forward,
+    backlog(paused) {
+      backlogged = paused;
+      update();
+    },
+  };
 }

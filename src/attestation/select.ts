@@ -8,6 +8,8 @@ import { CdbpError } from '../kernel/errors.ts';
 import type { AttestationProvider, EvidenceVerifier, TeeMode } from './types.ts';
 import { SimulatedProvider, SimulatedVerifier } from './simulated.ts';
 import { FailClosedProvider, FailClosedVerifier } from './fail-closed.ts';
+import { TeeEvidenceVerifier } from './tee-verifier.ts';
+import { ConfigfsTsmProvider, detectTee } from './configfs-tsm.ts';
 
 export const SIMULATION_WARNING = 'SIMULATED ATTESTATION: a software key stands in for the TEE. This proves NOTHING about '
   + 'the hardware or the code that runs. Never use it to protect real data.';
@@ -17,8 +19,13 @@ export function simulationAllowed(explicit: boolean | undefined, env: NodeJS.Pro
 }
 
 export interface ProviderConfig {
-  /** 'simulated', a hardware mode (not built yet → fail closed), or undefined/'none' → fail closed. */
-  mode?: TeeMode | 'fail-closed';
+  /**
+   * 'simulated' (opt-in), 'sev-snp' / 'tdx' (configfs-tsm), 'auto' (whatever configfs-tsm offers; never
+   * simulated: a machine without a TEE fails closed), or undefined/'none' → fail closed.
+   */
+  mode?: TeeMode | 'fail-closed' | 'auto';
+  /** configfs-tsm report directory (default /sys/kernel/config/tsm/report). */
+  tsmRoot?: string;
   allowSimulated?: boolean;
   /** Simulated only: the platform key file (see generatePlatformKey). */
   platformKeyFile?: string;
@@ -43,7 +50,14 @@ export function selectProvider(config: ProviderConfig): AttestationProvider {
     }
     case 'sev-snp':
     case 'tdx':
-      return new FailClosedProvider(`${config.mode} attestation is not implemented yet`);
+      // A real mode has exactly one provider; if the platform cannot attest, collect() fails closed.
+      return new ConfigfsTsmProvider(config.mode, { ...(config.tsmRoot ? { root: config.tsmRoot } : {}) });
+    case 'auto': {
+      const found = detectTee({ ...(config.tsmRoot ? { root: config.tsmRoot } : {}) });
+      config.log?.info({ tee: found.mode, found: found.found }, `TEE auto-detection: ${found.found}`);
+      if (found.mode === 'none') return new FailClosedProvider(`CDBP_TEE_MODE=auto found no TEE: ${found.found}`);
+      return new ConfigfsTsmProvider(found.mode, { ...(config.tsmRoot ? { root: config.tsmRoot } : {}) });
+    }
     default:
       return new FailClosedProvider();
   }
@@ -53,15 +67,23 @@ export interface VerifierConfig {
   allowSimulated?: boolean;
   /** Trusted simulated platform public key (32 bytes). */
   platformPublicKey?: Buffer;
+  /** Collateral for real TEE evidence; default CDBP_TEE_COLLATERAL_DIR. */
+  teeCollateralDir?: string;
   log?: Logger;
   env?: NodeJS.ProcessEnv;
 }
 
-/** One verifier per TEE mode; modes without a real verifier fail closed. */
+/**
+ * One verifier per TEE mode. SEV-SNP and TDX evidence is verified against the pinned AMD/Intel roots
+ * and the collateral in CDBP_TEE_COLLATERAL_DIR (docs/ATTESTATION.md); a service's policy decides which
+ * modes it accepts. Simulated is never a fallback for them: a real mode has only its real verifier.
+ */
 export function selectVerifiers(config: VerifierConfig): Map<TeeMode, EvidenceVerifier> {
+  const env = config.env ?? process.env;
+  const collateralDir = config.teeCollateralDir ?? (env.CDBP_TEE_COLLATERAL_DIR || undefined);
   const out = new Map<TeeMode, EvidenceVerifier>([
-    ['sev-snp', new FailClosedVerifier('sev-snp', 'SEV-SNP verification is not implemented yet')],
-    ['tdx', new FailClosedVerifier('tdx', 'TDX verification is not implemented yet')],
+    ['sev-snp', new TeeEvidenceVerifier('sev-snp', collateralDir)],
+    ['tdx', new TeeEvidenceVerifier('tdx', collateralDir)],
     ['none', new FailClosedVerifier('none')],
     ['simulated', new FailClosedVerifier('simulated', 'simulated attestation is not allowed on this CAS')],
   ]);

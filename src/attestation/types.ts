@@ -13,6 +13,8 @@ export interface Evidence {
   reportData: string;
   /** Provider-specific signed report (base64). */
   report: string;
+  /** Real TEEs: certificates that came with the report (SNP's certificate table: VCEK/VLEK, ASK, ARK), base64 DER. */
+  certs?: string[];
 }
 
 /** Runs inside the attested process. */
@@ -24,9 +26,23 @@ export interface AttestationProvider {
   collect(reportData: Buffer): Promise<Evidence>;
 }
 
+/** What a real TEE verifier found besides the measurement (shown in the CAS's audit log and answers). */
+export interface TeeFacts {
+  /** TDX: the evaluated TCB status; SEV-SNP: the reported TCB the VCEK/VLEK certifies. */
+  tcbStatus: string;
+  /** The same as a URN-safe token: TDX "UpToDate", SEV-SNP "snp-0300000000000873" (the reported TCB). */
+  tcb: string;
+  signer: string;
+  collateralAgeSeconds?: number;
+}
+
 /** Runs in the CAS. */
 export interface EvidenceVerifier {
   readonly mode: TeeMode;
-  /** Verifies the report's signature chain and that it binds exactly `expectedReportData`. */
-  verify(evidence: Evidence, expectedReportData: Buffer): Promise<{ measurement: string }>;
+  /**
+   * Verifies the report's signature chain and that it binds exactly `expectedReportData`. Real TEE
+   * verifiers also apply the owner's appraisal policy (`appraisal`: the signed policy's `tee` part).
+   */
+  verify(evidence: Evidence, expectedReportData: Buffer, appraisal?: import('./tee-policy.ts').TeeAppraisalPolicy):
+    Promise<{ measurement: string; tee?: TeeFacts }>;
 }

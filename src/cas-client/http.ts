@@ -10,6 +10,43 @@ import { checkCasServerIdentity } from '../crypto/x509.ts';
 
 const MAX_RESPONSE = 1024 * 1024;
 
+/**
+ * OpenSSL verification results that mean "the server's certificate is not from the CA we pinned" (or
+ * is not a certificate for the CAS at all). Anything else on the way (refused, reset, timeout) is the
+ * network; these are an identity question: someone else answers at the CAS's address.
+ */
+const IDENTITY_FAILURES = new Set([
+  'UNABLE_TO_VERIFY_LEAF_SIGNATURE', 'UNABLE_TO_GET_ISSUER_CERT', 'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
+  'SELF_SIGNED_CERT_IN_CHAIN', 'DEPTH_ZERO_SELF_SIGNED_CERT', 'CERT_SIGNATURE_FAILURE', 'CERT_UNTRUSTED',
+  'CERT_REJECTED', 'INVALID_CA', 'ERR_TLS_CERT_ALTNAME_INVALID',
+]);
+
+/** What a CAS client reports when the server at the CAS URL is not the CAS it pinned. */
+export interface CasIdentityAlarm {
+  casUrl: string;
+  /** OpenSSL's verdict (e.g. UNABLE_TO_VERIFY_LEAF_SIGNATURE) or CAS_IDENTITY_INVALID (wrong role). */
+  reason: string;
+  message: string;
+}
+
+const identityListeners = new Set<(a: CasIdentityAlarm) => void>();
+
+/**
+ * Every verified CAS request (provisioning, renewal, the counter client, policy tools) reports here when
+ * the server fails the pinned CA or the CAS role. One seam for the alarm, whoever made the request: the
+ * counter client and re-attestation need no alarm plumbing of their own. Returns the unsubscribe.
+ */
+export function onCasIdentityAlarm(listener: (a: CasIdentityAlarm) => void): () => void {
+  identityListeners.add(listener);
+  return () => { identityListeners.delete(listener); };
+}
+
+function raiseIdentityAlarm(a: CasIdentityAlarm): void {
+  for (const l of identityListeners) {
+    try { l(a); } catch { /* a listener's failure must not hide the refusal */ }
+  }
+}
+
 export interface CasHttpOptions {
   caPem?: string;
   /** Only for the CA bootstrap (fetchCaPem): accept any server certificate. */
@@ -68,9 +105,19 @@ export async function casRequest<T>(baseUrl: string, method: 'GET' | 'POST', pat
     });
     req.on('timeout', () => req.destroy(new CdbpError('CAS_UNREACHABLE', `CAS ${baseUrl} did not answer in time`)));
     req.on('error', (e) => {
-      if (e instanceof CdbpError) reject(e);
+      const code = (e as { code?: string }).code ?? '';
+      const verified = !o.insecure;
+      if (verified && (IDENTITY_FAILURES.has(code) || (e instanceof CdbpError && e.code === 'CAS_IDENTITY_INVALID'))) {
+        const reason = e instanceof CdbpError ? e.code : code;
+        const err = new CdbpError('CAS_IDENTITY_INVALID',
+          `the server at ${baseUrl} is not the pinned CAS (${reason}: ${e.message}); refusing to talk to it`,
+          { cause: e, details: { reason } });
+        raiseIdentityAlarm({ casUrl: baseUrl, reason, message: err.message });
+        reject(err);
+      } else if (e instanceof CdbpError) reject(e);
       else reject(new CdbpError('CAS_UNREACHABLE', `cannot reach the CAS at ${baseUrl}: ${e.message}`, { cause: e }));
     });
     req.end(payload);
   });
 }
+

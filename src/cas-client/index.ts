@@ -19,7 +19,7 @@ import { generateSealingKeyPair, openSealed } from '../crypto/box.ts';
 import { certificateChainsTo, createCsr, generateTlsKeyPair, spkiDer, verifyCasSigningCert } from '../crypto/x509.ts';
 import { isCdbpError } from '../kernel/errors.ts';
 import { casAgent, casRequest } from './http.ts';
-import { attestAnswerMessage, counterAnswerMessage, verifyAnswer, type CounterAnswer } from './answers.ts';
+import { attestAnswerMessage, counterAnswerMessage, verifyAnswer, type CounterAnswer } from '../provisioning/answers.ts';
 
 export { casRequest } from './http.ts';
 export { applySignedPolicy, getCurrentPolicyHash, getCurrentPolicy, recoverCounter } from './policy.ts';

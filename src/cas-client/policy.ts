@@ -1,10 +1,10 @@
 /**
  * Owner-side calls to the CAS: apply a signed policy, read the current policy (hash), and the
- * owner-signed counter recovery. The signing itself is in cas/policy.ts (pure).
+ * owner-signed counter recovery. The signing itself is in src/provisioning/policy.ts (pure).
  */
 import type { SigningKeyPair } from '../crypto/ed25519.ts';
-import type { Policy, SignedPolicy } from '../../cas/policy.ts';
-import { signRecovery } from '../../cas/policy.ts';
+import type { Policy, SignedPolicy } from '../provisioning/policy.ts';
+import { signRecovery } from '../provisioning/policy.ts';
 import { isCdbpError } from '../kernel/errors.ts';
 import { casRequest } from './http.ts';
 

@@ -1,11 +1,12 @@
 import { spawn } from 'node:child_process';
-import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync, openSync, closeSync } from 'node:fs';
+import { chownSync, copyFileSync, fsyncSync, lchownSync, readlinkSync, symlinkSync, existsSync, lstatSync, statSync, mkdirSync, readdirSync, readFileSync, writeFileSync, openSync, closeSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { once } from 'node:events';
 import { ServerProcess, logTail } from './server-process.ts';
 import { findBinary } from '../kernel/binaries.ts';
 import { CdbpError } from '../kernel/errors.ts';
 import { waitForListen } from '../kernel/net.ts';
+import { lookupOsUser } from './postgres-server.ts';
 
 /**
  * A private mariadbd: own datadir, socket, pid file and (optional) TCP port, never the system service.
@@ -25,6 +26,26 @@ export interface MariadbServerOptions {
   extraConfig?: string[];
   /** Extra environment for mariadbd and mariadb-install-db (e.g. VAULT_TOKEN). */
   env?: Record<string, string>;
+  /**
+   * OS user that runs mariadbd and mariadb-install-db when we are root (default `mysql`): they are
+   * spawned with its uid/gid, so mariadbd never holds root (SELECT … INTO OUTFILE, a plugin or a bug
+   * act as that user only). `'root'` keeps the old behaviour (mariadbd as root). Ignored when not root.
+   */
+  runAsUser?: string;
+  /** Error log path; default `<dir>/mariadb.err`. The hardened server keeps it on tmpfs (it can hold SQL). */
+  errorLog?: string;
+  /**
+   * Memory-backed directory of the Aria log (`aria-log-dir-path`), when it is not the datadir. Its
+   * control file `aria_log_control` is kept in the datadir instead (a symlink points there): it holds
+   * the Aria UUID, and a new UUID makes Aria "zerofill" every table as moved, which breaks encrypted
+   * Aria tables such as mysql.proc (issue 21 item 7; docs/KEYRING.md).
+   */
+  ariaLogDir?: string;
+  /**
+   * More directories mariadbd must own (created 0700 and chowned to `runAsUser`): the Aria log dir, the
+   * volatile dirs of the hardening config.
+   */
+  ownedDirs?: string[];
   startTimeoutMs?: number;
 }
 
@@ -39,6 +60,8 @@ export class MariadbServer {
   readonly pidFile: string;
   private readonly proc = new ServerProcess('SIGTERM');
   private readonly opts: MariadbServerOptions;
+  /** uid/gid mariadbd runs as; undefined when it runs as whoever we are. */
+  readonly owner: { uid: number; gid: number } | undefined;
 
   constructor(opts: MariadbServerOptions) {
     this.opts = opts;
@@ -48,8 +71,10 @@ export class MariadbServer {
     this.socket = path.resolve(opts.socket ?? path.join(this.dir, 'mariadb.sock'));
     this.port = opts.port;
     this.cnfPath = path.join(this.dir, 'my.cnf');
-    this.errorLog = path.join(this.dir, 'mariadb.err');
+    this.errorLog = path.resolve(opts.errorLog ?? path.join(this.dir, 'mariadb.err'));
     this.pidFile = path.join(this.dir, 'mariadb.pid');
+    const runAs = opts.runAsUser ?? 'mysql';
+    this.owner = process.getuid?.() === 0 && runAs !== 'root' ? lookupOsUser(runAs) : undefined;
   }
 
   get pid(): number | undefined {
@@ -76,12 +101,11 @@ export class MariadbServer {
   }
 
   writeConfig(): void {
-    mkdirSync(this.dir, { recursive: true, mode: 0o700 });
-    mkdirSync(this.datadir, { recursive: true, mode: 0o700 });
-    mkdirSync(this.tmpdir, { recursive: true, mode: 0o700 });
+    this.prepareDirs();
     const lines = [
       '[mariadbd]',
-      'user=root',
+      // Spawned as the owner already (spawnOptions): `user=` would only add a warning. As root it is required.
+      ...(this.owner || process.getuid?.() !== 0 ? [] : ['user=root']),
       `datadir=${this.datadir}`,
       `socket=${this.socket}`,
       `pid-file=${this.pidFile}`,
@@ -98,7 +122,40 @@ export class MariadbServer {
       ...(this.opts.extraConfig ?? []),
       '',
     ];
-    writeFileSync(this.cnfPath, lines.join('\n'), { mode: 0o600 });
+    // Root-owned and readable by mariadbd's group only: mariadbd must not be able to rewrite its own options.
+    rmSync(this.cnfPath, { force: true });
+    writeFileSync(this.cnfPath, lines.join('\n'), { mode: this.owner ? 0o640 : 0o600 });
+    if (this.owner) chownSync(this.cnfPath, 0, this.owner.gid);
+  }
+
+  /**
+   * Creates the directories mariadbd writes to and, when it runs as another user, hands them over: the
+   * instance dir (socket, pid, logs), the tmpdir and `ownedDirs` themselves, the datadir recursively (a
+   * datadir restored or edited by root, e.g. a backup copy, would otherwise hold files mariadbd cannot open).
+   */
+  private prepareDirs(): void {
+    // Parents first: a parent handed over makes its children reachable.
+    const dirs = [...new Set([this.dir, this.datadir, this.tmpdir, path.dirname(this.errorLog), ...(this.opts.ownedDirs ?? []).map((d) => path.resolve(d))])]
+      .sort((a, b) => a.split(path.sep).length - b.split(path.sep).length);
+    for (const d of dirs) mkdirSync(d, { recursive: true, mode: 0o700 });
+    if (!this.owner) return;
+    const { uid, gid } = this.owner;
+    for (const d of dirs) {
+      assertReachable(d, this.owner, this.opts.runAsUser ?? 'mysql');
+      chownSync(d, uid, gid);
+    }
+    chownTree(this.datadir, uid, gid);
+  }
+
+  /** See `ariaLogDir`. Called before every start and after install-db (which creates the control file). */
+  private pinAriaControlFile(): void {
+    if (!this.opts.ariaLogDir) return;
+    pinAriaControlFile(path.resolve(this.opts.ariaLogDir), this.datadir, this.owner);
+  }
+
+  /** Spawn options that run a MariaDB binary as the owner (no supplementary groups: libuv drops them). */
+  private spawnOptions(): { uid?: number; gid?: number } {
+    return this.owner ? { uid: this.owner.uid, gid: this.owner.gid } : {};
   }
 
   /** Creates the system tables on first run. The keyring (if configured) must already serve keys. */
@@ -114,12 +171,13 @@ export class MariadbServer {
         `--datadir=${this.datadir}`,
         '--auth-root-authentication-method=socket',
         '--skip-test-db',
-      ], { stdio: ['ignore', logFd, logFd], env: this.childEnv() });
+      ], { stdio: ['ignore', logFd, logFd], env: this.childEnv(), cwd: this.dir, ...this.spawnOptions() });
       const [code] = (await once(child, 'exit')) as [number | null];
       if (code !== 0) {
         throw new CdbpError('CHILD_FAILED',
           `mariadb-install-db failed (exit ${code}): ${logTail(path.join(this.dir, 'install-db.log'))}`);
       }
+      this.pinAriaControlFile();
     } finally {
       closeSync(logFd);
     }
@@ -129,10 +187,13 @@ export class MariadbServer {
     if (this.running) return;
     await this.stopLeftover();
     this.writeConfig();
+    this.pinAriaControlFile();
     const mariadbd = findBinary('mariadbd');
     this.proc.spawn(mariadbd, [`--defaults-file=${this.cnfPath}`], {
       stdio: ['ignore', 'ignore', 'ignore'],
       env: this.childEnv(),
+      cwd: this.dir,
+      ...this.spawnOptions(),
     });
     try {
       await waitForListen({ path: this.socket }, this.opts.startTimeoutMs ?? 60_000, () => this.running);
@@ -195,6 +256,76 @@ export class MariadbServer {
   /** Lists every regular file under the datadir and tmpdir (for at-rest checks). */
   dataFiles(): string[] {
     return [...walk(this.datadir), ...walk(this.tmpdir)];
+  }
+}
+
+export const ARIA_CONTROL_FILE = 'aria_log_control';
+
+/**
+ * Keeps Aria's control file in the datadir and leaves a symlink to it in the (memory-backed) Aria log
+ * dir, so the Aria UUID survives the loss of that dir. A real control file found in the log dir (first
+ * start after install-db, or after an upgrade from the layout without the link) is the current one: it
+ * is moved into the datadir.
+ */
+export function pinAriaControlFile(ariaLogDir: string, datadir: string, owner?: { uid: number; gid: number }): void {
+  const link = path.join(ariaLogDir, ARIA_CONTROL_FILE);
+  const target = path.join(datadir, ARIA_CONTROL_FILE);
+  if (path.resolve(ariaLogDir) === path.resolve(datadir)) return;
+  let st: ReturnType<typeof lstatSync> | undefined;
+  try {
+    st = lstatSync(link);
+  } catch {
+    st = undefined;
+  }
+  if (st?.isSymbolicLink()) {
+    if (readlinkSync(link) === target) return;
+    rmSync(link, { force: true });
+  } else if (st?.isFile()) {
+    copyFileSync(link, target);
+    fsyncPath(target);
+    rmSync(link, { force: true });
+  }
+  if (!existsSync(target)) return; // install-db has not run yet: Aria creates the file, we move it afterwards
+  if (owner) chownSync(target, owner.uid, owner.gid);
+  mkdirSync(ariaLogDir, { recursive: true, mode: 0o700 });
+  symlinkSync(target, link);
+  if (owner) lchownSync(link, owner.uid, owner.gid);
+}
+
+function fsyncPath(p: string): void {
+  const fd = openSync(p, 'r+');
+  try {
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** Every ancestor of `dir` must let the owner through; say which one does not instead of a cryptic start failure. */
+function assertReachable(dir: string, owner: { uid: number; gid: number }, name: string): void {
+  for (let d = path.dirname(dir); ; d = path.dirname(d)) {
+    const st = statSync(d);
+    const bits = st.uid === owner.uid ? 0o100 : st.gid === owner.gid ? 0o010 : 0o001;
+    if ((st.mode & bits) === 0) {
+      throw new CdbpError('CONFIG_INVALID',
+        `mariadbd runs as the OS user ${name} and cannot reach ${dir}: ${d} is not traversable for it (chmod o+x ${d}, or choose another directory)`);
+    }
+    if (d === path.dirname(d)) return;
+  }
+}
+
+/** chown -R without following symlinks (lchown for links). */
+function chownTree(dir: string, uid: number, gid: number): void {
+  if (!existsSync(dir)) return;
+  for (const entry of readdirSync(dir, { withFileTypes: true })) {
+    const p = path.join(dir, entry.name);
+    if (entry.isDirectory()) {
+      chownSync(p, uid, gid);
+      chownTree(p, uid, gid);
+    } else if (!entry.isSymbolicLink()) {
+      const st = lstatSync(p);
+      if (st.uid !== uid || st.gid !== gid) chownSync(p, uid, gid);
+    }
   }
 }
 

@@ -6,6 +6,9 @@ import { ServerProcess, logTail } from './server-process.ts';
 import { findBinary } from '../kernel/binaries.ts';
 import { CdbpError } from '../kernel/errors.ts';
 
+/** util-linux; sets the parent-death signal, then execs the server (see dieWithParent). */
+const SETPRIV = '/usr/bin/setpriv';
+
 /**
  * A private PostgreSQL (the machine's binaries, own datadir, unix socket dir, port, pg_hba lines),
  * never the system service. Used by the test harness, the PG benchmark and later the proxy's
@@ -44,6 +47,11 @@ export interface PostgresServerOptions {
   /** initdb --no-sync: for throwaway test instances only. */
   initNoSync?: boolean;
   startTimeoutMs?: number;
+  /**
+   * The postmaster gets SIGQUIT (immediate shutdown) when this process dies (`setpriv --pdeathsig`), so a
+   * killed supervisor leaves no server running on (and holding open) an encrypted mount it can no longer watch.
+   */
+  dieWithParent?: boolean;
 }
 
 /** uid/gid of a local account, read from /etc/passwd (no native addon, no `id` subprocess). */
@@ -147,8 +155,11 @@ export class PostgresServer {
     this.writeConfig();
     const postgres = findBinary('postgres');
     const logFd = openSync(this.logFile, 'a');
+    const [bin, args] = this.opts.dieWithParent && existsSync(SETPRIV)
+      ? [SETPRIV, ['--pdeathsig', 'QUIT', '--', postgres, '-D', this.datadir]]
+      : [postgres, ['-D', this.datadir]];
     try {
-      this.proc.spawn(postgres, ['-D', this.datadir], {
+      this.proc.spawn(bin, args, {
         stdio: ['ignore', logFd, logFd],
         env: this.childEnv(),
         ...(this.owner ?? {}),

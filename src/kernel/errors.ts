@@ -39,6 +39,8 @@ export type ErrorCode =
   | 'BACKEND_UNAVAILABLE'
   // keyring
   | 'KEYRING_UNAVAILABLE'
+  // the MariaDB behind the proxy does not encrypt (src/db/mariadb-encryption-check.ts)
+  | 'BACKEND_NOT_ENCRYPTED'
   // lifecycle
   | 'LIFECYCLE_INVALID_TRANSITION'
   | 'CHILD_FAILED'
@@ -47,8 +49,38 @@ export type ErrorCode =
   | 'BODY_TOO_LARGE'
   | 'RATE_LIMITED'
   | 'SEALING_UNAVAILABLE'
+  // appended by the CAS hardening
+  | 'CAS_IDENTITY_INVALID'
+  // HTTP edges: admin authentication, cross-site refusal, media type (issue 16)
+  | 'UNAUTHORIZED'
+  | 'ORIGIN_REFUSED'
+  | 'UNSUPPORTED_MEDIA_TYPE'
+  // the command line: an unknown or malformed option or argument (exit 2)
+  | 'USAGE'
+  // real TEE evidence (SEV-SNP, TDX): src/attestation/, docs/ATTESTATION.md "Errors"
+  | 'TEE_EVIDENCE_MALFORMED'
+  | 'TEE_SIGNATURE_INVALID'
+  | 'TEE_CERT_CHAIN_INVALID'
+  | 'TEE_UNTRUSTED_ROOT'
+  | 'TEE_CERT_EXPIRED'
+  | 'TEE_TCB_MISMATCH'
+  | 'TEE_PCK_REVOKED'
+  | 'TEE_QE_BINDING_INVALID'
+  | 'TEE_QE_IDENTITY_MISMATCH'
+  | 'TEE_COLLATERAL_MISSING'
+  | 'TEE_COLLATERAL_INVALID'
+  | 'TEE_COLLATERAL_EXPIRED'
+  | 'TEE_FMSPC_MISMATCH'
+  | 'TEE_TCB_STATUS_REFUSED'
+  | 'TEE_DEBUG_REFUSED'
+  | 'TEE_POLICY_REFUSED'
+  | 'TEE_REPORT_DATA_MISMATCH'
   // appended by the CAS hardening (review finding 6)
-  | 'CAS_IDENTITY_INVALID';
+  // appended for PostgreSQL at rest (src/storage/, issue 19)
+  | 'STORAGE_UNAVAILABLE'
+  | 'STORAGE_KEY_INVALID'
+  // another process holds this state directory (src/kernel/state-lock.ts)
+  | 'STATE_LOCKED';
 
 export class CdbpError extends Error {
   readonly code: ErrorCode;
@@ -83,18 +115,42 @@ export function asCdbpError(e: unknown, fallback: ErrorCode = 'INTERNAL'): CdbpE
 export function httpStatusFor(code: ErrorCode): number {
   switch (code) {
     case 'BAD_REQUEST':
+    case 'INSECURE_TRANSPORT':
+    case 'USAGE':
     case 'CONFIG_INVALID':
     case 'POLICY_INVALID':
     case 'PROTOCOL_VIOLATION':
     case 'EVIDENCE_INVALID':
     case 'NONCE_INVALID':
+    case 'TEE_EVIDENCE_MALFORMED':
       return 400;
+    case 'TEE_SIGNATURE_INVALID':
+    case 'TEE_CERT_CHAIN_INVALID':
+    case 'TEE_UNTRUSTED_ROOT':
+    case 'TEE_CERT_EXPIRED':
+    case 'TEE_TCB_MISMATCH':
+    case 'TEE_PCK_REVOKED':
+    case 'TEE_QE_BINDING_INVALID':
+    case 'TEE_QE_IDENTITY_MISMATCH':
+    case 'TEE_FMSPC_MISMATCH':
+    case 'TEE_TCB_STATUS_REFUSED':
+    case 'TEE_DEBUG_REFUSED':
+    case 'TEE_POLICY_REFUSED':
+    case 'TEE_REPORT_DATA_MISMATCH':
+      return 401;
+    // The CAS's own collateral is missing or stale: the operator refreshes it (cdbp collateral).
+    case 'TEE_COLLATERAL_MISSING':
+    case 'TEE_COLLATERAL_INVALID':
+    case 'TEE_COLLATERAL_EXPIRED':
+      return 503;
     case 'POLICY_SIGNATURE_INVALID':
     case 'ATTESTATION_REFUSED':
     case 'MEASUREMENT_MISMATCH':
     case 'SIMULATION_NOT_ALLOWED':
+    case 'UNAUTHORIZED':
       return 401;
     case 'FORBIDDEN':
+    case 'ORIGIN_REFUSED':
     case 'POLICY_OWNER_MISMATCH':
       return 403;
     case 'NOT_FOUND':
@@ -102,10 +158,13 @@ export function httpStatusFor(code: ErrorCode): number {
       return 404;
     case 'COUNTER_CONFLICT':
     case 'POLICY_CHAIN_BROKEN':
+    case 'STATE_LOCKED':
       return 409;
     case 'FRAME_TOO_LARGE':
     case 'BODY_TOO_LARGE':
       return 413;
+    case 'UNSUPPORTED_MEDIA_TYPE':
+      return 415;
     case 'TOO_MANY_CONNECTIONS':
     case 'RATE_LIMITED':
       return 429;
@@ -114,7 +173,11 @@ export function httpStatusFor(code: ErrorCode): number {
     case 'BACKEND_UNAVAILABLE':
     case 'KEYRING_UNAVAILABLE':
     case 'SEALING_UNAVAILABLE':
+    case 'STORAGE_UNAVAILABLE':
       return 503;
+    case 'CAS_IDENTITY_INVALID':
+      // An upstream answered that is not the pinned CAS: a gateway error, not ours and not the caller's.
+      return 502;
     default:
       return 500;
   }

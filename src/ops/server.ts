@@ -4,12 +4,16 @@
  * request path (cloud-sql-proxy learned that readiness probes that dial cause outages). Nothing secret
  * is ever returned: status providers hand out only public facts.
  */
-import { createHash, timingSafeEqual } from 'node:crypto';
-import Fastify, { type FastifyInstance } from 'fastify';
+import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
+import Fastify, { type FastifyInstance, type FastifyReply } from 'fastify';
 import type { Logger } from '../kernel/log.ts';
 import type { Lifecycle } from '../kernel/lifecycle.ts';
 import type { MetricsRegistry } from '../kernel/metrics.ts';
-import { CdbpError, asCdbpError, httpStatusFor } from '../kernel/errors.ts';
+import { CdbpError, httpStatusFor } from '../kernel/errors.ts';
+import { toHttpError, frameworkClientError } from './http-errors.ts';
+
+const OPS_BODY_LIMIT = 1024;
+const ADMIN_BODY_LIMIT = 1024;
 
 export interface Readiness {
   ready: boolean;
@@ -33,10 +37,12 @@ export interface OpsServerOptions {
 }
 
 export function buildOpsServer(opts: OpsServerOptions): FastifyInstance {
-  const app = Fastify({ logger: false, bodyLimit: 1024, connectionTimeout: 10_000, requestTimeout: 10_000 });
+  const app = Fastify({ logger: false, bodyLimit: OPS_BODY_LIMIT, connectionTimeout: 10_000, requestTimeout: 10_000, frameworkErrors: frameworkClientError });
+  // JSON only: Fastify's built-in text/plain parser would let a non-JSON body reach a route.
+  app.removeContentTypeParser('text/plain');
 
   app.setErrorHandler((error, _req, reply) => {
-    const err = asCdbpError(error, (error as { statusCode?: number }).statusCode === 400 ? 'BAD_REQUEST' : 'INTERNAL');
+    const err = toHttpError(error, { bodyLimit: OPS_BODY_LIMIT });
     const status = httpStatusFor(err.code);
     if (status >= 500) opts.log.error({ err: { code: err.code, message: err.message } }, 'ops request failed');
     // 500s may carry anything (a stack's worth of internals): hidden. Other codes are our own words.
@@ -111,10 +117,16 @@ export interface AdminActions {
 
 export interface AdminServerOptions {
   /**
-   * Optional shared secret: when set, every admin request must carry `Authorization: Bearer <token>`
-   * in addition to coming from loopback (for hosts where other local users are not trusted).
+   * The per-start secret every admin request must carry as `Authorization: Bearer <token>` (the role
+   * writes it to a 0600 file for `cdbp admin`; see newAdminToken). Loopback alone is not enough: a web
+   * page in a local browser reaches loopback too.
    */
-  token?: string;
+  token: string;
+}
+
+/** An unguessable per-start admin token (256 bits). */
+export function newAdminToken(): string {
+  return randomBytes(32).toString('base64url');
 }
 
 /** 127.0.0.0/8 and ::1, also as IPv4-mapped IPv6. */
@@ -124,31 +136,48 @@ export function isLoopbackAddress(addr: string): boolean {
 
 /**
  * Admin actions live on a separate port bound to loopback only, so exposing the ops port to a
- * cluster's probes never exposes the power to stop the proxy. Requests from any other address are
- * refused even if the port was bound more widely by mistake; only POST is accepted, so a browser's
- * simple GET (or an <img> tag on a local web page) cannot trigger an action.
+ * cluster's probes never exposes the power to stop the proxy. Every request must pass, in this order:
+ *
+ *   1. from loopback (403 FORBIDDEN), even if the port was bound more widely by mistake;
+ *   2. no `Origin` header (403 ORIGIN_REFUSED): browsers send one on every cross-site POST, `cdbp` and
+ *      curl never do, so a web page cannot drive this port (issue 16, item 3);
+ *   3. `Authorization: Bearer <per-start token>` (401 UNAUTHORIZED);
+ *   4. POST with `Content-Type: application/json` (415 UNSUPPORTED_MEDIA_TYPE): the only types a page
+ *      may send without a CORS preflight (text/plain, forms) are refused, and no preflight is answered;
+ *   5. a body of at most 1 KiB (413 BODY_TOO_LARGE) that parses as JSON (400 BAD_REQUEST).
+ * GET does nothing (404), so an <img> tag cannot fire an action either.
  */
-export function buildAdminServer(actions: AdminActions, log: Logger, options: AdminServerOptions = {}): FastifyInstance {
-  const app = Fastify({ logger: false, bodyLimit: 1024 });
-  const expected = options.token ? createHash('sha256').update(`Bearer ${options.token}`).digest() : undefined;
+export function buildAdminServer(actions: AdminActions, log: Logger, options: AdminServerOptions): FastifyInstance {
+  if (!options?.token || options.token.length < 16) throw new CdbpError('CONFIG_INVALID', 'the admin API needs a token of at least 16 characters');
+  const app = Fastify({ logger: false, bodyLimit: ADMIN_BODY_LIMIT, connectionTimeout: 10_000, requestTimeout: 60_000, frameworkErrors: frameworkClientError });
+  app.removeContentTypeParser('text/plain');
+  const expected = createHash('sha256').update(`Bearer ${options.token}`).digest();
+  const refuse = (reply: FastifyReply, code: 'FORBIDDEN' | 'ORIGIN_REFUSED' | 'UNAUTHORIZED' | 'UNSUPPORTED_MEDIA_TYPE', message: string) =>
+    reply.code(httpStatusFor(code)).send({ error: { code, message } });
   app.addHook('onRequest', async (req, reply) => {
     const addr = req.socket.remoteAddress ?? '';
     if (!isLoopbackAddress(addr)) {
       log.warn({ peer: addr, url: req.url }, 'admin: refused a request from a non-loopback address');
-      return reply.code(403).send({ error: { code: 'FORBIDDEN', message: 'admin actions are loopback-only' } });
+      return refuse(reply, 'FORBIDDEN', 'admin actions are loopback-only');
     }
-    if (expected) {
-      // Compare digests so the comparison is constant-time regardless of the header's length.
-      const got = createHash('sha256').update(String(req.headers.authorization ?? '')).digest();
-      if (!timingSafeEqual(got, expected)) {
-        return reply.code(401).send({ error: { code: 'FORBIDDEN', message: 'admin token missing or wrong' } });
-      }
+    if (req.headers.origin !== undefined) {
+      log.warn({ origin: String(req.headers.origin).slice(0, 100), url: req.url }, 'admin: refused a request carrying an Origin (cross-site)');
+      return refuse(reply, 'ORIGIN_REFUSED', 'admin requests must not carry an Origin header (browsers are refused)');
+    }
+    // Compare digests so the comparison is constant-time regardless of the header's length.
+    const got = createHash('sha256').update(String(req.headers.authorization ?? '')).digest();
+    if (!timingSafeEqual(got, expected)) {
+      return refuse(reply, 'UNAUTHORIZED', 'admin token missing or wrong (Authorization: Bearer <token from the admin token file>)');
+    }
+    if (req.method === 'POST' && !isJsonContentType(req.headers['content-type'])) {
+      return refuse(reply, 'UNSUPPORTED_MEDIA_TYPE', 'admin requests must be Content-Type: application/json');
     }
   });
   app.setErrorHandler((error, _req, reply) => {
-    const err = asCdbpError(error, (error as { statusCode?: number }).statusCode === 400 ? 'BAD_REQUEST' : 'INTERNAL');
+    const err = toHttpError(error, { bodyLimit: ADMIN_BODY_LIMIT });
     const status = httpStatusFor(err.code);
-    void reply.code(status).send({ error: { code: err.code, message: err.message } });
+    if (status >= 500 && err.code === 'INTERNAL') log.error({ err: { message: err.message } }, 'admin request failed');
+    void reply.code(status).send({ error: { code: err.code, message: status >= 500 && err.code === 'INTERNAL' ? 'internal error' : err.message } });
   });
   app.post('/v1/admin/drain', async () => {
     log.warn('admin: drain requested');
@@ -170,4 +199,9 @@ export function buildAdminServer(actions: AdminActions, log: Logger, options: Ad
     void reply.code(404).send({ error: { code: 'NOT_FOUND', message: 'no such endpoint' } });
   });
   return app;
+}
+
+/** `application/json`, optionally with parameters (`; charset=utf-8`). */
+function isJsonContentType(value: string | undefined): boolean {
+  return typeof value === 'string' && /^application\/json\s*(;|$)/i.test(value.trim());
 }

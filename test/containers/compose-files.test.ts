@@ -58,9 +58,9 @@ describe('compose files', () => {
     assert.equal(services.code, 0, services.stderr);
     // docker-compose 1.29 lists profile services too; `up` starts them only with --profile postgres.
     assert.deepEqual(services.stdout.trim().split('\n').sort(),
-      ['cas', 'mariadb', 'policy', 'policy-pg', 'postgres', 'proxy', 'proxy-pg', 'setup']);
+      ['cas', 'mariadb', 'policy', 'policy-pg', 'postgres', 'proxy', 'setup']);
     const yml = readFileSync(COMPOSE_FILE, 'utf8');
-    for (const name of ['policy-pg', 'postgres', 'proxy-pg']) {
+    for (const name of ['policy-pg', 'postgres']) {
       assert.match(serviceBlock(yml, name), /^\s+profiles: \["postgres"\]$/m, `${name} is in the postgres profile`);
     }
     for (const name of ['setup', 'cas', 'policy', 'mariadb', 'proxy']) {
@@ -68,42 +68,30 @@ describe('compose files', () => {
     }
   });
 
-  it('proxy-pg and PostgreSQL agree on socket dir, port and volume; auth is peer for postgres only', () => {
+  it('the postgres profile runs PostgreSQL inside the proxy, encrypted at rest, with FUSE and nothing more', () => {
     const yml = readFileSync(COMPOSE_FILE, 'utf8');
-    const proxy = serviceBlock(yml, 'proxy-pg');
-    const env = (name: string) => new RegExp(`^\\s+${name}: (.+)$`, 'm').exec(proxy)?.[1]?.trim().replace(/^"|"$/g, '');
-    const conf = readFileSync(path.join(COMPOSE_DIR, 'postgres', 'postgresql.conf'), 'utf8');
-    const setting = (name: string) => new RegExp(`^${name} = '?([^'\\s]+)'?`, 'm').exec(conf)?.[1];
+    const pg = serviceBlock(yml, 'postgres');
+    const env = (name: string) => new RegExp(`^\\s+${name}: (.+)$`, 'm').exec(pg)?.[1]?.trim().replace(/^"|"$/g, '');
     assert.equal(env('CDBP_ENGINE'), 'postgres');
     assert.equal(env('CDBP_SERVICE'), 'postgres');
-    assert.equal(env('CDBP_PG_BACKEND_SOCKET_DIR'), setting('unix_socket_directories'));
-    assert.equal(env('CDBP_PG_BACKEND_PORT'), setting('port'));
-    assert.equal(setting('listen_addresses'), undefined, 'PostgreSQL has no TCP listener');
-    assert.match(conf, /^listen_addresses = ''$/m);
-    // Sealed record beside the datadir: one volume, one snapshot, rolled back together.
-    assert.equal(path.dirname(env('CDBP_UNTRUSTED_DIR')!), path.dirname(setting('data_directory')!));
-    assert.equal(env('network_mode'), 'service:postgres');
-    assert.match(proxy, /- pg-untrusted:\/srv\/untrusted$/m);
-    assert.match(serviceBlock(yml, 'postgres'), /- pg-untrusted:\/srv\/untrusted$/m);
-    assert.match(proxy, new RegExp(`http://127\\.0\\.0\\.1:${env('CDBP_OPS_PORT')}/readyz`));
-    // The entrypoint and the proxy's wrapper agree on where the monitor's per-start password is.
-    const entrypoint = readFileSync(path.join(COMPOSE_DIR, 'postgres', 'entrypoint.sh'), 'utf8');
-    assert.match(entrypoint, /PASSWORD_FILE=\$\{CDBP_PG_MONITOR_PASSWORD_FILE:-\$RUN_DIR\/monitor-password\}/);
-    assert.match(entrypoint, new RegExp(`^RUN_DIR=${env('CDBP_PG_BACKEND_SOCKET_DIR')}$`, 'm'));
-    assert.equal(env('CDBP_PG_MONITOR_PASSWORD_FILE'), `${env('CDBP_PG_BACKEND_SOCKET_DIR')}/monitor-password`);
-    assert.match(proxy, /command: \["\/app\/compose\/bin\/proxy-pg-run\.sh"\]/);
-    // pg_hba: peer only for the superuser `postgres` (an OS user the proxy's container does not have);
-    // every other login, the monitor's included, by SCRAM; never trust, password or md5.
-    const hba = readFileSync(path.join(COMPOSE_DIR, 'postgres', 'pg_hba.conf'), 'utf8')
-      .split('\n').map((l) => l.trim()).filter((l) => l && !l.startsWith('#')).map((l) => l.split(/\s+/));
-    assert.deepEqual(hba[0], ['local', 'all', 'postgres', 'peer']);
-    assert.deepEqual(hba[1], ['local', 'all', 'all', 'scram-sha-256']);
-    for (const line of hba) assert.ok(['peer', 'scram-sha-256', 'reject'].includes(line.at(-1)!), line.join(' '));
-    assert.equal(hba.filter((l) => l.at(-1) === 'peer').length, 1);
-    assert.equal(env('CDBP_PG_MONITOR_USER'), 'cdbp');
+    assert.equal(env('CDBP_MANAGE_POSTGRES'), '1');
+    assert.equal(env('CDBP_PG_ENCRYPTION'), 'gocryptfs');
+    // Ciphertext and the sealed record on one volume: one snapshot, rolled back together.
+    assert.equal(path.dirname(env('CDBP_UNTRUSTED_DIR')!), path.dirname(env('CDBP_DATADIR')!));
+    assert.match(pg, /- pg-untrusted:\/srv\/untrusted$/m);
+    // The mount point and run dir are memory only.
+    assert.match(pg, new RegExp(`- ${env('CDBP_PG_RUN_DIR')}:size=`));
+    // FUSE: the device and SYS_ADMIN, on top of cap_drop ALL; no privileged mode.
+    assert.match(pg, /devices: \["\/dev\/fuse:\/dev\/fuse"\]/);
+    assert.match(pg, /cap_drop: \[ALL\]/);
+    assert.match(pg, /cap_add: \[SYS_ADMIN, /);
+    assert.doesNotMatch(pg, /privileged:/);
+    assert.match(pg, new RegExp(`http://127\\.0\\.0\\.1:${env('CDBP_OPS_PORT')}/readyz`));
+    const dockerfile = readFileSync(path.join(COMPOSE_DIR, 'images', 'postgres.Dockerfile'), 'utf8');
+    assert.match(dockerfile, /postgresql-15 .*gocryptfs fuse3/);
   });
 
-  it('carries no secret and runs nothing as root', () => {
+  it('carries no secret and runs nothing as root but the FUSE mounter', () => {
     const yml = readFileSync(COMPOSE_FILE, 'utf8');
     for (const line of yml.split('\n')) {
       if (/^\s*#/.test(line)) continue;
@@ -111,10 +99,12 @@ describe('compose files', () => {
       const m = /^\s*-?\s*([A-Z0-9_]*(?:PASSWORD|TOKEN|SECRET)[A-Z0-9_]*)\s*[:=]\s*(\S.*)$/i.exec(line);
       if (m && !/_(FILE|DIR|SECONDS)$/i.test(m[1]!)) assert.fail(`compose line looks like a secret: ${line}`);
     }
-    // Every service runs as the unprivileged cdbp uid with a read-only root filesystem.
-    assert.equal(yml.match(/user: "10001:10001"/g)?.length, 3, 'the app anchor, mariadb and postgres set the user');
+    // Every service runs as the unprivileged cdbp uid with a read-only root filesystem, except the
+    // postgres profile's proxy: root in its container for the FUSE mount (PostgreSQL runs unprivileged).
+    assert.equal(yml.match(/user: "10001:10001"/g)?.length, 2, 'the app anchor and mariadb set the user');
+    assert.equal(yml.match(/user: "0:0"/g)?.length, 1, 'only the encrypting PostgreSQL proxy is root');
     assert.equal(yml.match(/read_only: true/g)?.length, 3);
-    for (const f of ['app.Dockerfile', 'mariadb.Dockerfile', 'postgres.Dockerfile']) {
+    for (const f of ['app.Dockerfile', 'mariadb.Dockerfile']) {
       const dockerfile = readFileSync(path.join(COMPOSE_DIR, 'images', f), 'utf8');
       assert.match(dockerfile, /^USER \$\{CDBP_UID\}:\$\{CDBP_UID\}$/m, `${f} switches to the cdbp user`);
       assert.doesNotMatch(dockerfile, /^COPY .*(\.key|\.pem|owner|sealing)/m, `${f} copies key material`);

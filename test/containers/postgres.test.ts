@@ -1,11 +1,11 @@
 /**
- * The compose stack's `postgres` profile under a real Docker engine: stock Debian PostgreSQL 15 behind
- * `proxy-pg`, brought up with docker-compose v1 through testcontainers (only proxy-pg and what it depends
- * on: setup, cas, policy-pg, postgres), the operator's account bootstrap with `docker exec -u postgres
- * psql`, the host's stock `psql` writing and reading through the proxy with sslmode=verify-full pinned to
- * the CAS root CA, the logins that must NOT work through the proxy, a proxy restart that re-verifies the
- * sealed freshness record, a rolled-back copy of the untrusted volume refused, and a teardown that
- * leaves nothing behind.
+ * The compose stack's `postgres` profile under a real Docker engine: the proxy running Debian PostgreSQL
+ * 15 inside a gocryptfs directory keyed by the CAS (service `postgres`), brought up with docker-compose
+ * v1 through testcontainers (only postgres and what it depends on: setup, cas, policy-pg), the operator's
+ * account bootstrap with `docker exec -u postgres psql`, the host's stock `psql` writing and reading
+ * through the proxy with sslmode=verify-full pinned to the CAS root CA, the logins that must NOT work
+ * through the proxy, a restart that re-verifies the sealed freshness record and finds only ciphertext on
+ * the volume, a rolled-back copy of the untrusted volume refused, and a teardown that leaves nothing.
  *
  * Needs DOCKER_HOST (a local engine; .ci/containers starts a private one), docker-compose v1 and psql.
  */
@@ -38,7 +38,7 @@ const caFile = path.join(work, 'ca.pem');
 
 let environment: StartedDockerComposeEnvironment | undefined;
 
-/** The host's stock psql through proxy-pg, verifying the CAS-issued certificate (name `localhost`). */
+/** The host's stock psql through the postgres profile's proxy, verifying the CAS-issued certificate (name `localhost`). */
 async function psql(user: string, sql: string, opts: { password?: string; sslmode?: string; db?: string } = {}): Promise<RunResult> {
   const { port } = await stack.port('postgres', 5433);
   const conninfo = [
@@ -57,7 +57,7 @@ async function ops(): Promise<string> {
   return `http://${host}:${port}`;
 }
 
-interface Inspect { HostConfig: { NetworkMode: string; ReadonlyRootfs: boolean; CapDrop: string[] | null }; Config: { User: string } }
+interface Inspect { HostConfig: { NetworkMode: string; ReadonlyRootfs: boolean; CapDrop: string[] | null; CapAdd: string[] | null }; Config: { User: string } }
 async function inspect(container: string): Promise<Inspect> {
   return (JSON.parse(await runOk('docker', ['inspect', container])) as Inspect[])[0]!;
 }
@@ -74,9 +74,8 @@ describe('compose profile postgres (docker-compose v1, private Docker engine)', 
       .withEnvironment(env)
       .withWaitStrategy(`${project}_cas_1`, Wait.forHealthCheck())
       .withWaitStrategy(`${project}_postgres_1`, Wait.forHealthCheck())
-      .withWaitStrategy(`${project}_proxy-pg_1`, Wait.forHealthCheck())
       .withStartupTimeout(180_000)
-      .up(['proxy-pg']);
+      .up(['postgres']);
   });
 
   after(async () => {
@@ -85,7 +84,7 @@ describe('compose profile postgres (docker-compose v1, private Docker engine)', 
     rmSync(work, { recursive: true, force: true });
   });
 
-  it('comes up healthy with only the PostgreSQL services; proxy-pg joins the postgres namespace', async () => {
+  it('comes up healthy with only the PostgreSQL services; the data directory is mounted encrypted', async () => {
     const ready = await fetchJson(`${await ops()}/readyz`);
     assert.equal(ready?.status, 200, JSON.stringify(ready?.body));
     const status = (await fetchJson(`${await ops()}/v1/status`))!.body;
@@ -94,23 +93,24 @@ describe('compose profile postgres (docker-compose v1, private Docker engine)', 
     assert.equal(status.mode, 'simulated');
     assert.equal((status.lifecycle as { state: string }).state, 'ready');
     const running = (await stack.composeOk(['ps', '--services', '--filter', 'status=running'])).trim().split('\n').sort();
-    assert.deepEqual(running, ['cas', 'postgres', 'proxy-pg'], 'the MariaDB services were not asked for');
+    assert.deepEqual(running, ['cas', 'postgres'], 'the MariaDB services were not asked for');
     // Exactly the proxy's PostgreSQL and ops ports are published (PostgreSQL itself has no TCP listener).
     const ports = (await runOk('docker', ['port', `${project}_postgres_1`])).trim().split('\n').map((l) => l.split(' ')[0]).sort();
     assert.deepEqual(ports, ['5433/tcp', '9091/tcp']);
-    const proxy = await inspect(`${project}_proxy-pg_1`);
-    assert.match(proxy.HostConfig.NetworkMode, /^container:/);
-    for (const c of [proxy, await inspect(`${project}_postgres_1`)]) {
-      assert.equal(c.HostConfig.ReadonlyRootfs, true);
-      assert.equal(c.Config.User, '10001:10001');
-      assert.deepEqual(c.HostConfig.CapDrop, ['ALL']);
-    }
+    const c = await inspect(`${project}_postgres_1`);
+    assert.equal(c.HostConfig.ReadonlyRootfs, true);
+    assert.equal(c.Config.User, '0:0', 'root in the container for the FUSE mount');
+    assert.deepEqual(c.HostConfig.CapDrop, ['ALL']);
+    assert.ok(c.HostConfig.CapAdd?.some((x) => /SYS_ADMIN/.test(x)));
+    const storage = (status.backend as { storage: { kind: string; mounted: boolean } }).storage;
+    assert.equal(storage.kind, 'gocryptfs');
+    assert.equal(storage.mounted, true);
   });
 
   it('bootstraps an account over the socket and serves the host psql with verify-full: write, read', async () => {
     writeFileSync(caFile, await stack.composeOk(['exec', '-T', 'cas', 'cat', '/srv/cas-public/ca.pem']));
-    // The operator's bootstrap (compose/README.md): the `postgres` OS user of the postgres container, by
-    // peer authentication; SQL on stdin so the password is on no command line.
+    // The operator's bootstrap (compose/README.md): the `postgres` OS user inside the container, over the
+    // socket inside the encrypted mount; SQL on stdin so the password is on no command line.
     await stack.composeOk(['exec', '-T', '-u', 'postgres', 'postgres', 'psql', '-X', '-v', 'ON_ERROR_STOP=1'], {
       input: `CREATE ROLE app LOGIN PASSWORD '${appPassword}';\nCREATE DATABASE appdb OWNER app;\n`,
     });
@@ -123,34 +123,26 @@ describe('compose profile postgres (docker-compose v1, private Docker engine)', 
     assert.match(conninfo.stdout, /SSL connection \(protocol: TLSv1\.[23]/);
   });
 
-  it('refuses what must not pass: plaintext, a wrong password, the peer-only superuser, the monitor role', async () => {
+  it('refuses what must not pass: plaintext, a wrong password, the socket-only superuser', async () => {
     const plain = await psql('app', 'SELECT 1', { password: appPassword, sslmode: 'disable' });
     assert.notEqual(plain.code, 0);
     assert.match(plain.stderr, /TLS is required/);
     const wrong = await psql('app', 'SELECT 1', { password: `${appPassword}x` });
     assert.notEqual(wrong.code, 0);
     assert.match(wrong.stderr, /password authentication failed for user "app"/);
-    // Through the proxy every login comes from the proxy's OS user (cdbp): `postgres` is peer-only, so
-    // it is refused; the monitor role `cdbp` is the proxy's own OS user name, which the proxy itself refuses
-    // before dialing (and which would need its per-start password, which only the proxy has).
-    const superuser = await psql('postgres', 'SELECT 1', { db: 'postgres' });
+    // `postgres` is the superuser the proxy itself uses over the socket: through the proxy it is refused
+    // before any backend is dialed.
+    const superuser = await psql('postgres', 'SELECT 1', { db: 'postgres', password: 'guess' });
     assert.notEqual(superuser.code, 0);
-    assert.match(superuser.stderr, /Peer authentication failed for user "postgres"/);
-    const monitor = await psql('cdbp', 'SELECT 1', { db: 'postgres', password: 'guess' });
-    assert.notEqual(monitor.code, 0);
-    assert.match(monitor.stderr, /role "cdbp" may not log in through this proxy/);
-    // The per-start password stays on the tmpfs, readable by uid 10001 only (not the operator's OS user).
-    const peek = await stack.compose(['exec', '-T', '-u', 'postgres', 'postgres', 'cat', '/run/cdbp-pg/monitor-password']);
-    assert.notEqual(peek.code, 0);
-    assert.match(peek.stderr, /Permission denied/);
+    assert.match(superuser.stderr, /role "postgres" may not log in through this proxy/);
   });
 
-  it('keeps the datadir and the sealed record on one volume; a proxy restart re-verifies it', async () => {
+  it('keeps only ciphertext and the sealed record on one volume; a restart re-verifies it', async () => {
     const before = ((await fetchJson(`${await ops()}/v1/status`))!.body.freshness as { epoch: number }).epoch;
-    await stack.composeOk(['restart', '-t', '30', 'proxy-pg']);
+    await stack.composeOk(['restart', '-t', '30', 'postgres']);
     const url = await ops();
-    await waitFor('proxy-pg /readyz 200 after the restart', async () => ((await fetchJson(`${url}/readyz`))?.status === 200 ? true : undefined), 120_000);
-    const logs = await stack.composeOk(['logs', '--no-color', 'proxy-pg']);
+    await waitFor('postgres /readyz 200 after the restart', async () => ((await fetchJson(`${url}/readyz`))?.status === 200 ? true : undefined), 120_000);
+    const logs = await stack.composeOk(['logs', '--no-color', 'postgres']);
     const verdicts = [...logs.matchAll(/"verdict":"([a-z-]+)"/g)].map((m) => m[1]);
     assert.deepEqual(verdicts, ['first-start', 'fresh'], 'the second start verified the sealed record');
     const after = ((await fetchJson(`${url}/v1/status`))!.body.freshness as { epoch: number }).epoch;
@@ -158,24 +150,24 @@ describe('compose profile postgres (docker-compose v1, private Docker engine)', 
     const read = await psql('app', 'SELECT count(*) FROM notes', { password: appPassword });
     assert.equal(read.code, 0, read.stderr);
     assert.equal(read.stdout.trim(), '1');
-    const ls = await withVolumes([[stack.volume('pg-untrusted'), '/v', 'ro']], 'ls /v/freshness; cat /v/postgres/PG_VERSION');
+    const ls = await withVolumes([[stack.volume('pg-untrusted'), '/v', 'ro']], 'ls /v/freshness; test -f /v/postgres/gocryptfs.conf && echo encrypted; test -e /v/postgres/PG_VERSION || echo no-plaintext');
     assert.equal(ls.code, 0, ls.stderr);
-    assert.deepEqual(ls.stdout.trim().split('\n'), ['freshness-postgres.sealed', '15']);
+    assert.deepEqual(ls.stdout.trim().split('\n'), ['freshness-postgres.sealed', 'encrypted', 'no-plaintext']);
+    // The row written through the proxy is nowhere on the volume in plaintext (grep exits 1: no match).
+    const grep = await withVolumes([[stack.volume('pg-untrusted'), '/v', 'ro']], `grep -rl '${marker}' /v`);
+    assert.equal(grep.code, 1, `plaintext on the volume: ${grep.stdout}`);
   });
 
   it('refuses a rolled-back copy of pg-untrusted (503, ROLLBACK_DETECTED) until the owner recovers', async () => {
-    // Proxy first: it drains and seals a final epoch; then PostgreSQL (fast shutdown, clean checkpoint).
-    const stopBoth = async () => {
-      await stack.composeOk(['stop', '-t', '30', 'proxy-pg']);
-      await stack.composeOk(['stop', '-t', '30', 'postgres']);
-    };
-    const startBoth = () => stack.composeOk(['up', '-d', '--no-build', 'postgres', 'proxy-pg'], { timeoutMs: 180_000 });
+    // The proxy drains, seals a final epoch, stops PostgreSQL (clean checkpoint) and unmounts.
+    const stopBoth = () => stack.composeOk(['stop', '-t', '30', 'postgres']);
+    const startBoth = () => stack.composeOk(['up', '-d', '--no-build', 'postgres'], { timeoutMs: 180_000 });
     await stopBoth();
     const snap = await withVolumes([[stack.volume('pg-untrusted'), '/from', 'ro'], [snapshotVolume, '/to']], 'cp -a /from/. /to/');
     assert.equal(snap.code, 0, snap.stderr);
     await startBoth();
     const url = await ops();
-    await waitFor('proxy-pg ready on the current volume', async () => ((await fetchJson(`${url}/readyz`))?.status === 200 ? true : undefined), 120_000);
+    await waitFor('postgres ready on the current volume', async () => ((await fetchJson(`${url}/readyz`))?.status === 200 ? true : undefined), 120_000);
     const later = await psql('app', "INSERT INTO notes VALUES (2, 'after-snapshot'); SELECT count(*) FROM notes", { password: appPassword });
     assert.equal(later.code, 0, later.stderr);
     assert.equal(later.stdout.trim().split('\n').at(-1), '2');
@@ -184,22 +176,22 @@ describe('compose profile postgres (docker-compose v1, private Docker engine)', 
     assert.equal(restore.code, 0, restore.stderr);
     await startBoth();
     const url2 = await ops();
-    const decided = await waitForStartDecision('proxy-pg to decide on the rolled-back volume', url2);
+    const decided = await waitForStartDecision('postgres to decide on the rolled-back volume', url2);
     const lifecycle = decided.body.lifecycle as { state: string; reason?: { code: string; message: string } };
-    assert.equal(lifecycle.state, 'failed', 'proxy-pg accepted a rolled-back volume');
+    assert.equal(lifecycle.state, 'failed', 'the proxy accepted a rolled-back volume');
     assert.equal(lifecycle.reason?.code, 'ROLLBACK_DETECTED');
     assert.equal((await fetchJson(`${url2}/readyz`))?.status, 503);
     const sql = await psql('app', 'SELECT count(*) FROM notes', { password: appPassword });
     assert.notEqual(sql.code, 0, 'the rolled-back database answered through the proxy');
 
     // A legitimate restore: the owner re-anchors the CAS counter to the restored record (the README's
-    // command), restarts proxy-pg, and the restored data is served again.
+    // command), restarts postgres, and the restored data is served again.
     await stack.composeOk(['run', '--rm', '--no-deps', '-v', `${stack.volume('pg-untrusted')}:/srv/untrusted:ro`, 'policy-pg',
       'node', '/app/bin/cdbp.js', 'recover', '--cas', 'https://cas:8700', '--ca', '/srv/cas-public/ca.pem',
       '--owner-key', '/keys/owner/owner.key', '--service', 'postgres', '--record', '/srv/untrusted/freshness/freshness-postgres.sealed'],
     { timeoutMs: 120_000 });
-    await stack.composeOk(['restart', '-t', '30', 'proxy-pg']);
-    await waitFor('proxy-pg ready after the owner\'s recovery', async () => ((await fetchJson(`${url2}/readyz`))?.status === 200 ? true : undefined), 120_000);
+    await stack.composeOk(['restart', '-t', '30', 'postgres']);
+    await waitFor('postgres ready after the owner\'s recovery', async () => ((await fetchJson(`${url2}/readyz`))?.status === 200 ? true : undefined), 120_000);
     const restored = await psql('app', 'SELECT count(*) FROM notes', { password: appPassword });
     assert.equal(restored.code, 0, restored.stderr);
     assert.equal(restored.stdout.trim(), '1', 'the restored (older) data');

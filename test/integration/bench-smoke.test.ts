@@ -51,12 +51,13 @@ test('mysql: sysbench direct vs proxy (native and node data planes) vs the no-TL
   scenarios.mysql = r;
 });
 
-test('pg: pgbench select-only and tpcb through proxy, direct TLS and PgBouncer', async () => {
+test('pg: pgbench select-only and tpcb through proxy (plain and encrypted at rest), direct TLS and PgBouncer', async () => {
   const r = await runPg({ workloads: ['select-only', 'tpcb'], clients: [1], durationS: 1, rounds: 1, scale: 1 });
   commonFields(r, 'pg');
-  assert.equal(r.runs.length, 6);
+  assert.equal(r.runs.length, 8);
   for (const cell of r.summary) {
-    for (const t of ['proxy', 'direct', 'pgbouncer'] as const) positive(cell.tps[t], `${cell.workload} ${t} tps`);
+    for (const t of ['proxy', 'proxy-encrypted', 'direct', 'pgbouncer'] as const) positive(cell.tps[t], `${cell.workload} ${t} tps`);
+    positive(cell.encryptedVsPlain, 'encrypted/plain');
     positive(cell.proxyVsPgbouncer, 'proxy/pgbouncer');
   }
   assert.deepEqual(r.summary.map((c) => c.workload), ['select-only', 'tpcb']);

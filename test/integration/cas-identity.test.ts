@@ -18,13 +18,14 @@ import { startTestCas, applyTestPolicy, runCdbp, type TestCas } from '../support
 import { SimulatedProvider } from '../../src/attestation/simulated.ts';
 import { attestAndProvision, fetchCasSigningKey, HttpCounterClient } from '../../src/cas-client/index.ts';
 import { casAgent, casRequest } from '../../src/cas-client/http.ts';
-import { applySignedPolicy, getCurrentPolicy, recoverCounter, buildPolicy, signPolicy } from '../../cas/policy.ts';
+import { buildPolicy, signPolicy } from '../../src/provisioning/policy.ts';
+import { applySignedPolicy, getCurrentPolicy, recoverCounter } from '../../src/cas-client/policy.ts';
 import { createCsr, generateTlsKeyPair, issueLeafCertificate, parseCsr, ROLE_URI, type CaMaterial } from '../../src/crypto/x509.ts';
 import { generateSigningKeyPair } from '../../src/crypto/ed25519.ts';
 import { sealToPublicKey } from '../../src/crypto/box.ts';
 import { openBlob } from '../../src/crypto/sealed-file.ts';
 import { deriveKey } from '../../cas/sealing-key.ts';
-import { counterAnswerMessage, ed25519PrivateKey, signAnswer } from '../../src/cas-client/answers.ts';
+import { counterAnswerMessage, ed25519PrivateKey, signAnswer } from '../../src/provisioning/answers.ts';
 import { measureShippedCode } from '../../src/attestation/measurement.ts';
 import { isCdbpError } from '../../src/kernel/errors.ts';
 

@@ -15,9 +15,10 @@ import { generateSealingKeyPair } from '../../src/crypto/box.ts';
 import { createCsr, generateTlsKeyPair, spkiDer } from '../../src/crypto/x509.ts';
 import { sha512 } from '../../src/crypto/hash.ts';
 import { attestAndProvision } from '../../src/cas-client/index.ts';
-import { buildPolicy, signPolicy } from '../../cas/policy.ts';
+import { buildPolicy, signPolicy } from '../../src/provisioning/policy.ts';
 import { measureShippedCode } from '../../src/attestation/measurement.ts';
 import type { AttestationProvider } from '../../src/attestation/types.ts';
+import { flip, snpVector } from '../support/tee-vectors.ts';
 
 interface Reply { status: number; body: { error?: { code: string; message: string } } & Record<string, unknown> }
 
@@ -110,8 +111,31 @@ test('refusals: bad evidence, nonces, policies, input, counter access', async (t
   await t.test('unknown service', async () => {
     await refused(post(cas, '/v1/attest', await attestBody(cas, 'ghost', provider)), 404, 'SERVICE_UNKNOWN');
   });
+  await t.test('real SEV-SNP evidence reaches the real verifier with the policy\'s tee part (never the simulated one)', async () => {
+    const v = snpVector('milan-vcek-2');
+    const debugV = snpVector('milan-vcek');
+    const realSnp = (vec: typeof v): AttestationProvider => ({
+      mode: 'sev-snp', measurement: () => vec.evidence.bytes.subarray(0x90, 0xc0).toString('hex'),
+      // A recorded report cannot bind this CAS's fresh nonce: the binding is the last check, so reaching it
+      // proves the chain to the pinned ARK, the signature, the TCB and the policy all passed.
+      collect: async () => ({ mode: 'sev-snp', measurement: vec.evidence.bytes.subarray(0x90, 0xc0).toString('hex'),
+        reportData: vec.evidence.bytes.subarray(0x50, 0x90).toString('hex'), report: vec.evidence.bytes.toString('base64'),
+        certs: vec.certs.map((c) => c.raw.toString('base64')) }),
+    });
+    const m = v.evidence.bytes.subarray(0x90, 0xc0).toString('hex');
+    await applyTestPolicy(cas, { service: 'snp-svc', teeModes: ['sev-snp'], measurements: [], tee: { snp: { measurements: [m] } } });
+    await refused(post(cas, '/v1/attest', await attestBody(cas, 'snp-svc', realSnp(v))), 401, 'TEE_REPORT_DATA_MISMATCH');
+    await applyTestPolicy(cas, { service: 'snp-other', teeModes: ['sev-snp'], measurements: [], tee: { snp: { measurements: ['ab'.repeat(48)] } } });
+    await refused(post(cas, '/v1/attest', await attestBody(cas, 'snp-other', realSnp(v))), 401, 'MEASUREMENT_MISMATCH');
+    await refused(post(cas, '/v1/attest', await attestBody(cas, 'snp-svc', realSnp(debugV))), 401, 'TEE_DEBUG_REFUSED');
+    const broken = { ...(await attestBody(cas, 'snp-svc', realSnp(v))) };
+    broken.evidence = { ...broken.evidence, report: flip(v.evidence.bytes, 0x95).toString('base64') };
+    await refused(post(cas, '/v1/attest', broken), 401, 'TEE_SIGNATURE_INVALID');
+    // A policy for simulated only refuses the same real evidence by mode.
+    await refused(post(cas, '/v1/attest', await attestBody(cas, 'svc', realSnp(v))), 401, 'ATTESTATION_REFUSED');
+  });
   await t.test('mode the policy does not allow', async () => {
-    await applyTestPolicy(cas, { service: 'hw-only', teeModes: ['sev-snp'] });
+    await applyTestPolicy(cas, { service: 'hw-only', teeModes: ['sev-snp'], tee: { snp: { measurements: ['ab'.repeat(48)] } } });
     await refused(post(cas, '/v1/attest', await attestBody(cas, 'hw-only', provider)), 401, 'SIMULATION_NOT_ALLOWED');
   });
   await t.test('malformed JSON', async () => {
@@ -179,7 +203,7 @@ test('refusals: bad evidence, nonces, policies, input, counter access', async (t
   });
   await t.test('recover: signed by a stranger', async () => {
     const stranger = await generateSigningKeyPair();
-    const { recoverCounter } = await import('../../cas/policy.ts');
+    const { recoverCounter } = await import('../../src/cas-client/policy.ts');
     await assert.rejects(recoverCounter({ casUrl: cas.url, caPem: cas.caPem, ownerKey: stranger, service: 'svc', value: 0, digest: '' }),
       (e: { code?: string }) => e.code === 'POLICY_OWNER_MISMATCH');
     expectedCodes.push('POLICY_OWNER_MISMATCH');

@@ -18,7 +18,8 @@ import { createCsr, generateTlsKeyPair, spkiDer } from '../../src/crypto/x509.ts
 import { sha512 } from '../../src/crypto/hash.ts';
 import { isCdbpError } from '../../src/kernel/errors.ts';
 import { entryHash } from '../../cas/audit.ts';
-import { getCurrentPolicyHash, signRecovery, loadOwnerKey } from '../../cas/policy.ts';
+import { signRecovery, loadOwnerKey } from '../../src/provisioning/policy.ts';
+import { getCurrentPolicyHash } from '../../src/cas-client/policy.ts';
 import { measureShippedCode } from '../../src/attestation/measurement.ts';
 
 function flipByte(file: string, offsetFromEnd: number): void {

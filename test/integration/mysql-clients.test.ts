@@ -144,6 +144,24 @@ for (const plane of PLANES) {
     assert.match(stdout, /Compression\tOFF/);
   });
 
+  test(`[${plane}] connectors asking for compression (mariadb and mysql2 compress: true) work, uncompressed, large results included`, async () => {
+    const big = 'x'.repeat(2 * 1024 * 1024);
+    type Queryable = { query(sql: string, values?: unknown[]): Promise<any>; end(): Promise<void> };
+    for (const open of [() => mdb({ compress: true }), () => my2({ compress: true })] as (() => Promise<Queryable>)[]) {
+      const conn = await open();
+      try {
+        const status = (await conn.query("SHOW SESSION STATUS LIKE 'Compression'")) as any;
+        const row = Array.isArray(status[0]) ? status[0][0] : status[0];
+        assert.equal(row.Value, 'OFF', 'the database runs the session uncompressed (the proxy does not advertise compression)');
+        const res = (await conn.query('SELECT REPEAT(?, 1) AS v', [big])) as any;
+        const v = Array.isArray(res[0]) ? res[0][0].v : res[0].v;
+        assert.equal(String(v).length, big.length);
+      } finally {
+        await conn.end();
+      }
+    }
+  });
+
   test(`[${plane}] mariadb connector: prepared statements, multi-statements, pipelining, batch, COM_RESET_CONNECTION, COM_CHANGE_USER`, async () => {
     const conn = await mdb({ multipleStatements: true, pipelining: true });
     try {

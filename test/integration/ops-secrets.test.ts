@@ -10,6 +10,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
+import { readFileSync, statSync } from 'node:fs';
 import mariadb from 'mariadb';
 import { tempDir } from '../support/tmp.ts';
 import { startTestCas, type TestCas } from '../support/cas.ts';
@@ -64,7 +65,10 @@ async function fetchAll(): Promise<Array<{ what: string; status: number; text: s
     const res = await fetch(ops + p);
     out.push({ what: p, status: res.status, text: await res.text() });
   }
-  const res = await fetch(`${role.addresses.admin}/v1/admin/renew`, { method: 'POST' });
+  const token = readFileSync(role.addresses.adminTokenFile!, 'utf8').trim();
+  const res = await fetch(`${role.addresses.admin}/v1/admin/renew`, {
+    method: 'POST', headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' }, body: '{}',
+  });
   out.push({ what: 'admin renew', status: res.status, text: await res.text() });
   return out;
 }
@@ -114,6 +118,8 @@ test('no endpoint returns a provisioned secret in any encoding', async () => {
     ...provision.secrets.dbKeys.flatMap((k) => encodings(k.key)),
     ...encodings(provision.secrets.freshnessKey),
     provision.secrets.keyringToken, ...encodings(Buffer.from(provision.secrets.keyringToken)),
+    // The admin token is in its 0600 file and in memory, never in an answer.
+    readFileSync(role.addresses.adminTokenFile!, 'utf8').trim(),
   ];
   assert.ok(provision.secrets.dbKeys.length >= 2 && provision.secrets.keyringToken.length > 0);
   const answers = await fetchAll();
@@ -128,6 +134,7 @@ test('no endpoint returns a provisioned secret in any encoding', async () => {
     for (const s of secrets) assert.ok(!a.text.includes(s), `${a.what} leaks a secret (${s.slice(0, 6)}…)`);
   }
   assert.ok(answers.find((a) => a.what === 'admin renew')!.status === 200);
+  assert.equal(statSync(role.addresses.adminTokenFile!).mode & 0o777, 0o600, 'admin token file is 0600');
   // The status still says what an operator needs.
   const status = JSON.parse(answers.find((a) => a.what === '/v1/status')!.text);
   assert.equal(status.mode, 'simulated');

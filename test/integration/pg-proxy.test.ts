@@ -2,6 +2,8 @@ import { test, before, after } from 'node:test';
 import { TlsIdentityHolder } from '../../src/crypto/tls-identity.ts';
 import assert from 'node:assert/strict';
 import pg from 'pg';
+import net from 'node:net';
+import tls from 'node:tls';
 import { serialize } from 'pg-protocol';
 import { encodeCancelRequest, encodeGssEncRequest, encodeSslRequest } from '../../proxy/pg/codec.ts';
 import { makeTestPki } from '../support/test-pki.ts';
@@ -125,12 +127,69 @@ test('direct TLS requires ALPN postgresql; with it a hand-written startup reache
   }
 });
 
-test('plaintext bytes sent right after SSLRequest are refused (no injection into the TLS session)', async () => {
-  const raw = await RawPg.plain(t.port);
-  raw.write(Buffer.concat([encodeSslRequest(), serialize.startup({ user: 'app' })]));
-  await raw.until(() => raw.closed);
-  assert.equal(raw.messages[0]?.code, '08P01');
-  assert.match(raw.messages[0]?.message, /unencrypted data after SSL request/);
+/** Sends `first` in one write on a fresh socket (and FIN if `fin`); returns the socket and what it reads before TLS. */
+async function pipelinedAfterSslRequest(first: Buffer, fin: boolean): Promise<{ sock: net.Socket; firstByte: Promise<Buffer | null>; closed: Promise<void> }> {
+  const sock = net.connect(t.port, '127.0.0.1');
+  await new Promise((r, j) => { sock.once('connect', r); sock.once('error', j); });
+  sock.on('error', () => undefined);
+  const firstByte = new Promise<Buffer | null>((resolve) => {
+    sock.once('data', (d: Buffer) => { sock.pause(); resolve(d); });
+    sock.once('close', () => resolve(null));
+  });
+  const closed = new Promise<void>((r) => sock.once('close', () => r()));
+  if (fin) sock.end(first);
+  else sock.write(first);
+  return { sock, firstByte, closed };
+}
+
+test('bytes pipelined after SSLRequest: S first, then the refusal inside TLS (PostgreSQL order; issue 21 item 2)', async () => {
+  const refusedBefore = t.metrics.render();
+  for (const early of [serialize.end(), serialize.startup({ user: 'app' }), Buffer.from([0x40, 0, 0, 0, 9])]) {
+    const { sock, firstByte } = await pipelinedAfterSslRequest(Buffer.concat([encodeSslRequest(), early]), false);
+    const answer = await firstByte;
+    assert.equal(answer?.toString('latin1'), 'S', `the first byte answers the SSLRequest (early ${early.toString('hex')})`);
+    const secure = tls.connect({ socket: sock, ca: t.pki.caPem, servername: 'localhost' });
+    await new Promise((r, j) => { secure.once('secureConnect', r); secure.once('error', j); });
+    const raw = new RawPg(secure);
+    await raw.until(() => raw.closed);
+    assert.equal(raw.messages[0]?.name, 'error');
+    assert.equal(raw.messages[0]?.code, '08P01');
+    assert.match(raw.messages[0]?.message, /unencrypted data after SSL request/);
+  }
+  assert.doesNotMatch(t.logs.join(''), /1476395008/);
+  assert.ok(refusedBefore.length > 0);
+});
+
+test('SSLRequest + Terminate + FIN (a client ending right after connecting) gets S and a close, never a plaintext error', async () => {
+  const { firstByte, closed } = await pipelinedAfterSslRequest(Buffer.concat([encodeSslRequest(), serialize.end()]), true);
+  const answer = await firstByte;
+  assert.equal(answer?.toString('latin1'), 'S');
+  await closed;
+});
+
+test('node pg calling end() right after connect(): its Terminate goes out before the SSLRequest and the proxy closes without a word, like PostgreSQL', async () => {
+  // pg queues the Terminate on the socket before it connects, so the wire carries X then SSLRequest.
+  // PostgreSQL reads X as an invalid startup length, logs it and closes silently (pg's promises then
+  // never settle, against PostgreSQL too). The proxy used to answer a plaintext FATAL about a 1.4 GB packet.
+  const logStart = t.logs.length;
+  const sockets: net.Socket[] = [];
+  for (let i = 0; i < 3; i++) {
+    const c = pgClient();
+    c.on('error', () => undefined);
+    c.connect().catch(() => undefined);
+    void c.end().catch(() => undefined);
+    sockets.push((c as any).connection.stream as net.Socket);
+  }
+  const received: Buffer[] = [];
+  for (const s of sockets) s.on('data', (d: Buffer) => received.push(d));
+  await Promise.all(sockets.map((s) => new Promise<void>((r) => (s.destroyed ? r() : s.once('close', () => r())))));
+  assert.equal(Buffer.concat(received).length, 0, 'nothing was sent back');
+  const logs = t.logs.slice(logStart).join('');
+  assert.doesNotMatch(logs, /exceeds the limit|1476395008/);
+  assert.equal(logs.match(/client terminated before startup/g)?.length, 3);
+  // The same bytes by hand: closed, nothing received.
+  const { firstByte } = await pipelinedAfterSslRequest(Buffer.concat([serialize.end(), encodeSslRequest()]), false);
+  assert.equal(await firstByte, null);
 });
 
 test('psql interrupted during pg_sleep(60) cancels through the proxy (plaintext CancelRequest) and returns promptly', async () => {
@@ -217,6 +276,42 @@ test('when maxConnections sessions are in use the next client gets 53300 before 
   assert.ok(small.metrics.render().includes('cdbp_connections_refused_total{protocol="pg",reason="max_connections"} 2'));
 });
 
+test('over the accept-time cap a client gets 53300 after TLS, not a silent drop (issue 16 item 7)', async () => {
+  const tight = await t.extraProxy({ limits: { maxConnections: 1, maxPendingHandshakes: 1, maxRefusalHandshakes: 2 } });
+  // Two silent sockets fill the accept-time cap (1 + 1).
+  const silent = await Promise.all([RawPg.plain(tight.port), RawPg.plain(tight.port)]);
+  await new Promise((r) => setTimeout(r, 100));
+  const c = new pg.Client({ host: 'localhost', port: tight.port, user: 'app', password: t.db.accounts.scram.password, database: 'test', ssl: { ca: t.pki.caPem } });
+  await assert.rejects(c.connect(), (e: any) => e.code === '53300' && /too many clients/.test(e.message));
+  const r = await psql(`host=localhost port=${tight.port} user=app dbname=test sslmode=verify-full sslrootcert=${t.files.caFile}`, ['-Atc', 'SELECT 1'], { PGPASSWORD: t.db.accounts.scram.password });
+  assert.match(r.stderr, /sorry, too many clients already/);
+  // By hand: S, TLS, then the ErrorResponse inside TLS.
+  const raw = await RawPg.overTls(tight.port, t.pki.caPem);
+  raw.write(serialize.startup({ user: 'app', database: 'test' }));
+  await raw.until(() => raw.closed);
+  assert.equal(raw.messages[0]?.code, '53300');
+  assert.match(tight.metrics.render(), /cdbp_connections_refused_total\{protocol="pg",reason="overload"\} 3/);
+  for (const s of silent) s.end();
+});
+
+test('an idle session is closed after idleTimeoutMs with 57P05 (issue 15: PG gets the idle timeout MySQL has); an active one stays', async () => {
+  const idle = await t.extraProxy({ limits: { idleTimeoutMs: 400 } });
+  const mk = () => new pg.Client({ host: 'localhost', port: idle.port, user: 'app', password: t.db.accounts.scram.password, database: 'test', ssl: { ca: t.pki.caPem } });
+  const quiet = mk();
+  const busy = mk();
+  await quiet.connect();
+  await busy.connect();
+  const quietError = new Promise<any>((r) => quiet.on('error', r));
+  for (let i = 0; i < 8; i++) {
+    await busy.query('SELECT 1');
+    await new Promise((r) => setTimeout(r, 150));
+  }
+  const e = await Promise.race([quietError, new Promise((r) => setTimeout(() => r(undefined), 3000))]);
+  assert.equal(e?.code, '57P05');
+  assert.equal((await busy.query('SELECT 2 AS x')).rows[0].x, 2, 'the active session is still open');
+  await busy.end();
+});
+
 test('a silent client is closed after the handshake timeout', async () => {
   const quick = await t.extraProxy({ limits: { handshakeTimeoutMs: 300 } });
   const raw = await RawPg.plain(quick.port);
@@ -259,6 +354,8 @@ test('pgbench runs through the proxy with sslmode=require', async () => {
 });
 
 test('logs carry one open and one close line per session, and never a password', async () => {
+  // Sessions close asynchronously (client FIN → backend end → backend close): wait for the last ones.
+  for (let i = 0; i < 100 && t.proxy.stats().open > 0; i++) await new Promise((r) => setTimeout(r, 50));
   const lines = t.logs.map((l) => JSON.parse(l));
   const closes = lines.filter((l) => l.event === 'pg.close' && l.user);
   assert.ok(closes.length > 5);

@@ -5,7 +5,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { chmodSync, cpSync, rmSync } from 'node:fs';
+import { chmodSync, cpSync, existsSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { startStack, expectStackFailure, removeStackVolatile, type RunningStack } from '../support/stack.ts';
 import { tempDir } from '../support/tmp.ts';
@@ -46,6 +46,9 @@ test('cdbp up --postgres: psql over verify-full TLS, data survives a restart, a 
   } finally {
     assert.equal(await s.stop(), 0, s.output());
   }
+  // Encrypted at rest by default: the volume holds a gocryptfs directory, not a PostgreSQL datadir.
+  assert.ok(existsSync(path.join(untrusted, 'postgres', 'gocryptfs.conf')), 'encrypted directory on the volume');
+  assert.equal(existsSync(path.join(untrusted, 'postgres', 'PG_VERSION')), false, 'no plaintext datadir on the volume');
   rmSync(snap, { recursive: true, force: true });
   cpSync(untrusted, snap, { recursive: true });
 

@@ -1,6 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
+import { existsSync, statSync } from 'node:fs';
 import { startStack, connectThroughProxy, alive, removeStackVolatile, CLI } from '../support/stack.ts';
 import { grepTree } from '../support/at-rest.ts';
 import { tempDir } from '../support/tmp.ts';
@@ -61,6 +62,21 @@ test('cdbp up: ready with stack.json, stock client over verified TLS, plaintext 
     await conn.end();
     assert.deepEqual(rows.map((r: any) => r.body), [marker]);
     assert.equal(second.stack.admin.password, s.admin.password, 'same admin account after resume');
+    // The admin API: a cross-site style request is refused; `cdbp admin quit` (token file, JSON) stops the stack.
+    const tokenFile = second.stack.control.tokenFile;
+    assert.equal(statSync(tokenFile).mode & 0o777, 0o600);
+    const evil = await fetch(`${second.stack.control.url}/v1/admin/quit`, {
+      method: 'POST', headers: { 'content-type': 'text/plain', origin: 'https://evil.example' }, body: 'x',
+    });
+    assert.equal(evil.status, 403);
+    assert.equal(((await evil.json()) as any).error.code, 'ORIGIN_REFUSED');
+    const quit = spawnSync(process.execPath, [CLI, 'admin', 'quit', '--dir', dir.path], { encoding: 'utf8', timeout: 30_000 });
+    assert.equal(quit.status, 0, quit.stderr);
+    assert.match(quit.stdout, /cdbp admin quit: accepted/);
+    const exit = await new Promise<number | null>((r) => second.proc.once('exit', (c) => r(c)));
+    assert.equal(exit, 0, second.output());
+    assert.match(second.output(), /proxy stopped \(admin request\)/);
+    assert.equal(existsSync(tokenFile), false, 'the token file goes with the proxy');
   } finally {
     assert.equal(await second.stop(), 0);
   }

@@ -12,6 +12,8 @@ import {
   type Keyring, type KeyringAuditEvent, type MariadbEncryptionOptions,
 } from '../../keyring/index.ts';
 import { makeTestPki, type TestPki } from './test-pki.ts';
+import { hardeningDirs, hardeningPaths, mariadbHardeningConfig, preparePluginDir } from '../../src/db/mariadb-hardening.ts';
+import { mariadbPluginDir } from '../../src/kernel/binaries.ts';
 import { tempDir } from './tmp.ts';
 
 /**
@@ -147,6 +149,12 @@ export async function startKeyedMariadb(opts: {
   config?: Partial<MariadbEncryptionOptions>;
   extraConfig?: string[];
   startTimeoutMs?: number;
+  /**
+   * The managed server's hardening (src/db/mariadb-hardening.ts): InnoDB only, logs/error log/secure_file_priv
+   * on the volatile dir, a plugin dir with only the key plugin. Encrypted runs only; default off (the
+   * at-rest tests below write user Aria tables on purpose).
+   */
+  hardening?: boolean;
 } = { encryption: true }): Promise<KeyedMariadb> {
   const dir = tempDir('keyring-db');
   const pki = makeTestPki();
@@ -158,6 +166,8 @@ export async function startKeyedMariadb(opts: {
   let volatileDir: string | undefined;
   let ariaLogDir: string | undefined;
   let tmpdir: string | undefined;
+  let errorLog: string | undefined;
+  const ownedDirs: string[] = [];
   let extraConfig = [...(opts.extraConfig ?? [])];
   if (opts.encryption) {
     keyring = createKeyring({ keys: opts.keys ?? testKeys([1, 2]), tls: pki, log: silentLogger(), metrics, audit: (e) => audit.push(e) });
@@ -168,11 +178,18 @@ export async function startKeyedMariadb(opts: {
     ariaLogDir = prepareVolatileDir(path.join(volatileDir, 'aria')).dir;
     tmpdir = prepareVolatileDir(path.join(volatileDir, 'tmp')).dir;
     extraConfig = [...mariadbEncryptionConfig({ vaultUrl, caFile, ariaLogDir, ...opts.config }), ...extraConfig];
+    ownedDirs.push(volatileDir, ariaLogDir, tmpdir);
+    if (opts.hardening) {
+      const h = { volatileDir, pluginDir: preparePluginDir(path.join(dir.path, 'plugins'), mariadbPluginDir()) };
+      extraConfig = [...extraConfig, ...mariadbHardeningConfig(h)];
+      ownedDirs.push(...hardeningDirs(h));
+      errorLog = hardeningPaths(h).errorLog;
+    }
   } else {
     extraConfig = ['log-bin=mariadb-bin', ...extraConfig];
   }
   // MariadbServer reads `env` at each spawn, so refreshing this object gives every start its own token.
-  const server = new MariadbServer({ dir: dir.path, tmpdir, extraConfig, env, startTimeoutMs: opts.startTimeoutMs ?? 30_000 });
+  const server = new MariadbServer({ dir: dir.path, tmpdir, extraConfig, env, ownedDirs, errorLog, ariaLogDir, startTimeoutMs: opts.startTimeoutMs ?? 30_000 });
   const freshToken = () => { if (keyring) Object.assign(env, keyringEnv(keyring.issueToken())); };
   const query = async (sql: string, params?: unknown[]) => {
     const conn = await mariadb.createConnection({ socketPath: server.socket, user: 'root', multipleStatements: true });

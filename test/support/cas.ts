@@ -9,7 +9,8 @@ import { fileURLToPath } from 'node:url';
 import { generatePlatformKey } from '../../src/attestation/simulated.ts';
 import { generateSigningKeyPair, readSigningKeyFile, writeSigningKeyFile, type SigningKeyPair } from '../../src/crypto/ed25519.ts';
 import { measureShippedCode } from '../../src/attestation/measurement.ts';
-import { applySignedPolicy, buildPolicy, signPolicy, type BuildPolicyOptions, type SignedPolicy } from '../../cas/policy.ts';
+import { buildPolicy, signPolicy, type BuildPolicyOptions, type SignedPolicy } from '../../src/provisioning/policy.ts';
+import { applySignedPolicy } from '../../src/cas-client/policy.ts';
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 

@@ -1,3 +1,4 @@
+import { chownSync } from 'node:fs';
 import mariadb from 'mariadb';
 import { MariadbServer, type MariadbServerOptions } from '../../src/db/mariadb-server.ts';
 import { freePort } from '../../src/kernel/net.ts';
@@ -21,6 +22,11 @@ export async function startPrivateMariadb(opts: Partial<MariadbServerOptions> & 
   const dir = opts.dir ? { path: opts.dir, remove() {} } : tempDir('mariadb');
   const port = opts.tcp ? (opts.port ?? (await freePort())) : undefined;
   const server = new MariadbServer({ ...opts, dir: dir.path, port });
+  // mariadbd runs as the mysql OS user when we are root: TLS files the caller wrote (0600, root) must be its.
+  for (const line of opts.extraConfig ?? []) {
+    const file = /^ssl-(?:ca|cert|key)=(.+)$/.exec(line)?.[1];
+    if (file && server.owner) chownSync(file, server.owner.uid, server.owner.gid);
+  }
   await server.initialize();
   await server.start();
   const user = 'app';

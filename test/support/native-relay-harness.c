@@ -9,13 +9,13 @@
  * reach that code only through real TLS sockets and timing, so they cannot choose where reads split or
  * when a release comes. Here the test chooses both, byte for byte, identically for both implementations.
  *
- * How (white box): dataplane.c is #included, so its static functions run unchanged on one connection
- * in the direct phase (as CMD_BYPASS leaves it, with a tracker), except for what is replaced:
- *   - TLS: SSL_read hands out the client plaintext the test queued, one queued chunk (at most
- *     PLAIN_CHUNK) per call like one record; SSL_write captures what would be encrypted for the client.
+ * How (white box): this file is linked with relay.c and tracker.c (the production relay, unchanged)
+ * and runs it on one connection in the direct phase (as CMD_BYPASS leaves it, with a tracker), through
+ * an I/O table of fakes (relay_io_t, relay.h) instead of the module's:
+ *   - TLS: ssl_read hands out the client plaintext the test queued, one queued chunk (at most
+ *     PLAIN_CHUNK) per call like one record; ssl_write captures what would be encrypted for the client.
  *     There is no SSL object, no handshake, no ciphertext (the BIOs exist, and stay empty).
- *   - the threadsafe function: the events (EV_HOLD, EV_CLOSED) are recorded here instead of queued for
- *     the JS thread.
+ *   - emit: the events (EV_HOLD, EV_CLOSED) are recorded here instead of queued for the JS thread.
  *   - the worker thread: run() is the body of worker_main on the test's thread: advance(), then
  *     advance() again for every epoll event on the database socket, until nothing is ready.
  *   - the database: the other end of a socketpair, written and read by the test.
@@ -26,30 +26,24 @@
  * outcome).
  *
  * One connection at a time: the replaced functions get no context that leads back to a connection.
- * Not a production file: the module it builds exports dataplane.c's functions plus the relay* ones.
+ * Not a production file: the module it builds exports only the relay* functions below.
  */
 #define NAPI_VERSION 8
-#define _GNU_SOURCE
-#include <node_api.h>
-#include <openssl/ssl.h>
+#include "../../proxy/native/relay.h"
 
-/* Declared after the real prototypes (the headers are include-guarded, so dataplane.c's own #includes
- * do not see these macros), defined below. */
-static int harness_ssl_read(SSL *ssl, void *buf, int num);
-static int harness_ssl_get_error(const SSL *ssl, int ret);
-static int harness_ssl_write(SSL *ssl, const void *buf, int num);
-static napi_status harness_call_tsfn(napi_threadsafe_function f, void *data, napi_threadsafe_function_call_mode mode);
-static napi_value harness_exports(napi_env env, napi_value exports);
-#define SSL_read(s, b, n) harness_ssl_read(s, b, n)
-#define SSL_get_error(s, r) harness_ssl_get_error(s, r)
-#define SSL_write(s, b, n) harness_ssl_write(s, b, n)
-#define napi_call_threadsafe_function(f, d, m) harness_call_tsfn(f, d, m)
-/* dataplane.c ends with NAPI_MODULE(name, init): the module registers its exports, then ours. */
-#undef NAPI_MODULE
-#define NAPI_MODULE(modname, regfunc) \
-  NAPI_MODULE_INIT() { return harness_exports(env, regfunc(env, exports)); }
+#include <errno.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
-#include "../../proxy/native/dataplane.c"
+#define NAPI_OK(call)                                                                  \
+  do {                                                                                 \
+    if ((call) != napi_ok) {                                                           \
+      napi_throw_error(env, NULL, "native relay harness: N-API call failed: " #call);  \
+      return NULL;                                                                     \
+    }                                                                                  \
+  } while (0)
 
 /* Client plaintext queued by the test, not read by the relay yet. */
 typedef struct chunk {
@@ -102,18 +96,18 @@ static int harness_ssl_write(SSL *ssl, const void *buf, int num) {
   return num;
 }
 
-static napi_status harness_call_tsfn(napi_threadsafe_function f, void *data, napi_threadsafe_function_call_mode mode) {
-  (void)f;
-  (void)mode;
-  event_t *ev = data;
+static void harness_emit(engine_t *e, event_t *ev) {
+  (void)e;
   if (ev->type == EV_HOLD) h.holds++;
   if (ev->type == EV_CLOSED) {
     snprintf(h.outcome, sizeof h.outcome, "%s", ev->a);
     snprintf(h.error, sizeof h.error, "%s", ev->b);
   }
   free(ev);
-  return napi_ok;
 }
+
+static const relay_io_t HARNESS_IO = {
+    .ssl_read = harness_ssl_read, .ssl_write = harness_ssl_write, .ssl_get_error = harness_ssl_get_error, .emit = harness_emit};
 
 /* ---- the worker loop, on this thread ---- */
 
@@ -204,6 +198,7 @@ static napi_value relay_open(napi_env env, napi_callback_info info) {
   set_nonblock(sv[0]);
   set_nonblock(sv[1]);
   memset(&h, 0, sizeof h);
+  h.engine.io = &HARNESS_IO;
   h.w = xcalloc(sizeof *h.w);
   h.w->e = &h.engine;
   h.w->epfd = epfd;
@@ -414,3 +409,5 @@ static napi_value harness_exports(napi_env env, napi_value exports) {
   NAPI_OK(napi_define_properties(env, exports, sizeof props / sizeof props[0], props));
   return exports;
 }
+
+NAPI_MODULE_INIT() { return harness_exports(env, exports); }

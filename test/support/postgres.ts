@@ -1,5 +1,9 @@
 import pg from 'pg';
-import { PostgresServer, type PostgresServerOptions } from '../../src/db/postgres-server.ts';
+import { chmodSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import path from 'node:path';
+import { PostgresServer, lookupOsUser, type PostgresServerOptions } from '../../src/db/postgres-server.ts';
+import { GocryptfsDirectory, type EncryptedDirectory } from '../../src/storage/index.ts';
 import { freePort } from '../../src/kernel/net.ts';
 import { tempDir } from './tmp.ts';
 
@@ -17,6 +21,8 @@ export interface PgAccounts {
 
 export interface PrivatePostgres {
   server: PostgresServer;
+  /** The encrypted directory the whole instance lives in (undefined when started unencrypted). */
+  storage: EncryptedDirectory | undefined;
   accounts: PgAccounts;
   /** Runs SQL as the superuser over the unix socket (database `postgres` unless named). */
   query(sql: string, params?: unknown[], database?: string): Promise<pg.QueryResult>;
@@ -40,12 +46,36 @@ function hbaFor(accounts: PgAccounts, tcp: boolean): string[] {
 }
 
 /**
+ * PostgreSQL suites run encrypted at rest by default, as the proxy runs it (a gocryptfs directory with a
+ * random key; the whole instance inside the mount). CDBP_TEST_PG_ENCRYPTION=off runs them on plain files.
+ */
+export function testPgEncryptionDefault(): boolean {
+  return process.env.CDBP_TEST_PG_ENCRYPTION !== 'off';
+}
+
+/**
  * Starts a private PostgreSQL for one test file (temp dir, free port, own socket dir; run as the
  * `postgres` OS user when we are root), creates one account per auth method and a database `test`
- * owned by the scram account, and tears everything down on stop().
+ * owned by the scram account, and tears everything down on stop(). `encrypted` (default: see
+ * testPgEncryptionDefault; ignored when `dir` is given) puts the instance inside a gocryptfs mount.
  */
-export async function startPrivatePostgres(opts: Partial<PostgresServerOptions> = {}): Promise<PrivatePostgres> {
-  const dir = opts.dir ? { path: opts.dir, remove() {} } : tempDir('pg');
+export async function startPrivatePostgres(opts: Partial<PostgresServerOptions> & { encrypted?: boolean } = {}): Promise<PrivatePostgres> {
+  const { encrypted: wantEncrypted, ...serverOpts } = opts;
+  const encrypted = !opts.dir && (wantEncrypted ?? testPgEncryptionDefault());
+  const base = opts.dir ? { path: opts.dir, remove() {} } : tempDir('pg');
+  let storage: GocryptfsDirectory | undefined;
+  let dirPath = base.path;
+  if (encrypted) {
+    chmodSync(base.path, 0o711); // the postgres OS user reaches the mount point below it
+    const owner = process.getuid?.() === 0 ? lookupOsUser(opts.runAsUser ?? 'postgres') : undefined;
+    storage = new GocryptfsDirectory({ encryptedPath: path.join(base.path, 'encrypted'), plaintextPath: path.join(base.path, 'plain'), owner });
+    await storage.mount({ version: 1, secret: randomBytes(32) }, { create: true });
+    dirPath = path.join(storage.plaintextPath, 'pg');
+  }
+  const teardown = async () => {
+    await storage?.unmount();
+    base.remove();
+  };
   const port = opts.port ?? (await freePort());
   const suffix = Math.random().toString(36).slice(2);
   const accounts: PgAccounts = {
@@ -57,8 +87,8 @@ export async function startPrivatePostgres(opts: Partial<PostgresServerOptions> 
   const server = new PostgresServer({
     initNoSync: true,
     hba: hbaFor(accounts, opts.tcp ?? false),
-    ...opts,
-    dir: dir.path,
+    ...serverOpts,
+    dir: dirPath,
     port,
   });
   try {
@@ -66,7 +96,7 @@ export async function startPrivatePostgres(opts: Partial<PostgresServerOptions> 
     await server.start();
   } catch (e) {
     await server.stop();
-    dir.remove();
+    await teardown();
     throw e;
   }
   const query = async (sql: string, params?: unknown[], database = 'postgres') => {
@@ -89,10 +119,10 @@ export async function startPrivatePostgres(opts: Partial<PostgresServerOptions> 
   );
   await query(`CREATE DATABASE test OWNER ${accounts.scram.user}`);
   return {
-    server, accounts, query,
+    server, accounts, query, storage,
     async stop() {
       await server.stop();
-      dir.remove();
+      await teardown();
     },
   };
 }

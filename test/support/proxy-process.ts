@@ -16,7 +16,7 @@
  *   root/proxy-<n>.log         this process's output (also in output())
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import mariadb, { type Connection } from 'mariadb';
@@ -24,7 +24,7 @@ import { freePort } from '../../src/kernel/net.ts';
 import { MariadbServer } from '../../src/db/mariadb-server.ts';
 import { applyTestPolicy, type TestCas } from './cas.ts';
 import type { SigningKeyPair } from '../../src/crypto/ed25519.ts';
-import type { BuildPolicyOptions } from '../../cas/policy.ts';
+import type { BuildPolicyOptions } from '../../src/provisioning/policy.ts';
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 
@@ -99,6 +99,8 @@ export async function startProxyProcess(o: StartProxyOptions): Promise<TestProxy
   const datadir = path.join(untrusted, service);
   const mariadbRunDir = path.join(o.root, 'run', service);
   for (const d of [untrusted, mariadbRunDir, path.join(o.root, 'volatile')]) mkdirSync(d, { recursive: true, mode: 0o700 });
+  // mariadbd runs as the `mysql` OS user (when we are root): it must be able to traverse to its dirs.
+  for (const d of [o.root, untrusted, path.join(o.root, 'run')]) chmodSync(d, 0o711);
   const [mysqlPort, opsPort, adminPort] = [await freePort(), await freePort(), o.admin === false ? -1 : await freePort()];
   const env: NodeJS.ProcessEnv = {
     ...process.env,
@@ -151,7 +153,12 @@ export async function startProxyProcess(o: StartProxyOptions): Promise<TestProxy
     get,
     async admin(action) {
       if (!adminUrl) throw new Error('started without an admin port');
-      const res = await fetch(`${adminUrl}/v1/admin/${action}`, { method: 'POST', signal: AbortSignal.timeout(30_000) });
+      // As `cdbp admin` does: the per-start token from its 0600 file, a JSON body, no Origin.
+      const token = readFileSync(path.join(mariadbRunDir, 'admin.token'), 'utf8').trim();
+      const res = await fetch(`${adminUrl}/v1/admin/${action}`, {
+        method: 'POST', headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' }, body: '{}',
+        signal: AbortSignal.timeout(30_000),
+      });
       return { status: res.status, body: await res.json() };
     },
     async waitReadyz(want = 200, timeoutMs = o.timeoutMs ?? 60_000) {

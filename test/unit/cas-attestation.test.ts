@@ -43,7 +43,11 @@ test('selectProvider: simulated needs an explicit opt-in; unconfigured fails clo
   assert.equal(selectProvider({ mode: 'simulated', platformKeyFile: file, allowSimulated: true, measurement: 'ab'.repeat(32), env: {} }).mode, 'simulated');
   assert.equal(selectProvider({ mode: 'simulated', platformKeyFile: file, measurement: 'ab'.repeat(32), env: { CDBP_ALLOW_SIMULATED: '1' } }).mode, 'simulated');
   assert.ok(selectProvider({ env: {} }) instanceof FailClosedProvider);
-  assert.ok(selectProvider({ mode: 'sev-snp', env: {} }) instanceof FailClosedProvider);
+  // A real mode has only its real provider: without configfs-tsm it fails closed, never simulated.
+  const snp = selectProvider({ mode: 'sev-snp', tsmRoot: path.join(d.path, 'no-configfs'), env: { CDBP_ALLOW_SIMULATED: '1' } });
+  assert.equal(snp.mode, 'sev-snp');
+  await assert.rejects(snp.collect(Buffer.alloc(64)), (e: unknown) => isCdbpError(e, 'ATTESTATION_UNAVAILABLE'));
+  assert.ok(selectProvider({ mode: 'auto', tsmRoot: path.join(d.path, 'no-configfs'), env: { CDBP_ALLOW_SIMULATED: '1' } }) instanceof FailClosedProvider);
   assert.ok(selectVerifiers({ env: {} }).get('simulated') instanceof FailClosedVerifier);
   assert.throws(() => selectVerifiers({ allowSimulated: true, env: {} }), (e: unknown) => isCdbpError(e, 'CONFIG_INVALID'));
 });

@@ -1,6 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { buildPolicy, checkPolicyUpdate, policyHash, signPolicy, validatePolicy, verifySignedPolicy, type Policy } from '../../cas/policy.ts';
+import { buildPolicy, policyHash, signPolicy, validatePolicy, verifySignedPolicy, type Policy } from '../../src/provisioning/policy.ts';
+import { checkPolicyUpdate } from '../../cas/policy.ts';
 import { generateSigningKeyPair } from '../../src/crypto/ed25519.ts';
 import { canonicalJson } from '../../src/crypto/hash.ts';
 import { isCdbpError } from '../../src/kernel/errors.ts';

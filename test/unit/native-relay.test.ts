@@ -1,8 +1,8 @@
 /**
- * Differential test of the native relay's strict-freshness framing (proxy/native/dataplane.c) against its
+ * Differential test of the native relay's strict-freshness framing (proxy/native/relay.c) against its
  * reference, the JS GatedPump (proxy/mysql/pump.ts). test/support/native-relay-harness.c (see its header)
- * runs dataplane.c's own relay functions on one connection with TLS, the worker thread and the event
- * callback replaced; this file builds it with cc and feeds it and a GatedPump the same seeded traffic:
+ * links relay.c unchanged and runs it on one connection with a fake I/O table (TLS records and events)
+ * and no worker thread; this file builds it with cc and feeds it and a GatedPump the same seeded traffic:
  * the same random splits of both streams (down to single bytes, packet starts split across reads,
  * statements crossing the 65-byte inspection window, 0xFFFFFF continued packets, LOCAL INFILE data,
  * several acknowledgments in one held buffer), the same release schedule, the same ends (client first,
@@ -21,22 +21,17 @@
  */
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
 import { EventEmitter } from 'node:events';
-import { existsSync, readFileSync } from 'node:fs';
-import { createRequire } from 'node:module';
+import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import type { Duplex } from 'node:stream';
-import { fileURLToPath } from 'node:url';
 import { ackRefusedPacket, startPump, type Pump } from '../../proxy/mysql/pump.ts';
 import { Cap, Command, ServerStatus } from '../../proxy/mysql/constants.ts';
 import { encodePacket } from '../../proxy/mysql/codec.ts';
 import { rng, StreamGen, type Pkt, type Rng } from '../support/mysql-stream-gen.ts';
-import { tempDir } from '../support/tmp.ts';
+import { buildTestAddon, REPO } from '../support/native-build.ts';
 
-const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
-const HARNESS_SOURCE = path.join(REPO, 'test', 'support', 'native-relay-harness.c');
-const TRACKER_SOURCE = path.join(REPO, 'proxy', 'native', 'tracker.c');
+const HARNESS_SOURCE = 'test/support/native-relay-harness.c';
 /** The C tracker's bound on commands awaiting their answers (tracker.h). */
 const TRACKER_MAX_PENDING = Number(/#define TRACKER_MAX_PENDING (\d+)/.exec(readFileSync(path.join(REPO, 'proxy', 'native', 'tracker.h'), 'utf8'))?.[1]);
 if (!(TRACKER_MAX_PENDING > 0)) throw new Error('TRACKER_MAX_PENDING not found in proxy/native/tracker.h');
@@ -87,39 +82,13 @@ interface RelayHarness {
   relayClose(): void;
 }
 
-/** Node's headers (node_api.h and its bundled OpenSSL): the candidates scripts/build-native.js tries. */
-function nodeIncludeDir(): string {
-  const candidates = [
-    process.env.CDBP_NODE_INCLUDE,
-    path.join(path.dirname(process.execPath), '..', 'include', 'node'),
-    '/usr/include/node',
-    '/usr/local/include/node',
-  ];
-  const found = candidates.find((d) => d && existsSync(path.join(d, 'node_api.h')) && existsSync(path.join(d, 'openssl', 'ssl.h')));
-  if (!found) assert.fail(`Node's headers (node_api.h, openssl/) not found in ${candidates.filter(Boolean).join(', ')}; set CDBP_NODE_INCLUDE`);
-  return found;
-}
+let built: { addon: RelayHarness; remove(): void } | undefined;
+after(() => built?.remove());
 
-let built: RelayHarness | undefined;
-const buildDir = tempDir('native-relay');
-after(() => buildDir.remove());
-
+/** The relay (relay.c, unchanged) linked with the harness's fake I/O table, and the tracker. */
 function harness(): RelayHarness {
-  if (built) return built;
-  const out = path.join(buildDir.path, 'native-relay-harness.node');
-  const cc = process.env.CC || 'cc';
-  const args = ['-std=gnu11', '-O1', '-Wall', '-Wextra', '-Werror', '-fPIC', '-shared', '-fvisibility=hidden',
-    `-I${nodeIncludeDir()}`, '-o', out, HARNESS_SOURCE, TRACKER_SOURCE, '-lpthread'];
-  try {
-    execFileSync(cc, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-  } catch (e) {
-    const err = e as NodeJS.ErrnoException & { stderr?: Buffer };
-    assert.fail(err.code === 'ENOENT'
-      ? `no C compiler (${cc}): the native relay test needs one (apt-get install gcc libc6-dev)`
-      : `building ${path.relative(REPO, HARNESS_SOURCE)} failed: ${(err.stderr?.toString() || err.message).trim().slice(0, 2000)}`);
-  }
-  built = createRequire(import.meta.url)(out) as RelayHarness;
-  return built;
+  built ??= buildTestAddon<RelayHarness>('native-relay-harness', [HARNESS_SOURCE, 'proxy/native/relay.c', 'proxy/native/tracker.c']);
+  return built.addon;
 }
 
 // ------------------------------------------------------------------------------------------------

@@ -5,17 +5,19 @@
  * seeded random statement texts and seeded random protocol streams (fixed seeds: a failure names its
  * seed and step and reproduces).
  *
- * The addon must be built (node scripts/build-native.js); without it this test fails, it does not skip.
+ * The C side is tracker.c (unchanged) linked with its bindings, test/support/native-tracker-api.c, into a
+ * test-only module built here (the production module carries no test bindings). Without a C compiler
+ * this test fails with the reason; it does not skip.
  */
-import { test } from 'node:test';
+import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { nativeAddon } from '../../proxy/native/dataplane.ts';
+import { buildTestAddon } from '../support/native-build.ts';
 import { ResponseTracker, INSPECT_BYTES } from '../../proxy/mysql/tracker.ts';
 import { classifyStatement, STATEMENT_PREFIX_BYTES } from '../../proxy/mysql/statement-class.ts';
 import { Cap, Command, ServerStatus } from '../../proxy/mysql/constants.ts';
 import { rng, randomStatement, StreamGen, type Pkt } from '../support/mysql-stream-gen.ts';
 
-/** The test bindings tracker.c adds to the addon's exports (tracker_register_test_api). */
+/** The bindings of test/support/native-tracker-api.c. */
 interface TrackerApi {
   trackerNew(deprecateEof: boolean, cacheMetadata: boolean): unknown;
   trackerCommand(h: unknown, command: number, rest: Buffer, complete: boolean): boolean;
@@ -24,12 +26,14 @@ interface TrackerApi {
   classifyStatement(text: Buffer, complete: boolean): 'read' | 'begin' | 'dml' | 'write';
 }
 
+let built: { addon: TrackerApi; remove(): void } | undefined;
+after(() => built?.remove());
+
 function native(): TrackerApi {
-  const loaded = nativeAddon();
-  if ('unavailable' in loaded) assert.fail(`the native addon is required for this test: ${loaded.unavailable}`);
-  const api = loaded.addon as unknown as TrackerApi;
+  built ??= buildTestAddon<TrackerApi>('native-tracker-api', ['test/support/native-tracker-api.c', 'proxy/native/tracker.c']);
+  const api = built.addon;
   for (const f of ['trackerNew', 'trackerCommand', 'trackerServerPacket', 'trackerState', 'classifyStatement'] as const) {
-    assert.equal(typeof api[f], 'function', `the addon exports ${f} (rebuild: node scripts/build-native.js --force)`);
+    assert.equal(typeof api[f], 'function', `the tracker test module exports ${f}`);
   }
   return api;
 }

@@ -5,7 +5,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes, generateKeyPairSync } from 'node:crypto';
-import { buildOpsServer, buildAdminServer, isLoopbackAddress, type Readiness } from '../../src/ops/server.ts';
+import { buildOpsServer, buildAdminServer, newAdminToken, isLoopbackAddress, type Readiness } from '../../src/ops/server.ts';
 import { endpointReportData, verifyEndpointEvidence } from '../../src/ops/evidence.ts';
 import { Lifecycle } from '../../src/kernel/lifecycle.ts';
 import { MetricsRegistry } from '../../src/kernel/metrics.ts';
@@ -183,33 +183,43 @@ test('unknown paths and methods are a JSON 404', async () => {
   assert.equal((await app.inject({ method: 'POST', url: '/v1/admin/drain' })).statusCode, 404, 'no admin action on the ops port');
 });
 
-function adminApp(o: { token?: string; renew?: () => Promise<Record<string, unknown>> } = {}) {
+const TOKEN = 'per-start-admin-token-0123456789';
+/** What `cdbp admin` sends: loopback, the token, JSON, no Origin. */
+const OK_HEADERS = { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' };
+
+function adminApp(o: { renew?: () => Promise<Record<string, unknown>> } = {}) {
   const calls: string[] = [];
   const app = buildAdminServer({
     drain: () => calls.push('drain'),
     quit: () => calls.push('quit'),
     ...(o.renew ? { renew: o.renew } : {}),
-  }, log, o.token ? { token: o.token } : {});
+  }, log, { token: TOKEN });
   return { app, calls };
 }
 
-test('admin: drain, quit and renew from loopback', async () => {
+function post(app: ReturnType<typeof adminApp>['app'], action: string, o: { headers?: Record<string, string>; payload?: string; remoteAddress?: string } = {}) {
+  return app.inject({ method: 'POST', url: `/v1/admin/${action}`, remoteAddress: o.remoteAddress ?? '127.0.0.1', headers: o.headers ?? OK_HEADERS, payload: o.payload ?? '{}' });
+}
+
+test('admin: drain, quit and renew from loopback with the token and a JSON body', async () => {
   const { app, calls } = adminApp({ renew: async () => ({ serial: '01' }) });
-  const drain = await app.inject({ method: 'POST', url: '/v1/admin/drain', remoteAddress: '127.0.0.1' });
+  const drain = await post(app, 'drain');
   assert.equal(drain.statusCode, 200);
   assert.deepEqual(drain.json(), { ok: true, action: 'drain' });
-  const quit = await app.inject({ method: 'POST', url: '/v1/admin/quit', remoteAddress: '::1' });
+  const quit = await post(app, 'quit', { remoteAddress: '::1' });
   assert.equal(quit.statusCode, 200);
   await new Promise((r) => setImmediate(r));
-  const renew = await app.inject({ method: 'POST', url: '/v1/admin/renew', remoteAddress: '127.0.0.1' });
+  const renew = await post(app, 'renew');
   assert.deepEqual(renew.json(), { ok: true, action: 'renew', serial: '01' });
   assert.deepEqual(calls, ['drain', 'quit']);
+  const charset = await post(app, 'drain', { headers: { ...OK_HEADERS, 'content-type': 'application/json; charset=utf-8' } });
+  assert.equal(charset.statusCode, 200);
 });
 
 test('admin: refused from a non-loopback address, and nothing happens', async () => {
   const { app, calls } = adminApp();
   for (const addr of ['10.1.2.3', '192.168.0.5', '::ffff:10.0.0.1', 'fe80::1', '128.0.0.1']) {
-    const r = await app.inject({ method: 'POST', url: '/v1/admin/drain', remoteAddress: addr });
+    const r = await post(app, 'drain', { remoteAddress: addr });
     assert.equal(r.statusCode, 403, addr);
     assert.equal(r.json().error.code, 'FORBIDDEN');
   }
@@ -218,30 +228,54 @@ test('admin: refused from a non-loopback address, and nothing happens', async ()
 
 test('admin: GET cannot trigger an action (a web page cannot fire it with an <img>)', async () => {
   const { app, calls } = adminApp();
-  const r = await app.inject({ method: 'GET', url: '/v1/admin/drain', remoteAddress: '127.0.0.1' });
+  const r = await app.inject({ method: 'GET', url: '/v1/admin/drain', remoteAddress: '127.0.0.1', headers: { authorization: `Bearer ${TOKEN}` } });
   assert.equal(r.statusCode, 404);
   assert.deepEqual(calls, []);
 });
 
-test('admin: with a token, loopback alone is not enough', async () => {
-  const { app, calls } = adminApp({ token: 's3cret-admin-token' });
-  const none = await app.inject({ method: 'POST', url: '/v1/admin/drain', remoteAddress: '127.0.0.1' });
-  assert.equal(none.statusCode, 401);
-  const wrong = await app.inject({ method: 'POST', url: '/v1/admin/drain', remoteAddress: '127.0.0.1', headers: { authorization: 'Bearer nope' } });
-  assert.equal(wrong.statusCode, 401);
-  assert.deepEqual(calls, []);
-  const right = await app.inject({ method: 'POST', url: '/v1/admin/drain', remoteAddress: '127.0.0.1', headers: { authorization: 'Bearer s3cret-admin-token' } });
-  assert.equal(right.statusCode, 200);
-  assert.deepEqual(calls, ['drain']);
+test('admin: the cross-site quit of issue 16 (text/plain, foreign Origin) is refused, and each refusal has its status and code', async () => {
+  const { app, calls } = adminApp({ renew: async () => ({ serial: '01' }) });
+  const cases: Array<{ what: string; o: Parameters<typeof post>[2]; status: number; code: string }> = [
+    { what: 'the reported attack: text/plain + Origin, no token', o: { headers: { 'content-type': 'text/plain', origin: 'https://evil.example' }, payload: 'x' }, status: 403, code: 'ORIGIN_REFUSED' },
+    { what: 'any Origin, even with the token and JSON', o: { headers: { ...OK_HEADERS, origin: 'http://127.0.0.1:9090' } }, status: 403, code: 'ORIGIN_REFUSED' },
+    { what: 'Origin: null (sandboxed frame)', o: { headers: { ...OK_HEADERS, origin: 'null' } }, status: 403, code: 'ORIGIN_REFUSED' },
+    { what: 'no token', o: { headers: { 'content-type': 'application/json' } }, status: 401, code: 'UNAUTHORIZED' },
+    { what: 'wrong token', o: { headers: { ...OK_HEADERS, authorization: 'Bearer nope' } }, status: 401, code: 'UNAUTHORIZED' },
+    { what: 'token without Bearer', o: { headers: { ...OK_HEADERS, authorization: TOKEN } }, status: 401, code: 'UNAUTHORIZED' },
+    { what: 'text/plain with the token', o: { headers: { ...OK_HEADERS, 'content-type': 'text/plain' }, payload: '{}' }, status: 415, code: 'UNSUPPORTED_MEDIA_TYPE' },
+    { what: 'a form', o: { headers: { ...OK_HEADERS, 'content-type': 'application/x-www-form-urlencoded' }, payload: 'a=1' }, status: 415, code: 'UNSUPPORTED_MEDIA_TYPE' },
+    { what: 'multipart', o: { headers: { ...OK_HEADERS, 'content-type': 'multipart/form-data; boundary=x' }, payload: '--x--' }, status: 415, code: 'UNSUPPORTED_MEDIA_TYPE' },
+    { what: 'no content type', o: { headers: { authorization: `Bearer ${TOKEN}` }, payload: '' }, status: 415, code: 'UNSUPPORTED_MEDIA_TYPE' },
+    { what: 'application/jsonx', o: { headers: { ...OK_HEADERS, 'content-type': 'application/jsonx' } }, status: 415, code: 'UNSUPPORTED_MEDIA_TYPE' },
+    { what: 'malformed JSON', o: { payload: '{nope' }, status: 400, code: 'BAD_REQUEST' },
+    { what: 'empty JSON body', o: { payload: '' }, status: 400, code: 'BAD_REQUEST' },
+    { what: 'a body over 1 KiB', o: { payload: JSON.stringify({ pad: 'x'.repeat(4096) }) }, status: 413, code: 'BODY_TOO_LARGE' },
+  ];
+  for (const action of ['quit', 'drain', 'renew']) {
+    for (const c of cases) {
+      const r = await post(app, action, c.o);
+      assert.equal(r.statusCode, c.status, `${action}: ${c.what}: ${r.body}`);
+      assert.equal(r.json().error.code, c.code, `${action}: ${c.what}`);
+    }
+  }
+  await new Promise((r) => setImmediate(r));
+  assert.deepEqual(calls, [], 'no refused request did anything');
+});
+
+test('admin: no server without a real token', () => {
+  assert.throws(() => buildAdminServer({ drain: () => undefined, quit: () => undefined }, log, { token: '' }), /token/);
+  assert.throws(() => buildAdminServer({ drain: () => undefined, quit: () => undefined }, log, { token: 'short' }), /token/);
+  assert.notEqual(newAdminToken(), newAdminToken());
+  assert.ok(newAdminToken().length >= 43, '256-bit token');
 });
 
 test('admin: a failing renewal answers with its code; a role without renewal says 404', async () => {
   const failing = adminApp({ renew: async () => { throw new CdbpError('CAS_UNREACHABLE', 'connect ECONNREFUSED'); } });
-  const r = await failing.app.inject({ method: 'POST', url: '/v1/admin/renew', remoteAddress: '127.0.0.1' });
+  const r = await post(failing.app, 'renew');
   assert.equal(r.statusCode, 503);
   assert.equal(r.json().error.code, 'CAS_UNREACHABLE');
   const none = adminApp();
-  assert.equal((await none.app.inject({ method: 'POST', url: '/v1/admin/renew', remoteAddress: '127.0.0.1' })).statusCode, 404);
+  assert.equal((await post(none.app, 'renew')).statusCode, 404);
 });
 
 test('isLoopbackAddress', () => {

@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { serialize } from 'pg-protocol';
-import { MessageBoundaryTracker, MessageFramer, StartupFramer } from '../../proxy/pg/framer.ts';
+import { MessageFramer, StartupFramer } from '../../proxy/pg/framer.ts';
 import { encodeCancelRequest, encodeMessage, encodeSslRequest } from '../../proxy/pg/codec.ts';
 import { CancelRegistry } from '../../proxy/pg/cancel-registry.ts';
 
@@ -46,41 +46,6 @@ test('a 1 GB length is refused as soon as its header arrives, before any body is
   // lengths shorter than the header itself are protocol violations
   assert.throws(() => new StartupFramer(10_000).push(Buffer.from([0, 0, 0, 3])), (e: any) => e.code === 'PROTOCOL_VIOLATION');
   assert.throws(() => new MessageFramer(100).push(Buffer.from([0x51, 0, 0, 0, 2])), (e: any) => e.code === 'PROTOCOL_VIOLATION');
-});
-
-const C = (tag: string) => encodeMessage(0x43, Buffer.from(`${tag}\0`));
-const Z = (status: string) => encodeMessage(0x5a, Buffer.from(status));
-const D = () => encodeMessage(0x44, Buffer.from([0, 1, 0, 0, 0, 1, 0x31]));
-
-test('MessageBoundaryTracker finds idle acknowledgments (CommandComplete + ReadyForQuery I) at every split', () => {
-  const parts = [D(), C('SELECT 1'), Z('I'), C('BEGIN'), Z('T'), C('INSERT 0 1'), Z('T'), C('COMMIT'), Z('I'), encodeMessage(0x45, Buffer.from('SERROR\0\0')), Z('I')];
-  const stream = Buffer.concat(parts);
-  const expected: number[] = [];
-  let off = 0;
-  parts.forEach((p, i) => {
-    off += p.length;
-    if (i === 2 || i === 8) expected.push(off);
-  });
-  for (let cut = 0; cut <= stream.length; cut++) {
-    const t = new MessageBoundaryTracker();
-    const found = t.scan(stream.subarray(0, cut));
-    for (let i = cut; i < stream.length; i++) found.push(...t.scan(stream.subarray(i, i + 1)).map((o) => o + i));
-    assert.deepEqual(found, expected, `split at ${cut}`);
-  }
-});
-
-test('an acknowledgment is still found when a notification, parameter status or notice comes between CommandComplete and ReadyForQuery', () => {
-  const A = encodeMessage(0x41, Buffer.from([0, 0, 0, 7, 0x63, 0, 0x70, 0]));
-  const S = encodeMessage(0x53, Buffer.from('TimeZone\0UTC\0'));
-  const N = encodeMessage(0x4e, Buffer.from('SNOTICE\0\0'));
-  const parts = [C('INSERT 0 1'), A, S, N, Z('I'), D(), Z('I')];
-  const stream = Buffer.concat(parts);
-  const end = parts.slice(0, 5).reduce((n, p) => n + p.length, 0);
-  for (let cut = 0; cut <= stream.length; cut++) {
-    const t = new MessageBoundaryTracker();
-    const found = [...t.scan(stream.subarray(0, cut)), ...t.scan(stream.subarray(cut)).map((o) => o + cut)];
-    assert.deepEqual(found, [end], `split at ${cut}`);
-  }
 });
 
 test('CancelRegistry issues random keys, matches only the exact secret, forgets on release', () => {

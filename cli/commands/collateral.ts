@@ -1,0 +1,198 @@
+/**
+ * `cdbp collateral`: fills and checks the CAS's collateral directory (docs/ATTESTATION.md "Collateral
+ * directory") from the vendors' services.
+ *
+ *   fetch --fmspc HEX[,HEX] [--out DIR] [--pcs URL] [--root-crl-url URL] [--kds URL] [--amd Milan,Genoa,Turin]
+ *       Intel PCS v4 (https://api.portal.trustedservices.intel.com/content/documentation.html): TDX TCB info per
+ *       FMSPC, TD QE identity, PCK CRL (platform CA), each with its issuer chain from the response header;
+ *       the root CRL; AMD KDS cert_chain (ASK/ASVK + ARK) per product. Everything fetched is checked
+ *       (signatures to the pinned roots) before it is written.
+ *   check [--dir DIR] [--at ISO-TIME]
+ *       every file's signature and window; exit 0 only if all are valid at that time.
+ */
+import { mkdirSync, readdirSync, readFileSync, writeFileSync, existsSync, renameSync } from 'node:fs';
+import path from 'node:path';
+import { parseFlags } from '../../src/kernel/args.ts';
+import { CdbpError, asCdbpError } from '../../src/kernel/errors.ts';
+import { parsePemBundle, verifyChainToPinnedRoot, cn } from '../../src/attestation/chain.ts';
+import { checkCrl, parseCrl } from '../../src/attestation/crl.ts';
+import { checkCollateralWindow, parseQeIdentity, parseTcbInfo, verifyCollateralSignature } from '../../src/attestation/tdx/collateral.ts';
+import { loadTdxCollateral } from '../../src/attestation/evidence-file.ts';
+import { pinnedIntelRoot } from '../../src/attestation/tdx/roots.ts';
+import { pinnedArks } from '../../src/attestation/snp/roots.ts';
+
+export const DEFAULT_PCS = 'https://api.trustedservices.intel.com';
+export const DEFAULT_ROOT_CRL = 'https://certificates.trustedservices.intel.com/IntelSGXRootCA.der';
+export const DEFAULT_KDS = 'https://kdsintf.amd.com';
+
+const USAGE = `usage: cdbp collateral fetch --fmspc HEX[,HEX] [--out DIR] [--pcs URL] [--root-crl-url URL] [--kds URL] [--amd Milan,Genoa,Turin]
+       cdbp collateral check [--dir DIR] [--at ISO-TIME]
+
+DIR defaults to $CDBP_TEE_COLLATERAL_DIR. Layout: snp/, tdx/, tdx/<fmspc>/ (docs/ATTESTATION.md).`;
+
+async function get(url: string, timeoutMs = 30_000): Promise<{ body: Buffer; headers: Headers }> {
+  let res: Response;
+  try {
+    res = await fetch(url, { signal: AbortSignal.timeout(timeoutMs) });
+  } catch (e) {
+    throw new CdbpError('BACKEND_UNAVAILABLE', `cannot fetch ${url}: ${(e as Error).message}`);
+  }
+  if (!res.ok) throw new CdbpError('BACKEND_UNAVAILABLE', `${url} answered ${res.status}`);
+  const body = Buffer.from(await res.arrayBuffer());
+  if (body.length > 1024 * 1024) throw new CdbpError('TEE_COLLATERAL_INVALID', `${url}: ${body.length} bytes is too large`);
+  return { body, headers: res.headers };
+}
+
+function issuerChain(headers: Headers, name: string, url: string): string {
+  const v = headers.get(name);
+  if (!v) throw new CdbpError('TEE_COLLATERAL_INVALID', `${url}: no ${name} header`);
+  return decodeURIComponent(v);
+}
+
+/** Writes atomically (temp + rename), so a CAS reading the directory never sees half a file. */
+function put(file: string, data: Buffer | string): void {
+  mkdirSync(path.dirname(file), { recursive: true });
+  writeFileSync(`${file}.tmp`, data);
+  renameSync(`${file}.tmp`, file);
+}
+
+/** Fetching stores what the vendor serves now; its window is `check`'s and the verifier's business. */
+const SIGNATURE_ONLY = 100 * 365 * 86_400;
+
+export interface FetchOptions { out: string; fmspcs: string[]; pcs?: string; rootCrlUrl?: string; kds?: string; amdProducts?: string[]; now?: Date }
+
+export async function fetchCollateral(o: FetchOptions): Promise<string[]> {
+  const pcs = (o.pcs ?? DEFAULT_PCS).replace(/\/$/, '');
+  const now = o.now ?? new Date();
+  const root = pinnedIntelRoot();
+  const written: string[] = [];
+  const tdx = path.join(o.out, 'tdx');
+  // Shared: QE identity and the root CRL.
+  const qeUrl = `${pcs}/tdx/certification/v4/qe/identity`;
+  const qe = await get(qeUrl);
+  const qeChainPem = issuerChain(qe.headers, 'SGX-Enclave-Identity-Issuer-Chain', qeUrl);
+  verifyCollateralSignature(parseQeIdentity(qe.body), parsePemBundle(qeChainPem, 'QE identity issuer chain'), root, now, 'QE identity');
+  const rootCrl = await get(o.rootCrlUrl ?? DEFAULT_ROOT_CRL);
+  checkCrl(parseCrl(rootCrl.body, 'root CRL'), root, now, SIGNATURE_ONLY, 'root CRL');
+  put(path.join(tdx, 'qe-identity.json'), qe.body);
+  put(path.join(tdx, 'qe-identity-issuer-chain.pem'), qeChainPem);
+  put(path.join(tdx, 'root-crl.der'), rootCrl.body);
+  written.push('tdx/qe-identity.json', 'tdx/qe-identity-issuer-chain.pem', 'tdx/root-crl.der');
+  const crlUrl = `${pcs}/sgx/certification/v4/pckcrl?ca=platform&encoding=der`;
+  const crl = await get(crlUrl);
+  const crlChainPem = issuerChain(crl.headers, 'SGX-PCK-CRL-Issuer-Chain', crlUrl);
+  const crlChain = parsePemBundle(crlChainPem, 'PCK CRL issuer chain');
+  verifyChainToPinnedRoot(crlChain.map((c) => ({ cert: c, name: cn(c) })), [root], now);
+  checkCrl(parseCrl(crl.body, 'PCK CRL'), crlChain[0]!, now, SIGNATURE_ONLY, 'PCK CRL');
+  for (const fmspc of o.fmspcs) {
+    if (!/^[0-9a-fA-F]{12}$/.test(fmspc)) throw new CdbpError('CONFIG_INVALID', `--fmspc ${fmspc} is not 6 bytes of hex`);
+    const url = `${pcs}/tdx/certification/v4/tcb?fmspc=${fmspc.toLowerCase()}`;
+    const tcb = await get(url);
+    const chainPem = issuerChain(tcb.headers, 'TCB-Info-Issuer-Chain', url);
+    const info = parseTcbInfo(tcb.body);
+    verifyCollateralSignature(info, parsePemBundle(chainPem, 'TCB info issuer chain'), root, now, 'TCB info');
+    if (info.body.fmspc.toLowerCase() !== fmspc.toLowerCase()) throw new CdbpError('TEE_FMSPC_MISMATCH', `${url} returned TCB info for ${info.body.fmspc}`);
+    const dir = path.join(tdx, fmspc.toLowerCase());
+    put(path.join(dir, 'tcb-info.json'), tcb.body);
+    put(path.join(dir, 'tcb-info-issuer-chain.pem'), chainPem);
+    put(path.join(dir, 'pck-crl.der'), crl.body);
+    put(path.join(dir, 'pck-crl-issuer-chain.pem'), crlChainPem);
+    written.push(`tdx/${fmspc.toLowerCase()}/tcb-info.json`, `tdx/${fmspc.toLowerCase()}/pck-crl.der`);
+  }
+  for (const product of o.amdProducts ?? []) {
+    const ark = pinnedArks().get(product as never);
+    if (!ark) throw new CdbpError('CONFIG_INVALID', `--amd ${product}: known products are ${[...pinnedArks().keys()].join(', ')}`);
+    const url = `${(o.kds ?? DEFAULT_KDS).replace(/\/$/, '')}/vcek/v1/${product}/cert_chain`;
+    const chain = await get(url);
+    const certs = parsePemBundle(chain.body.toString('latin1'), `${product} cert_chain`);
+    const ask = certs.find((c) => c.subject !== c.issuer);
+    if (!ask) throw new CdbpError('TEE_CERT_CHAIN_INVALID', `${url}: no ASK in the chain`);
+    verifyChainToPinnedRoot([{ cert: ask, name: cn(ask) }], [ark], now);
+    put(path.join(o.out, 'snp', `${product.toLowerCase()}-cert-chain.pem`), chain.body);
+    written.push(`snp/${product.toLowerCase()}-cert-chain.pem`);
+  }
+  return written;
+}
+
+export interface CheckRow { file: string; ok: boolean; detail: string }
+
+/** Every TDX collateral set in DIR (tdx/ plus each tdx/<fmspc>/): signatures and windows at `now`. */
+export function checkCollateralDir(dir: string, now: Date): CheckRow[] {
+  const rows: CheckRow[] = [];
+  const tdx = path.join(dir, 'tdx');
+  if (!existsSync(tdx)) return [{ file: 'tdx/', ok: false, detail: 'missing' }];
+  const base = loadTdxCollateral(tdx);
+  const root = pinnedIntelRoot();
+  const row = (file: string, f: () => string) => {
+    try {
+      rows.push({ file, ok: true, detail: f() });
+    } catch (e) {
+      const err = asCdbpError(e);
+      rows.push({ file, ok: false, detail: `${err.code}: ${err.message}` });
+    }
+  };
+  row('tdx/root-crl.der', () => {
+    const c = parseCrl(base.rootCrl ?? Buffer.alloc(0), 'root CRL');
+    checkCrl(c, root, now, 0, 'root CRL');
+    return `valid, next update ${c.nextUpdate?.toISOString() ?? 'none'}`;
+  });
+  row('tdx/qe-identity.json', () => {
+    const q = parseQeIdentity(base.qeIdentity ?? Buffer.from(''));
+    verifyCollateralSignature(q, base.qeIdentityIssuerChain ?? [], root, now, 'QE identity');
+    const w = checkCollateralWindow(q.body.issueDate, q.body.nextUpdate, now, 0, 'QE identity');
+    return `valid, issued ${w.issued.toISOString()}, next update ${w.nextUpdate.toISOString()}`;
+  });
+  for (const fmspc of readdirSync(tdx).filter((f) => /^[0-9a-f]{12}$/.test(f)).sort()) {
+    const own = { ...base, ...loadTdxCollateral(path.join(tdx, fmspc)) };
+    row(`tdx/${fmspc}/tcb-info.json`, () => {
+      const t = parseTcbInfo(own.tcbInfo ?? Buffer.from(''));
+      verifyCollateralSignature(t, own.tcbInfoIssuerChain ?? [], root, now, 'TCB info');
+      if (t.body.fmspc.toLowerCase() !== fmspc) throw new CdbpError('TEE_FMSPC_MISMATCH', `TCB info is for ${t.body.fmspc}`);
+      const w = checkCollateralWindow(t.body.issueDate, t.body.nextUpdate, now, 0, 'TCB info');
+      return `valid, issued ${w.issued.toISOString()}, next update ${w.nextUpdate.toISOString()}`;
+    });
+    row(`tdx/${fmspc}/pck-crl.der`, () => {
+      const chainFile = path.join(tdx, fmspc, 'pck-crl-issuer-chain.pem');
+      const chain = existsSync(chainFile) ? parsePemBundle(readFileSync(chainFile, 'latin1'), 'PCK CRL issuer chain') : [];
+      if (!chain.length) throw new CdbpError('TEE_COLLATERAL_MISSING', 'no pck-crl-issuer-chain.pem');
+      verifyChainToPinnedRoot(chain.map((c) => ({ cert: c, name: cn(c) })), [root], now);
+      const c = parseCrl(own.pckCrl ?? Buffer.alloc(0), 'PCK CRL');
+      checkCrl(c, chain[0]!, now, 0, 'PCK CRL');
+      return `valid, next update ${c.nextUpdate?.toISOString() ?? 'none'}`;
+    });
+  }
+  return rows;
+}
+
+export async function run(argv: string[]): Promise<number> {
+  const [sub, ...rest] = argv;
+  const { flags } = parseFlags(rest, [], ['fmspc', 'out', 'pcs', 'root-crl-url', 'kds', 'amd', 'dir', 'at']);
+  if (!sub || flags.help || sub === 'help') {
+    console.log(USAGE);
+    return sub ? 0 : 2;
+  }
+  const dirOf = (v: unknown) => {
+    const d = typeof v === 'string' ? v : process.env.CDBP_TEE_COLLATERAL_DIR;
+    if (!d) throw new CdbpError('CONFIG_INVALID', `no collateral directory (--out/--dir or CDBP_TEE_COLLATERAL_DIR)\n${USAGE}`);
+    return d;
+  };
+  const at = typeof flags.at === 'string' ? new Date(flags.at) : new Date();
+  if (Number.isNaN(at.getTime())) throw new CdbpError('CONFIG_INVALID', `--at ${String(flags.at)} is not an ISO time`);
+  if (sub === 'fetch') {
+    const list = (v: unknown) => (typeof v === 'string' ? v.split(',').map((s) => s.trim()).filter(Boolean) : []);
+    const written = await fetchCollateral({
+      out: dirOf(flags.out), fmspcs: list(flags.fmspc), amdProducts: list(flags.amd), now: at,
+      ...(typeof flags.pcs === 'string' ? { pcs: flags.pcs } : {}), ...(typeof flags['root-crl-url'] === 'string' ? { rootCrlUrl: flags['root-crl-url'] } : {}),
+      ...(typeof flags.kds === 'string' ? { kds: flags.kds } : {}),
+    });
+    for (const w of written) console.log(`wrote ${w}`);
+    return 0;
+  }
+  if (sub === 'check') {
+    const rows = checkCollateralDir(dirOf(flags.dir), at);
+    for (const r of rows) console.log(`  ${r.ok ? 'OK  ' : 'FAIL'}  ${r.file.padEnd(34)} ${r.detail}`);
+    return rows.every((r) => r.ok) ? 0 : 1;
+  }
+  console.error(`unknown collateral command ${sub}\n${USAGE}`);
+  return 2;
+}
