@@ -18,6 +18,7 @@ import { startTestCas } from '../support/cas.ts';
 import { applyProxyPolicy } from '../support/proxy-process.ts';
 import { tempDir } from '../support/tmp.ts';
 import { freePort } from '../../src/kernel/net.ts';
+import { buildNativeDataPlane } from '../../cli/native-build.ts';
 
 const KILLS = Number(process.env.CDBP_CRASH_KILLS ?? 50);
 const SEED = Number(process.env.CDBP_CRASH_SEED ?? 1717);
@@ -90,6 +91,9 @@ class WarmRole {
 
 test(`kill -9 of the proxy and of the CAS at ${KILLS}+${KILLS} seeded random points under write load: no acknowledged write lost, no false alarm`, { timeout: 600_000 }, async (t) => {
   const started = Date.now();
+  // Build the native data plane before the policy measures the code (a build at proxy start would
+  // change the measured tree after the policy was signed), as `cdbp up` does.
+  buildNativeDataPlane();
   const tmp = tempDir('fresh-crash');
   t.after(() => tmp.remove());
   const rand = prng(SEED);
@@ -152,6 +156,7 @@ test(`kill -9 of the proxy and of the CAS at ${KILLS}+${KILLS} seeded random poi
       assert.equal(p.exitCode, null, `proxy exited during start-up (a false alarm?):\n${proxy.output}`);
       const r = await fetch(`${opsUrl}/readyz`).catch(() => undefined);
       if (r?.status === 200) return;
+      assert.doesNotMatch(proxy.output, /start-up failed/, `proxy start-up failed (a false alarm?):\n${proxy.output}`);
       assert.ok(Date.now() < deadline, `proxy not ready:\n${proxy.output}`);
       await sleep(10);
     }
