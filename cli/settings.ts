@@ -42,7 +42,7 @@ export const PROXY_SCHEMA = {
   keyringCaDir: { kind: 'string', doc: 'dir where keyring-ca.pem (public) is written for MariaDB' },
   keyringTokenFile: { kind: 'string', doc: 'external MariaDB only: memory-backed (tmpfs) file receiving the keyring token for its start' },
 
-  freshness: { kind: 'enum', values: ['strict', 'relaxed', 'off'], doc: 'rollback protection mode', default: 'strict' },
+  freshness: { kind: 'enum', values: ['strict', 'bounded', 'relaxed', 'off'], doc: 'rollback protection mode (bounded = relaxed: ack at once, seal every sealIntervalMs)', default: 'strict' },
   holdTimeoutMs: { kind: 'int', doc: 'strict mode: max time a write ack waits for a counted epoch', default: 10_000, min: 100 },
   sealIntervalMs: { kind: 'int', doc: 'relaxed mode window / strict idle seal period', default: 1000, min: 10 },
 

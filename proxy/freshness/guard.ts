@@ -17,7 +17,14 @@ import { positionAdvanced, positionBehind } from './position.ts';
 import type { RecordStore } from './store.ts';
 import type { PositionSource } from './mariadb-position.ts';
 
-export type FreshnessMode = 'strict' | 'relaxed' | 'off';
+/**
+ * strict: a write's OK waits for a counted epoch. bounded (alias: relaxed): OKs go at once and the
+ * position is sealed at most every sealIntervalMs, so a rollback can lose at most that window (plus one
+ * seal); the window is reported live. off: start-up checks only.
+ */
+export type FreshnessMode = 'strict' | 'bounded' | 'relaxed' | 'off';
+
+const isBounded = (m: FreshnessMode): boolean => m === 'bounded' || m === 'relaxed';
 
 /** The record cache on the untrusted volume is rewritten at most this often. */
 const CACHE_INTERVAL_MS = 1000;
@@ -112,6 +119,14 @@ export class FreshnessGuard extends EventEmitter {
     m?.gauge('cdbp_freshness_verified', '1 when start-up freshness was verified and no violation since', (g) =>
       g.set(this.verified && !this.violation ? 1 : 0));
     m?.gauge('cdbp_freshness_mode', 'Freshness mode', (g) => g.set(1, { mode: opts.mode }));
+    m?.gauge('cdbp_freshness_window_seconds', 'Bounded mode: writes a rollback could lose right now (age of the last counted epoch while the position moved); configured bound W in label', (g) => {
+      if (isBounded(opts.mode)) g.set(this.windowMs() / 1000, { bound_ms: String(this.sealEveryMs) });
+    });
+  }
+
+  /** Period of the background seal: the bounded mode's window W, strict mode's idle seal. */
+  private get sealEveryMs(): number {
+    return this.opts.sealIntervalMs ?? (isBounded(this.opts.mode) ? 1000 : 5000);
   }
 
   get mode(): FreshnessMode {
@@ -189,7 +204,7 @@ export class FreshnessGuard extends EventEmitter {
   startRuntime(source: PositionSource): void {
     this.source = source;
     if (this.opts.mode === 'off') return;
-    const every = this.opts.sealIntervalMs ?? (this.opts.mode === 'relaxed' ? 1000 : 5000);
+    const every = this.sealEveryMs;
     this.interval = setInterval(() => void this.sealIfAdvanced(), every);
     this.interval.unref();
   }
@@ -275,10 +290,16 @@ export class FreshnessGuard extends EventEmitter {
       holdP50Seconds: this.holdHist?.quantile(0.5) ?? null,
       holdP99Seconds: this.holdHist?.quantile(0.99) ?? null,
       seals: this.seals?.get() ?? null,
+      ...(isBounded(this.opts.mode) ? { window: { boundMs: this.sealEveryMs, currentMs: Math.round(this.windowMs()) } } : {}),
       position: this.lastPosition ?? null,
       ...(this.lastError ? { lastError: this.lastError } : {}),
       ...(this.violation ? { violation: this.violation } : {}),
     };
+  }
+
+  /** Bounded mode: how long acknowledged writes may have gone uncounted (time since the last counted epoch). */
+  private windowMs(): number {
+    return this.lastSealAt === undefined ? 0 : Date.now() - this.lastSealAt;
   }
 
   private heldCount(): number {

@@ -229,3 +229,27 @@ test('the final seal queues behind seals in flight instead of racing them', asyn
   await g.stop();
   assert.equal((await make().verifyAtStartup()).kind, 'fresh');
 });
+
+test('bounded mode: acks at once, seals at most every W ms, and reports W and the live window', async (t) => {
+  const dir = tempDir('fg'); t.after(() => dir.remove());
+  const counter = new MemoryCounter();
+  const metrics = new MetricsRegistry();
+  const g = new FreshnessGuard({
+    store: new RecordStore(path.join(dir.path, 'freshness.sealed')), key: randomBytes(32), databaseId: 'db-test', counter,
+    mode: 'bounded', log: silentLogger(), metrics, sealIntervalMs: 50,
+  });
+  await g.verifyAtStartup();
+  const pos = new FakePosition();
+  g.startRuntime(pos);
+  assert.equal(g.holdAck(), undefined, 'no ack is held');
+  const before = counter.advances;
+  pos.lsn = 8000;
+  await new Promise((r) => setTimeout(r, 400));
+  const sealed = counter.advances - before;
+  assert.ok(sealed >= 1 && sealed <= 9, `${sealed} seals in 400 ms with W = 50 ms (position moved once)`);
+  const st = g.status() as { window: { boundMs: number; currentMs: number } };
+  assert.equal(st.window.boundMs, 50);
+  assert.ok(st.window.currentMs >= 0);
+  assert.match(metrics.render(), /cdbp_freshness_window_seconds\{bound_ms="50"\} /);
+  await g.stop();
+});
