@@ -30,7 +30,17 @@ after(async () => {
 
 interface Answer { status: number; contentType: string; body: any; text: string }
 
-function send(base: string, method: string, p: string, o: { contentType?: string; body?: Buffer | string } = {}): Promise<Answer> {
+/**
+ * A server that refuses a large body closes while the client still writes: TCP may then reset the
+ * connection before the client reads the answer (EPIPE, no response). Retried: the answer must come.
+ */
+async function send(base: string, method: string, p: string, o: { contentType?: string; body?: Buffer | string } = {}): Promise<Answer> {
+  let a = await sendOnce(base, method, p, o);
+  for (let i = 0; i < 4 && a.status === 0; i++) a = await sendOnce(base, method, p, o);
+  return a;
+}
+
+function sendOnce(base: string, method: string, p: string, o: { contentType?: string; body?: Buffer | string } = {}): Promise<Answer> {
   const url = new URL(p, base);
   const payload = o.body === undefined ? undefined : Buffer.from(o.body);
   const lib = url.protocol === 'https:' ? https : http;
