@@ -50,7 +50,8 @@ test('cdbp up --postgres: psql over verify-full TLS, data survives a restart, a 
   assert.ok(existsSync(path.join(untrusted, 'postgres', 'gocryptfs.conf')), 'encrypted directory on the volume');
   assert.equal(existsSync(path.join(untrusted, 'postgres', 'PG_VERSION')), false, 'no plaintext datadir on the volume');
   rmSync(snap, { recursive: true, force: true });
-  cpSync(untrusted, snap, { recursive: true });
+  // cp -a, as an adversary's snapshot would: owners and modes kept (the ciphertext belongs to postgres).
+  assert.equal(spawnSync('cp', ['-a', untrusted, snap]).status, 0);
 
   s = await startStack(dir, ['--postgres']);
   try {
@@ -63,7 +64,7 @@ test('cdbp up --postgres: psql over verify-full TLS, data survives a restart, a 
 
   // Roll back only PostgreSQL's part of the volume (its datadir and its sealed record).
   rmSync(path.join(untrusted, 'postgres'), { recursive: true, force: true });
-  cpSync(path.join(snap, 'postgres'), path.join(untrusted, 'postgres'), { recursive: true });
+  assert.equal(spawnSync('cp', ['-a', path.join(snap, 'postgres'), path.join(untrusted, 'postgres')]).status, 0);
   cpSync(path.join(snap, 'freshness-postgres.sealed'), path.join(untrusted, 'freshness-postgres.sealed'));
   const fail = await expectStackFailure(dir, ['--postgres']);
   assert.equal(fail.code, 1);
