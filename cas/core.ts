@@ -246,7 +246,7 @@ export class CasCore {
   /**
    * A policy may not name what another service's certificates (or the CAS's own) already name, except
    * the shared loopback names: otherwise one owner could obtain a CA-signed certificate for another
-   * service's endpoint (review finding 6, scenario B).
+   * service's endpoint (test/integration/cas-identity.test.ts).
    */
   private checkNames(signed: SignedPolicy): void {
     const mine = [...signed.policy.tls.dnsNames, ...signed.policy.tls.ipAddresses].map(normalName).filter((n) => !SHARED_LOOPBACK_NAMES.has(n));

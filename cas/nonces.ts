@@ -8,7 +8,7 @@
  * with a key drawn at process start and kept in memory. Consuming one checks the MAC (a nonce this CAS
  * did not issue, or issued for another purpose, fails), the expiry, and then a replay cache that holds
  * only nonces already consumed, each until its own expiry. So `/v1/nonce` can be called at any rate
- * without filling anything (review finding 15: 10,000 live nonces used to block attestation), and the
+ * without filling anything (a store of live nonces let 10,000 unused ones block attestation), and the
  * cache grows only with requests that reach attest/recover, each of which is also audited.
  *
  * The cache is bounded (maxConsumed): when full of unexpired entries, consuming refuses (RATE_LIMITED)

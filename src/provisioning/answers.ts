@@ -1,5 +1,5 @@
 /**
- * Signed CAS answers (review finding 6b). TLS to the CAS is authenticated by the pinned CA plus the CAS
+ * Signed CAS answers (so a man in the middle holding some CA-signed certificate cannot forge them). TLS to the CAS is authenticated by the pinned CA plus the CAS
  * role (x509.ts checkCasServerIdentity); on top of that, the CAS signs what a rollback or a secret swap
  * would have to forge (counter values and the attest result) with an Ed25519 key whose certificate
  * chains to the same pinned CA (role cas-signing). Each signature covers a nonce the client chose (or,

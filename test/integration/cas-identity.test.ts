@@ -1,5 +1,5 @@
 /**
- * Who may answer as the CAS (review finding 6). A real `cdbp cas`, and an impostor HTTPS server on the
+ * Who may answer as the CAS. A real `cdbp cas`, and an impostor HTTPS server on the
  * CAS's own host:
  *  - with a genuine service certificate from the CAS CA that names that host (any owner can get one):
  *    every client of the CAS refuses it (CAS role required), before sending a single request;

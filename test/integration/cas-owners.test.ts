@@ -1,5 +1,5 @@
 /**
- * Who may create services on a real `cdbp cas` (review finding 6c): the first policy binds its owner
+ * Who may create services on a real `cdbp cas` : the first policy binds its owner
  * (trust on first use, sealed, audited) unless `--owner` names the allowed keys; names a service's
  * certificate carries are unique across services (loopback names excepted) and never the CAS's own.
  */
