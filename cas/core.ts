@@ -10,6 +10,7 @@ import { asCdbpError, CdbpError } from '../src/kernel/errors.ts';
 import type { MetricsRegistry } from '../src/kernel/metrics.ts';
 import { LATENCY_BUCKETS } from '../src/kernel/metrics.ts';
 import type { Evidence, EvidenceVerifier, TeeMode } from '../src/attestation/types.ts';
+import { COLLATERAL_AGE_URN } from '../src/attestation/attested-tee.ts';
 import { isHex, sha512 } from '../src/crypto/hash.ts';
 import { sealToPublicKey } from '../src/crypto/box.ts';
 import { issueLeafCertificate, parseCsr } from '../src/crypto/x509.ts';
@@ -330,7 +331,9 @@ export class CasCore {
         dnsNames: policy.tls.dnsNames,
         ipAddresses: policy.tls.ipAddresses,
         uris: [`urn:cdbp:service:${req.service}`, `urn:cdbp:tee:${ev.mode}`, `urn:cdbp:measurement:${measurement}`,
-          ...(tee ? [`urn:cdbp:tcb:${tee.tcb}`] : [])],
+          ...(tee ? [`urn:cdbp:tcb:${tee.tcb}`] : []),
+          // The proxy shows this in /v1/status (src/attestation/attested-tee.ts): collateral age at issue.
+          ...(tee?.collateralAgeSeconds !== undefined ? [`${COLLATERAL_AGE_URN}${Math.max(0, Math.round(tee.collateralAgeSeconds))}`] : [])],
         notAfter,
       });
       const secrets: SealedSecrets = {

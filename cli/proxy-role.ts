@@ -25,6 +25,7 @@ import { mariadbPluginDir } from '../src/kernel/binaries.ts';
 import type { Provision, CounterClient } from '../src/provisioning/types.ts';
 import type { AttestationProvider } from '../src/attestation/types.ts';
 import { attestAndProvision } from '../src/cas-client/index.ts';
+import { attestedTeeOf, type AttestedTee } from '../src/attestation/attested-tee.ts';
 import { onCasIdentityAlarm } from '../src/cas-client/http.ts';
 import { CasTrustPin } from '../src/cas-client/trust-pin.ts';
 import { checkProxyConfig } from './proxy-config-check.ts';
@@ -106,6 +107,11 @@ export class ProxyRole {
     metrics.gauge('cdbp_cert_renewal_failures', 'Consecutive failed renewal attempts', (g) => g.set(this.renewal.status().consecutiveFailures));
     metrics.gauge('cdbp_cas_identity_alarms_total', 'Times a server at the CAS URL failed the pinned CAS CA (an impostor)', (g) => g.set(this.casPin?.impostorAlarms ?? 0));
     metrics.gauge('cdbp_cas_ca_file_changed', '1 when the CAS CA file on disk differs from the CA pinned at start (ignored, alarmed)', (g) => g.set(this.casPin?.fileChanged ? 1 : 0));
+    metrics.gauge('cdbp_tee_info', 'TEE and TCB the CAS attested (from its certificate); simulated is not a TEE', (g) => {
+      const a = this.attestedTee();
+      g.clear();
+      g.set(1, { tee: a.tee, tcb_status: a.tcbStatus });
+    });
     metrics.gauge('cdbp_draining', '1 while draining for shutdown', (g) => g.set(this.draining ? 1 : 0));
     metrics.gauge('cdbp_info', 'Build and role of this process', (g) => g.set(1, { role: 'proxy', version: VERSION }));
     this.lifecycle.on('change', (state) => deps.log.info({ state }, `lifecycle: ${state}`));
@@ -167,6 +173,8 @@ export class ProxyRole {
     this.provision = provision;
     this.identity = new TlsIdentityHolder({ keyPem: provision.identity.keyPem, certPem: provision.identity.certPem });
     this.counter.set(provision.counter);
+    const attested = this.attestedTee();
+    log.info(attested, `attested as ${attested.tee}, TCB ${attested.tcbStatus}`);
     this.lifecycle.advance('provisioned');
     this.renewal.scheduleFor(provision.identity.notAfter);
 
@@ -441,6 +449,11 @@ export class ProxyRole {
     return { ready: reasons.length === 0, reasons };
   }
 
+  /** What the CAS attested (TEE, TCB, collateral age), read from the certificate it issued. */
+  private attestedTee(): AttestedTee {
+    return attestedTeeOf(this.provision?.identity.certPem, this.deps.provider.mode);
+  }
+
   /** Public facts only (see docs/OPERATIONS.md): never keys, tokens, passwords or SQL. */
   private status(): Record<string, unknown> {
     const p = this.provision;
@@ -448,6 +461,7 @@ export class ProxyRole {
       mode: this.deps.provider.mode,
       ...(this.deps.provider.mode === 'simulated' ? { warning: 'SIMULATED TEE: not protected by hardware' } : {}),
       measurement: this.deps.provider.measurement(),
+      attestation: this.attestedTee(),
       service: this.deps.config.service,
       certificate: p ? { ...certificateFacts(p.identity.certPem), subject: p.identity.subject,
         notAfter: p.identity.notAfter.toISOString(),

@@ -6,7 +6,7 @@
 import type { X509Certificate } from 'node:crypto';
 import type { LoadedEvidence } from './evidence-file.ts';
 import { verifySnpReport, type SnpVerdict } from './snp/verify.ts';
-import { parseAzureVtpmEvidence, verifyAzureSnpVtpm } from './azure/vtpm.ts';
+import { azureVtpmNonce, parseAzureVtpmEvidence, verifyAzureSnpVtpm } from './azure/vtpm.ts';
 import { verifyTdxQuote, type TdxCollateral, type TdxVerdict } from './tdx/verify.ts';
 import type { TeeAppraisalPolicy } from './tee-policy.ts';
 
@@ -45,7 +45,7 @@ export function verifyTeeEvidence(i: VerifyEvidenceInput): TeeVerdict {
   }
   if (i.evidence.format === 'azure-snp-vtpm') {
     const a = verifyAzureSnpVtpm({ evidence: parseAzureVtpmEvidence(i.evidence.bytes), certs: i.certs ?? [], now: i.now,
-      ...(i.policy?.snp ? { policy: i.policy.snp } : {}), ...(i.expectedReportData ? { expectedNonce: i.expectedReportData } : {}) });
+      ...(i.policy?.snp ? { policy: i.policy.snp } : {}), ...(i.expectedReportData ? { expectedNonce: azureVtpmNonce(i.expectedReportData) } : {}) });
     const v = a.snp;
     return {
       tee: 'sev-snp', format: `Azure SNP vTPM: SEV-SNP report v${v.reportVersion} → HCL runtime data → vTPM AK → TPM2 quote (nonce ${a.nonce})`,

@@ -47,6 +47,10 @@ export class Gauge extends Metric {
   set(value: number, labels?: Labels): void {
     this.values.set(labelKey(labels), value);
   }
+  /** Drops every label set (an info gauge whose labels changed, e.g. a new TCB after renewal). */
+  clear(): void {
+    this.values.clear();
+  }
   inc(labels?: Labels, by = 1): void {
     const k = labelKey(labels);
     this.values.set(k, (this.values.get(k) ?? 0) + by);

@@ -18,7 +18,8 @@ import { attestAndProvision } from '../../src/cas-client/index.ts';
 import { buildPolicy, signPolicy } from '../../src/provisioning/policy.ts';
 import { measureShippedCode } from '../../src/attestation/measurement.ts';
 import type { AttestationProvider } from '../../src/attestation/types.ts';
-import { flip, snpVector } from '../support/tee-vectors.ts';
+import { fixture, flip, snpVector } from '../support/tee-vectors.ts';
+import { loadCertificates } from '../../src/attestation/evidence-file.ts';
 
 interface Reply { status: number; body: { error?: { code: string; message: string } } & Record<string, unknown> }
 
@@ -131,6 +132,17 @@ test('refusals: bad evidence, nonces, policies, input, counter access', async (t
     const broken = { ...(await attestBody(cas, 'snp-svc', realSnp(v))) };
     broken.evidence = { ...broken.evidence, report: flip(v.evidence.bytes, 0x95).toString('base64') };
     await refused(post(cas, '/v1/attest', broken), 401, 'TEE_SIGNATURE_INVALID');
+    // Azure vTPM evidence (SNP report in the HCL report → AK → TPM2 quote) through the same verifier:
+    // chain, signatures and the policy's measurement pass, and the quote's nonce is not this request's binding.
+    const azure = readFileSync(fixture('snp', 'genoa-azure', 'evidence.json'));
+    const azureM = 'f57dc09a507c6ecd82369bffb600f0003792f4d99bc26e985ec0c266fc34faf3706faf814c9e61065768a6ff917c89ae';
+    const azureProvider: AttestationProvider = {
+      mode: 'sev-snp', measurement: () => azureM,
+      collect: async (rd) => ({ mode: 'sev-snp', measurement: azureM, reportData: rd.toString('hex'), report: azure.toString('base64'),
+        certs: loadCertificates(fixture('snp', 'genoa-azure', 'ask-ark.pem')).map((c) => c.raw.toString('base64')) }),
+    };
+    await applyTestPolicy(cas, { service: 'azure-svc', teeModes: ['sev-snp'], measurements: [], tee: { snp: { measurements: [azureM] } } });
+    await refused(post(cas, '/v1/attest', await attestBody(cas, 'azure-svc', azureProvider)), 401, 'TEE_REPORT_DATA_MISMATCH');
     // A policy for simulated only refuses the same real evidence by mode.
     await refused(post(cas, '/v1/attest', await attestBody(cas, 'svc', realSnp(v))), 401, 'ATTESTATION_REFUSED');
   });

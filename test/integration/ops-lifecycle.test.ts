@@ -15,6 +15,7 @@ import path from 'node:path';
 import { tempDir } from '../support/tmp.ts';
 import { startTestCas, runCdbp, type TestCas } from '../support/cas.ts';
 import { applyProxyPolicy, startProxyProcess, type TestProxy } from '../support/proxy-process.ts';
+import { parsePrometheus } from '../support/prometheus.ts';
 
 const tmp = tempDir('ops-lifecycle');
 let cas: TestCas;
@@ -64,6 +65,10 @@ test('start-up: readiness goes 503 → 200 and stays; startupz and `cdbp status`
   const status = (await p.get('/v1/status')).body;
   assert.deepEqual(status.lifecycle.history.map((h: { state: string }) => h.state),
     ['starting', 'attesting', 'provisioned', 'verifying', 'starting_backend', 'ready']);
+  // What the CAS attested, everywhere the mode shows (status, metrics, start-up log): simulated says so.
+  assert.deepEqual(status.attestation, { tee: 'simulated', tcbStatus: 'simulated', simulated: true });
+  assert.equal(parsePrometheus((await p.get('/metrics')).text).value('cdbp_tee_info', { tee: 'simulated', tcb_status: 'simulated' }), 1);
+  assert.match(p.output(), /attested as simulated, TCB simulated/);
 
   const cli = await runCdbp(['status', '--url', p.opsUrl]);
   assert.equal(cli.code, 0, cli.output);

@@ -1,11 +1,12 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { copyFileSync, mkdirSync } from 'node:fs';
+import { copyFileSync, mkdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { TeeEvidenceVerifier } from '../../src/attestation/tee-verifier.ts';
 import { selectVerifiers } from '../../src/attestation/select.ts';
 import { buildPolicy, validatePolicy } from '../../src/provisioning/policy.ts';
 import { parseTdxQuote } from '../../src/attestation/tdx/quote.ts';
+import { loadCertificates } from '../../src/attestation/evidence-file.ts';
 import { isCdbpError } from '../../src/kernel/errors.ts';
 import type { Evidence } from '../../src/attestation/types.ts';
 import { fixture, SPR_V4_AT, snpVector, tdxQuote } from '../support/tee-vectors.ts';
@@ -110,4 +111,33 @@ test('bench scenario attest (smoke): one row per format, each a complete verific
   assert.equal(r.summary.length, 5);
   for (const row of r.summary) assert.ok(row.verifications > 0 && row.perSecond > 0, row.format);
   assert.match(renderAttest(r).join('\n'), /TDX quote v4/);
+});
+
+test('CAS verifier, Azure SEV-SNP vTPM: the same verifier as `cdbp verify`; the quote nonce carries the first 48 bytes of the binding', async () => {
+  const raw = readFileSync(fixture('snp', 'genoa-azure', 'evidence.json'));
+  const nonce = Buffer.from('0218488bae25d2509232bf676f1a66a30d7372add909109b36016ef136f2938ca05475f8b46094de6b64270ea35d950f', 'hex');
+  const m = 'f57dc09a507c6ecd82369bffb600f0003792f4d99bc26e985ec0c266fc34faf3706faf814c9e61065768a6ff917c89ae';
+  const certs = loadCertificates(fixture('snp', 'genoa-azure', 'ask-ark.pem')).map((c) => c.raw.toString('base64'));
+  // The CAS's 64-byte report data whose first 48 bytes are the nonce this quote carries.
+  const rd = Buffer.concat([nonce, Buffer.alloc(16, 7)]);
+  const ev: Evidence = { mode: 'sev-snp', measurement: m, reportData: rd.toString('hex'), report: raw.toString('base64'), certs };
+  const v = new TeeEvidenceVerifier('sev-snp', undefined, () => new Date('2026-01-01T00:00:00Z'));
+  const ok = await v.verify(ev, rd, { snp: { measurements: [m] } });
+  assert.equal(ok.measurement, m);
+  assert.match(ok.tee.signer, /HCLAkPub/);
+  assert.equal(ok.tee.tcb, 'snp-0a00000000001754');
+  // Other keys or another CAS nonce give another binding: refused at the quote's nonce.
+  const other = Buffer.alloc(64, 1);
+  await assert.rejects(v.verify({ ...ev, reportData: other.toString('hex') }, other, { snp: { measurements: [m] } }),
+    (e: unknown) => isCdbpError(e, 'TEE_REPORT_DATA_MISMATCH'));
+  const tail = Buffer.concat([nonce.subarray(0, 47), Buffer.from([nonce[47]! ^ 1]), Buffer.alloc(16, 7)]);
+  await assert.rejects(v.verify({ ...ev, reportData: tail.toString('hex') }, tail, { snp: { measurements: [m] } }),
+    (e: unknown) => isCdbpError(e, 'TEE_REPORT_DATA_MISMATCH'));
+  await assert.rejects(v.verify(ev, rd, { snp: { measurements: ['ab'.repeat(48)] } }), (e: unknown) => isCdbpError(e, 'MEASUREMENT_MISMATCH'));
+  await assert.rejects(v.verify(ev, rd, {}), (e: unknown) => isCdbpError(e, 'ATTESTATION_REFUSED'));
+  // Without the AMD chain (neither in the envelope nor in the collateral directory) nothing verifies.
+  const { certs: _drop, ...bare } = ev;
+  await assert.rejects(v.verify(bare, rd, { snp: { measurements: [m] } }), (e: unknown) => isCdbpError(e, 'TEE_COLLATERAL_MISSING'));
+  // Azure vTPM evidence is sev-snp evidence: a TDX verifier refuses it by format.
+  await assert.rejects(new TeeEvidenceVerifier('tdx').verify({ ...ev, mode: 'tdx' }, rd, { tdx: { mrtd: [m] } }), (e: unknown) => isCdbpError(e, 'EVIDENCE_INVALID'));
 });

@@ -136,3 +136,14 @@ export function verifyAzureSnpVtpm(i: { evidence: AzureVtpmEvidence; certs?: X50
   }
   return { snp, nonce: q.nonce.toString('hex'), pcrs };
 }
+
+/**
+ * The TPM2 quote nonce that binds a report data. A TPM's qualifying data (TPM2B_DATA) holds at most one
+ * digest of the largest hash it implements: 48 bytes on a SHA-384 vTPM such as Azure's, so the CAS's
+ * 64-byte binding (a SHA-512 output, docs/ATTESTATION.md "Report data") goes in as its first 48 bytes,
+ * still 384 bits of the hash. Shorter report data (`cdbp verify --report-data`) is compared as given.
+ */
+export const AZURE_VTPM_NONCE_BYTES = 48;
+export function azureVtpmNonce(reportData: Buffer): Buffer {
+  return reportData.length > AZURE_VTPM_NONCE_BYTES ? reportData.subarray(0, AZURE_VTPM_NONCE_BYTES) : reportData;
+}
