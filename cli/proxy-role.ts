@@ -136,7 +136,9 @@ export class ProxyRole {
       // A new token every start, only in memory and in a 0600 file for `cdbp admin` (never logged).
       const token = newAdminToken();
       const tokenFile = adminTokenFile(config);
-      mkdirSync(path.dirname(tokenFile), { recursive: true, mode: 0o700 });
+      // 0711, not 0700: the runtime directory is also the way to the databases' own run directories, and they
+      // run as unprivileged OS users; the token file itself is 0600.
+      mkdirSync(path.dirname(tokenFile), { recursive: true, mode: 0o711 });
       await writeFileDurable(tokenFile, `${token}\n`, 0o600);
       this.addresses.adminTokenFile = tokenFile;
       this.admin = buildAdminServer({
@@ -179,7 +181,8 @@ export class ProxyRole {
     this.renewal.scheduleFor(provision.identity.notAfter);
 
     this.lifecycle.advance('verifying');
-    mkdirSync(config.untrustedDir, { recursive: true, mode: 0o700 });
+    // Traversable (not listable): the databases run as unprivileged OS users and their data lives below it.
+    mkdirSync(config.untrustedDir, { recursive: true, mode: 0o711 });
     this.guard = new FreshnessGuard({
       store: new RecordStore(path.join(config.untrustedDir, `freshness-${config.service}.sealed`)),
       key: provision.secrets.freshnessKey,
