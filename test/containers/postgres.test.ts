@@ -186,7 +186,8 @@ describe('compose profile postgres (docker-compose v1, private Docker engine)', 
 
     // A legitimate restore: the owner re-anchors the CAS counter to the restored record (the README's
     // command), restarts postgres, and the restored data is served again.
-    await stack.composeOk(['run', '--rm', '--no-deps', '-v', `${stack.volume('pg-untrusted')}:/srv/untrusted:ro`, 'policy-pg',
+    // root: the postgres container runs as root (FUSE), so the record it leaves is root's 0600 file.
+    await stack.composeOk(['run', '--rm', '--no-deps', '-u', 'root', '-v', `${stack.volume('pg-untrusted')}:/srv/untrusted:ro`, 'policy-pg',
       'node', '/app/bin/cdbp.js', 'recover', '--cas', 'https://cas:8700', '--ca', '/srv/cas-public/ca.pem',
       '--owner-key', '/keys/owner/owner.key', '--service', 'postgres', '--record', '/srv/untrusted/freshness/freshness-postgres.sealed'],
     { timeoutMs: 120_000 });

@@ -183,9 +183,8 @@ describe('compose stack (docker-compose v1, private Docker engine)', { timeout: 
     const ready = await fetchJson(`${url}/readyz`);
     assert.equal(ready?.status, 503);
     assert.ok((ready!.body.reasons as string[]).some((r) => /rollback/i.test(r)), JSON.stringify(ready!.body));
-    // No keys were released: MariaDB is still waiting for the keyring, and nothing answers SQL.
-    const logs = await stack.composeOk(['logs', '--no-color', '--tail', '20', 'mariadb']);
-    assert.ok(!/ready for connections/.test(logs.split('waiting for the proxy').at(-1) ?? ''), 'mariadbd started on a rolled-back volume');
+    // Nothing answers SQL. (The offline redo checkpoint of this copy equals the sealed one, so the rollback
+    // is caught by the online position check, after mariadbd got its keys: docs/FRESHNESS.md.)
     const sql = await client('SELECT 1');
     assert.notEqual(sql.code, 0);
     const proxyHealth = (await runOk('docker', ['inspect', '-f', '{{.State.Health.Status}}', `${project}_proxy_1`])).trim();
