@@ -31,6 +31,7 @@ const env: Record<string, string> = {
 };
 const stack = new ComposeProject(project, env, ['postgres']);
 const snapshotVolume = `${project}_pgsnapshot`;
+const recordVolume = `${project}_pgrecord`;
 const appPassword = randomBytes(18).toString('base64url');
 const marker = `cdbp-pg-${randomBytes(8).toString('hex')}`;
 const work = mkdtempSync(path.join(os.tmpdir(), 'cdbp-containers-pg-'));
@@ -80,7 +81,7 @@ describe('compose profile postgres (docker-compose v1, private Docker engine)', 
 
   after(async () => {
     // Safety net for a failed run; the last test asserts the normal teardown leaves nothing.
-    await stack.forceRemove([snapshotVolume]).catch(() => undefined);
+    await stack.forceRemove([snapshotVolume, recordVolume]).catch(() => undefined);
     rmSync(work, { recursive: true, force: true });
   });
 
@@ -186,8 +187,12 @@ describe('compose profile postgres (docker-compose v1, private Docker engine)', 
 
     // A legitimate restore: the owner re-anchors the CAS counter to the restored record (the README's
     // command), restarts postgres, and the restored data is served again.
-    // root: the postgres container runs as root (FUSE), so the record it leaves is root's 0600 file.
-    await stack.composeOk(['run', '--rm', '--no-deps', '-u', 'root', '-v', `${stack.volume('pg-untrusted')}:/srv/untrusted:ro`, 'policy-pg',
+    // The postgres container runs as root (FUSE), so the record it leaves is root's, behind 0700: the owner
+    // copies it out first (it is sealed and not secret), as compose/README.md says, then recovers from the copy.
+    const copied = await withVolumes([[stack.volume('pg-untrusted'), '/v', 'ro'], [recordVolume, '/out']],
+      'cp /v/freshness/freshness-postgres.sealed /out/ && chmod 0755 /out && chmod 0644 /out/freshness-postgres.sealed');
+    assert.equal(copied.code, 0, copied.stderr);
+    await stack.composeOk(['run', '--rm', '--no-deps', '-v', `${recordVolume}:/srv/untrusted/freshness:ro`, 'policy-pg',
       'node', '/app/bin/cdbp.js', 'recover', '--cas', 'https://cas:8700', '--ca', '/srv/cas-public/ca.pem',
       '--owner-key', '/keys/owner/owner.key', '--service', 'postgres', '--record', '/srv/untrusted/freshness/freshness-postgres.sealed'],
     { timeoutMs: 120_000 });
@@ -202,7 +207,7 @@ describe('compose profile postgres (docker-compose v1, private Docker engine)', 
     assert.ok(environment, 'stack was not started');
     await environment.down({ removeVolumes: true, timeout: 30_000 });
     environment = undefined;
-    await runOk('docker', ['volume', 'rm', snapshotVolume]);
-    assert.deepEqual(await stack.leftovers([snapshotVolume]), []);
+    await runOk('docker', ['volume', 'rm', snapshotVolume, recordVolume]);
+    assert.deepEqual(await stack.leftovers([snapshotVolume, recordVolume]), []);
   });
 });
