@@ -17,7 +17,7 @@ import { makeTestPki, type TestPki } from '../support/test-pki.ts';
 import { silentLogger } from '../../src/kernel/log.ts';
 import { MariadbAccountTls, requirementsByUser } from '../../proxy/mysql/account-tls.ts';
 import type { MysqlProxy, MysqlProxyOptions } from '../../proxy/mysql/index.ts';
-import { listenMysqlProxy } from '../support/mysql-proxy.ts';
+import { withMysqlProxy } from '../support/mysql-proxy.ts';
 
 type Plane = 'native' | 'node';
 const PLANES: readonly Plane[] = ['native', 'node'];
@@ -41,13 +41,8 @@ after(async () => {
   await db?.stop();
 });
 
-async function withProxy<T>(extra: Partial<MysqlProxyOptions>, fn: (p: MysqlProxy, port: number) => Promise<T>): Promise<T> {
-  const { proxy, port } = await listenMysqlProxy(db.server.socket, pki, extra);
-  try {
-    return await fn(proxy, port);
-  } finally {
-    await proxy.close();
-  }
+function withProxy<T>(extra: Partial<MysqlProxyOptions>, fn: (p: MysqlProxy, port: number) => Promise<T>): Promise<T> {
+  return withMysqlProxy(db.server.socket, pki, extra, fn);
 }
 
 async function rules(): Promise<MariadbAccountTls> {

@@ -19,7 +19,7 @@ import { createLogger } from '../../src/kernel/log.ts';
 import type { MysqlProxy, MysqlProxyOptions } from '../../proxy/mysql/index.ts';
 import { decodeErr, encodePacket } from '../../proxy/mysql/codec.ts';
 import { RawClient, handshakeResponse, rawTls, scrambleOf, sslRequest, until } from '../support/mysql-raw.ts';
-import { listenMysqlProxy } from '../support/mysql-proxy.ts';
+import { withMysqlProxy } from '../support/mysql-proxy.ts';
 
 type Plane = 'native' | 'node';
 const PLANES: readonly Plane[] = ['native', 'node'];
@@ -36,13 +36,8 @@ after(async () => {
   await db?.stop();
 });
 
-async function withProxy<T>(extra: Partial<MysqlProxyOptions>, fn: (p: MysqlProxy, port: number) => Promise<T>): Promise<T> {
-  const { proxy, port } = await listenMysqlProxy(db.server.socket, pki, extra);
-  try {
-    return await fn(proxy, port);
-  } finally {
-    await proxy.close();
-  }
+function withProxy<T>(extra: Partial<MysqlProxyOptions>, fn: (p: MysqlProxy, port: number) => Promise<T>): Promise<T> {
+  return withMysqlProxy(db.server.socket, pki, extra, fn);
 }
 
 async function threadsConnected(): Promise<number> {

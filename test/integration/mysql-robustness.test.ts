@@ -24,7 +24,7 @@ import { createMysqlProxy, type MysqlProxy, type MysqlProxyOptions } from '../..
 import { Cap } from '../../proxy/mysql/constants.ts';
 import { decodeErr, decodeInitialHandshake, encodePacket } from '../../proxy/mysql/codec.ts';
 import { CLIENT_CAPS, RawClient, comQuery, handshakeResponse, rawTls, scrambleOf, sslRequest, until } from '../support/mysql-raw.ts';
-import { listenMysqlProxy } from '../support/mysql-proxy.ts';
+import { withMysqlProxy } from '../support/mysql-proxy.ts';
 
 type Plane = 'native' | 'node';
 const PLANES: readonly Plane[] = ['native', 'node'];
@@ -43,13 +43,8 @@ after(async () => {
   dir.remove();
 });
 
-async function withProxy<T>(extra: Partial<MysqlProxyOptions>, fn: (p: MysqlProxy, port: number) => Promise<T>): Promise<T> {
-  const { proxy, port } = await listenMysqlProxy(db.server.socket, pki, extra);
-  try {
-    return await fn(proxy, port);
-  } finally {
-    await proxy.close();
-  }
+function withProxy<T>(extra: Partial<MysqlProxyOptions>, fn: (p: MysqlProxy, port: number) => Promise<T>): Promise<T> {
+  return withMysqlProxy(db.server.socket, pki, extra, fn);
 }
 
 function connect2(port: number, opts: Partial<mysql2.ConnectionOptions> = {}) {

@@ -21,3 +21,16 @@ export async function listenMysqlProxy(
   const addr = await proxy.listen();
   return { proxy, port: 'port' in addr ? addr.port : 0 };
 }
+
+/** Runs `fn` against a fresh endpoint (see listenMysqlProxy) and closes it afterwards, also on failure. */
+export async function withMysqlProxy<T>(
+  backendSocket: string, identity: { keyPem: string; certPem: string }, extra: Partial<MysqlProxyOptions>,
+  fn: (proxy: MysqlProxy, port: number) => Promise<T>,
+): Promise<T> {
+  const { proxy, port } = await listenMysqlProxy(backendSocket, identity, extra);
+  try {
+    return await fn(proxy, port);
+  } finally {
+    await proxy.close();
+  }
+}
