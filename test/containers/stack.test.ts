@@ -13,7 +13,7 @@ import { mkdtempSync, writeFileSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import {
-  ComposeProject, COMPOSE_DIR, buildImages, run, runOk, withVolumes, fetchJson, waitFor, restoreVolume, waitForStartDecision,
+  ComposeProject, COMPOSE_DIR, buildImages, run, runOk, withVolumes, fetchJson, waitFor, restoreVolume, waitForStartDecision, explainStartFailure,
 } from './support.ts';
 import { DockerComposeEnvironment, Wait, type StartedDockerComposeEnvironment } from 'testcontainers';
 
@@ -68,7 +68,7 @@ describe('compose stack (docker-compose v1, private Docker engine)', { timeout: 
     await runOk('docker', ['info'], { timeoutMs: 30_000 });
     // The documented build step (base images: public when reachable, else the local debootstrap base).
     await buildImages();
-    environment = await new DockerComposeEnvironment(COMPOSE_DIR, 'docker-compose.yml')
+    environment = await explainStartFailure(stack, () => new DockerComposeEnvironment(COMPOSE_DIR, 'docker-compose.yml')
       .withClientOptions({ executable: { standalone: true } })
       .withProjectName(project)
       .withEnvironment(env)
@@ -76,7 +76,7 @@ describe('compose stack (docker-compose v1, private Docker engine)', { timeout: 
       .withWaitStrategy(`${project}_mariadb_1`, Wait.forHealthCheck())
       .withWaitStrategy(`${project}_proxy_1`, Wait.forHealthCheck())
       .withStartupTimeout(240_000)
-      .up();
+      .up());
   });
 
   after(async () => {

@@ -183,3 +183,19 @@ export async function waitFor<T>(what: string, probe: () => Promise<T | undefine
     await new Promise((r) => setTimeout(r, 500));
   }
 }
+
+/**
+ * Runs a compose start-up; when it fails, prints the project's recent container logs first, so a CI
+ * failure says why a service never became healthy instead of only that it did not.
+ */
+export async function explainStartFailure<T>(stack: ComposeProject, start: () => Promise<T>): Promise<T> {
+  try {
+    return await start();
+  } catch (e) {
+    const logs = await stack.compose(['logs', '--no-color', '--tail', '60']).catch(() => undefined);
+    const ps = await stack.compose(['ps']).catch(() => undefined);
+    process.stderr.write(`--- ${stack.name}: start-up failed; docker-compose ps:\n${ps?.stdout ?? '(unavailable)'}\n`);
+    process.stderr.write(`--- ${stack.name}: last container log lines:\n${logs?.stdout ?? '(unavailable)'}${logs?.stderr ?? ''}\n`);
+    throw e;
+  }
+}
