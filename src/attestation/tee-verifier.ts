@@ -25,7 +25,8 @@ import { verifyTeeEvidence } from './verify-evidence.ts';
 export class TeeEvidenceVerifier implements EvidenceVerifier {
   constructor(readonly mode: 'sev-snp' | 'tdx', private readonly collateralDir?: string, private readonly clock: () => Date = () => new Date()) {}
 
-  async verify(evidence: Evidence, expectedReportData: Buffer, appraisal?: TeeAppraisalPolicy): Promise<{ measurement: string; tee: TeeFacts }> {
+  async verify(evidence: Evidence, expectedReportData: Buffer, appraisal?: TeeAppraisalPolicy, context?: { policyHash?: string }):
+    Promise<{ measurement: string; tee: TeeFacts }> {
     if (evidence.mode !== this.mode) throw new CdbpError('EVIDENCE_INVALID', `evidence is for ${String(evidence.mode)}, this verifier for ${this.mode}`);
     if (typeof evidence.report !== 'string' || evidence.report.length > 128 * 1024) throw new CdbpError('TEE_EVIDENCE_MALFORMED', 'report missing or too large');
     // Without a pinned measurement any VM image would pass: the policy must name one (validatePolicy
@@ -44,6 +45,7 @@ export class TeeEvidenceVerifier implements EvidenceVerifier {
     if (dir && !isTdx && existsSync(path.join(dir, 'snp'))) certs.push(...loadCertificates(path.join(dir, 'snp')));
     const verdict = verifyTeeEvidence({
       evidence: loaded, certs, now: this.clock(), ...(appraisal ? { policy: appraisal } : {}), expectedReportData,
+      ...(context?.policyHash ? { policyHash: context.policyHash } : {}),
       ...(isTdx ? { tdxCollateral: this.tdxCollateral(loaded.bytes) } : {}),
     });
     // The envelope's unsigned copies must agree with what was verified.

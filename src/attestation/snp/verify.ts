@@ -11,6 +11,7 @@
  *   5. the leaf's TCB extensions = reported_tcb; VCEK hwID = chip_id            TEE_TCB_MISMATCH
  *   6. policy: debug, migration agent, VMPL, signer, minimum TCB                TEE_DEBUG_REFUSED / TEE_POLICY_REFUSED / TEE_TCB_STATUS_REFUSED
  *   7. measurement, HOST_DATA, ID key digest against the policy                 MEASUREMENT_MISMATCH / TEE_POLICY_REFUSED
+ *      HOST_DATA = the signed policy's hash when the policy requires it       TEE_POLICY_BINDING_MISMATCH
  *   8. report data = the expected binding (nonce and keys)                      TEE_REPORT_DATA_MISMATCH
  */
 import type { X509Certificate } from 'node:crypto';
@@ -21,6 +22,7 @@ import { readDer } from '../../crypto/der.ts';
 import { cn, verifyChainToPinnedRoot } from '../chain.ts';
 import { snpSignaturePaddingIsZero, snpSignatureToP1363, verifyP1363 } from '../ecdsa.ts';
 import { allowedBy, type SnpAppraisalPolicy } from '../tee-policy.ts';
+import { checkLaunchBinding } from '../policy-binding.ts';
 import { decodeSnpTcb, parseSnpReport, productFromCpuid, SNP_POLICY, SNP_SIG_ALGO_ECDSA_P384_SHA384,
   type SnpProduct, type SnpReport, type SnpTcb } from './report.ts';
 import { pinnedArks } from './roots.ts';
@@ -46,6 +48,8 @@ export interface SnpVerifyInput {
   policy?: SnpAppraisalPolicy;
   /** 64 bytes the report data must equal (the nonce/key binding); omitted only by `cdbp verify` on a bare file. */
   expectedReportData?: Buffer;
+  /** Hex SHA-256 of the signed policy being applied: HOST_DATA must carry it if the policy says `bindPolicyHash`. */
+  policyHash?: string;
   /** The trust anchors per product; default the pinned ARKs. Only tests pass others. */
   arks?: Map<SnpProduct, X509Certificate>;
 }
@@ -134,6 +138,7 @@ export function verifySnpReport(input: SnpVerifyInput): SnpVerdict {
   }
   const hostData = report.hostData.toString('hex');
   if (!allowedBy(policy.hostData, hostData)) fail('TEE_POLICY_REFUSED', `HOST_DATA ${hostData} is not one the policy allows`);
+  if (policy.bindPolicyHash === true) checkLaunchBinding('HOST_DATA', report.hostData, input.policyHash);
   const idKeyDigest = report.idKeyDigest.toString('hex');
   if (!allowedBy(policy.idKeyDigests, idKeyDigest)) fail('TEE_POLICY_REFUSED', `ID key digest ${idKeyDigest} is not one the policy allows`);
   if (input.expectedReportData && !constantTimeEqual(report.reportData, input.expectedReportData)) {
