@@ -129,7 +129,8 @@ export function verifySnpReport(input: SnpVerifyInput): SnpVerdict {
   for (const [k, min] of Object.entries(policy.minTcb ?? {})) {
     const have = reportedTcb[k as keyof SnpMinTcbKeys];
     if (have === undefined || have < (min as number)) {
-      fail('TEE_TCB_STATUS_REFUSED', `reported TCB ${k} ${have ?? 'absent'} is below the policy's minimum ${min as number}`, { component: k, have, min });
+      fail('TEE_TCB_STATUS_REFUSED', `reported TCB ${k} ${have ?? 'absent'} is below the policy's minimum ${min as number} (reported TCB ${reportedTcb.raw}: ${describeTcb(reportedTcb)})`,
+        { component: k, have, min, reportedTcb: reportedTcb.raw });
     }
   }
   const measurement = report.measurement.toString('hex');
@@ -152,6 +153,9 @@ export function verifySnpReport(input: SnpVerifyInput): SnpVerdict {
     chipId: report.chipId.toString('hex'), signerNotAfter: new Date(leaf.validTo).toISOString(),
   };
 }
+
+const describeTcb = (t: SnpTcb): string =>
+  `bootloader ${t.bootloader}, tee ${t.tee}, snp ${t.snp}, microcode ${t.microcode}${t.fmc !== undefined ? `, fmc ${t.fmc}` : ''}`;
 
 type SnpMinTcbKeys = { bootloader: number; tee: number; snp: number; microcode: number; fmc: number };
 
