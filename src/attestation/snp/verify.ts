@@ -84,8 +84,13 @@ export function verifySnpReport(input: SnpVerifyInput): SnpVerdict {
     : fail('TEE_EVIDENCE_MALFORMED', `SEV-SNP report names signing key ${report.signingKey} (neither VCEK nor VLEK): it is unsigned`);
 
   // 2-3: the chain. The leaf is picked by the key the report names; its issuer decides the product.
-  const leaf = input.certs.find((c) => cn(c) === `SEV-${signer}`)
-    ?? fail('TEE_COLLATERAL_MISSING', `the report is signed by a ${signer}, and no ${signer} certificate was supplied (--certs, the evidence's certificate table, or the collateral directory)`);
+  const candidates = input.certs.filter((c) => cn(c) === `SEV-${signer}`);
+  if (candidates.length === 0) {
+    fail('TEE_COLLATERAL_MISSING', `the report is signed by a ${signer}, and no ${signer} certificate was supplied (--certs, the evidence's certificate table, or the collateral directory)`);
+  }
+  // Several (a directory of VCEKs for many chips and TCBs): the one for this chip and TCB; if none is,
+  // the first, so the refusal names the mismatch.
+  const leaf = candidates.find((c) => leafFits(c, signer, report)) ?? candidates[0]!;
   const issuerCn = /(?:^|\n)CN=([^\n]*)/.exec(leaf.issuer)?.[1] ?? '';
   const product = (/^SEV-(?:VLEK-)?(Milan|Genoa|Turin)$/.exec(issuerCn)?.[1] as SnpProduct | undefined)
     ?? fail('TEE_CERT_CHAIN_INVALID', `the ${signer} is issued by "${issuerCn}", not by an AMD ${signer === 'VCEK' ? 'ASK' : 'ASVK'}`);
@@ -152,6 +157,18 @@ export function verifySnpReport(input: SnpVerifyInput): SnpVerdict {
     vmpl: report.vmpl, guestPolicy: '0x' + report.policy.toString(16), debug, migrationAgent, reportedTcb,
     chipId: report.chipId.toString('hex'), signerNotAfter: new Date(leaf.validTo).toISOString(),
   };
+}
+
+/** Whether `c` certifies this report's chip and reported TCB (no signature checked: the chain is next). */
+function leafFits(c: X509Certificate, signer: SnpSigner, report: SnpReport): boolean {
+  const product = /(?:^|\n)CN=SEV-(?:VLEK-)?(Milan|Genoa|Turin)(?:\n|$)/.exec(c.issuer)?.[1] as SnpProduct | undefined;
+  if (!product) return false;
+  try {
+    checkLeafMatchesReport(c, signer, product, report, decodeSnpTcb(report.reportedTcbRaw, product));
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 const describeTcb = (t: SnpTcb): string =>
