@@ -33,6 +33,8 @@ export interface EvidenceCheckResult {
   verified: boolean;
   at: string;
   policy: 'production default' | string;
+  /** The policy hash HOST_DATA / MRCONFIGID was checked against (when the policy requires the launch binding). */
+  launchBinding?: string;
   verdict?: Omit<TeeVerdict, 'details'> & { details: unknown };
   error?: { code: string; message: string };
 }
@@ -80,6 +82,8 @@ export function checkEvidenceFile(o: EvidenceCheckOptions): EvidenceCheckResult 
     });
     result.verdict = verdict;
     result.verified = true;
+    const bound = verdict.tee === 'tdx' ? policy.tdx?.bindPolicyHash : policy.snp?.bindPolicyHash;
+    if (bound && policyHash) result.launchBinding = policyHash;
   } catch (e) {
     const err = asCdbpError(e);
     result.error = { code: err.code, message: err.message };
@@ -103,6 +107,7 @@ export function formatEvidenceVerdict(r: EvidenceCheckResult): string {
       (d.rtmr as string[]).forEach((x, i) => lines.push(`  RTMR${i}         ${x}`));
       lines.push(`  MRCONFIGID    ${d.mrConfigId}`, `  MROWNER       ${d.mrOwner}`);
     }
+    if (r.launchBinding) lines.push(`  launched for the policy ${r.launchBinding} (${v.tee === 'tdx' ? 'MRCONFIGID' : 'HOST_DATA'} binds its hash)`);
     if (v.collateralAgeSeconds !== undefined) lines.push(`  collateral    ${Math.round(v.collateralAgeSeconds / 3600)} h old at ${r.at}`);
   }
   lines.push(r.verified
