@@ -131,7 +131,11 @@ export async function run(argv: string[]): Promise<number> {
         if (tee.snp) merged.tee.snp = { ...(merged.tee.snp ?? {}), measurements: [...new Set([...(merged.tee.snp?.measurements ?? []), ...tee.snp.measurements!])] };
         if (tee.tdx) {
           merged.tee.tdx = { ...(merged.tee.tdx ?? {}), mrtd: [...new Set([...(merged.tee.tdx?.mrtd ?? []), ...tee.tdx.mrtd!])],
-            rtmr: tee.tdx.rtmr!.map((r, i) => [...new Set([...((merged.tee.tdx?.rtmr?.[i] as string[] | null) ?? []), ...(r ?? [])])]) };
+            // An RTMR neither side pins (RTMR3, extended at runtime) stays null: an empty list would allow nothing.
+            rtmr: tee.tdx.rtmr!.map((r, i) => {
+              const have = (merged.tee.tdx?.rtmr?.[i] as string[] | null | undefined) ?? null;
+              return have === null && r === null ? null : [...new Set([...(have ?? []), ...(r ?? [])])];
+            }) };
         }
         if (!(raw.teeModes ?? []).includes(mode)) merged.teeModes = [...(raw.teeModes ?? []), mode];
         writeFileSync(flags.into, JSON.stringify(validatePolicy({ format: POLICY_FORMAT, predecessor: null, ...merged }), null, 2) + '\n');

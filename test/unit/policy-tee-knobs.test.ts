@@ -124,3 +124,18 @@ test('TDX: accepted statuses and a TEE_TCB_SVN floor refuse tdx/quote-4 (UpToDat
   assert.equal(r.error?.code, 'TEE_TCB_STATUS_REFUSED');
   assert.match(r.error!.message, /TEE_TCB_SVN 03000500000000000000000000000000 is below the policy's minimum 03000600000000000000000000000000 at byte 2 \(5 < 6\); TCB status UpToDate/);
 });
+
+test('policy measure --into pins MRTD and RTMR0-2 of tdx/quote-4 and leaves RTMR3 unpinned: the same quote then verifies', async (t) => {
+  const d = tempDir('policy-tee');
+  t.after(() => d.remove());
+  const file = policyFile(d.path, 'm.json', buildPolicy({ service: 'orders-db', measurements: ['aa'.repeat(32)], teeModes: ['simulated'] }));
+  await quiet(() => policyCommand(['measure', '--from-evidence', fixture('tdx/quote-4/quote.dat'), '--into', file]));
+  await quiet(() => policyCommand(['tee', '--in', file, '--allow-debug', 'tdx']));
+  const p = validatePolicy(JSON.parse(readFileSync(file, 'utf8')));
+  assert.deepEqual(p.teeModes, ['simulated', 'tdx']);
+  assert.deepEqual(p.tee?.tdx?.mrtd, [TDX_MRTD]);
+  assert.equal(p.tee?.tdx?.rtmr?.length, 4);
+  assert.equal(p.tee?.tdx?.rtmr?.[3], null);
+  const r = tdxCheck(file);
+  assert.equal(r.verified, true, JSON.stringify(r.error));
+});
