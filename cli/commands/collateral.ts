@@ -175,9 +175,6 @@ export interface CheckRow { file: string; ok: boolean; detail: string }
 export function checkCollateralDir(dir: string, now: Date): CheckRow[] {
   const rows: CheckRow[] = [];
   const tdx = path.join(dir, 'tdx');
-  if (!existsSync(tdx)) return [{ file: 'tdx/', ok: false, detail: 'missing' }];
-  const base = loadTdxCollateral(tdx);
-  const root = pinnedIntelRoot();
   const row = (file: string, f: () => string) => {
     try {
       rows.push({ file, ok: true, detail: f() });
@@ -186,6 +183,11 @@ export function checkCollateralDir(dir: string, now: Date): CheckRow[] {
       rows.push({ file, ok: false, detail: `${err.code}: ${err.message}` });
     }
   };
+  const hasSnp = existsSync(path.join(dir, 'snp'));
+  if (hasSnp) checkSnpCache(dir, now, row);
+  if (!existsSync(tdx)) return hasSnp ? rows : [{ file: 'tdx/', ok: false, detail: 'missing' }];
+  const base = loadTdxCollateral(tdx);
+  const root = pinnedIntelRoot();
   row('tdx/root-crl.der', () => {
     const c = parseCrl(base.rootCrl ?? Buffer.alloc(0), 'root CRL');
     checkCrl(c, root, now, 0, 'root CRL');
@@ -217,6 +219,37 @@ export function checkCollateralDir(dir: string, now: Date): CheckRow[] {
     });
   }
   return rows;
+}
+
+/**
+ * AMD certificates: each product's cert_chain (ASK/ASVK under the pinned ARK) and each cached VCEK under
+ * its product's ASK, valid at `now` (VCEKs are long-lived; the row shows until when).
+ */
+function checkSnpCache(dir: string, now: Date, row: (file: string, f: () => string) => void): void {
+  const asks = new Map<string, X509Certificate>();
+  for (const f of readdirSync(path.join(dir, 'snp')).filter((x) => /^(milan|genoa|turin)-cert-chain\.pem$/.test(x)).sort()) {
+    row(`snp/${f}`, () => {
+      const product = SNP_PRODUCTS.find((p) => f.startsWith(p.toLowerCase()))!;
+      const certs = parsePemBundle(readFileSync(path.join(dir, 'snp', f), 'latin1'), f);
+      const ask = certs.find((c) => c.subject !== c.issuer) ?? (() => { throw new CdbpError('TEE_COLLATERAL_INVALID', `${f}: no ASK in it`); })();
+      asks.set(product, ask); // its VCEKs get their own rows even when the ASK fails here
+      verifyChainToPinnedRoot([{ cert: ask, name: cn(ask) }], [pinnedArks().get(product)!], now);
+      return `valid, ${cn(ask)} until ${new Date(ask.validTo).toISOString()}`;
+    });
+  }
+  for (const product of SNP_PRODUCTS) {
+    const vdir = path.join(dir, 'snp', 'vcek', product.toLowerCase());
+    if (!existsSync(vdir)) continue;
+    for (const f of readdirSync(vdir).filter((x) => x.endsWith('.der')).sort()) {
+      row(`snp/vcek/${product.toLowerCase()}/${f.length > 40 ? `${f.slice(0, 12)}…${f.slice(-21)}` : f}`, () => {
+        const vcek = parseCertificate(readFileSync(path.join(vdir, f)), f);
+        const ask = asks.get(product);
+        if (!ask) throw new CdbpError('TEE_COLLATERAL_MISSING', `no snp/${product.toLowerCase()}-cert-chain.pem to check it against`);
+        verifyChainToPinnedRoot([{ cert: vcek, name: 'VCEK' }, { cert: ask, name: cn(ask) }], [pinnedArks().get(product)!], now);
+        return `valid, VCEK until ${new Date(vcek.validTo).toISOString()}`;
+      });
+    }
+  }
 }
 
 export async function run(argv: string[]): Promise<number> {

@@ -10,7 +10,7 @@ import http from 'node:http';
 import { copyFileSync, existsSync, mkdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import type { AddressInfo } from 'node:net';
-import { fetchVceks } from '../../cli/commands/collateral.ts';
+import { checkCollateralDir, fetchVceks } from '../../cli/commands/collateral.ts';
 import { findCachedVcek, kdsHwid, vcekCachePath, vcekUrl } from '../../src/attestation/snp/kds.ts';
 import { decodeSnpTcb, parseSnpReport } from '../../src/attestation/snp/report.ts';
 import { TeeEvidenceVerifier } from '../../src/attestation/tee-verifier.ts';
@@ -83,6 +83,12 @@ test('cdbp collateral fetch --vcek-for: the VCEK for this chip and TCB, checked 
   assert.deepEqual(readFileSync(path.join(d.path, written[0]!)), readFileSync(fixture('snp/milan-vcek-2/vcek.der')));
   assert.ok(existsSync(path.join(d.path, 'snp', 'milan-cert-chain.pem')));
   assert.equal(findCachedVcek(d.path, r2.chipId, r2.reportedTcbRaw), path.join(d.path, written[0]!));
+  // cdbp collateral check: the cert_chain and the VCEK, chained to the pinned ARK, with their expiry.
+  const rows = checkCollateralDir(d.path, AT);
+  assert.deepEqual(rows.map((r) => r.ok), [true, true], JSON.stringify(rows));
+  assert.match(rows[0]!.detail, /valid, SEV-Milan until 20\d\d/);
+  assert.match(rows[1]!.detail, /valid, VCEK until 20\d\d/);
+  assert.ok(checkCollateralDir(d.path, new Date('2060-01-01T00:00:00Z')).every((r) => !r.ok && /EXPIRED/.test(r.detail)));
   // The same report at another TCB is not in the cache: refused with the URL that would serve it.
   const newer = Buffer.from('0300000000000874', 'hex');
   assert.throws(() => findCachedVcek(d.path, r2.chipId, newer, 'Milan'), (e: unknown) =>
