@@ -318,7 +318,7 @@ export class CasCore {
       const expected = expectedReportData(Buffer.from(req.nonce, 'hex'), csr.spki, sealingKey);
       // Real TEE verifiers apply the policy's `tee` part (measurements, TCB, debug) themselves; the
       // code measurement list is what simulated evidence is checked against.
-      const { measurement, tee } = await verifier.verify(ev, expected, policy.tee);
+      const { measurement, tee } = await verifier.verify(ev, expected, policy.tee, { policyHash: rec.policyHash });
       if (ev.mode === 'simulated' && !policy.measurements.includes(measurement)) {
         throw new CdbpError('MEASUREMENT_MISMATCH', `measurement ${measurement} is not allowed for ${req.service}`, { details: { measurement } });
       }

@@ -7,9 +7,14 @@
  *       FMSPC, TD QE identity, PCK CRL (platform CA), each with its issuer chain from the response header;
  *       the root CRL; AMD KDS cert_chain (ASK/ASVK + ARK) per product. Everything fetched is checked
  *       (signatures to the pinned roots) before it is written.
+ *   fetch --vcek-for REPORT[,REPORT] [--product Milan|Genoa|Turin] [--out DIR] [--kds URL]
+ *       the per-chip VCEK of each SEV-SNP report (KDS URL from its CHIP_ID and REPORTED_TCB, src/attestation/
+ *       snp/kds.ts), and its product's cert_chain; the VCEK is kept only if the report verifies with it
+ *       (chain to the pinned ARK, signature, TCB and hwID extensions), in snp/vcek/<product>/<hwid>-<tcb>.der.
  *   check [--dir DIR] [--at ISO-TIME]
  *       every file's signature and window; exit 0 only if all are valid at that time.
  */
+import type { X509Certificate } from 'node:crypto';
 import { mkdirSync, readdirSync, readFileSync, writeFileSync, existsSync, renameSync } from 'node:fs';
 import path from 'node:path';
 import { parseFlags } from '../../src/kernel/args.ts';
@@ -17,15 +22,20 @@ import { CdbpError, asCdbpError } from '../../src/kernel/errors.ts';
 import { parsePemBundle, verifyChainToPinnedRoot, cn } from '../../src/attestation/chain.ts';
 import { checkCrl, parseCrl } from '../../src/attestation/crl.ts';
 import { checkCollateralWindow, parseQeIdentity, parseTcbInfo, verifyCollateralSignature } from '../../src/attestation/tdx/collateral.ts';
-import { loadTdxCollateral } from '../../src/attestation/evidence-file.ts';
+import { loadEvidenceFile, loadTdxCollateral } from '../../src/attestation/evidence-file.ts';
 import { pinnedIntelRoot } from '../../src/attestation/tdx/roots.ts';
 import { pinnedArks } from '../../src/attestation/snp/roots.ts';
+import { vcekCachePath, vcekUrl, SNP_PRODUCTS } from '../../src/attestation/snp/kds.ts';
+import { decodeSnpTcb, parseSnpReport, productFromCpuid, type SnpProduct } from '../../src/attestation/snp/report.ts';
+import { verifySnpReport } from '../../src/attestation/snp/verify.ts';
+import { parseCertificate } from '../../src/attestation/chain.ts';
 
 export const DEFAULT_PCS = 'https://api.trustedservices.intel.com';
 export const DEFAULT_ROOT_CRL = 'https://certificates.trustedservices.intel.com/IntelSGXRootCA.der';
 export const DEFAULT_KDS = 'https://kdsintf.amd.com';
 
 const USAGE = `usage: cdbp collateral fetch --fmspc HEX[,HEX] [--out DIR] [--pcs URL] [--root-crl-url URL] [--kds URL] [--amd Milan,Genoa,Turin]
+       cdbp collateral fetch --vcek-for REPORT[,REPORT] [--product Milan|Genoa|Turin] [--out DIR] [--kds URL]
        cdbp collateral check [--dir DIR] [--at ISO-TIME]
 
 DIR defaults to $CDBP_TEE_COLLATERAL_DIR. Layout: snp/, tdx/, tdx/<fmspc>/ (docs/ATTESTATION.md).`;
@@ -114,15 +124,57 @@ export async function fetchCollateral(o: FetchOptions): Promise<string[]> {
   return written;
 }
 
+export interface VcekFetchOptions { out: string; reports: string[]; product?: string; kds?: string; now?: Date }
+
+/**
+ * Fetches the VCEK of each report from KDS into the cache. Nothing is written unless the report verifies
+ * with what was fetched (debug and the owner's policy are not this command's business, only that the
+ * certificate is AMD's and is the one for this chip and TCB).
+ */
+export async function fetchVceks(o: VcekFetchOptions): Promise<string[]> {
+  const kds = (o.kds ?? DEFAULT_KDS).replace(/\/$/, '');
+  const now = o.now ?? new Date();
+  if (o.product !== undefined && !SNP_PRODUCTS.includes(o.product as SnpProduct)) {
+    throw new CdbpError('CONFIG_INVALID', `--product ${o.product}: known products are ${SNP_PRODUCTS.join(', ')}`);
+  }
+  const written: string[] = [];
+  const chains = new Map<SnpProduct, X509Certificate[]>();
+  for (const file of o.reports) {
+    const ev = loadEvidenceFile(file);
+    if (ev.format !== 'snp-report' && ev.format !== 'azure-snp-hcl') throw new CdbpError('CONFIG_INVALID', `--vcek-for ${file}: a ${ev.format} has no per-chip VCEK to fetch`);
+    const report = parseSnpReport(ev.bytes);
+    if (report.signingKey !== 0) throw new CdbpError('CONFIG_INVALID', `--vcek-for ${file}: the report is signed by a VLEK, which KDS does not serve per chip`);
+    const product = productFromCpuid(report.cpuid) ?? (o.product as SnpProduct | undefined)
+      ?? fail(`--vcek-for ${file}: a v${report.version} report does not name its product; pass --product Milan|Genoa|Turin`);
+    const url = vcekUrl(product, report.chipId, decodeSnpTcb(report.reportedTcbRaw, product), kds);
+    let chain = chains.get(product);
+    if (!chain) {
+      const cc = await get(`${kds}/vcek/v1/${product}/cert_chain`);
+      chain = parsePemBundle(cc.body.toString('latin1'), `${product} cert_chain`);
+      chains.set(product, chain);
+      put(path.join(o.out, 'snp', `${product.toLowerCase()}-cert-chain.pem`), cc.body);
+    }
+    const der = (await get(url)).body;
+    const vcek = parseCertificate(der, `VCEK from ${url}`);
+    // Chain to the pinned ARK, report signature, TCB and hwID: the same checks the CAS will make.
+    verifySnpReport({ report: ev.bytes, certs: [vcek, ...chain], now, policy: { allowDebug: true, allowMigrationAgent: true } });
+    const rel = vcekCachePath(product, report.chipId, report.reportedTcbRaw);
+    put(path.join(o.out, rel), vcek.raw);
+    written.push(rel);
+  }
+  return written;
+}
+
+function fail(message: string): never {
+  throw new CdbpError('CONFIG_INVALID', message);
+}
+
 export interface CheckRow { file: string; ok: boolean; detail: string }
 
 /** Every TDX collateral set in DIR (tdx/ plus each tdx/<fmspc>/): signatures and windows at `now`. */
 export function checkCollateralDir(dir: string, now: Date): CheckRow[] {
   const rows: CheckRow[] = [];
   const tdx = path.join(dir, 'tdx');
-  if (!existsSync(tdx)) return [{ file: 'tdx/', ok: false, detail: 'missing' }];
-  const base = loadTdxCollateral(tdx);
-  const root = pinnedIntelRoot();
   const row = (file: string, f: () => string) => {
     try {
       rows.push({ file, ok: true, detail: f() });
@@ -131,6 +183,11 @@ export function checkCollateralDir(dir: string, now: Date): CheckRow[] {
       rows.push({ file, ok: false, detail: `${err.code}: ${err.message}` });
     }
   };
+  const hasSnp = existsSync(path.join(dir, 'snp'));
+  if (hasSnp) checkSnpCache(dir, now, row);
+  if (!existsSync(tdx)) return hasSnp ? rows : [{ file: 'tdx/', ok: false, detail: 'missing' }];
+  const base = loadTdxCollateral(tdx);
+  const root = pinnedIntelRoot();
   row('tdx/root-crl.der', () => {
     const c = parseCrl(base.rootCrl ?? Buffer.alloc(0), 'root CRL');
     checkCrl(c, root, now, 0, 'root CRL');
@@ -164,6 +221,37 @@ export function checkCollateralDir(dir: string, now: Date): CheckRow[] {
   return rows;
 }
 
+/**
+ * AMD certificates: each product's cert_chain (ASK/ASVK under the pinned ARK) and each cached VCEK under
+ * its product's ASK, valid at `now` (VCEKs are long-lived; the row shows until when).
+ */
+function checkSnpCache(dir: string, now: Date, row: (file: string, f: () => string) => void): void {
+  const asks = new Map<string, X509Certificate>();
+  for (const f of readdirSync(path.join(dir, 'snp')).filter((x) => /^(milan|genoa|turin)-cert-chain\.pem$/.test(x)).sort()) {
+    row(`snp/${f}`, () => {
+      const product = SNP_PRODUCTS.find((p) => f.startsWith(p.toLowerCase()))!;
+      const certs = parsePemBundle(readFileSync(path.join(dir, 'snp', f), 'latin1'), f);
+      const ask = certs.find((c) => c.subject !== c.issuer) ?? (() => { throw new CdbpError('TEE_COLLATERAL_INVALID', `${f}: no ASK in it`); })();
+      asks.set(product, ask); // its VCEKs get their own rows even when the ASK fails here
+      verifyChainToPinnedRoot([{ cert: ask, name: cn(ask) }], [pinnedArks().get(product)!], now);
+      return `valid, ${cn(ask)} until ${new Date(ask.validTo).toISOString()}`;
+    });
+  }
+  for (const product of SNP_PRODUCTS) {
+    const vdir = path.join(dir, 'snp', 'vcek', product.toLowerCase());
+    if (!existsSync(vdir)) continue;
+    for (const f of readdirSync(vdir).filter((x) => x.endsWith('.der')).sort()) {
+      row(`snp/vcek/${product.toLowerCase()}/${f.length > 40 ? `${f.slice(0, 12)}…${f.slice(-21)}` : f}`, () => {
+        const vcek = parseCertificate(readFileSync(path.join(vdir, f)), f);
+        const ask = asks.get(product);
+        if (!ask) throw new CdbpError('TEE_COLLATERAL_MISSING', `no snp/${product.toLowerCase()}-cert-chain.pem to check it against`);
+        verifyChainToPinnedRoot([{ cert: vcek, name: 'VCEK' }, { cert: ask, name: cn(ask) }], [pinnedArks().get(product)!], now);
+        return `valid, VCEK until ${new Date(vcek.validTo).toISOString()}`;
+      });
+    }
+  }
+}
+
 export async function run(argv: string[]): Promise<number> {
   const [sub, ...rest] = argv;
   if (sub === '--help' || sub === '-h' || sub === 'help') {
@@ -171,7 +259,7 @@ export async function run(argv: string[]): Promise<number> {
     return 0;
   }
   // An option where the subcommand belongs is checked as an option (a typo is a usage error).
-  const { flags } = parseFlags(sub?.startsWith('-') ? argv : rest, [], ['fmspc', 'out', 'pcs', 'root-crl-url', 'kds', 'amd', 'dir', 'at']);
+  const { flags } = parseFlags(sub?.startsWith('-') ? argv : rest, [], ['fmspc', 'out', 'pcs', 'root-crl-url', 'kds', 'amd', 'dir', 'at', 'vcek-for', 'product']);
   if (!sub || sub.startsWith('-') || flags.help) {
     console.log(USAGE);
     return sub && flags.help ? 0 : 2;
@@ -185,6 +273,13 @@ export async function run(argv: string[]): Promise<number> {
   if (Number.isNaN(at.getTime())) throw new CdbpError('CONFIG_INVALID', `--at ${String(flags.at)} is not an ISO time`);
   if (sub === 'fetch') {
     const list = (v: unknown) => (typeof v === 'string' ? v.split(',').map((s) => s.trim()).filter(Boolean) : []);
+    const vcekFor = list(flags['vcek-for']);
+    if (vcekFor.length > 0) {
+      const written = await fetchVceks({ out: dirOf(flags.out), reports: vcekFor, now: at,
+        ...(typeof flags.product === 'string' ? { product: flags.product } : {}), ...(typeof flags.kds === 'string' ? { kds: flags.kds } : {}) });
+      for (const w of written) console.log(`wrote ${w}`);
+      if (list(flags.fmspc).length === 0 && list(flags.amd).length === 0) return 0;
+    }
     const written = await fetchCollateral({
       out: dirOf(flags.out), fmspcs: list(flags.fmspc), amdProducts: list(flags.amd), now: at,
       ...(typeof flags.pcs === 'string' ? { pcs: flags.pcs } : {}), ...(typeof flags['root-crl-url'] === 'string' ? { rootCrlUrl: flags['root-crl-url'] } : {}),

@@ -6,6 +6,8 @@
  *   sign  --key owner.key --in policy.json --out signed.json [--predecessor HASH | --cas URL --ca FILE]
  *   apply --cas URL --ca FILE --in signed.json
  *   show  --cas URL --ca FILE --service S
+ *   measure --from-evidence FILE [--into policy.json]
+ *   tee   --in policy.json [knobs]                 real-TEE appraisal rules (policy-tee.ts)
  */
 import { readFileSync, writeFileSync } from 'node:fs';
 import { parseFlags } from '../../src/kernel/args.ts';
@@ -18,6 +20,7 @@ import { loadEvidenceFile } from '../../src/attestation/evidence-file.ts';
 import { parseSnpReport } from '../../src/attestation/snp/report.ts';
 import { parseTdxQuote } from '../../src/attestation/tdx/quote.ts';
 import type { TeeAppraisalPolicy } from '../../src/attestation/tee-policy.ts';
+import { applyTeeKnobs, describeTeeAppraisal, TEE_KNOB_FLAGS, TEE_KNOBS_USAGE } from './policy-tee.ts';
 
 const USAGE = `usage: cdbp policy init  --out owner.key
        cdbp policy new   --service S [--measurement HEX[,HEX]] [--tee-modes simulated[,sev-snp,tdx]]
@@ -28,6 +31,7 @@ const USAGE = `usage: cdbp policy init  --out owner.key
        cdbp policy measure --from-evidence FILE [--into policy.json]
                          the TEE measurements a real report or quote carries (SNP MEASUREMENT; TDX MRTD and
                          RTMR0-2), as the policy's "tee" part; --into adds them to an unsigned policy file
+${TEE_KNOBS_USAGE}
 
 Policy JSON format: docs/CAS.md.`;
 
@@ -64,7 +68,7 @@ const list = (v: string | boolean | undefined): string[] | undefined =>
 
 export async function run(argv: string[]): Promise<number> {
   const [sub, ...rest] = argv;
-  const { flags } = parseFlags(rest, [], ['out', 'key', 'in', 'predecessor', 'cas', 'ca', 'service', 'measurement', 'tee-modes', 'dns', 'ips', 'lifetime', 'keys', 'from-evidence', 'into']);
+  const { flags } = parseFlags(rest, [], ['out', 'key', 'in', 'predecessor', 'cas', 'ca', 'service', 'measurement', 'tee-modes', 'dns', 'ips', 'lifetime', 'keys', 'from-evidence', 'into', ...TEE_KNOB_FLAGS]);
   if (!sub || flags.help || sub === 'help' || sub === '--help' || sub === '-h') {
     console.log(USAGE);
     return sub ? 0 : 2;
@@ -109,6 +113,8 @@ export async function run(argv: string[]): Promise<number> {
       const signed = await signPolicy(validatePolicy(input), key);
       writeFileSync(need(flags, 'out'), JSON.stringify(signed, null, 2) + '\n');
       console.log(`signed policy ${signed.policyHash} for ${signed.policy.service} (predecessor ${signed.policy.predecessor ?? 'none'}) → ${String(flags.out)}`);
+      const bound = [signed.policy.tee?.snp?.bindPolicyHash && 'SEV-SNP HOST_DATA', signed.policy.tee?.tdx?.bindPolicyHash && 'TDX MRCONFIGID'].filter(Boolean);
+      if (bound.length) console.log(`launch the VMs with ${bound.join(' / ')} = ${signed.policyHash} (MRCONFIGID: followed by 16 zero bytes)`);
       return 0;
     }
     case 'apply': {
@@ -125,7 +131,11 @@ export async function run(argv: string[]): Promise<number> {
         if (tee.snp) merged.tee.snp = { ...(merged.tee.snp ?? {}), measurements: [...new Set([...(merged.tee.snp?.measurements ?? []), ...tee.snp.measurements!])] };
         if (tee.tdx) {
           merged.tee.tdx = { ...(merged.tee.tdx ?? {}), mrtd: [...new Set([...(merged.tee.tdx?.mrtd ?? []), ...tee.tdx.mrtd!])],
-            rtmr: tee.tdx.rtmr!.map((r, i) => [...new Set([...((merged.tee.tdx?.rtmr?.[i] as string[] | null) ?? []), ...(r ?? [])])]) };
+            // An RTMR neither side pins (RTMR3, extended at runtime) stays null: an empty list would allow nothing.
+            rtmr: tee.tdx.rtmr!.map((r, i) => {
+              const have = (merged.tee.tdx?.rtmr?.[i] as string[] | null | undefined) ?? null;
+              return have === null && r === null ? null : [...new Set([...(have ?? []), ...(r ?? [])])];
+            }) };
         }
         if (!(raw.teeModes ?? []).includes(mode)) merged.teeModes = [...(raw.teeModes ?? []), mode];
         writeFileSync(flags.into, JSON.stringify(validatePolicy({ format: POLICY_FORMAT, predecessor: null, ...merged }), null, 2) + '\n');
@@ -133,6 +143,18 @@ export async function run(argv: string[]): Promise<number> {
       } else {
         console.log(JSON.stringify({ tee }, null, 2));
       }
+      return 0;
+    }
+    case 'tee': {
+      const file = need(flags, 'in');
+      const raw = readJson(file) as Record<string, unknown>;
+      if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) throw new CdbpError('POLICY_INVALID', `${file}: a policy must be a JSON object`);
+      if (raw.format === 'cdbp-signed-policy/1') throw new CdbpError('POLICY_INVALID', `${file} is signed: edit the unsigned policy, then sign it again`);
+      const tee = applyTeeKnobs(raw.tee as TeeAppraisalPolicy | undefined, flags);
+      const next = validatePolicy({ format: POLICY_FORMAT, predecessor: null, ...raw, tee });
+      writeFileSync(file, JSON.stringify(next, null, 2) + '\n');
+      console.log(`${file}: TEE rules for ${next.service} (teeModes ${next.teeModes.join(',')})`);
+      for (const line of describeTeeAppraisal(next.tee)) console.log(line);
       return 0;
     }
     case 'show': {

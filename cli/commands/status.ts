@@ -43,6 +43,7 @@ export function formatStatus(s: Record<string, any>): string {
   lines.push(`${s.role ?? '?'} ${s.version ?? ''}  ${s.ready ? 'READY' : 'NOT READY'}  (${lc.state} since ${lc.since})`);
   if (s.mode) lines.push(`  TEE mode:     ${s.mode}${s.mode === 'simulated' ? '   <-- SIMULATED: not protected by hardware' : ''}`);
   if (s.measurement) lines.push(`  measurement:  ${s.measurement}`);
+  if (s.attestation) lines.push(`  TEE:          ${formatTeeLine(s.attestation)}`);
   for (const r of s.reasons ?? []) lines.push(`  not ready:    ${r}`);
   if (s.certificate) lines.push(`  certificate:  ${s.certificate.subject}, expires ${s.certificate.notAfter} (${s.certificate.expiresInSeconds} s)${s.certificate.renewalError ? `, RENEWAL FAILING: ${s.certificate.renewalError}` : ''}`);
   const f = s.freshness;
@@ -58,4 +59,30 @@ export function formatStatus(s: Record<string, any>): string {
   const c = s.connections?.mysql;
   if (c) lines.push(`  connections:  ${c.open} open, ${c.total} total, ${c.refused} refused`);
   return lines.join('\n');
+}
+
+/**
+ * The attested TEE in one line, as the CAS's certificate states it (src/attestation/attested-tee.ts):
+ * kind, measurement, TCB and its status, and how old the collateral was when the CAS verified.
+ * SEV-SNP has no TCB status (the VCEK certifies exactly the reported TCB) and no TCB collateral.
+ */
+export function formatTeeLine(a: Record<string, any>): string {
+  if (a.simulated) return 'simulated — NOT a TEE (software platform key; no TCB, no collateral)';
+  const parts = [String(a.tee ?? 'unknown')];
+  if (a.measurement) parts.push(`measurement ${a.measurement}`);
+  const tcb = String(a.tcbStatus ?? 'unknown');
+  if (a.tee === 'sev-snp' && tcb.startsWith('snp-')) {
+    parts.push(`TCB ${tcb.slice(4)} (reported TCB, certified by the VCEK/VLEK)`, 'status n/a (SEV-SNP has none)', 'collateral n/a');
+  } else {
+    parts.push(`TCB status ${tcb}${tcb === 'unknown' ? ' (not attested yet)' : ''}`);
+    if (typeof a.collateralAgeAtIssueSeconds === 'number') parts.push(`collateral ${formatAge(a.collateralAgeAtIssueSeconds)} old when the CAS verified`);
+    else if (a.tee === 'tdx') parts.push('collateral age unknown');
+  }
+  return parts.join(', ');
+}
+
+function formatAge(seconds: number): string {
+  if (seconds < 3600) return `${Math.round(seconds / 60)} min`;
+  if (seconds < 2 * 86_400) return `${(seconds / 3600).toFixed(1)} h`;
+  return `${(seconds / 86_400).toFixed(1)} d`;
 }

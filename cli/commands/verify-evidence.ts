@@ -9,12 +9,15 @@
  *   --policy FILE       appraisal policy {"snp": {...}, "tdx": {...}} (or a policy with a "tee" part);
  *                       without it the production default applies (debug refused)
  *   --report-data HEX   the 64 bytes the report data must equal (the nonce/key binding you expect)
+ *   --policy-hash HEX   the signed policy's hash HOST_DATA / MRCONFIGID must carry when the policy says
+ *                       bindPolicyHash (default: the hash of --policy when it is a whole or signed policy)
  */
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import { CdbpError, asCdbpError } from '../../src/kernel/errors.ts';
 import { loadCertificates, loadEvidenceFile, loadTdxCollateral } from '../../src/attestation/evidence-file.ts';
 import { validateTeeAppraisalPolicy, type TeeAppraisalPolicy } from '../../src/attestation/tee-policy.ts';
 import { verifyTeeEvidence, type TeeVerdict } from '../../src/attestation/verify-evidence.ts';
+import { policyHash as hashOfPolicy, validatePolicy } from '../../src/provisioning/policy.ts';
 
 export interface EvidenceCheckOptions {
   evidence: string;
@@ -23,17 +26,25 @@ export interface EvidenceCheckOptions {
   at?: string;
   policy?: string;
   reportData?: string;
+  policyHash?: string;
 }
 
 export interface EvidenceCheckResult {
   verified: boolean;
   at: string;
   policy: 'production default' | string;
+  /** The policy hash HOST_DATA / MRCONFIGID was checked against (when the policy requires the launch binding). */
+  launchBinding?: string;
   verdict?: Omit<TeeVerdict, 'details'> & { details: unknown };
   error?: { code: string; message: string };
 }
 
 export function loadAppraisalPolicy(file: string): TeeAppraisalPolicy {
+  return loadPolicyFile(file).tee;
+}
+
+/** The appraisal part of --policy FILE, and the policy's hash when FILE is a whole (or signed) policy. */
+export function loadPolicyFile(file: string): { tee: TeeAppraisalPolicy; policyHash?: string } {
   let doc: Record<string, any>;
   try {
     doc = JSON.parse(readFileSync(file, 'utf8'));
@@ -41,8 +52,9 @@ export function loadAppraisalPolicy(file: string): TeeAppraisalPolicy {
     throw new CdbpError('CONFIG_INVALID', `--policy ${file}: ${(e as Error).message}`);
   }
   // A signed policy ({policy: {tee}}), a policy ({tee}) or the appraisal part itself ({snp, tdx}).
-  const tee = doc?.policy?.tee ?? doc?.tee ?? doc;
-  return validateTeeAppraisalPolicy(tee, '--policy');
+  const tee = validateTeeAppraisalPolicy(doc?.policy?.tee ?? doc?.tee ?? doc, '--policy');
+  const whole = doc?.format === 'cdbp-signed-policy/1' ? doc.policy : doc?.format === 'cdbp-policy/1' ? doc : undefined;
+  return whole ? { tee, policyHash: hashOfPolicy(validatePolicy(whole)) } : { tee };
 }
 
 export function checkEvidenceFile(o: EvidenceCheckOptions): EvidenceCheckResult {
@@ -50,7 +62,10 @@ export function checkEvidenceFile(o: EvidenceCheckOptions): EvidenceCheckResult 
   if (Number.isNaN(now.getTime())) throw new CdbpError('CONFIG_INVALID', `--at ${o.at} is not an ISO time`);
   const result: EvidenceCheckResult = { verified: false, at: now.toISOString(), policy: o.policy ?? 'production default' };
   try {
-    const policy = o.policy ? loadAppraisalPolicy(o.policy) : {};
+    const loadedPolicy = o.policy ? loadPolicyFile(o.policy) : { tee: {} };
+    const policy = loadedPolicy.tee;
+    if (o.policyHash !== undefined && !/^[0-9a-f]{64}$/.test(o.policyHash)) throw new CdbpError('CONFIG_INVALID', '--policy-hash must be a lowercase hex SHA-256');
+    const policyHash = o.policyHash ?? loadedPolicy.policyHash;
     const evidence = loadEvidenceFile(o.evidence);
     if (o.collateral && !(existsSync(o.collateral) && statSync(o.collateral).isDirectory())) {
       throw new CdbpError('CONFIG_INVALID', `--collateral ${o.collateral} is not a directory`);
@@ -63,10 +78,12 @@ export function checkEvidenceFile(o: EvidenceCheckOptions): EvidenceCheckResult 
     }
     const verdict = verifyTeeEvidence({
       evidence, certs, now, policy, ...(o.collateral ? { tdxCollateral: loadTdxCollateral(o.collateral) } : {}),
-      ...(expectedReportData ? { expectedReportData } : {}),
+      ...(expectedReportData ? { expectedReportData } : {}), ...(policyHash ? { policyHash } : {}),
     });
     result.verdict = verdict;
     result.verified = true;
+    const bound = verdict.tee === 'tdx' ? policy.tdx?.bindPolicyHash : policy.snp?.bindPolicyHash;
+    if (bound && policyHash) result.launchBinding = policyHash;
   } catch (e) {
     const err = asCdbpError(e);
     result.error = { code: err.code, message: err.message };
@@ -90,6 +107,7 @@ export function formatEvidenceVerdict(r: EvidenceCheckResult): string {
       (d.rtmr as string[]).forEach((x, i) => lines.push(`  RTMR${i}         ${x}`));
       lines.push(`  MRCONFIGID    ${d.mrConfigId}`, `  MROWNER       ${d.mrOwner}`);
     }
+    if (r.launchBinding) lines.push(`  launched for the policy ${r.launchBinding} (${v.tee === 'tdx' ? 'MRCONFIGID' : 'HOST_DATA'} binds its hash)`);
     if (v.collateralAgeSeconds !== undefined) lines.push(`  collateral    ${Math.round(v.collateralAgeSeconds / 3600)} h old at ${r.at}`);
   }
   lines.push(r.verified

@@ -35,7 +35,7 @@ const UTF8MB4_GENERAL_CI = 45;
 const USAGE = `usage: cdbp verify --ops URL --ca FILE [--host 127.0.0.1] (--port N | --pg-port N)
                    --measurement HEX|local [--platform-public-key FILE] [--json]
        cdbp verify --evidence FILE [--certs PATH] [--collateral DIR] [--at ISO-TIME] [--policy FILE]
-                   [--report-data HEX] [--json]
+                   [--report-data HEX] [--policy-hash HEX] [--json]
 
 --evidence: verifies a real SEV-SNP report (bare or Azure HCL) or TDX quote offline against the pinned AMD /
 Intel roots and shows what it carries; without --policy the production default applies (debug refused).
@@ -68,14 +68,16 @@ export interface VerifyResult {
 
 export async function run(argv: string[]): Promise<number> {
   const { flags } = parseFlags(argv, ['json'], ['ops', 'ca', 'host', 'port', 'pg-port', 'measurement', 'platform-public-key',
-    'evidence', 'certs', 'collateral', 'at', 'policy', 'report-data']);
+    'evidence', 'certs', 'collateral', 'at', 'policy', 'report-data', 'policy-hash']);
   if (flags.help) {
     console.log(USAGE);
     return 0;
   }
   if (typeof flags.evidence === 'string') {
-    const str = (k: string) => (typeof flags[k] === 'string' ? { [k === 'report-data' ? 'reportData' : k]: flags[k] as string } : {});
-    const r = checkEvidenceFile({ evidence: flags.evidence, ...str('certs'), ...str('collateral'), ...str('at'), ...str('policy'), ...str('report-data') });
+    const camel = (k: string) => k.replace(/-([a-z])/g, (_, c: string) => c.toUpperCase());
+    const str = (k: string) => (typeof flags[k] === 'string' ? { [camel(k)]: flags[k] as string } : {});
+    const r = checkEvidenceFile({ evidence: flags.evidence, ...str('certs'), ...str('collateral'), ...str('at'), ...str('policy'), ...str('report-data'),
+      ...str('policy-hash') });
     console.log(flags.json ? JSON.stringify(r, null, 2) : formatEvidenceVerdict(r));
     return r.verified ? 0 : 1;
   }

@@ -14,6 +14,8 @@ export interface AttestedTee {
   tee: string;
   /** TDX TCB status, SEV-SNP "snp-<reported TCB>", 'simulated', or 'unknown'. */
   tcbStatus: string;
+  /** The launch measurement (SNP MEASUREMENT / TDX MRTD) the CAS verified, as its certificate names it. */
+  measurement?: string;
   /** Age of the TCB collateral (TDX TCB info / QE identity) when the CAS verified the evidence. */
   collateralAgeAtIssueSeconds?: number;
   simulated: boolean;
@@ -34,10 +36,12 @@ export function attestedTeeFromUris(uris: string[]): AttestedTee {
   const tee = one('urn:cdbp:tee:') || 'unknown';
   if (tee === 'simulated') return { tee, tcbStatus: 'simulated', simulated: true };
   const age = one(COLLATERAL_AGE_URN);
+  const measurement = one('urn:cdbp:measurement:');
   const ageSeconds = age !== undefined && /^\d{1,12}$/.test(age) ? Number(age) : undefined;
   return {
     tee,
     tcbStatus: one('urn:cdbp:tcb:') || 'unknown',
+    ...(measurement !== undefined && /^[0-9a-f]{1,128}$/.test(measurement) ? { measurement } : {}),
     ...(ageSeconds !== undefined ? { collateralAgeAtIssueSeconds: ageSeconds } : {}),
     simulated: false,
   };

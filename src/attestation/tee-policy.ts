@@ -30,6 +30,8 @@ export interface SnpAppraisalPolicy {
   hostData?: string[];
   /** Hex ID key digests (48 bytes). */
   idKeyDigests?: string[];
+  /** HOST_DATA must carry the hash of this signed policy (policy-binding.ts): the VM was launched for it. */
+  bindPolicyHash?: boolean;
 }
 
 export interface TdxAppraisalPolicy {
@@ -45,6 +47,14 @@ export interface TdxAppraisalPolicy {
   mrOwner?: string[];
   /** How long past nextUpdate collateral (TCB info, QE identity, CRLs) may still be used. Default 0. */
   collateralGraceSeconds?: number;
+  /**
+   * Floor for TEE_TCB_SVN (16 bytes, hex): every byte must be ≥ the floor's byte at the same index
+   * (byte 0 = TDX module minor SVN, byte 1 = major, the rest as in Intel's TCB info `tdxtcbcomponents`).
+   * Applied on top of the TCB status, so an owner can require a module version newer than Intel's floor.
+   */
+  minTeeTcbSvn?: string;
+  /** MRCONFIGID must carry the hash of this signed policy (policy-binding.ts): the TD was launched for it. */
+  bindPolicyHash?: boolean;
 }
 
 export interface TeeAppraisalPolicy {
@@ -76,8 +86,8 @@ export function validateTeeAppraisalPolicy(input: unknown, where = 'tee'): TeeAp
     const s = input.snp;
     if (!isObj(s)) p.push(`${where}.snp must be an object`);
     else {
-      known(s, ['allowDebug', 'allowMigrationAgent', 'vmpls', 'signers', 'minTcb', 'measurements', 'hostData', 'idKeyDigests'], `${where}.snp`, p);
-      for (const b of ['allowDebug', 'allowMigrationAgent']) if (s[b] !== undefined && typeof s[b] !== 'boolean') p.push(`${where}.snp.${b} must be true or false`);
+      known(s, ['allowDebug', 'allowMigrationAgent', 'vmpls', 'signers', 'minTcb', 'measurements', 'hostData', 'idKeyDigests', 'bindPolicyHash'], `${where}.snp`, p);
+      for (const b of ['allowDebug', 'allowMigrationAgent', 'bindPolicyHash']) if (s[b] !== undefined && typeof s[b] !== 'boolean') p.push(`${where}.snp.${b} must be true or false`);
       if (s.vmpls !== undefined && (!Array.isArray(s.vmpls) || s.vmpls.length === 0 || !s.vmpls.every((v) => Number.isInteger(v) && v >= 0 && v <= 3))) {
         p.push(`${where}.snp.vmpls must list VMPLs 0-3`);
       }
@@ -94,14 +104,21 @@ export function validateTeeAppraisalPolicy(input: unknown, where = 'tee'): TeeAp
       hexList(s.measurements, 48, `${where}.snp.measurements`, p);
       hexList(s.hostData, 32, `${where}.snp.hostData`, p);
       hexList(s.idKeyDigests, 48, `${where}.snp.idKeyDigests`, p);
+      if (s.bindPolicyHash === true && s.hostData !== undefined) p.push(`${where}.snp: bindPolicyHash and hostData exclude each other`);
     }
   }
   if (input.tdx !== undefined) {
     const t = input.tdx;
     if (!isObj(t)) p.push(`${where}.tdx must be an object`);
     else {
-      known(t, ['allowDebug', 'tcbStatuses', 'mrtd', 'rtmr', 'mrConfigId', 'mrOwner', 'collateralGraceSeconds'], `${where}.tdx`, p);
-      if (t.allowDebug !== undefined && typeof t.allowDebug !== 'boolean') p.push(`${where}.tdx.allowDebug must be true or false`);
+      known(t, ['allowDebug', 'tcbStatuses', 'mrtd', 'rtmr', 'mrConfigId', 'mrOwner', 'collateralGraceSeconds', 'minTeeTcbSvn', 'bindPolicyHash'], `${where}.tdx`, p);
+      for (const b of ['allowDebug', 'bindPolicyHash']) if (t[b] !== undefined && typeof t[b] !== 'boolean') p.push(`${where}.tdx.${b} must be true or false`);
+      if (t.minTeeTcbSvn !== undefined && (typeof t.minTeeTcbSvn !== 'string' || !hexOf(16).test(t.minTeeTcbSvn))) {
+        p.push(`${where}.tdx.minTeeTcbSvn must be 16 bytes of lowercase hex`);
+      }
+      // A pinned MRCONFIGID and the policy-hash binding would contradict each other (the hash is not known
+      // when the value is written into the policy).
+      if (t.bindPolicyHash === true && t.mrConfigId !== undefined) p.push(`${where}.tdx: bindPolicyHash and mrConfigId exclude each other`);
       if (t.tcbStatuses !== undefined && (!Array.isArray(t.tcbStatuses) || t.tcbStatuses.length === 0
         || !t.tcbStatuses.every((v) => (TCB_STATUSES as readonly unknown[]).includes(v)))) {
         p.push(`${where}.tdx.tcbStatuses must list some of ${TCB_STATUSES.join(', ')}`);
@@ -120,6 +137,13 @@ export function validateTeeAppraisalPolicy(input: unknown, where = 'tee'): TeeAp
   }
   if (p.length > 0) throw new CdbpError('POLICY_INVALID', `invalid TEE policy: ${p.join('; ')}`, { details: { problems: p } });
   return input as TeeAppraisalPolicy;
+}
+
+/** The first byte index where `svn` (16 bytes) is below `min` (hex), or -1 if every byte reaches it. */
+export function svnBelow(svn: Buffer, minHex: string): number {
+  const min = Buffer.from(minHex, 'hex');
+  for (let i = 0; i < min.length; i++) if ((svn[i] ?? 0) < min[i]!) return i;
+  return -1;
 }
 
 /** `value` (hex) is in the pinned list, or the list is absent (not pinned). */

@@ -12,12 +12,15 @@ import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { CdbpError } from '../kernel/errors.ts';
 import { constantTimeEqual } from '../crypto/hash.ts';
-import { parseCertificate } from './chain.ts';
+import type { X509Certificate } from 'node:crypto';
+import { cn, parseCertificate } from './chain.ts';
 import { loadCertificates, loadEvidenceBytes, loadTdxCollateral } from './evidence-file.ts';
 import { parseTdxQuote } from './tdx/quote.ts';
 import { readPckExtension } from './tdx/pck.ts';
 import { parsePemBundle } from './chain.ts';
 import type { TdxCollateral } from './tdx/verify.ts';
+import { findCachedVcek } from './snp/kds.ts';
+import { parseSnpReport, productFromCpuid } from './snp/report.ts';
 import type { TeeAppraisalPolicy } from './tee-policy.ts';
 import type { Evidence, EvidenceVerifier, TeeFacts } from './types.ts';
 import { verifyTeeEvidence } from './verify-evidence.ts';
@@ -25,7 +28,8 @@ import { verifyTeeEvidence } from './verify-evidence.ts';
 export class TeeEvidenceVerifier implements EvidenceVerifier {
   constructor(readonly mode: 'sev-snp' | 'tdx', private readonly collateralDir?: string, private readonly clock: () => Date = () => new Date()) {}
 
-  async verify(evidence: Evidence, expectedReportData: Buffer, appraisal?: TeeAppraisalPolicy): Promise<{ measurement: string; tee: TeeFacts }> {
+  async verify(evidence: Evidence, expectedReportData: Buffer, appraisal?: TeeAppraisalPolicy, context?: { policyHash?: string }):
+    Promise<{ measurement: string; tee: TeeFacts }> {
     if (evidence.mode !== this.mode) throw new CdbpError('EVIDENCE_INVALID', `evidence is for ${String(evidence.mode)}, this verifier for ${this.mode}`);
     if (typeof evidence.report !== 'string' || evidence.report.length > 128 * 1024) throw new CdbpError('TEE_EVIDENCE_MALFORMED', 'report missing or too large');
     // Without a pinned measurement any VM image would pass: the policy must name one (validatePolicy
@@ -42,8 +46,10 @@ export class TeeEvidenceVerifier implements EvidenceVerifier {
     const certs = [...loaded.certs, ...(evidence.certs ?? []).slice(0, 8).map((c, i) => parseCertificate(Buffer.from(String(c), 'base64'), `evidence certificate #${i + 1}`))];
     const dir = this.collateralDir;
     if (dir && !isTdx && existsSync(path.join(dir, 'snp'))) certs.push(...loadCertificates(path.join(dir, 'snp')));
+    if (dir && (loaded.format === 'snp-report' || loaded.format === 'azure-snp-hcl')) certs.push(...TeeEvidenceVerifier.cachedVcekFor(dir, loaded.bytes, certs));
     const verdict = verifyTeeEvidence({
       evidence: loaded, certs, now: this.clock(), ...(appraisal ? { policy: appraisal } : {}), expectedReportData,
+      ...(context?.policyHash ? { policyHash: context.policyHash } : {}),
       ...(isTdx ? { tdxCollateral: this.tdxCollateral(loaded.bytes) } : {}),
     });
     // The envelope's unsigned copies must agree with what was verified.
@@ -54,6 +60,28 @@ export class TeeEvidenceVerifier implements EvidenceVerifier {
       measurement: verdict.measurement,
       tee: { tcbStatus: verdict.tcbStatus, tcb: verdict.tee === 'tdx' ? verdict.tcbStatus : `snp-${(verdict.details as { reportedTcb: { raw: string } }).reportedTcb.raw}`, signer: verdict.signer, ...(verdict.collateralAgeSeconds !== undefined ? { collateralAgeSeconds: verdict.collateralAgeSeconds } : {}) },
     };
+  }
+
+  /**
+   * A VCEK-signed report whose evidence brought no VCEK: the one for its chip and TCB from the cache
+   * (snp/vcek/, filled by `cdbp collateral fetch --vcek-for`). A miss is refused with the KDS URL, unless
+   * VCEKs sit in snp/ itself (the older flat layout), where the verifier picks the matching one.
+   */
+  private static cachedVcekFor(dir: string, reportBytes: Buffer, have: X509Certificate[]): X509Certificate[] {
+    let report;
+    try {
+      report = parseSnpReport(reportBytes);
+    } catch {
+      return []; // the verifier reports the real problem
+    }
+    if (report.signingKey !== 0 || report.maskChipKey) return [];
+    const vceks = have.filter((c) => cn(c) === 'SEV-VCEK');
+    try {
+      return loadCertificates(findCachedVcek(dir, report.chipId, report.reportedTcbRaw, productFromCpuid(report.cpuid)));
+    } catch (e) {
+      if (vceks.length > 0) return [];
+      throw e;
+    }
   }
 
   private tdxCollateral(quote: Buffer): TdxCollateral {

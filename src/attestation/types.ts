@@ -41,8 +41,10 @@ export interface EvidenceVerifier {
   readonly mode: TeeMode;
   /**
    * Verifies the report's signature chain and that it binds exactly `expectedReportData`. Real TEE
-   * verifiers also apply the owner's appraisal policy (`appraisal`: the signed policy's `tee` part).
+   * verifiers also apply the owner's appraisal policy (`appraisal`: the signed policy's `tee` part);
+   * `context.policyHash` (the signed policy's hash) is what SNP HOST_DATA / TDX MRCONFIGID must carry
+   * when the policy requires the launch binding (policy-binding.ts).
    */
-  verify(evidence: Evidence, expectedReportData: Buffer, appraisal?: import('./tee-policy.ts').TeeAppraisalPolicy):
-    Promise<{ measurement: string; tee?: TeeFacts }>;
+  verify(evidence: Evidence, expectedReportData: Buffer, appraisal?: import('./tee-policy.ts').TeeAppraisalPolicy,
+    context?: { policyHash?: string }): Promise<{ measurement: string; tee?: TeeFacts }>;
 }

@@ -32,12 +32,15 @@ export interface VerifyEvidenceInput {
   now: Date;
   policy?: TeeAppraisalPolicy;
   expectedReportData?: Buffer;
+  /** Hex SHA-256 of the signed policy being applied (the launch binding, policy-binding.ts). */
+  policyHash?: string;
 }
 
 export function verifyTeeEvidence(i: VerifyEvidenceInput): TeeVerdict {
   if (i.evidence.format === 'tdx-quote') {
     const v = verifyTdxQuote({ quote: i.evidence.bytes, collateral: i.tdxCollateral ?? {}, now: i.now,
-      ...(i.policy?.tdx ? { policy: i.policy.tdx } : {}), ...(i.expectedReportData ? { expectedReportData: i.expectedReportData } : {}) });
+      ...(i.policy?.tdx ? { policy: i.policy.tdx } : {}), ...(i.expectedReportData ? { expectedReportData: i.expectedReportData } : {}),
+      ...(i.policyHash ? { policyHash: i.policyHash } : {}) });
     return {
       tee: 'tdx', format: `TDX quote v${v.quoteVersion} (TDX ${v.tdxVersion})`, measurement: v.mrTd, tcbStatus: v.tcb.status,
       signer: `${v.chain} (FMSPC ${v.fmspc})`, debug: v.debug, reportData: v.reportData, collateralAgeSeconds: v.collateral.ageSeconds, details: v,
@@ -45,7 +48,8 @@ export function verifyTeeEvidence(i: VerifyEvidenceInput): TeeVerdict {
   }
   if (i.evidence.format === 'azure-snp-vtpm') {
     const a = verifyAzureSnpVtpm({ evidence: parseAzureVtpmEvidence(i.evidence.bytes), certs: i.certs ?? [], now: i.now,
-      ...(i.policy?.snp ? { policy: i.policy.snp } : {}), ...(i.expectedReportData ? { expectedNonce: azureVtpmNonce(i.expectedReportData) } : {}) });
+      ...(i.policy?.snp ? { policy: i.policy.snp } : {}), ...(i.expectedReportData ? { expectedNonce: azureVtpmNonce(i.expectedReportData) } : {}),
+      ...(i.policyHash ? { policyHash: i.policyHash } : {}) });
     const v = a.snp;
     return {
       tee: 'sev-snp', format: `Azure SNP vTPM: SEV-SNP report v${v.reportVersion} → HCL runtime data → vTPM AK → TPM2 quote (nonce ${a.nonce})`,
@@ -54,7 +58,8 @@ export function verifyTeeEvidence(i: VerifyEvidenceInput): TeeVerdict {
     };
   }
   const v = verifySnpReport({ report: i.evidence.bytes, certs: [...i.evidence.certs, ...(i.certs ?? [])], now: i.now,
-    ...(i.policy?.snp ? { policy: i.policy.snp } : {}), ...(i.expectedReportData ? { expectedReportData: i.expectedReportData } : {}) });
+    ...(i.policy?.snp ? { policy: i.policy.snp } : {}), ...(i.expectedReportData ? { expectedReportData: i.expectedReportData } : {}),
+    ...(i.policyHash ? { policyHash: i.policyHash } : {}) });
   return {
     tee: 'sev-snp',
     format: `SEV-SNP report v${v.reportVersion}${i.evidence.format === 'azure-snp-hcl' ? ' in an Azure HCL report' : ''}`,

@@ -79,7 +79,9 @@ export type ErrorCode =
   | 'STORAGE_UNAVAILABLE'
   | 'STORAGE_KEY_INVALID'
   // another process holds this state directory (src/kernel/state-lock.ts)
-  | 'STATE_LOCKED';
+  | 'STATE_LOCKED'
+  // the report's launch field (SNP HOST_DATA / TDX MRCONFIGID) does not carry the owner's policy hash (src/attestation/policy-binding.ts)
+  | 'TEE_POLICY_BINDING_MISMATCH';
 
 export class CdbpError extends Error {
   readonly code: ErrorCode;
@@ -136,6 +138,7 @@ export function httpStatusFor(code: ErrorCode): number {
     case 'TEE_DEBUG_REFUSED':
     case 'TEE_POLICY_REFUSED':
     case 'TEE_REPORT_DATA_MISMATCH':
+    case 'TEE_POLICY_BINDING_MISMATCH':
       return 401;
     // The CAS's own collateral is missing or stale: the operator refreshes it (cdbp collateral).
     case 'TEE_COLLATERAL_MISSING':

@@ -14,7 +14,7 @@ function leaf(uris: string[]): string {
 test('attested TEE from a CAS certificate: TDX status and collateral age; SEV-SNP reported TCB', () => {
   assert.deepEqual(attestedTeeFromCertificate(leaf(['urn:cdbp:service:svc', 'urn:cdbp:tee:tdx', 'urn:cdbp:measurement:ab',
     'urn:cdbp:tcb:UpToDate', 'urn:cdbp:collateral-age:86400'])),
-  { tee: 'tdx', tcbStatus: 'UpToDate', collateralAgeAtIssueSeconds: 86400, simulated: false });
+  { tee: 'tdx', tcbStatus: 'UpToDate', measurement: 'ab', collateralAgeAtIssueSeconds: 86400, simulated: false });
   assert.deepEqual(attestedTeeFromCertificate(leaf(['urn:cdbp:service:svc', 'urn:cdbp:tee:sev-snp', 'urn:cdbp:tcb:snp-0300000000000873'])),
     { tee: 'sev-snp', tcbStatus: 'snp-0300000000000873', simulated: false });
 });

@@ -94,9 +94,10 @@ export interface AzureVerdict {
 }
 
 export function verifyAzureSnpVtpm(i: { evidence: AzureVtpmEvidence; certs?: X509Certificate[]; now: Date; policy?: SnpAppraisalPolicy;
-  expectedNonce?: Buffer; expectedPcrs?: Record<number, string> }): AzureVerdict {
+  expectedNonce?: Buffer; expectedPcrs?: Record<number, string>; policyHash?: string }): AzureVerdict {
   const { report, runtimeData } = unwrapAzureHcl(i.evidence.hclReport);
-  const snp = verifySnpReport({ report, certs: [...i.evidence.certs, ...(i.certs ?? [])], now: i.now, ...(i.policy ? { policy: i.policy } : {}) });
+  const snp = verifySnpReport({ report, certs: [...i.evidence.certs, ...(i.certs ?? [])], now: i.now, ...(i.policy ? { policy: i.policy } : {}),
+    ...(i.policyHash ? { policyHash: i.policyHash } : {}) });
   let ak: KeyObject;
   try {
     const rt = JSON.parse(runtimeData.toString('utf8')) as { keys?: Array<Record<string, unknown>> };

@@ -11,6 +11,7 @@
  *   5. the leaf's TCB extensions = reported_tcb; VCEK hwID = chip_id            TEE_TCB_MISMATCH
  *   6. policy: debug, migration agent, VMPL, signer, minimum TCB                TEE_DEBUG_REFUSED / TEE_POLICY_REFUSED / TEE_TCB_STATUS_REFUSED
  *   7. measurement, HOST_DATA, ID key digest against the policy                 MEASUREMENT_MISMATCH / TEE_POLICY_REFUSED
+ *      HOST_DATA = the signed policy's hash when the policy requires it       TEE_POLICY_BINDING_MISMATCH
  *   8. report data = the expected binding (nonce and keys)                      TEE_REPORT_DATA_MISMATCH
  */
 import type { X509Certificate } from 'node:crypto';
@@ -21,6 +22,7 @@ import { readDer } from '../../crypto/der.ts';
 import { cn, verifyChainToPinnedRoot } from '../chain.ts';
 import { snpSignaturePaddingIsZero, snpSignatureToP1363, verifyP1363 } from '../ecdsa.ts';
 import { allowedBy, type SnpAppraisalPolicy } from '../tee-policy.ts';
+import { checkLaunchBinding } from '../policy-binding.ts';
 import { decodeSnpTcb, parseSnpReport, productFromCpuid, SNP_POLICY, SNP_SIG_ALGO_ECDSA_P384_SHA384,
   type SnpProduct, type SnpReport, type SnpTcb } from './report.ts';
 import { pinnedArks } from './roots.ts';
@@ -46,6 +48,8 @@ export interface SnpVerifyInput {
   policy?: SnpAppraisalPolicy;
   /** 64 bytes the report data must equal (the nonce/key binding); omitted only by `cdbp verify` on a bare file. */
   expectedReportData?: Buffer;
+  /** Hex SHA-256 of the signed policy being applied: HOST_DATA must carry it if the policy says `bindPolicyHash`. */
+  policyHash?: string;
   /** The trust anchors per product; default the pinned ARKs. Only tests pass others. */
   arks?: Map<SnpProduct, X509Certificate>;
 }
@@ -80,8 +84,13 @@ export function verifySnpReport(input: SnpVerifyInput): SnpVerdict {
     : fail('TEE_EVIDENCE_MALFORMED', `SEV-SNP report names signing key ${report.signingKey} (neither VCEK nor VLEK): it is unsigned`);
 
   // 2-3: the chain. The leaf is picked by the key the report names; its issuer decides the product.
-  const leaf = input.certs.find((c) => cn(c) === `SEV-${signer}`)
-    ?? fail('TEE_COLLATERAL_MISSING', `the report is signed by a ${signer}, and no ${signer} certificate was supplied (--certs, the evidence's certificate table, or the collateral directory)`);
+  const candidates = input.certs.filter((c) => cn(c) === `SEV-${signer}`);
+  if (candidates.length === 0) {
+    fail('TEE_COLLATERAL_MISSING', `the report is signed by a ${signer}, and no ${signer} certificate was supplied (--certs, the evidence's certificate table, or the collateral directory)`);
+  }
+  // Several (a directory of VCEKs for many chips and TCBs): the one for this chip and TCB; if none is,
+  // the first, so the refusal names the mismatch.
+  const leaf = candidates.find((c) => leafFits(c, signer, report)) ?? candidates[0]!;
   const issuerCn = /(?:^|\n)CN=([^\n]*)/.exec(leaf.issuer)?.[1] ?? '';
   const product = (/^SEV-(?:VLEK-)?(Milan|Genoa|Turin)$/.exec(issuerCn)?.[1] as SnpProduct | undefined)
     ?? fail('TEE_CERT_CHAIN_INVALID', `the ${signer} is issued by "${issuerCn}", not by an AMD ${signer === 'VCEK' ? 'ASK' : 'ASVK'}`);
@@ -125,7 +134,8 @@ export function verifySnpReport(input: SnpVerifyInput): SnpVerdict {
   for (const [k, min] of Object.entries(policy.minTcb ?? {})) {
     const have = reportedTcb[k as keyof SnpMinTcbKeys];
     if (have === undefined || have < (min as number)) {
-      fail('TEE_TCB_STATUS_REFUSED', `reported TCB ${k} ${have ?? 'absent'} is below the policy's minimum ${min as number}`, { component: k, have, min });
+      fail('TEE_TCB_STATUS_REFUSED', `reported TCB ${k} ${have ?? 'absent'} is below the policy's minimum ${min as number} (reported TCB ${reportedTcb.raw}: ${describeTcb(reportedTcb)})`,
+        { component: k, have, min, reportedTcb: reportedTcb.raw });
     }
   }
   const measurement = report.measurement.toString('hex');
@@ -134,6 +144,7 @@ export function verifySnpReport(input: SnpVerifyInput): SnpVerdict {
   }
   const hostData = report.hostData.toString('hex');
   if (!allowedBy(policy.hostData, hostData)) fail('TEE_POLICY_REFUSED', `HOST_DATA ${hostData} is not one the policy allows`);
+  if (policy.bindPolicyHash === true) checkLaunchBinding('HOST_DATA', report.hostData, input.policyHash);
   const idKeyDigest = report.idKeyDigest.toString('hex');
   if (!allowedBy(policy.idKeyDigests, idKeyDigest)) fail('TEE_POLICY_REFUSED', `ID key digest ${idKeyDigest} is not one the policy allows`);
   if (input.expectedReportData && !constantTimeEqual(report.reportData, input.expectedReportData)) {
@@ -147,6 +158,21 @@ export function verifySnpReport(input: SnpVerifyInput): SnpVerdict {
     chipId: report.chipId.toString('hex'), signerNotAfter: new Date(leaf.validTo).toISOString(),
   };
 }
+
+/** Whether `c` certifies this report's chip and reported TCB (no signature checked: the chain is next). */
+function leafFits(c: X509Certificate, signer: SnpSigner, report: SnpReport): boolean {
+  const product = /(?:^|\n)CN=SEV-(?:VLEK-)?(Milan|Genoa|Turin)(?:\n|$)/.exec(c.issuer)?.[1] as SnpProduct | undefined;
+  if (!product) return false;
+  try {
+    checkLeafMatchesReport(c, signer, product, report, decodeSnpTcb(report.reportedTcbRaw, product));
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+const describeTcb = (t: SnpTcb): string =>
+  `bootloader ${t.bootloader}, tee ${t.tee}, snp ${t.snp}, microcode ${t.microcode}${t.fmc !== undefined ? `, fmc ${t.fmc}` : ''}`;
 
 type SnpMinTcbKeys = { bootloader: number; tee: number; snp: number; microcode: number; fmc: number };
 

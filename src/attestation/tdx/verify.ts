@@ -13,7 +13,9 @@
  *   7. TCB info and QE identity: signed by the TCB Signing chain, in window,
  *      for this FMSPC / PCE-ID; QE identity matches the QE report              TEE_COLLATERAL_* / TEE_FMSPC_MISMATCH / TEE_QE_IDENTITY_MISMATCH
  *   8. TCB level → status; the policy's accepted statuses                       TEE_TCB_STATUS_REFUSED
+ *      TEE_TCB_SVN ≥ the policy's minimum, byte by byte                        TEE_TCB_STATUS_REFUSED
  *   9. TD attributes (debug), MRTD, RTMR0-3, MRCONFIGID, MROWNER              TEE_DEBUG_REFUSED / MEASUREMENT_MISMATCH / TEE_POLICY_REFUSED
+ *      MRCONFIGID = the signed policy's hash when the policy requires it      TEE_POLICY_BINDING_MISMATCH
  *  10. report data = the expected binding                                       TEE_REPORT_DATA_MISMATCH
  */
 import { createHash, type X509Certificate } from 'node:crypto';
@@ -22,7 +24,8 @@ import { constantTimeEqual } from '../../crypto/hash.ts';
 import { cn, parsePemBundle, verifyChainToPinnedRoot } from '../chain.ts';
 import { checkCrl, parseCrl, serialHex } from '../crl.ts';
 import { p256PublicKeyFromRaw, verifyP1363 } from '../ecdsa.ts';
-import { allowedBy, DEFAULT_TDX_TCB_STATUSES, type TcbStatus, type TdxAppraisalPolicy } from '../tee-policy.ts';
+import { allowedBy, DEFAULT_TDX_TCB_STATUSES, svnBelow, type TcbStatus, type TdxAppraisalPolicy } from '../tee-policy.ts';
+import { checkLaunchBinding } from '../policy-binding.ts';
 import { checkCollateralWindow, parseQeIdentity, parseTcbInfo, verifyCollateralSignature } from './collateral.ts';
 import { readPckExtension, type PckExtension } from './pck.ts';
 import { parseTdxQuote, type TdxQuote } from './quote.ts';
@@ -45,6 +48,8 @@ export interface TdxVerifyInput {
   now: Date;
   policy?: TdxAppraisalPolicy;
   expectedReportData?: Buffer;
+  /** Hex SHA-256 of the signed policy being applied: MRCONFIGID must carry it if the policy says `bindPolicyHash`. */
+  policyHash?: string;
   /** The trust anchor; default the pinned Intel SGX Root CA. Only tests pass another one. */
   root?: X509Certificate;
 }
@@ -114,6 +119,14 @@ export function verifyTdxQuote(input: TdxVerifyInput): TdxVerdict {
     throw new CdbpError('TEE_TCB_STATUS_REFUSED', `TCB status ${tcb.status} (platform ${tcb.platformStatus}, QE ${tcb.qeStatus}) is not accepted (policy: ${accepted.join(', ')})`,
       { details: { status: tcb.status, advisoryIds: tcb.advisoryIds } });
   }
+  if (policy.minTeeTcbSvn !== undefined) {
+    const i = svnBelow(quote.body.teeTcbSvn, policy.minTeeTcbSvn);
+    if (i >= 0) {
+      throw new CdbpError('TEE_TCB_STATUS_REFUSED',
+        `TEE_TCB_SVN ${quote.body.teeTcbSvn.toString('hex')} is below the policy's minimum ${policy.minTeeTcbSvn} at byte ${i} (${quote.body.teeTcbSvn[i]} < ${Buffer.from(policy.minTeeTcbSvn, 'hex')[i]}); TCB status ${tcb.status}`,
+        { details: { status: tcb.status, teeTcbSvn: quote.body.teeTcbSvn.toString('hex'), min: policy.minTeeTcbSvn, byte: i } });
+    }
+  }
 
   // 9-10: the TD itself.
   const b = quote.body;
@@ -129,6 +142,7 @@ export function verifyTdxQuote(input: TdxVerifyInput): TdxVerdict {
   const mrOwner = b.mrOwner.toString('hex');
   if (!allowedBy(policy.mrConfigId, mrConfigId)) throw new CdbpError('TEE_POLICY_REFUSED', `MRCONFIGID ${mrConfigId} is not one the policy allows`);
   if (!allowedBy(policy.mrOwner, mrOwner)) throw new CdbpError('TEE_POLICY_REFUSED', `MROWNER ${mrOwner} is not one the policy allows`);
+  if (policy.bindPolicyHash === true) checkLaunchBinding('MRCONFIGID', b.mrConfigId, input.policyHash);
   if (input.expectedReportData && !constantTimeEqual(b.reportData, input.expectedReportData)) {
     throw new CdbpError('TEE_REPORT_DATA_MISMATCH', 'the quote\'s report data does not bind this nonce and these keys');
   }
