@@ -243,13 +243,24 @@ export class GocryptfsDirectory implements EncryptedDirectory {
     }
   }
 
+  private probeErrorLogged = false;
+
   private check(): void {
     if (!this.mounted || this.unmounting) return;
     try {
       this.verifyTopMount();
-      statSync(this.plaintextPath); // ENOTCONN when the FUSE server is gone
+      statSync(this.plaintextPath);
     } catch (e) {
-      this.lose(isCdbpError(e) ? e.message : `mount point unusable: ${(e as Error).message}`);
+      if (isCdbpError(e)) return this.lose(e.message);
+      const code = (e as NodeJS.ErrnoException).code;
+      // Only a server that stopped answering means the mount is gone (ENOTCONN: the FUSE server died;
+      // ENOENT/ENOTDIR: nothing of ours there). Any other answer (EACCES seen in containers with reduced
+      // capabilities while PostgreSQL creates files) came from a live gocryptfs, which mountinfo shows on top.
+      if (code === 'ENOTCONN' || code === 'ECONNABORTED' || code === 'ENOENT' || code === 'ENOTDIR' || code === 'EIO') {
+        return this.lose(`mount point unusable: ${(e as Error).message}`);
+      }
+      if (!this.probeErrorLogged) this.o.log?.warn({ mountPoint: this.plaintextPath, code }, 'encrypted directory answered a health probe with an error; the mount is still ours (logged once)');
+      this.probeErrorLogged = true;
     }
   }
 
