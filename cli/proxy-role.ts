@@ -29,7 +29,8 @@ import { attestedTeeOf, type AttestedTee } from '../src/attestation/attested-tee
 import { onCasIdentityAlarm } from '../src/cas-client/http.ts';
 import { CasTrustPin } from '../src/cas-client/trust-pin.ts';
 import { checkProxyConfig } from './proxy-config-check.ts';
-import { RenewalDriver, type RenewalOutcome, type RenewalStatus } from '../src/cas-client/renewal.ts';
+import { RenewalDriver, type RenewalOutcome } from '../src/cas-client/renewal.ts';
+import { certificateFacts, certificateStatus, proxyReadiness } from '../src/ops/proxy-status.ts';
 import { CurrentCounter, closeClient } from '../src/cas-client/current-counter.ts';
 import { FreshnessGuard } from '../proxy/freshness/guard.ts';
 import { RecordStore } from '../proxy/freshness/store.ts';
@@ -435,21 +436,19 @@ export class ProxyRole {
     log.info({ keysServed: this.keyring!.keysServedSinceToken() }, 'mariadb encryption verified');
   }
 
+  /** The facts /readyz decides on (src/ops/proxy-status.ts decides). */
   private readiness(): { ready: boolean; reasons: string[] } {
-    const reasons: string[] = [];
-    if (this.draining) reasons.push('draining');
-    if (this.provision && this.provision.identity.notAfter.getTime() <= Date.now()) {
-      const failing = this.renewal.status().error;
-      reasons.push(`certificate expired at ${this.provision.identity.notAfter.toISOString()}${failing ? ` (renewal failing: ${failing})` : ''}`);
-    }
-    const v = this.guard?.violated;
-    if (v) reasons.push(`freshness ${v.kind}: ${v.message}`);
-    const impostor = this.casPin?.lastImpostor;
-    if (impostor) reasons.push(`CAS identity: ${impostor.message} (the counter can no longer be trusted; restart once the CAS is the real one again)`);
-    if (this.lifecycle.state === 'ready' && this.mariadb && !this.mariadb.running) reasons.push('backend: mariadbd is not running');
-    const storage = this.pgStorage?.health();
-    if (storage && !storage.mounted && storage.reason) reasons.push(`storage: ${storage.reason}`);
-    return { ready: reasons.length === 0, reasons };
+    return proxyReadiness({
+      now: Date.now(),
+      draining: this.draining,
+      certificateNotAfter: this.provision?.identity.notAfter,
+      renewalError: this.renewal.status().error,
+      freshnessViolation: this.guard?.violated,
+      casImpostor: this.casPin?.lastImpostor,
+      lifecycleReady: this.lifecycle.state === 'ready',
+      mariadbRunning: this.mariadb?.running,
+      storage: this.pgStorage?.health(),
+    });
   }
 
   /** What the CAS attested (TEE, TCB, collateral age), read from the certificate it issued. */
@@ -466,11 +465,7 @@ export class ProxyRole {
       measurement: this.deps.provider.measurement(),
       attestation: this.attestedTee(),
       service: this.deps.config.service,
-      certificate: p ? { ...certificateFacts(p.identity.certPem), subject: p.identity.subject,
-        notAfter: p.identity.notAfter.toISOString(),
-        expiresInSeconds: Math.round((p.identity.notAfter.getTime() - Date.now()) / 1000),
-        ...renewalFacts(this.renewal.status()),
-      } : null,
+      certificate: p ? certificateStatus(p.identity, this.renewal.status(), Date.now()) : null,
       freshness: this.guard?.status() ?? null,
       casTrust: this.casPin?.status() ?? null,
       backend: {
@@ -649,22 +644,6 @@ async function waitForBackend(source: PositionSource, log: Logger, timeoutMs = 1
       await sleep(500);
     }
   }
-}
-
-/** The renewal part of the certificate's /v1/status facts. */
-function renewalFacts(r: RenewalStatus): Record<string, unknown> {
-  return {
-    renewals: r.renewals,
-    lastRenewalAt: r.lastRenewalAt?.toISOString() ?? null,
-    nextRenewalAt: r.nextRenewalAt?.toISOString() ?? null,
-    ...(r.error ? { renewalError: r.error, renewalFailures: r.consecutiveFailures } : {}),
-  };
-}
-
-/** Public facts about a certificate for status and logs. */
-function certificateFacts(certPem: string): { serial: string; notBefore: string; fingerprint256: string } {
-  const c = new X509Certificate(certPem);
-  return { serial: c.serialNumber, notBefore: new Date(c.validFrom).toISOString(), fingerprint256: c.fingerprint256 };
 }
 
 function sleep(ms: number): Promise<void> {
