@@ -20,6 +20,7 @@ import { buildOpsServer, buildAdminServer, newAdminToken } from '../src/ops/serv
 import { endpointReportData } from '../src/ops/evidence.ts';
 import { MariadbServer } from '../src/db/mariadb-server.ts';
 import { checkMariadbServer } from '../src/db/mariadb-encryption-check.ts';
+import { waitForDatabase } from '../src/db/wait-for-database.ts';
 import { hardeningDirs, hardeningPaths, mariadbHardeningConfig, preparePluginDir } from '../src/db/mariadb-hardening.ts';
 import { mariadbPluginDir } from '../src/kernel/binaries.ts';
 import type { Provision, CounterClient } from '../src/provisioning/types.ts';
@@ -218,7 +219,7 @@ export class ProxyRole {
     if (socket) {
       const positions = new MariadbPositionSource({ socket, user: config.monitorUser, password: config.monitorPassword });
       this.positions = positions;
-      if (!config.manageMariadb) await waitForBackend(positions, log);
+      if (!config.manageMariadb) await waitForDatabase(positions, log);
       if (this.keyring) await this.verifyBackendEncryption(socket);
       await this.guard.verifyOnline(positions);
       this.guard.startRuntime(positions);
@@ -291,7 +292,7 @@ export class ProxyRole {
       socketDir, port: config.pgBackendPort, user: config.pgMonitorUser, password: config.monitorPassword,
     });
     this.positions = positions;
-    if (!config.managePostgres) await waitForBackend(positions, log);
+    if (!config.managePostgres) await waitForDatabase(positions, log);
     await this.guard!.verifyOnline(positions);
     this.guard!.startRuntime(positions);
     const provision = this.provision!;
@@ -627,23 +628,6 @@ export class ProxyRole {
 /** Where the admin token goes: CDBP_ADMIN_TOKEN_FILE, else admin.token in the role's runtime dir. */
 export function adminTokenFile(config: ProxyConfig): string {
   return config.adminTokenFile ?? path.join(config.mariadbRunDir ?? config.pgRunDir ?? config.untrustedDir, 'admin.token');
-}
-
-/** An external database may still be starting (MariaDB waits for the keyring): poll it for a while. */
-async function waitForBackend(source: PositionSource, log: Logger, timeoutMs = 120_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  let logged = false;
-  for (;;) {
-    try {
-      await source.read();
-      return;
-    } catch (e) {
-      if (Date.now() > deadline) throw new CdbpError('BACKEND_UNAVAILABLE', `database not reachable: ${asCdbpError(e).message}`);
-      if (!logged) log.info('waiting for the database to come up');
-      logged = true;
-      await sleep(500);
-    }
-  }
 }
 
 function sleep(ms: number): Promise<void> {
