@@ -8,7 +8,7 @@
  * If any step fails, later steps never run: keys are not served, MariaDB is not started, /readyz stays
  * 503 and /v1/status says why.
  */
-import { chmodSync, existsSync, mkdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { mkdirSync, readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { randomBytes, X509Certificate } from 'node:crypto';
 import type { ConfigOf } from '../src/kernel/config.ts';
@@ -39,9 +39,8 @@ import { MariadbPositionSource, readOfflineCheckpoint, type PositionSource } fro
 import { PostgresPositionSource } from '../proxy/freshness/postgres-position.ts';
 import { createPgProxy, type PgProxy } from '../proxy/pg/index.ts';
 import { PostgresServer, lookupOsUser } from '../src/db/postgres-server.ts';
-import {
-  GocryptfsDirectory, openEncryptedDirectory, recoverInterruptedRotation, reencryptDirectory, storageKeyCandidates, type EncryptedDirectory,
-} from '../src/storage/index.ts';
+import type { EncryptedDirectory } from '../src/storage/index.ts';
+import { postgresStorage, type PostgresLayout } from '../src/storage/postgres-storage.ts';
 import { createMysqlProxy, MariadbAccountTls, type MysqlProxy } from '../proxy/mysql/index.ts';
 import { createKeyring, mariadbEncryptionConfig, keyringEnv, prepareVolatileDir, writeKeyringCaFile, type Keyring } from '../keyring/index.ts';
 import { writeFileDurable } from '../src/crypto/atomic-file.ts';
@@ -314,38 +313,22 @@ export class ProxyRole {
    * one only when no WAL position was ever sealed, i.e. the database's first start) and watches it; a
    * lost mount fails the proxy closed. Returns PostgreSQL's layout inside the mount.
    */
-  private async mountPostgresStorage(runDir: string, encryptedDir: string): Promise<{ dir: string; datadir: string; socketDir: string }> {
+  private async mountPostgresStorage(runDir: string, encryptedDir: string): Promise<PostgresLayout> {
     const { config, log } = this.deps;
-    mkdirSync(runDir, { recursive: true, mode: 0o711 });
     const owner = process.getuid?.() === 0 ? lookupOsUser('postgres') : undefined;
-    // PostgreSQL's OS user must reach the mount point below the run dir (traverse only, no listing).
-    if (owner) chmodSync(runDir, (statSync(runDir).mode & 0o777) | 0o011);
-    const make = (encryptedPath: string, plaintextPath: string) => new GocryptfsDirectory({ encryptedPath, plaintextPath, owner, log });
-    const storage = make(encryptedDir, path.join(runDir, 'plain'));
-    this.pgStorage = storage;
-    const recovered = recoverInterruptedRotation(encryptedDir);
-    if (recovered) log.warn({ dir: encryptedDir }, `key rotation: ${recovered}`);
-    const keys = storageKeyCandidates(this.provision!.secrets.dbKeys);
-    const sealed = (this.guard!.status().position as { walLsn?: string } | null)?.walLsn;
-    const opened = await openEncryptedDirectory(storage, keys, {
-      create: sealed === undefined,
-      refuseCreateBecause: `the freshness record says this database has data (WAL position ${sealed})`,
-      log,
+    const prepared = postgresStorage({ runDir, encryptedDir, owner, log });
+    this.pgStorage = prepared.storage;
+    const layout = await prepared.open({
+      dbKeys: this.provision!.secrets.dbKeys,
+      sealedWalLsn: (this.guard!.status().position as { walLsn?: string } | null)?.walLsn,
+      rekey: config.pgRekey,
     });
-    if (opened.version !== keys[0]!.version && config.pgRekey) {
-      // Rotation: the owner provisioned a newer key version. PostgreSQL is not running yet: copy now.
-      log.warn({ from: opened.version, to: keys[0]!.version }, 'key rotation: re-encrypting the PostgreSQL directory with the newest key version');
-      await reencryptDirectory({ current: storage, newKey: keys[0]!, scratchMountPoint: path.join(runDir, 'rekey'), makeDirectory: make, log });
-      await storage.mount(keys[0]!);
-    }
-    const plain = storage.plaintextPath;
-    storage.onLost((reason) => {
+    prepared.storage.onLost((reason) => {
       if (this.stopping) return;
       this.lifecycle.fail({ code: 'STORAGE_UNAVAILABLE', message: `encrypted directory lost: ${reason}` });
       void this.failClosed('encrypted directory lost');
     });
-    const dir = path.join(plain, 'pg');
-    return { dir, datadir: path.join(dir, 'data'), socketDir: path.join(dir, 'run') };
+    return layout;
   }
 
   /** The loopback keyring with the provisioned keys; for an external MariaDB, hands it the token via tmpfs. */
