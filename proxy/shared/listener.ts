@@ -90,7 +90,7 @@ export interface ListenerStats {
   refusedBy: Record<ListenerRefusal, number>;
   /** Refused clients dropped unanswered (more than maxRefusalHandshakes refusals in flight). */
   unanswered: number;
-  /** Sessions ended by a drain deadline or close(). */
+  /** Conversations (sessions, and refusals still being delivered) ended by a drain deadline or close(). */
   drained: number;
 }
 
