@@ -5,7 +5,15 @@
  * server that serves them (docs/OPERATIONS.md "/readyz", "/v1/status").
  */
 import { X509Certificate } from 'node:crypto';
-import type { RenewalStatus } from '../cas-client/renewal.ts';
+
+/** What the status needs of the renewal's bookkeeping (src/cas-client/renewal.ts RenewalStatus; structural, so ops does not depend on the CAS client). */
+export interface RenewalFacts {
+  renewals: number;
+  lastRenewalAt: Date | undefined;
+  nextRenewalAt: Date | undefined;
+  error: string | undefined;
+  consecutiveFailures: number;
+}
 
 export interface ProxyReadinessFacts {
   now: number;
@@ -42,7 +50,7 @@ export function proxyReadiness(f: ProxyReadinessFacts): { ready: boolean; reason
 /** The /v1/status `certificate` block: public facts of the serving certificate and of its renewal. */
 export function certificateStatus(
   identity: { certPem: string; subject: string; notAfter: Date },
-  renewal: Readonly<RenewalStatus>,
+  renewal: Readonly<RenewalFacts>,
   now: number,
 ): Record<string, unknown> {
   return {
@@ -54,7 +62,7 @@ export function certificateStatus(
 }
 
 /** The renewal part of the certificate's /v1/status facts. */
-function renewalFacts(r: Readonly<RenewalStatus>): Record<string, unknown> {
+function renewalFacts(r: Readonly<RenewalFacts>): Record<string, unknown> {
   return {
     renewals: r.renewals,
     lastRenewalAt: r.lastRenewalAt?.toISOString() ?? null,
