@@ -8,7 +8,7 @@
  * If any step fails, later steps never run: keys are not served, MariaDB is not started, /readyz stays
  * 503 and /v1/status says why.
  */
-import { chmodSync, existsSync, mkdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { mkdirSync, readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { randomBytes, X509Certificate } from 'node:crypto';
 import type { ConfigOf } from '../src/kernel/config.ts';
@@ -20,6 +20,7 @@ import { buildOpsServer, buildAdminServer, newAdminToken } from '../src/ops/serv
 import { endpointReportData } from '../src/ops/evidence.ts';
 import { MariadbServer } from '../src/db/mariadb-server.ts';
 import { checkMariadbServer } from '../src/db/mariadb-encryption-check.ts';
+import { waitForDatabase } from '../src/db/wait-for-database.ts';
 import { hardeningDirs, hardeningPaths, mariadbHardeningConfig, preparePluginDir } from '../src/db/mariadb-hardening.ts';
 import { mariadbPluginDir } from '../src/kernel/binaries.ts';
 import type { Provision, CounterClient } from '../src/provisioning/types.ts';
@@ -29,7 +30,8 @@ import { attestedTeeOf, type AttestedTee } from '../src/attestation/attested-tee
 import { onCasIdentityAlarm } from '../src/cas-client/http.ts';
 import { CasTrustPin } from '../src/cas-client/trust-pin.ts';
 import { checkProxyConfig } from './proxy-config-check.ts';
-import { RenewalDriver, type RenewalOutcome, type RenewalStatus } from '../src/cas-client/renewal.ts';
+import { RenewalDriver, type RenewalOutcome } from '../src/cas-client/renewal.ts';
+import { certificateFacts, certificateStatus, proxyReadiness } from '../src/ops/proxy-status.ts';
 import { CurrentCounter, closeClient } from '../src/cas-client/current-counter.ts';
 import { FreshnessGuard } from '../proxy/freshness/guard.ts';
 import { RecordStore } from '../proxy/freshness/store.ts';
@@ -37,9 +39,8 @@ import { MariadbPositionSource, readOfflineCheckpoint, type PositionSource } fro
 import { PostgresPositionSource } from '../proxy/freshness/postgres-position.ts';
 import { createPgProxy, type PgProxy } from '../proxy/pg/index.ts';
 import { PostgresServer, lookupOsUser } from '../src/db/postgres-server.ts';
-import {
-  GocryptfsDirectory, openEncryptedDirectory, recoverInterruptedRotation, reencryptDirectory, storageKeyCandidates, type EncryptedDirectory,
-} from '../src/storage/index.ts';
+import type { EncryptedDirectory } from '../src/storage/index.ts';
+import { postgresStorage, type PostgresLayout } from '../src/storage/postgres-storage.ts';
 import { createMysqlProxy, MariadbAccountTls, type MysqlProxy } from '../proxy/mysql/index.ts';
 import { createKeyring, mariadbEncryptionConfig, keyringEnv, prepareVolatileDir, writeKeyringCaFile, type Keyring } from '../keyring/index.ts';
 import { writeFileDurable } from '../src/crypto/atomic-file.ts';
@@ -217,7 +218,7 @@ export class ProxyRole {
     if (socket) {
       const positions = new MariadbPositionSource({ socket, user: config.monitorUser, password: config.monitorPassword });
       this.positions = positions;
-      if (!config.manageMariadb) await waitForBackend(positions, log);
+      if (!config.manageMariadb) await waitForDatabase(positions, log);
       if (this.keyring) await this.verifyBackendEncryption(socket);
       await this.guard.verifyOnline(positions);
       this.guard.startRuntime(positions);
@@ -290,7 +291,7 @@ export class ProxyRole {
       socketDir, port: config.pgBackendPort, user: config.pgMonitorUser, password: config.monitorPassword,
     });
     this.positions = positions;
-    if (!config.managePostgres) await waitForBackend(positions, log);
+    if (!config.managePostgres) await waitForDatabase(positions, log);
     await this.guard!.verifyOnline(positions);
     this.guard!.startRuntime(positions);
     const provision = this.provision!;
@@ -312,38 +313,22 @@ export class ProxyRole {
    * one only when no WAL position was ever sealed, i.e. the database's first start) and watches it; a
    * lost mount fails the proxy closed. Returns PostgreSQL's layout inside the mount.
    */
-  private async mountPostgresStorage(runDir: string, encryptedDir: string): Promise<{ dir: string; datadir: string; socketDir: string }> {
+  private async mountPostgresStorage(runDir: string, encryptedDir: string): Promise<PostgresLayout> {
     const { config, log } = this.deps;
-    mkdirSync(runDir, { recursive: true, mode: 0o711 });
     const owner = process.getuid?.() === 0 ? lookupOsUser('postgres') : undefined;
-    // PostgreSQL's OS user must reach the mount point below the run dir (traverse only, no listing).
-    if (owner) chmodSync(runDir, (statSync(runDir).mode & 0o777) | 0o011);
-    const make = (encryptedPath: string, plaintextPath: string) => new GocryptfsDirectory({ encryptedPath, plaintextPath, owner, log });
-    const storage = make(encryptedDir, path.join(runDir, 'plain'));
-    this.pgStorage = storage;
-    const recovered = recoverInterruptedRotation(encryptedDir);
-    if (recovered) log.warn({ dir: encryptedDir }, `key rotation: ${recovered}`);
-    const keys = storageKeyCandidates(this.provision!.secrets.dbKeys);
-    const sealed = (this.guard!.status().position as { walLsn?: string } | null)?.walLsn;
-    const opened = await openEncryptedDirectory(storage, keys, {
-      create: sealed === undefined,
-      refuseCreateBecause: `the freshness record says this database has data (WAL position ${sealed})`,
-      log,
+    const prepared = postgresStorage({ runDir, encryptedDir, owner, log });
+    this.pgStorage = prepared.storage;
+    const layout = await prepared.open({
+      dbKeys: this.provision!.secrets.dbKeys,
+      sealedWalLsn: (this.guard!.status().position as { walLsn?: string } | null)?.walLsn,
+      rekey: config.pgRekey,
     });
-    if (opened.version !== keys[0]!.version && config.pgRekey) {
-      // Rotation: the owner provisioned a newer key version. PostgreSQL is not running yet: copy now.
-      log.warn({ from: opened.version, to: keys[0]!.version }, 'key rotation: re-encrypting the PostgreSQL directory with the newest key version');
-      await reencryptDirectory({ current: storage, newKey: keys[0]!, scratchMountPoint: path.join(runDir, 'rekey'), makeDirectory: make, log });
-      await storage.mount(keys[0]!);
-    }
-    const plain = storage.plaintextPath;
-    storage.onLost((reason) => {
+    prepared.storage.onLost((reason) => {
       if (this.stopping) return;
       this.lifecycle.fail({ code: 'STORAGE_UNAVAILABLE', message: `encrypted directory lost: ${reason}` });
       void this.failClosed('encrypted directory lost');
     });
-    const dir = path.join(plain, 'pg');
-    return { dir, datadir: path.join(dir, 'data'), socketDir: path.join(dir, 'run') };
+    return layout;
   }
 
   /** The loopback keyring with the provisioned keys; for an external MariaDB, hands it the token via tmpfs. */
@@ -435,21 +420,19 @@ export class ProxyRole {
     log.info({ keysServed: this.keyring!.keysServedSinceToken() }, 'mariadb encryption verified');
   }
 
+  /** The facts /readyz decides on (src/ops/proxy-status.ts decides). */
   private readiness(): { ready: boolean; reasons: string[] } {
-    const reasons: string[] = [];
-    if (this.draining) reasons.push('draining');
-    if (this.provision && this.provision.identity.notAfter.getTime() <= Date.now()) {
-      const failing = this.renewal.status().error;
-      reasons.push(`certificate expired at ${this.provision.identity.notAfter.toISOString()}${failing ? ` (renewal failing: ${failing})` : ''}`);
-    }
-    const v = this.guard?.violated;
-    if (v) reasons.push(`freshness ${v.kind}: ${v.message}`);
-    const impostor = this.casPin?.lastImpostor;
-    if (impostor) reasons.push(`CAS identity: ${impostor.message} (the counter can no longer be trusted; restart once the CAS is the real one again)`);
-    if (this.lifecycle.state === 'ready' && this.mariadb && !this.mariadb.running) reasons.push('backend: mariadbd is not running');
-    const storage = this.pgStorage?.health();
-    if (storage && !storage.mounted && storage.reason) reasons.push(`storage: ${storage.reason}`);
-    return { ready: reasons.length === 0, reasons };
+    return proxyReadiness({
+      now: Date.now(),
+      draining: this.draining,
+      certificateNotAfter: this.provision?.identity.notAfter,
+      renewalError: this.renewal.status().error,
+      freshnessViolation: this.guard?.violated,
+      casImpostor: this.casPin?.lastImpostor,
+      lifecycleReady: this.lifecycle.state === 'ready',
+      mariadbRunning: this.mariadb?.running,
+      storage: this.pgStorage?.health(),
+    });
   }
 
   /** What the CAS attested (TEE, TCB, collateral age), read from the certificate it issued. */
@@ -466,11 +449,7 @@ export class ProxyRole {
       measurement: this.deps.provider.measurement(),
       attestation: this.attestedTee(),
       service: this.deps.config.service,
-      certificate: p ? { ...certificateFacts(p.identity.certPem), subject: p.identity.subject,
-        notAfter: p.identity.notAfter.toISOString(),
-        expiresInSeconds: Math.round((p.identity.notAfter.getTime() - Date.now()) / 1000),
-        ...renewalFacts(this.renewal.status()),
-      } : null,
+      certificate: p ? certificateStatus(p.identity, this.renewal.status(), Date.now()) : null,
       freshness: this.guard?.status() ?? null,
       casTrust: this.casPin?.status() ?? null,
       backend: {
@@ -632,39 +611,6 @@ export class ProxyRole {
 /** Where the admin token goes: CDBP_ADMIN_TOKEN_FILE, else admin.token in the role's runtime dir. */
 export function adminTokenFile(config: ProxyConfig): string {
   return config.adminTokenFile ?? path.join(config.mariadbRunDir ?? config.pgRunDir ?? config.untrustedDir, 'admin.token');
-}
-
-/** An external database may still be starting (MariaDB waits for the keyring): poll it for a while. */
-async function waitForBackend(source: PositionSource, log: Logger, timeoutMs = 120_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  let logged = false;
-  for (;;) {
-    try {
-      await source.read();
-      return;
-    } catch (e) {
-      if (Date.now() > deadline) throw new CdbpError('BACKEND_UNAVAILABLE', `database not reachable: ${asCdbpError(e).message}`);
-      if (!logged) log.info('waiting for the database to come up');
-      logged = true;
-      await sleep(500);
-    }
-  }
-}
-
-/** The renewal part of the certificate's /v1/status facts. */
-function renewalFacts(r: RenewalStatus): Record<string, unknown> {
-  return {
-    renewals: r.renewals,
-    lastRenewalAt: r.lastRenewalAt?.toISOString() ?? null,
-    nextRenewalAt: r.nextRenewalAt?.toISOString() ?? null,
-    ...(r.error ? { renewalError: r.error, renewalFailures: r.consecutiveFailures } : {}),
-  };
-}
-
-/** Public facts about a certificate for status and logs. */
-function certificateFacts(certPem: string): { serial: string; notBefore: string; fingerprint256: string } {
-  const c = new X509Certificate(certPem);
-  return { serial: c.serialNumber, notBefore: new Date(c.validFrom).toISOString(), fingerprint256: c.fingerprint256 };
 }
 
 function sleep(ms: number): Promise<void> {

@@ -7,20 +7,22 @@
  *   await proxy.stopAccepting(); await proxy.drain(30_000); await proxy.close();
  *
  * Composition: the proxy role gives it the CAS-issued identity and, for strict freshness, an AckGate.
- * The listener refuses over-limit clients with ERR 1040 BEFORE dialing the database.
+ * The shared listener (proxy/shared/listener.ts) refuses over-limit clients; here with ERR 1040 BEFORE dialing the database.
  * For multi-core scaling, run one instance per node:cluster worker on the same port (see docs/MYSQL-ENDPOINT.md):
  * limits and stats are then per worker.
  */
-import net from 'node:net';
+import type net from 'node:net';
 import os from 'node:os';
-import { existsSync, lstatSync, unlinkSync } from 'node:fs';
 import type { Logger } from '../../src/kernel/log.ts';
 import { CdbpError } from '../../src/kernel/errors.ts';
 import { isLoopbackHost } from '../../src/kernel/net.ts';
 import type { MetricsRegistry } from '../../src/kernel/metrics.ts';
-import { ConnectionLimiter } from '../shared/connection-limiter.ts';
 import {
-  ConnectionLogLimiter, ConnectionRecord, DEFAULT_CONNECTION_LOG_LIMITS, rateLimitedConnectionLog, type ConnectionLogLimits,
+  createListener, DEFAULT_LISTENER_LIMITS, type Conversation, type ListenerConnection, type ListenerLimits, type ListenerRefusal,
+  type ListenerStats, type ListenAddress,
+} from '../shared/listener.ts';
+import {
+  ConnectionLogLimiter, DEFAULT_CONNECTION_LOG_LIMITS, rateLimitedConnectionLog, type ConnectionLogLimits,
 } from '../shared/connection-log.ts';
 import { EndpointMetrics } from '../shared/metrics.ts';
 import { identityHolder, type TlsIdentitySource } from '../../src/crypto/tls-identity.ts';
@@ -37,9 +39,11 @@ export type { AckGate } from '../shared/ack-gate.ts';
 export type { BackendTarget } from './session.ts';
 export { MariadbAccountTls, type AccountTlsSource } from './account-tls.ts';
 
-export interface MysqlProxyLimits {
-  /** Concurrent client connections; over it clients get ERR 1040 (default 1000). */
-  maxConnections: number;
+/**
+ * `maxConnections`, `maxPendingHandshakes`, `maxRefusalHandshakes`: the shared listener's (proxy/shared/listener.ts),
+ * one meaning for both endpoints; over a cap clients get ERR 1040 before the database is dialed.
+ */
+export interface MysqlProxyLimits extends ListenerLimits {
   /** From accept to the end of authentication (default 10 s). */
   handshakeTimeoutMs: number;
   /** Client inactivity in the command phase, 0 = off (default 8 h, MariaDB's wait_timeout). */
@@ -49,7 +53,7 @@ export interface MysqlProxyLimits {
 }
 
 export const DEFAULT_LIMITS: MysqlProxyLimits = {
-  maxConnections: 1000,
+  ...DEFAULT_LISTENER_LIMITS,
   handshakeTimeoutMs: 10_000,
   idleTimeoutMs: DEFAULT_IDLE_TIMEOUT_MS,
   maxHandshakePacket: 64 * 1024,
@@ -84,10 +88,8 @@ export interface MysqlProxyOptions {
 
 export type { DataPlaneInfo } from './data-plane.ts';
 
-export interface MysqlProxyStats {
-  open: number;
-  total: number;
-  refused: number;
+/** The listener's stats (the same shape as PostgreSQL's) plus what the MySQL sessions count. */
+export interface MysqlProxyStats extends ListenerStats {
   bytesIn: number;
   bytesOut: number;
   tlsFailures: number;
@@ -99,9 +101,10 @@ export interface MysqlProxyStats {
 }
 
 export interface MysqlProxy {
-  listen(): Promise<{ host: string; port: number } | { path: string }>;
+  listen(): Promise<ListenAddress>;
   stopAccepting(): Promise<void>;
-  drain(timeoutMs: number): Promise<void>;
+  /** Stops accepting, waits up to timeoutMs for sessions to end, then destroys the rest (how many: `forced`). */
+  drain(timeoutMs: number): Promise<{ forced: number }>;
   close(): Promise<void>;
   stats(): MysqlProxyStats;
 }
@@ -113,15 +116,8 @@ export function createMysqlProxy(opts: MysqlProxyOptions): MysqlProxy {
   const log = rateLimitedConnectionLog(opts.log.child({ component: 'mysql-proxy' }), logLimiter);
   const identity = identityHolder(opts.tls);
   const metrics = new EndpointMetrics('mysql', opts.metrics);
-  const limiter = new ConnectionLimiter(limits.maxConnections);
   const sessions = new Set<MysqlSession>();
   const totals: SessionTotals = { bytesIn: 0, bytesOut: 0, tlsFailures: 0, authFailures: 0, handshakeTimeouts: 0 };
-  let total = 0;
-  let refused = 0;
-  let nextId = 1;
-  let accepting = true;
-  let listening = false;
-  const closedWaiters = new Set<() => void>();
   const forbiddenUsers: ReadonlySet<string> = 'socket' in opts.backend ? new Set([os.userInfo().username]) : new Set();
   const plane = chooseDataPlane({
     wanted: opts.dataPlane ?? 'auto', backend: opts.backend, identity, forbiddenUsers, nativeWorkers: opts.nativeWorkers ?? 1, log,
@@ -145,85 +141,29 @@ export function createMysqlProxy(opts: MysqlProxyOptions): MysqlProxy {
     totals,
     onClosed(session) {
       sessions.delete(session);
-      if (sessions.size === 0) for (const w of closedWaiters) w();
     },
   };
 
-  const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: false }, (socket) => {
-    const id = nextId++;
-    total++;
-    socket.on('error', () => {}); // errors before the session owns the socket (ECONNRESET on refuse)
-    const slot = accepting ? limiter.tryAcquire() : undefined;
-    if (!slot) {
-      refused++;
-      metrics.refused(accepting ? 'max_connections' : 'draining');
-      const peer = socket.remoteAddress ? `${socket.remoteAddress}:${socket.remotePort}` : 'local';
-      new ConnectionRecord(log, { protocol: 'mysql', id, peer }).close({ outcome: 'refused', bytesIn: 0, bytesOut: 0 });
-      const err = accepting
-        ? { ...ProxyErrno.TOO_MANY_CONNECTIONS, message: 'Too many connections' }
-        : { ...ProxyErrno.SHUTDOWN, message: 'Server shutdown in progress' };
-      socket.end(encodePreGreetingErrPacket(err));
-      setTimeout(() => socket.destroy(), 2_000).unref();
-      return;
-    }
-    const session = new MysqlSession(id, socket, slot, ctx);
-    sessions.add(session);
-    session.start();
+  const listener = createListener({
+    protocol: 'mysql', listen: opts.listen, log, metrics,
+    limits: { maxConnections: limits.maxConnections, maxPendingHandshakes: limits.maxPendingHandshakes, maxRefusalHandshakes: limits.maxRefusalHandshakes },
+    engine: {
+      converse(socket, conn) {
+        const session = new MysqlSession(socket, conn, ctx);
+        sessions.add(session);
+        session.start();
+        return { stop: () => session.destroy('drained') };
+      },
+      refuse: refuseBeforeGreeting,
+    },
   });
-  server.on('error', (e) => log.error({ err: e }, 'mysql listener error'));
-
-  function waitAllClosed(timeoutMs: number): Promise<boolean> {
-    if (sessions.size === 0) return Promise.resolve(true);
-    return new Promise((resolve) => {
-      const done = (ok: boolean) => {
-        clearTimeout(timer);
-        closedWaiters.delete(onEmpty);
-        resolve(ok);
-      };
-      const onEmpty = () => done(true);
-      const timer = setTimeout(() => done(false), timeoutMs);
-      closedWaiters.add(onEmpty);
-    });
-  }
 
   return {
-    listen() {
-      return new Promise((resolve, reject) => {
-        server.once('error', reject);
-        const onListening = () => {
-          server.removeListener('error', reject);
-          listening = true;
-          const addr = server.address();
-          if ('path' in opts.listen) resolve({ path: opts.listen.path });
-          else if (addr && typeof addr === 'object') resolve({ host: addr.address, port: addr.port });
-          else reject(new CdbpError('INTERNAL', 'listener has no address'));
-        };
-        if ('path' in opts.listen) {
-          removeStaleSocket(opts.listen.path);
-          server.listen({ path: opts.listen.path, backlog: 1024 }, onListening);
-        } else {
-          server.listen({ host: opts.listen.host, port: opts.listen.port, backlog: 1024 }, onListening);
-        }
-      });
-    },
-    stopAccepting() {
-      accepting = false;
-      if (!listening) return Promise.resolve();
-      listening = false;
-      // server.close() stops accepting at once, but its callback waits for every open connection to
-      // end: draining them is drain()'s job, so do not wait for it here.
-      server.close();
-      return Promise.resolve();
-    },
-    async drain(timeoutMs) {
-      accepting = false;
-      const clean = await waitAllClosed(timeoutMs);
-      if (!clean) for (const s of [...sessions]) s.destroy('drained');
-    },
+    listen: () => listener.listen(),
+    stopAccepting: () => listener.stopAccepting(),
+    drain: (timeoutMs) => listener.drain(timeoutMs),
     async close() {
-      const stopped = this.stopAccepting();
-      for (const s of [...sessions]) s.destroy('drained');
-      await stopped;
+      await listener.close();
       plane.destroy();
       logLimiter.stop();
     },
@@ -239,12 +179,28 @@ export function createMysqlProxy(opts: MysqlProxyOptions): MysqlProxy {
       }
       const relayed = plane.stats();
       return {
-        open: sessions.size, total, refused, dataPlane,
+        ...listener.stats(), dataPlane,
         bytesIn: totals.bytesIn + liveIn + relayed.bytesIn, bytesOut: totals.bytesOut + liveOut + relayed.bytesOut,
         tlsFailures: totals.tlsFailures, authFailures: totals.authFailures, handshakeTimeouts: totals.handshakeTimeouts, buffered: buffered + relayed.buffered,
       };
     },
   };
+}
+
+/**
+ * The listener's refusal in MariaDB's terms, sent instead of the greeting (nothing is negotiated yet,
+ * so no TLS and no SQL-state marker, as mariadbd does): ERR 1040 over a cap, ERR 1053 while draining.
+ */
+function refuseBeforeGreeting(socket: net.Socket, reason: ListenerRefusal, conn: ListenerConnection): Conversation {
+  conn.record.close({ outcome: 'refused', bytesIn: 0, bytesOut: 0, error: reason });
+  const err = reason === 'draining'
+    ? { ...ProxyErrno.SHUTDOWN, message: 'Server shutdown in progress' }
+    : { ...ProxyErrno.TOO_MANY_CONNECTIONS, message: 'Too many connections' };
+  socket.once('close', () => conn.closed());
+  socket.end(encodePreGreetingErrPacket(err));
+  // A client that never reads must not keep its refusal's place.
+  setTimeout(() => socket.destroy(), 2_000).unref();
+  return { stop: () => socket.destroy() };
 }
 
 /** Plaintext to a remote database needs an explicit, loudly named opt-in (ghostunnel's rule). */
@@ -255,10 +211,4 @@ function validateBackend(backend: BackendTarget): void {
     throw new CdbpError('CONFIG_INVALID',
       `backend ${backend.host}:${backend.port} is not loopback: configure backend.tls (CA to verify it) or set allowInsecure to send plaintext`);
   }
-}
-
-function removeStaleSocket(path: string): void {
-  if (!existsSync(path)) return;
-  if (!lstatSync(path).isSocket()) throw new CdbpError('CONFIG_INVALID', `listen path ${path} exists and is not a socket`);
-  unlinkSync(path);
 }

@@ -25,8 +25,8 @@ import tls from 'node:tls';
 import type { Duplex } from 'node:stream';
 import type { Logger } from '../../src/kernel/log.ts';
 import { asCdbpError, CdbpError } from '../../src/kernel/errors.ts';
-import { ConnectionRecord, type ConnectionOutcome } from '../shared/connection-log.ts';
-import type { ConnectionSlot } from '../shared/connection-limiter.ts';
+import type { ConnectionRecord, ConnectionOutcome } from '../shared/connection-log.ts';
+import type { ListenerConnection } from '../shared/listener.ts';
 import type { EndpointMetrics } from '../shared/metrics.ts';
 import { Cap, CAPS_COMPRESSION, CAPS_NEVER_ADVERTISED, Header, ProxyErrno } from './constants.ts';
 import {
@@ -112,15 +112,16 @@ export class MysqlSession {
   /** The sequence id (client numbering) of the one auth answer the database asked for, if it asked. */
   private authReplySeq: number | undefined;
 
+  readonly id: number;
+
+  /** `conn`: the listener's handle (proxy/shared/listener.ts): its slot, its log record, its milestones. */
   constructor(
-    readonly id: number,
     private readonly client: net.Socket,
-    private readonly slot: ConnectionSlot,
+    private readonly conn: ListenerConnection,
     private readonly ctx: SessionContext,
   ) {
-    const peer = client.remoteAddress ? `${client.remoteAddress}:${client.remotePort}` : 'local';
-    this.record = new ConnectionRecord(ctx.log, { protocol: 'mysql', id, peer });
-    ctx.metrics.opened();
+    this.id = conn.id;
+    this.record = conn.record;
   }
 
   get isClosed(): boolean {
@@ -420,6 +421,7 @@ export class MysqlSession {
     this.phase = 'command';
     clearTimeout(this.handshakeTimer);
     this.handshakeTimer = undefined;
+    this.conn.established();
     // Commands pipelined before the login OK enter the command phase like any later command: the
     // change-user check and the response tracker must see them, or the tracker would be out of step for good.
     const initialClientBytes = this.heldClientPackets.map((p) => encodePacket(p.seq, p.payload));
@@ -560,12 +562,11 @@ export class MysqlSession {
       }
     }
     const relayReport = this.leg ? this.leg.close(flushFirst) : (closeClientStream(this.client, this.client, flushFirst), undefined);
-    this.slot.release();
     const bytes = this.bytes;
     this.ctx.totals.bytesIn += bytes.in;
     this.ctx.totals.bytesOut += bytes.out;
-    this.ctx.metrics.closed();
     this.ctx.onClosed(this);
+    this.conn.closed();
     if (!relayReport) {
       this.completeClose(cause);
       return;

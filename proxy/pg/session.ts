@@ -27,20 +27,16 @@ import { Conversation } from './conversation.ts';
 import { ClientScanner } from './client-scanner.ts';
 import { classifyStatement } from './statement-class.ts';
 import type { PgMetrics } from './metrics.ts';
-import type { ConnectionSlot } from '../shared/connection-limiter.ts';
 import { DEFAULT_IDLE_TIMEOUT_MS } from '../shared/limits.ts';
-import { ConnectionRecord, type ConnectionOutcome } from '../shared/connection-log.ts';
+import type { ConnectionRecord, ConnectionOutcome } from '../shared/connection-log.ts';
+import { DEFAULT_LISTENER_LIMITS, type ListenerConnection, type ListenerLimits, type ListenerRefusal } from '../shared/listener.ts';
 
-export interface PgLimits {
-  /** Sessions holding a backend connection (dialing or authenticated). */
-  maxConnections: number;
-  /** Connections still in the handshake, on top of maxConnections; beyond this a client is only told 53300. */
-  maxPendingHandshakes: number;
-  /**
-   * Connections over that cap being told 53300 (negotiation, TLS, startup, then the error, like
-   * PostgreSQL's "sorry, too many clients already"); beyond this they are dropped at accept, unanswered.
-   */
-  maxRefusalHandshakes: number;
+/**
+ * `maxConnections`, `maxPendingHandshakes`, `maxRefusalHandshakes`: the shared listener's
+ * (proxy/shared/listener.ts), one meaning for both endpoints. A refused client is told 53300 in its own
+ * terms (negotiation, TLS, startup, then the error, like PostgreSQL's "sorry, too many clients already").
+ */
+export interface PgLimits extends ListenerLimits {
   /** Handshake time allowed to a connection that is only being refused. */
   refusalTimeoutMs: number;
   /** From accept to the backend's first ReadyForQuery. */
@@ -57,9 +53,7 @@ export interface PgLimits {
 }
 
 export const DEFAULT_LIMITS: PgLimits = {
-  maxConnections: 1000,
-  maxPendingHandshakes: 256,
-  maxRefusalHandshakes: 64,
+  ...DEFAULT_LISTENER_LIMITS,
   refusalTimeoutMs: 5_000,
   handshakeTimeoutMs: 15_000,
   backendConnectTimeoutMs: 5_000,
@@ -79,20 +73,14 @@ export interface SessionEnv {
   /** Names refused at startup (accounts the backend would trust from the proxy's own socket peer). */
   forbiddenUsers: ReadonlySet<string>;
   secureContext(): tls.SecureContext;
-  /** Takes a backend slot; undefined when maxConnections are in use. */
-  tryAcquireSlot(): ConnectionSlot | undefined;
-  /** Accepted over the accept-time cap: the session only negotiates TLS to say 53300, in the client's own terms. */
-  overflow?: boolean;
   onClosed(session: PgSession): void;
 }
 
 export type SessionPhase = 'negotiate' | 'tls' | 'startup' | 'dial' | 'auth' | 'pipe' | 'closed';
 type TlsMode = 'ssl-request' | 'direct';
 
-let nextSessionId = 1;
-
 export class PgSession {
-  readonly id = nextSessionId++;
+  readonly id: number;
   readonly startedAt = Date.now();
   readonly peer: string;
   phase: SessionPhase = 'negotiate';
@@ -102,7 +90,6 @@ export class PgSession {
   private user: string | undefined;
   private database: string | undefined;
   private issuedKey: IssuedKey | undefined;
-  private slot: ConnectionSlot | undefined;
   private handshakeTimer: NodeJS.Timeout | undefined;
   private closeReason: string | undefined;
   private cleanedUp = false;
@@ -115,10 +102,21 @@ export class PgSession {
   /** How the connection ended, for the close line; set where the reason is known, else derived from closeReason. */
   private outcome: ConnectionOutcome | undefined;
 
-  constructor(private readonly raw: net.Socket, private readonly env: SessionEnv) {
+  /**
+   * `conn`: the listener's handle (proxy/shared/listener.ts): slot, log record, milestones. `refusal`: the
+   * listener refused this client; the session only negotiates (TLS if asked) to tell it so in its own
+   * terms after its startup packet (CancelRequests are still routed).
+   */
+  constructor(
+    private readonly raw: net.Socket,
+    private readonly env: SessionEnv,
+    private readonly conn: ListenerConnection,
+    private readonly refusal?: ListenerRefusal,
+  ) {
     this.client = raw;
-    this.peer = `${raw.remoteAddress ?? '?'}:${raw.remotePort ?? '?'}`;
-    this.record = new ConnectionRecord(env.log, { protocol: 'pg', id: this.id, peer: this.peer });
+    this.id = conn.id;
+    this.peer = conn.peer;
+    this.record = conn.record;
     raw.setNoDelay(true);
     raw.setKeepAlive(true, 60_000);
     raw.on('error', () => this.destroy('client socket error'));
@@ -132,7 +130,7 @@ export class PgSession {
   /** Drives the handshake; never throws (failures end the connection with an ErrorResponse). */
   async run(): Promise<void> {
     const limits = this.env.limits;
-    this.handshakeTimer = setTimeout(() => this.onHandshakeTimeout(), this.env.overflow ? limits.refusalTimeoutMs : limits.handshakeTimeoutMs);
+    this.handshakeTimer = setTimeout(() => this.onHandshakeTimeout(), this.refusal ? limits.refusalTimeoutMs : limits.handshakeTimeoutMs);
     try {
       await this.handshake();
     } catch (e) {
@@ -252,11 +250,10 @@ export class PgSession {
         `role "${this.user}" may not log in through this proxy: the backend trusts it on the proxy's own socket`, 'forbidden user');
     }
 
-    // Connection limit, checked before dialing so a full proxy costs the backend nothing.
-    this.slot = this.env.tryAcquireSlot();
-    if (!this.slot) {
-      this.env.metrics.refused(this.env.overflow ? 'overload' : 'max_connections');
+    // Refused by the listener (counted there): said now, before dialing, so it costs the backend nothing.
+    if (this.refusal) {
       reader.detach();
+      if (this.refusal === 'draining') return this.endWithError(SqlState.cannotConnectNow, 'the database system is shutting down', 'shutting down');
       return this.endWithError(SqlState.tooManyConnections, 'sorry, too many clients already', 'too many connections');
     }
 
@@ -437,6 +434,7 @@ export class PgSession {
   private startPiping(clientRest: Buffer, backendRest: Buffer, backend: net.Socket | tls.TLSSocket): void {
     this.phase = 'pipe';
     this.authenticatedOnce = true;
+    this.conn.established();
     const client = this.client;
     this.env.log.debug({ event: 'pg.authenticated', session: this.id, user: this.user, database: this.database, tls: this.tlsMode }, 'pg session authenticated');
 
@@ -543,16 +541,15 @@ export class PgSession {
     clearTimeout(this.handshakeTimer);
     this.backend?.destroy();
     this.issuedKey?.release();
-    this.slot?.release();
     const toBackend = this.backend?.bytesWritten ?? 0;
     const fromBackend = this.backend?.bytesRead ?? 0;
     this.env.metrics.bytes(toBackend, fromBackend);
-    this.env.metrics.closed();
     this.record.user = this.user;
     this.record.database = this.database;
     const reason = this.closeReason ?? 'client closed';
     this.record.close({ outcome: this.outcome ?? outcomeOf(reason, this.authenticatedOnce), bytesIn: toBackend, bytesOut: fromBackend, error: reason });
     this.env.onClosed(this);
+    this.conn.closed();
   }
 }
 
@@ -613,7 +610,7 @@ function outcomeOf(reason: string, authenticated: boolean): ConnectionOutcome {
   switch (reason) {
     case 'plaintext refused': return 'insecure';
     case 'forbidden user': return 'forbidden_user';
-    case 'too many connections': return 'refused';
+    case 'too many connections': case 'shutting down': return 'refused';
     case 'backend unavailable': case 'backend socket error': return 'backend_error';
     case 'ack refused': return 'ack_refused';
     case 'backend protocol violation': case 'no user': return 'protocol_error';

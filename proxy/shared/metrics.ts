@@ -7,18 +7,20 @@
  *   const m = new EndpointMetrics('mysql', registry?);
  *   m.opened(); m.closed(); m.refused(reason); m.bytes(inBytes, outBytes);
  *   m.tlsHandshake(); m.tlsFailure(); m.authFailure(); m.handshakeTimeout();
+ *   m.pendingHandshakes(n); m.drained(n);          // from the listener (listener.ts)
  *
  * Names: cdbp_connections_open{protocol}, cdbp_connections_total{protocol},
  * cdbp_connections_refused_total{protocol,reason}, cdbp_bytes_total{protocol,direction="in"|"out"},
  * cdbp_tls_handshakes_total{protocol}, cdbp_tls_handshake_failures_total{protocol},
- * cdbp_auth_failures_total{protocol}, cdbp_handshake_timeouts_total{protocol}.
+ * cdbp_auth_failures_total{protocol}, cdbp_handshake_timeouts_total{protocol},
+ * cdbp_handshakes_pending{protocol}, cdbp_connections_drained_total{protocol}.
  * "in" is client → database, "out" is database → client (plaintext bytes).
  */
 import { MetricsRegistry, type Counter, type Gauge } from '../../src/kernel/metrics.ts';
 
 /**
  * Why a connection was refused (label `reason`), one vocabulary for both endpoints: `max_connections`
- * (slots full), `overload` (accept-time cap, PG), `insecure_transport` (no TLS), `draining`,
+ * (every slot taken), `overload` (maxPendingHandshakes connections still handshaking), `insecure_transport` (no TLS), `draining`,
  * `backend_unavailable`, `protocol` (bad bytes), `frame_too_large`, `no_alpn` (direct TLS without
  * ALPN, PG), `forbidden_user`.
  */
@@ -37,6 +39,8 @@ export class EndpointMetrics<Reason extends string = RefuseReason> {
   private readonly authFail: Counter;
   private readonly timeouts: Counter;
   private readonly dataPlaneG: Gauge;
+  private readonly pendingG: Gauge;
+  private readonly drainedC: Counter;
 
   constructor(protocol: string, registry: MetricsRegistry = new MetricsRegistry()) {
     this.labels = { protocol };
@@ -49,6 +53,8 @@ export class EndpointMetrics<Reason extends string = RefuseReason> {
     this.authFail = registry.counter('cdbp_auth_failures_total', 'Authentications refused by the database');
     this.dataPlaneG = registry.gauge('cdbp_data_plane_info', 'Which data plane serves the endpoint (1 for the active kind)');
     this.timeouts = registry.counter('cdbp_handshake_timeouts_total', 'Connections closed because the handshake took too long');
+    this.pendingG = registry.gauge('cdbp_handshakes_pending', 'Client connections open but not yet logged in');
+    this.drainedC = registry.counter('cdbp_connections_drained_total', 'Sessions ended by a drain deadline or an endpoint close');
     this.open.set(this.open.get(this.labels), this.labels);
   }
 
@@ -65,4 +71,6 @@ export class EndpointMetrics<Reason extends string = RefuseReason> {
   tlsFailure(): void { this.tlsFail.inc(this.labels); }
   authFailure(): void { this.authFail.inc(this.labels); }
   handshakeTimeout(): void { this.timeouts.inc(this.labels); }
+  pendingHandshakes(n: number): void { this.pendingG.set(n, this.labels); }
+  drained(n: number): void { if (n > 0) this.drainedC.inc(this.labels, n); }
 }

@@ -148,6 +148,25 @@ for (const plane of PLANES) {
     });
   });
 
+  test(`[${plane}] pending-handshake cap (one meaning with PostgreSQL): silent handshakes cannot take every slot; over it ERR 1040`, async () => {
+    await withProxy({ dataPlane: plane, limits: { maxConnections: 10, maxPendingHandshakes: 2 } }, async (proxy, port) => {
+      const a = await connect2(port); // logged in: no longer a pending handshake
+      const silent = [(await rawConnect(port)).c, (await rawConnect(port)).c];
+      await until(() => proxy.stats().pendingHandshakes === 2);
+      await assert.rejects(connect2(port), (e: any) => e.errno === 1040 && /Too many connections/.test(e.message));
+      const s = proxy.stats();
+      assert.equal(s.open, 3);
+      assert.deepEqual(s.refusedBy, { max_connections: 0, overload: 1, draining: 0 });
+      silent[0]!.sock.destroy();
+      await until(() => proxy.stats().pendingHandshakes === 1);
+      const b = await connect2(port); // a pending place is free again
+      const [[row]] = await b.query<mysql2.RowDataPacket[]>('SELECT 9 AS x');
+      assert.equal(row!.x, 9);
+      silent[1]!.sock.destroy();
+      await Promise.all([a.end(), b.end()]);
+    });
+  });
+
   test(`[${plane}] handshake timeout and slowloris: silent and byte-dribbling clients are cut; a good client is unaffected`, async () => {
     await withProxy({ dataPlane: plane, limits: { handshakeTimeoutMs: 600 } }, async (proxy, port) => {
       const { c: silent } = await rawConnect(port);

@@ -276,9 +276,9 @@ test('when maxConnections sessions are in use the next client gets 53300 before 
   assert.ok(small.metrics.render().includes('cdbp_connections_refused_total{protocol="pg",reason="max_connections"} 2'));
 });
 
-test('over the accept-time cap a client gets 53300 after TLS, not a silent drop (issue 16 item 7)', async () => {
-  const tight = await t.extraProxy({ limits: { maxConnections: 1, maxPendingHandshakes: 1, maxRefusalHandshakes: 2 } });
-  // Two silent sockets fill the accept-time cap (1 + 1).
+test('over the pending-handshake cap a client gets 53300 after TLS, not a silent drop (issue 16 item 7)', async () => {
+  const tight = await t.extraProxy({ limits: { maxConnections: 10, maxPendingHandshakes: 2, maxRefusalHandshakes: 2 } });
+  // Two silent sockets fill the pending-handshake cap (slots remain: it is the handshakes that are capped).
   const silent = await Promise.all([RawPg.plain(tight.port), RawPg.plain(tight.port)]);
   await new Promise((r) => setTimeout(r, 100));
   const c = new pg.Client({ host: 'localhost', port: tight.port, user: 'app', password: t.db.accounts.scram.password, database: 'test', ssl: { ca: t.pki.caPem } });
@@ -291,7 +291,49 @@ test('over the accept-time cap a client gets 53300 after TLS, not a silent drop 
   await raw.until(() => raw.closed);
   assert.equal(raw.messages[0]?.code, '53300');
   assert.match(tight.metrics.render(), /cdbp_connections_refused_total\{protocol="pg",reason="overload"\} 3/);
+  const stats = tight.proxy.stats();
+  assert.equal(stats.pendingHandshakes, 2);
+  assert.deepEqual(stats.refusedBy, { max_connections: 0, overload: 3, draining: 0 });
   for (const s of silent) s.end();
+});
+
+test('maxConnections counts a connection from accept (one meaning with MySQL): a client still handshaking holds its slot', async () => {
+  const small = await t.extraProxy({ limits: { maxConnections: 1 } });
+  const silent = await RawPg.plain(small.port);
+  await new Promise((r) => setTimeout(r, 100));
+  assert.equal(small.proxy.stats().open, 1);
+  assert.equal(small.proxy.stats().pendingHandshakes, 1);
+  const c = new pg.Client({ host: 'localhost', port: small.port, user: 'app', password: t.db.accounts.scram.password, database: 'test', ssl: { ca: t.pki.caPem } });
+  await assert.rejects(c.connect(), (e: any) => e.code === '53300');
+  assert.deepEqual(small.proxy.stats().refusedBy, { max_connections: 1, overload: 0, draining: 0 });
+  silent.end();
+  for (let i = 0; i < 100 && small.proxy.stats().open > 0; i++) await new Promise((r) => setTimeout(r, 20));
+  const d = new pg.Client({ host: 'localhost', port: small.port, user: 'app', password: t.db.accounts.scram.password, database: 'test', ssl: { ca: t.pki.caPem } });
+  await d.connect();
+  assert.equal(small.proxy.stats().pendingHandshakes, 0, 'a logged-in session is no longer pending');
+  await d.end();
+});
+
+test('drain: new clients are refused, a session that ends in time ends, a straggler is closed at the deadline', async () => {
+  const p = await t.extraProxy({});
+  const mk = () => new pg.Client({ host: 'localhost', port: p.port, user: 'app', password: t.db.accounts.scram.password, database: 'test', ssl: { ca: t.pki.caPem } });
+  const quick = mk();
+  const straggler = mk();
+  await quick.connect();
+  await straggler.connect();
+  const stragglerError = new Promise<any>((r) => straggler.on('error', r));
+  const draining = p.proxy.drain(600);
+  await new Promise((r) => setTimeout(r, 50));
+  await assert.rejects(mk().connect(), /ECONNREFUSED/);
+  assert.equal((await quick.query('SELECT 1 AS x')).rows[0].x, 1, 'open sessions keep working while draining');
+  await quick.end();
+  assert.deepEqual(await draining, { forced: 1 });
+  // Mid-session the stream may be mid-message, so the straggler is closed without a word (57P01 only while handshaking).
+  assert.match(String((await stragglerError)?.message), /terminated|ECONNRESET/);
+  const s = p.proxy.stats();
+  assert.equal(s.drained, 1);
+  assert.equal(s.accepting, false);
+  assert.match(p.metrics.render(), /cdbp_connections_drained_total\{protocol="pg"\} 1/);
 });
 
 test('an idle session is closed after idleTimeoutMs with 57P05 (issue 15: PG gets the idle timeout MySQL has); an active one stays', async () => {
