@@ -239,7 +239,7 @@ export class ProxyRole {
           allowInsecure: config.allowInsecureBackend,
         },
       tls: this.identity!,
-      limits: { maxConnections: config.maxConnections, handshakeTimeoutMs: config.handshakeTimeoutMs, idleTimeoutMs: config.idleTimeoutMs },
+      limits: { maxConnections: config.maxConnections, maxPendingHandshakes: config.maxPendingHandshakes, maxRefusalHandshakes: config.maxRefusalHandshakes, handshakeTimeoutMs: config.handshakeTimeoutMs, idleTimeoutMs: config.idleTimeoutMs },
       log, metrics: this.metrics,
       ...(config.freshness === 'strict' ? { ackGate: this.guard } : {}),
       dataPlane: config.dataPlane, nativeWorkers: config.nativeWorkers,
@@ -299,7 +299,7 @@ export class ProxyRole {
       listen: { host: config.pgHost, port: config.pgPort },
       backend: { socketDir, port: config.pgBackendPort },
       tls: this.identity!,
-      limits: { maxConnections: config.maxConnections, handshakeTimeoutMs: config.handshakeTimeoutMs, idleTimeoutMs: config.idleTimeoutMs },
+      limits: { maxConnections: config.maxConnections, maxPendingHandshakes: config.maxPendingHandshakes, maxRefusalHandshakes: config.maxRefusalHandshakes, handshakeTimeoutMs: config.handshakeTimeoutMs, idleTimeoutMs: config.idleTimeoutMs },
       log, metrics: this.metrics,
       ...(config.freshness === 'strict' ? { ackGate: this.guard! } : {}),
       // The managed server trusts its superuser (our monitor account) on the socket: clients may not use it.

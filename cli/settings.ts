@@ -46,7 +46,9 @@ export const PROXY_SCHEMA = {
   holdTimeoutMs: { kind: 'int', doc: 'strict mode: max time a write ack waits for a counted epoch', default: 10_000, min: 100 },
   sealIntervalMs: { kind: 'int', doc: 'relaxed mode window / strict idle seal period', default: 1000, min: 10 },
 
-  maxConnections: { kind: 'int', doc: 'max client connections per listener', default: 1000, min: 1 },
+  maxConnections: { kind: 'int', doc: 'max client connections per listener, counted from accept', default: 1000, min: 1 },
+  maxPendingHandshakes: { kind: 'int', doc: 'of those, max not logged in yet (over it: refused as overload)', default: 256, min: 1 },
+  maxRefusalHandshakes: { kind: 'int', doc: 'max refusals being delivered at once (beyond: dropped unanswered)', default: 64, min: 0 },
   handshakeTimeoutMs: { kind: 'int', doc: 'TLS + auth handshake timeout', default: 10_000, min: 100 },
   idleTimeoutMs: { kind: 'int', doc: 'close sessions idle this long (0 = never)', default: DEFAULT_IDLE_TIMEOUT_MS, min: 0 },
   dataPlane: {
