@@ -79,7 +79,12 @@ export type ErrorCode =
   | 'STORAGE_UNAVAILABLE'
   | 'STORAGE_KEY_INVALID'
   // another process holds this state directory (src/kernel/state-lock.ts)
-  | 'STATE_LOCKED';
+  | 'STATE_LOCKED'
+  // replicated CAS (cas/replication/, issue 20)
+  | 'CAS_QUORUM_UNAVAILABLE'
+  | 'STATE_STORE_UNAVAILABLE'
+  | 'STATE_STORE_CONFLICT'
+  | 'STATE_ROLLED_BACK';
 
 export class CdbpError extends Error {
   readonly code: ErrorCode;
@@ -158,6 +163,7 @@ export function httpStatusFor(code: ErrorCode): number {
     case 'COUNTER_CONFLICT':
     case 'POLICY_CHAIN_BROKEN':
     case 'STATE_LOCKED':
+    case 'STATE_STORE_CONFLICT':
       return 409;
     case 'FRAME_TOO_LARGE':
     case 'BODY_TOO_LARGE':
@@ -174,6 +180,8 @@ export function httpStatusFor(code: ErrorCode): number {
     case 'KEYRING_UNAVAILABLE':
     case 'SEALING_UNAVAILABLE':
     case 'STORAGE_UNAVAILABLE':
+    case 'CAS_QUORUM_UNAVAILABLE':
+    case 'STATE_STORE_UNAVAILABLE':
       return 503;
     case 'CAS_IDENTITY_INVALID':
       // An upstream answered that is not the pinned CAS: a gateway error, not ours and not the caller's.

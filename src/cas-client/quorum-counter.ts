@@ -1,0 +1,214 @@
+/**
+ * The proxy's side of the replicated CAS (docs/CAS.md "Replicated CAS"): one CounterClient over N CAS
+ * instances, following Nimble (Angel et al., OSDI 2023): an advance counts once a majority of distinct
+ * instances signed a receipt for it, a read takes a majority's receipts and the highest epoch, and two
+ * digests for one epoch are a fork, never resolved by picking one.
+ *
+ * Authentication: every receipt is the existing signed counter answer (src/provisioning/answers.ts) over
+ * a fresh nonce per request and per instance, signed by THAT instance's own answer key, whose
+ * certificate chains to the pinned CA and names the instance (urn:cdbp:cas-instance:<id>). Signed
+ * receipts rather than MACs: a proxy then needs no secret shared with the instances, only the pinned
+ * CA; and one instance answering in the name of two (traffic redirected to it) is counted once.
+ *
+ * Failover is transparent: a dead or frozen instance only costs its timeout in the background; when no
+ * majority answers, the caller gets CAS_QUORUM_UNAVAILABLE, which the freshness guard treats like an
+ * unreachable CAS (held writes time out with their usual error: fail closed).
+ */
+import { randomBytes, createHash, X509Certificate, type KeyObject } from 'node:crypto';
+import type https from 'node:https';
+import { CdbpError, asCdbpError, isCdbpError } from '../kernel/errors.ts';
+import type { Logger } from '../kernel/log.ts';
+import type { CounterClient, CounterState, FreshnessAlarm, Provision } from '../provisioning/types.ts';
+import { counterAnswerMessage, verifyAnswer, type CounterAnswer } from '../provisioning/answers.ts';
+import { sanUris, verifyCasSigningCert } from '../crypto/x509.ts';
+import { sha512 } from '../crypto/hash.ts';
+import { casAgent, casRequest } from './http.ts';
+import { attestAndProvision, type AttestOptions } from './index.ts';
+
+/** URI SAN naming one CAS member incarnation in its answer-signing certificate. */
+export const CAS_INSTANCE_URN = 'urn:cdbp:cas-instance:';
+const MAJORITY = (n: number): number => Math.floor(n / 2) + 1;
+
+/** Report data of a member joining: SHA-512(nonce ‖ "cdbp-cas-join/1" ‖ X25519 key the state key is sealed to). */
+export function joinReportData(nonce: Buffer, sealingPublicKey: Buffer): Buffer {
+  return sha512(nonce, Buffer.from('cdbp-cas-join/1'), sealingPublicKey);
+}
+
+/** A CAS URL list: "https://a,https://b,https://c" (one URL = the single-instance CAS). */
+export function parseCasUrls(value: string): string[] {
+  return value.split(',').map((s) => s.trim()).filter(Boolean);
+}
+
+interface Member {
+  url: string;
+  agent: https.Agent;
+  key?: { key: KeyObject; instance: string };
+}
+
+type Receipt = { instance: string; value: number; digest: string; record?: Buffer };
+
+export interface QuorumCounterOptions {
+  urls: string[];
+  service: string;
+  caPem: string;
+  /** The proxy's CAS-issued TLS identity (mutual TLS on counter routes, as with one CAS). */
+  keyPem: string;
+  certPem: string;
+  /** Per-instance request timeout: a frozen instance costs at most this, and only in the background. */
+  timeoutMs?: number;
+  log?: Logger;
+}
+
+export class QuorumCounterClient implements CounterClient {
+  private readonly members: Member[];
+  private readonly path: string;
+  private readonly n: number;
+
+  constructor(private readonly o: QuorumCounterOptions) {
+    this.members = o.urls.map((url) => ({ url, agent: casAgent({ caPem: o.caPem, keyPem: o.keyPem, certPem: o.certPem }) }));
+    this.n = o.urls.length;
+    this.path = `/v1/services/${encodeURIComponent(o.service)}/counter`;
+  }
+
+  /** The member's answer key and instance id, from its signing certificate (refetched after a restart). */
+  private async keyOf(m: Member, refresh = false): Promise<{ key: KeyObject; instance: string }> {
+    if (m.key && !refresh) return m.key;
+    const r = await casRequest<{ signingCertPem?: string }>(m.url, 'GET', '/v1/ca', undefined, { agent: m.agent, timeoutMs: this.o.timeoutMs ?? 2000 });
+    if (typeof r?.signingCertPem !== 'string') throw new CdbpError('CAS_IDENTITY_INVALID', `${m.url} published no signing certificate`);
+    const key = verifyCasSigningCert(r.signingCertPem, this.o.caPem);
+    const uri = sanUris(new X509Certificate(r.signingCertPem).subjectAltName).find((u) => u.startsWith(CAS_INSTANCE_URN));
+    if (!uri) throw new CdbpError('CAS_IDENTITY_INVALID', `${m.url} is not a member of a replicated CAS (its answer key names no instance)`);
+    m.key = { key, instance: uri.slice(CAS_INSTANCE_URN.length) };
+    return m.key;
+  }
+
+  /** Checks a signed answer against the member's key; a changed key (restarted member) is refetched once. */
+  private async verified(m: Member, op: CounterAnswer['op'], nonce: string, answer: unknown): Promise<Receipt> {
+    const a = answer as { value?: unknown; digest?: unknown; signature?: unknown; record?: unknown } | undefined;
+    if (!a || !Number.isSafeInteger(a.value) || typeof a.digest !== 'string') throw new CdbpError('PROTOCOL_VIOLATION', `${m.url}: malformed counter answer`);
+    const msg = counterAnswerMessage({ service: this.o.service, op, nonce, value: a.value as number, digest: a.digest });
+    let k = await this.keyOf(m);
+    if (!verifyAnswer(k.key, msg, a.signature)) {
+      k = await this.keyOf(m, true);
+      if (!verifyAnswer(k.key, msg, a.signature)) throw new CdbpError('CAS_IDENTITY_INVALID', `counter ${op} answer from ${m.url} is not signed by that instance for this request`);
+    }
+    const record = typeof a.record === 'string' ? Buffer.from(a.record, 'base64') : undefined;
+    if (record && createHash(a.digest.length === 128 ? 'sha512' : 'sha256').update(record).digest('hex') !== a.digest) {
+      throw new CdbpError('CAS_IDENTITY_INVALID', `counter ${op} answer from ${m.url} carries a record its signed digest does not name`);
+    }
+    return { instance: k.instance, value: a.value as number, digest: a.digest, ...(record ? { record } : {}) };
+  }
+
+  private opts(m: Member): { agent: https.Agent; timeoutMs: number } {
+    return { agent: m.agent, timeoutMs: this.o.timeoutMs ?? 2000 };
+  }
+
+  async read(): Promise<CounterState> {
+    const settled = await Promise.allSettled(this.members.map(async (m) => {
+      const nonce = randomBytes(32).toString('hex');
+      return this.verified(m, 'read', nonce, await casRequest<unknown>(m.url, 'GET', `${this.path}?nonce=${nonce}`, undefined, this.opts(m)));
+    }));
+    const receipts = new Map<string, Receipt>();
+    const reasons: string[] = [];
+    settled.forEach((s, i) => {
+      if (s.status === 'fulfilled') { if (!receipts.has(s.value.instance)) receipts.set(s.value.instance, s.value); } else reasons.push(`${this.members[i]!.url}: ${asCdbpError(s.reason).message}`);
+    });
+    const needed = MAJORITY(this.n);
+    if (receipts.size < needed) {
+      throw new CdbpError('CAS_QUORUM_UNAVAILABLE', `counter read: ${receipts.size} of ${this.n} CAS instances answered, a majority (${needed}) is needed (${reasons.join('; ')})`,
+        { details: { answered: receipts.size, needed } });
+    }
+    const all = [...receipts.values()];
+    for (const r of all) {
+      const other = all.find((x) => x.value === r.value && x.digest !== r.digest);
+      if (other) {
+        throw new CdbpError('TAMPER_DETECTED', `CAS instances ${r.instance} and ${other.instance} hold different digests for epoch ${r.value}: a fork`, { details: { value: r.value } });
+      }
+    }
+    const top = all.reduce((a, b) => (b.value > a.value ? b : a));
+    return { value: top.value, digest: top.digest, ...(top.record ? { record: top.record } : {}) };
+  }
+
+  advance(expected: number, next: number, digest: string, record?: Buffer): Promise<CounterState> {
+    const needed = MAJORITY(this.n);
+    return new Promise<CounterState>((resolve, reject) => {
+      const ok = new Set<string>();
+      const answered = new Set<string>();
+      let best: Receipt | undefined;
+      let outstanding = this.members.length;
+      const reasons: string[] = [];
+      let done = false;
+      const decide = (): void => {
+        if (done) return;
+        if (ok.size >= needed) { done = true; resolve({ value: next, digest }); return; }
+        if (ok.size + outstanding >= needed) return;
+        done = true;
+        if (best) {
+          // A majority can no longer accept: someone holds a newer counter. Same shape as one CAS's conflict.
+          reject(new CdbpError('COUNTER_CONFLICT', `counter is at ${best.value} on instance ${best.instance}, not ${expected}`, { details: { value: best.value, digest: best.digest } }));
+        } else {
+          reject(new CdbpError('CAS_QUORUM_UNAVAILABLE', `counter advance ${expected}→${next}: ${ok.size} of ${this.n} CAS instances accepted, a majority (${needed}) is needed (${reasons.join('; ')})`,
+            { details: { accepted: ok.size, needed } }));
+        }
+      };
+      for (const m of this.members) {
+        const nonce = randomBytes(32).toString('hex');
+        void (async () => {
+          try {
+            const answer = await casRequest<unknown>(m.url, 'POST', this.path,
+              { expected, next, digest, nonce, ...(record ? { record: record.toString('base64') } : {}) }, this.opts(m));
+            const r = await this.verified(m, 'advance', nonce, answer);
+            if (!answered.has(r.instance)) { answered.add(r.instance); if (r.value === next && r.digest === digest) ok.add(r.instance); }
+          } catch (e) {
+            if (isCdbpError(e, 'COUNTER_CONFLICT') && e.details) {
+              try {
+                const r = await this.verified(m, 'conflict', nonce, e.details);
+                if (!answered.has(r.instance)) {
+                  answered.add(r.instance);
+                  // Our own advance whose earlier answer was lost counts as accepted by that instance.
+                  if (r.value === next && r.digest === digest) ok.add(r.instance);
+                  else if (!best || r.value > best.value) best = r;
+                }
+              } catch (ve) { reasons.push(`${m.url}: ${asCdbpError(ve).message}`); }
+            } else reasons.push(`${m.url}: ${asCdbpError(e).message}`);
+          } finally {
+            outstanding--;
+            decide();
+          }
+        })();
+      }
+    });
+  }
+
+  async reportAlarm(alarm: FreshnessAlarm): Promise<void> {
+    const r = await Promise.allSettled(this.members.map((m) => casRequest<void>(m.url, 'POST', this.path.replace(/\/counter$/, '/alarm'), alarm, this.opts(m))));
+    if (r.every((x) => x.status === 'rejected')) throw asCdbpError((r[0] as PromiseRejectedResult).reason);
+  }
+
+  close(): void {
+    for (const m of this.members) m.agent.destroy();
+  }
+}
+
+/**
+ * Attests to the first instance that answers (they share the deployment CA and the policies) and
+ * returns a provision whose counter is a QuorumCounterClient over all of them.
+ */
+export async function attestAndProvisionAny(o: Omit<AttestOptions, 'casUrl'> & { casUrls: string[]; timeoutMs?: number }): Promise<Provision & { counter: CounterClient }> {
+  const errors: string[] = [];
+  for (const casUrl of o.casUrls) {
+    let p: Provision & { counter: CounterClient };
+    try {
+      p = await attestAndProvision({ ...o, casUrl });
+    } catch (e) {
+      const err = asCdbpError(e);
+      // Only an unreachable instance is skipped; a refusal (policy, evidence, identity) is the answer.
+      if (err.code !== 'CAS_UNREACHABLE') throw err;
+      errors.push(`${casUrl}: ${err.message}`);
+      continue;
+    }
+    (p.counter as { close?: () => void }).close?.();
+    return { ...p, counter: new QuorumCounterClient({ urls: o.casUrls, service: o.service, caPem: o.caPem, keyPem: p.identity.keyPem, certPem: p.identity.certPem, timeoutMs: o.timeoutMs, log: o.log }) };
+  }
+  throw new CdbpError('CAS_QUORUM_UNAVAILABLE', `no CAS instance answered attestation (${errors.join('; ')})`);
+}
