@@ -13,7 +13,7 @@
  *   them, take the highest epoch per service, check etcd against the highest state version they hold, and
  *   only then serve. Nothing on the joiner's own disk is used: an old disk cannot bring back old state.
  */
-import { randomBytes, X509Certificate, createHash } from 'node:crypto';
+import { randomBytes, X509Certificate, createHash, createHmac, hkdfSync } from 'node:crypto';
 import { existsSync, rmSync, mkdirSync, writeFileSync, readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import type { FastifyInstance } from 'fastify';
@@ -23,7 +23,7 @@ import type { AttestationProvider, EvidenceVerifier, TeeMode, Evidence } from '.
 import { generateSealingKeyPair, openSealed, sealToPublicKey } from '../../src/crypto/box.ts';
 import { generateSigningKeyPair } from '../../src/crypto/ed25519.ts';
 import { ed25519Spki, issueLeafCertificate, type CaMaterial } from '../../src/crypto/x509.ts';
-import { isHex } from '../../src/crypto/hash.ts';
+import { isHex, constantTimeEqual } from '../../src/crypto/hash.ts';
 import { casRequest } from '../../src/cas-client/http.ts';
 import { CAS_INSTANCE_URN, joinReportData } from '../../src/cas-client/quorum-counter.ts';
 import { NonceStore } from '../nonces.ts';
@@ -152,6 +152,28 @@ export async function prepareHa(cfg: HaConfig, fileSealing: SealingKeyProvider, 
       x.store.beforeWrite = async (service, blob) => {
         if (!installing.has(service)) await s.pushService(service, blob);
       };
+      // A state write is acknowledged once a majority of members hold its version in memory.
+      const macKey = Buffer.from(hkdfSync('sha256', x.masterKey, Buffer.alloc(0), 'cdbp-cas/replication/1', 32));
+      const caPem = x.store.caMaterial.certPem;
+      s.onWritten = async (seq) => {
+        const mac = headMac(macKey, seq);
+        const acks = await Promise.allSettled(cfg.peers.map((url) => casRequest(url, 'POST', '/v1/replication/head', { seq, mac }, { caPem, timeoutMs: 2000 })));
+        const held = 1 + acks.filter((a) => a.status === 'fulfilled').length;
+        // Before a majority of members exists (bootstrap, first joins) every member there is must hold it;
+        // a joiner learns the version from the member it joins from.
+        const needed = Math.min(majority(cfg.members), known.size);
+        if (held < needed) {
+          throw new CdbpError('CAS_QUORUM_UNAVAILABLE', `state version ${seq} is in etcd but only ${held} of ${cfg.members} members hold it in memory, ${needed} are needed: not acknowledged`);
+        }
+      };
+      x.app.post<{ Body: { seq: number; mac: string } }>('/v1/replication/head', {
+        schema: { body: { type: 'object', additionalProperties: false, required: ['seq', 'mac'], properties: { seq: { type: 'integer', minimum: 1 }, mac: { type: 'string', pattern: '^[0-9a-f]{64}$' } } } },
+      }, async (req) => {
+        // MAC under a key only members hold (derived from the state key): nobody else can raise it (a replay only repeats an old, lower version).
+        if (!constantTimeEqual(headMac(macKey, req.body.seq), req.body.mac)) throw new CdbpError('FORBIDDEN', 'state version notice not from a member');
+        s.raiseTo(req.body.seq);
+        return { seq: s.headSeq };
+      });
       registerJoinRoutes(x.app, { instanceId, known, members: cfg.members, counters, sync: s, verifiers: x.verifiers, masterKey: Buffer.from(x.masterKey), allowSimulated: x.allowSimulated, measurement: cfg.measurement, audit: x.audit, log: x.log });
       const { openBlob } = await import('../../src/crypto/sealed-file.ts');
       let alarmed: string | undefined;
@@ -215,7 +237,7 @@ async function joinMembers(cfg: HaConfig, instanceId: string, log: Logger): Prom
   // Once any member knows a majority of incarnations, acknowledged counters may exist that only some
   // of the others hold: hear from enough of them. Before that, one member holds everything there is.
   const formed = [...distinct.values()].some((a) => a.s.known.filter((k) => k !== instanceId).length >= majority(cfg.members));
-  const needed = formed ? catchUpQuorum(cfg.members) : 1;
+  const needed = formed || distinct.size === 0 ? catchUpQuorum(cfg.members) : 1;
   if (distinct.size < needed) {
     throw new CdbpError('CAS_QUORUM_UNAVAILABLE', `cannot join: ${distinct.size} of the ${cfg.peers.length} other members admitted this instance, ${needed} are needed to catch up safely `
       + `(${answers.filter((a) => 'error' in a).map((a) => `${a.url}: ${(a as { error: string }).error}`).join('; ') || 'duplicates'}). `
@@ -285,4 +307,8 @@ function registerJoinRoutes(app: FastifyInstance, d: JoinRouteDeps): void {
       throw err;
     }
   });
+}
+
+function headMac(key: Buffer, seq: number): string {
+  return createHmac('sha256', key).update(`cdbp-ha-head/1\0${seq}`).digest('hex');
 }

@@ -50,6 +50,13 @@ export class StateSync {
   /** Writes are serialised per instance (the head is one key). */
   private chain: Promise<unknown> = Promise.resolve();
 
+  /**
+   * Called after each write with the new version; resolves once a majority of members hold it in memory
+   * (cas/replication/instance.ts). Only then is the write acknowledged: otherwise an etcd rolled back to
+   * just before it could go unnoticed if the writer died.
+   */
+  onWritten: ((seq: number) => Promise<void>) | undefined;
+
   constructor(private readonly etcd: EtcdClient, private readonly stateKey: Buffer) {}
 
   get headSeq(): number {
@@ -102,6 +109,7 @@ export class StateSync {
       for (const p of puts) this.mods.set(p.key, r.revision);
       this.head = next;
       this.seq = next.seq;
+      await this.onWritten?.(next.seq);
     });
     this.chain = run;
     return run;
