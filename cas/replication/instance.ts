@@ -32,7 +32,7 @@ import type { StateStore } from '../state.ts';
 import type { SealingKeyProvider } from '../sealing-key.ts';
 import { MemoryCounters, type CounterSnapshotEntry } from './memory-counters.ts';
 import { StateSync } from './state-sync.ts';
-import { catchUpQuorum, majority } from './quorum.ts';
+import { catchUpQuorum, majority } from '../../src/cas-client/quorum.ts';
 import { EtcdClient } from '../store/etcd.ts';
 
 export const JOIN_SECRETS_FORMAT = 'cdbp-cas-join/1';

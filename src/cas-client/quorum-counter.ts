@@ -24,10 +24,10 @@ import { sanUris, verifyCasSigningCert } from '../crypto/x509.ts';
 import { sha512 } from '../crypto/hash.ts';
 import { casAgent, casRequest } from './http.ts';
 import { attestAndProvision, type AttestOptions } from './index.ts';
+import { combineReads, decideAdvance, type AdvanceAnswer, type InstanceView } from './quorum.ts';
 
 /** URI SAN naming one CAS member incarnation in its answer-signing certificate. */
 export const CAS_INSTANCE_URN = 'urn:cdbp:cas-instance:';
-const MAJORITY = (n: number): number => Math.floor(n / 2) + 1;
 
 /** Report data of a member joining: SHA-512(nonce ‖ "cdbp-cas-join/1" ‖ X25519 key the state key is sealed to). */
 export function joinReportData(nonce: Buffer, sealingPublicKey: Buffer): Buffer {
@@ -45,7 +45,7 @@ interface Member {
   key?: { key: KeyObject; instance: string };
 }
 
-type Receipt = { instance: string; value: number; digest: string; record?: Buffer };
+type Receipt = InstanceView;
 
 export interface QuorumCounterOptions {
   urls: string[];
@@ -108,47 +108,43 @@ export class QuorumCounterClient implements CounterClient {
       const nonce = randomBytes(32).toString('hex');
       return this.verified(m, 'read', nonce, await casRequest<unknown>(m.url, 'GET', `${this.path}?nonce=${nonce}`, undefined, this.opts(m)));
     }));
-    const receipts = new Map<string, Receipt>();
+    const receipts: Receipt[] = [];
     const reasons: string[] = [];
     settled.forEach((s, i) => {
-      if (s.status === 'fulfilled') { if (!receipts.has(s.value.instance)) receipts.set(s.value.instance, s.value); } else reasons.push(`${this.members[i]!.url}: ${asCdbpError(s.reason).message}`);
+      if (s.status === 'fulfilled') receipts.push(s.value); else reasons.push(`${this.members[i]!.url}: ${asCdbpError(s.reason).message}`);
     });
-    const needed = MAJORITY(this.n);
-    if (receipts.size < needed) {
-      throw new CdbpError('CAS_QUORUM_UNAVAILABLE', `counter read: ${receipts.size} of ${this.n} CAS instances answered, a majority (${needed}) is needed (${reasons.join('; ')})`,
-        { details: { answered: receipts.size, needed } });
-    }
-    const all = [...receipts.values()];
-    for (const r of all) {
-      const other = all.find((x) => x.value === r.value && x.digest !== r.digest);
-      if (other) {
-        throw new CdbpError('TAMPER_DETECTED', `CAS instances ${r.instance} and ${other.instance} hold different digests for epoch ${r.value}: a fork`, { details: { value: r.value } });
+    const out = combineReads(receipts, this.n);
+    switch (out.kind) {
+      case 'ok':
+        return { value: out.value, digest: out.digest, ...(out.record ? { record: out.record } : {}) };
+      case 'fork':
+        throw new CdbpError('TAMPER_DETECTED', `CAS instances hold different digests for epoch ${out.value}: a fork`, { details: { value: out.value } });
+      case 'no-quorum':
+        throw new CdbpError('CAS_QUORUM_UNAVAILABLE', `counter read: ${out.answered} of ${this.n} CAS instances answered, a majority (${out.needed}) is needed (${reasons.join('; ')})`,
+          { details: { answered: out.answered, needed: out.needed } });
+      default: {
+        const never: never = out;
+        throw new CdbpError('INTERNAL', `unexpected read outcome ${String(never)}`);
       }
     }
-    const top = all.reduce((a, b) => (b.value > a.value ? b : a));
-    return { value: top.value, digest: top.digest, ...(top.record ? { record: top.record } : {}) };
   }
 
   advance(expected: number, next: number, digest: string, record?: Buffer): Promise<CounterState> {
-    const needed = MAJORITY(this.n);
     return new Promise<CounterState>((resolve, reject) => {
-      const ok = new Set<string>();
-      const answered = new Set<string>();
-      let best: Receipt | undefined;
+      const answers: AdvanceAnswer[] = [];
       let outstanding = this.members.length;
-      const reasons: string[] = [];
       let done = false;
       const decide = (): void => {
         if (done) return;
-        if (ok.size >= needed) { done = true; resolve({ value: next, digest }); return; }
-        if (ok.size + outstanding >= needed) return;
+        const out = decideAdvance(answers, outstanding, this.n);
+        if (out.kind === 'pending') return;
         done = true;
-        if (best) {
-          // A majority can no longer accept: someone holds a newer counter. Same shape as one CAS's conflict.
-          reject(new CdbpError('COUNTER_CONFLICT', `counter is at ${best.value} on instance ${best.instance}, not ${expected}`, { details: { value: best.value, digest: best.digest } }));
-        } else {
-          reject(new CdbpError('CAS_QUORUM_UNAVAILABLE', `counter advance ${expected}→${next}: ${ok.size} of ${this.n} CAS instances accepted, a majority (${needed}) is needed (${reasons.join('; ')})`,
-            { details: { accepted: ok.size, needed } }));
+        if (out.kind === 'ok') resolve({ value: next, digest });
+        // A majority can no longer accept: someone holds a newer counter. Same shape as one CAS's conflict.
+        else if (out.kind === 'conflict') reject(new CdbpError('COUNTER_CONFLICT', `counter is at ${out.value}, not ${expected}`, { details: { value: out.value, digest: out.digest } }));
+        else {
+          reject(new CdbpError('CAS_QUORUM_UNAVAILABLE', `counter advance ${expected}→${next}: ${out.accepted} of ${this.n} CAS instances accepted, a majority (${out.needed}) is needed (${out.reasons.join('; ')})`,
+            { details: { accepted: out.accepted, needed: out.needed } }));
         }
       };
       for (const m of this.members) {
@@ -158,19 +154,15 @@ export class QuorumCounterClient implements CounterClient {
             const answer = await casRequest<unknown>(m.url, 'POST', this.path,
               { expected, next, digest, nonce, ...(record ? { record: record.toString('base64') } : {}) }, this.opts(m));
             const r = await this.verified(m, 'advance', nonce, answer);
-            if (!answered.has(r.instance)) { answered.add(r.instance); if (r.value === next && r.digest === digest) ok.add(r.instance); }
+            answers.push(r.value === next && r.digest === digest ? { instance: r.instance, kind: 'ok' } : { kind: 'failed', reason: `${m.url}: answered another value` });
           } catch (e) {
             if (isCdbpError(e, 'COUNTER_CONFLICT') && e.details) {
               try {
                 const r = await this.verified(m, 'conflict', nonce, e.details);
-                if (!answered.has(r.instance)) {
-                  answered.add(r.instance);
-                  // Our own advance whose earlier answer was lost counts as accepted by that instance.
-                  if (r.value === next && r.digest === digest) ok.add(r.instance);
-                  else if (!best || r.value > best.value) best = r;
-                }
-              } catch (ve) { reasons.push(`${m.url}: ${asCdbpError(ve).message}`); }
-            } else reasons.push(`${m.url}: ${asCdbpError(e).message}`);
+                // Our own advance whose earlier answer was lost counts as accepted by that instance.
+                answers.push(r.value === next && r.digest === digest ? { instance: r.instance, kind: 'ok' } : { instance: r.instance, kind: 'conflict', value: r.value, digest: r.digest });
+              } catch (ve) { answers.push({ kind: 'failed', reason: `${m.url}: ${asCdbpError(ve).message}` }); }
+            } else answers.push({ kind: 'failed', reason: `${m.url}: ${asCdbpError(e).message}` });
           } finally {
             outstanding--;
             decide();

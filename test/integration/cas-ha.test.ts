@@ -112,6 +112,23 @@ test('replicated CAS: kill -9 one member under strict writes, rejoin, old disk, 
     await w.run(5);
   });
 
+  await t.test('two proxies on a forked volume race for one epoch: exactly one wins, the other sees the winner (as with one CAS)', async () => {
+    const twin = new QuorumCounterClient({ urls: c.urls, service: 'orders', caPem: c.caPem, keyPem: prov.identity.keyPem, certPem: prov.identity.certPem });
+    const [a, b] = [randomBytes(32), randomBytes(32)];
+    const res = await Promise.allSettled([counter.advance(w.value, w.value + 1, digestOf(a), a), twin.advance(w.value, w.value + 1, digestOf(b), b)]);
+    twin.close();
+    const won = res.filter((r) => r.status === 'fulfilled');
+    assert.equal(won.length, 1, JSON.stringify(res.map((r) => r.status === 'rejected' ? String(r.reason) : 'ok')));
+    const lost = res.find((r) => r.status === 'rejected') as PromiseRejectedResult;
+    assert.ok(isCdbpError(lost.reason, 'COUNTER_CONFLICT'), String(lost.reason));
+    const winner = res[0]!.status === 'fulfilled' ? digestOf(a) : digestOf(b);
+    assert.equal((lost.reason as unknown as { details: { digest: string } }).details.digest, winner);
+    const r = await counter.read();
+    assert.deepEqual({ value: r.value, digest: r.digest }, { value: w.value + 1, digest: winner });
+    w.acked.push({ value: w.value + 1, digest: winner });
+    (w as unknown as { current: number }).current = w.value + 1;
+  });
+
   await t.test('two members frozen: seals fail closed with a clear reason, and resume when one returns', async () => {
     c.members[1]!.cas!.proc.kill('SIGSTOP');
     c.members[2]!.cas!.proc.kill('SIGSTOP');

@@ -1,6 +1,7 @@
 /**
  * The quorum rules of the replicated counter, as pure functions (no I/O): how many instances make a
  * majority, how a reader combines the answers of several instances, how a writer decides an advance.
+ * Shared by the proxy side (quorum-counter.ts) and the CAS members (cas/replication/).
  *
  * This follows Nimble (Angel et al., "Nimble: Rollback Protection for Confidential Cloud Services",
  * OSDI 2023, https://www.usenix.org/conference/osdi23/presentation/angel): every instance ("endorser")
