@@ -24,10 +24,9 @@ import { sanUris, verifyCasSigningCert } from '../crypto/x509.ts';
 import { sha512 } from '../crypto/hash.ts';
 import { casAgent, casRequest } from './http.ts';
 import { attestAndProvision, type AttestOptions } from './index.ts';
-import { combineReads, decideAdvance, type AdvanceAnswer, type InstanceView } from './quorum.ts';
+import { CAS_INSTANCE_URN, combineReads, decideAdvance, type AdvanceAnswer, type InstanceView } from './quorum.ts';
 
-/** URI SAN naming one CAS member incarnation in its answer-signing certificate. */
-export const CAS_INSTANCE_URN = 'urn:cdbp:cas-instance:';
+export { CAS_INSTANCE_URN } from './quorum.ts';
 
 /** Report data of a member joining: SHA-512(nonce ‖ "cdbp-cas-join/1" ‖ X25519 key the state key is sealed to). */
 export function joinReportData(nonce: Buffer, sealingPublicKey: Buffer): Buffer {
@@ -191,7 +190,7 @@ export async function attestAndProvisionAny(o: Omit<AttestOptions, 'casUrl'> & {
   for (const casUrl of o.casUrls) {
     let p: Provision & { counter: CounterClient };
     try {
-      p = await attestAndProvision({ ...o, casUrl });
+      p = await attestAndProvision({ ...o, casUrl, replicated: true });
     } catch (e) {
       const err = asCdbpError(e);
       // Only an unreachable instance is skipped; a refusal (policy, evidence, identity) is the answer.

@@ -12,6 +12,9 @@
  * never both gather a majority for one epoch (that is how a fork is caught).
  */
 
+/** URI SAN naming one member incarnation of a replicated CAS in its answer-signing certificate. */
+export const CAS_INSTANCE_URN = 'urn:cdbp:cas-instance:';
+
 /** Smallest number of instances out of `n` that any two such sets share at least one of. */
 export function majority(n: number): number {
   return Math.floor(n / 2) + 1;

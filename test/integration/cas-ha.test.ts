@@ -16,6 +16,7 @@ import { startHaCluster, type HaCluster } from '../support/etcd-cas-ha.ts';
 import { SimulatedProvider } from '../../src/attestation/simulated.ts';
 import { attestAndProvisionAny, QuorumCounterClient } from '../../src/cas-client/quorum-counter.ts';
 import { casRequest } from '../../src/cas-client/http.ts';
+import { attestAndProvision } from '../../src/cas-client/index.ts';
 import { isCdbpError } from '../../src/kernel/errors.ts';
 import type { CounterClient, CounterState } from '../../src/provisioning/types.ts';
 
@@ -73,6 +74,9 @@ test('replicated CAS: kill -9 one member under strict writes, rejoin, old disk, 
   const counter = prov.counter as QuorumCounterClient;
   t.after(() => counter.close());
   assert.equal((await counter.read()).value, 0);
+  // A proxy pointed at one member (CDBP_CAS_URL is host-controlled) is refused: one receipt is not a majority.
+  await assert.rejects(attestAndProvision({ casUrl: c.urls[0]!, caPem: c.caPem, service: 'orders', provider, tls: {} }),
+    (e: unknown) => isCdbpError(e, 'CAS_IDENTITY_INVALID') && /one member of a replicated CAS/.test((e as Error).message));
   const w = new Writer(counter, 0);
 
   await t.test('kill -9 one member during strict writes: every write is acknowledged, none lost', async () => {
