@@ -24,7 +24,7 @@ import { sanUris, verifyCasSigningCert } from '../crypto/x509.ts';
 import { sha512 } from '../crypto/hash.ts';
 import { casAgent, casRequest } from './http.ts';
 import { attestAndProvision, type AttestOptions } from './index.ts';
-import { CAS_INSTANCE_URN, combineReads, decideAdvance, type AdvanceAnswer, type InstanceView } from './quorum.ts';
+import { CAS_INSTANCE_URN, combineReads, decideAdvance, majority, type AdvanceAnswer, type InstanceView } from './quorum.ts';
 
 export { CAS_INSTANCE_URN } from './quorum.ts';
 
@@ -42,7 +42,15 @@ interface Member {
   url: string;
   agent: https.Agent;
   key?: { key: KeyObject; instance: string };
+  /** Requests sent and not answered yet: a frozen member must not collect an unbounded queue. */
+  inFlight: number;
 }
+
+/**
+ * Requests one member may have outstanding. Past it the member counts as not answering at once: requests
+ * waiting for one of the agent's sockets have no timeout yet, so they would pile up behind a frozen member.
+ */
+const MAX_IN_FLIGHT = 4;
 
 type Receipt = InstanceView;
 
@@ -64,7 +72,7 @@ export class QuorumCounterClient implements CounterClient {
   private readonly n: number;
 
   constructor(private readonly o: QuorumCounterOptions) {
-    this.members = o.urls.map((url) => ({ url, agent: casAgent({ caPem: o.caPem, keyPem: o.keyPem, certPem: o.certPem }) }));
+    this.members = o.urls.map((url) => ({ url, agent: casAgent({ caPem: o.caPem, keyPem: o.keyPem, certPem: o.certPem }), inFlight: 0 }));
     this.n = o.urls.length;
     this.path = `/v1/services/${encodeURIComponent(o.service)}/counter`;
   }
@@ -102,30 +110,64 @@ export class QuorumCounterClient implements CounterClient {
     return { agent: m.agent, timeoutMs: this.o.timeoutMs ?? 2000 };
   }
 
-  async read(): Promise<CounterState> {
-    const settled = await Promise.allSettled(this.members.map(async (m) => {
-      const nonce = randomBytes(32).toString('hex');
-      return this.verified(m, 'read', nonce, await casRequest<unknown>(m.url, 'GET', `${this.path}?nonce=${nonce}`, undefined, this.opts(m)));
-    }));
-    const receipts: Receipt[] = [];
-    const reasons: string[] = [];
-    settled.forEach((s, i) => {
-      if (s.status === 'fulfilled') receipts.push(s.value); else reasons.push(`${this.members[i]!.url}: ${asCdbpError(s.reason).message}`);
-    });
-    const out = combineReads(receipts, this.n);
-    switch (out.kind) {
-      case 'ok':
-        return { value: out.value, digest: out.digest, ...(out.record ? { record: out.record } : {}) };
-      case 'fork':
-        throw new CdbpError('TAMPER_DETECTED', `CAS instances hold different digests for epoch ${out.value}: a fork`, { details: { value: out.value } });
-      case 'no-quorum':
-        throw new CdbpError('CAS_QUORUM_UNAVAILABLE', `counter read: ${out.answered} of ${this.n} CAS instances answered, a majority (${out.needed}) is needed (${reasons.join('; ')})`,
-          { details: { answered: out.answered, needed: out.needed } });
-      default: {
-        const never: never = out;
-        throw new CdbpError('INTERNAL', `unexpected read outcome ${String(never)}`);
-      }
+  /** One request to one member, bounded in number and in time. */
+  private async request<T>(m: Member, method: 'GET' | 'POST', path: string, body: unknown): Promise<T> {
+    if (m.inFlight >= MAX_IN_FLIGHT) throw new CdbpError('CAS_UNREACHABLE', `${m.url} has ${m.inFlight} requests unanswered`);
+    m.inFlight++;
+    try {
+      return await casRequest<T>(m.url, method, path, body, this.opts(m));
+    } finally {
+      m.inFlight--;
     }
+  }
+
+  /**
+   * Resolves as soon as a majority of distinct members answered (any majority meets the last
+   * acknowledged advance), or when every member answered or failed.
+   */
+  read(): Promise<CounterState> {
+    return new Promise<CounterState>((resolve, reject) => {
+      const receipts: Receipt[] = [];
+      const reasons: string[] = [];
+      let outstanding = this.members.length;
+      let done = false;
+      const decide = (): void => {
+        if (done) return;
+        const distinct = new Set(receipts.map((r) => r.instance)).size;
+        if (distinct < majority(this.n) && outstanding > 0) return;
+        done = true;
+        const out = combineReads(receipts, this.n);
+        switch (out.kind) {
+          case 'ok':
+            resolve({ value: out.value, digest: out.digest, ...(out.record ? { record: out.record } : {}) });
+            return;
+          case 'fork':
+            reject(new CdbpError('TAMPER_DETECTED', `CAS instances hold different digests for epoch ${out.value}: a fork`, { details: { value: out.value } }));
+            return;
+          case 'no-quorum':
+            reject(new CdbpError('CAS_QUORUM_UNAVAILABLE', `counter read: ${out.answered} of ${this.n} CAS instances answered, a majority (${out.needed}) is needed (${reasons.join('; ')})`,
+              { details: { answered: out.answered, needed: out.needed } }));
+            return;
+          default: {
+            const never: never = out;
+            reject(new CdbpError('INTERNAL', `unexpected read outcome ${String(never)}`));
+          }
+        }
+      };
+      for (const m of this.members) {
+        const nonce = randomBytes(32).toString('hex');
+        void (async () => {
+          try {
+            receipts.push(await this.verified(m, 'read', nonce, await this.request<unknown>(m, 'GET', `${this.path}?nonce=${nonce}`, undefined)));
+          } catch (e) {
+            reasons.push(`${m.url}: ${asCdbpError(e).message}`);
+          } finally {
+            outstanding--;
+            decide();
+          }
+        })();
+      }
+    });
   }
 
   advance(expected: number, next: number, digest: string, record?: Buffer): Promise<CounterState> {
@@ -150,8 +192,8 @@ export class QuorumCounterClient implements CounterClient {
         const nonce = randomBytes(32).toString('hex');
         void (async () => {
           try {
-            const answer = await casRequest<unknown>(m.url, 'POST', this.path,
-              { expected, next, digest, nonce, ...(record ? { record: record.toString('base64') } : {}) }, this.opts(m));
+            const answer = await this.request<unknown>(m, 'POST', this.path,
+              { expected, next, digest, nonce, ...(record ? { record: record.toString('base64') } : {}) });
             const r = await this.verified(m, 'advance', nonce, answer);
             answers.push(r.value === next && r.digest === digest ? { instance: r.instance, kind: 'ok' } : { kind: 'failed', reason: `${m.url}: answered another value` });
           } catch (e) {
@@ -172,7 +214,7 @@ export class QuorumCounterClient implements CounterClient {
   }
 
   async reportAlarm(alarm: FreshnessAlarm): Promise<void> {
-    const r = await Promise.allSettled(this.members.map((m) => casRequest<void>(m.url, 'POST', this.path.replace(/\/counter$/, '/alarm'), alarm, this.opts(m))));
+    const r = await Promise.allSettled(this.members.map((m) => this.request<void>(m, 'POST', this.path.replace(/\/counter$/, '/alarm'), alarm)));
     if (r.every((x) => x.status === 'rejected')) throw asCdbpError((r[0] as PromiseRejectedResult).reason);
   }
 

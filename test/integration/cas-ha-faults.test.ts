@@ -15,7 +15,7 @@ import { tempDir } from '../support/tmp.ts';
 import { applyTestPolicy } from '../support/cas.ts';
 import { startHaCluster, type HaCluster } from '../support/etcd-cas-ha.ts';
 import { SimulatedProvider } from '../../src/attestation/simulated.ts';
-import { attestAndProvisionAny, type QuorumCounterClient } from '../../src/cas-client/quorum-counter.ts';
+import { attestAndProvisionAny, QuorumCounterClient } from '../../src/cas-client/quorum-counter.ts';
 
 const SECONDS = Number(process.env.CDBP_HA_FAULT_SECONDS ?? 45);
 const SEED = Number(process.env.CDBP_HA_FAULT_SEED ?? Date.now() % 1_000_000);
@@ -48,10 +48,14 @@ test(`replicated CAS under a seeded fault schedule (${SECONDS} s, seed ${SEED})`
   for (const service of services) await applyTestPolicy({ url: c.urls[0]!, caPem: c.caPem }, { service, owner: c.owner });
   await new Promise((r) => setTimeout(r, 800));
   const provider = new SimulatedProvider(c.platformKeyFile);
+  const idents: Array<{ keyPem: string; certPem: string }> = [];
   for (const service of services) {
-    clients.push((await attestAndProvisionAny({ casUrls: c.urls, caPem: c.caPem, service, provider, tls: {}, timeoutMs: 1000 })).counter as QuorumCounterClient);
+    const p = await attestAndProvisionAny({ casUrls: c.urls, caPem: c.caPem, service, provider, tls: {}, timeoutMs: 1000 });
+    clients.push(p.counter as QuorumCounterClient);
+    idents.push(p.identity);
   }
   const rand = prng(SEED);
+  const steps: string[] = [];
   const acked = services.map(() => ({ value: 0, digest: '' }));
   let stop = false;
   let advances = 0;
@@ -71,15 +75,25 @@ test(`replicated CAS under a seeded fault schedule (${SECONDS} s, seed ${SEED})`
       }
     }
   });
+  const each = async (i: number): Promise<string> => {
+    const out: string[] = [];
+    for (const url of c.urls) {
+      const one = new QuorumCounterClient({ urls: [url], service: services[i]!, caPem: c.caPem, keyPem: idents[i]!.keyPem, certPem: idents[i]!.certPem, timeoutMs: 500 });
+      out.push(await one.read().then((r) => `${url}=${r.value}`, (e: Error) => `${url}: ${e.message.slice(0, 60)}`));
+      one.close();
+    }
+    return out.join(', ');
+  };
   const check = async (step: string) => {
     for (const [i, client] of clients.entries()) {
+      // What was acknowledged before the read started: the read must see at least that.
+      const a = { ...acked[i]! };
       const r = await client.read();
-      const a = acked[i]!;
+      if (r.value < a.value) assert.fail(`${step}: ${services[i]} at ${r.value} below acknowledged ${a.value} (seed ${SEED}); members: ${await each(i)}; steps: ${steps.join('; ')}`);
       assert.ok(r.value >= a.value, `${step}: ${services[i]} went back to ${r.value} below acknowledged ${a.value} (seed ${SEED})`);
       if (r.value === a.value && a.value > 0) assert.equal(r.digest, a.digest, `${step}: acknowledged epoch ${a.value} has another digest (seed ${SEED})`);
     }
   };
-  const steps: string[] = [];
   const end = Date.now() + SECONDS * 1000;
   try {
     while (Date.now() < end) {
