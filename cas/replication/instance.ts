@@ -14,7 +14,7 @@
  *   only then serve. Nothing on the joiner's own disk is used: an old disk cannot bring back old state.
  */
 import { randomBytes, X509Certificate, createHash, createHmac, hkdfSync } from 'node:crypto';
-import { existsSync, rmSync, mkdirSync, writeFileSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync, rmSync, mkdirSync, writeFileSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import type { Logger } from '../../src/kernel/log.ts';
@@ -30,7 +30,8 @@ import { CAS_INSTANCE_URN } from '../../src/cas-client/quorum.ts';
 import { NonceStore } from '../nonces.ts';
 import type { AuditLog } from '../audit.ts';
 import type { StateStore } from '../state.ts';
-import type { SealingKeyProvider } from '../sealing-key.ts';
+import { deriveKey, type SealingKeyProvider } from '../sealing-key.ts';
+import { openBlob } from '../../src/crypto/sealed-file.ts';
 import { MemoryCounters, type CounterSnapshotEntry } from './memory-counters.ts';
 import { StateSync } from './state-sync.ts';
 import { catchUpQuorum, majority } from '../../src/cas-client/quorum.ts';
@@ -106,7 +107,6 @@ export async function prepareHa(cfg: HaConfig, fileSealing: SealingKeyProvider, 
     if (counters.conflicts.length > 0) {
       throw new CdbpError('TAMPER_DETECTED', `members disagree on a counter (two digests for one epoch: ${counters.conflicts.map((c) => `${c.service}@${c.value}`).join(', ')}); refusing to join`);
     }
-    const { deriveKey } = await import('../sealing-key.ts');
     sync = new StateSync(etcd, deriveKey(j.masterKey, 'state'));
     sync.raiseTo(j.stateSeq);
     const loaded = await sync.load();
@@ -115,7 +115,6 @@ export async function prepareHa(cfg: HaConfig, fileSealing: SealingKeyProvider, 
   }
 
   let timer: NodeJS.Timeout | undefined;
-  let attached: Parameters<HaRuntime['attach']>[0] | undefined;
   return {
     instanceId, counters, sealing,
     async instanceSigning(ca) {
@@ -136,7 +135,6 @@ export async function prepareHa(cfg: HaConfig, fileSealing: SealingKeyProvider, 
       for (const [name, blob] of joined.services) writeFileSync(path.join(d, 'state', 'services', serviceFile(name)), blob, { mode: 0o600 });
     },
     async attach(x) {
-      attached = x;
       sync ??= new StateSync(etcd, x.stateKey);
       const s = sync;
       if (cfg.bootstrap) {
@@ -176,7 +174,6 @@ export async function prepareHa(cfg: HaConfig, fileSealing: SealingKeyProvider, 
         return { seq: s.headSeq };
       });
       registerJoinRoutes(x.app, { instanceId, known, members: cfg.members, counters, sync: s, verifiers: x.verifiers, masterKey: Buffer.from(x.masterKey), allowSimulated: x.allowSimulated, measurement: cfg.measurement, audit: x.audit, log: x.log });
-      const { openBlob } = await import('../../src/crypto/sealed-file.ts');
       let alarmed: string | undefined;
       const poll = async (): Promise<void> => {
         try {
@@ -210,7 +207,6 @@ export async function prepareHa(cfg: HaConfig, fileSealing: SealingKeyProvider, 
     },
     async close() {
       if (timer) clearTimeout(timer);
-      void attached;
     },
   };
 }

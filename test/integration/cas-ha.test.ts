@@ -7,11 +7,11 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { cpSync, readFileSync, rmSync } from 'node:fs';
+import { cpSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { randomBytes, createHash } from 'node:crypto';
 import { tempDir } from '../support/tmp.ts';
-import { applyTestPolicy, runCdbp, startTestCas } from '../support/cas.ts';
+import { applyTestPolicy, runCdbp } from '../support/cas.ts';
 import { startHaCluster, type HaCluster } from '../support/etcd-cas-ha.ts';
 import { SimulatedProvider } from '../../src/attestation/simulated.ts';
 import { attestAndProvisionAny, QuorumCounterClient } from '../../src/cas-client/quorum-counter.ts';
@@ -189,5 +189,4 @@ test('replicated CAS: kill -9 one member under strict writes, rejoin, old disk, 
     assert.notEqual(rejoin.code, 0);
     assert.match(rejoin.output, /cannot join: 1 of the 2 other members admitted this instance, 2 are needed/);
   });
-  void startTestCas; void rmSync;
 });
