@@ -20,6 +20,7 @@ import { NonceStore } from './nonces.ts';
 import { deriveKey, type SealingKeyProvider } from './sealing-key.ts';
 import { StateStore, type CasMeta } from './state.ts';
 import { buildCasServer } from './server.ts';
+import type { HaRuntime } from './replication/instance.ts';
 
 export interface CasOptions {
   dir: string;
@@ -37,6 +38,8 @@ export interface CasOptions {
    * later starts must name the same set (or none). Without any, the first policy's owner is bound.
    */
   owners?: string[];
+  /** Member of a replicated CAS (cas/replication/instance.ts prepareHa): counters in memory, state on etcd. */
+  ha?: HaRuntime;
 }
 
 export interface RunningCas {
@@ -71,7 +74,10 @@ async function makeMeta(ca: CaMaterial, existingOwners: string[]): Promise<CasMe
 
 export async function startCas(o: CasOptions): Promise<RunningCas> {
   mkdirSync(o.dir, { recursive: true, mode: 0o700 });
-  const master = await o.sealing.masterKey();
+  o.ha?.prepareDir(o.dir);
+  const master = await (o.ha?.sealing ?? o.sealing).masterKey();
+  // A replicated member hands the state key to members that join (over their attested channel).
+  const haMaster = o.ha ? Buffer.from(master) : undefined;
   const { store, created, upgraded } = await StateStore.open(o.dir, deriveKey(master, 'state'),
     () => createCa({ commonName: 'cdbp CAS root', lifetimeDays: 3650 }), makeMeta);
   // The owner allow-list is part of the sealed state: flags can set it once, never silently change it.
@@ -90,11 +96,13 @@ export async function startCas(o: CasOptions): Promise<RunningCas> {
   // The audit log is checked against the anchor sealed with the state (a truncated tail is caught), and
   // every durable append moves the anchor.
   const audit = await AuditLog.open(auditFile(o.dir), deriveKey(master, 'audit'), {
-    anchor: store.auditAnchor, onDurable: (a) => store.setAuditAnchor(a),
+    // A replicated member's audit log is its own (the sealed root it received names another member's anchor).
+    anchor: o.ha ? undefined : store.auditAnchor, onDurable: (a) => store.setAuditAnchor(a),
   });
   // Every service's counter in one group-committed log, checked against its anchor (cas/counter-log.ts).
-  const counters = await CounterLog.open(store.stateDir, deriveKey(master, 'counters'), { mustExist: store.counterLogCreated });
-  await store.markCounterLog();
+  const counters = o.ha ? o.ha.counters : await CounterLog.open(store.stateDir, deriveKey(master, 'counters'), { mustExist: store.counterLogCreated });
+  if (!o.ha) await store.markCounterLog();
+  const stateKey = o.ha ? deriveKey(master, 'state') : undefined;
   master.fill(0);
   const ca = store.caMaterial;
   const caFile = path.join(o.dir, 'ca.pem');
@@ -107,6 +115,7 @@ export async function startCas(o: CasOptions): Promise<RunningCas> {
   const core = new CasCore({
     store, audit, counters, nonces: new NonceStore(o.nonceTtlMs ?? 60_000), verifiers, allowSimulated: o.allowSimulated, log: o.log, metrics,
     reservedNames: [...names],
+    ...(o.ha ? { signing: await o.ha.instanceSigning(ca), acceptLagging: true } : {}),
   });
   const kp = generateTlsKeyPair();
   const { spki } = parseCsr(createCsr({ ...kp, commonName: 'cdbp-cas' }));
@@ -120,6 +129,7 @@ export async function startCas(o: CasOptions): Promise<RunningCas> {
     core, audit, metrics, log: o.log, simulated: o.allowSimulated,
     tls: { keyPem: kp.privateKey.export({ type: 'pkcs8', format: 'pem' }).toString(), certPem, caPem: ca.certPem },
   });
+  await o.ha?.attach({ app, store, audit, verifiers, stateKey: stateKey!, masterKey: haMaster!, allowSimulated: o.allowSimulated, log: o.log });
   if (ownersBoundNow || upgraded) {
     await audit.append({ event: 'cas.owners', outcome: 'ok', details: { owners: store.meta.owners.join(','), boundBy: store.meta.ownersBoundBy } });
   }
@@ -143,6 +153,7 @@ export async function startCas(o: CasOptions): Promise<RunningCas> {
   return {
     url, caPem: ca.certPem, caFile, core, metrics,
     async close() {
+      await o.ha?.close();
       await app.close();
       await audit.close();
       await counters.close();

@@ -18,7 +18,9 @@ import { CdbpError } from '../src/kernel/errors.ts';
 import { canonicalJson, constantTimeEqual, sha256Hex } from '../src/crypto/hash.ts';
 
 /** counter.read is audited only when refused (reads are frequent and harmless when allowed). */
-export type AuditEventType = 'cas.start' | 'cas.owners' | 'policy.apply' | 'attest' | 'counter.read' | 'counter.advance' | 'counter.recover' | 'freshness.alarm';
+export type AuditEventType = 'cas.start' | 'cas.owners' | 'policy.apply' | 'attest' | 'counter.read' | 'counter.advance' | 'counter.recover' | 'freshness.alarm'
+  // replicated CAS (cas/replication/)
+  | 'ha.bootstrap' | 'ha.join' | 'ha.state-rollback';
 
 export interface AuditEvent {
   event: AuditEventType;

@@ -92,8 +92,19 @@ export function expectedReportData(nonce: Buffer, tlsSpki: Buffer, sealingPublic
 export interface CasCoreOptions {
   store: StateStore;
   audit: AuditLog;
-  /** All services' counters: one append-only log, group-committed (cas/counter-log.ts). */
-  counters: CounterLog;
+  /**
+   * All services' counters: one append-only log, group-committed (cas/counter-log.ts); or, in a
+   * replicated CAS, the member's memory (cas/replication/memory-counters.ts).
+   */
+  counters: Pick<CounterLog, 'counters' | 'append' | 'idle' | 'stats'>;
+  /** Replicated CAS: this member incarnation's own answer key (its certificate names the instance). */
+  signing?: { secretKey: Buffer; certPem: string };
+  /**
+   * Replicated CAS: a member that is behind (it missed advances a majority acknowledged while it was
+   * slow) accepts an advance whose `expected` is ahead of it; the counter still only moves forward and
+   * still holds one digest per epoch (docs/CAS.md "Replicated CAS").
+   */
+  acceptLagging?: boolean;
   nonces: NonceStore;
   verifiers: Map<TeeMode, EvidenceVerifier>;
   allowSimulated: boolean;
@@ -151,11 +162,11 @@ export class CasCore {
     r.gauge('cdbp_cas_counter_entries', 'Counter log entries synced since start (entries / batches = advances per fdatasync)', (g) => g.set(o.counters.stats.entries));
     r.gauge('cdbp_cas_simulated_attestation_allowed', '1 if this CAS accepts SIMULATED attestation (not a TEE)', (g) => g.set(o.allowSimulated ? 1 : 0));
     r.gauge('cdbp_cas_nonces_outstanding', 'Consumed nonces remembered until they expire (issued nonces keep no state)', (g) => g.set(o.nonces.size));
-    this.signingKey = ed25519PrivateKey(Buffer.from(o.store.meta.signingSecretKey, 'hex'));
+    this.signingKey = ed25519PrivateKey(o.signing?.secretKey ?? Buffer.from(o.store.meta.signingSecretKey, 'hex'));
   }
 
   get signingCertPem(): string {
-    return this.o.store.meta.signingCertPem;
+    return this.o.signing?.certPem ?? this.o.store.meta.signingCertPem;
   }
 
   /** Signs a counter answer for the client's nonce (absent for clients from before signed answers). */
@@ -403,7 +414,7 @@ export class CasCore {
       const rec = this.o.store.get(service);
       if (!rec) throw new CdbpError('SERVICE_UNKNOWN', `no policy for service ${service}`);
       const current = this.unsynced.get(service) ?? this.durableCounter(rec);
-      if (current.value !== expected) {
+      if (current.value !== expected && !(this.o.acceptLagging && current.value < expected)) {
         // Answer a conflict with what is durable, never with a value a crash could still undo.
         await this.o.counters.idle();
         const now = this.durableCounter(rec);

@@ -90,6 +90,11 @@ export class StateStore {
   private hasCounterLog = false;
   /** Serialises rewrites of ca.sealed (audit anchor, owner binding). */
   private rootWrite: Promise<unknown> = Promise.resolve();
+  /**
+   * Replicated CAS (cas/replication/): called with a service's new sealed bytes before the local file is
+   * replaced; throwing leaves the change undone everywhere (etcd is the commit point).
+   */
+  beforeWrite: ((service: string, blob: Buffer) => Promise<void>) | undefined;
 
   private constructor(private readonly dir: string, private readonly key: Buffer) {}
 
@@ -248,6 +253,7 @@ export class StateStore {
       if (out.next) {
         const next = { ...out.next, generation: (this.services.get(service)?.generation ?? 0) + 1 };
         const blob = await sealBlob(this.key, serviceLabel(service), Buffer.from(JSON.stringify(next)));
+        await this.beforeWrite?.(service, blob);
         await writeFileDurable(path.join(this.stateDir, 'services', serviceFile(service)), blob);
         this.services.set(service, next);
       }

@@ -13,13 +13,16 @@ type ProxyConfig = ConfigOf<typeof PROXY_SCHEMA>;
 /** Every problem found, in words naming the settings (empty when the combination works). */
 export function proxyConfigProblems(c: ProxyConfig): string[] {
   const problems: string[] = [];
-  let cas: URL | undefined;
-  try {
-    cas = new URL(c.casUrl);
-  } catch {
-    problems.push(`CDBP_CAS_URL is not a URL: ${c.casUrl}`);
+  // A comma-separated list names the members of a replicated CAS (docs/CAS.md): each must be a URL.
+  for (const one of c.casUrl.split(',').map((u) => u.trim())) {
+    let cas: URL | undefined;
+    try {
+      cas = new URL(one);
+    } catch {
+      problems.push(`CDBP_CAS_URL is not a URL: ${one}`);
+    }
+    if (cas && cas.protocol !== 'https:') problems.push(`CDBP_CAS_URL must be https (the CAS is pinned by its CA): ${one}`);
   }
-  if (cas && cas.protocol !== 'https:') problems.push(`CDBP_CAS_URL must be https (the CAS is pinned by its CA): ${c.casUrl}`);
 
   if (c.engine === 'mariadb') {
     if (c.managePostgres) problems.push('CDBP_MANAGE_POSTGRES needs CDBP_ENGINE=postgres');

@@ -26,6 +26,7 @@ import { mariadbPluginDir } from '../src/kernel/binaries.ts';
 import type { Provision, CounterClient } from '../src/provisioning/types.ts';
 import type { AttestationProvider } from '../src/attestation/types.ts';
 import { attestAndProvision } from '../src/cas-client/index.ts';
+import { attestAndProvisionAny, parseCasUrls } from '../src/cas-client/quorum-counter.ts';
 import { attestedTeeOf, type AttestedTee } from '../src/attestation/attested-tee.ts';
 import { onCasIdentityAlarm } from '../src/cas-client/http.ts';
 import { CasTrustPin } from '../src/cas-client/trust-pin.ts';
@@ -169,7 +170,7 @@ export class ProxyRole {
     this.lifecycle.advance('attesting');
     this.casPin = CasTrustPin.fromFile(config.casCaFile);
     this.stopCasAlarms = onCasIdentityAlarm((a) => this.casPin!.impostor(a, log));
-    const provision = await attestAndProvision({
+    const provision = await provisionFrom(config.casUrl)({
       casUrl: config.casUrl, caPem: this.casPin.caPem, service: config.service, provider, log,
       tls: { dnsNames: config.dnsNames },
     });
@@ -503,7 +504,7 @@ export class ProxyRole {
     try {
       // The CA pinned at start, never the file again; a changed file is only reported.
       this.casPin!.checkFile(log);
-      const fresh = await attestAndProvision({
+      const fresh = await provisionFrom(config.casUrl)({
         casUrl: config.casUrl, caPem: this.casPin!.caPem, service: config.service, provider, log,
         tls: { dnsNames: config.dnsNames },
       });
@@ -619,4 +620,14 @@ function sleep(ms: number): Promise<void> {
 
 export function randomPassword(): string {
   return randomBytes(18).toString('base64url');
+}
+
+/**
+ * Several CAS URLs (comma-separated CDBP_CAS_URL) = a replicated CAS: attest to any member, count by
+ * majority (src/cas-client/quorum-counter.ts, docs/CAS.md "Replicated CAS"). One URL = the single CAS.
+ */
+function provisionFrom(casUrl: string): typeof attestAndProvision {
+  const urls = parseCasUrls(casUrl);
+  if (urls.length <= 1) return attestAndProvision;
+  return (o) => attestAndProvisionAny({ ...o, casUrls: urls });
 }

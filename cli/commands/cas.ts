@@ -21,7 +21,10 @@ import { buildOpsServer } from '../../src/ops/server.ts';
 import { VERSION } from '../version.ts';
 import { verifyAuditFile } from '../../cas/audit.ts';
 import { readSealedAuditAnchor, type AuditAnchor } from '../../cas/state.ts';
-import { deriveKey, FailClosedSealingKeyProvider, FileSealingKeyProvider } from '../../cas/sealing-key.ts';
+import { deriveKey, FailClosedSealingKeyProvider, FileSealingKeyProvider, type SealingKeyProvider } from '../../cas/sealing-key.ts';
+import { prepareHa, type HaRuntime } from '../../cas/replication/index.ts';
+import { selectProvider } from '../../src/attestation/select.ts';
+import { measureShippedCode } from '../../src/attestation/measurement.ts';
 
 export const CAS_SCHEMA = {
   casDir: { kind: 'string', doc: 'CAS trusted directory (sealed state, audit log, ca.pem)', required: true },
@@ -36,17 +39,25 @@ export const CAS_SCHEMA = {
   casOwners: { kind: 'list', doc: 'owner public keys (hex) or files of them allowed to create services (--owner, repeatable); none = first policy binds its owner', default: [] },
   casOpsHost: { kind: 'string', doc: 'ops API address (plain HTTP: health, metrics, status)', default: '127.0.0.1' },
   casOpsPort: { kind: 'int', doc: 'ops API port (-1 = off, 0 = any free port)', default: -1, min: -1, max: 65535 },
+  casHaMembers: { kind: 'int', doc: 'replicated CAS: number of members (0 = single CAS, no replication)', default: 0, min: 0, max: 15 },
+  casHaPeers: { kind: 'list', doc: 'replicated CAS: the other members\' URLs', default: [] },
+  casHaBootstrap: { kind: 'bool', doc: 'replicated CAS: create a new deployment (empty dir and empty etcd only); otherwise join', default: false },
+  casHaCa: { kind: 'string', doc: 'replicated CAS: the deployment CA file a joining member pins' },
+  casHaPlatformKey: { kind: 'string', doc: 'replicated CAS, simulated TEE: platform key file a joining member signs its evidence with' },
+  casEtcd: { kind: 'list', doc: 'replicated CAS: etcd client URLs (http://host:port, the durable state store)', default: [] },
 } satisfies Schema;
 
 const FLAG_TO_KEY: Record<string, string> = {
   dir: 'casDir', host: 'casHost', port: 'casPort', 'allow-simulated': 'casAllowSimulated',
   'platform-public-key': 'casPlatformPublicKey', sealing: 'casSealing', 'sealing-key-file': 'casSealingKeyFile', 'tls-names': 'casTlsNames',
   'ops-host': 'casOpsHost', 'ops-port': 'casOpsPort',
+  'ha-members': 'casHaMembers', 'ha-peers': 'casHaPeers', 'ha-bootstrap': 'casHaBootstrap', 'ha-ca': 'casHaCa', 'ha-platform-key': 'casHaPlatformKey', etcd: 'casEtcd',
 };
 
 const USAGE = `usage: cdbp cas --dir DIR [--host 127.0.0.1] [--port N] [--allow-simulated --platform-public-key FILE]
                 [--sealing file|fail-closed] [--sealing-key-file FILE] [--tls-names a,b] [--ops-port N]
                 [--owner HEX|FILE]...
+                [--ha-members N --ha-peers URL,URL --etcd URL,.. (--ha-bootstrap | --ha-ca FILE [--ha-platform-key FILE])]
        cdbp cas audit verify --dir DIR
 
 Environment (flags override):
@@ -90,7 +101,8 @@ function resolveOwnerKeys(entries: string[]): string[] {
 export async function run(argv0: string[]): Promise<number> {
   if (argv0[0] === 'audit') return auditCommand(argv0.slice(1));
   const { values: ownerFlags, rest: argv } = takeRepeated(argv0, 'owner');
-  const { flags, positionals } = parseFlags(argv, ['allow-simulated'], ['dir', 'host', 'port', 'platform-public-key', 'sealing', 'sealing-key-file', 'tls-names', 'ops-host', 'ops-port']);
+  const { flags, positionals } = parseFlags(argv, ['allow-simulated', 'ha-bootstrap'], ['dir', 'host', 'port', 'platform-public-key', 'sealing', 'sealing-key-file', 'tls-names', 'ops-host', 'ops-port',
+    'ha-members', 'ha-peers', 'ha-ca', 'ha-platform-key', 'etcd']);
   if (flags.help) {
     console.log(USAGE);
     return 0;
@@ -114,9 +126,11 @@ export async function run(argv0: string[]): Promise<number> {
   await lockStateDir(dir, { role: 'cdbp cas', scope: 'cas' });
   rmSync(path.join(dir, 'cas-ready.json'), { force: true });
   const ops = config.casOpsPort >= 0 ? await startCasOps(config.casOpsHost, config.casOpsPort, allowSimulated, log) : undefined;
+  const ha = config.casHaMembers > 0 ? await prepareHaFromConfig(config, owners, sealing, dir, allowSimulated, log) : undefined;
   let cas: RunningCas;
   try {
     cas = await startCas({
+      ...(ha ? { ha } : {}),
       dir, host: config.casHost, port: config.casPort, allowSimulated, sealing, log, tlsNames: config.casTlsNames, nonceTtlMs: config.casNonceTtlMs, owners,
       platformPublicKey: config.casPlatformPublicKey ? readPublicKeyFile(config.casPlatformPublicKey) : undefined,
     });
@@ -221,4 +235,23 @@ async function auditCommand(argv: string[]): Promise<number> {
     ? `, MACs verified, ${anchor ? `sealed anchor at entry ${anchor.seq} matches` : 'no sealed anchor yet'}`
     : ' (hash chain only: no sealing key, MACs and truncation not checked)'}`);
   return 0;
+}
+
+/** A replicated CAS member (docs/CAS.md "Replicated CAS"): bootstrap a deployment or join one. */
+async function prepareHaFromConfig(config: { casHaMembers: number; casHaPeers: string[]; casHaBootstrap: boolean; casHaCa?: string; casHaPlatformKey?: string; casEtcd: string[] },
+  owners: string[], sealing: SealingKeyProvider, dir: string, allowSimulated: boolean, log: Logger): Promise<HaRuntime> {
+  if (config.casEtcd.length === 0) throw new CdbpError('CONFIG_INVALID', '--ha-members needs --etcd URL,.. (the durable state store)');
+  if (config.casHaPeers.length !== config.casHaMembers - 1) {
+    throw new CdbpError('CONFIG_INVALID', `--ha-members ${config.casHaMembers} needs the ${config.casHaMembers - 1} other members in --ha-peers (got ${config.casHaPeers.length})`);
+  }
+  // Every member must hold the same owner allow-list: it is sealed at bootstrap, never bound by a first policy.
+  if (config.casHaBootstrap && owners.length === 0) throw new CdbpError('CONFIG_INVALID', '--ha-bootstrap needs --owner (the owner allow-list is sealed once for all members)');
+  const provider = config.casHaBootstrap ? undefined : selectProvider(allowSimulated && config.casHaPlatformKey
+    ? { mode: 'simulated', allowSimulated, platformKeyFile: config.casHaPlatformKey, log }
+    : { mode: 'auto', log });
+  return prepareHa({
+    members: config.casHaMembers, peers: config.casHaPeers, etcdEndpoints: config.casEtcd, bootstrap: config.casHaBootstrap,
+    ...(config.casHaCa ? { caPem: readFileSync(config.casHaCa, 'utf8') } : {}), ...(provider ? { provider } : {}),
+    measurement: measureShippedCode(),
+  }, sealing, dir, log);
 }

@@ -16,7 +16,8 @@ import type { AttestationProvider } from '../attestation/types.ts';
 import type { CounterClient, CounterState, FreshnessAlarm, DbKey, Provision } from '../provisioning/types.ts';
 import { sha512, isHex } from '../crypto/hash.ts';
 import { generateSealingKeyPair, openSealed } from '../crypto/box.ts';
-import { certificateChainsTo, createCsr, generateTlsKeyPair, spkiDer, verifyCasSigningCert } from '../crypto/x509.ts';
+import { certificateChainsTo, createCsr, generateTlsKeyPair, sanUris, spkiDer, verifyCasSigningCert } from '../crypto/x509.ts';
+import { CAS_INSTANCE_URN } from './quorum.ts';
 import { isCdbpError } from '../kernel/errors.ts';
 import { casAgent, casRequest } from './http.ts';
 import { attestAnswerMessage, counterAnswerMessage, verifyAnswer, type CounterAnswer } from '../provisioning/answers.ts';
@@ -53,6 +54,12 @@ export interface AttestOptions {
   /** Names this process will serve; the policy decides what the certificate carries, we warn on gaps. */
   tls: { dnsNames?: string[] };
   log?: Logger;
+  /**
+   * Set by the replicated-CAS client (quorum-counter.ts). Otherwise a member of a replicated CAS is
+   * refused: one member's receipt is not a majority, so a proxy configured with one member's URL (a
+   * host-controlled setting) must not count on it alone.
+   */
+  replicated?: boolean;
 }
 
 export async function attestAndProvision(o: AttestOptions): Promise<Provision & { counter: CounterClient }> {
@@ -74,6 +81,9 @@ export async function attestAndProvision(o: AttestOptions): Promise<Provision & 
     // our nonce, our sealing key and exactly these bytes; the certificate chains to the CA and carries our key.
     if (typeof r?.signingCertPem !== 'string') throw new CdbpError('CAS_IDENTITY_INVALID', 'CAS attest answer carries no signing certificate');
     const signingKey = verifyCasSigningCert(r.signingCertPem, o.caPem);
+    if (!o.replicated && sanUris(new X509Certificate(r.signingCertPem).subjectAltName).some((u) => u.startsWith(CAS_INSTANCE_URN))) {
+      throw new CdbpError('CAS_IDENTITY_INVALID', `${o.casUrl} is one member of a replicated CAS: list every member in the CAS URL (one member's receipt is not a majority)`);
+    }
     const sha = (t: string) => createHash('sha256').update(t).digest('hex');
     if (typeof r.certPem !== 'string' || typeof r.sealedSecrets !== 'string' || !verifyAnswer(signingKey, attestAnswerMessage({
       service: r.service, nonce, mode: r.mode, measurement: r.measurement, policyHash: r.policyHash, notAfter: r.notAfter,

@@ -81,7 +81,12 @@ export type ErrorCode =
   // another process holds this state directory (src/kernel/state-lock.ts)
   | 'STATE_LOCKED'
   // the report's launch field (SNP HOST_DATA / TDX MRCONFIGID) does not carry the owner's policy hash (src/attestation/policy-binding.ts)
-  | 'TEE_POLICY_BINDING_MISMATCH';
+  | 'TEE_POLICY_BINDING_MISMATCH'
+  // replicated CAS (cas/replication/, issue 20)
+  | 'CAS_QUORUM_UNAVAILABLE'
+  | 'STATE_STORE_UNAVAILABLE'
+  | 'STATE_STORE_CONFLICT'
+  | 'STATE_ROLLED_BACK';
 
 export class CdbpError extends Error {
   readonly code: ErrorCode;
@@ -161,6 +166,7 @@ export function httpStatusFor(code: ErrorCode): number {
     case 'COUNTER_CONFLICT':
     case 'POLICY_CHAIN_BROKEN':
     case 'STATE_LOCKED':
+    case 'STATE_STORE_CONFLICT':
       return 409;
     case 'FRAME_TOO_LARGE':
     case 'BODY_TOO_LARGE':
@@ -177,6 +183,8 @@ export function httpStatusFor(code: ErrorCode): number {
     case 'KEYRING_UNAVAILABLE':
     case 'SEALING_UNAVAILABLE':
     case 'STORAGE_UNAVAILABLE':
+    case 'CAS_QUORUM_UNAVAILABLE':
+    case 'STATE_STORE_UNAVAILABLE':
       return 503;
     case 'CAS_IDENTITY_INVALID':
       // An upstream answered that is not the pinned CAS: a gateway error, not ours and not the caller's.

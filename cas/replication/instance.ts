@@ -1,0 +1,311 @@
+/**
+ * One member of a replicated CAS (docs/CAS.md "Replicated CAS"): how it comes to life (bootstrap a new
+ * deployment, or join a running one), what it serves its peers (the join route) and how it keeps its
+ * durable state in step with etcd.
+ *
+ * - Identity: every start is a NEW member incarnation with a fresh instance id and a fresh Ed25519 answer
+ *   key, certified by the deployment CA with `urn:cdbp:cas-instance:<id>`. Counter answers (receipts) are
+ *   signed with it, so a proxy counts distinct instances, never one instance twice (Nimble's endorser keys).
+ * - Bootstrap: only into an empty etcd and an empty directory: fresh CA, keys, empty counters.
+ * - Join: attest to the members with the same verifiers as proxies (simulated where the stack is simulated;
+ *   the joiner must run exactly the members' own measurement), receive the state key and every member's
+ *   counters over that channel (sealed box to a key bound in the evidence), hear from catchUpQuorum(n) of
+ *   them, take the highest epoch per service, check etcd against the highest state version they hold, and
+ *   only then serve. Nothing on the joiner's own disk is used: an old disk cannot bring back old state.
+ */
+import { randomBytes, X509Certificate, createHash, createHmac, hkdfSync } from 'node:crypto';
+import { existsSync, rmSync, mkdirSync, writeFileSync, readFileSync } from 'node:fs';
+import path from 'node:path';
+import type { FastifyInstance } from 'fastify';
+import type { Logger } from '../../src/kernel/log.ts';
+import { CdbpError, asCdbpError } from '../../src/kernel/errors.ts';
+import type { AttestationProvider, EvidenceVerifier, TeeMode, Evidence } from '../../src/attestation/types.ts';
+import { generateSealingKeyPair, openSealed, sealToPublicKey } from '../../src/crypto/box.ts';
+import { generateSigningKeyPair } from '../../src/crypto/ed25519.ts';
+import { ed25519Spki, issueLeafCertificate, type CaMaterial } from '../../src/crypto/x509.ts';
+import { isHex, constantTimeEqual } from '../../src/crypto/hash.ts';
+import { casRequest } from '../../src/cas-client/http.ts';
+import { joinReportData } from '../../src/cas-client/quorum-counter.ts';
+import { CAS_INSTANCE_URN } from '../../src/cas-client/quorum.ts';
+import { NonceStore } from '../nonces.ts';
+import type { AuditLog } from '../audit.ts';
+import type { StateStore } from '../state.ts';
+import { deriveKey, type SealingKeyProvider } from '../sealing-key.ts';
+import { openBlob } from '../../src/crypto/sealed-file.ts';
+import { MemoryCounters, type CounterSnapshotEntry } from './memory-counters.ts';
+import { StateSync } from './state-sync.ts';
+import { catchUpQuorum, majority } from '../../src/cas-client/quorum.ts';
+import { EtcdClient } from '../store/etcd.ts';
+
+export const JOIN_SECRETS_FORMAT = 'cdbp-cas-join/1';
+
+export interface HaConfig {
+  /** Number of members in the deployment (3 by default). */
+  members: number;
+  /** The other members' URLs. */
+  peers: string[];
+  etcdEndpoints: string[];
+  bootstrap: boolean;
+  /** The deployment's CA (pinned out of band), to talk to peers when joining. */
+  caPem?: string;
+  /** The joiner's own evidence source (same provider kind as a proxy's). */
+  provider?: AttestationProvider;
+  /** The measurement a joiner must present: this code's own. */
+  measurement: string;
+  pollMs?: number;
+}
+
+interface JoinSecrets {
+  format: typeof JOIN_SECRETS_FORMAT;
+  instance: string;
+  masterKey: string;
+  stateSeq: number;
+  counters: CounterSnapshotEntry[];
+  /** Member incarnations this member knows of (itself, whom it joined from, whom it admitted). */
+  known: string[];
+}
+
+/** What startCas needs from the replication layer (cas/app.ts). */
+export interface HaRuntime {
+  instanceId: string;
+  counters: MemoryCounters;
+  sealing: SealingKeyProvider;
+  /** Called once the state is open: the per-incarnation answer key and certificate. */
+  instanceSigning(ca: CaMaterial): Promise<{ secretKey: Buffer; certPem: string }>;
+  /** Called before startCas opens DIR/state: lays out the state a joiner received. */
+  prepareDir(dir: string): void;
+  /** Called after the state is open and the server built, before listening. */
+  attach(x: { app: FastifyInstance; store: StateStore; audit: AuditLog; verifiers: Map<TeeMode, EvidenceVerifier>; stateKey: Buffer; masterKey: Buffer; allowSimulated: boolean; log: Logger }): Promise<void>;
+  close(): Promise<void>;
+}
+
+const serviceFile = (name: string): string => `${createHash('sha256').update(name).digest('hex').slice(0, 40)}.sealed`;
+
+export async function prepareHa(cfg: HaConfig, fileSealing: SealingKeyProvider, dir: string, log: Logger): Promise<HaRuntime> {
+  const instanceId = randomBytes(8).toString('hex');
+  const etcd = new EtcdClient(cfg.etcdEndpoints);
+  const counters = new MemoryCounters();
+  // Incarnations known to exist. Until a majority of them exists no counter can have been acknowledged,
+  // so the first members may join from fewer than catchUpQuorum (the deployment is not "formed" yet).
+  const known = new Set<string>([instanceId]);
+  let sealing = fileSealing;
+  let sync: StateSync | undefined;
+  let joined: { seq: number; ca: Buffer; services: Map<string, Buffer>; from: string[] } | undefined;
+
+  if (cfg.bootstrap) {
+    if (existsSync(path.join(dir, 'state'))) {
+      throw new CdbpError('CONFIG_INVALID', `--ha-bootstrap needs an empty directory: ${dir}/state exists (a member that restarts joins; it never bootstraps again)`);
+    }
+    const probe = new StateSync(etcd, Buffer.alloc(32));
+    if (await probe.exists()) throw new CdbpError('STATE_ROLLED_BACK', 'etcd already holds a CAS deployment: start this instance without --ha-bootstrap to join it');
+  } else {
+    if (!cfg.caPem || !cfg.provider) throw new CdbpError('CONFIG_INVALID', 'joining a replicated CAS needs --ha-ca FILE (the deployment CA) and an attestation provider');
+    const j = await joinMembers(cfg, instanceId, log);
+    for (const k of j.known) known.add(k);
+    sealing = { kind: 'file', simulated: fileSealing.simulated, masterKey: async () => Buffer.from(j.masterKey) };
+    counters.merge(j.counters);
+    if (counters.conflicts.length > 0) {
+      throw new CdbpError('TAMPER_DETECTED', `members disagree on a counter (two digests for one epoch: ${counters.conflicts.map((c) => `${c.service}@${c.value}`).join(', ')}); refusing to join`);
+    }
+    sync = new StateSync(etcd, deriveKey(j.masterKey, 'state'));
+    sync.raiseTo(j.stateSeq);
+    const loaded = await sync.load();
+    joined = { ...loaded, from: j.from };
+    log.info({ instance: instanceId, from: j.from, services: counters.counters.size, stateSeq: loaded.seq }, 'caught up from a majority of members');
+  }
+
+  let timer: NodeJS.Timeout | undefined;
+  return {
+    instanceId, counters, sealing,
+    async instanceSigning(ca) {
+      const kp = await generateSigningKeyPair();
+      const certPem = issueLeafCertificate(ca, {
+        role: 'cas-signing', spki: ed25519Spki(kp.publicKey),
+        subject: { commonName: `cdbp CAS instance ${instanceId}`, organization: 'confidential-db-proxy', organizationalUnit: 'cas' },
+        dnsNames: [], ipAddresses: [], uris: [`${CAS_INSTANCE_URN}${instanceId}`], notAfter: new Date(new X509Certificate(ca.certPem).validTo),
+      });
+      return { secretKey: kp.secretKey, certPem };
+    },
+    prepareDir(d) {
+      if (!joined) return;
+      // The members' state replaces whatever this disk held: an old copy of it never counts.
+      rmSync(path.join(d, 'state'), { recursive: true, force: true });
+      mkdirSync(path.join(d, 'state', 'services'), { recursive: true, mode: 0o700 });
+      writeFileSync(path.join(d, 'state', 'ca.sealed'), joined.ca, { mode: 0o600 });
+      for (const [name, blob] of joined.services) writeFileSync(path.join(d, 'state', 'services', serviceFile(name)), blob, { mode: 0o600 });
+    },
+    async attach(x) {
+      sync ??= new StateSync(etcd, x.stateKey);
+      const s = sync;
+      if (cfg.bootstrap) {
+        const services = new Map<string, Buffer>();
+        const dirS = path.join(dir, 'state', 'services');
+        for (const rec of x.store.all()) services.set(rec.service, readFileSync(path.join(dirS, serviceFile(rec.service))));
+        await s.bootstrap(readFileSync(path.join(dir, 'state', 'ca.sealed')), services);
+        await x.audit.append({ event: 'ha.bootstrap', outcome: 'ok', details: { instance: instanceId, members: cfg.members } });
+      } else {
+        await x.audit.append({ event: 'ha.join', outcome: 'ok', details: { instance: instanceId, from: joined!.from.join(','), stateSeq: s.headSeq, services: counters.counters.size } });
+      }
+      // etcd is the commit point of a state change: written (revision-checked) before the local file.
+      const installing = new Set<string>();
+      x.store.beforeWrite = async (service, blob) => {
+        if (!installing.has(service)) await s.pushService(service, blob);
+      };
+      // A state write is acknowledged once a majority of members hold its version in memory.
+      const macKey = Buffer.from(hkdfSync('sha256', x.masterKey, Buffer.alloc(0), 'cdbp-cas/replication/1', 32));
+      const caPem = x.store.caMaterial.certPem;
+      s.onWritten = async (seq) => {
+        const mac = headMac(macKey, seq);
+        const acks = await Promise.allSettled(cfg.peers.map((url) => casRequest(url, 'POST', '/v1/replication/head', { seq, mac }, { caPem, timeoutMs: 2000 })));
+        const held = 1 + acks.filter((a) => a.status === 'fulfilled').length;
+        // Before a majority of members exists (bootstrap, first joins) every member there is must hold it;
+        // a joiner learns the version from the member it joins from.
+        const needed = Math.min(majority(cfg.members), known.size);
+        if (held < needed) {
+          throw new CdbpError('CAS_QUORUM_UNAVAILABLE', `state version ${seq} is in etcd but only ${held} of ${cfg.members} members hold it in memory, ${needed} are needed: not acknowledged`);
+        }
+      };
+      x.app.post<{ Body: { seq: number; mac: string } }>('/v1/replication/head', {
+        schema: { body: { type: 'object', additionalProperties: false, required: ['seq', 'mac'], properties: { seq: { type: 'integer', minimum: 1 }, mac: { type: 'string', pattern: '^[0-9a-f]{64}$' } } } },
+      }, async (req) => {
+        // MAC under a key only members hold (derived from the state key): nobody else can raise it (a replay only repeats an old, lower version).
+        if (!constantTimeEqual(headMac(macKey, req.body.seq), req.body.mac)) throw new CdbpError('FORBIDDEN', 'state version notice not from a member');
+        s.raiseTo(req.body.seq);
+        return { seq: s.headSeq };
+      });
+      registerJoinRoutes(x.app, { instanceId, known, members: cfg.members, counters, sync: s, verifiers: x.verifiers, masterKey: Buffer.from(x.masterKey), allowSimulated: x.allowSimulated, measurement: cfg.measurement, audit: x.audit, log: x.log });
+      let alarmed: string | undefined;
+      const poll = async (): Promise<void> => {
+        try {
+          const st = await s.load();
+          alarmed = undefined;
+          for (const [name, blob] of st.services) {
+            const rec = JSON.parse((await openBlob(x.stateKey, `cas/service/${name}`, blob)).toString('utf8')) as { policyHash: string; generation: number };
+            const cur = x.store.get(name);
+            if (cur && cur.policyHash === rec.policyHash && cur.keys.length === (rec as unknown as { keys: unknown[] }).keys.length) continue;
+            installing.add(name);
+            try {
+              await x.store.update(name, () => ({ next: rec as never, result: undefined }));
+            } finally {
+              installing.delete(name);
+            }
+            x.log.info({ service: name, policyHash: rec.policyHash }, 'installed a state change another member wrote');
+          }
+        } catch (e) {
+          const err = asCdbpError(e);
+          if (err.code === 'STATE_ROLLED_BACK' && alarmed !== err.message) {
+            alarmed = err.message;
+            x.log.error({ code: err.code, reason: err.message }, 'ALARM: CAS state in etcd rolled back; state writes refused');
+            await x.audit.append({ event: 'ha.state-rollback', outcome: 'refused', code: err.code, details: { instance: instanceId, reason: err.message.slice(0, 400), memorySeq: s.headSeq } }).catch(() => {});
+          } else if (err.code !== 'STATE_ROLLED_BACK') x.log.warn({ code: err.code, reason: err.message }, 'etcd poll failed');
+        }
+        timer = setTimeout(() => { void poll(); }, cfg.pollMs ?? 500);
+        timer.unref();
+      };
+      timer = setTimeout(() => { void poll(); }, cfg.pollMs ?? 500);
+      timer.unref();
+    },
+    async close() {
+      if (timer) clearTimeout(timer);
+    },
+  };
+}
+
+/** Joiner side: attest to every peer, collect what catchUpQuorum(n) of them hand over. */
+async function joinMembers(cfg: HaConfig, instanceId: string, log: Logger): Promise<{ masterKey: Buffer; counters: CounterSnapshotEntry[]; stateSeq: number; from: string[]; known: string[] }> {
+  const sealing = await generateSealingKeyPair();
+  const answers = await Promise.all(cfg.peers.map(async (url) => {
+    try {
+      const { nonce } = await casRequest<{ nonce: string }>(url, 'POST', '/v1/replication/nonce', {}, { caPem: cfg.caPem!, timeoutMs: 3000 });
+      if (!isHex(nonce, 32)) throw new CdbpError('PROTOCOL_VIOLATION', 'malformed nonce');
+      const evidence = await cfg.provider!.collect(joinReportData(Buffer.from(nonce, 'hex'), sealing.publicKey));
+      const r = await casRequest<{ sealed: string }>(url, 'POST', '/v1/replication/join',
+        { instance: instanceId, nonce, sealingPublicKey: sealing.publicKey.toString('hex'), evidence }, { caPem: cfg.caPem!, timeoutMs: 5000 });
+      const s = JSON.parse((await openSealed(sealing, Buffer.from(r.sealed, 'base64'))).toString('utf8')) as JoinSecrets;
+      if (s.format !== JOIN_SECRETS_FORMAT || !isHex(s.masterKey, 32)) throw new CdbpError('PROTOCOL_VIOLATION', 'malformed join answer');
+      return { url, s };
+    } catch (e) {
+      log.warn({ peer: url, err: asCdbpError(e).message }, 'member did not admit us');
+      return { url, error: asCdbpError(e).message };
+    }
+  }));
+  const ok = answers.filter((a): a is { url: string; s: JoinSecrets } => 's' in a);
+  const distinct = new Map(ok.map((a) => [a.s.instance, a]));
+  // Once any member knows a majority of incarnations, acknowledged counters may exist that only some
+  // of the others hold: hear from enough of them. Before that, one member holds everything there is.
+  const formed = [...distinct.values()].some((a) => a.s.known.filter((k) => k !== instanceId).length >= majority(cfg.members));
+  const needed = formed || distinct.size === 0 ? catchUpQuorum(cfg.members) : 1;
+  if (distinct.size < needed) {
+    throw new CdbpError('CAS_QUORUM_UNAVAILABLE', `cannot join: ${distinct.size} of the ${cfg.peers.length} other members admitted this instance, ${needed} are needed to catch up safely `
+      + `(${answers.filter((a) => 'error' in a).map((a) => `${a.url}: ${(a as { error: string }).error}`).join('; ') || 'duplicates'}). `
+      + 'If a majority of members lost their memory at once, the deployment must be re-created and its counters re-anchored by the owner (docs/CAS.md).');
+  }
+  const keys = new Set([...distinct.values()].map((a) => a.s.masterKey));
+  if (keys.size !== 1) throw new CdbpError('TAMPER_DETECTED', 'members hold different state keys: refusing to join');
+  const all = [...distinct.values()];
+  return {
+    masterKey: Buffer.from(all[0]!.s.masterKey, 'hex'),
+    counters: all.flatMap((a) => a.s.counters),
+    stateSeq: Math.max(...all.map((a) => a.s.stateSeq)),
+    from: all.map((a) => a.s.instance).sort(),
+    known: [...new Set(all.flatMap((a) => a.s.known))],
+  };
+}
+
+interface JoinRouteDeps {
+  instanceId: string;
+  known: Set<string>;
+  members: number;
+  counters: MemoryCounters;
+  sync: StateSync;
+  verifiers: Map<TeeMode, EvidenceVerifier>;
+  masterKey: Buffer;
+  allowSimulated: boolean;
+  measurement: string;
+  audit: AuditLog;
+  log: Logger;
+}
+
+/** Member side of a join: attest the joiner like a proxy, then hand over the state key and counters. */
+function registerJoinRoutes(app: FastifyInstance, d: JoinRouteDeps): void {
+  const nonces = new NonceStore(60_000);
+  app.post('/v1/replication/nonce', async () => ({ nonce: nonces.issue('attest').nonce }));
+  app.get('/v1/replication/status', async () => ({ instance: d.instanceId, stateSeq: d.sync.headSeq, services: d.counters.counters.size, rollback: d.sync.rollback ?? null }));
+  app.post<{ Body: { instance: string; nonce: string; sealingPublicKey: string; evidence: Evidence } }>('/v1/replication/join', {
+    schema: { body: { type: 'object', additionalProperties: false, required: ['instance', 'nonce', 'sealingPublicKey', 'evidence'], properties: {
+      instance: { type: 'string', pattern: '^[0-9a-f]{16}$' }, nonce: { type: 'string', pattern: '^[0-9a-f]{64}$' }, sealingPublicKey: { type: 'string', pattern: '^[0-9a-f]{64}$' },
+      evidence: { type: 'object' } } } },
+  }, async (req) => {
+    const b = req.body;
+    try {
+      nonces.consume(b.nonce, 'attest');
+      if (d.sync.rollback) throw new CdbpError('STATE_ROLLED_BACK', `not admitting members while etcd is rolled back: ${d.sync.rollback}`);
+      const ev = b.evidence;
+      if (ev.mode === 'simulated' && !d.allowSimulated) throw new CdbpError('SIMULATION_NOT_ALLOWED', 'this CAS does not accept simulated attestation');
+      const verifier = d.verifiers.get(ev.mode);
+      if (!verifier) throw new CdbpError('ATTESTATION_UNAVAILABLE', `no verifier for TEE mode ${String(ev.mode)}`);
+      const sealingKey = Buffer.from(b.sealingPublicKey, 'hex');
+      const { measurement } = await verifier.verify(ev, joinReportData(Buffer.from(b.nonce, 'hex'), sealingKey));
+      // A member admits only its own code: the state key goes to nothing else.
+      if (measurement !== d.measurement) throw new CdbpError('MEASUREMENT_MISMATCH', `joiner runs measurement ${measurement}, this member runs ${d.measurement}`);
+      // Known before the answer is sealed: from now on this member counts the joiner (stricter joins, never looser).
+      d.known.add(b.instance);
+      const secrets: JoinSecrets = { format: JOIN_SECRETS_FORMAT, instance: d.instanceId, masterKey: d.masterKey.toString('hex'), stateSeq: d.sync.headSeq,
+        counters: d.counters.snapshot(), known: [...d.known] };
+      const plain = Buffer.from(JSON.stringify(secrets));
+      const sealed = await sealToPublicKey(sealingKey, plain);
+      plain.fill(0);
+      await d.audit.append({ event: 'ha.join', outcome: 'ok', details: { admitted: b.instance, by: d.instanceId, measurement, remote: req.ip } });
+      d.log.info({ joiner: b.instance }, 'admitted a member: handed over the state key and counters');
+      return { sealed: sealed.toString('base64') };
+    } catch (e) {
+      const err = asCdbpError(e);
+      await d.audit.append({ event: 'ha.join', outcome: 'refused', code: err.code, details: { joiner: b.instance, by: d.instanceId, remote: req.ip } }).catch(() => {});
+      throw err;
+    }
+  });
+}
+
+function headMac(key: Buffer, seq: number): string {
+  return createHmac('sha256', key).update(`cdbp-ha-head/1\0${seq}`).digest('hex');
+}

@@ -1,0 +1,154 @@
+/**
+ * The replicated CAS's durable state on etcd (untrusted storage), checked against the instances' memory.
+ *
+ * Layout (every value sealed by the CAS state key; a file value is byte for byte the sealed file the
+ * single-instance CAS keeps in DIR/state):
+ *
+ *   cdbp/ca          ca.sealed (CA, answer meta, owner allow-list)
+ *   cdbp/svc/<name>  the service's sealed record (policy, keys, token)
+ *   cdbp/head        sealed {seq, files: {key: sha256(value)}}: the state's version and exactly which blobs it is
+ *
+ * Every write is one etcd transaction, revision-checked on the keys it replaces (mod_revision) and on
+ * the head, so two instances never overwrite each other; head.seq grows by one per write. Each running
+ * instance keeps the highest head.seq it wrote or saw IN MEMORY; a majority of instances therefore
+ * knows the newest state, and an etcd that holds an older one (a restored snapshot, deleted or replaced
+ * keys) is caught: head.seq below memory, or a blob whose hash the head does not name → STATE_ROLLED_BACK,
+ * refused and alarmed. A joining instance checks etcd against the highest head.seq of the members it
+ * caught up from.
+ */
+import { createHash } from 'node:crypto';
+import { CdbpError } from '../../src/kernel/errors.ts';
+import { openBlob, sealBlob } from '../../src/crypto/sealed-file.ts';
+import type { EtcdClient } from '../store/etcd.ts';
+
+export const ETCD_PREFIX = 'cdbp/';
+export const CA_KEY = `${ETCD_PREFIX}ca`;
+export const HEAD_KEY = `${ETCD_PREFIX}head`;
+export const serviceKey = (name: string): string => `${ETCD_PREFIX}svc/${name}`;
+const HEAD_LABEL = 'cas/etcd-head';
+
+interface Head {
+  format: 'cdbp-etcd-head/1';
+  seq: number;
+  files: Record<string, string>;
+}
+
+export interface LoadedState {
+  seq: number;
+  ca: Buffer;
+  services: Map<string, Buffer>;
+}
+
+const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
+
+export class StateSync {
+  /** Highest head.seq this instance wrote or saw: the in-memory anchor etcd is checked against. */
+  private seq = 0;
+  private head: Head = { format: 'cdbp-etcd-head/1', seq: 0, files: {} };
+  private readonly mods = new Map<string, number>();
+  private rolledBack: string | undefined;
+  /** Writes are serialised per instance (the head is one key). */
+  private chain: Promise<unknown> = Promise.resolve();
+
+  /**
+   * Called after each write with the new version; resolves once a majority of members hold it in memory
+   * (cas/replication/instance.ts). Only then is the write acknowledged: otherwise an etcd rolled back to
+   * just before it could go unnoticed if the writer died.
+   */
+  onWritten: ((seq: number) => Promise<void>) | undefined;
+
+  constructor(private readonly etcd: EtcdClient, private readonly stateKey: Buffer) {}
+
+  get headSeq(): number {
+    return this.seq;
+  }
+
+  /** Set when a rollback was detected: the reason (state writes and joins are refused while set). */
+  get rollback(): string | undefined {
+    return this.rolledBack;
+  }
+
+  /** Raises the in-memory anchor (a joiner learns it from the members it catches up from). */
+  raiseTo(seq: number): void {
+    if (seq > this.seq) this.seq = seq;
+  }
+
+  /** True if etcd already holds a deployment. */
+  async exists(): Promise<boolean> {
+    const r = await this.etcd.range(ETCD_PREFIX);
+    return r.kvs.some((kv) => kv.key === CA_KEY || kv.key === HEAD_KEY);
+  }
+
+  /** First instance: writes the whole new state, only if etcd holds none (every key expected absent). */
+  async bootstrap(ca: Buffer, services: Map<string, Buffer>): Promise<void> {
+    const files: Record<string, Buffer> = { [CA_KEY]: ca };
+    for (const [name, blob] of services) files[serviceKey(name)] = blob;
+    await this.write(files, true);
+  }
+
+  /** Writes one service's sealed record (called before the local file is replaced: etcd is the commit point). */
+  pushService(name: string, blob: Buffer): Promise<void> {
+    return this.write({ [serviceKey(name)]: blob }, false);
+  }
+
+  private write(files: Record<string, Buffer>, fresh: boolean): Promise<void> {
+    const run = this.chain.catch(() => {}).then(async () => {
+      if (this.rolledBack) throw new CdbpError('STATE_ROLLED_BACK', `state writes refused: ${this.rolledBack}`);
+      const next: Head = { format: 'cdbp-etcd-head/1', seq: this.seq + 1, files: { ...this.head.files } };
+      for (const [k, v] of Object.entries(files)) next.files[k] = sha(v);
+      const headBlob = await sealBlob(this.stateKey, HEAD_LABEL, Buffer.from(JSON.stringify(next)));
+      const puts = [...Object.entries(files).map(([key, value]) => ({ key, value, expectModRevision: fresh ? 0 : this.mods.get(key) ?? 0 })),
+        { key: HEAD_KEY, value: headBlob, expectModRevision: fresh ? 0 : this.mods.get(HEAD_KEY) ?? 0 }];
+      const r = await this.etcd.txn(puts);
+      if (!r.succeeded) {
+        throw new CdbpError(fresh ? 'STATE_ROLLED_BACK' : 'STATE_STORE_CONFLICT', fresh
+          ? 'etcd already holds a CAS deployment: start this instance without --ha-bootstrap to join it'
+          : 'the CAS state in etcd changed under this write (another instance wrote first, or etcd was replaced): retry');
+      }
+      // One transaction: every key it wrote now has the transaction's revision.
+      for (const p of puts) this.mods.set(p.key, r.revision);
+      this.head = next;
+      this.seq = next.seq;
+      await this.onWritten?.(next.seq);
+    });
+    this.chain = run;
+    return run;
+  }
+
+  /**
+   * Reads etcd's state and checks it against memory: the head must open with the state key, reach the
+   * in-memory seq, and name exactly the blobs present. Anything else is a rollback/replacement of etcd.
+   */
+  async load(): Promise<LoadedState> {
+    const r = await this.etcd.range(ETCD_PREFIX);
+    const byKey = new Map(r.kvs.map((kv) => [kv.key, kv]));
+    const headKv = byKey.get(HEAD_KEY);
+    if (!headKv) throw this.detected(`etcd holds no CAS state head, but this instance has seen state version ${this.seq}`);
+    let head: Head;
+    try {
+      head = JSON.parse((await openBlob(this.stateKey, HEAD_LABEL, headKv.value)).toString('utf8')) as Head;
+    } catch (e) {
+      throw this.detected(`the state head in etcd does not open with the CAS state key (${(e as Error).message})`);
+    }
+    if (head.seq < this.seq) throw this.detected(`etcd holds state version ${head.seq}, older than version ${this.seq} that the instances hold in memory (an old snapshot restored?)`);
+    const services = new Map<string, Buffer>();
+    for (const [key, hash] of Object.entries(head.files)) {
+      const kv = byKey.get(key);
+      if (!kv || sha(kv.value) !== hash) throw this.detected(`etcd key ${key} is ${kv ? 'not the version' : 'missing from what'} the state head (version ${head.seq}) names`);
+      if (key.startsWith(`${ETCD_PREFIX}svc/`)) services.set(key.slice(`${ETCD_PREFIX}svc/`.length), kv.value);
+    }
+    const ca = byKey.get(CA_KEY)?.value;
+    if (!ca) throw this.detected('etcd holds no CA');
+    for (const kv of r.kvs) this.mods.set(kv.key, kv.modRevision);
+    this.head = head;
+    this.seq = head.seq;
+    // etcd holds the newest state again (an operator restored it): writes may resume.
+    this.rolledBack = undefined;
+    return { seq: head.seq, ca, services };
+  }
+
+  private detected(reason: string): CdbpError {
+    this.rolledBack ??= reason;
+    return new CdbpError('STATE_ROLLED_BACK', `CAS state in etcd rolled back or replaced: ${reason}`);
+  }
+}

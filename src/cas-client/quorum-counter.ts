@@ -1,0 +1,247 @@
+/**
+ * The proxy's side of the replicated CAS (docs/CAS.md "Replicated CAS"): one CounterClient over N CAS
+ * instances, following Nimble (Angel et al., OSDI 2023): an advance counts once a majority of distinct
+ * instances signed a receipt for it, a read takes a majority's receipts and the highest epoch, and two
+ * digests for one epoch are a fork, never resolved by picking one.
+ *
+ * Authentication: every receipt is the existing signed counter answer (src/provisioning/answers.ts) over
+ * a fresh nonce per request and per instance, signed by THAT instance's own answer key, whose
+ * certificate chains to the pinned CA and names the instance (urn:cdbp:cas-instance:<id>). Signed
+ * receipts rather than MACs: a proxy then needs no secret shared with the instances, only the pinned
+ * CA; and one instance answering in the name of two (traffic redirected to it) is counted once.
+ *
+ * Failover is transparent: a dead or frozen instance only costs its timeout in the background; when no
+ * majority answers, the caller gets CAS_QUORUM_UNAVAILABLE, which the freshness guard treats like an
+ * unreachable CAS (held writes time out with their usual error: fail closed).
+ */
+import { randomBytes, createHash, X509Certificate, type KeyObject } from 'node:crypto';
+import type https from 'node:https';
+import { CdbpError, asCdbpError, isCdbpError } from '../kernel/errors.ts';
+import type { Logger } from '../kernel/log.ts';
+import type { CounterClient, CounterState, FreshnessAlarm, Provision } from '../provisioning/types.ts';
+import { counterAnswerMessage, verifyAnswer, type CounterAnswer } from '../provisioning/answers.ts';
+import { sanUris, verifyCasSigningCert } from '../crypto/x509.ts';
+import { sha512 } from '../crypto/hash.ts';
+import { casAgent, casRequest } from './http.ts';
+import { attestAndProvision, type AttestOptions } from './index.ts';
+import { CAS_INSTANCE_URN, combineReads, decideAdvance, majority, type AdvanceAnswer, type InstanceView } from './quorum.ts';
+
+export { CAS_INSTANCE_URN } from './quorum.ts';
+
+/** Report data of a member joining: SHA-512(nonce ‖ "cdbp-cas-join/1" ‖ X25519 key the state key is sealed to). */
+export function joinReportData(nonce: Buffer, sealingPublicKey: Buffer): Buffer {
+  return sha512(nonce, Buffer.from('cdbp-cas-join/1'), sealingPublicKey);
+}
+
+/** A CAS URL list: "https://a,https://b,https://c" (one URL = the single-instance CAS). */
+export function parseCasUrls(value: string): string[] {
+  return value.split(',').map((s) => s.trim()).filter(Boolean);
+}
+
+interface Member {
+  url: string;
+  agent: https.Agent;
+  key?: { key: KeyObject; instance: string };
+  /** Requests sent and not answered yet: a frozen member must not collect an unbounded queue. */
+  inFlight: number;
+}
+
+/**
+ * Requests one member may have outstanding. Past it the member counts as not answering at once: requests
+ * waiting for one of the agent's sockets have no timeout yet, so they would pile up behind a frozen member.
+ */
+const MAX_IN_FLIGHT = 4;
+
+type Receipt = InstanceView;
+
+export interface QuorumCounterOptions {
+  urls: string[];
+  service: string;
+  caPem: string;
+  /** The proxy's CAS-issued TLS identity (mutual TLS on counter routes, as with one CAS). */
+  keyPem: string;
+  certPem: string;
+  /** Per-instance request timeout: a frozen instance costs at most this, and only in the background. */
+  timeoutMs?: number;
+  log?: Logger;
+}
+
+export class QuorumCounterClient implements CounterClient {
+  private readonly members: Member[];
+  private readonly path: string;
+  private readonly n: number;
+
+  constructor(private readonly o: QuorumCounterOptions) {
+    this.members = o.urls.map((url) => ({ url, agent: casAgent({ caPem: o.caPem, keyPem: o.keyPem, certPem: o.certPem }), inFlight: 0 }));
+    this.n = o.urls.length;
+    this.path = `/v1/services/${encodeURIComponent(o.service)}/counter`;
+  }
+
+  /** The member's answer key and instance id, from its signing certificate (refetched after a restart). */
+  private async keyOf(m: Member, refresh = false): Promise<{ key: KeyObject; instance: string }> {
+    if (m.key && !refresh) return m.key;
+    const r = await casRequest<{ signingCertPem?: string }>(m.url, 'GET', '/v1/ca', undefined, { agent: m.agent, timeoutMs: this.o.timeoutMs ?? 2000 });
+    if (typeof r?.signingCertPem !== 'string') throw new CdbpError('CAS_IDENTITY_INVALID', `${m.url} published no signing certificate`);
+    const key = verifyCasSigningCert(r.signingCertPem, this.o.caPem);
+    const uri = sanUris(new X509Certificate(r.signingCertPem).subjectAltName).find((u) => u.startsWith(CAS_INSTANCE_URN));
+    if (!uri) throw new CdbpError('CAS_IDENTITY_INVALID', `${m.url} is not a member of a replicated CAS (its answer key names no instance)`);
+    m.key = { key, instance: uri.slice(CAS_INSTANCE_URN.length) };
+    return m.key;
+  }
+
+  /** Checks a signed answer against the member's key; a changed key (restarted member) is refetched once. */
+  private async verified(m: Member, op: CounterAnswer['op'], nonce: string, answer: unknown): Promise<Receipt> {
+    const a = answer as { value?: unknown; digest?: unknown; signature?: unknown; record?: unknown } | undefined;
+    if (!a || !Number.isSafeInteger(a.value) || typeof a.digest !== 'string') throw new CdbpError('PROTOCOL_VIOLATION', `${m.url}: malformed counter answer`);
+    const msg = counterAnswerMessage({ service: this.o.service, op, nonce, value: a.value as number, digest: a.digest });
+    let k = await this.keyOf(m);
+    if (!verifyAnswer(k.key, msg, a.signature)) {
+      k = await this.keyOf(m, true);
+      if (!verifyAnswer(k.key, msg, a.signature)) throw new CdbpError('CAS_IDENTITY_INVALID', `counter ${op} answer from ${m.url} is not signed by that instance for this request`);
+    }
+    const record = typeof a.record === 'string' ? Buffer.from(a.record, 'base64') : undefined;
+    if (record && createHash(a.digest.length === 128 ? 'sha512' : 'sha256').update(record).digest('hex') !== a.digest) {
+      throw new CdbpError('CAS_IDENTITY_INVALID', `counter ${op} answer from ${m.url} carries a record its signed digest does not name`);
+    }
+    return { instance: k.instance, value: a.value as number, digest: a.digest, ...(record ? { record } : {}) };
+  }
+
+  private opts(m: Member): { agent: https.Agent; timeoutMs: number } {
+    return { agent: m.agent, timeoutMs: this.o.timeoutMs ?? 2000 };
+  }
+
+  /** One request to one member, bounded in number and in time. */
+  private async request<T>(m: Member, method: 'GET' | 'POST', path: string, body: unknown): Promise<T> {
+    if (m.inFlight >= MAX_IN_FLIGHT) throw new CdbpError('CAS_UNREACHABLE', `${m.url} has ${m.inFlight} requests unanswered`);
+    m.inFlight++;
+    try {
+      return await casRequest<T>(m.url, method, path, body, this.opts(m));
+    } finally {
+      m.inFlight--;
+    }
+  }
+
+  /**
+   * Resolves as soon as a majority of distinct members answered (any majority meets the last
+   * acknowledged advance), or when every member answered or failed.
+   */
+  read(): Promise<CounterState> {
+    return new Promise<CounterState>((resolve, reject) => {
+      const receipts: Receipt[] = [];
+      const reasons: string[] = [];
+      let outstanding = this.members.length;
+      let done = false;
+      const decide = (): void => {
+        if (done) return;
+        const distinct = new Set(receipts.map((r) => r.instance)).size;
+        if (distinct < majority(this.n) && outstanding > 0) return;
+        done = true;
+        const out = combineReads(receipts, this.n);
+        switch (out.kind) {
+          case 'ok':
+            resolve({ value: out.value, digest: out.digest, ...(out.record ? { record: out.record } : {}) });
+            return;
+          case 'fork':
+            reject(new CdbpError('TAMPER_DETECTED', `CAS instances hold different digests for epoch ${out.value}: a fork`, { details: { value: out.value } }));
+            return;
+          case 'no-quorum':
+            reject(new CdbpError('CAS_QUORUM_UNAVAILABLE', `counter read: ${out.answered} of ${this.n} CAS instances answered, a majority (${out.needed}) is needed (${reasons.join('; ')})`,
+              { details: { answered: out.answered, needed: out.needed } }));
+            return;
+          default: {
+            const never: never = out;
+            reject(new CdbpError('INTERNAL', `unexpected read outcome ${String(never)}`));
+          }
+        }
+      };
+      for (const m of this.members) {
+        const nonce = randomBytes(32).toString('hex');
+        void (async () => {
+          try {
+            receipts.push(await this.verified(m, 'read', nonce, await this.request<unknown>(m, 'GET', `${this.path}?nonce=${nonce}`, undefined)));
+          } catch (e) {
+            reasons.push(`${m.url}: ${asCdbpError(e).message}`);
+          } finally {
+            outstanding--;
+            decide();
+          }
+        })();
+      }
+    });
+  }
+
+  advance(expected: number, next: number, digest: string, record?: Buffer): Promise<CounterState> {
+    return new Promise<CounterState>((resolve, reject) => {
+      const answers: AdvanceAnswer[] = [];
+      let outstanding = this.members.length;
+      let done = false;
+      const decide = (): void => {
+        if (done) return;
+        const out = decideAdvance(answers, outstanding, this.n);
+        if (out.kind === 'pending') return;
+        done = true;
+        if (out.kind === 'ok') resolve({ value: next, digest });
+        // A majority can no longer accept: someone holds a newer counter. Same shape as one CAS's conflict.
+        else if (out.kind === 'conflict') reject(new CdbpError('COUNTER_CONFLICT', `counter is at ${out.value}, not ${expected}`, { details: { value: out.value, digest: out.digest } }));
+        else {
+          reject(new CdbpError('CAS_QUORUM_UNAVAILABLE', `counter advance ${expected}→${next}: ${out.accepted} of ${this.n} CAS instances accepted, a majority (${out.needed}) is needed (${out.reasons.join('; ')})`,
+            { details: { accepted: out.accepted, needed: out.needed } }));
+        }
+      };
+      for (const m of this.members) {
+        const nonce = randomBytes(32).toString('hex');
+        void (async () => {
+          try {
+            const answer = await this.request<unknown>(m, 'POST', this.path,
+              { expected, next, digest, nonce, ...(record ? { record: record.toString('base64') } : {}) });
+            const r = await this.verified(m, 'advance', nonce, answer);
+            answers.push(r.value === next && r.digest === digest ? { instance: r.instance, kind: 'ok' } : { kind: 'failed', reason: `${m.url}: answered another value` });
+          } catch (e) {
+            if (isCdbpError(e, 'COUNTER_CONFLICT') && e.details) {
+              try {
+                const r = await this.verified(m, 'conflict', nonce, e.details);
+                // Our own advance whose earlier answer was lost counts as accepted by that instance.
+                answers.push(r.value === next && r.digest === digest ? { instance: r.instance, kind: 'ok' } : { instance: r.instance, kind: 'conflict', value: r.value, digest: r.digest });
+              } catch (ve) { answers.push({ kind: 'failed', reason: `${m.url}: ${asCdbpError(ve).message}` }); }
+            } else answers.push({ kind: 'failed', reason: `${m.url}: ${asCdbpError(e).message}` });
+          } finally {
+            outstanding--;
+            decide();
+          }
+        })();
+      }
+    });
+  }
+
+  async reportAlarm(alarm: FreshnessAlarm): Promise<void> {
+    const r = await Promise.allSettled(this.members.map((m) => this.request<void>(m, 'POST', this.path.replace(/\/counter$/, '/alarm'), alarm)));
+    if (r.every((x) => x.status === 'rejected')) throw asCdbpError((r[0] as PromiseRejectedResult).reason);
+  }
+
+  close(): void {
+    for (const m of this.members) m.agent.destroy();
+  }
+}
+
+/**
+ * Attests to the first instance that answers (they share the deployment CA and the policies) and
+ * returns a provision whose counter is a QuorumCounterClient over all of them.
+ */
+export async function attestAndProvisionAny(o: Omit<AttestOptions, 'casUrl'> & { casUrls: string[]; timeoutMs?: number }): Promise<Provision & { counter: CounterClient }> {
+  const errors: string[] = [];
+  for (const casUrl of o.casUrls) {
+    let p: Provision & { counter: CounterClient };
+    try {
+      p = await attestAndProvision({ ...o, casUrl, replicated: true });
+    } catch (e) {
+      const err = asCdbpError(e);
+      // Only an unreachable instance is skipped; a refusal (policy, evidence, identity) is the answer.
+      if (err.code !== 'CAS_UNREACHABLE') throw err;
+      errors.push(`${casUrl}: ${err.message}`);
+      continue;
+    }
+    (p.counter as { close?: () => void }).close?.();
+    return { ...p, counter: new QuorumCounterClient({ urls: o.casUrls, service: o.service, caPem: o.caPem, keyPem: p.identity.keyPem, certPem: p.identity.certPem, timeoutMs: o.timeoutMs, log: o.log }) };
+  }
+  throw new CdbpError('CAS_QUORUM_UNAVAILABLE', `no CAS instance answered attestation (${errors.join('; ')})`);
+}

@@ -1,0 +1,109 @@
+/**
+ * The quorum rules of the replicated counter, as pure functions (no I/O): how many instances make a
+ * majority, how a reader combines the answers of several instances, how a writer decides an advance.
+ * Shared by the proxy side (quorum-counter.ts) and the CAS members (cas/replication/).
+ *
+ * This follows Nimble (Angel et al., "Nimble: Rollback Protection for Confidential Cloud Services",
+ * OSDI 2023, https://www.usenix.org/conference/osdi23/presentation/angel): every instance ("endorser")
+ * holds the counter tail in TEE memory only; a change is acknowledged once a majority of endorsers
+ * signed a receipt for it; a read collects receipts from a majority and takes the highest one. Any two
+ * majorities intersect, so a read always meets at least one endorser that holds the last acknowledged
+ * write, and an endorser accepts at most one digest for a given epoch, so two different digests can
+ * never both gather a majority for one epoch (that is how a fork is caught).
+ */
+
+/** URI SAN naming one member incarnation of a replicated CAS in its answer-signing certificate. */
+export const CAS_INSTANCE_URN = 'urn:cdbp:cas-instance:';
+
+/** Smallest number of instances out of `n` that any two such sets share at least one of. */
+export function majority(n: number): number {
+  return Math.floor(n / 2) + 1;
+}
+
+/**
+ * How many OTHER live members a (re)starting instance must catch up from before it counts. Its own old
+ * memory is gone, so an acknowledged write may live on only `majority - 1` of the others: the joiner
+ * has to meet every such set, i.e. hear from `n - majority + 1` of the other `n - 1` members
+ * (2 of 2 others with n = 3; 3 of 4 others with n = 5).
+ */
+export function catchUpQuorum(n: number): number {
+  return n - majority(n) + 1;
+}
+
+/** One instance's signed counter state, as a reader saw it. */
+export interface InstanceView {
+  /** The instance id its answer key certifies (urn:cdbp:cas-instance:<id>). */
+  instance: string;
+  value: number;
+  digest: string;
+  record?: Buffer;
+}
+
+export type ReadOutcome =
+  | { kind: 'ok'; value: number; digest: string; record?: Buffer; instances: string[] }
+  | { kind: 'no-quorum'; answered: number; needed: number }
+  | { kind: 'fork'; value: number; digests: string[] };
+
+/**
+ * Combines read answers (at most one per instance is counted). The highest epoch wins; two instances
+ * holding different digests for the same epoch is a fork (or a tampered instance): never resolved by
+ * picking one, always an alarm.
+ */
+export function combineReads(views: InstanceView[], n: number): ReadOutcome {
+  const byInstance = new Map<string, InstanceView>();
+  for (const v of views) if (!byInstance.has(v.instance)) byInstance.set(v.instance, v);
+  const distinct = [...byInstance.values()];
+  const needed = majority(n);
+  if (distinct.length < needed) return { kind: 'no-quorum', answered: distinct.length, needed };
+  const byValue = new Map<number, Set<string>>();
+  for (const v of distinct) {
+    const s = byValue.get(v.value) ?? new Set<string>();
+    s.add(v.digest);
+    byValue.set(v.value, s);
+  }
+  for (const [value, digests] of byValue) {
+    if (digests.size > 1) return { kind: 'fork', value, digests: [...digests].sort() };
+  }
+  const top = distinct.reduce((a, b) => (b.value > a.value ? b : a));
+  return {
+    kind: 'ok', value: top.value, digest: top.digest, ...(top.record ? { record: top.record } : {}),
+    instances: distinct.filter((v) => v.value === top.value).map((v) => v.instance).sort(),
+  };
+}
+
+/** What one instance answered to an advance. */
+export type AdvanceAnswer =
+  | { instance: string; kind: 'ok' }
+  | { instance: string; kind: 'conflict'; value: number; digest: string }
+  | { kind: 'failed'; reason: string };
+
+export type AdvanceOutcome =
+  | { kind: 'ok'; instances: string[] }
+  /** A majority can no longer accept: some instance holds a newer counter (value, digest: the highest seen). */
+  | { kind: 'conflict'; value: number; digest: string }
+  | { kind: 'pending' }
+  | { kind: 'no-quorum'; accepted: number; needed: number; reasons: string[] };
+
+/**
+ * Decides an advance from the answers so far (`outstanding` = instances not answered yet). Ok once a
+ * majority of distinct instances accepted; conflict once a majority is out of reach and some instance
+ * reported a newer counter; otherwise pending, or no-quorum when everyone answered.
+ */
+export function decideAdvance(answers: AdvanceAnswer[], outstanding: number, n: number): AdvanceOutcome {
+  const needed = majority(n);
+  const ok = new Set<string>();
+  const seen = new Set<string>();
+  let best: { value: number; digest: string } | undefined;
+  const reasons: string[] = [];
+  for (const a of answers) {
+    if (a.kind === 'failed') { reasons.push(a.reason); continue; }
+    if (seen.has(a.instance)) continue;
+    seen.add(a.instance);
+    if (a.kind === 'ok') ok.add(a.instance);
+    else if (!best || a.value > best.value) best = { value: a.value, digest: a.digest };
+  }
+  if (ok.size >= needed) return { kind: 'ok', instances: [...ok].sort() };
+  if (ok.size + outstanding >= needed) return { kind: 'pending' };
+  if (best) return { kind: 'conflict', ...best };
+  return { kind: 'no-quorum', accepted: ok.size, needed, reasons };
+}

@@ -1,0 +1,102 @@
+/**
+ * The replicated counter's quorum rules (src/cas-client/quorum.ts) and a member's in-memory counters
+ * (cas/replication/memory-counters.ts). Exhaustive over small clusters: any two majorities meet, a joiner
+ * always meets every acknowledged write, and no two digests can both gather a majority for one epoch.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { majority, catchUpQuorum, combineReads, decideAdvance } from '../../src/cas-client/quorum.ts';
+import { MemoryCounters } from '../../cas/replication/memory-counters.ts';
+
+const subsets = (n: number): number[][] => {
+  const out: number[][] = [];
+  for (let m = 0; m < 1 << n; m++) out.push([...Array(n).keys()].filter((i) => m & (1 << i)));
+  return out;
+};
+
+test('majorities of 1..7 members always intersect; a smaller set need not', () => {
+  for (let n = 1; n <= 7; n++) {
+    const maj = subsets(n).filter((s) => s.length >= majority(n));
+    for (const a of maj) for (const b of maj) assert.ok(a.some((x) => b.includes(x)), `n=${n}`);
+    if (n >= 2) {
+      const small = subsets(n).filter((s) => s.length === majority(n) - 1);
+      assert.ok(small.some((a) => small.some((b) => !a.some((x) => b.includes(x)))), `n=${n}: minorities can miss each other`);
+    }
+  }
+});
+
+test('a restarted member that hears from catchUpQuorum(n) others meets every acknowledged write', () => {
+  for (let n = 2; n <= 7; n++) {
+    const joiner = 0;
+    const others = [...Array(n).keys()].filter((i) => i !== joiner);
+    // Every write acknowledged by a majority (possibly including the joiner's lost memory) ...
+    for (const w of subsets(n).filter((s) => s.length >= majority(n))) {
+      const survivors = w.filter((i) => i !== joiner);
+      // ... is met by every set of catchUpQuorum(n) other members.
+      for (const r of subsets(n).filter((s) => s.length === catchUpQuorum(n) && !s.includes(joiner))) {
+        assert.ok(r.some((x) => survivors.includes(x)), `n=${n} w=${w} r=${r}`);
+      }
+    }
+    // One fewer is not enough.
+    const fewer = catchUpQuorum(n) - 1;
+    const missed = subsets(n).filter((s) => s.length >= majority(n) && s.includes(joiner)).some((w) =>
+      subsets(n).some((r) => r.length === fewer && !r.includes(joiner) && !r.some((x) => w.includes(x) && x !== joiner)));
+    assert.ok(missed || fewer < 0, `n=${n}: ${fewer} others can miss an acknowledged write`);
+    void others;
+  }
+  assert.equal(catchUpQuorum(3), 2);
+  assert.equal(catchUpQuorum(5), 3);
+});
+
+test('combineReads: needs a majority of distinct instances, takes the highest epoch, refuses two digests for one epoch', () => {
+  assert.deepEqual(combineReads([{ instance: 'a', value: 3, digest: 'x' }], 3), { kind: 'no-quorum', answered: 1, needed: 2 });
+  // One instance answering twice (traffic redirected to it) counts once.
+  assert.equal(combineReads([{ instance: 'a', value: 3, digest: 'x' }, { instance: 'a', value: 3, digest: 'x' }], 3).kind, 'no-quorum');
+  const ok = combineReads([{ instance: 'a', value: 3, digest: 'x' }, { instance: 'b', value: 4, digest: 'y' }], 3);
+  assert.equal(ok.kind, 'ok');
+  assert.equal(ok.kind === 'ok' && ok.value, 4);
+  assert.deepEqual(combineReads([{ instance: 'a', value: 4, digest: 'x' }, { instance: 'b', value: 4, digest: 'y' }], 3), { kind: 'fork', value: 4, digests: ['x', 'y'] });
+});
+
+test('decideAdvance: ok at a majority, pending while one is reachable, conflict or no-quorum when not', () => {
+  assert.equal(decideAdvance([{ instance: 'a', kind: 'ok' }], 2, 3).kind, 'pending');
+  assert.equal(decideAdvance([{ instance: 'a', kind: 'ok' }, { instance: 'b', kind: 'ok' }], 1, 3).kind, 'ok');
+  assert.equal(decideAdvance([{ instance: 'a', kind: 'ok' }, { instance: 'a', kind: 'ok' }], 1, 3).kind, 'pending', 'one instance twice is one receipt');
+  assert.deepEqual(decideAdvance([{ instance: 'a', kind: 'ok' }, { kind: 'failed', reason: 'down' }, { kind: 'failed', reason: 'down' }], 0, 3),
+    { kind: 'no-quorum', accepted: 1, needed: 2, reasons: ['down', 'down'] });
+  assert.deepEqual(decideAdvance([{ instance: 'a', kind: 'conflict', value: 9, digest: 'z' }, { instance: 'b', kind: 'conflict', value: 8, digest: 'q' }], 1, 3),
+    { kind: 'conflict', value: 9, digest: 'z' });
+});
+
+test('a fork: two writers advancing the same epoch with different digests never both reach a majority', () => {
+  // Members accept at most one digest per epoch (compare-and-advance), whatever order the requests arrive in.
+  for (let order = 0; order < 1 << 3; order++) {
+    const mems = [new MemoryCounters(), new MemoryCounters(), new MemoryCounters()];
+    const accepted = { x: 0, y: 0 };
+    mems.forEach((m, i) => {
+      const first = order & (1 << i) ? 'x' : 'y';
+      for (const d of [first, first === 'x' ? 'y' : 'x'] as const) {
+        const cur = m.counters.get('s')?.value ?? 0;
+        if (cur === 0) { void m.append('s', 'advance', 1, d); accepted[d]++; }
+      }
+    });
+    assert.ok(!(accepted.x >= majority(3) && accepted.y >= majority(3)));
+    assert.equal(accepted.x + accepted.y, 3);
+  }
+});
+
+test('MemoryCounters: never moves back on an advance; catch-up takes the highest epoch and reports conflicting digests', async () => {
+  const m = new MemoryCounters();
+  await m.append('s', 'advance', 5, 'a');
+  await assert.rejects(m.append('s', 'advance', 4, 'b'));
+  await m.append('s', 'recover', 2, 'r'); // owner-signed recovery may move it back: that is its point
+  assert.equal(m.counters.get('s')!.value, 2);
+  m.merge([{ service: 's', value: 7, digest: 'x' }, { service: 's', value: 6, digest: 'w' }, { service: 't', value: 1, digest: 'p' }]);
+  assert.equal(m.counters.get('s')!.value, 7);
+  m.merge([{ service: 's', value: 3, digest: 'old' }]);
+  assert.equal(m.counters.get('s')!.value, 7, 'a lower epoch never lowers a counter');
+  m.merge([{ service: 'u', value: 4, digest: 'x' }, { service: 'u', value: 4, digest: 'y' }]);
+  assert.equal(m.counters.get('u'), undefined);
+  assert.deepEqual(m.conflicts, [{ service: 'u', value: 4, digests: ['x', 'y'] }]);
+  assert.deepEqual(m.snapshot().map((e) => e.service), ['s', 't']);
+});
