@@ -42,8 +42,13 @@ export interface ChannelCounterOptions {
 }
 
 export class ChannelCounterClient implements CounterClient {
-  /** Answers come back in request order (over the channel, and over the serialised HTTPS fallback). */
-  readonly ordered = true;
+  /**
+   * Answers come back in request order over the channel. Not claimed for the HTTPS fallback: a CAS
+   * without the channel may not know `expectedDigest` either, so the guard seals one at a time there.
+   */
+  get ordered(): boolean {
+    return !this.httpOnly;
+  }
   private session: Session | undefined;
   private opening: Promise<Session | undefined> | undefined;
   /** Set when the CAS answered the upgrade with 404: it predates the channel. */
