@@ -11,7 +11,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import type { TLSSocket } from 'node:tls';
 import type { IncomingMessage } from 'node:http';
 import { tempDir } from '../support/tmp.ts';
-import { startTestCas, applyTestPolicy } from '../support/cas.ts';
+import { startTestCas, applyTestPolicy, runCdbp } from '../support/cas.ts';
 import { attestAndProvision } from '../../src/cas-client/index.ts';
 import { ChannelCounterClient } from '../../src/cas-client/counter-channel.ts';
 import { SimulatedProvider } from '../../src/attestation/simulated.ts';
@@ -19,7 +19,7 @@ import { isCdbpError } from '../../src/kernel/errors.ts';
 import { checkCasServerIdentity } from '../../src/crypto/x509.ts';
 import { CHANNEL_PROTOCOL, Dir, EXPORTER_MAC_LABEL, Kind, encodeRequest, sealFrame } from '../../src/cas-client/counter-channel-wire.ts';
 import path from 'node:path';
-import { readFileSync } from 'node:fs';
+import { readFileSync, writeFileSync, copyFileSync } from 'node:fs';
 
 const rec = (n: number) => Buffer.from(`sealed record ${n} `.repeat(8));
 const dig = (b: Buffer) => createHash('sha256').update(b).digest('hex');
@@ -133,6 +133,18 @@ test('counter channel: ordered pipelined advances, conflicts, refusals, forged f
   const audit = readFileSync(path.join(cas.dir, 'audit.log'), 'utf8');
   assert.match(audit, /"code":"FORBIDDEN"/);
   assert.match(audit, /"code":"PROTOCOL_VIOLATION"/);
+
+  // `cdbp cas audit verify` checks the counter log too: OK as written, refused once entries are cut off.
+  const ok = await runCdbp(['cas', 'audit', 'verify', '--dir', cas.dir]);
+  assert.equal(ok.code, 0, ok.output);
+  assert.match(ok.output, /counter log OK: 7 entries for 1 service\(s\), MACs verified/);
+  const logFile = path.join(cas.dir, 'state', 'counters.log');
+  copyFileSync(logFile, `${logFile}.orig`);
+  writeFileSync(logFile, counterLog.slice(0, 3).join('\n') + '\n');
+  const cut = await runCdbp(['cas', 'audit', 'verify', '--dir', cas.dir]);
+  copyFileSync(`${logFile}.orig`, logFile);
+  assert.equal(cut.code, 1, cut.output);
+  assert.match(cut.output, /counter log BROKEN \(STATE_TAMPERED\): counter log truncated or rolled back/);
 });
 
 test('counter channel: a CAS restart breaks the channel; the client reopens it and a lost answer is recognisable', async (t) => {
