@@ -166,3 +166,49 @@ test('counter channel: a CAS restart breaks the channel; the client reopens it a
   assert.deepEqual(again.record, rec(1));
   assert.equal(c.transport, 'channel');
 });
+
+test('the guard pipelines its seals over the real channel: several advances in flight, every held ack released, the counter at its epoch', async (t) => {
+  const { FreshnessGuard } = await import('../../proxy/freshness/guard.ts');
+  const { RecordStore } = await import('../../proxy/freshness/store.ts');
+  const { CurrentCounter } = await import('../../src/cas-client/current-counter.ts');
+  const { silentLogger } = await import('../../src/kernel/log.ts');
+  const { MetricsRegistry } = await import('../../src/kernel/metrics.ts');
+  const tmp = tempDir('ctr-chan-guard');
+  const cas = await startTestCas({ root: tmp.path });
+  t.after(async () => { await cas.stop(); tmp.remove(); });
+  await applyTestPolicy(cas, { service: 'orders' });
+  const p = await attestAndProvision({ casUrl: cas.url, caPem: cas.caPem, service: 'orders', provider: new SimulatedProvider(cas.platformKeyFile), tls: {} });
+  const counter = new CurrentCounter();
+  counter.set(p.counter);
+  t.after(() => counter.close());
+  const metrics = new MetricsRegistry();
+  const g = new FreshnessGuard({
+    store: new RecordStore(path.join(tmp.path, 'f.sealed')), key: p.secrets.freshnessKey, databaseId: p.secrets.databaseId, counter,
+    mode: 'strict', log: silentLogger(), metrics, holdTimeoutMs: 20_000, sealIntervalMs: 60_000,
+  });
+  await g.verifyAtStartup();
+  let lsn = 1000;
+  g.startRuntime({ read: async () => ({ engine: 'mariadb', lsnFlushed: String(lsn), lsnCheckpoint: String(lsn), gtid: `0-1-${lsn}` }), close: async () => {} });
+  let maxInFlight = 0;
+  const sampler = setInterval(() => {
+    const m = /cdbp_freshness_advances_in_flight (\d+)/.exec(metrics.render());
+    maxInFlight = Math.max(maxInFlight, Number(m?.[1] ?? 0));
+  }, 1);
+  // 8 writers in closed loops, as 8 client connections committing.
+  const deadline = Date.now() + 3000;
+  let acked = 0;
+  await Promise.all(Array.from({ length: 8 }, async () => {
+    while (Date.now() < deadline) {
+      lsn += 10;
+      await g.holdAck();
+      acked++;
+    }
+  }));
+  clearInterval(sampler);
+  const epoch = g.status().epoch as number;
+  assert.equal((await counter.read()).value, epoch);
+  assert.ok(acked > 8, `${acked} acks`);
+  assert.ok(maxInFlight >= 2, `advances in flight peaked at ${maxInFlight}`);
+  t.diagnostic(`${acked} acks, ${epoch} epochs (${(acked / Math.max(1, epoch - 1)).toFixed(1)} per advance), up to ${maxInFlight} advances in flight`);
+  await g.stop();
+});
