@@ -42,12 +42,21 @@ interface Holder {
   notAfter: number;
 }
 
-/** The upgrade listener to put on the CAS's HTTPS server (cas/server.ts). */
-export function counterChannelUpgrade(o: CounterChannelOptions): (req: IncomingMessage, socket: Duplex, head: Buffer) => void {
+export interface CounterChannelEndpoint {
+  /** The upgrade listener to put on the CAS's HTTPS server (cas/server.ts). */
+  onUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void;
+  /**
+   * Ends every open channel. The HTTPS server's close waits for its connections, and an upgraded one
+   * never ends by itself: call this before closing it (proxies reconnect to the next CAS).
+   */
+  closeAll(): void;
+}
+
+export function counterChannelEndpoint(o: CounterChannelOptions): CounterChannelEndpoint {
   const sessions = new Set<Duplex>();
   o.metrics.gauge('cdbp_cas_counter_channels', 'Counter channels (persistent proxy connections) open', (g) => g.set(sessions.size));
   const frames = o.metrics.counter('cdbp_cas_counter_channel_requests_total', 'Counter channel requests by kind and outcome');
-  return (req, socket, head) => {
+  const onUpgrade = (req: IncomingMessage, socket: Duplex, head: Buffer): void => {
     const refuse = (e: CdbpError, service?: string): void => {
       const status = httpStatusFor(e.code);
       const body = JSON.stringify({ error: { code: e.code, message: status >= 500 ? 'internal error' : e.message } });
@@ -84,6 +93,7 @@ export function counterChannelUpgrade(o: CounterChannelOptions): (req: IncomingM
       refuse(asCdbpError(e), service);
     }
   };
+  return { onUpgrade, closeAll: () => { for (const s of sessions) s.destroy(); } };
 }
 
 /** The URI SANs of a client certificate this CAS issued (cas/server.ts reads the same ones). */

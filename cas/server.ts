@@ -16,7 +16,7 @@ import type { MetricsRegistry } from '../src/kernel/metrics.ts';
 import type { AuditEventType, AuditLog } from './audit.ts';
 import type { AttestRequest, CasCore } from './core.ts';
 import { isAudited } from './core.ts';
-import { counterChannelUpgrade } from './counter-channel.ts';
+import { counterChannelEndpoint } from './counter-channel.ts';
 import type { SignedRecovery } from '../src/provisioning/policy.ts';
 
 export const BODY_LIMIT = 64 * 1024;
@@ -184,7 +184,9 @@ export function buildCasServer(o: CasServerOptions): FastifyInstance {
   app.setNotFoundHandler(async (req, reply) => reply.code(404).send({ error: { code: 'NOT_FOUND', message: `no route ${req.method} ${req.url.split('?')[0]}` } }));
 
   // The persistent, ordered counter channel (HTTP Upgrade on this port): cas/counter-channel.ts.
-  app.server.on('upgrade', counterChannelUpgrade({ core, audit: o.audit, log: o.log, metrics: o.metrics }));
+  const channel = counterChannelEndpoint({ core, audit: o.audit, log: o.log, metrics: o.metrics });
+  app.server.on('upgrade', channel.onUpgrade);
+  app.addHook('preClose', async () => channel.closeAll());
 
   app.get('/livez', async () => ({ status: 'ok' }));
   app.get('/readyz', async () => ({ ready: true, simulated: o.simulated }));
