@@ -21,6 +21,7 @@ import type { AuditEvent, AuditLog } from './audit.ts';
 import type { NonceStore } from './nonces.ts';
 import type { ServiceRecord, StateStore, StoredKey } from './state.ts';
 import { MAX_RECORD_BYTES, type CounterLog } from './counter-log.ts';
+import { openMessage as counterChannelOpenMessage } from '../src/cas-client/counter-channel-wire.ts';
 import { attestAnswerMessage, counterAnswerMessage, ed25519PrivateKey, signAnswer, type CounterAnswer } from '../src/provisioning/answers.ts';
 
 export const SECRETS_FORMAT = 'cdbp-secrets/1';
@@ -173,6 +174,11 @@ export class CasCore {
   signCounterAnswer(a: CounterAnswer & { record?: string }): string {
     // Exactly the answer's fields: the record is bound through the digest, not signed again.
     return signAnswer(this.signingKey, counterAnswerMessage({ service: a.service, op: a.op, nonce: a.nonce, value: a.value, digest: a.digest }));
+  }
+
+  /** Signs the opening of a counter channel: binds this TLS session (its exporter value) to the CAS answer key. */
+  signCounterChannelOpen(service: string, nonce: string, binding: Buffer): string {
+    return signAnswer(this.signingKey, counterChannelOpenMessage(service, nonce, binding));
   }
 
   get caPem(): string {
@@ -396,7 +402,8 @@ export class CasCore {
    * Accepted advances are not written to the audit log: the counter log is their audit trail (hash
    * chained, MACed, anchored). Refusals are audited as before.
    */
-  async advanceCounter(service: string, expected: number, next: number, digest: string, remote?: string, record?: string): Promise<CounterView> {
+  async advanceCounter(service: string, expected: number, next: number, digest: string, remote?: string, record?: string,
+    expectedDigest?: string): Promise<CounterView> {
     const started = performance.now();
     return this.decided({ event: 'counter.advance', service, details: { expected, next, remote: remote ?? null } }, this.m.advances, {}, async () => {
       if (!Number.isSafeInteger(expected) || !Number.isSafeInteger(next) || expected < 0) throw new CdbpError('BAD_REQUEST', 'expected and next must be integers ≥ 0');
@@ -414,11 +421,18 @@ export class CasCore {
       const rec = this.o.store.get(service);
       if (!rec) throw new CdbpError('SERVICE_UNKNOWN', `no policy for service ${service}`);
       const current = this.unsynced.get(service) ?? this.durableCounter(rec);
-      if (current.value !== expected && !(this.o.acceptLagging && current.value < expected)) {
+      // acceptLagging (a replicated member, cas/replication/): a member behind the majority accepts an advance
+      // from a higher expected value. expectedDigest (the ordered counter channel, cas/counter-channel.ts): a
+      // pipelined advance n+1→n+2 lands only on the proxy's own record n+1, never on another instance's (a fork
+      // racing in between); a lagging member does not hold record n+1, so only the majority can check it.
+      const lagging = this.o.acceptLagging === true && current.value < expected;
+      const otherDigest = expectedDigest !== undefined && current.value === expected && current.digest !== expectedDigest;
+      if ((current.value !== expected && !lagging) || otherDigest) {
         // Answer a conflict with what is durable, never with a value a crash could still undo.
         await this.o.counters.idle();
         const now = this.durableCounter(rec);
-        throw new CdbpError('COUNTER_CONFLICT', `counter is at ${now.value}, not ${expected}`, { details: { value: now.value, digest: now.digest } });
+        throw new CdbpError('COUNTER_CONFLICT', `counter is at ${now.value}${now.value === expected ? ' with another digest' : ''}, not ${expected}`,
+          { details: { value: now.value, digest: now.digest } });
       }
       const mine = { value: next, digest };
       this.unsynced.set(service, mine);

@@ -106,55 +106,10 @@ export class CounterLog {
     if (haveLog !== haveAnchor) {
       throw new CdbpError('STATE_TAMPERED', `counter log ${!haveLog ? COUNTER_LOG : COUNTER_ANCHOR} is missing in ${stateDir}`);
     }
-    let text = haveLog ? await readFile(logFile, 'utf8') : '';
-    // A crash mid-append can leave a torn last line: it was never answered (its batch was not synced),
-    // unless the anchor holds it, in which case the repair below puts it back.
-    const tornAt = text.lastIndexOf('\n') + 1;
-    const torn = tornAt < text.length;
-    if (torn) text = text.slice(0, tornAt);
-    const lines = text.length === 0 ? [] : text.slice(0, -1).split('\n');
-    const entries: Entry[] = [];
-    let prev = GENESIS;
-    for (const [i, line] of lines.entries()) {
-      const e = verifyLine(line, macKey, entries.length + 1, prev, `${COUNTER_LOG} line ${i + 1}`);
-      entries.push(e);
-      prev = e.hash;
-    }
+    const text0 = haveLog ? await readFile(logFile, 'utf8') : '';
     const anchor = haveAnchor ? await readAnchor(anchorFile) : undefined;
     if (haveAnchor && !anchor) throw new CdbpError('STATE_TAMPERED', `${COUNTER_ANCHOR}: neither slot is readable`);
-    const repair: string[] = [];
-    if (anchor && anchor.lines.length > 0) {
-      const parse = (line: string): Partial<Entry> => {
-        try {
-          return (JSON.parse(line) ?? {}) as Partial<Entry>;
-        } catch {
-          throw new CdbpError('STATE_TAMPERED', `${COUNTER_ANCHOR}: an anchored line is not JSON`);
-        }
-      };
-      const hashOf = (line: string): unknown => parse(line).hash;
-      const first = Number(parse(anchor.lines[0]!).seq);
-      if (!Number.isSafeInteger(first) || first < 1) throw new CdbpError('STATE_TAMPERED', `${COUNTER_ANCHOR}: malformed anchored batch`);
-      const last = first + anchor.lines.length - 1;
-      const end = entries.length;
-      if (end < first - 1) {
-        throw new CdbpError('STATE_TAMPERED', `counter log truncated or rolled back: it ends at entry ${end} but the anchor holds entries ${first}..${last}`);
-      }
-      for (const [k, line] of anchor.lines.entries()) {
-        const seq = first + k;
-        if (seq <= end) {
-          if (entries[seq - 1]!.hash !== hashOf(line)) {
-            throw new CdbpError('STATE_TAMPERED', `counter log entry ${seq} is not the one the anchor holds (log rolled back or replaced)`);
-          }
-          continue;
-        }
-        const e = verifyLine(line, macKey, seq, prev, `${COUNTER_ANCHOR} entry ${seq}`);
-        entries.push(e);
-        prev = e.hash;
-        repair.push(line + '\n');
-      }
-    } else if (anchor === undefined && entries.length > 0) {
-      throw new CdbpError('STATE_TAMPERED', `counter log has ${entries.length} entries but no anchor`);
-    }
+    const { text, torn, entries, prev, repair } = checkCounterLog(text0, anchor, macKey);
     if (torn || repair.length > 0) {
       // Rewrite the verified prefix plus the repaired lines: a torn tail is dropped, missing lines restored.
       const fh = await open(logFile, 'r+');
@@ -251,6 +206,81 @@ export class CounterLog {
     await this.logFh.close();
     await this.anchorFh.close();
   }
+}
+
+/**
+ * Verifies a counter log's text against its anchor (pure; no repair is written): the hash chain and MAC
+ * of every entry, and that the log reaches the anchored batch with the same entries. Returns the
+ * verified prefix (a torn last line dropped) and the anchored lines the log lacks (a crash between the
+ * two parallel fdatasyncs: put back at the next CAS start). Throws STATE_TAMPERED.
+ */
+export function checkCounterLog(text0: string, anchor: { batch: number; lines: string[] } | undefined, macKey: Buffer):
+  { text: string; torn: boolean; entries: Entry[]; prev: string; repair: string[] } {
+  let text = text0;
+  // A crash mid-append can leave a torn last line: it was never answered (its batch was not synced),
+  // unless the anchor holds it, in which case the repair puts it back.
+  const tornAt = text.lastIndexOf('\n') + 1;
+  const torn = tornAt < text.length;
+  if (torn) text = text.slice(0, tornAt);
+  const lines = text.length === 0 ? [] : text.slice(0, -1).split('\n');
+  const entries: Entry[] = [];
+  let prev = GENESIS;
+  for (const [i, line] of lines.entries()) {
+    const e = verifyLine(line, macKey, entries.length + 1, prev, `${COUNTER_LOG} line ${i + 1}`);
+    entries.push(e);
+    prev = e.hash;
+  }
+  const repair: string[] = [];
+  if (anchor && anchor.lines.length > 0) {
+    const parse = (line: string): Partial<Entry> => {
+      try {
+        return (JSON.parse(line) ?? {}) as Partial<Entry>;
+      } catch {
+        throw new CdbpError('STATE_TAMPERED', `${COUNTER_ANCHOR}: an anchored line is not JSON`);
+      }
+    };
+    const hashOf = (line: string): unknown => parse(line).hash;
+    const first = Number(parse(anchor.lines[0]!).seq);
+    if (!Number.isSafeInteger(first) || first < 1) throw new CdbpError('STATE_TAMPERED', `${COUNTER_ANCHOR}: malformed anchored batch`);
+    const last = first + anchor.lines.length - 1;
+    const end = entries.length;
+    if (end < first - 1) {
+      throw new CdbpError('STATE_TAMPERED', `counter log truncated or rolled back: it ends at entry ${end} but the anchor holds entries ${first}..${last}`);
+    }
+    for (const [k, line] of anchor.lines.entries()) {
+      const seq = first + k;
+      if (seq <= end) {
+        if (entries[seq - 1]!.hash !== hashOf(line)) {
+          throw new CdbpError('STATE_TAMPERED', `counter log entry ${seq} is not the one the anchor holds (log rolled back or replaced)`);
+        }
+        continue;
+      }
+      const e = verifyLine(line, macKey, seq, prev, `${COUNTER_ANCHOR} entry ${seq}`);
+      entries.push(e);
+      prev = e.hash;
+      repair.push(line + '\n');
+    }
+  } else if (anchor === undefined && entries.length > 0) {
+    throw new CdbpError('STATE_TAMPERED', `counter log has ${entries.length} entries but no anchor`);
+  }
+  return { text, torn, entries, prev, repair };
+}
+
+/**
+ * Read-only check of DIR/state/counters.log against counters.anchor, for `cdbp cas audit verify`:
+ * the number of entries and services, and what the next CAS start would repair. Throws STATE_TAMPERED.
+ */
+export async function verifyCounterLogFiles(stateDir: string, macKey: Buffer): Promise<{ present: boolean; entries: number; services: number; tornTail: boolean; repairable: number }> {
+  const logFile = path.join(stateDir, COUNTER_LOG);
+  const anchorFile = path.join(stateDir, COUNTER_ANCHOR);
+  const haveLog = existsSync(logFile);
+  const haveAnchor = existsSync(anchorFile);
+  if (!haveLog && !haveAnchor) return { present: false, entries: 0, services: 0, tornTail: false, repairable: 0 };
+  if (haveLog !== haveAnchor) throw new CdbpError('STATE_TAMPERED', `counter log ${!haveLog ? COUNTER_LOG : COUNTER_ANCHOR} is missing in ${stateDir}`);
+  const anchor = await readAnchor(anchorFile);
+  if (!anchor) throw new CdbpError('STATE_TAMPERED', `${COUNTER_ANCHOR}: neither slot is readable`);
+  const r = checkCounterLog(await readFile(logFile, 'utf8'), anchor, macKey);
+  return { present: true, entries: r.entries.length, services: new Set(r.entries.map((e) => e.service)).size, tornTail: r.torn, repairable: r.repair.length };
 }
 
 function verifyLine(line: string, macKey: Buffer, seq: number, prev: string, where: string): Entry {

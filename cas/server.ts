@@ -16,6 +16,7 @@ import type { MetricsRegistry } from '../src/kernel/metrics.ts';
 import type { AuditEventType, AuditLog } from './audit.ts';
 import type { AttestRequest, CasCore } from './core.ts';
 import { isAudited } from './core.ts';
+import { counterChannelEndpoint } from './counter-channel.ts';
 import type { SignedRecovery } from '../src/provisioning/policy.ts';
 
 export const BODY_LIMIT = 64 * 1024;
@@ -60,7 +61,7 @@ const SCHEMAS = {
   advance: {
     type: 'object', additionalProperties: false, required: ['expected', 'next', 'digest'],
     properties: { expected: { type: 'integer', minimum: 0 }, next: { type: 'integer', minimum: 1 }, digest: digestSchema, nonce: hex(32),
-      record: { type: 'string', maxLength: 8192 } },
+      record: { type: 'string', maxLength: 8192 }, expectedDigest: { type: 'string', pattern: '^([0-9a-f]{64}|[0-9a-f]{128})?$' } },
   },
   counterQuery: {
     type: 'object', additionalProperties: false,
@@ -182,6 +183,11 @@ export function buildCasServer(o: CasServerOptions): FastifyInstance {
   });
   app.setNotFoundHandler(async (req, reply) => reply.code(404).send({ error: { code: 'NOT_FOUND', message: `no route ${req.method} ${req.url.split('?')[0]}` } }));
 
+  // The persistent, ordered counter channel (HTTP Upgrade on this port): cas/counter-channel.ts.
+  const channel = counterChannelEndpoint({ core, audit: o.audit, log: o.log, metrics: o.metrics });
+  app.server.on('upgrade', channel.onUpgrade);
+  app.addHook('preClose', async () => channel.closeAll());
+
   app.get('/livez', async () => ({ status: 'ok' }));
   app.get('/readyz', async () => ({ ready: true, simulated: o.simulated }));
   app.get('/metrics', async (_req, reply) => reply.type('text/plain; version=0.0.4').send(o.metrics.render()));
@@ -210,14 +216,14 @@ export function buildCasServer(o: CasServerOptions): FastifyInstance {
       return nonce ? { ...view, signature: core.signCounterAnswer({ service: req.params.service, op: 'read', nonce, ...view }) } : view;
     });
 
-  app.post<{ Params: { service: string }; Body: { expected: number; next: number; digest: string; nonce?: string; record?: string } }>('/v1/services/:service/counter',
+  app.post<{ Params: { service: string }; Body: { expected: number; next: number; digest: string; nonce?: string; record?: string; expectedDigest?: string } }>('/v1/services/:service/counter',
     { schema: { params: serviceParam, body: SCHEMAS.advance } },
     async (req) => {
       requireHolder(req);
       const { service } = req.params;
       const nonce = req.body.nonce;
       try {
-        const view = await core.advanceCounter(service, req.body.expected, req.body.next, req.body.digest, req.ip, req.body.record);
+        const view = await core.advanceCounter(service, req.body.expected, req.body.next, req.body.digest, req.ip, req.body.record, req.body.expectedDigest);
         return nonce ? { ...view, signature: core.signCounterAnswer({ service, op: 'advance', nonce, ...view }) } : view;
       } catch (e) {
         const d = (e as CdbpError).details as { value?: number; digest?: string; signature?: string } | undefined;

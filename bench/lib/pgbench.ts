@@ -42,12 +42,25 @@ export async function startPgbouncer(dir: string, pg: { socketDir: string; port:
   return { port, child };
 }
 
+/** Where pgbench connects (always TLS: sslmode=require). */
+export interface PgbenchTarget { host: string; port: number; user: string; password: string; db: string }
+
 /** One pgbench run (`-n -T durationS`, `-S` for select-only) as `app` with sslmode=require. */
-export async function pgbench(port: number, workload: PgWorkload, clients: number, durationS: number, password: string): Promise<PgbenchResult> {
+export function pgbench(port: number, workload: PgWorkload, clients: number, durationS: number, password: string): Promise<PgbenchResult> {
+  return pgbenchAt({ host: '127.0.0.1', port, user: 'app', password, db: 'test' }, workload, clients, durationS);
+}
+
+/** `pgbench -i -q -s scale` against a target (e.g. through a proxy). */
+export async function pgbenchInit(t: PgbenchTarget, scale: number): Promise<void> {
+  await run(findBinary('pgbench'), ['-h', t.host, '-p', String(t.port), '-U', t.user, '-i', '-q', '-s', String(scale), t.db],
+    { env: { ...process.env, PGPASSWORD: t.password, PGSSLMODE: 'require' }, maxBuffer: 16 << 20, timeout: 300_000 });
+}
+
+export async function pgbenchAt(t: PgbenchTarget, workload: PgWorkload, clients: number, durationS: number): Promise<PgbenchResult> {
   const { stdout } = await run(findBinary('pgbench'), [
-    '-h', '127.0.0.1', '-p', String(port), '-U', 'app', ...(workload === 'select-only' ? ['-S'] : []), '-n', '-T', String(durationS),
-    '-c', String(clients), '-j', String(Math.min(clients, 2)), 'test',
-  ], { env: { ...process.env, PGPASSWORD: password, PGSSLMODE: 'require' }, maxBuffer: 16 << 20, timeout: (durationS + 60) * 1000 });
+    '-h', t.host, '-p', String(t.port), '-U', t.user, ...(workload === 'select-only' ? ['-S'] : []), '-n', '-T', String(durationS),
+    '-c', String(clients), '-j', String(Math.min(clients, 2)), t.db,
+  ], { env: { ...process.env, PGPASSWORD: t.password, PGSSLMODE: 'require' }, maxBuffer: 16 << 20, timeout: (durationS + 60) * 1000 });
   const tps = Number(/tps = ([\d.]+) \(without initial connection time\)/.exec(stdout)?.[1]);
   const latencyMs = Number(/latency average = ([\d.]+) ms/.exec(stdout)?.[1]);
   const failed = Number(/number of failed transactions: (\d+)/.exec(stdout)?.[1] ?? 0);

@@ -4,6 +4,9 @@
  * off, one stack per mode started side by side so arms can alternate. From each stack's /metrics: counter
  * advances (cdbp_freshness_seals_total) per second and the ack hold time (cdbp_freshness_hold_seconds);
  * for relaxed, the measured window (age of the last counted epoch, sampled while writes flow).
+ *
+ * The PostgreSQL arm (issue 17): the same stacks run with `--postgres`, and pgbench `-S` and tpcb-like
+ * (8 clients by default) go through the PostgreSQL proxy of each mode, interleaved the same way.
  */
 import { mkdirSync } from 'node:fs';
 import path from 'node:path';
@@ -14,15 +17,24 @@ import { scenario, median, spread, round, fmt, durableReplaceMs, REPO, type Scen
 import { prepare, runSysbench } from '../lib/sysbench.ts';
 import { scrape, histogramDelta, cumulativeQuantile } from '../lib/prometheus.ts';
 import { measureCasAdvance, type CasAdvanceLatency } from '../lib/cas-advance.ts';
+import { pgbenchAt, pgbenchInit, type PgWorkload, type PgbenchTarget } from '../lib/pgbench.ts';
+import pg from 'pg';
 
 export type FreshnessMode = 'strict' | 'bounded' | 'relaxed' | 'off';
 export interface FreshnessOptions {
   modes: FreshnessMode[]; threads: number[]; durationS: number; rounds: number; tableSize: number; tables: number;
   /** V8 CPU profiles of every stack process (NODE_OPTIONS=--cpu-prof) into bench/results/profiles/freshness-<mode>. */
   profile?: boolean;
+  /** PostgreSQL arm: pgbench client counts (default [8]; [] = no PostgreSQL arm) and workloads (default -S and tpcb-like). */
+  pgClients?: number[];
+  pgWorkloads?: PgWorkload[];
+  /** pgbench scale for the PostgreSQL arm (default 10: ten branches, so tpcb-like is not one hot row). */
+  pgScale?: number;
   log?: (line: string) => void;
 }
 export interface FreshnessRun {
+  /** 'oltp_write_only' (MariaDB, sysbench) or a pgbench workload (PostgreSQL); threads = pgbench clients there. */
+  workload?: 'oltp_write_only' | PgWorkload;
   mode: FreshnessMode; threads: number; round: number; seconds: number; tps: number; p50Ms: number; p99Ms: number; errors: number;
   seals: number; sealsPerSecond: number; holds: number; holdMeanMs: number; holdP50Ms: number; holdP99Ms: number;
   /** relaxed: largest time writes went uncounted (age of the last counted epoch, capped at time since the run began; sampled every 100 ms). */
@@ -31,17 +43,30 @@ export interface FreshnessRun {
   cpuMs: { cas: number; proxy: number; mariadb: number };
 }
 export interface FreshnessCell {
+  workload?: FreshnessRun['workload'];
   mode: FreshnessMode; threads: number; tps: number; vsOff: number; spread: number; p50Ms: number; p99Ms: number;
   sealsPerSecond: number; holdMeanMs: number; holdP50Ms: number; holdP99Ms: number; writesPerSeal: number; windowMaxMs?: number;
   /** CAS CPU per counter advance, ms; proxy and MariaDB CPU share of the run, in cores. */
   casCpuMsPerAdvance: number; proxyCores: number; casCores: number; mariadbCores: number;
 }
-export interface FreshnessSummary { cells: FreshnessCell[]; durableReplaceMs: number; sealIntervalMs: number; casAdvance?: CasAdvanceLatency }
+export interface FreshnessSummary {
+  /** MariaDB oltp_write_only (what bench/run.ts's target row reads). */
+  cells: FreshnessCell[];
+  /** PostgreSQL pgbench cells. */
+  pgCells?: FreshnessCell[];
+  durableReplaceMs: number; sealIntervalMs: number; casAdvance?: CasAdvanceLatency;
+  load?: { before: number; after: number };
+}
 
 export function runFreshness(o: FreshnessOptions): Promise<ScenarioResult<FreshnessSummary, FreshnessRun>> {
   const log = o.log ?? (() => undefined);
   return scenario('freshness', { ...o, log: undefined }, async ({ notes, unmeasured }) => {
     const work = tempDir('bench-fresh');
+    const pgClients = o.pgClients ?? [8];
+    const pgWorkloads = o.pgWorkloads ?? ['select-only', 'tpcb'];
+    const withPg = pgClients.length > 0 && pgWorkloads.length > 0;
+    const pgTargets = new Map<FreshnessMode, PgbenchTarget>();
+    const load0 = loadAverage();
     const stacks = new Map<FreshnessMode, RunningStack>();
     const runs: FreshnessRun[] = [];
     let durableMs = NaN;
@@ -52,12 +77,23 @@ export function runFreshness(o: FreshnessOptions): Promise<ScenarioResult<Freshn
         log(`freshness: cdbp up --freshness ${mode}`);
         const profDir = path.join(REPO, 'bench', 'results', 'profiles', `freshness-${mode}`);
         if (o.profile) mkdirSync(profDir, { recursive: true });
-        const s = await startStack(dir, ['--freshness', mode],
+        const s = await startStack(dir, ['--freshness', mode, ...(withPg ? ['--postgres'] : [])],
           { CDBP_LOG_LEVEL: 'warn', ...(o.profile ? { NODE_OPTIONS: `--cpu-prof --cpu-prof-dir=${profDir}` } : {}) }, 180_000);
         stacks.set(mode, s);
         const conn = await connectThroughProxy(s.stack);
         try { await conn.query('CREATE DATABASE IF NOT EXISTS sbtest'); } finally { await conn.end(); }
         await prepare(target(s, work.path, mode, o));
+        if (withPg) {
+          const p = s.stack.postgres!;
+          const t: PgbenchTarget = { host: p.host, port: p.port, user: p.user, password: p.password, db: 'bench' };
+          const c = new pg.Client({ host: p.host, port: p.port, user: p.user, password: p.password, database: 'postgres',
+            ssl: { ca: readFileSync(s.stack.caFile, 'utf8'), rejectUnauthorized: true } });
+          await c.connect();
+          try { await c.query('CREATE DATABASE bench'); } finally { await c.end(); }
+          log(`freshness: pgbench -i -s ${o.pgScale ?? 10} through the ${mode} PostgreSQL proxy`);
+          await pgbenchInit(t, o.pgScale ?? 10);
+          pgTargets.set(mode, t);
+        }
       }
       durableMs = await durableReplaceMs(work.path);
       for (let r = 1; r <= o.rounds; r++) {
@@ -65,45 +101,67 @@ export function runFreshness(o: FreshnessOptions): Promise<ScenarioResult<Freshn
           const order = r % 2 === 1 ? o.modes : [...o.modes].reverse();
           for (const mode of order) {
             const s = stacks.get(mode)!;
-            const metricsUrl = `${s.stack.ops.url}/metrics`;
-            const before = await scrape(metricsUrl);
-            let windowMaxMs = 0;
-            let sampling = mode === 'relaxed' || mode === 'bounded';
-            const pids = stackPids(s);
-            const cpu0 = mapValues(pids, procCpuMs);
-            const t0 = performance.now();
-            const sampler = (async () => {
-              while (sampling) {
-                const age = (await scrape(metricsUrl).catch(() => new Map<string, number>())).get('cdbp_freshness_last_seal_age_seconds');
-                // Before the first seal of this run, writes have been uncounted only since the run began.
-                if (age !== undefined) windowMaxMs = Math.max(windowMaxMs, Math.min(age * 1000, performance.now() - t0));
-                await new Promise((res) => setTimeout(res, 100));
-              }
-            })();
-            const res = await runSysbench(target(s, work.path, mode, o), 'oltp_write_only', { threads, durationS: o.durationS }).finally(() => { sampling = false; });
-            const seconds = (performance.now() - t0) / 1000;
-            const cpu1 = mapValues(pids, procCpuMs);
-            await sampler;
-            const after = await scrape(metricsUrl);
-            const seals = (after.get('cdbp_freshness_seals_total') ?? 0) - (before.get('cdbp_freshness_seals_total') ?? 0);
-            const hold = histogramDelta(before, after, 'cdbp_freshness_hold_seconds');
-            const row: FreshnessRun = {
-              mode, threads, round: r, tps: res.tps, p50Ms: res.p50Ms, p99Ms: res.p99Ms, errors: res.errors,
-              seals, sealsPerSecond: round(seals / seconds, 1), holds: hold.count,
-              holdMeanMs: hold.count > 0 ? round((hold.sum / hold.count) * 1000, 2) : NaN,
-              holdP50Ms: cumulativeQuantile(hold, 0.5) * 1000, holdP99Ms: cumulativeQuantile(hold, 0.99) * 1000,
-              ...(mode === 'relaxed' || mode === 'bounded' ? { windowMaxMs: round(windowMaxMs, 0) } : {}),
-              cpuMs: { cas: cpu1.cas - cpu0.cas, proxy: cpu1.proxy - cpu0.proxy, mariadb: cpu1.mariadb - cpu0.mariadb },
-              seconds: round(seconds, 2),
-            };
-            runs.push(row);
-            log(`freshness r${r} t=${threads} ${mode.padEnd(7)} tps=${res.tps.toFixed(1)} seals/s=${row.sealsPerSecond} hold mean=${fmt(row.holdMeanMs)}ms p99≤${fmt(row.holdP99Ms)}ms${row.windowMaxMs !== undefined ? ` window max=${row.windowMaxMs}ms` : ''}`);
+            runs.push(await measureArm(s, mode, threads, r, 'oltp_write_only',
+              () => runSysbench(target(s, work.path, mode, o), 'oltp_write_only', { threads, durationS: o.durationS })));
+          }
+        }
+        if (!withPg) continue;
+        for (const workload of pgWorkloads) {
+          for (const clients of pgClients) {
+            const order = r % 2 === 1 ? o.modes : [...o.modes].reverse();
+            for (const mode of order) {
+              const s = stacks.get(mode)!;
+              runs.push(await measureArm(s, mode, clients, r, workload, async () => {
+                const res = await pgbenchAt(pgTargets.get(mode)!, workload, clients, o.durationS);
+                return { tps: res.tps, p50Ms: res.latencyMs, p99Ms: NaN, errors: res.failed };
+              }));
+            }
           }
         }
       }
     } finally {
       for (const s of stacks.values()) await s.stop();
       work.remove();
+    }
+    const load1 = loadAverage();
+
+    /** One arm: the workload against one stack, with its proxy's freshness metrics and the processes' CPU. */
+    async function measureArm(s: RunningStack, mode: FreshnessMode, threads: number, r: number, workload: NonNullable<FreshnessRun['workload']>,
+      go: () => Promise<{ tps: number; p50Ms: number; p99Ms: number; errors: number }>): Promise<FreshnessRun> {
+      const isPg = workload !== 'oltp_write_only';
+      const metricsUrl = `${isPg ? s.stack.postgres!.ops.url : s.stack.ops.url}/metrics`;
+      const before = await scrape(metricsUrl);
+      let windowMaxMs = 0;
+      let sampling = mode === 'relaxed' || mode === 'bounded';
+      const pids = stackPids(s, isPg ? 'postgres' : 'mariadb');
+      const cpu0 = mapValues(pids, procCpuMs);
+      const t0 = performance.now();
+      const sampler = (async () => {
+        while (sampling) {
+          const age = (await scrape(metricsUrl).catch(() => new Map<string, number>())).get('cdbp_freshness_last_seal_age_seconds');
+          // Before the first seal of this run, writes have been uncounted only since the run began.
+          if (age !== undefined) windowMaxMs = Math.max(windowMaxMs, Math.min(age * 1000, performance.now() - t0));
+          await new Promise((res) => setTimeout(res, 100));
+        }
+      })();
+      const res = await go().finally(() => { sampling = false; });
+      const seconds = (performance.now() - t0) / 1000;
+      const cpu1 = mapValues(pids, procCpuMs);
+      await sampler;
+      const after = await scrape(metricsUrl);
+      const seals = (after.get('cdbp_freshness_seals_total') ?? 0) - (before.get('cdbp_freshness_seals_total') ?? 0);
+      const hold = histogramDelta(before, after, 'cdbp_freshness_hold_seconds');
+      const row: FreshnessRun = {
+        workload, mode, threads, round: r, tps: res.tps, p50Ms: res.p50Ms, p99Ms: res.p99Ms, errors: res.errors,
+        seals, sealsPerSecond: round(seals / seconds, 1), holds: hold.count,
+        holdMeanMs: hold.count > 0 ? round((hold.sum / hold.count) * 1000, 2) : NaN,
+        holdP50Ms: cumulativeQuantile(hold, 0.5) * 1000, holdP99Ms: cumulativeQuantile(hold, 0.99) * 1000,
+        ...(mode === 'relaxed' || mode === 'bounded' ? { windowMaxMs: round(windowMaxMs, 0) } : {}),
+        cpuMs: { cas: cpu1.cas - cpu0.cas, proxy: cpu1.proxy - cpu0.proxy, mariadb: cpu1.mariadb - cpu0.mariadb },
+        seconds: round(seconds, 2),
+      };
+      log(`freshness r${r} ${workload} t=${threads} ${mode.padEnd(7)} tps=${res.tps.toFixed(1)} seals/s=${row.sealsPerSecond} hold mean=${fmt(row.holdMeanMs)}ms p99≤${fmt(row.holdP99Ms)}ms${row.windowMaxMs !== undefined ? ` window max=${row.windowMaxMs}ms` : ''}`);
+      return row;
     }
     // After the stacks are gone, so it measures the CAS alone.
     let casAdvance: CasAdvanceLatency | undefined;
@@ -114,14 +172,24 @@ export function runFreshness(o: FreshnessOptions): Promise<ScenarioResult<Freshn
       unmeasured.push(`CAS advance latency in isolation: ${(e as Error).message}`);
     }
     notes.push('Each mode is its own `cdbp up` stack (CAS + proxy + managed MariaDB with the keyring and innodb_flush_log_at_trx_commit=1), all on this machine.');
-    notes.push(`Durable replace (tmp write → fsync → rename → fsync dir) in the stacks' file system: median ${fmt(durableMs, 3)} ms. A counter advance pays none of them since issue 17: the proxy writes nothing durable, the CAS appends to its group-committed counter log (one fdatasync per batch, with the anchor slot synced in parallel); plus one mTLS HTTPS round trip (kept alive) and a SHOW STATUS for the position.`);
-    return { summary: { ...summarizeFreshness(runs, durableMs), ...(casAdvance ? { casAdvance } : {}) }, runs };
+    notes.push(`Durable replace (tmp write → fsync → rename → fsync dir) in the stacks' file system: median ${fmt(durableMs, 3)} ms. A counter advance pays none of them since issue 17: the proxy writes nothing durable, the CAS appends to its group-committed counter log (one fdatasync per batch, with the anchor slot synced in parallel); plus one frame each way on the persistent counter channel (pipelined: up to 4 advances in flight) and a position query.`);
+    notes.push(`Load average (1 min) ${load0} before the stacks started, ${load1} after the last arm: the 2-core machine is shared; read every ratio with its spread.`);
+    const mdb = summarizeFreshness(runs.filter((x) => (x.workload ?? 'oltp_write_only') === 'oltp_write_only'), durableMs);
+    const pgCells = withPg ? pgWorkloads.flatMap((w) => summarizeFreshness(runs.filter((x) => x.workload === w), durableMs).cells.map((c) => ({ ...c, workload: w }))) : undefined;
+    return { summary: { ...mdb, ...(pgCells ? { pgCells } : {}), load: { before: load0, after: load1 }, ...(casAdvance ? { casAdvance } : {}) }, runs };
   });
 }
 
-/** The stack's CAS and proxy (children of `cdbp up`) and its mariadbd. */
-function stackPids(s: RunningStack): { cas: number; proxy: number; mariadb: number } {
-  const out = { cas: NaN, proxy: NaN, mariadb: s.stack.mariadb.pid ?? NaN };
+function loadAverage(): number {
+  return Number(readFileSafe('/proc/loadavg').split(' ')[0]);
+}
+
+/**
+ * The stack's CAS and the proxy of `engine` (children of `cdbp up`) and its mariadbd (the PostgreSQL
+ * arm leaves the database column empty: its CPU is spread over per-connection backends).
+ */
+function stackPids(s: RunningStack, engine: 'mariadb' | 'postgres'): { cas: number; proxy: number; mariadb: number } {
+  const out = { cas: NaN, proxy: NaN, mariadb: engine === 'mariadb' ? s.stack.mariadb.pid ?? NaN : NaN };
   let children: string[] = [];
   try {
     children = readFileSync(`/proc/${s.proc.pid}/task/${s.proc.pid}/children`, 'utf8').trim().split(/\s+/);
@@ -129,7 +197,7 @@ function stackPids(s: RunningStack): { cas: number; proxy: number; mariadb: numb
   for (const c of children) {
     const argv = readFileSafe(`/proc/${c}/cmdline`).split('\0');
     if (argv.includes('cas')) out.cas = Number(c);
-    else if (argv.includes('proxy')) out.proxy = Number(c);
+    else if (argv.includes('proxy') && readFileSafe(`/proc/${c}/environ`).split('\0').includes('CDBP_ENGINE=postgres') === (engine === 'postgres')) out.proxy = Number(c);
   }
   return out;
 }
@@ -173,7 +241,8 @@ export function summarizeFreshness(runs: FreshnessRun[], durableReplaceMs: numbe
         p50Ms: median(rs.map((r) => r.p50Ms)), p99Ms: median(rs.map((r) => r.p99Ms)),
         sealsPerSecond, holdMeanMs: round(median(rs.map((r) => r.holdMeanMs)), 2),
         holdP50Ms: median(rs.map((r) => r.holdP50Ms)), holdP99Ms: median(rs.map((r) => r.holdP99Ms)),
-        writesPerSeal: sealsPerSecond > 0 ? round(tps / sealsPerSecond, 1) : NaN,
+        // Only where acks were held: a read-only workload's seals are the idle seal, not commits.
+        writesPerSeal: sealsPerSecond > 0 && rs.some((x) => x.holds > 0) ? round(tps / sealsPerSecond, 1) : NaN,
         ...(windows.length ? { windowMaxMs: Math.max(...windows) } : {}),
         casCpuMsPerAdvance: round(median(rs.map((r) => (r.seals > 0 ? r.cpuMs.cas / r.seals : NaN)).filter(Number.isFinite)), 2),
         proxyCores: round(median(rs.map((r) => r.cpuMs.proxy / 1000 / r.seconds)), 2),
@@ -198,5 +267,40 @@ export function renderFreshness(r: ScenarioResult<FreshnessSummary, FreshnessRun
     '| mode | threads | tps | vs off | spread | p50 / p99 ms | counter advances/s | commits per advance | hold mean ms | hold p50 / p99 ms (≤) | relaxed window max ms | cores proxy / CAS / mariadbd | CAS CPU ms/advance |',
     '|---|---:|---:|---:|---:|---|---:|---:|---:|---|---:|---|---:|',
     ...r.summary.cells.map((x) => `| ${x.mode} | ${x.threads} | ${fmt(x.tps, 1)} | **${fmt(x.vsOff)}** | ${(x.spread * 100).toFixed(0)}% | ${fmt(x.p50Ms)} / ${fmt(x.p99Ms)} | ${fmt(x.sealsPerSecond, 1)} | ${fmt(x.writesPerSeal, 1)} | ${fmt(x.holdMeanMs)} | ${fmt(x.holdP50Ms, 1)} / ${fmt(x.holdP99Ms, 1)} | ${x.windowMaxMs !== undefined ? x.windowMaxMs : '–'} | ${fmt(x.proxyCores)} / ${fmt(x.casCores)} / ${fmt(x.mariadbCores)} | ${fmt(x.casCpuMsPerAdvance)} |`),
+    ...(r.summary.pgCells?.length ? [
+      '',
+      `PostgreSQL: pgbench through the PostgreSQL proxy of the same stacks (\`cdbp up --postgres\`, scale ${c.pgScale ?? 10}), ${c.durationS} s per arm, same rounds, mode order reversed every round. Latency = pgbench's average; "commits per advance" for \`-S\` is n/a when nothing was held (reads are never held).`,
+      '',
+      '| workload | mode | clients | tps | vs off | spread | latency avg ms | counter advances/s | commits per advance | hold mean ms | hold p50 / p99 ms (≤) | cores proxy / CAS | CAS CPU ms/advance |',
+      '|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---:|',
+      ...r.summary.pgCells.map((x) => `| ${x.workload === 'select-only' ? 'pgbench -S' : 'tpcb-like'} | ${x.mode} | ${x.threads} | ${fmt(x.tps, 1)} | **${fmt(x.vsOff)}** | ${(x.spread * 100).toFixed(0)}% | ${fmt(x.p50Ms)} | ${fmt(x.sealsPerSecond, 1)} | ${fmt(x.writesPerSeal, 1)} | ${fmt(x.holdMeanMs)} | ${fmt(x.holdP50Ms, 1)} / ${fmt(x.holdP99Ms, 1)} | ${fmt(x.proxyCores)} / ${fmt(x.casCores)} | ${fmt(x.casCpuMsPerAdvance)} |`),
+    ] : []),
+    '',
+    'Issue 17 targets (strict / off in the same run):',
+    '',
+    ...issue17Targets(r.summary).map((t) => `- ${t}`),
   ];
+}
+
+/** The issue's "done when" figures, each with its verdict (met / missed / not measured). */
+export function issue17Targets(s: FreshnessSummary): string[] {
+  const verdict = (v: number | undefined, ok: (v: number) => boolean) => (v === undefined || !Number.isFinite(v) ? 'not measured' : ok(v) ? 'met' : '**missed**');
+  const strict = (cells: FreshnessCell[] | undefined, threads: number, workload?: string) =>
+    cells?.find((c) => c.mode === 'strict' && c.threads === threads && (workload === undefined || c.workload === workload));
+  const out: string[] = [];
+  for (const [threads, min] of [[1, 0.5], [8, 0.8], [32, 0.9]] as const) {
+    const c = strict(s.cells, threads);
+    out.push(`MariaDB oltp_write_only strict/off ≥ ${min} at ${threads} thread(s): ${c ? fmt(c.vsOff) : '–'} (spread ${c ? (c.spread * 100).toFixed(0) : '–'}%) — ${verdict(c?.vsOff, (v) => v >= min)}`);
+  }
+  for (const [workload, min, name] of [['select-only', 0.95, 'pgbench -S'], ['tpcb', 0.8, 'pgbench tpcb-like']] as const) {
+    const c = strict(s.pgCells, 8, workload);
+    out.push(`PostgreSQL ${name} strict/off ≥ ${min} at 8 clients: ${c ? fmt(c.vsOff) : '–'} — ${verdict(c?.vsOff, (v) => v >= min)}`);
+  }
+  const m8 = strict(s.cells, 8);
+  out.push(`seal (ack hold) p50 ≤ 1 ms, p99 ≤ 5 ms at 8 threads: p50 ≤ ${m8 ? fmt(m8.holdP50Ms, 1) : '–'} ms, p99 ≤ ${m8 ? fmt(m8.holdP99Ms, 1) : '–'} ms (histogram bucket bounds) — ${verdict(m8?.holdP50Ms, (v) => v <= 1)} / ${verdict(m8?.holdP99Ms, (v) => v <= 5)}`);
+  const cpu = [...s.cells, ...(s.pgCells ?? [])].filter((c) => c.mode === 'strict' && Number.isFinite(c.casCpuMsPerAdvance) && Number.isFinite(c.writesPerSeal));
+  const worst = cpu.length ? Math.max(...cpu.map((c) => c.casCpuMsPerAdvance)) : undefined;
+  out.push(`CAS CPU per advance ≤ 0.2 ms (strict arms, whole CAS process): ${cpu.map((c) => `${c.workload ?? 'oltp'}@${c.threads}: ${fmt(c.casCpuMsPerAdvance)}`).join(', ') || '–'} — ${verdict(worst, (v) => v <= 0.2)}`);
+  out.push(`commits per advance (strict): ${[...s.cells, ...(s.pgCells ?? [])].filter((c) => c.mode === 'strict').map((c) => `${c.workload ?? 'oltp'}@${c.threads}: ${fmt(c.writesPerSeal, 1)}`).join(', ')}`);
+  return out;
 }

@@ -20,6 +20,7 @@ import type { Logger } from '../../src/kernel/log.ts';
 import { buildOpsServer } from '../../src/ops/server.ts';
 import { VERSION } from '../version.ts';
 import { verifyAuditFile } from '../../cas/audit.ts';
+import { verifyCounterLogFiles } from '../../cas/counter-log.ts';
 import { readSealedAuditAnchor, type AuditAnchor } from '../../cas/state.ts';
 import { deriveKey, FailClosedSealingKeyProvider, FileSealingKeyProvider, type SealingKeyProvider } from '../../cas/sealing-key.ts';
 import { prepareHa, type HaRuntime } from '../../cas/replication/index.ts';
@@ -234,6 +235,21 @@ async function auditCommand(argv: string[]): Promise<number> {
   console.log(`audit log OK: ${v.entries} entries, head ${v.head}${macKey
     ? `, MACs verified, ${anchor ? `sealed anchor at entry ${anchor.seq} matches` : 'no sealed anchor yet'}`
     : ' (hash chain only: no sealing key, MACs and truncation not checked)'}`);
+  // The freshness counters' log (cas/counter-log.ts): chain, MACs, and the anchored batch.
+  if (macKey) {
+    const master = Buffer.from(readFileSync(keyFile, 'utf8').trim(), 'hex');
+    try {
+      const c = await verifyCounterLogFiles(path.join(dir, 'state'), deriveKey(master, 'counters'));
+      console.log(c.present
+        ? `counter log OK: ${c.entries} entries for ${c.services} service(s), MACs verified, reaches its anchor${c.tornTail || c.repairable ? ` (the next CAS start drops a torn last line / restores ${c.repairable} anchored line(s))` : ''}`
+        : 'counter log: none yet');
+    } catch (e) {
+      console.error(`counter log BROKEN (STATE_TAMPERED): ${(e as Error).message}`);
+      return 1;
+    } finally {
+      master.fill(0);
+    }
+  }
   return 0;
 }
 

@@ -4,7 +4,10 @@
  *
  * Strict mode implements the proxies' AckGate: the OK of a write is held until an epoch sealed
  * *after* the OK arrived is written and counted, so every acknowledged write is covered by a counted
- * record. Epochs are group-committed: all acks waiting when a seal starts share it.
+ * record. Epochs are group-committed: all acks waiting when a seal starts share it. Seals are
+ * pipelined over an ordered counter client (the counter channel): the next seal reads the position and
+ * sends its advance while the previous advance is still in flight, so an ack that arrives meanwhile is
+ * covered by the very next seal (docs/FRESHNESS.md "Seal write order").
  */
 import { EventEmitter } from 'node:events';
 import type { Logger } from '../../src/kernel/log.ts';
@@ -28,6 +31,13 @@ const isBounded = (m: FreshnessMode): boolean => m === 'bounded' || m === 'relax
 
 /** The record cache on the untrusted volume is rewritten at most this often. */
 const CACHE_INTERVAL_MS = 1000;
+/**
+ * Advances in flight at once over an ordered counter client (1 over one that may reorder answers).
+ * Each seal reads the position once, so this also bounds the position reads queued behind the CAS.
+ */
+const PIPELINE_DEPTH = 4;
+/** Retry period after a failed advance (CAS unreachable) while acks wait. */
+const RETRY_MS = 250;
 
 export interface FreshnessGuardOptions {
   store: RecordStore;
@@ -53,13 +63,17 @@ export interface FreshnessViolation {
   seen?: Record<string, unknown>;
 }
 
-/** A record on disk whose counter advance has not been confirmed yet, and the acks it covers. */
+/** A sealed record whose counter advance has not been confirmed yet, and the acks it covers. */
 interface Unconfirmed {
   record: FreshnessRecord;
   bytes: Buffer;
   digest: string;
   from: number;
+  /** Digest of the record at `from` (the advance lands only on it when the client is ordered). */
+  fromDigest: string;
   waiters: Waiter[];
+  /** Run-time seals: the advance failed (answer lost, CAS unreachable, conflict) and awaits recovery. */
+  failed?: boolean;
 }
 
 interface Waiter {
@@ -80,14 +94,23 @@ export class FreshnessGuard extends EventEmitter {
   private violation: FreshnessViolation | undefined;
   private verified = false;
   private source: PositionSource | undefined;
+  /** Digest of the counted record at `epoch`. */
+  private epochDigest = '';
+  /** Acks not yet in any seal. */
   private pending: Waiter[] = [];
-  private sealing = false;
-  /** Tail of the queue every seal runs through (see serial()). */
-  private chain: Promise<void> = Promise.resolve();
-  private unconfirmed: Unconfirmed | undefined;
-  /** Acks in the batch currently being sealed. */
-  private inFlight: Waiter[] = [];
-  private retryTimer: NodeJS.Timeout | undefined;
+  /** Acks whose seal is reading the position (one read at a time, so epochs go out in order). */
+  private reading: Waiter[] | undefined;
+  /** Run-time seals sent to the CAS and not yet confirmed, oldest first (the pipeline). */
+  private sent: Unconfirmed[] = [];
+  /** Position of the newest sealed record (sent or counted), for the idle seal's "moved?" test. */
+  private sentPosition: DurablePosition | undefined;
+  /** A failed advance is being recovered: nothing new is sent until the pipeline is known again. */
+  private recovering = false;
+  /** A recover() is reading the counter (one at a time). */
+  private recoverRunning = false;
+  /** When the pipeline was last re-sent: re-sends are at least RETRY_MS apart (a CAS refusing them). */
+  private lastResendAt = 0;
+  private readonly retryTimers = new Set<NodeJS.Timeout>();
   private interval: NodeJS.Timeout | undefined;
   private lastError: string | undefined;
   private stopped = false;
@@ -108,6 +131,7 @@ export class FreshnessGuard extends EventEmitter {
     this.seals = m?.counter('cdbp_freshness_seals_total', 'Epochs sealed and counted');
     this.violations = m?.counter('cdbp_freshness_violations_total', 'Rollback, tamper or fork detections');
     this.holdFailures = m?.counter('cdbp_freshness_hold_failures_total', 'Write acknowledgments failed because no epoch could be counted in time');
+    m?.gauge('cdbp_freshness_advances_in_flight', 'Counter advances sent and not yet answered (the seal pipeline)', (g) => g.set(this.sent.length));
     m?.gauge('cdbp_freshness_epoch', 'Epoch of the latest sealed record', (g) => g.set(this.epoch));
     m?.gauge('cdbp_freshness_counter', 'CAS freshness counter value as last seen by this proxy', (g) => {
       if (this.counterSeen !== undefined) g.set(this.counterSeen);
@@ -155,11 +179,13 @@ export class FreshnessGuard extends EventEmitter {
         break;
       case 'fresh':
         this.adopt(verdict.record, counter.value);
+        this.epochDigest = counter.digest;
         break;
       case 'finish-advance':
         this.opts.log.warn({ epoch: verdict.record.epoch }, 'freshness: finishing an interrupted counter advance');
         await this.advanceCounter(counter.value, verdict.record.epoch, verdict.digest);
         this.adopt(verdict.record, verdict.record.epoch);
+        this.epochDigest = verdict.digest;
         break;
       case 'rollback':
         this.raise({ kind: 'rollback', message: verdict.message, expected: verdict.expected, seen: verdict.seen });
@@ -212,6 +238,11 @@ export class FreshnessGuard extends EventEmitter {
   /** AckGate: in strict mode, hold a write's acknowledgment until a counted epoch covers it. */
   holdAck(): Promise<void> | undefined {
     if (this.opts.mode !== 'strict' || !this.source) return undefined;
+    return this.waitForSeal(true);
+  }
+
+  /** Resolves once an epoch sealed after this call is counted (strict acks; the final seal). */
+  private waitForSeal(observe: boolean): Promise<void> {
     if (this.violation) return Promise.reject(new CdbpError('ROLLBACK_DETECTED', `freshness violated: ${this.violation.message}`));
     return new Promise<void>((resolve, reject) => {
       const startedAt = Date.now();
@@ -222,7 +253,7 @@ export class FreshnessGuard extends EventEmitter {
           if (waiter.settled) return;
           waiter.settled = true;
           clearTimeout(waiter.timer);
-          this.holdHist?.observe((Date.now() - startedAt) / 1000);
+          if (observe) this.holdHist?.observe((Date.now() - startedAt) / 1000);
           resolve();
         },
         reject: (e) => {
@@ -235,7 +266,7 @@ export class FreshnessGuard extends EventEmitter {
           waiter.settled = true;
           const i = this.pending.indexOf(waiter);
           if (i >= 0) this.pending.splice(i, 1);
-          this.holdFailures?.inc();
+          if (observe) this.holdFailures?.inc();
           reject(new CdbpError('CAS_UNREACHABLE',
             `write not acknowledged: it may have been applied but could not be made rollback-proof within ${this.opts.holdTimeoutMs ?? 10_000} ms (${this.lastError ?? 'freshness counter busy'})`));
         }, this.opts.holdTimeoutMs ?? 10_000),
@@ -252,12 +283,9 @@ export class FreshnessGuard extends EventEmitter {
   async sealNow(): Promise<void> {
     if (this.interval) clearInterval(this.interval);
     this.interval = undefined;
-    const source = this.source;
-    if (!source || this.violation || this.opts.mode === 'off') return;
-    await this.serial(async () => {
-      if (this.unconfirmed) await this.confirm(this.unconfirmed);
-      await this.sealEpoch(await source.read());
-    });
+    if (!this.source || this.violation || this.opts.mode === 'off') return;
+    // A waiter like any held ack: its seal reads the position after every seal before it was sent.
+    await this.waitForSeal(false);
     await this.writeCacheNow();
   }
 
@@ -272,11 +300,11 @@ export class FreshnessGuard extends EventEmitter {
   async stop(): Promise<void> {
     this.stopped = true;
     if (this.interval) clearInterval(this.interval);
-    if (this.retryTimer) clearTimeout(this.retryTimer);
+    for (const t of this.retryTimers) clearTimeout(t);
     if (this.cacheTimer) clearTimeout(this.cacheTimer);
     await this.cacheWriting;
     const err = new CdbpError('BACKEND_UNAVAILABLE', 'proxy shutting down before the write could be counted');
-    for (const w of [...this.pending.splice(0), ...(this.unconfirmed?.waiters ?? [])]) w.reject(err);
+    for (const w of this.allWaiters()) w.reject(err);
   }
 
   status(): Record<string, unknown> {
@@ -303,9 +331,12 @@ export class FreshnessGuard extends EventEmitter {
   }
 
   private heldCount(): number {
-    const unsettled = (ws: Waiter[]) => ws.filter((w) => !w.settled).length;
-    const u = this.unconfirmed && this.unconfirmed.waiters !== this.inFlight ? unsettled(this.unconfirmed.waiters) : 0;
-    return this.pending.length + unsettled(this.inFlight) + u;
+    return this.allWaiters().filter((w) => !w.settled).length;
+  }
+
+  /** Every ack still held: not yet in a seal, in the seal reading the position, in the pipeline. */
+  private allWaiters(): Waiter[] {
+    return [...this.pending, ...(this.reading ?? []), ...this.sent.flatMap((u) => u.waiters)];
   }
 
   get violated(): FreshnessViolation | undefined {
@@ -315,99 +346,184 @@ export class FreshnessGuard extends EventEmitter {
   // --- internals ---------------------------------------------------------------------------------
 
   /**
-   * Seals run one at a time (a periodic seal, a group of held acks and the final seal must never
-   * produce two records for the same epoch: the loser would look like a fork).
+   * Starts the next run-time seal if acks wait and the pipeline has room. One seal reads the position at
+   * a time, and sends its advance right after, so records go to the CAS in epoch order; over an ordered
+   * client several advances may be in flight, each naming the digest of the record before it.
    */
-  private serial<T>(fn: () => Promise<T>): Promise<T> {
-    const run = this.chain.then(fn, fn);
-    this.chain = run.then(() => undefined, () => undefined);
-    return run;
-  }
-
   private pump(): void {
-    if (this.sealing || this.stopped || this.violation || !this.source) return;
-    if (this.pending.length === 0 && !this.unconfirmed) return;
-    this.sealing = true;
+    if (this.stopped || this.violation || !this.source || this.recovering || this.reading) return;
+    if (this.pending.length === 0) return;
+    if (this.sent.length >= this.depth()) return;
     const batch = this.pending;
     this.pending = [];
-    this.inFlight = batch;
-    const source = this.source;
-    this.serial(async () => {
-      // A record written earlier whose counter advance is still unconfirmed covers the acks that were
-      // waiting when it was sealed: confirm it first, with the same bytes (a new record for the same
-      // epoch would look like a fork when the first advance did land).
-      if (this.unconfirmed) await this.confirm(this.unconfirmed);
-      if (batch.length === 0) return;
-      // The position is read after every waiter in the batch registered, i.e. after their OKs arrived,
-      // and the server only sends an OK once the commit is durable (innodb_flush_log_at_trx_commit=1).
-      await this.sealEpoch(await source.read(), undefined, batch);
-    }).then(() => {
-      this.sealing = false;
-      this.inFlight = [];
-      this.pump();
-    }, (e: unknown) => {
-      this.sealing = false;
-      this.inFlight = [];
-      const err = asCdbpError(e);
-      this.lastError = `${err.code}: ${err.message}`;
-      if (this.violation) {
-        for (const w of batch) w.reject(err);
-        return;
-      }
-      // Waiters attached to the unconfirmed record stay with it; the others wait for the next seal.
-      if (this.unconfirmed?.waiters !== batch) this.pending = [...batch.filter((w) => !w.settled), ...this.pending];
-      this.opts.log.warn({ err: { code: err.code, message: err.message } }, 'freshness: sealing failed, retrying');
-      this.retryTimer = setTimeout(() => this.pump(), 250);
-      this.retryTimer.unref();
-    });
+    void this.startSeal(batch, false);
   }
 
+  private depth(): number {
+    return this.opts.counter.ordered ? PIPELINE_DEPTH : 1;
+  }
+
+  /** The periodic seal: only when idle, and only if the position moved since the last seal. */
   private async sealIfAdvanced(): Promise<void> {
-    const source = this.source;
-    if (this.sealing || this.violation || !source || this.stopped) return;
+    if (this.stopped || this.violation || !this.source || this.recovering || this.reading || this.sent.length > 0 || this.pending.length > 0) return;
+    await this.startSeal([], true);
+  }
+
+  private async startSeal(batch: Waiter[], onlyIfMoved: boolean): Promise<void> {
+    const source = this.source!;
+    this.reading = batch;
+    let u: Unconfirmed | undefined;
     try {
-      await this.serial(async () => {
-        if (this.unconfirmed) await this.confirm(this.unconfirmed);
-        const pos = await source.read();
-        if (positionAdvanced(pos, this.lastPosition)) await this.sealEpoch(pos);
-      });
-      this.lastError = undefined;
+      // The position is read after every waiter in the batch registered, i.e. after their OKs arrived,
+      // and the server only sends an OK once the commit is durable (innodb_flush_log_at_trx_commit=1).
+      const position = await source.read();
+      if (onlyIfMoved && !positionAdvanced(position, this.sentPosition ?? this.lastPosition)) return;
+      const tip = this.sent.at(-1);
+      const from = tip ? tip.record.epoch : this.epoch;
+      const record: FreshnessRecord = {
+        databaseId: this.opts.databaseId, epoch: from + 1, position,
+        sealedAt: (this.opts.now?.() ?? new Date()).toISOString(),
+      };
+      const bytes = await sealRecord(record, this.opts.key);
+      u = { record, bytes, digest: recordDigest(bytes), from, fromDigest: tip ? tip.digest : this.epochDigest, waiters: batch };
     } catch (e) {
       const err = asCdbpError(e);
       this.lastError = `${err.code}: ${err.message}`;
+      this.opts.log.warn({ err: { code: err.code, message: err.message } }, 'freshness: reading the position failed, retrying');
+      this.pending = [...batch.filter((w) => !w.settled), ...this.pending];
+      this.retryLater();
+      return;
     } finally {
-      this.pump();
+      this.reading = undefined;
     }
+    if (this.stopped || this.violation) {
+      for (const w of batch) w.reject(new CdbpError('BACKEND_UNAVAILABLE', 'proxy shutting down before the write could be counted'));
+      return;
+    }
+    this.sent.push(u);
+    this.sentPosition = u.record.position;
+    // Read while an earlier advance failed: it goes out with the recovery's re-send, after that one.
+    if (this.recovering) u.failed = true;
+    else this.send(u);
+    this.pump();
+  }
+
+  /** Sends (or re-sends, with the same bytes) one advance of the pipeline. */
+  private send(u: Unconfirmed): void {
+    u.failed = false;
+    const ordered = this.opts.counter.ordered === true;
+    this.opts.counter.advance(u.from, u.record.epoch, u.digest, u.bytes, ordered ? u.fromDigest : undefined).then(
+      () => this.confirmed(u),
+      (e: unknown) => this.advanceFailed(u, e));
+  }
+
+  /** Answers arrive in order: everything before `u` is counted too. */
+  private confirmed(u: Unconfirmed): void {
+    const i = this.sent.indexOf(u);
+    if (i < 0) return;
+    for (const done of this.sent.splice(0, i + 1)) this.count(done);
+    if (this.recovering && this.sent.every((x) => x.failed)) void this.recover();
+    this.pump();
+  }
+
+  private count(u: Unconfirmed): void {
+    this.adopt(u.record, u.record.epoch);
+    this.epochDigest = u.digest;
+    this.counterSeen = u.record.epoch;
+    this.lastSealAt = Date.now();
+    this.lastError = undefined;
+    this.seals?.inc();
+    for (const w of u.waiters) w.resolve();
+    this.cacheLater(u.bytes);
   }
 
   /**
-   * Seals record epoch+1 in memory and advances the counter to it, handing the CAS the record itself:
-   * the one durable step of a seal is the CAS's counter-log append (nothing is synced on this side).
-   * Once sent, the record is the only candidate for that epoch until the counter confirms it: a failed
-   * advance leaves it `unconfirmed`, with the acks it covers, for confirm() to retry with the same bytes.
+   * A failed advance (answer lost, channel broken, CAS unreachable or refusing, conflict): stop sending,
+   * let every advance in flight settle, then find out from the counter which of ours landed.
    */
-  private async sealEpoch(position: DurablePosition, counterNow?: CounterState, waiters: Waiter[] = []): Promise<void> {
+  private advanceFailed(u: Unconfirmed, e: unknown): void {
+    if (!this.sent.includes(u)) return;
+    const err = asCdbpError(e);
+    u.failed = true;
+    this.lastError = `${err.code}: ${err.message}`;
+    if (!this.recovering) this.opts.log.warn({ err: { code: err.code, message: err.message }, epoch: u.record.epoch }, 'freshness: counter advance failed, recovering');
+    this.recovering = true;
+    if (this.sent.every((x) => x.failed)) void this.recover();
+  }
+
+  /**
+   * Every advance in flight has failed or been answered. The counter tells which of ours landed: at our
+   * last counted record → none; at one of the records in flight (its digest) → it and all before it
+   * (each could only land on the one before it); anything else → another instance advanced: a fork.
+   * The rest are re-sent with the same bytes, in order.
+   */
+  private async recover(): Promise<void> {
+    if (this.violation || this.stopped || this.recoverRunning) return;
+    this.recoverRunning = true;
+    let now: CounterState;
+    try {
+      now = await this.opts.counter.read();
+    } catch (e) {
+      const err = asCdbpError(e);
+      this.lastError = `${err.code}: ${err.message}`;
+      this.retryLater(() => void this.recover());
+      return;
+    } finally {
+      this.recoverRunning = false;
+    }
+    this.counterSeen = now.value;
+    const landed = this.sent.findIndex((x) => x.record.epoch === now.value && x.digest === now.digest);
+    if (landed >= 0) {
+      for (const done of this.sent.splice(0, landed + 1)) this.count(done);
+    } else if (now.value !== this.epoch || now.digest !== this.epochDigest) {
+      try {
+        this.raise({
+          kind: 'fork',
+          message: `another instance advanced the CAS counter (fork of this database): counter is at ${now.value}, this instance expected ${this.epoch}`,
+          expected: { epoch: this.epoch }, seen: { epoch: now.value, digest: now.digest },
+        });
+      } catch { /* raised: waiters rejected, the guard is violated */ }
+      return;
+    }
+    if (this.sent.length === 0) {
+      this.recovering = false;
+      this.pump();
+      return;
+    }
+    this.retryLater(() => {
+      if (this.stopped || this.violation) return;
+      this.recovering = false;
+      // Re-sent in order; a new failure starts another recovery.
+      for (const x of this.sent) this.send(x);
+      this.pump();
+    }, Math.max(0, this.lastResendAt + RETRY_MS - Date.now()));
+    this.lastResendAt = Math.max(Date.now(), this.lastResendAt + RETRY_MS);
+  }
+
+  private retryLater(fn: () => void = () => this.pump(), ms = RETRY_MS): void {
+    const t = setTimeout(() => {
+      this.retryTimers.delete(t);
+      fn();
+    }, ms);
+    t.unref();
+    this.retryTimers.add(t);
+  }
+
+  /**
+   * Start-up only (first start): seals record epoch+1 in memory and advances the counter to it, handing
+   * the CAS the record itself: the one durable step of a seal is the CAS's counter-log append.
+   */
+  private async sealEpoch(position: DurablePosition, counterNow?: CounterState): Promise<void> {
     const from = counterNow?.value ?? this.epoch;
     const record: FreshnessRecord = {
       databaseId: this.opts.databaseId, epoch: from + 1, position,
       sealedAt: (this.opts.now?.() ?? new Date()).toISOString(),
     };
     const bytes = await sealRecord(record, this.opts.key);
-    const pending: Unconfirmed = { record, bytes, digest: recordDigest(bytes), from, waiters };
-    this.unconfirmed = pending;
-    await this.confirm(pending);
-  }
-
-  /** Advances the counter to an unconfirmed record (idempotent: a lost answer is recognised). */
-  private async confirm(u: Unconfirmed): Promise<void> {
-    await this.advanceCounter(u.from, u.record.epoch, u.digest, u.bytes);
-    if (this.unconfirmed === u) this.unconfirmed = undefined;
-    this.adopt(u.record, u.record.epoch);
-    this.lastSealAt = Date.now();
-    this.lastError = undefined;
-    this.seals?.inc();
-    for (const w of u.waiters) w.resolve();
-    this.cacheLater(u.bytes);
+    const digest = recordDigest(bytes);
+    await this.advanceCounter(from, record.epoch, digest, bytes);
+    this.count({ record, bytes, digest, from, fromDigest: this.epochDigest, waiters: [] });
+    this.sentPosition = position;
   }
 
   /**
@@ -490,7 +606,8 @@ export class FreshnessGuard extends EventEmitter {
       void this.opts.counter.reportAlarm?.({ kind: v.kind, message: v.message, expectedEpoch: epochOf(v.expected), seenEpoch: epochOf(v.seen) })
         .catch((e: unknown) => this.opts.log.warn({ err: asCdbpError(e).message }, 'could not report the freshness alarm to the CAS'));
       const err = new CdbpError(v.kind === 'rollback' ? 'ROLLBACK_DETECTED' : 'TAMPER_DETECTED', v.message);
-      for (const w of [...this.pending.splice(0), ...this.inFlight, ...(this.unconfirmed?.waiters ?? [])]) w.reject(err);
+      for (const w of this.allWaiters()) w.reject(err);
+      this.pending = [];
       this.emit('violation', v);
     }
     throw new CdbpError(v.kind === 'rollback' ? 'ROLLBACK_DETECTED' : 'TAMPER_DETECTED', v.message, {

@@ -11,12 +11,42 @@ const RETIRE_AFTER_MS = 10_000;
 
 export class CurrentCounter implements CounterClient {
   private current: CounterClient | undefined;
+  /** Calls made on the current client and not yet settled. */
+  private outstanding = new Set<Promise<unknown>>();
+  /**
+   * Set on a switch while the old client still has calls in flight: new calls wait for them, so the
+   * order the guard pipelines advances in holds across the two connections (an advance n+1→n+2 on the
+   * new channel must not overtake n→n+1 on the old one: it would look like a fork).
+   */
+  private barrier: Promise<unknown> | undefined;
 
   /** Makes `next` the client every later call uses; the previous one is closed after a grace period. */
   set(next: CounterClient): void {
     const old = this.current;
     this.current = next;
-    if (old && old !== next) setTimeout(() => closeClient(old), RETIRE_AFTER_MS).unref();
+    if (old && old !== next) {
+      if (this.outstanding.size > 0) {
+        const barrier = Promise.allSettled([...this.outstanding]);
+        this.barrier = barrier;
+        void barrier.then(() => { if (this.barrier === barrier) this.barrier = undefined; });
+      }
+      this.outstanding = new Set();
+      setTimeout(() => closeClient(old), RETIRE_AFTER_MS).unref();
+    }
+  }
+
+  /** Both transports keep order; during a switch the barrier keeps it across them. */
+  get ordered(): boolean {
+    return this.current?.ordered === true;
+  }
+
+  private track<T>(call: (c: CounterClient) => Promise<T>): Promise<T> {
+    const run = this.barrier ? this.barrier.then(() => call(this.active())) : call(this.active());
+    const set = this.outstanding;
+    set.add(run);
+    const done = () => { set.delete(run); };
+    run.then(done, done);
+    return run;
   }
 
   private active(): CounterClient {
@@ -25,11 +55,11 @@ export class CurrentCounter implements CounterClient {
   }
 
   read(): Promise<CounterState> {
-    return this.active().read();
+    return this.track((c) => c.read());
   }
 
-  advance(expected: number, next: number, digest: string, record?: Buffer): Promise<CounterState> {
-    return this.active().advance(expected, next, digest, record);
+  advance(expected: number, next: number, digest: string, record?: Buffer, expectedDigest?: string): Promise<CounterState> {
+    return this.track((c) => c.advance(expected, next, digest, record, expectedDigest));
   }
 
   async reportAlarm(alarm: FreshnessAlarm): Promise<void> {

@@ -104,20 +104,27 @@ export async function casRequest<T>(baseUrl: string, method: 'GET' | 'POST', pat
       res.on('error', reject);
     });
     req.on('timeout', () => req.destroy(new CdbpError('CAS_UNREACHABLE', `CAS ${baseUrl} did not answer in time`)));
-    req.on('error', (e) => {
-      const code = (e as { code?: string }).code ?? '';
-      const verified = !o.insecure;
-      if (verified && (IDENTITY_FAILURES.has(code) || (e instanceof CdbpError && e.code === 'CAS_IDENTITY_INVALID'))) {
-        const reason = e instanceof CdbpError ? e.code : code;
-        const err = new CdbpError('CAS_IDENTITY_INVALID',
-          `the server at ${baseUrl} is not the pinned CAS (${reason}: ${e.message}); refusing to talk to it`,
-          { cause: e, details: { reason } });
-        raiseIdentityAlarm({ casUrl: baseUrl, reason, message: err.message });
-        reject(err);
-      } else if (e instanceof CdbpError) reject(e);
-      else reject(new CdbpError('CAS_UNREACHABLE', `cannot reach the CAS at ${baseUrl}: ${e.message}`, { cause: e }));
-    });
+    req.on('error', (e) => reject(casConnectionError(e, baseUrl, !o.insecure)));
     req.end(payload);
   });
+}
+
+/**
+ * A failed connection to the CAS as a CdbpError: a server failing the pinned CA or the CAS role is
+ * CAS_IDENTITY_INVALID (and raises the impostor alarm), anything else on the way is CAS_UNREACHABLE.
+ * Shared by the HTTPS requests and the counter channel (counter-channel.ts).
+ */
+export function casConnectionError(e: Error, baseUrl: string, verified: boolean): CdbpError {
+  const code = (e as { code?: string }).code ?? '';
+  if (verified && (IDENTITY_FAILURES.has(code) || (e instanceof CdbpError && e.code === 'CAS_IDENTITY_INVALID'))) {
+    const reason = e instanceof CdbpError ? e.code : code;
+    const err = new CdbpError('CAS_IDENTITY_INVALID',
+      `the server at ${baseUrl} is not the pinned CAS (${reason}: ${e.message}); refusing to talk to it`,
+      { cause: e, details: { reason } });
+    raiseIdentityAlarm({ casUrl: baseUrl, reason, message: err.message });
+    return err;
+  }
+  if (e instanceof CdbpError) return e;
+  return new CdbpError('CAS_UNREACHABLE', `cannot reach the CAS at ${baseUrl}: ${e.message}`, { cause: e });
 }
 

@@ -20,6 +20,7 @@ import { certificateChainsTo, createCsr, generateTlsKeyPair, sanUris, spkiDer, v
 import { CAS_INSTANCE_URN } from './quorum.ts';
 import { isCdbpError } from '../kernel/errors.ts';
 import { casAgent, casRequest } from './http.ts';
+import { ChannelCounterClient } from './counter-channel.ts';
 import { attestAnswerMessage, counterAnswerMessage, verifyAnswer, type CounterAnswer } from '../provisioning/answers.ts';
 
 export { casRequest } from './http.ts';
@@ -126,11 +127,22 @@ export async function attestAndProvision(o: AttestOptions): Promise<Provision & 
         freshnessKey: Buffer.from(s.freshnessKey, 'hex'),
         databaseId: s.databaseId,
       },
-      counter: new HttpCounterClient(o.casUrl, o.service, o.caPem, keyPem, r.certPem, signingKey),
+      counter: counterClient(o.casUrl, o.service, o.caPem, keyPem, r.certPem, signingKey),
     };
   } finally {
     agent.destroy();
   }
+}
+
+/**
+ * The counter client a proxy uses: the persistent ordered channel (counter-channel.ts), with HTTPS for
+ * alarms and for a CAS without the channel. CDBP_COUNTER_TRANSPORT=https keeps the HTTPS client alone
+ * (one request at a time; for comparison and as an escape hatch).
+ */
+export function counterClient(casUrl: string, service: string, caPem: string, keyPem: string, certPem: string, signingKey: KeyObject): CounterClient {
+  const http = new HttpCounterClient(casUrl, service, caPem, keyPem, certPem, signingKey);
+  if (process.env.CDBP_COUNTER_TRANSPORT === 'https') return http;
+  return new ChannelCounterClient({ casUrl, service, caPem, keyPem, certPem, signingKey, http });
 }
 
 /**
@@ -180,12 +192,13 @@ export class HttpCounterClient implements CounterClient {
   }
 
   /** Throws COUNTER_CONFLICT (details: { value, digest } of the CAS's counter, signed) if `expected` is stale. */
-  async advance(expected: number, next: number, digest: string, record?: Buffer): Promise<CounterState> {
+  async advance(expected: number, next: number, digest: string, record?: Buffer, expectedDigest?: string): Promise<CounterState> {
     const nonce = randomBytes(32).toString('hex');
     let answer: unknown;
     try {
       answer = await casRequest<unknown>(this.casUrl, 'POST', this.path,
-        { expected, next, digest, nonce, ...(record ? { record: record.toString('base64') } : {}) }, { agent: this.agent });
+        { expected, next, digest, nonce, ...(record ? { record: record.toString('base64') } : {}), ...(expectedDigest !== undefined ? { expectedDigest } : {}) },
+        { agent: this.agent });
     } catch (e) {
       if (isCdbpError(e, 'COUNTER_CONFLICT')) {
         // The guard acts on the conflict's value and digest (lost answer vs. fork): they must be the CAS's.

@@ -54,8 +54,14 @@ export interface CounterState {
 
 export interface CounterClient {
   read(): Promise<CounterState>;
-  /** Compare-and-advance: succeeds only if the counter is still `expected`; throws COUNTER_CONFLICT otherwise. */
-  advance(expected: number, next: number, digest: string, record?: Buffer): Promise<CounterState>;
+  /**
+   * Compare-and-advance: succeeds only if the counter is still `expected` (and, when given, still anchors
+   * `expectedDigest`: a pipelined advance lands only on the caller's own previous record); throws
+   * COUNTER_CONFLICT otherwise.
+   */
+  advance(expected: number, next: number, digest: string, record?: Buffer, expectedDigest?: string): Promise<CounterState>;
+  /** True when answers come back in request order, so the guard may send the next advance before the last is answered. */
+  readonly ordered?: boolean;
   /** Reports a detected rollback/tamper/fork so the CAS audits it (best effort: the proxy fails closed anyway). */
   reportAlarm?(alarm: FreshnessAlarm): Promise<void>;
 }
