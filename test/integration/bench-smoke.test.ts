@@ -102,7 +102,7 @@ test('freshness: oltp_write_only through cdbp up stacks with strict, relaxed and
   assert.equal(typeof cell('relaxed').windowMaxMs, 'number');
   positive(r.summary.casAdvance?.advanceP50Ms, 'CAS advance p50');
   const pg = r.summary.pgCells ?? [];
-  for (const w of ['select-only', 'tpcb-like']) for (const m of ['strict', 'off']) {
+  for (const w of ['select-only', 'tpcb']) for (const m of ['strict', 'off']) {
     positive(pg.find((c) => c.workload === w && c.mode === m)?.tps, `PostgreSQL ${w} ${m} tps`);
   }
   scenarios.freshness = r;
