@@ -16,6 +16,7 @@ import { decideStartup, decideWithAnchoredRecord, type FoundRecord, type Startup
 import { positionAdvanced, positionBehind } from './position.ts';
 import type { RecordStore } from './store.ts';
 import type { PositionSource } from './mariadb-position.ts';
+import type { InventoryRef } from './inventory/types.ts';
 
 /**
  * strict: a write's OK waits for a counted epoch. bounded (alias: relaxed): OKs go at once and the
@@ -96,6 +97,10 @@ export class FreshnessGuard extends EventEmitter {
   private cacheTimer: NodeJS.Timeout | undefined;
   private cacheWriting: Promise<void> | undefined;
   private cacheWrittenAt: number | undefined;
+  /** The data-file inventory the next epoch vouches for (issue 22); `inventoryNew` until one carries it. */
+  private inventoryRef: InventoryRef | undefined;
+  private inventoryNew = false;
+  private finalInventory = false;
   private readonly holdHist: Histogram | undefined;
   private readonly seals: Counter | undefined;
   private readonly violations: Counter | undefined;
@@ -155,11 +160,13 @@ export class FreshnessGuard extends EventEmitter {
         break;
       case 'fresh':
         this.adopt(verdict.record, counter.value);
+        this.inventoryRef = verdict.record.inventory;
         break;
       case 'finish-advance':
         this.opts.log.warn({ epoch: verdict.record.epoch }, 'freshness: finishing an interrupted counter advance');
         await this.advanceCounter(counter.value, verdict.record.epoch, verdict.digest);
         this.adopt(verdict.record, verdict.record.epoch);
+        this.inventoryRef = verdict.record.inventory;
         break;
       case 'rollback':
         this.raise({ kind: 'rollback', message: verdict.message, expected: verdict.expected, seen: verdict.seen });
@@ -279,6 +286,40 @@ export class FreshnessGuard extends EventEmitter {
     for (const w of [...this.pending.splice(0), ...(this.unconfirmed?.waiters ?? [])]) w.reject(err);
   }
 
+  /** The data-file inventory the anchored record vouches for (after verifyAtStartup). */
+  get inventory(): InventoryRef | undefined {
+    return this.inventoryRef;
+  }
+
+  /**
+   * A newer sealed inventory (background sweep): the next epoch carries it. Nothing is sealed for it
+   * alone on an ack's path; the periodic seal picks it up when no write did.
+   */
+  setInventory(ref: InventoryRef): void {
+    this.inventoryRef = ref;
+    this.inventoryNew = true;
+  }
+
+  /**
+   * After the database shut down: seals one last epoch carrying the exact inventory of the stopped data
+   * directory (the guard's run-time sealing is already stopped).
+   */
+  async sealFinal(ref: InventoryRef): Promise<void> {
+    if (this.violation || this.opts.mode === 'off') return;
+    this.inventoryRef = ref;
+    this.finalInventory = ref.exact;
+    await this.serial(async () => {
+      if (this.unconfirmed) await this.confirm(this.unconfirmed);
+      await this.sealEpoch(this.lastPosition ?? { engine: this.opts.engine ?? 'mariadb' });
+    });
+    await this.writeCacheNow();
+  }
+
+  /** A violation found outside the guard (the data-file inventory): reported like its own. Throws. */
+  report(v: FreshnessViolation): never {
+    return this.raise(v);
+  }
+
   status(): Record<string, unknown> {
     return {
       mode: this.opts.mode,
@@ -369,7 +410,7 @@ export class FreshnessGuard extends EventEmitter {
       await this.serial(async () => {
         if (this.unconfirmed) await this.confirm(this.unconfirmed);
         const pos = await source.read();
-        if (positionAdvanced(pos, this.lastPosition)) await this.sealEpoch(pos);
+        if (positionAdvanced(pos, this.lastPosition) || this.inventoryNew) await this.sealEpoch(pos);
       });
       this.lastError = undefined;
     } catch (e) {
@@ -391,6 +432,8 @@ export class FreshnessGuard extends EventEmitter {
     const record: FreshnessRecord = {
       databaseId: this.opts.databaseId, epoch: from + 1, position,
       sealedAt: (this.opts.now?.() ?? new Date()).toISOString(),
+      // Exact only in the final epoch after the database stopped: once it runs again, DDL may follow.
+      ...(this.inventoryRef ? { inventory: { ...this.inventoryRef, exact: this.finalInventory } } : {}),
     };
     const bytes = await sealRecord(record, this.opts.key);
     const pending: Unconfirmed = { record, bytes, digest: recordDigest(bytes), from, waiters };
@@ -407,6 +450,8 @@ export class FreshnessGuard extends EventEmitter {
     this.lastError = undefined;
     this.seals?.inc();
     for (const w of u.waiters) w.resolve();
+    if (u.record.inventory?.digest === this.inventoryRef?.digest) this.inventoryNew = false;
+    this.emit('counted', u.record);
     this.cacheLater(u.bytes);
   }
 
