@@ -42,6 +42,7 @@ test('page headers: LSN, page number, space id and page size from page 0', () =>
   assert.deepEqual(readFilHeader(p0).lsn, 1234n);
   assert.deepEqual(readSpaceIdentity(p0.subarray(0, 64)), { spaceId: 7, pageSize: 16384, flags: FLAGS_FCRC32_16K });
   assert.equal(readSpaceIdentity(page(3, 5n)), undefined, 'not page 0');
+  assert.equal(readSpaceIdentity(Buffer.alloc(64)), undefined, 'a just-created file reads zeros: not space 0');
   const bad = page(0, 1n, { spaceId: 7 });
   bad.writeUInt32BE(8, 38);
   assert.equal(readSpaceIdentity(bad), undefined, 'FIL and FSP space ids disagree');

@@ -147,7 +147,7 @@ export async function sweepFile(datadir: string, rel: string, limit: bigint, io:
     if (!id) return undefined;
     const size = id.pageSize;
     const chunk = Buffer.alloc(Math.max(size, Math.floor((io.chunkBytes ?? 1 << 20) / size) * size));
-    const top: Witness[] = [];
+    const top: Array<{ page: number; lsn: bigint }> = [];
     let bytes = 0;
     const started = Date.now();
     for (let pos = 0; ; pos += chunk.length) {
@@ -157,9 +157,9 @@ export async function sweepFile(datadir: string, rel: string, limit: bigint, io:
         const pageNo = (pos + off) / size;
         const h = readFilHeader(chunk.subarray(off, off + 38));
         if (!selfConsistent(h, pageNo) || h.lsn > limit || isDoublewritePage(id.spaceId, pageNo, size)) continue;
-        if (top.length < WITNESSES_PER_FILE || h.lsn > BigInt(top[top.length - 1]!.lsn)) {
-          top.push({ page: pageNo, lsn: h.lsn.toString() });
-          top.sort((a, b) => (BigInt(b.lsn) > BigInt(a.lsn) ? 1 : BigInt(b.lsn) < BigInt(a.lsn) ? -1 : a.page - b.page));
+        if (top.length < WITNESSES_PER_FILE || h.lsn > top[top.length - 1]!.lsn) {
+          top.push({ page: pageNo, lsn: h.lsn });
+          top.sort((a, b) => (b.lsn > a.lsn ? 1 : b.lsn < a.lsn ? -1 : a.page - b.page));
           if (top.length > WITNESSES_PER_FILE) top.pop();
         }
       }
@@ -172,7 +172,10 @@ export async function sweepFile(datadir: string, rel: string, limit: bigint, io:
     }
     const st = await fh.stat();
     return {
-      entry: { path: rel, kind: innodbKind(rel)!, spaceId: id.spaceId, pageSize: size, pages: Math.floor(st.size / size), witnesses: top },
+      entry: {
+        path: rel, kind: innodbKind(rel)!, spaceId: id.spaceId, pageSize: size, pages: Math.floor(st.size / size),
+        witnesses: top.map((w): Witness => ({ page: w.page, lsn: w.lsn.toString() })),
+      },
       bytes,
     };
   } finally {

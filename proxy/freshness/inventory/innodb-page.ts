@@ -57,10 +57,12 @@ export interface SpaceIdentity {
 
 /**
  * Space id and page size from page 0 (read its first 64 bytes). Undefined when it is not a plausible page 0
- * (too short, names another page, or the FIL and FSP space ids disagree).
+ * (too short, never written — a file InnoDB has just created reads zeros, which would look like space 0 —,
+ * names another page, or the FIL and FSP space ids disagree).
  */
 export function readSpaceIdentity(head: Buffer): SpaceIdentity | undefined {
   if (head.length < FSP_SPACE_FLAGS + 4) return undefined;
+  if (head.readBigUInt64BE(FIL_PAGE_LSN) === 0n) return undefined;
   if (head.readUInt32BE(FIL_PAGE_OFFSET) !== 0) return undefined;
   const filSpace = head.readUInt32BE(FIL_PAGE_SPACE_ID);
   const fspSpace = head.readUInt32BE(FSP_HEADER);

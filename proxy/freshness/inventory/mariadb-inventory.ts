@@ -54,6 +54,7 @@ export class MariadbInventory {
   private lastSweepBytes = 0;
   private written: string | undefined;
   private counted: string | undefined;
+  private previous: string | undefined;
 
   constructor(private readonly opts: MariadbInventoryOptions) {
     const m = opts.metrics;
@@ -151,11 +152,16 @@ export class MariadbInventory {
     await this.sweeping?.catch(() => undefined);
   }
 
-  /** The guard counted a record referencing `digest`: inventories older than it are no longer needed. */
+  /**
+   * The guard counted a record referencing `digest`: inventories older than the previous one are no longer
+   * needed. The previous one stays because the record cache on the volume (what `cdbp recover` re-anchors
+   * a backup to) is written in the background and may still reference it.
+   */
   countedRef(digest: string | undefined): void {
     if (!digest || digest === this.counted) return;
+    this.previous = this.counted;
     this.counted = digest;
-    if (!this.sweeping) this.opts.store.retain([digest, this.written]);
+    if (!this.sweeping) this.opts.store.retain([digest, this.previous, this.written]);
   }
 
   /**
