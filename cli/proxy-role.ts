@@ -374,8 +374,11 @@ export class ProxyRole {
       violations = await this.inventory.verifyOffline(ref);
     } catch (e) {
       const err = asCdbpError(e);
+      if (err.code === 'ROLLBACK_DETECTED') {
+        this.guard!.report({ kind: 'rollback', message: `data directory rolled back under a fresh record: ${err.message}`, expected: { inventory: ref?.digest }, seen: { inventory: 'missing' } });
+      }
       if (err.code !== 'TAMPER_DETECTED') throw e;
-      this.guard!.report({ kind: 'tamper', message: err.message, expected: { inventory: ref?.digest }, seen: { inventory: 'missing or edited' } });
+      this.guard!.report({ kind: 'tamper', message: err.message, expected: { inventory: ref?.digest }, seen: { inventory: 'edited or foreign' } });
     }
     this.reportFileViolations(violations);
     // Sweeps left by an interrupted run that no counted record references.
@@ -385,7 +388,7 @@ export class ProxyRole {
   private reportFileViolations(v: FileViolation[]): void {
     if (v.length === 0) return;
     const d = describeFileViolations(v);
-    this.guard!.report({ kind: 'rollback', message: `data file rolled back, swapped, deleted or foreign: ${d.message}`, expected: d.expected, seen: d.seen });
+    this.guard!.report({ kind: 'rollback', message: `data directory rolled back under a fresh record: ${d.message}`, expected: d.expected, seen: d.seen });
   }
 
   /**
@@ -394,7 +397,7 @@ export class ProxyRole {
    */
   private async sealFinalInventory(): Promise<void> {
     const inventory = this.inventory;
-    if (!inventory || !this.guard || this.guard.violated || this.mariadb?.running) return;
+    if (!inventory?.running || !this.guard || this.guard.violated || this.mariadb?.running) return;
     await inventory.stop();
     const started = Date.now();
     const ref = await inventory.sweep(true);

@@ -86,7 +86,7 @@ test('data files put back, swapped, deleted or added under the newest redo log a
   await t.test('one table file put back', async () => {
     restore(dir, untrusted, snapB);
     cpSync(path.join(snapA, 'mariadb', 'app', 't.ibd'), path.join(data, 'app', 't.ibd'));
-    await expectRefusedOffline(dir, /data file app\/t\.ibd rolled back: page \d+ carries LSN \d+, but the sealed inventory saw it at \d+/);
+    await expectRefusedOffline(dir, /data file app\/t\.ibd rolled back: page \d+ carries LSN \d+, behind the \d+ the sealed inventory saw/);
   });
 
   await t.test('all InnoDB data files put back (newest redo log, binlog and record kept)', async () => {
@@ -135,7 +135,7 @@ test('data files put back, swapped, deleted or added under the newest redo log a
     for (const f of readdirSync(untrusted)) {
       if (f.startsWith('inventory-')) rmSync(path.join(untrusted, f));
     }
-    await expectRefusedOffline(dir, /data-file inventory the sealed record references .* is missing/);
+    await expectRefusedOffline(dir, /ROLLBACK_DETECTED: .*data directory rolled back under a fresh record: the data-file inventory the sealed record references .* is missing/);
   });
 
   await t.test('the untouched volume starts, with every row', async () => {

@@ -105,7 +105,7 @@ export function checkInventory(inv: Inventory, exact: boolean, found: ObservedFi
       if (lsn === undefined) {
         violations.push({
           file: now.path, reason: 'shorter-copy',
-          message: `data file ${now.path} has ${now.pages} pages, but page ${w.page} was written at LSN ${w.lsn}: put back to an older, shorter copy`,
+          message: `data file ${now.path} rolled back: it has ${now.pages} pages, behind the sealed inventory, which saw page ${w.page} written at LSN ${w.lsn} (an older, shorter copy)`,
           expected: { page: w.page, lsnAtLeast: w.lsn, pagesAtLeast: w.page + 1 }, seen: { pages: now.pages },
         });
         break;
@@ -113,7 +113,7 @@ export function checkInventory(inv: Inventory, exact: boolean, found: ObservedFi
       if (lsn < BigInt(w.lsn)) {
         violations.push({
           file: now.path, reason: 'older-copy',
-          message: `data file ${now.path} rolled back: page ${w.page} carries LSN ${lsn}, but the sealed inventory saw it at ${w.lsn}`,
+          message: `data file ${now.path} rolled back: page ${w.page} carries LSN ${lsn}, behind the ${w.lsn} the sealed inventory saw`,
           expected: { page: w.page, lsnAtLeast: w.lsn, spaceId: entry.spaceId }, seen: { page: w.page, lsn: lsn.toString() },
         });
         break;

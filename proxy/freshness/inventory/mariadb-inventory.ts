@@ -68,6 +68,14 @@ export class MariadbInventory {
     m?.gauge('cdbp_freshness_inventory_files', 'Data files in the last sweep', (g) => g.set(this.cache.size));
   }
 
+  /**
+   * Only an inventory whose start-up checks passed and whose sweeps ran may be sealed as exact at the stop:
+   * a stop during start-up must not vouch for files nobody verified.
+   */
+  get running(): boolean {
+    return this.phase === 'running';
+  }
+
   status(): Record<string, unknown> {
     return {
       phase: this.phase,
@@ -148,6 +156,7 @@ export class MariadbInventory {
   /** Stops the background sweeps (waits for one in progress). */
   async stop(): Promise<void> {
     this.stopped = true;
+    if (this.phase === 'running') this.phase = 'stopped';
     if (this.timer) clearTimeout(this.timer);
     await this.sweeping?.catch(() => undefined);
   }

@@ -38,14 +38,15 @@ export class InventoryStore {
     return digest;
   }
 
-  /** Reads the inventory a record references; TAMPER_DETECTED when it is missing, edited or foreign. */
+  /** Reads the inventory a record references; ROLLBACK_DETECTED when it is missing, TAMPER_DETECTED when edited or foreign. */
   async read(digest: string): Promise<Inventory> {
     let bytes: Buffer;
     try {
       bytes = readFileSync(this.fileFor(digest));
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
-      throw new CdbpError('TAMPER_DETECTED', `the data-file inventory the sealed record references (${digest.slice(0, 16)}…) is missing from the volume`);
+      // An older volume holds only older inventories: a rollback (or the file deleted), not a forgery.
+      throw new CdbpError('ROLLBACK_DETECTED', `the data-file inventory the sealed record references (${digest.slice(0, 16)}…) is missing from the volume: an older volume is behind the counted record, or the file was deleted`);
     }
     if (createHash('sha256').update(bytes).digest('hex') !== digest || !bytes.subarray(0, MAGIC.length).equals(MAGIC)) {
       throw new CdbpError('TAMPER_DETECTED', `the data-file inventory ${digest.slice(0, 16)}… is not the one the sealed record references (edited)`);
