@@ -132,7 +132,7 @@ if (import.meta.url === `file://${process.argv[1]}`) {
   const md = `${renderInventory(r)}\n\nMachine: ${m.cores} cores, ${m.cpuModel}, ${m.memGiB} GiB; load ${r.loadBefore.load1} → ${r.loadAfter.load1}; ${r.startedAt}\n`;
   mkdirSync(values.out!, { recursive: true });
   const stamp = r.startedAt.slice(0, 10);
-  writeFileSync(path.join(values.out!, `${stamp}-inventory.md`), md);
-  writeFileSync(path.join(values.out!, `${stamp}-inventory.json`), JSON.stringify(r, null, 2));
+  writeFileSync(path.join(values.out!, `inventory-${stamp}.md`), md);
+  writeFileSync(path.join(values.out!, `inventory-${stamp}.json`), JSON.stringify(r, null, 2));
   console.log(md);
 }
