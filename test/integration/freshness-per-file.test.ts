@@ -147,6 +147,7 @@ test('data files put back, swapped, deleted or added under the newest redo log a
       const st = await (await fetch(`${s.stack.ops.url}/v1/status`)).json();
       assert.equal(st.freshness.verified, true);
       assert.equal(st.freshness.dataFiles.phase, 'running');
+      assert.match(s.output(), /cdbp up: data files verified against the sealed inventory \(\d+ files, \d+ ms\)/, 'the progress line');
       assert.ok(st.freshness.dataFiles.verifiedFiles >= 5, JSON.stringify(st.freshness.dataFiles));
       assert.ok(typeof st.freshness.dataFiles.verifyMs === 'number');
       const metrics = await (await fetch(`${s.stack.ops.url}/metrics`)).text();

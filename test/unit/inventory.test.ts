@@ -8,7 +8,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { isDoublewritePage, pageSizeFromFlags, readFilHeader, readSpaceIdentity, selfConsistent } from '../../proxy/freshness/inventory/innodb-page.ts';
-import { FilePageReader, innodbKind, listInnodbFiles, observeDatadir, sweepFile } from '../../proxy/freshness/inventory/innodb-files.ts';
+import { FilePageReader, SweepBudgetExceeded, innodbKind, listInnodbFiles, observeDatadir, sweepFile } from '../../proxy/freshness/inventory/innodb-files.ts';
 import { checkDeferred, checkInventory, type PageReader } from '../../proxy/freshness/inventory/check.ts';
 import { InventoryStore } from '../../proxy/freshness/inventory/store.ts';
 import type { Inventory, InventoryFile, ObservedFile } from '../../proxy/freshness/inventory/types.ts';
@@ -101,6 +101,16 @@ test('sweep: the read rate is bounded', async (t) => {
   const t0 = Date.now();
   await sweepFile(tmp.path, 'app/t.ibd', 1000n, { bytesPerSecond: 4 << 20, chunkBytes: 256 << 10 });
   assert.ok(Date.now() - t0 >= 350, `2 MiB at 4 MiB/s took ${Date.now() - t0} ms`);
+});
+
+test('sweep: the clean-stop sweep gives up past its deadline instead of holding the stop', async (t) => {
+  const tmp = tempDir('inv-budget');
+  t.after(() => tmp.remove());
+  mkdirSync(path.join(tmp.path, 'app'));
+  writeFileSync(path.join(tmp.path, 'app', 't.ibd'), tablespace(5, [...Array(64)].map((_, i) => BigInt(i + 1))));
+  await assert.rejects(sweepFile(tmp.path, 'app/t.ibd', 1000n, { bytesPerSecond: 0, chunkBytes: PAGE * 4, deadline: Date.now() - 1 }), SweepBudgetExceeded);
+  const r = await sweepFile(tmp.path, 'app/t.ibd', 1000n, { bytesPerSecond: 0, chunkBytes: PAGE * 4, deadline: Date.now() + 60_000 });
+  assert.equal(r!.entry.witnesses[0]!.lsn, '64');
 });
 
 // --- check.ts ---------------------------------------------------------------------------------

@@ -124,7 +124,12 @@ export interface SweepIo {
   /** Cap on read throughput, bytes per second (0 = unbounded: the clean-stop sweep). */
   bytesPerSecond: number;
   chunkBytes?: number;
+  /** Date.now() after which the sweep gives up (throws SweepBudgetExceeded). */
+  deadline?: number;
 }
+
+/** The clean-stop sweep ran out of its time budget (the last background sweep stays sealed). */
+export class SweepBudgetExceeded extends Error {}
 
 /**
  * Reads a whole data file and picks its witnesses: the WITNESSES_PER_FILE self-consistent pages with the
@@ -164,6 +169,7 @@ export async function sweepFile(datadir: string, rel: string, limit: bigint, io:
         }
       }
       if (n < chunk.length) break;
+      if (io.deadline !== undefined && Date.now() > io.deadline) throw new SweepBudgetExceeded(`sweep budget exceeded in ${rel}`);
       if (io.bytesPerSecond > 0) {
         // Bounded I/O: never ahead of the allowed rate (the database's own reads come first).
         const due = (bytes / io.bytesPerSecond) * 1000 - (Date.now() - started);

@@ -18,7 +18,7 @@ import type { Logger } from '../../../src/kernel/log.ts';
 import type { MetricsRegistry } from '../../../src/kernel/metrics.ts';
 import { readOfflineCheckpoint } from '../mariadb-position.ts';
 import { checkDeferred, checkInventory, type Deferred, type FileViolation, type SpaceNames } from './check.ts';
-import { FilePageReader, fileStamp, listInnodbFiles, observeDatadir, sweepFile } from './innodb-files.ts';
+import { FilePageReader, SweepBudgetExceeded, fileStamp, listInnodbFiles, observeDatadir, sweepFile } from './innodb-files.ts';
 import type { InventoryStore } from './store.ts';
 import type { Inventory, InventoryFile, InventoryRef } from './types.ts';
 
@@ -31,6 +31,12 @@ export interface MariadbInventoryOptions {
   sweepIntervalMs: number;
   /** Read-rate cap of the background sweep (bytes per second; 0 = unbounded). */
   sweepBytesPerSecond: number;
+  /**
+   * Time the clean-stop sweep may take (it reads every file changed since the last background sweep in
+   * full; disk-bound, docs/FRESHNESS.md "Measured"). Past it the stop goes on and the last background
+   * sweep stays sealed (non-exact). Default 20 s.
+   */
+  finalSweepBudgetMs?: number;
 }
 
 interface Cached {
@@ -179,7 +185,12 @@ export class MariadbInventory {
    */
   sweep(stopped: boolean): Promise<InventoryRef | undefined> {
     if (this.sweeping) return this.sweeping.then(() => this.sweep(stopped));
-    const run = this.sweepOnce(stopped).finally(() => {
+    const run = this.sweepOnce(stopped).catch((e: unknown) => {
+      if (!(e instanceof SweepBudgetExceeded)) throw e;
+      this.opts.log.warn({ budgetMs: this.opts.finalSweepBudgetMs ?? 20_000, lastSweepAt: this.lastSweepAt ? new Date(this.lastSweepAt).toISOString() : null },
+        'freshness: the clean-stop data-file sweep ran out of time; the last background sweep stays sealed (not exact)');
+      return undefined;
+    }).finally(() => {
       this.sweeping = undefined;
     });
     this.sweeping = run;
@@ -192,11 +203,13 @@ export class MariadbInventory {
     const checkpoint = readOfflineCheckpoint(datadir);
     if (checkpoint === undefined) return undefined;
     const limit = stopped ? (1n << 64n) - 1n : checkpoint - 1n;
+    const deadline = stopped ? started + (this.opts.finalSweepBudgetMs ?? 20_000) : undefined;
     const files: InventoryFile[] = [];
     const seen = new Set<string>();
     let bytes = 0;
     for (const rel of listInnodbFiles(datadir)) {
       if (this.stopped && !stopped) return undefined;
+      if (deadline !== undefined && Date.now() > deadline) throw new SweepBudgetExceeded('sweep budget exceeded');
       if (stopped) await flushFile(path.join(datadir, rel));
       const stamp = fileStamp(datadir, rel);
       if (!stamp) continue;
@@ -206,7 +219,7 @@ export class MariadbInventory {
         seen.add(rel);
         continue;
       }
-      const r = await sweepFile(datadir, rel, limit, { bytesPerSecond: stopped ? 0 : this.opts.sweepBytesPerSecond });
+      const r = await sweepFile(datadir, rel, limit, { bytesPerSecond: stopped ? 0 : this.opts.sweepBytesPerSecond, deadline });
       if (!r) continue;
       bytes += r.bytes;
       // Witnesses of a previous sweep of the same tablespace stay valid if nothing durable is newer yet.
