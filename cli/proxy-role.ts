@@ -38,6 +38,9 @@ import { FreshnessGuard } from '../proxy/freshness/guard.ts';
 import { RecordStore } from '../proxy/freshness/store.ts';
 import { MariadbPositionSource, readOfflineCheckpoint, type PositionSource } from '../proxy/freshness/mariadb-position.ts';
 import { PostgresPositionSource } from '../proxy/freshness/postgres-position.ts';
+import { MariadbInventory, describeFileViolations } from '../proxy/freshness/inventory/mariadb-inventory.ts';
+import { InventoryStore } from '../proxy/freshness/inventory/store.ts';
+import type { FileViolation } from '../proxy/freshness/inventory/check.ts';
 import { createPgProxy, type PgProxy } from '../proxy/pg/index.ts';
 import { PostgresServer, lookupOsUser } from '../src/db/postgres-server.ts';
 import type { EncryptedDirectory } from '../src/storage/index.ts';
@@ -64,6 +67,8 @@ export class ProxyRole {
   /** The one TLS identity every listener reads; renewal swaps it here (src/crypto/tls-identity.ts). */
   private identity: TlsIdentityHolder | undefined;
   private guard: FreshnessGuard | undefined;
+  /** Per-file freshness of the managed MariaDB's data files (issue 22). */
+  private inventory: MariadbInventory | undefined;
   private keyring: Keyring | undefined;
   private keyringCaFile: string | undefined;
   private mariadb: MariadbServer | undefined;
@@ -202,6 +207,10 @@ export class ProxyRole {
     });
     const offline = config.datadir && config.engine === 'mariadb' ? readOfflineCheckpoint(config.datadir) : undefined;
     const verdict = await this.guard.verifyAtStartup(offline);
+    // Per-file check, still offline: no key has left the proxy (the keyring starts below).
+    if (config.engine === 'mariadb' && config.manageMariadb && config.datadir && config.freshness !== 'off') {
+      await this.verifyDataFiles(config.datadir, provision.secrets.freshnessKey, provision.secrets.databaseId);
+    }
     log.info({ verdict: verdict.kind, epoch: this.guard.status().epoch }, 'freshness verified');
 
     this.lifecycle.advance('starting_backend');
@@ -222,6 +231,11 @@ export class ProxyRole {
       if (!config.manageMariadb) await waitForDatabase(positions, log);
       if (this.keyring) await this.verifyBackendEncryption(socket);
       await this.guard.verifyOnline(positions);
+      if (this.inventory) {
+        this.reportFileViolations(await this.inventory.verifyOnline(socket, config.monitorUser, config.monitorPassword));
+        this.guard.on('counted', (r: { inventory?: { digest: string } }) => this.inventory?.countedRef(r.inventory?.digest));
+        this.inventory.start((ref) => this.guard?.setInventory(ref));
+      }
       this.guard.startRuntime(positions);
     }
 
@@ -330,6 +344,53 @@ export class ProxyRole {
       void this.failClosed('encrypted directory lost');
     });
     return layout;
+  }
+
+  /** Offline: the data files against the sealed inventory the anchored record references (issue 22). */
+  private async verifyDataFiles(datadir: string, key: Buffer, databaseId: string): Promise<void> {
+    const { config, log } = this.deps;
+    const store = new InventoryStore(config.untrustedDir, config.service, key, databaseId);
+    this.inventory = new MariadbInventory({
+      datadir, store, log, metrics: this.metrics,
+      sweepIntervalMs: config.inventorySweepMs, sweepBytesPerSecond: config.inventorySweepMibPerSecond * 2 ** 20,
+    });
+    const ref = this.guard!.inventory;
+    let violations: FileViolation[] = [];
+    try {
+      violations = await this.inventory.verifyOffline(ref);
+    } catch (e) {
+      const err = asCdbpError(e);
+      if (err.code === 'ROLLBACK_DETECTED') {
+        this.guard!.report({ kind: 'rollback', message: `data directory rolled back under a fresh record: ${err.message}`, expected: { inventory: ref?.digest }, seen: { inventory: 'missing' } });
+      }
+      if (err.code !== 'TAMPER_DETECTED') throw e;
+      this.guard!.report({ kind: 'tamper', message: err.message, expected: { inventory: ref?.digest }, seen: { inventory: 'edited or foreign' } });
+    }
+    this.reportFileViolations(violations);
+    // Sweeps left by an interrupted run that no counted record references.
+    store.retain([ref?.digest]);
+  }
+
+  private reportFileViolations(v: FileViolation[]): void {
+    if (v.length === 0) return;
+    const d = describeFileViolations(v);
+    this.guard!.report({ kind: 'rollback', message: `data directory rolled back under a fresh record: ${d.message}`, expected: d.expected, seen: d.seen });
+  }
+
+  /**
+   * Clean stop, after mariadbd exited: an exact sweep of the data files, sealed by one last epoch, so the
+   * next start refuses any difference (not only what the last background sweep saw).
+   */
+  private async sealFinalInventory(): Promise<void> {
+    const inventory = this.inventory;
+    if (!inventory?.running || !this.guard || this.guard.violated || this.mariadb?.running) return;
+    await inventory.stop();
+    const started = Date.now();
+    const ref = await inventory.sweep(true);
+    if (!ref) return;
+    await this.guard.sealFinal(ref);
+    inventory.countedRef(ref.digest);
+    this.deps.log.info({ files: ref.files, ms: Date.now() - started }, 'freshness: exact data-file inventory sealed after the clean stop');
   }
 
   /** The loopback keyring with the provisioned keys; for an external MariaDB, hands it the token via tmpfs. */
@@ -451,7 +512,7 @@ export class ProxyRole {
       attestation: this.attestedTee(),
       service: this.deps.config.service,
       certificate: p ? certificateStatus(p.identity, this.renewal.status(), Date.now()) : null,
-      freshness: this.guard?.status() ?? null,
+      freshness: this.guard ? { ...this.guard.status(), ...(this.inventory ? { dataFiles: this.inventory.status() } : {}) } : null,
       casTrust: this.casPin?.status() ?? null,
       backend: {
         engine: this.deps.config.engine,
@@ -585,6 +646,7 @@ export class ProxyRole {
       await Promise.all([this.mysql?.drain(timeout), this.pg?.drain(timeout)]);
       await this.guard?.sealNow().catch((e: unknown) => log.warn({ err: asCdbpError(e).message }, 'final seal failed'));
       await this.stopBackends();
+      await this.sealFinalInventory().catch((e: unknown) => log.warn({ err: asCdbpError(e).message }, 'sealing the final data-file inventory failed (the last sweep stays sealed)'));
       await renewalStopped;
       this.counter.close();
       await this.ops?.close();

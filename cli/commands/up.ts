@@ -308,6 +308,12 @@ async function followProxy(opsUrl: string, say: (m: string) => void, signalled: 
       if (!seen.has(s) && labels[s]) say(labels[s]!);
       seen.add(s);
     }
+    // Per-file freshness (issue 22): the start-up check of the data files, once it has run.
+    const files = (status.freshness as { dataFiles?: { verifyMs?: number | null; verifiedFiles?: number } } | null)?.dataFiles;
+    if (typeof files?.verifyMs === 'number' && !seen.has('data-files')) {
+      seen.add('data-files');
+      say(`data files verified against the sealed inventory (${files.verifiedFiles ?? 0} files, ${files.verifyMs} ms)`);
+    }
     if (lc.state === 'failed') throw new CdbpError((lc.reason?.code ?? 'INTERNAL') as never, `proxy failed: ${lc.reason?.message ?? 'unknown reason'}`);
     return lc.state === 'ready' ? status : undefined;
   }, 180_000, signalled, 'proxy');

@@ -19,6 +19,7 @@ import { decideStartup, decideWithAnchoredRecord, type FoundRecord, type Startup
 import { positionAdvanced, positionBehind } from './position.ts';
 import type { RecordStore } from './store.ts';
 import type { PositionSource } from './mariadb-position.ts';
+import type { InventoryRef } from './inventory/types.ts';
 
 /**
  * strict: a write's OK waits for a counted epoch. bounded (alias: relaxed): OKs go at once and the
@@ -119,6 +120,10 @@ export class FreshnessGuard extends EventEmitter {
   private cacheTimer: NodeJS.Timeout | undefined;
   private cacheWriting: Promise<void> | undefined;
   private cacheWrittenAt: number | undefined;
+  /** The data-file inventory the next epoch vouches for (issue 22); `inventoryNew` until one carries it. */
+  private inventoryRef: InventoryRef | undefined;
+  private inventoryNew = false;
+  private finalInventory = false;
   private readonly holdHist: Histogram | undefined;
   private readonly seals: Counter | undefined;
   private readonly violations: Counter | undefined;
@@ -180,12 +185,14 @@ export class FreshnessGuard extends EventEmitter {
       case 'fresh':
         this.adopt(verdict.record, counter.value);
         this.epochDigest = counter.digest;
+        this.inventoryRef = verdict.record.inventory;
         break;
       case 'finish-advance':
         this.opts.log.warn({ epoch: verdict.record.epoch }, 'freshness: finishing an interrupted counter advance');
         await this.advanceCounter(counter.value, verdict.record.epoch, verdict.digest);
         this.adopt(verdict.record, verdict.record.epoch);
         this.epochDigest = verdict.digest;
+        this.inventoryRef = verdict.record.inventory;
         break;
       case 'rollback':
         this.raise({ kind: 'rollback', message: verdict.message, expected: verdict.expected, seen: verdict.seen });
@@ -307,6 +314,43 @@ export class FreshnessGuard extends EventEmitter {
     for (const w of this.allWaiters()) w.reject(err);
   }
 
+  /** The data-file inventory the anchored record vouches for (after verifyAtStartup). */
+  get inventory(): InventoryRef | undefined {
+    return this.inventoryRef;
+  }
+
+  /**
+   * A newer sealed inventory (background sweep): the next epoch carries it. Nothing is sealed for it
+   * alone on an ack's path; the periodic seal picks it up when no write did.
+   */
+  setInventory(ref: InventoryRef): void {
+    this.inventoryRef = ref;
+    this.inventoryNew = true;
+  }
+
+  /**
+   * After the database shut down (and after sealNow): seals one last epoch carrying the exact inventory
+   * of the stopped data directory, once the pipeline has settled (never beside an advance in flight).
+   */
+  async sealFinal(ref: InventoryRef): Promise<void> {
+    if (this.violation || this.opts.mode === 'off') return;
+    const deadline = Date.now() + (this.opts.holdTimeoutMs ?? 10_000);
+    while ((this.sent.length > 0 || this.reading || this.recovering) && !this.violation) {
+      if (Date.now() > deadline) throw new CdbpError('CAS_UNREACHABLE', 'final inventory not sealed: earlier seals did not settle');
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    if (this.violation) return;
+    this.inventoryRef = ref;
+    this.finalInventory = ref.exact;
+    await this.sealEpoch(this.lastPosition ?? { engine: this.opts.engine ?? 'mariadb' });
+    await this.writeCacheNow();
+  }
+
+  /** A violation found outside the guard (the data-file inventory): reported like its own. Throws. */
+  report(v: FreshnessViolation): never {
+    return this.raise(v);
+  }
+
   status(): Record<string, unknown> {
     return {
       mode: this.opts.mode,
@@ -377,12 +421,13 @@ export class FreshnessGuard extends EventEmitter {
       // The position is read after every waiter in the batch registered, i.e. after their OKs arrived,
       // and the server only sends an OK once the commit is durable (innodb_flush_log_at_trx_commit=1).
       const position = await source.read();
-      if (onlyIfMoved && !positionAdvanced(position, this.sentPosition ?? this.lastPosition)) return;
+      if (onlyIfMoved && !positionAdvanced(position, this.sentPosition ?? this.lastPosition) && !this.inventoryNew) return;
       const tip = this.sent.at(-1);
       const from = tip ? tip.record.epoch : this.epoch;
       const record: FreshnessRecord = {
         databaseId: this.opts.databaseId, epoch: from + 1, position,
         sealedAt: (this.opts.now?.() ?? new Date()).toISOString(),
+        ...(this.inventoryRef ? { inventory: { ...this.inventoryRef, exact: false } } : {}),
       };
       const bytes = await sealRecord(record, this.opts.key);
       u = { record, bytes, digest: recordDigest(bytes), from, fromDigest: tip ? tip.digest : this.epochDigest, waiters: batch };
@@ -434,6 +479,8 @@ export class FreshnessGuard extends EventEmitter {
     this.lastError = undefined;
     this.seals?.inc();
     for (const w of u.waiters) w.resolve();
+    if (u.record.inventory?.digest === this.inventoryRef?.digest) this.inventoryNew = false;
+    this.emit('counted', u.record);
     this.cacheLater(u.bytes);
   }
 
@@ -518,6 +565,8 @@ export class FreshnessGuard extends EventEmitter {
     const record: FreshnessRecord = {
       databaseId: this.opts.databaseId, epoch: from + 1, position,
       sealedAt: (this.opts.now?.() ?? new Date()).toISOString(),
+      // Exact only in the final epoch after the database stopped: once it runs again, DDL may follow.
+      ...(this.inventoryRef ? { inventory: { ...this.inventoryRef, exact: this.finalInventory } } : {}),
     };
     const bytes = await sealRecord(record, this.opts.key);
     const digest = recordDigest(bytes);

@@ -14,6 +14,7 @@
 import { createHash } from 'node:crypto';
 import { CdbpError } from '../../src/kernel/errors.ts';
 import { aeadOpen, aeadSeal } from '../../src/crypto/aead.ts';
+import type { InventoryRef } from './inventory/types.ts';
 
 export const RECORD_MAGIC = Buffer.from('CDBPFR01', 'ascii');
 
@@ -36,6 +37,11 @@ export interface FreshnessRecord {
   position: DurablePosition;
   /** ISO time the record was sealed (informational; never trusted for ordering). */
   sealedAt: string;
+  /**
+   * The sealed data-file inventory this record vouches for (issue 22, docs/FRESHNESS.md "Per-file
+   * freshness"): its digest, so the inventory itself stays on the volume and the counted record small.
+   */
+  inventory?: InventoryRef;
 }
 
 function header(databaseId: string, epoch: number): Buffer {
