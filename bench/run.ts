@@ -1,7 +1,7 @@
 /**
  * The benchmark entry point: every figure is a ratio against a baseline measured in the same run.
  *
- *   npx tsx bench/run.ts [--scenarios mysql,pg,storm,idle,freshness,cas] [--duration 10] [--rounds 2] [--threads 1,8,32] ...
+ *   npx tsx bench/run.ts [--scenarios mysql,pg,storm,idle,freshness,cas,attest,cas-ha,inventory] [--duration 10] [--rounds 2] [--threads 1,8,32] ...
  *   (npx tsx bench/run.ts --help for every option)
  *
  * Starts what it needs (private MariaDB/PostgreSQL, PgBouncer, CAS, proxy processes, `cdbp up` stacks),
@@ -20,9 +20,11 @@ import { runIdle, renderIdle, type IdleRow } from './scenarios/idle.ts';
 import { runFreshness, renderFreshness, type FreshnessMode, type FreshnessSummary } from './scenarios/freshness.ts';
 import { runCas, renderCas } from './scenarios/cas.ts';
 import { runAttest, renderAttest } from './scenarios/attest.ts';
+import { runCasHa, renderCasHa } from './scenarios/cas-ha.ts';
+import { runInventory, renderInventory } from './scenarios/inventory.ts';
 import { mysqlThroughputSvg } from './plot.ts';
 
-export const SCENARIOS = ['mysql', 'pg', 'storm', 'idle', 'freshness', 'cas', 'attest'] as const;
+export const SCENARIOS = ['mysql', 'pg', 'storm', 'idle', 'freshness', 'cas', 'attest', 'cas-ha', 'inventory'] as const;
 export type ScenarioName = (typeof SCENARIOS)[number];
 
 const HELP = `npx tsx bench/run.ts [options]
@@ -46,6 +48,8 @@ const HELP = `npx tsx bench/run.ts [options]
   --cas-clients LIST      concurrent attest clients (default 1,4,16)
   --cas-seconds S         seconds per CAS row (default: --duration)
   --cas-services N        also time N services' provisioning (~60 s for 6000; default 0 = reuse the committed figure)
+  --inventory-gib LIST    data-directory sizes for the per-file freshness scan (default 1,5)
+  --inventory-tables N    tables the inventory data is spread over (default 8)
   --profile               V8 CPU profiles of the proxy processes into bench/results/profiles/ (not committed)
   --out DIR               results directory (default bench/results)`;
 
@@ -137,6 +141,8 @@ export function renderReport(r: BenchReport): string {
     freshness: ['Freshness: strict / relaxed / off write throughput', renderFreshness],
     cas: ['CAS: attest-and-provision', renderCas],
     attest: ['Attestation: SEV-SNP / TDX evidence verifications per second', renderAttest],
+    'cas-ha': ['Replicated CAS: counter advance, 3 members vs 1 CAS', renderCasHa],
+    inventory: ['Per-file freshness: data-file verification at start and sweep time per GiB', (x) => renderInventory(x).split('\n')],
   };
   for (const name of SCENARIOS) {
     const res = r.scenarios[name];
@@ -170,6 +176,7 @@ async function main(): Promise<void> {
     idle: { type: 'string', default: '1000,5000' }, 'idle-active': { type: 'string', default: '5' },
     'thread-handling': { type: 'string', default: 'one-thread-per-connection' },
     'freshness-modes': { type: 'string', default: 'strict,relaxed,off' }, 'freshness-threads': { type: 'string', default: '1,8' },
+    'inventory-gib': { type: 'string', default: '1,5' }, 'inventory-tables': { type: 'string', default: '8' },
     'cas-clients': { type: 'string', default: '1,4,16' }, 'cas-seconds': { type: 'string' }, 'cas-services': { type: 'string', default: '0' },
     out: { type: 'string', default: path.join(REPO, 'bench', 'results') },
   } });
@@ -198,6 +205,8 @@ async function main(): Promise<void> {
       tables: Number(v.tables), tableSize: Number(v['table-size']), profile: !!v.profile, log }),
     cas: () => runCas({ clients: nums(v['cas-clients']!), seconds: Number(v['cas-seconds'] ?? duration), services: Number(v['cas-services']), concurrency: 8, log }),
     attest: () => runAttest({ seconds: Math.min(duration, 3), log }),
+    'cas-ha': () => runCasHa({ seconds: duration, services: 8, rounds, log }),
+    inventory: () => runInventory({ gib: nums(v['inventory-gib']!), tables: Number(v['inventory-tables']), log }),
   };
   for (const name of chosen) {
     log(`=== ${name}`);
