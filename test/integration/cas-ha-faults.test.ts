@@ -16,21 +16,10 @@ import { applyTestPolicy } from '../support/cas.ts';
 import { startHaCluster, type HaCluster } from '../support/etcd-cas-ha.ts';
 import { SimulatedProvider } from '../../src/attestation/simulated.ts';
 import { attestAndProvisionAny, QuorumCounterClient } from '../../src/cas-client/quorum-counter.ts';
+import { prng } from '../support/prng.ts';
 
 const SECONDS = Number(process.env.CDBP_HA_FAULT_SECONDS ?? 45);
 const SEED = Number(process.env.CDBP_HA_FAULT_SEED ?? Date.now() % 1_000_000);
-
-/** mulberry32: a small seeded PRNG, so a failing schedule can be replayed. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const digestOf = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
 

@@ -19,23 +19,12 @@ import { applyProxyPolicy } from '../support/proxy-process.ts';
 import { tempDir } from '../support/tmp.ts';
 import { freePort } from '../../src/kernel/net.ts';
 import { buildNativeDataPlane } from '../../cli/native-build.ts';
+import { prng } from '../support/prng.ts';
 
 const KILLS = Number(process.env.CDBP_CRASH_KILLS ?? 50);
 const SEED = Number(process.env.CDBP_CRASH_SEED ?? 1717);
 const SERVICE = 'crash';
 const CLI = path.resolve(import.meta.dirname, '..', '..', 'bin', 'cdbp.js');
-
-/** mulberry32: a small seeded PRNG, so a failing schedule can be replayed. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] ?? NaN;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));

@@ -9,22 +9,14 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { cpSync, existsSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
-import { startStack, expectStackFailure, connectThroughProxy, removeStackVolatile, type RunningStack } from '../support/stack.ts';
+import { startStack, expectStackFailure, connectThroughProxy, queryThroughProxy, removeStackVolatile, type RunningStack } from '../support/stack.ts';
 import { tempDir } from '../support/tmp.ts';
+import { prng } from '../support/prng.ts';
 
 const SWEEP_ENV = { CDBP_INVENTORY_SWEEP_MS: '700' };
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-async function sql(s: RunningStack, ...statements: string[]): Promise<any[]> {
-  const conn = await connectThroughProxy(s.stack);
-  try {
-    const out = [];
-    for (const q of statements) out.push(await conn.query(q));
-    return out;
-  } finally {
-    await conn.end();
-  }
-}
+const sql = queryThroughProxy;
 
 function childPid(s: RunningStack, role: 'proxy' | 'cas'): number {
   const kids = readFileSync(`/proc/${s.proc.pid}/task/${s.proc.pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number);
@@ -187,18 +179,6 @@ test('no false alarm: DDL followed by a clean stop, and DDL followed by kill -9,
   s = await expectFresh(dir);
   assert.equal(await s.stop(), 0);
 });
-
-/** mulberry32: a small seeded PRNG, so a failing cycle can be replayed with CDBP_PERFILE_SEED. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 test('no false alarm: seeded crash/restart loop (kill -9 of mariadbd under write load and DDL)', async (t) => {
   const cycles = Number(process.env.CDBP_PERFILE_CRASH_CYCLES ?? '4');

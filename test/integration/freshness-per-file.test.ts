@@ -7,7 +7,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { cpSync, existsSync, readFileSync, readdirSync, renameSync, rmSync, statSync } from 'node:fs';
 import path from 'node:path';
-import { startStack, expectStackFailure, connectThroughProxy, removeStackVolatile, type RunningStack } from '../support/stack.ts';
+import { startStack, expectStackFailure, connectThroughProxy, queryThroughProxy, removeStackVolatile, type RunningStack } from '../support/stack.ts';
 import { tempDir } from '../support/tmp.ts';
 import { volatileDir } from '../../cli/commands/up.ts';
 
@@ -17,16 +17,7 @@ function restore(dir: string, untrusted: string, from: string): void {
   rmSync(volatileDir(dir), { recursive: true, force: true });
 }
 
-async function sql(s: RunningStack, ...statements: string[]): Promise<any[]> {
-  const conn = await connectThroughProxy(s.stack);
-  try {
-    const out = [];
-    for (const q of statements) out.push(await conn.query(q));
-    return out;
-  } finally {
-    await conn.end();
-  }
-}
+const sql = queryThroughProxy;
 
 async function count(s: RunningStack, table: string): Promise<number> {
   const [r] = await sql(s, `SELECT COUNT(*) AS n FROM ${table}`);

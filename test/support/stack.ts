@@ -106,3 +106,15 @@ export function alive(pid: number | null | undefined): boolean {
     return false;
   }
 }
+
+/** Runs statements in order on one connection through the stack's proxy; returns each result. */
+export async function queryThroughProxy(s: RunningStack, ...statements: string[]): Promise<any[]> {
+  const conn = await connectThroughProxy(s.stack);
+  try {
+    const out = [];
+    for (const q of statements) out.push(await conn.query(q));
+    return out;
+  } finally {
+    await conn.end();
+  }
+}
