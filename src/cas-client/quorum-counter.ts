@@ -44,11 +44,15 @@ interface Member {
   key?: { key: KeyObject; instance: string };
   /** Requests sent and not answered yet: a frozen member must not collect an unbounded queue. */
   inFlight: number;
+  /** Requests waiting for one of those slots, each bounded by the request time-out. */
+  slotWaiters: Array<() => void>;
 }
 
 /**
- * Requests one member may have outstanding. Past it the member counts as not answering at once: requests
- * waiting for one of the agent's sockets have no timeout yet, so they would pile up behind a frozen member.
+ * Requests one member may have outstanding. Past it a request waits for a slot at most its time-out and
+ * then counts as not answered: requests waiting for one of the agent's sockets have no time-out yet, so
+ * they would pile up behind a frozen member. (Failing at once instead made a read after a burst of
+ * advances miss a merely slow member and find no majority.)
  */
 const MAX_IN_FLIGHT = 4;
 
@@ -72,7 +76,7 @@ export class QuorumCounterClient implements CounterClient {
   private readonly n: number;
 
   constructor(private readonly o: QuorumCounterOptions) {
-    this.members = o.urls.map((url) => ({ url, agent: casAgent({ caPem: o.caPem, keyPem: o.keyPem, certPem: o.certPem }), inFlight: 0 }));
+    this.members = o.urls.map((url) => ({ url, agent: casAgent({ caPem: o.caPem, keyPem: o.keyPem, certPem: o.certPem }), inFlight: 0, slotWaiters: [] }));
     this.n = o.urls.length;
     this.path = `/v1/services/${encodeURIComponent(o.service)}/counter`;
   }
@@ -112,12 +116,16 @@ export class QuorumCounterClient implements CounterClient {
 
   /** One request to one member, bounded in number and in time. */
   private async request<T>(m: Member, method: 'GET' | 'POST', path: string, body: unknown): Promise<T> {
-    if (m.inFlight >= MAX_IN_FLIGHT) throw new CdbpError('CAS_UNREACHABLE', `${m.url} has ${m.inFlight} requests unanswered`);
-    m.inFlight++;
+    const timeoutMs = this.opts(m).timeoutMs;
+    if (m.inFlight >= MAX_IN_FLIGHT) await waitForSlot(m, timeoutMs);
+    else m.inFlight++;
     try {
       return await casRequest<T>(m.url, method, path, body, this.opts(m));
     } finally {
-      m.inFlight--;
+      // A waiting request takes the slot over (inFlight unchanged); otherwise it is free again.
+      const next = m.slotWaiters.shift();
+      if (next) next();
+      else m.inFlight--;
     }
   }
 
@@ -244,4 +252,21 @@ export async function attestAndProvisionAny(o: Omit<AttestOptions, 'casUrl'> & {
     return { ...p, counter: new QuorumCounterClient({ urls: o.casUrls, service: o.service, caPem: o.caPem, keyPem: p.identity.keyPem, certPem: p.identity.certPem, timeoutMs: o.timeoutMs, log: o.log }) };
   }
   throw new CdbpError('CAS_QUORUM_UNAVAILABLE', `no CAS instance answered attestation (${errors.join('; ')})`);
+}
+
+/** Resolves once a finishing request hands `m` a slot; refuses after `timeoutMs` (the member counts as not answering). */
+function waitForSlot(m: Member, timeoutMs: number): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    const take = (): void => {
+      clearTimeout(timer);
+      resolve();
+    };
+    const timer = setTimeout(() => {
+      const i = m.slotWaiters.indexOf(take);
+      if (i >= 0) m.slotWaiters.splice(i, 1);
+      reject(new CdbpError('CAS_UNREACHABLE', `${m.url} has ${m.inFlight} requests unanswered after ${timeoutMs} ms`));
+    }, timeoutMs);
+    timer.unref?.();
+    m.slotWaiters.push(take);
+  });
 }
