@@ -21,7 +21,7 @@ import type { MetricsRegistry } from '../../../src/kernel/metrics.ts';
 import { parseLsn } from '../../../src/db/postgres-server.ts';
 import type { FileViolation } from './check.ts';
 import { checkPgInventory, pgDeferredViolations, type PgCatalog } from './postgres-check.ts';
-import { PgDatadirReader, listPgFiles, observePgDatadir, readPgControl, sweepPgFile, type PgSweepLimits } from './postgres-files.ts';
+import { PG_STATE_SHUTDOWNED, PgDatadirReader, listPgFiles, observePgDatadir, readPgControl, sweepPgFile, type PgSweepLimits } from './postgres-files.ts';
 import { SweepBudgetExceeded, fileStamp } from './innodb-files.ts';
 import type { InventoryStore } from './store.ts';
 import type { InventoryRef, PgInventory, PgInventoryFile } from './types.ts';
@@ -199,8 +199,9 @@ export class PostgresInventory {
   /** Running: limits from the last completed checkpoint. Stopped: pg_control of the clean shutdown. */
   private async limits(stopped: boolean): Promise<{ start: bigint; durable: bigint; limits: PgSweepLimits } | undefined> {
     if (stopped) {
+      // Exact only after a clean shutdown (a stop that had to kill PostgreSQL leaves the last sweep sealed).
       const c = readPgControl(this.opts.datadir);
-      if (!c) return undefined;
+      if (!c || c.state !== PG_STATE_SHUTDOWNED) return undefined;
       return { start: c.checkpoint, durable: c.checkpoint, limits: { lsn: (1n << 64n) - 1n, xid: Infinity } };
     }
     const [r] = await this.query<{ redo: string; active: string; insert: string }>('postgres',
