@@ -40,6 +40,7 @@ import { MariadbPositionSource, readOfflineCheckpoint, type PositionSource } fro
 import { PostgresPositionSource } from '../proxy/freshness/postgres-position.ts';
 import { MariadbInventory, describeFileViolations } from '../proxy/freshness/inventory/mariadb-inventory.ts';
 import { InventoryStore } from '../proxy/freshness/inventory/store.ts';
+import { PostgresInventory } from '../proxy/freshness/inventory/postgres-inventory.ts';
 import type { FileViolation } from '../proxy/freshness/inventory/check.ts';
 import { createPgProxy, type PgProxy } from '../proxy/pg/index.ts';
 import { PostgresServer, lookupOsUser } from '../src/db/postgres-server.ts';
@@ -69,6 +70,8 @@ export class ProxyRole {
   private guard: FreshnessGuard | undefined;
   /** Per-file freshness of the managed MariaDB's data files (issue 22). */
   private inventory: MariadbInventory | undefined;
+  /** The managed PostgreSQL's data-file inventory (issue 22), checked inside the mount before it starts. */
+  private pgInventory: PostgresInventory | undefined;
   private keyring: Keyring | undefined;
   private keyringCaFile: string | undefined;
   private mariadb: MariadbServer | undefined;
@@ -288,6 +291,8 @@ export class ProxyRole {
       if (!this.postgres.isInitialized()) {
         log.info({ datadir: this.postgres.datadir }, 'initializing the database (first run)');
       }
+      // Per-file check: mounted (plaintext visible to us), PostgreSQL not started yet.
+      if (config.freshness !== 'off') await this.verifyPgDataFiles(layout.datadir, layout.socketDir);
       await this.postgres.initialize();
       await this.postgres.start();
       socketDir = this.postgres.socketDir;
@@ -308,6 +313,11 @@ export class ProxyRole {
     this.positions = positions;
     if (!config.managePostgres) await waitForDatabase(positions, log);
     await this.guard!.verifyOnline(positions);
+    if (this.pgInventory) {
+      this.reportFileViolations(await this.pgInventory.verifyOnline());
+      this.guard!.on('counted', (r: { inventory?: { digest: string } }) => this.pgInventory?.countedRef(r.inventory?.digest));
+      this.pgInventory.start((ref) => this.guard?.setInventory(ref));
+    }
     this.guard!.startRuntime(positions);
     const provision = this.provision!;
     this.pg = createPgProxy({
@@ -369,6 +379,45 @@ export class ProxyRole {
     this.reportFileViolations(violations);
     // Sweeps left by an interrupted run that no counted record references.
     store.retain([ref?.digest]);
+  }
+
+  /** Offline, PostgreSQL: the files inside the mount against the sealed inventory (issue 22). */
+  private async verifyPgDataFiles(datadir: string, socketDir: string): Promise<void> {
+    const { config, log } = this.deps;
+    const provision = this.provision!;
+    const store = new InventoryStore(config.untrustedDir, config.service, provision.secrets.freshnessKey, provision.secrets.databaseId);
+    this.pgInventory = new PostgresInventory({
+      datadir, store, log, metrics: this.metrics,
+      sweepIntervalMs: config.inventorySweepMs, sweepBytesPerSecond: config.inventorySweepMibPerSecond * 2 ** 20,
+      connection: () => ({ socketDir: this.postgres?.socketDir ?? socketDir, port: config.pgBackendPort, user: config.pgMonitorUser, password: config.monitorPassword }),
+    });
+    const ref = this.guard!.inventory;
+    let violations: FileViolation[] = [];
+    try {
+      violations = await this.pgInventory.verifyOffline(ref);
+    } catch (e) {
+      const err = asCdbpError(e);
+      if (err.code === 'ROLLBACK_DETECTED') {
+        this.guard!.report({ kind: 'rollback', message: `data directory rolled back under a fresh record: ${err.message}`, expected: { inventory: ref?.digest }, seen: { inventory: 'missing' } });
+      }
+      if (err.code !== 'TAMPER_DETECTED') throw e;
+      this.guard!.report({ kind: 'tamper', message: err.message, expected: { inventory: ref?.digest }, seen: { inventory: 'edited or foreign' } });
+    }
+    this.reportFileViolations(violations);
+    store.retain([ref?.digest]);
+  }
+
+  /** Clean stop, PostgreSQL: after it exited and before the unmount, an exact sweep sealed by one last epoch. */
+  private async sealFinalPgInventory(): Promise<void> {
+    const inventory = this.pgInventory;
+    if (!inventory?.running || !this.guard || this.guard.violated || this.postgres?.running) return;
+    await inventory.stop();
+    const started = Date.now();
+    const ref = await inventory.sweep(true);
+    if (!ref) return;
+    await this.guard.sealFinal(ref);
+    inventory.countedRef(ref.digest);
+    this.deps.log.info({ files: ref.files, ms: Date.now() - started }, 'freshness: exact data-file inventory sealed after the clean stop');
   }
 
   private reportFileViolations(v: FileViolation[]): void {
@@ -512,7 +561,7 @@ export class ProxyRole {
       attestation: this.attestedTee(),
       service: this.deps.config.service,
       certificate: p ? certificateStatus(p.identity, this.renewal.status(), Date.now()) : null,
-      freshness: this.guard ? { ...this.guard.status(), ...(this.inventory ? { dataFiles: this.inventory.status() } : {}) } : null,
+      freshness: this.guard ? { ...this.guard.status(), ...(this.inventory ? { dataFiles: this.inventory.status() } : this.pgInventory ? { dataFiles: this.pgInventory.status() } : {}) } : null,
       casTrust: this.casPin?.status() ?? null,
       backend: {
         engine: this.deps.config.engine,
@@ -666,6 +715,7 @@ export class ProxyRole {
     await this.positions?.close().catch(() => undefined);
     await this.mariadb?.stop();
     await this.postgres?.stop();
+    await this.sealFinalPgInventory().catch((e: unknown) => this.deps.log.warn({ err: asCdbpError(e).message }, 'sealing the final data-file inventory failed (the last sweep stays sealed)'));
     await this.pgStorage?.unmount().catch((e: unknown) => this.deps.log.error({ err: asCdbpError(e).message }, 'unmounting the encrypted directory failed'));
     await this.keyring?.close().catch(() => undefined);
   }

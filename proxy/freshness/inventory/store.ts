@@ -11,7 +11,7 @@ import path from 'node:path';
 import { CdbpError } from '../../../src/kernel/errors.ts';
 import { aeadOpen, aeadSeal } from '../../../src/crypto/aead.ts';
 import { writeFileDurable } from '../../../src/crypto/atomic-file.ts';
-import type { Inventory } from './types.ts';
+import type { Inventory, PgInventory } from './types.ts';
 
 const MAGIC = Buffer.from('CDBPINV1', 'ascii');
 
@@ -31,7 +31,7 @@ export class InventoryStore {
   }
 
   /** Seals and writes durably (tmp, fsync, rename, fsync dir); returns the digest the record will carry. */
-  async write(inv: Inventory): Promise<string> {
+  async write(inv: Inventory | PgInventory): Promise<string> {
     const bytes = Buffer.concat([MAGIC, await aeadSeal(this.key, Buffer.from(JSON.stringify(inv), 'utf8'), this.header())]);
     const digest = createHash('sha256').update(bytes).digest('hex');
     await writeFileDurable(this.fileFor(digest), bytes);
@@ -39,7 +39,7 @@ export class InventoryStore {
   }
 
   /** Reads the inventory a record references; ROLLBACK_DETECTED when it is missing, TAMPER_DETECTED when edited or foreign. */
-  async read(digest: string): Promise<Inventory> {
+  async read<T extends Inventory | PgInventory = Inventory>(digest: string): Promise<T> {
     let bytes: Buffer;
     try {
       bytes = readFileSync(this.fileFor(digest));
@@ -52,7 +52,7 @@ export class InventoryStore {
       throw new CdbpError('TAMPER_DETECTED', `the data-file inventory ${digest.slice(0, 16)}… is not the one the sealed record references (edited)`);
     }
     try {
-      return JSON.parse((await aeadOpen(this.key, bytes.subarray(MAGIC.length), this.header())).toString('utf8')) as Inventory;
+      return JSON.parse((await aeadOpen(this.key, bytes.subarray(MAGIC.length), this.header())).toString('utf8')) as T;
     } catch (e) {
       throw new CdbpError('TAMPER_DETECTED', `the data-file inventory ${digest.slice(0, 16)}… does not open with this database's key`, { cause: e });
     }

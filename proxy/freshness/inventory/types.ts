@@ -62,3 +62,36 @@ export interface ObservedFile {
   pageSize: number;
   pages: number;
 }
+
+/**
+ * PostgreSQL's inventory (postgres-inventory.ts): identity is the path (base/<db oid>/<relfilenode>[.k],
+ * global/<relfilenode>[.k], pg_xact/<segment>), because a relfilenode is never reused for other contents
+ * while its file exists and VACUUM FULL / TRUNCATE / CLUSTER write a new relfilenode.
+ */
+export interface PgInventoryFile {
+  path: string;
+  kind: 'pg-relation' | 'pg-xact';
+  /** File size in 8 KiB blocks at the sweep. */
+  pages: number;
+  /** Relation files: the highest-pd_lsn pages at or below the sweep's durable LSN, highest first. */
+  witnesses: Witness[];
+  /** pg_xact segments: the highest xid (offset in the segment) with a final status, and that status. */
+  xact?: { offset: number; status: number };
+}
+
+export interface PgInventory {
+  engine: 'postgres';
+  /** WAL position before the sweep began: a relation file created later has no page below it. */
+  startLsn: string;
+  /** Witness pages are at or below it (a completed checkpoint's redo LSN, or everything after a clean stop). */
+  durableLsn: string;
+  takenAt: string;
+  files: PgInventoryFile[];
+}
+
+/** A PostgreSQL data file found on the volume now. */
+export interface PgObservedFile {
+  path: string;
+  kind: PgInventoryFile['kind'];
+  pages: number;
+}

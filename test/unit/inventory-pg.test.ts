@@ -1,0 +1,172 @@
+/**
+ * PostgreSQL per-file freshness, the pure parts: page headers and pg_xact bits (postgres-page.ts), the
+ * witness choice over files built block by block (postgres-files.ts), every rule of postgres-check.ts.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { tempDir } from '../support/tmp.ts';
+import {
+  CLOG_XIDS_PER_SEGMENT, PG_BLOCK_SIZE, highestFinalXact, isInitializedPage, pgRelationName, pgXactSegment, readPgPageHeader, xactStatus,
+} from '../../proxy/freshness/inventory/postgres-page.ts';
+import { checkPgInventory, formatLsn, pgDeferredViolations, type PgCatalog, type PgFileReader } from '../../proxy/freshness/inventory/postgres-check.ts';
+import { PgDatadirReader, listPgFiles, observePgDatadir, sweepPgFile } from '../../proxy/freshness/inventory/postgres-files.ts';
+import type { PgInventory, PgObservedFile } from '../../proxy/freshness/inventory/types.ts';
+
+/** One heap-like block: pd_lsn little-endian (xlogid, xrecoff), pd_lower 28, pd_upper 8000, pd_special 8192. */
+function block(lsn: bigint, init = true): Buffer {
+  const b = Buffer.alloc(PG_BLOCK_SIZE);
+  if (!init) return b;
+  b.writeUInt32LE(Number(lsn >> 32n), 0);
+  b.writeUInt32LE(Number(lsn & 0xffffffffn), 4);
+  b.writeUInt16LE(28, 12);
+  b.writeUInt16LE(8000, 14);
+  b.writeUInt16LE(8192, 16);
+  b.writeUInt16LE(8192 | 4, 18);
+  return b;
+}
+
+test('page header: pd_lsn is xlogid:xrecoff little-endian; uninitialized and implausible headers are not pages', () => {
+  const h = readPgPageHeader(block(0x1_0000_0abcn));
+  assert.equal(h.lsn, 0x1_0000_0abcn);
+  assert.equal(isInitializedPage(h), true);
+  assert.equal(isInitializedPage(readPgPageHeader(block(5n, false))), false);
+  const bad = block(5n);
+  bad.writeUInt16LE(9000, 14); // pd_upper past pd_special
+  assert.equal(isInitializedPage(readPgPageHeader(bad)), false);
+  assert.equal(formatLsn(0x1_0000_0abcn), '1/ABC');
+});
+
+test('pg_xact: 2 bits per xid, lowest xid in the low bits; the highest final status below a limit', () => {
+  const seg = Buffer.alloc(PG_BLOCK_SIZE);
+  seg[0] = 0b01_10_00_01; // xid0 committed, xid1 in progress, xid2 aborted, xid3 committed
+  seg[10] = 0b00_00_11_00; // xid41 sub-committed (not final)
+  assert.deepEqual([0, 1, 2, 3].map((o) => xactStatus(seg, o)), [1, 0, 2, 1]);
+  assert.deepEqual(highestFinalXact(seg), { offset: 3, status: 1 });
+  assert.deepEqual(highestFinalXact(seg, 3), { offset: 2, status: 2 });
+  assert.equal(highestFinalXact(seg, 0), undefined);
+  assert.equal(highestFinalXact(Buffer.alloc(PG_BLOCK_SIZE)), undefined);
+  assert.equal(CLOG_XIDS_PER_SEGMENT, 1_048_576);
+});
+
+test('names: main fork segments and pg_xact segments only (no _fsm, _vm, _init, temp relations)', () => {
+  assert.deepEqual(pgRelationName('16384'), { relfilenode: 16384, segment: 0 });
+  assert.deepEqual(pgRelationName('16384.2'), { relfilenode: 16384, segment: 2 });
+  for (const n of ['16384_fsm', '16384_vm', '16384_init', 't3_16400', 'pg_filenode.map', 'PG_VERSION', 'pg_control']) assert.equal(pgRelationName(n), undefined, n);
+  assert.equal(pgXactSegment('0000'), 0);
+  assert.equal(pgXactSegment('000A'), 10);
+  assert.equal(pgXactSegment('xyz'), undefined);
+});
+
+test('files: listing, observation and the sweep pick the highest-LSN blocks at or below the durable limit', async (t) => {
+  const tmp = tempDir('inv-pg');
+  t.after(() => tmp.remove());
+  const d = tmp.path;
+  for (const sub of ['global', 'base/5', 'base/pgsql_tmp', 'pg_xact']) mkdirSync(path.join(d, sub), { recursive: true });
+  writeFileSync(path.join(d, 'base/5/100'), Buffer.concat([block(10n), block(50n), block(0n, false), block(40n), block(90n)]));
+  writeFileSync(path.join(d, 'base/5/100_fsm'), block(1n));
+  writeFileSync(path.join(d, 'base/pgsql_tmp/pgsql_tmp1.0'), block(1n));
+  writeFileSync(path.join(d, 'global/1262'), block(7n));
+  writeFileSync(path.join(d, 'global/pg_control'), Buffer.alloc(8192));
+  const xact = Buffer.alloc(PG_BLOCK_SIZE); xact[0] = 0b01_01_01_01; xact[1] = 0b10;
+  writeFileSync(path.join(d, 'pg_xact/0000'), xact);
+  assert.deepEqual(listPgFiles(d).map((f) => f.path), ['base/5/100', 'global/1262', 'pg_xact/0000']);
+  assert.deepEqual(observePgDatadir(d).find((f) => f.path === 'base/5/100'), { path: 'base/5/100', kind: 'pg-relation', pages: 5 });
+  const r = await sweepPgFile(d, 'base/5/100', 'pg-relation', { lsn: 60n, xid: Infinity }, { bytesPerSecond: 0, chunkBytes: 2 * PG_BLOCK_SIZE });
+  assert.deepEqual(r!.entry.witnesses, [{ page: 1, lsn: '50' }, { page: 3, lsn: '40' }, { page: 0, lsn: '10' }], 'block 4 (LSN 90) is not durable yet');
+  const x = await sweepPgFile(d, 'pg_xact/0000', 'pg-xact', { lsn: 0n, xid: Infinity }, { bytesPerSecond: 0 });
+  assert.deepEqual(x!.entry.xact, { offset: 4, status: 2 });
+  const xLimited = await sweepPgFile(d, 'pg_xact/0000', 'pg-xact', { lsn: 0n, xid: 4 }, { bytesPerSecond: 0 });
+  assert.deepEqual(xLimited!.entry.xact, { offset: 3, status: 1 }, 'xids at or above the oldest active one are not durable yet');
+  const reader = new PgDatadirReader(d);
+  assert.equal(reader.readLsn('base/5/100', 4), 90n);
+  assert.equal(reader.readLsn('base/5/100', 2), 0n, 'an uninitialized block reads LSN 0');
+  assert.equal(reader.readLsn('base/5/100', 5), undefined);
+  assert.equal(reader.lowestLsn('base/5/100'), 10n);
+  assert.equal(reader.xactStatus('pg_xact/0000', 4), 2);
+  assert.equal(await sweepPgFile(d, 'base/5/999', 'pg-relation', { lsn: 1n, xid: 0 }, { bytesPerSecond: 0 }), undefined);
+});
+
+/** A reader over in-memory files: path → block LSNs (undefined past the end) and pg_xact statuses. */
+function memReader(blocks: Record<string, bigint[]>, xacts: Record<string, Record<number, number>> = {}): PgFileReader {
+  return {
+    readLsn: (f, p) => blocks[f]?.[p],
+    lowestLsn: (f) => (blocks[f] ?? []).filter((l) => l > 0n).reduce<bigint | undefined>((a, l) => (a === undefined || l < a ? l : a), undefined),
+    xactStatus: (f, o) => xacts[f]?.[o] ?? 0,
+  };
+}
+
+const inv: PgInventory = {
+  engine: 'postgres', startLsn: '100', durableLsn: '100', takenAt: 'now',
+  files: [
+    { path: 'base/5/100', kind: 'pg-relation', pages: 3, witnesses: [{ page: 2, lsn: '90' }, { page: 0, lsn: '60' }] },
+    { path: 'global/1262', kind: 'pg-relation', pages: 1, witnesses: [{ page: 0, lsn: '20' }] },
+    { path: 'pg_xact/0000', kind: 'pg-xact', pages: 1, witnesses: [], xact: { offset: 40, status: 1 } },
+  ],
+};
+const obs = (blocks: Record<string, bigint[]>, extra: PgObservedFile[] = []): PgObservedFile[] => [
+  ...Object.entries(blocks).map(([p, b]): PgObservedFile => ({ path: p, kind: 'pg-relation', pages: b.length })),
+  { path: 'pg_xact/0000', kind: 'pg-xact', pages: 1 }, ...extra,
+];
+const current = { 'base/5/100': [60n, 70n, 90n], 'global/1262': [20n] };
+const xacts = { 'pg_xact/0000': { 40: 1 } };
+
+test('check: the sealed state passes, exact or not; newer blocks pass after a crash', () => {
+  for (const exact of [true, false]) {
+    const r = checkPgInventory(inv, exact, obs(current), memReader(current, xacts));
+    assert.deepEqual(r.violations, []);
+    assert.equal(r.checked, 3);
+  }
+  const newer = { 'base/5/100': [60n, 70n, 150n], 'global/1262': [30n] };
+  assert.deepEqual(checkPgInventory(inv, false, obs(newer), memReader(newer, xacts)).violations, []);
+});
+
+test('check: an older relation file, a shorter one, a swapped one (exact), an older pg_xact segment', () => {
+  const older = { 'base/5/100': [60n, 70n, 80n], 'global/1262': [20n] };
+  const [v] = checkPgInventory(inv, false, obs(older), memReader(older, xacts)).violations;
+  assert.equal(v!.reason, 'older-copy');
+  assert.match(v!.message, /data file base\/5\/100 rolled back: block 2 carries LSN 0\/50, behind the 0\/5A/);
+
+  const shorter = { 'base/5/100': [60n, 70n], 'global/1262': [20n] };
+  assert.equal(checkPgInventory(inv, true, obs(shorter), memReader(shorter, xacts)).violations[0]!.reason, 'shorter-copy');
+  assert.deepEqual(checkPgInventory(inv, false, obs(shorter), memReader(shorter, xacts)).violations, [], 'after a crash: VACUUM may have truncated the tail');
+
+  const swapped = { 'base/5/100': [60n, 70n, 95n], 'global/1262': [20n] };
+  assert.equal(checkPgInventory(inv, true, obs(swapped), memReader(swapped, xacts)).violations[0]!.reason, 'swapped');
+
+  const [x] = checkPgInventory(inv, false, obs(current), memReader(current, { 'pg_xact/0000': { 40: 0 } })).violations;
+  assert.equal(x!.reason, 'older-copy');
+  assert.match(x!.message, /pg_xact segment pg_xact\/0000 rolled back: transaction 40 is in progress, the sealed inventory saw it committed/);
+});
+
+test('check: new files with only newer blocks are added, older ones are foreign; missing files exact vs deferred', () => {
+  const withNew = { ...current, 'base/5/200': [120n, 130n], 'base/5/300': [40n, 200n] };
+  const r = checkPgInventory(inv, false, obs(withNew, [{ path: 'pg_xact/0001', kind: 'pg-xact', pages: 1 }]), memReader(withNew, xacts));
+  assert.deepEqual(r.added.sort(), ['base/5/200', 'pg_xact/0001']);
+  assert.equal(r.violations.length, 1);
+  assert.equal(r.violations[0]!.reason, 'foreign');
+  assert.equal(r.violations[0]!.file, 'base/5/300');
+
+  const gone = { 'global/1262': [20n] };
+  const exact = checkPgInventory(inv, true, obs(gone), memReader(gone, xacts));
+  assert.equal(exact.violations[0]!.reason, 'deleted');
+  const crash = checkPgInventory(inv, false, obs(gone), memReader(gone, xacts));
+  assert.deepEqual(crash.violations, []);
+  assert.deepEqual(crash.deferred.map((e) => e.path), ['base/5/100']);
+});
+
+test('online: a missing file is fine when its relfilenode is no relation\'s any more, or its database is gone', () => {
+  const missing = [
+    { path: 'base/5/100', kind: 'pg-relation' as const, pages: 3, witnesses: [] },
+    { path: 'base/5/101.1', kind: 'pg-relation' as const, pages: 3, witnesses: [] },
+    { path: 'base/7/100', kind: 'pg-relation' as const, pages: 3, witnesses: [] },
+    { path: 'pg_xact/0000', kind: 'pg-xact' as const, pages: 1, witnesses: [] },
+  ];
+  const cat: PgCatalog = { databases: new Set([5]), relations: new Map([['5/101', 2 ** 30 - 8192]]), oldestXid: CLOG_XIDS_PER_SEGMENT + 5, unreadable: new Set() };
+  assert.deepEqual(pgDeferredViolations(missing, cat), [], 'dropped, truncated below segment 1, database dropped, CLOG truncated');
+  const still: PgCatalog = { databases: new Set([5, 7]), relations: new Map([['5/100', 8192], ['7/100', 16384]]), oldestXid: 3, unreadable: new Set() };
+  const v = pgDeferredViolations(missing, still);
+  assert.deepEqual(v.map((x) => x.file), ['base/5/100', 'base/7/100', 'pg_xact/0000']);
+  assert.match(v[0]!.message, /relfilenode 100 still belongs to a relation/);
+});
