@@ -45,7 +45,7 @@ export const PROXY_SCHEMA = {
   freshness: { kind: 'enum', values: ['strict', 'bounded', 'relaxed', 'off'], doc: 'rollback protection mode (bounded = relaxed: ack at once, seal every sealIntervalMs)', default: 'strict' },
   holdTimeoutMs: { kind: 'int', doc: 'strict mode: max time a write ack waits for a counted epoch', default: 10_000, min: 100 },
   sealIntervalMs: { kind: 'int', doc: 'relaxed mode window / strict idle seal period', default: 1000, min: 10 },
-  inventorySweepMs: { kind: 'int', doc: 'managed MariaDB: period of the background sweep of the data files sealed into the freshness record (after a crash, a file put back to a copy taken within this window is not caught; docs/FRESHNESS.md)', default: 30_000, min: 100 },
+  inventorySweepMs: { kind: 'int', doc: 'managed MariaDB or PostgreSQL: period of the background sweep of the data files sealed into the freshness record (after a crash, a file put back to a copy taken within this window is not caught; docs/FRESHNESS.md)', default: 30_000, min: 100 },
   inventorySweepMibPerSecond: { kind: 'int', doc: 'read-rate cap of the background data-file sweep (MiB/s; 0 = unbounded)', default: 64, min: 0 },
 
   maxConnections: { kind: 'int', doc: 'max client connections per listener, counted from accept', default: 1000, min: 1 },
