@@ -39,6 +39,8 @@ const CACHE_INTERVAL_MS = 1000;
 const PIPELINE_DEPTH = 4;
 /** Retry period after a failed advance (CAS unreachable) while acks wait. */
 const RETRY_MS = 250;
+/** How long a stopping guard waits for its alarm report to reach the CAS. */
+const ALARM_REPORT_GRACE_MS = 3000;
 
 export interface FreshnessGuardOptions {
   store: RecordStore;
@@ -122,6 +124,8 @@ export class FreshnessGuard extends EventEmitter {
   private cacheWrittenAt: number | undefined;
   /** The data-file inventory the next epoch vouches for (issue 22); `inventoryNew` until one carries it. */
   private inventoryRef: InventoryRef | undefined;
+  /** The alarm report to the CAS in flight, if a violation was raised (stop() lets it land). */
+  private alarmReport: Promise<void> | undefined;
   private inventoryNew = false;
   private finalInventory = false;
   private readonly holdHist: Histogram | undefined;
@@ -312,6 +316,7 @@ export class FreshnessGuard extends EventEmitter {
     await this.cacheWriting;
     const err = new CdbpError('BACKEND_UNAVAILABLE', 'proxy shutting down before the write could be counted');
     for (const w of this.allWaiters()) w.reject(err);
+    if (this.alarmReport) await Promise.race([this.alarmReport, new Promise((r) => setTimeout(r, ALARM_REPORT_GRACE_MS).unref())]);
   }
 
   /** The data-file inventory the anchored record vouches for (after verifyAtStartup). */
@@ -652,7 +657,9 @@ export class FreshnessGuard extends EventEmitter {
       this.violations?.inc({ kind: v.kind });
       this.opts.log.error({ violation: v }, `freshness violation: ${v.message}`);
       const epochOf = (o?: Record<string, unknown>) => (typeof o?.epoch === 'number' ? o.epoch : undefined);
-      void this.opts.counter.reportAlarm?.({ kind: v.kind, message: v.message, expectedEpoch: epochOf(v.expected), seenEpoch: epochOf(v.seen) })
+      // Not awaited here (the refusal must not wait for the CAS), but stop() waits for it a bounded time:
+      // a proxy that fails closed and exits must still leave the alarm in the CAS's audit log.
+      this.alarmReport = this.opts.counter.reportAlarm?.({ kind: v.kind, message: v.message, expectedEpoch: epochOf(v.expected), seenEpoch: epochOf(v.seen) })
         .catch((e: unknown) => this.opts.log.warn({ err: asCdbpError(e).message }, 'could not report the freshness alarm to the CAS'));
       const err = new CdbpError(v.kind === 'rollback' ? 'ROLLBACK_DETECTED' : 'TAMPER_DETECTED', v.message);
       for (const w of this.allWaiters()) w.reject(err);

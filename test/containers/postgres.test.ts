@@ -153,7 +153,10 @@ describe('compose profile postgres (docker-compose v1, private Docker engine)', 
     assert.equal(read.stdout.trim(), '1');
     const ls = await withVolumes([[stack.volume('pg-untrusted'), '/v', 'ro']], 'ls /v/freshness; test -f /v/postgres/gocryptfs.conf && echo encrypted; test -e /v/postgres/PG_VERSION || echo no-plaintext');
     assert.equal(ls.code, 0, ls.stderr);
-    assert.deepEqual(ls.stdout.trim().split('\n'), ['freshness-postgres.sealed', 'encrypted', 'no-plaintext']);
+    // The freshness directory holds the sealed record and the sealed data-file inventories it references (issue 22).
+    const listed = ls.stdout.trim().split('\n');
+    assert.deepEqual(listed.filter((l) => !/^inventory-postgres-[0-9a-f]{64}\.sealed$/.test(l)), ['freshness-postgres.sealed', 'encrypted', 'no-plaintext']);
+    assert.ok(listed.some((l) => l.startsWith('inventory-postgres-')), `no sealed inventory: ${listed.join(', ')}`);
     // The row written through the proxy is nowhere on the volume in plaintext (grep exits 1: no match).
     const grep = await withVolumes([[stack.volume('pg-untrusted'), '/v', 'ro']], `grep -rl '${marker}' /v`);
     assert.equal(grep.code, 1, `plaintext on the volume: ${grep.stdout}`);
