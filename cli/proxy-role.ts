@@ -42,6 +42,7 @@ import { MariadbInventory, describeFileViolations } from '../proxy/freshness/inv
 import { InventoryStore } from '../proxy/freshness/inventory/store.ts';
 import { PostgresInventory } from '../proxy/freshness/inventory/postgres-inventory.ts';
 import type { FileViolation } from '../proxy/freshness/inventory/check.ts';
+import type { InventoryRef } from '../proxy/freshness/inventory/types.ts';
 import { createPgProxy, type PgProxy } from '../proxy/pg/index.ts';
 import { PostgresServer, lookupOsUser } from '../src/db/postgres-server.ts';
 import type { EncryptedDirectory } from '../src/storage/index.ts';
@@ -52,6 +53,17 @@ import { writeFileDurable } from '../src/crypto/atomic-file.ts';
 import type { PROXY_SCHEMA } from './settings.ts';
 import { VERSION } from './version.ts';
 import { TlsIdentityHolder } from '../src/crypto/tls-identity.ts';
+
+/** What the role drives of either engine's data-file inventory (MariadbInventory, PostgresInventory). */
+interface DataFileInventory {
+  readonly running: boolean;
+  status(): Record<string, unknown>;
+  verifyOffline(ref: InventoryRef | undefined): Promise<FileViolation[]>;
+  start(sealed: (ref: InventoryRef) => void): void;
+  stop(): Promise<void>;
+  countedRef(digest: string | undefined): void;
+  sweep(stopped: boolean): Promise<InventoryRef | undefined>;
+}
 
 export type ProxyConfig = ConfigOf<typeof PROXY_SCHEMA>;
 
@@ -234,11 +246,7 @@ export class ProxyRole {
       if (!config.manageMariadb) await waitForDatabase(positions, log);
       if (this.keyring) await this.verifyBackendEncryption(socket);
       await this.guard.verifyOnline(positions);
-      if (this.inventory) {
-        this.reportFileViolations(await this.inventory.verifyOnline(socket, config.monitorUser, config.monitorPassword));
-        this.guard.on('counted', (r: { inventory?: { digest: string } }) => this.inventory?.countedRef(r.inventory?.digest));
-        this.inventory.start((ref) => this.guard?.setInventory(ref));
-      }
+      if (this.inventory) this.startDataFileSweeps(this.inventory, await this.inventory.verifyOnline(socket, config.monitorUser, config.monitorPassword));
       this.guard.startRuntime(positions);
     }
 
@@ -313,11 +321,7 @@ export class ProxyRole {
     this.positions = positions;
     if (!config.managePostgres) await waitForDatabase(positions, log);
     await this.guard!.verifyOnline(positions);
-    if (this.pgInventory) {
-      this.reportFileViolations(await this.pgInventory.verifyOnline());
-      this.guard!.on('counted', (r: { inventory?: { digest: string } }) => this.pgInventory?.countedRef(r.inventory?.digest));
-      this.pgInventory.start((ref) => this.guard?.setInventory(ref));
-    }
+    if (this.pgInventory) this.startDataFileSweeps(this.pgInventory, await this.pgInventory.verifyOnline());
     this.guard!.startRuntime(positions);
     const provision = this.provision!;
     this.pg = createPgProxy({
@@ -364,10 +368,31 @@ export class ProxyRole {
       datadir, store, log, metrics: this.metrics,
       sweepIntervalMs: config.inventorySweepMs, sweepBytesPerSecond: config.inventorySweepMibPerSecond * 2 ** 20,
     });
+    await this.checkDataFilesOffline(this.inventory, store);
+  }
+
+  /** Offline, PostgreSQL: the files inside the mount against the sealed inventory (issue 22). */
+  private async verifyPgDataFiles(datadir: string, socketDir: string): Promise<void> {
+    const { config, log } = this.deps;
+    const provision = this.provision!;
+    const store = new InventoryStore(config.untrustedDir, config.service, provision.secrets.freshnessKey, provision.secrets.databaseId);
+    this.pgInventory = new PostgresInventory({
+      datadir, store, log, metrics: this.metrics,
+      sweepIntervalMs: config.inventorySweepMs, sweepBytesPerSecond: config.inventorySweepMibPerSecond * 2 ** 20,
+      connection: () => ({ socketDir: this.postgres?.socketDir ?? socketDir, port: config.pgBackendPort, user: config.pgMonitorUser, password: config.monitorPassword }),
+    });
+    await this.checkDataFilesOffline(this.pgInventory, store);
+  }
+
+  /**
+   * Either engine, offline: the data files against the inventory the anchored record references. A
+   * missing referenced inventory is a rollback, an edited one tampering; then the files' own verdicts.
+   */
+  private async checkDataFilesOffline(inventory: DataFileInventory, store: InventoryStore): Promise<void> {
     const ref = this.guard!.inventory;
     let violations: FileViolation[] = [];
     try {
-      violations = await this.inventory.verifyOffline(ref);
+      violations = await inventory.verifyOffline(ref);
     } catch (e) {
       const err = asCdbpError(e);
       if (err.code === 'ROLLBACK_DETECTED') {
@@ -381,43 +406,11 @@ export class ProxyRole {
     store.retain([ref?.digest]);
   }
 
-  /** Offline, PostgreSQL: the files inside the mount against the sealed inventory (issue 22). */
-  private async verifyPgDataFiles(datadir: string, socketDir: string): Promise<void> {
-    const { config, log } = this.deps;
-    const provision = this.provision!;
-    const store = new InventoryStore(config.untrustedDir, config.service, provision.secrets.freshnessKey, provision.secrets.databaseId);
-    this.pgInventory = new PostgresInventory({
-      datadir, store, log, metrics: this.metrics,
-      sweepIntervalMs: config.inventorySweepMs, sweepBytesPerSecond: config.inventorySweepMibPerSecond * 2 ** 20,
-      connection: () => ({ socketDir: this.postgres?.socketDir ?? socketDir, port: config.pgBackendPort, user: config.pgMonitorUser, password: config.monitorPassword }),
-    });
-    const ref = this.guard!.inventory;
-    let violations: FileViolation[] = [];
-    try {
-      violations = await this.pgInventory.verifyOffline(ref);
-    } catch (e) {
-      const err = asCdbpError(e);
-      if (err.code === 'ROLLBACK_DETECTED') {
-        this.guard!.report({ kind: 'rollback', message: `data directory rolled back under a fresh record: ${err.message}`, expected: { inventory: ref?.digest }, seen: { inventory: 'missing' } });
-      }
-      if (err.code !== 'TAMPER_DETECTED') throw e;
-      this.guard!.report({ kind: 'tamper', message: err.message, expected: { inventory: ref?.digest }, seen: { inventory: 'edited or foreign' } });
-    }
-    this.reportFileViolations(violations);
-    store.retain([ref?.digest]);
-  }
-
-  /** Clean stop, PostgreSQL: after it exited and before the unmount, an exact sweep sealed by one last epoch. */
-  private async sealFinalPgInventory(): Promise<void> {
-    const inventory = this.pgInventory;
-    if (!inventory?.running || !this.guard || this.guard.violated || this.postgres?.running) return;
-    await inventory.stop();
-    const started = Date.now();
-    const ref = await inventory.sweep(true);
-    if (!ref) return;
-    await this.guard.sealFinal(ref);
-    inventory.countedRef(ref.digest);
-    this.deps.log.info({ files: ref.files, ms: Date.now() - started }, 'freshness: exact data-file inventory sealed after the clean stop');
+  /** Either engine, after its online check: report what it found, then keep the inventory current. */
+  private startDataFileSweeps(inventory: DataFileInventory, onlineViolations: FileViolation[]): void {
+    this.reportFileViolations(onlineViolations);
+    this.guard!.on('counted', (r: { inventory?: { digest: string } }) => inventory.countedRef(r.inventory?.digest));
+    inventory.start((ref) => this.guard?.setInventory(ref));
   }
 
   private reportFileViolations(v: FileViolation[]): void {
@@ -427,12 +420,12 @@ export class ProxyRole {
   }
 
   /**
-   * Clean stop, after mariadbd exited: an exact sweep of the data files, sealed by one last epoch, so the
-   * next start refuses any difference (not only what the last background sweep saw).
+   * Clean stop, after the database exited (PostgreSQL: before the unmount): an exact sweep of the data
+   * files, sealed by one last epoch, so the next start refuses any difference (not only what the last
+   * background sweep saw).
    */
-  private async sealFinalInventory(): Promise<void> {
-    const inventory = this.inventory;
-    if (!inventory?.running || !this.guard || this.guard.violated || this.mariadb?.running) return;
+  private async sealFinalDataFiles(inventory: DataFileInventory | undefined, databaseRunning: boolean): Promise<void> {
+    if (!inventory?.running || !this.guard || this.guard.violated || databaseRunning) return;
     await inventory.stop();
     const started = Date.now();
     const ref = await inventory.sweep(true);
@@ -554,6 +547,7 @@ export class ProxyRole {
   /** Public facts only (see docs/OPERATIONS.md): never keys, tokens, passwords or SQL. */
   private status(): Record<string, unknown> {
     const p = this.provision;
+    const dataFiles: DataFileInventory | undefined = this.inventory ?? this.pgInventory;
     return {
       mode: this.deps.provider.mode,
       ...(this.deps.provider.mode === 'simulated' ? { warning: 'SIMULATED TEE: not protected by hardware' } : {}),
@@ -561,7 +555,7 @@ export class ProxyRole {
       attestation: this.attestedTee(),
       service: this.deps.config.service,
       certificate: p ? certificateStatus(p.identity, this.renewal.status(), Date.now()) : null,
-      freshness: this.guard ? { ...this.guard.status(), ...(this.inventory ? { dataFiles: this.inventory.status() } : this.pgInventory ? { dataFiles: this.pgInventory.status() } : {}) } : null,
+      freshness: this.guard ? { ...this.guard.status(), ...(dataFiles ? { dataFiles: dataFiles.status() } : {}) } : null,
       casTrust: this.casPin?.status() ?? null,
       backend: {
         engine: this.deps.config.engine,
@@ -695,7 +689,7 @@ export class ProxyRole {
       await Promise.all([this.mysql?.drain(timeout), this.pg?.drain(timeout)]);
       await this.guard?.sealNow().catch((e: unknown) => log.warn({ err: asCdbpError(e).message }, 'final seal failed'));
       await this.stopBackends();
-      await this.sealFinalInventory().catch((e: unknown) => log.warn({ err: asCdbpError(e).message }, 'sealing the final data-file inventory failed (the last sweep stays sealed)'));
+      await this.sealFinalDataFiles(this.inventory, this.mariadb?.running === true).catch((e: unknown) => log.warn({ err: asCdbpError(e).message }, 'sealing the final data-file inventory failed (the last sweep stays sealed)'));
       await renewalStopped;
       this.counter.close();
       await this.ops?.close();
@@ -715,7 +709,7 @@ export class ProxyRole {
     await this.positions?.close().catch(() => undefined);
     await this.mariadb?.stop();
     await this.postgres?.stop();
-    await this.sealFinalPgInventory().catch((e: unknown) => this.deps.log.warn({ err: asCdbpError(e).message }, 'sealing the final data-file inventory failed (the last sweep stays sealed)'));
+    await this.sealFinalDataFiles(this.pgInventory, this.postgres?.running === true).catch((e: unknown) => this.deps.log.warn({ err: asCdbpError(e).message }, 'sealing the final data-file inventory failed (the last sweep stays sealed)'));
     await this.pgStorage?.unmount().catch((e: unknown) => this.deps.log.error({ err: asCdbpError(e).message }, 'unmounting the encrypted directory failed'));
     await this.keyring?.close().catch(() => undefined);
   }
@@ -743,3 +737,4 @@ function provisionFrom(casUrl: string): typeof attestAndProvision {
   if (urls.length <= 1) return attestAndProvision;
   return (o) => attestAndProvisionAny({ ...o, casUrls: urls });
 }
+
