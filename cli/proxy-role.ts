@@ -110,6 +110,8 @@ export class ProxyRole {
   private readonly renewal: RenewalDriver;
   private startup: Promise<void> | undefined;
   private stopping: Promise<void> | undefined;
+  /** The managed database exited on its own (crash, kill): a stop seals nothing more. */
+  private databaseDied = false;
   private stoppedResolve: () => void = () => undefined;
   private readonly stoppedPromise = new Promise<void>((r) => { this.stoppedResolve = r; });
   /** What the freshness guard holds: the current counter client (mTLS), swapped on renewal. */
@@ -307,6 +309,7 @@ export class ProxyRole {
       log.info({ pid: this.postgres.pid, socket: this.postgres.socketPath }, 'postgres started');
       void this.postgres.whenExited?.().then((code: number | null) => {
         if (this.stopping) return;
+        this.databaseDied = true;
         // A vanished mount usually kills PostgreSQL first: name the cause, not the consequence.
         const storage = this.pgStorage?.health();
         if (storage && !storage.mounted) this.lifecycle.fail({ code: 'STORAGE_UNAVAILABLE', message: `encrypted directory lost: ${storage.reason}` });
@@ -425,7 +428,7 @@ export class ProxyRole {
    * background sweep saw).
    */
   private async sealFinalDataFiles(inventory: DataFileInventory | undefined, databaseRunning: boolean): Promise<void> {
-    if (!inventory?.running || !this.guard || this.guard.violated || databaseRunning) return;
+    if (!inventory?.running || !this.guard || this.guard.violated || databaseRunning || this.databaseDied) return;
     await inventory.stop();
     const started = Date.now();
     const ref = await inventory.sweep(true);
@@ -499,6 +502,7 @@ export class ProxyRole {
     log.info({ pid: this.mariadb.pid, socket: this.mariadb.socket }, 'mariadbd started');
     void this.mariadb.whenExited().then((code) => {
       if (this.stopping) return;
+      this.databaseDied = true;
       log.error({ code, log: this.mariadb?.errorLogTail() }, 'mariadbd exited unexpectedly');
       this.lifecycle.fail({ code: 'BACKEND_UNAVAILABLE', message: `mariadbd exited (code ${code})` });
       void this.mysql?.stopAccepting();
@@ -687,7 +691,10 @@ export class ProxyRole {
       if (open > 0) log.info({ open, timeoutMs: o.immediate ? 0 : config.drainTimeoutMs }, 'draining open sessions');
       const timeout = o.immediate ? 0 : config.drainTimeoutMs;
       await Promise.all([this.mysql?.drain(timeout), this.pg?.drain(timeout)]);
-      await this.guard?.sealNow().catch((e: unknown) => log.warn({ err: asCdbpError(e).message }, 'final seal failed'));
+      // A database that died under us has no position to read and no clean files to sweep: the next
+      // start verifies its crash recovery against the last counted epoch (nothing acknowledged is lost,
+      // acks wait for their seal), so a stop does not spin on a socket that will never answer.
+      if (!this.databaseDied) await this.guard?.sealNow().catch((e: unknown) => log.warn({ err: asCdbpError(e).message }, 'final seal failed'));
       await this.stopBackends();
       await this.sealFinalDataFiles(this.inventory, this.mariadb?.running === true).catch((e: unknown) => log.warn({ err: asCdbpError(e).message }, 'sealing the final data-file inventory failed (the last sweep stays sealed)'));
       await renewalStopped;

@@ -23,7 +23,7 @@ import { parseFlags } from '../../src/kernel/args.ts';
 import { CdbpError } from '../../src/kernel/errors.ts';
 import { findBinary, requirePluginFile } from '../../src/kernel/binaries.ts';
 import { freePort } from '../../src/kernel/net.ts';
-import { lockStateDir } from '../../src/kernel/state-lock.ts';
+import { lockStateDir, stateLockHolder } from '../../src/kernel/state-lock.ts';
 import { generatePlatformKey } from '../../src/attestation/simulated.ts';
 import { measureShippedCode } from '../../src/attestation/measurement.ts';
 import { buildNativeDataPlane } from '../native-build.ts';
@@ -103,6 +103,17 @@ private PostgreSQL behind a second proxy (one proxy per database). Ctrl-C stops 
     const pid = await managed.stopLeftover();
     if (pid) say(`stopped a leftover mariadbd (pid ${pid})`);
   };
+  // A proxy of an earlier `up` that was killed outlives it briefly (it stops on its own once it sees its
+  // parent gone): let it finish its stop (it shuts its database down) before this run starts its own,
+  // or the new proxy would find the volume locked by the old one.
+  // Proxies first: their clean stop seals a last epoch in the old CAS.
+  for (const [lockDir, scope, what] of [
+    [layout.untrusted, 'proxy:mariadb', 'mariadb proxy'], [layout.untrusted, 'proxy:postgres', 'postgres proxy'],
+    [path.join(layout.trusted, 'cas'), 'cas', 'CAS'],
+  ] as const) {
+    const pid = await stopLeftoverHolder(lockDir, scope, what);
+    if (pid) say(`stopped a leftover ${what} (pid ${pid}) of an earlier cdbp up`);
+  }
   await stopLeftover();
 
   const stopAll = async (code: number): Promise<number> => {
@@ -388,4 +399,31 @@ function tail(file: string, lines: number): string {
   } catch {
     return '(no log)';
   }
+}
+
+/**
+ * Stops the process that holds `scope`'s lock on `dir` (an orphan of a killed `up`: this run holds the
+ * `up` lock, so no live `up` owns it): SIGTERM, up to 60 s for its clean stop, then SIGKILL. Returns its
+ * pid, or undefined if none held the lock.
+ */
+async function stopLeftoverHolder(dir: string, scope: string, what: string): Promise<number | undefined> {
+  const holder = await stateLockHolder(dir, scope);
+  if (!holder) return undefined;
+  const signalUntilFree = async (sig: NodeJS.Signals | undefined, ms: number) => {
+    try { if (sig) process.kill(holder.pid, sig); } catch { /* already gone */ }
+    const deadline = Date.now() + ms;
+    while (Date.now() < deadline) {
+      if (!(await stateLockHolder(dir, scope))) return true;
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    return false;
+  };
+  // A holder that does not say who it is is usually one in the middle of exiting: give it a moment.
+  if (!holder.pid) {
+    if (await signalUntilFree(undefined, 10_000)) return undefined;
+    throw new CdbpError('STATE_LOCKED', `${dir} is held by a ${what} that does not answer: stop it first`);
+  }
+  if (await signalUntilFree('SIGTERM', 60_000)) return holder.pid;
+  if (await signalUntilFree('SIGKILL', 10_000)) return holder.pid;
+  throw new CdbpError('STATE_LOCKED', `${dir} is still held by the ${what} (pid ${holder.pid}) after SIGKILL`);
 }

@@ -78,6 +78,26 @@ export async function lockStateDir(dir: string, o: { role: string; scope?: strin
   };
 }
 
+/**
+ * Who holds the lock on (`dir`, `scope`) now, without taking it: undefined if it is free (or `dir` does
+ * not exist). A holder that does not describe itself within a second is reported with pid 0.
+ */
+export async function stateLockHolder(dir: string, scope: string): Promise<LockHolder | undefined> {
+  let name: string;
+  try {
+    name = lockName(realpathSync(dir), scope);
+  } catch {
+    return undefined;
+  }
+  const held = await new Promise<boolean>((resolve) => {
+    const c = net.connect(name);
+    c.once('connect', () => { c.destroy(); resolve(true); });
+    c.once('error', () => resolve(false));
+  });
+  if (!held) return undefined;
+  return (await askHolder(name)) ?? { pid: 0, role: 'unknown', since: '' };
+}
+
 /** The holder's self-description, or undefined if it does not answer within a second. */
 function askHolder(name: string): Promise<LockHolder | undefined> {
   return new Promise((resolve) => {

@@ -115,7 +115,7 @@ test('cdbp up: a second on one DIR exits at once and touches nothing; after kill
 
     // kill -9 the whole stack at once (a host crash, as far as locks go): nothing runs a cleanup.
     const tree = spawnSync('pgrep', ['-f', dir], { encoding: 'utf8' }).stdout.trim().split('\n').filter(Boolean).map(Number);
-    pids.push(first.proc.pid!, ...tree, first.stack.mariadb.pid ?? 0);
+    pids.push(first.proc.pid!, ...descendants(first.proc.pid!), ...tree, first.stack.mariadb.pid ?? 0);
     for (const pid of pids) {
       try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
     }
@@ -128,12 +128,33 @@ test('cdbp up: a second on one DIR exits at once and touches nothing; after kill
   }
 
   const again = await startStack(dir);
+  let third: Awaited<ReturnType<typeof startStack>> | undefined;
   try {
     const conn = await connectThroughProxy(again.stack);
     assert.deepEqual((await conn.query('SELECT v FROM app.t')).map((r: any) => r.v), [1], 'the data is back');
+    await conn.query('INSERT INTO app.t VALUES (2)');
     await conn.end();
+
+    // kill -9 of `up` alone: its proxy outlives it for a moment (and holds the volume) while it stops on
+    // its own. The next `up` stops that leftover proxy before starting its own instead of failing on it.
+    const leftover = descendants(again.proc.pid!);
+    process.kill(again.proc.pid!, 'SIGKILL');
+    // Straight away: the orphans are still up (each stops on its own within a few seconds).
+    third = await startStack(dir);
+    assert.doesNotMatch(third.output(), /STATE_LOCKED/, third.output());
+    assert.ok(!leftover.some(alive), 'the leftover proxy and its database are gone');
+    const c3 = await connectThroughProxy(third.stack);
+    assert.deepEqual((await c3.query('SELECT v FROM app.t ORDER BY v')).map((r: any) => r.v), [1, 2], 'the acknowledged write survived');
+    await c3.end();
   } finally {
-    assert.equal(await again.stop(), 0, again.output());
+    if (third) assert.equal(await third.stop(), 0, third.output());
+    else await again.stop();
   }
 });
+
+/** Every live descendant of `pid` (its children run in their own process groups, so -pgid misses them). */
+function descendants(pid: number): number[] {
+  const kids = spawnSync('pgrep', ['-P', String(pid)], { encoding: 'utf8' }).stdout.trim().split('\n').filter(Boolean).map(Number);
+  return kids.flatMap((k) => [k, ...descendants(k)]);
+}
 
