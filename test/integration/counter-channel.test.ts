@@ -130,7 +130,13 @@ test('counter channel: ordered pipelined advances, conflicts, refusals, forged f
 
   const counterLog = readFileSync(path.join(cas.dir, 'state', 'counters.log'), 'utf8').trim().split('\n');
   assert.equal(counterLog.length, 7, 'one log entry per landed advance');
-  const audit = readFileSync(path.join(cas.dir, 'audit.log'), 'utf8');
+  // The refusal's audit entry is appended after the session is ended (the refusal does not wait for the
+  // disk), so it may land a moment after the close seen here.
+  const auditFile = path.join(cas.dir, 'audit.log');
+  for (const deadline = Date.now() + 5_000; !/"code":"PROTOCOL_VIOLATION"/.test(readFileSync(auditFile, 'utf8')) && Date.now() < deadline;) {
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  const audit = readFileSync(auditFile, 'utf8');
   assert.match(audit, /"code":"FORBIDDEN"/);
   assert.match(audit, /"code":"PROTOCOL_VIOLATION"/);
 
