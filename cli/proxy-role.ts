@@ -40,7 +40,7 @@ import { MariadbPositionSource, readOfflineCheckpoint, type PositionSource } fro
 import { PostgresPositionSource } from '../proxy/freshness/postgres-position.ts';
 import { MariadbInventory, describeFileViolations } from '../proxy/freshness/inventory/mariadb-inventory.ts';
 import { InventoryStore } from '../proxy/freshness/inventory/store.ts';
-import { PostgresInventory } from '../proxy/freshness/inventory/postgres-inventory.ts';
+import { PostgresInventory, dropInventoryWalSlot } from '../proxy/freshness/inventory/postgres-inventory.ts';
 import type { FileViolation } from '../proxy/freshness/inventory/check.ts';
 import type { InventoryRef } from '../proxy/freshness/inventory/types.ts';
 import { createPgProxy, type PgProxy } from '../proxy/pg/index.ts';
@@ -325,6 +325,10 @@ export class ProxyRole {
     if (!config.managePostgres) await waitForDatabase(positions, log);
     await this.guard!.verifyOnline(positions);
     if (this.pgInventory) this.startDataFileSweeps(this.pgInventory, await this.pgInventory.verifyOnline());
+    else if (config.managePostgres) {
+      await dropInventoryWalSlot({ socketDir, port: config.pgBackendPort, user: config.pgMonitorUser, password: config.monitorPassword })
+        .catch((e: unknown) => log.warn({ err: asCdbpError(e).message }, 'could not drop the data-file inventory\'s WAL slot'));
+    }
     this.guard!.startRuntime(positions);
     const provision = this.provision!;
     this.pg = createPgProxy({

@@ -16,6 +16,7 @@ export const BINARY_PACKAGES: Record<string, string> = {
   initdb: 'postgresql',
   pg_ctl: 'postgresql',
   pg_controldata: 'postgresql',
+  pg_waldump: 'postgresql',
   psql: 'postgresql-client',
   pgbench: 'postgresql-contrib',
   pgbouncer: 'pgbouncer',
@@ -41,7 +42,7 @@ function postgresBinDirs(): string[] {
 }
 
 /** PostgreSQL server binaries must come from one version directory, not a mix from PATH. */
-const PREFER_POSTGRES_DIR = new Set(['postgres', 'initdb', 'pg_ctl', 'pg_controldata']);
+const PREFER_POSTGRES_DIR = new Set(['postgres', 'initdb', 'pg_ctl', 'pg_controldata', 'pg_waldump']);
 
 export function findBinary(name: string): string {
   const pathDirs = (process.env.PATH ?? '').split(path.delimiter).filter(Boolean);

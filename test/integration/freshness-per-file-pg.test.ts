@@ -13,13 +13,14 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { spawnSync } from 'node:child_process';
-import { chmodSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { chmodSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { startTestCas, type TestCas } from '../support/cas.ts';
 import { applyProxyPolicy } from '../support/proxy-process.ts';
 import { startPgProxyProcess, type PgTestProxy } from '../support/pg-proxy-process.ts';
 import { tempDir } from '../support/tmp.ts';
 import { mountsAt, readMountinfo } from '../../src/storage/index.ts';
+import { cipherPaths, copyTree, gocryptfsPid, pidAlive, until } from '../support/pg-perfile.ts';
 
 const APP = { user: 'app', password: `pw-${randomBytes(6).toString('hex')}` };
 let tmp: ReturnType<typeof tempDir>;
@@ -48,46 +49,6 @@ async function start(o: Parameters<typeof startPgProxyProcess>[0] extends infer 
   return p;
 }
 
-async function until(cond: () => boolean | Promise<boolean>, ms = 20_000, what = 'condition'): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!(await cond())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
-
-function pidAlive(pid: number): boolean {
-  try { process.kill(pid, 0); return true; } catch { return false; }
-}
-
-function gocryptfsPid(mountPoint: string): number | undefined {
-  for (const pid of readdirSync('/proc').filter((d) => /^\d+$/.test(d))) {
-    try {
-      const argv = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
-      if (argv[0]!.endsWith('gocryptfs') && argv.includes(mountPoint)) return Number(pid);
-    } catch { /* exited */ }
-  }
-  return undefined;
-}
-
-/** Ciphertext path (relative to the encrypted dir) of each plaintext path, by inode. */
-function cipherPaths(p: PgTestProxy, plain: string[]): Map<string, string> {
-  const datadir = path.join(p.mountPoint, 'pg', 'data');
-  const want = new Map(plain.map((rel) => [statSync(path.join(datadir, rel)).ino, rel]));
-  const out = new Map<string, string>();
-  const walk = (dir: string) => {
-    for (const d of readdirSync(dir, { withFileTypes: true })) {
-      const full = path.join(dir, d.name);
-      const rel = want.get(statSync(full).ino);
-      if (rel) out.set(rel, path.relative(p.encryptedDir, full));
-      if (d.isDirectory()) walk(full);
-    }
-  };
-  walk(p.encryptedDir);
-  assert.equal(out.size, plain.length, `ciphertext found for ${[...out.keys()].join(', ')} of ${plain.join(', ')}`);
-  return out;
-}
-
 async function count(p: PgTestProxy): Promise<number> {
   const c = await p.client(APP.user, APP.password);
   try { return (await c.query('SELECT count(*)::int AS n FROM t')).rows[0].n; } finally { await c.end(); }
@@ -98,12 +59,6 @@ async function insert(p: PgTestProxy, n: number): Promise<void> {
   try {
     for (let i = 0; i < n; i++) await c.query("INSERT INTO t (v) VALUES (repeat('b', 100))");
   } finally { await c.end(); }
-}
-
-/** `cp -a`: PostgreSQL runs as its own OS user, so owners and modes must survive the copy. */
-function copyTree(from: string, to: string): void {
-  const r = spawnSync('cp', ['-a', from, to]);
-  assert.equal(r.status, 0, r.stderr?.toString());
 }
 
 function restore(from: string): void {

@@ -11,6 +11,8 @@ import {
   CLOG_XIDS_PER_SEGMENT, PG_BLOCK_SIZE, highestFinalXact, isInitializedPage, pgRelationName, pgXactSegment, readPgPageHeader, xactStatus,
 } from '../../proxy/freshness/inventory/postgres-page.ts';
 import { checkPgInventory, formatLsn, pgDeferredViolations, type PgCatalog, type PgFileReader } from '../../proxy/freshness/inventory/postgres-check.ts';
+import { classifyWaldump, parseWalTruncations, type WalTruncations } from '../../proxy/freshness/inventory/postgres-wal.ts';
+import { relationOfFile } from '../../proxy/freshness/inventory/postgres-page.ts';
 import { PgDatadirReader, listPgFiles, observePgDatadir, sweepPgFile } from '../../proxy/freshness/inventory/postgres-files.ts';
 import type { PgInventory, PgObservedFile } from '../../proxy/freshness/inventory/types.ts';
 
@@ -130,7 +132,20 @@ test('check: an older relation file, a shorter one, a swapped one (exact), an ol
 
   const shorter = { 'base/5/100': [60n, 70n], 'global/1262': [20n] };
   assert.equal(checkPgInventory(inv, true, obs(shorter), memReader(shorter, xacts)).violations[0]!.reason, 'shorter-copy');
-  assert.deepEqual(checkPgInventory(inv, false, obs(shorter), memReader(shorter, xacts)).violations, [], 'after a crash: VACUUM may have truncated the tail');
+  // After a crash a shorter file is legitimate only on the WAL's word (VACUUM's TRUNCATE record).
+  const wal = (truncatedTo: Record<string, number>): (() => WalTruncations) => () => ({ available: true, from: 100n, truncatedTo: new Map(Object.entries(truncatedTo)) });
+  const crashShorter = (w: () => WalTruncations) => checkPgInventory(inv, false, obs(shorter), memReader(shorter, xacts), w);
+  const proven = crashShorter(wal({ 'base/5/100': 2 }));
+  assert.deepEqual(proven.violations, [], 'truncated to 2 blocks: block 2 is legitimately gone');
+  assert.deepEqual(proven.truncated, ['base/5/100']);
+  const [none] = crashShorter(wal({})).violations;
+  assert.equal(none!.reason, 'shorter-copy');
+  assert.match(none!.message, /data file base\/5\/100 rolled back: it has 2 blocks, .*block 2 .*the WAL since 0\/64 truncates base\/5\/100 nowhere/);
+  assert.match(crashShorter(wal({ 'base/5/100': 3 })).violations[0]!.message, /truncates base\/5\/100 only to 3 blocks/, 'a truncation that kept block 2 does not explain its absence');
+  assert.match(crashShorter(wal({ 'base/5/200': 0 })).violations[0]!.message, /nowhere/, 'another relation\'s truncation does not count');
+  assert.match(crashShorter(() => ({ available: false, from: 100n, why: 'the WAL from 0/64 is gone' })).violations[0]!.message, /cannot be proven: the WAL from 0\/64 is gone/);
+  assert.throws(() => crashShorter(() => { throw new Error('reader broke'); }), /reader broke/, 'a broken WAL reader stops the start, it never passes the file');
+  assert.deepEqual(checkPgInventory(inv, false, obs(current), memReader(current, xacts), () => { throw new Error('asked'); }).violations, [], 'asked only for a witness past the end');
 
   const swapped = { 'base/5/100': [60n, 70n, 95n], 'global/1262': [20n] };
   assert.equal(checkPgInventory(inv, true, obs(swapped), memReader(swapped, xacts)).violations[0]!.reason, 'swapped');
@@ -169,4 +184,26 @@ test('online: a missing file is fine when its relfilenode is no relation\'s any 
   const v = pgDeferredViolations(missing, still);
   assert.deepEqual(v.map((x) => x.file), ['base/5/100', 'base/7/100', 'pg_xact/0000']);
   assert.match(v[0]!.message, /relfilenode 100 still belongs to a relation/);
+});
+
+test('WAL evidence: pg_waldump\'s TRUNCATE records, their heap flag, segment files, and a WAL that is not there', () => {
+  const dump = [
+    'rmgr: Storage     len (rec/tot):     42/    42, tx:        724, lsn: 0/01511B50, prev 0/01511B20, desc: CREATE base/5/16384',
+    'rmgr: Storage     len (rec/tot):     46/    46, tx:          0, lsn: 0/0152A000, prev 0/01529FC8, desc: TRUNCATE base/5/16384 to 7 blocks flags 7',
+    'rmgr: Storage     len (rec/tot):     46/    46, tx:          0, lsn: 0/0152B000, prev 0/0152A000, desc: TRUNCATE base/5/16384 to 3 blocks flags 1',
+    'rmgr: Storage     len (rec/tot):     46/    46, tx:          0, lsn: 0/0152C000, prev 0/0152B000, desc: TRUNCATE base/5/16384 to 0 blocks flags 2',
+    'rmgr: Storage     len (rec/tot):     46/    46, tx:          0, lsn: 0/0152D000, prev 0/0152C000, desc: TRUNCATE global/1262 to 0 blocks flags 7',
+  ].join('\n');
+  assert.deepEqual([...parseWalTruncations(dump)], [['base/5/16384', 3], ['global/1262', 0]], 'the smallest heap truncation wins; an FSM/VM-only one (flags 2) does not count');
+  assert.deepEqual(relationOfFile('base/5/16384.2'), { relation: 'base/5/16384', firstBlock: 2 * 131072 });
+  assert.deepEqual(relationOfFile('global/1262'), { relation: 'global/1262', firstBlock: 0 });
+
+  const end = 'pg_waldump: error: error in WAL record at 0/16F5C08: invalid record length at 0/16F5C80: wanted 24, got 0';
+  const ok = classifyWaldump(1n, 1, dump, end);
+  assert.ok(ok.available && ok.truncatedTo.get('base/5/16384') === 3, 'the normal end of the WAL is no failure');
+  const empty = classifyWaldump(1n, 1, '', 'pg_waldump: error: could not find a valid record after 0/16F5C80');
+  assert.ok(empty.available && empty.truncatedTo.size === 0, 'nothing written since the sweep');
+  const gone = classifyWaldump(1n, 1, '', 'pg_waldump: error: could not find file "000000010000000000000003": No such file or directory');
+  assert.ok(!gone.available && /is gone \(could not find file/.test(gone.why));
+  assert.equal(classifyWaldump(1n, 2, '', 'pg_waldump: error: something else').available, false);
 });

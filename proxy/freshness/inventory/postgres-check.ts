@@ -5,9 +5,10 @@
  * Rules (docs/FRESHNESS.md "Per-file freshness", PostgreSQL):
  *   - a witness page whose pd_lsn is below the sealed one → an older copy of the relation file; after a
  *     clean stop (exact) nothing ran since the sweep, so any other LSN (a swapped file) is refused too;
- *   - a witness page past the end of the file: exact → a shorter (older) copy; after a crash it may be
- *     VACUUM's truncation of empty tail pages since the sweep, so that witness is skipped (the others in
- *     the file still count);
+ *   - a witness page past the end of the file: exact → a shorter (older) copy; after a crash it is
+ *     legitimate only if the WAL since the sweep truncated the relation below that block (VACUUM cutting
+ *     empty tail pages, postgres-wal.ts), else a shorter (older) copy — an append-only table's older file
+ *     has every witness past its end, so "maybe VACUUM" must be proven, never assumed;
  *   - a pg_xact segment whose witness xid no longer has the sealed final status → an older copy;
  *   - a relation file not in the inventory whose written pages are older than the sweep began → foreign
  *     (a file created since, e.g. by VACUUM FULL / TRUNCATE / CLUSTER / CREATE DATABASE, has only newer
@@ -18,7 +19,10 @@
  */
 import type { FileViolation } from './check.ts';
 import type { PgInventory, PgInventoryFile, PgObservedFile } from './types.ts';
-import { CLOG_XIDS_PER_SEGMENT } from './postgres-page.ts';
+import { CLOG_XIDS_PER_SEGMENT, formatLsn, relationOfFile } from './postgres-page.ts';
+import type { WalTruncations } from './postgres-wal.ts';
+
+export { formatLsn };
 
 export interface PgFileReader {
   /** pd_lsn of block `page` (0n for a page never initialized), undefined past the end of the file. */
@@ -35,15 +39,24 @@ export interface PgCheckResult {
   deferred: PgInventoryFile[];
   checked: number;
   added: string[];
+  /** Files shorter than a witness because the WAL since the sweep truncated them (VACUUM): legitimate. */
+  truncated: string[];
 }
 
 const STATUS = ['in progress', 'committed', 'aborted', 'sub-committed'];
 export const xactStatusName = (s: number): string => STATUS[s] ?? String(s);
 
-export function checkPgInventory(inv: PgInventory, exact: boolean, found: PgObservedFile[], reader: PgFileReader): PgCheckResult {
+/**
+ * `walTruncations` is asked (once, lazily: it runs pg_waldump) only after a crash and only when a witness
+ * lies past the end of its file.
+ */
+export function checkPgInventory(inv: PgInventory, exact: boolean, found: PgObservedFile[], reader: PgFileReader,
+  walTruncations: () => WalTruncations = () => ({ available: false, from: BigInt(inv.durableLsn), why: 'no WAL reader' })): PgCheckResult {
+  let wal: WalTruncations | undefined;
   const violations: FileViolation[] = [];
   const deferred: PgInventoryFile[] = [];
   const added: string[] = [];
+  const truncated: string[] = [];
   let checked = 0;
   const byPath = new Map(found.map((f) => [f.path, f]));
   const known = new Set(inv.files.map((f) => f.path));
@@ -79,10 +92,24 @@ export function checkPgInventory(inv: PgInventory, exact: boolean, found: PgObse
     for (const w of entry.witnesses) {
       const lsn = reader.readLsn(now.path, w.page);
       if (lsn === undefined) {
-        if (!exact) continue;
+        let why = 'an older, shorter copy';
+        if (!exact) {
+          wal ??= walTruncations();
+          const { relation, firstBlock } = relationOfFile(now.path);
+          if (wal.available) {
+            const to = wal.truncatedTo.get(relation);
+            if (to !== undefined && to <= firstBlock + w.page) { // VACUUM cut it off since the sweep
+              if (!truncated.includes(now.path)) truncated.push(now.path);
+              continue;
+            }
+            why = `an older, shorter copy: the WAL since ${formatLsn(wal.from)} truncates ${relation} ${to === undefined ? 'nowhere' : `only to ${to} blocks`}`;
+          } else {
+            why = `an older, shorter copy, or a truncation that cannot be proven: ${wal.why}`;
+          }
+        }
         violations.push({
           file: now.path, reason: 'shorter-copy',
-          message: `data file ${now.path} rolled back: it has ${now.pages} blocks, behind the sealed inventory, which saw block ${w.page} written at LSN ${formatLsn(BigInt(w.lsn))} (an older, shorter copy)`,
+          message: `data file ${now.path} rolled back: it has ${now.pages} blocks, behind the sealed inventory, which saw block ${w.page} written at LSN ${formatLsn(BigInt(w.lsn))} (${why})`,
           expected: { page: w.page, lsn: formatLsn(BigInt(w.lsn)), pagesAtLeast: w.page + 1 }, seen: { pages: now.pages },
         });
         break;
@@ -118,7 +145,7 @@ export function checkPgInventory(inv: PgInventory, exact: boolean, found: PgObse
     }
     added.push(f.path);
   }
-  return { violations, deferred, checked, added };
+  return { violations, deferred, checked, added, truncated };
 }
 
 /** What the running PostgreSQL says, for the files a non-exact inventory misses (postgres-inventory.ts). */
@@ -175,11 +202,6 @@ export function pgDeferredViolations(missing: PgInventoryFile[], cat: PgCatalog)
     });
   }
   return out;
-}
-
-/** PostgreSQL's own LSN notation (X/X), as pg_current_wal_lsn() prints it. */
-export function formatLsn(lsn: bigint): string {
-  return `${(lsn >> 32n).toString(16).toUpperCase()}/${(lsn & 0xffffffffn).toString(16).toUpperCase()}`;
 }
 
 function xidOf(file: string, offset: number): number | undefined {

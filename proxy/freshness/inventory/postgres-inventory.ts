@@ -21,6 +21,8 @@ import type { MetricsRegistry } from '../../../src/kernel/metrics.ts';
 import { parseLsn } from '../../../src/db/postgres-server.ts';
 import type { FileViolation } from './check.ts';
 import { checkPgInventory, pgDeferredViolations, type PgCatalog } from './postgres-check.ts';
+import { readWalTruncations } from './postgres-wal.ts';
+import { formatLsn } from './postgres-page.ts';
 import { PG_STATE_SHUTDOWNED, PgDatadirReader, listPgFiles, observePgDatadir, readPgControl, sweepPgFile, type PgSweepLimits } from './postgres-files.ts';
 import { SweepBudgetExceeded, fileStamp } from './innodb-files.ts';
 import type { InventoryStore } from './store.ts';
@@ -56,6 +58,8 @@ export class PostgresInventory {
   private written: string | undefined;
   private counted: string | undefined;
   private previous: string | undefined;
+  /** Durable LSN of the inventories this process read or wrote (the WAL slot follows the counted one). */
+  private readonly durableOf = new Map<string, string>();
 
   constructor(private readonly opts: PostgresInventoryOptions) {
     const m = opts.metrics;
@@ -96,11 +100,16 @@ export class PostgresInventory {
     this.phase = 'verifying';
     const started = Date.now();
     const inv = await this.opts.store.read<PgInventory>(ref.digest);
+    this.counted = ref.digest;
+    this.durableOf.set(ref.digest, inv.durableLsn);
     const found = observePgDatadir(this.opts.datadir);
     const bytes = found.reduce((s, f) => s + f.pages * 8192, 0);
     this.opts.log.info({ files: found.length, sealedFiles: inv.files.length, gib: +(bytes / 2 ** 30).toFixed(3), exact: ref.exact, sweptAt: ref.takenAt },
       `freshness: verifying ${found.length} data files (${(bytes / 2 ** 20).toFixed(1)} MiB) against the sealed inventory`);
-    const result = checkPgInventory(inv, ref.exact, found, new PgDatadirReader(this.opts.datadir));
+    // From the sweep's checkpoint redo (≤ its start): a truncation logged just before the sweep read the
+    // still-long file is in range too. The replication slot (retainWal) keeps that WAL.
+    const result = checkPgInventory(inv, ref.exact, found, new PgDatadirReader(this.opts.datadir),
+      () => readWalTruncations(this.opts.datadir, BigInt(inv.durableLsn)));
     this.deferred = result.deferred;
     this.verifyMs = Date.now() - started;
     this.verified = { files: result.checked, added: result.added.length };
@@ -111,7 +120,7 @@ export class PostgresInventory {
         const stamp = present.has(e.path) ? fileStamp(this.opts.datadir, e.path) : undefined;
         if (stamp) this.cache.set(e.path, { stamp, entry: e, complete: ref.exact });
       }
-      this.opts.log.info({ ms: this.verifyMs, files: result.checked, newFiles: result.added.length, deferred: result.deferred.length },
+      this.opts.log.info({ ms: this.verifyMs, files: result.checked, newFiles: result.added.length, deferred: result.deferred.length, truncatedPerWal: result.truncated.length },
         'freshness: data files verified against the sealed inventory');
     }
     return result.violations;
@@ -123,15 +132,27 @@ export class PostgresInventory {
     return pgDeferredViolations(this.deferred, await this.catalog());
   }
 
-  private async query<T extends pg.QueryResultRow>(database: string, sql: string): Promise<T[]> {
-    const c = this.opts.connection();
-    const client = new pg.Client({ host: c.socketDir, port: c.port, user: c.user, password: c.password, database, connectionTimeoutMillis: 5000, application_name: 'cdbp-inventory' });
-    client.on('error', () => undefined);
-    await client.connect();
+  private query<T extends pg.QueryResultRow>(database: string, sql: string, params: unknown[] = []): Promise<T[]> {
+    return pgQuery<T>(this.opts.connection(), database, sql, params);
+  }
+
+  /**
+   * Keeps the WAL a crash-time check needs: from the durable LSN of the counted inventory on (a
+   * truncation since then is proven by its record, postgres-wal.ts). A physical replication slot that
+   * never streams anywhere pins it; it moves forward with each counted sweep, so it holds about one sweep
+   * interval of WAL. Failures only warn: without the WAL a later crash-time truncation is refused (fail
+   * closed), never accepted.
+   */
+  private async retainWal(durableLsn: string | undefined): Promise<void> {
     try {
-      return (await client.query<T>(sql)).rows;
-    } finally {
-      await client.end().catch(() => undefined);
+      await this.query('postgres', `SELECT pg_create_physical_replication_slot('${WAL_SLOT}', true)
+        WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = '${WAL_SLOT}')`);
+      if (durableLsn === undefined) return;
+      const lsn = formatLsn(BigInt(durableLsn));
+      await this.query('postgres', `SELECT pg_replication_slot_advance('${WAL_SLOT}', $1::pg_lsn)
+        FROM pg_replication_slots WHERE slot_name = '${WAL_SLOT}' AND restart_lsn < $1::pg_lsn`, [lsn]);
+    } catch (e) {
+      this.opts.log.warn({ err: (e as Error).message }, 'freshness: could not keep the WAL since the counted sweep (a crash-time truncation would be refused)');
     }
   }
 
@@ -157,6 +178,7 @@ export class PostgresInventory {
 
   start(sealed: (ref: InventoryRef) => void): void {
     this.phase = 'running';
+    void this.retainWal(this.counted ? this.durableOf.get(this.counted) : undefined);
     const tick = () => {
       this.timer = setTimeout(() => {
         void this.sweep(false).then((ref) => {
@@ -181,6 +203,7 @@ export class PostgresInventory {
     if (!digest || digest === this.counted) return;
     this.previous = this.counted;
     this.counted = digest;
+    if (this.phase === 'running') void this.retainWal(this.durableOf.get(digest));
     if (!this.sweeping) this.opts.store.retain([digest, this.previous, this.written]);
   }
 
@@ -247,11 +270,34 @@ export class PostgresInventory {
     const inv: PgInventory = { engine: 'postgres', startLsn: l.start.toString(), durableLsn: l.durable.toString(), takenAt: new Date(started).toISOString(), files };
     const digest = await this.opts.store.write(inv);
     this.written = digest;
+    this.durableOf.set(digest, inv.durableLsn);
+    if (this.durableOf.size > 8) this.durableOf.delete(this.durableOf.keys().next().value!);
     this.lastSweepAt = started;
     this.lastSweepMs = Date.now() - started;
     this.lastSweepBytes = bytes;
     return { digest, startLsn: inv.startLsn, durableLsn: inv.durableLsn, exact: stopped, files: files.length, takenAt: inv.takenAt };
   }
+}
+
+/** The replication slot that keeps the WAL since the counted sweep (retainWal). */
+export const WAL_SLOT = 'cdbp_inventory';
+
+type PgConnection = ReturnType<PostgresInventoryOptions['connection']>;
+
+async function pgQuery<T extends pg.QueryResultRow>(c: PgConnection, database: string, sql: string, params: unknown[] = []): Promise<T[]> {
+  const client = new pg.Client({ host: c.socketDir, port: c.port, user: c.user, password: c.password, database, connectionTimeoutMillis: 5000, application_name: 'cdbp-inventory' });
+  client.on('error', () => undefined);
+  await client.connect();
+  try {
+    return (await client.query<T>(sql, params)).rows;
+  } finally {
+    await client.end().catch(() => undefined);
+  }
+}
+
+/** Freshness off: nothing follows the slot any more, so it must not pin the WAL for ever. */
+export async function dropInventoryWalSlot(c: PgConnection): Promise<void> {
+  await pgQuery(c, 'postgres', `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = '${WAL_SLOT}'`);
 }
 
 async function flushFile(file: string): Promise<void> {

@@ -91,3 +91,17 @@ export function pgRelationName(name: string): { relfilenode: number; segment: nu
 export function pgXactSegment(name: string): number | undefined {
   return /^[0-9A-F]{4,}$/.test(name) ? parseInt(name, 16) : undefined;
 }
+
+/** PostgreSQL's own LSN notation (X/X), as pg_current_wal_lsn() prints it. */
+export function formatLsn(lsn: bigint): string {
+  return `${(lsn >> 32n).toString(16).toUpperCase()}/${(lsn & 0xffffffffn).toString(16).toUpperCase()}`;
+}
+
+/** Blocks per 1 GiB segment file (RELSEG_SIZE with 8 KiB blocks). */
+export const RELSEG_BLOCKS = 131_072;
+
+/** "base/5/16384.2" → the relation "base/5/16384" and the relation block where that segment file starts. */
+export function relationOfFile(file: string): { relation: string; firstBlock: number } {
+  const m = /^(.*?)(?:\.(\d+))?$/.exec(file)!;
+  return { relation: m[1]!, firstBlock: m[2] ? Number(m[2]) * RELSEG_BLOCKS : 0 };
+}
