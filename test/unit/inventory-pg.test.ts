@@ -133,7 +133,8 @@ test('check: an older relation file, a shorter one, a swapped one (exact), an ol
   const shorter = { 'base/5/100': [60n, 70n], 'global/1262': [20n] };
   assert.equal(checkPgInventory(inv, true, obs(shorter), memReader(shorter, xacts)).violations[0]!.reason, 'shorter-copy');
   // After a crash a shorter file is legitimate only on the WAL's word (VACUUM's TRUNCATE record).
-  const wal = (truncatedTo: Record<string, number>): (() => WalTruncations) => () => ({ available: true, from: 100n, truncatedTo: new Map(Object.entries(truncatedTo)) });
+  const wal = (truncatedTo: Record<string, number>, at = 95n): (() => WalTruncations) => () => ({ available: true, from: 100n,
+    truncatedTo: new Map(Object.entries(truncatedTo).map(([r, blocks]) => [r, { blocks, lsn: at }])) });
   const crashShorter = (w: () => WalTruncations) => checkPgInventory(inv, false, obs(shorter), memReader(shorter, xacts), w);
   const proven = crashShorter(wal({ 'base/5/100': 2 }));
   assert.deepEqual(proven.violations, [], 'truncated to 2 blocks: block 2 is legitimately gone');
@@ -143,6 +144,23 @@ test('check: an older relation file, a shorter one, a swapped one (exact), an ol
   assert.match(none!.message, /data file base\/5\/100 rolled back: it has 2 blocks, .*block 2 .*the WAL since 0\/64 truncates base\/5\/100 nowhere/);
   assert.match(crashShorter(wal({ 'base/5/100': 3 })).violations[0]!.message, /truncates base\/5\/100 only to 3 blocks/, 'a truncation that kept block 2 does not explain its absence');
   assert.match(crashShorter(wal({ 'base/5/200': 0 })).violations[0]!.message, /nowhere/, 'another relation\'s truncation does not count');
+  // A real cut does not cover any shorter file: the file must still hold what the cut left, and blocks
+  // past the cut must have been written after it.
+  assert.match(crashShorter(wal({ 'base/5/100': 0 })).violations[0]!.message, /block 0 carries LSN 0\/3C, from before the WAL's truncation to 0 blocks at 0\/5F/);
+  assert.deepEqual(crashShorter(wal({ 'base/5/100': 0 }, 50n)).violations, [], 'regrown after the cut to 0');
+  const oneBlock = { 'base/5/100': [60n], 'global/1262': [20n] };
+  assert.match(checkPgInventory(inv, false, obs(oneBlock), memReader(oneBlock, xacts), wal({ 'base/5/100': 2 })).violations[0]!.message,
+    /it is shorter than the 2 blocks the WAL's truncation at 0\/5F left/);
+  // Emptied to 0 bytes with no cut in the WAL: DROP / TRUNCATE / VACUUM FULL's tombstone, decided online.
+  const empty = { 'base/5/100': [] as bigint[], 'global/1262': [20n] };
+  const e = checkPgInventory(inv, false, obs(empty), memReader(empty, xacts), wal({}));
+  assert.deepEqual(e.violations, []);
+  assert.deepEqual(e.emptied.map((x) => x.path), ['base/5/100']);
+  const live: PgCatalog = { databases: new Set([5]), relations: new Map([['5/100', 0]]), oldestXid: 3, unreadable: new Set() };
+  assert.match(pgDeferredViolations([], live, e.emptied)[0]!.message, /data file base\/5\/100 rolled back: it is empty, .*relfilenode 100 still belongs to a relation/,
+    'an emptied file of a live relation is a rollback, even though the relation now reads as 0 bytes');
+  assert.deepEqual(pgDeferredViolations([], { ...live, relations: new Map() }, e.emptied), [], 'a dropped or rewritten relation\'s tombstone');
+  assert.deepEqual(pgDeferredViolations([], { ...live, databases: new Set() }, e.emptied), [], 'its database dropped');
   assert.match(crashShorter(() => ({ available: false, from: 100n, why: 'the WAL from 0/64 is gone' })).violations[0]!.message, /cannot be proven: the WAL from 0\/64 is gone/);
   assert.throws(() => crashShorter(() => { throw new Error('reader broke'); }), /reader broke/, 'a broken WAL reader stops the start, it never passes the file');
   assert.deepEqual(checkPgInventory(inv, false, obs(current), memReader(current, xacts), () => { throw new Error('asked'); }).violations, [], 'asked only for a witness past the end');
@@ -194,16 +212,19 @@ test('WAL evidence: pg_waldump\'s TRUNCATE records, their heap flag, segment fil
     'rmgr: Storage     len (rec/tot):     46/    46, tx:          0, lsn: 0/0152C000, prev 0/0152B000, desc: TRUNCATE base/5/16384 to 0 blocks flags 2',
     'rmgr: Storage     len (rec/tot):     46/    46, tx:          0, lsn: 0/0152D000, prev 0/0152C000, desc: TRUNCATE global/1262 to 0 blocks flags 7',
   ].join('\n');
-  assert.deepEqual([...parseWalTruncations(dump)], [['base/5/16384', 3], ['global/1262', 0]], 'the smallest heap truncation wins; an FSM/VM-only one (flags 2) does not count');
+  assert.deepEqual([...parseWalTruncations(dump)], [['base/5/16384', { blocks: 3, lsn: 0x152B000n }], ['global/1262', { blocks: 0, lsn: 0x152D000n }]],
+    'the deepest heap truncation wins, with its LSN; an FSM/VM-only one (flags 2) does not count');
   assert.deepEqual(relationOfFile('base/5/16384.2'), { relation: 'base/5/16384', firstBlock: 2 * 131072 });
   assert.deepEqual(relationOfFile('global/1262'), { relation: 'global/1262', firstBlock: 0 });
 
   const end = 'pg_waldump: error: error in WAL record at 0/16F5C08: invalid record length at 0/16F5C80: wanted 24, got 0';
   const ok = classifyWaldump(1n, 1, dump, end);
-  assert.ok(ok.available && ok.truncatedTo.get('base/5/16384') === 3, 'the normal end of the WAL is no failure');
+  assert.ok(ok.available && ok.truncatedTo.get('base/5/16384')?.blocks === 3, 'the normal end of the WAL is no failure');
   const empty = classifyWaldump(1n, 1, '', 'pg_waldump: error: could not find a valid record after 0/16F5C80');
   assert.ok(empty.available && empty.truncatedTo.size === 0, 'nothing written since the sweep');
   const gone = classifyWaldump(1n, 1, '', 'pg_waldump: error: could not find file "000000010000000000000003": No such file or directory');
   assert.ok(!gone.available && /is gone \(could not find file/.test(gone.why));
   assert.equal(classifyWaldump(1n, 2, '', 'pg_waldump: error: something else').available, false);
+  const atBoundary = classifyWaldump(1n, 1, dump, 'pg_waldump: error: could not find file "000000010000000000000004": No such file or directory');
+  assert.ok(atBoundary.available && atBoundary.truncatedTo.size === 2, 'the WAL ending at a segment boundary keeps what was read');
 });

@@ -7,8 +7,11 @@
  *     clean stop (exact) nothing ran since the sweep, so any other LSN (a swapped file) is refused too;
  *   - a witness page past the end of the file: exact → a shorter (older) copy; after a crash it is
  *     legitimate only if the WAL since the sweep truncated the relation below that block (VACUUM cutting
- *     empty tail pages, postgres-wal.ts), else a shorter (older) copy — an append-only table's older file
- *     has every witness past its end, so "maybe VACUUM" must be proven, never assumed;
+ *     empty tail pages, postgres-wal.ts) *and* the file agrees with that cut (at least as long as the cut
+ *     left it, every block past the cut written after it), else a shorter (older) copy — an append-only
+ *     table's older file has every witness past its end, so "maybe VACUUM" must be proven, never assumed;
+ *     a first segment emptied to 0 bytes without such a record is what DROP / TRUNCATE / VACUUM FULL leave
+ *     until the next checkpoint: `emptied`, decided online (its relfilenode must be no relation's);
  *   - a pg_xact segment whose witness xid no longer has the sealed final status → an older copy;
  *   - a relation file not in the inventory whose written pages are older than the sweep began → foreign
  *     (a file created since, e.g. by VACUUM FULL / TRUNCATE / CLUSTER / CREATE DATABASE, has only newer
@@ -19,8 +22,8 @@
  */
 import type { FileViolation } from './check.ts';
 import type { PgInventory, PgInventoryFile, PgObservedFile } from './types.ts';
-import { CLOG_XIDS_PER_SEGMENT, formatLsn, relationOfFile } from './postgres-page.ts';
-import type { WalTruncations } from './postgres-wal.ts';
+import { CLOG_XIDS_PER_SEGMENT, RELSEG_BLOCKS, formatLsn, relationOfFile } from './postgres-page.ts';
+import type { WalCut, WalTruncations } from './postgres-wal.ts';
 
 export { formatLsn };
 
@@ -41,6 +44,8 @@ export interface PgCheckResult {
   added: string[];
   /** Files shorter than a witness because the WAL since the sweep truncated them (VACUUM): legitimate. */
   truncated: string[];
+  /** First segments emptied to 0 bytes with no truncation in the WAL: decided online (pgDeferredViolations). */
+  emptied: PgInventoryFile[];
 }
 
 const STATUS = ['in progress', 'committed', 'aborted', 'sub-committed'];
@@ -57,6 +62,7 @@ export function checkPgInventory(inv: PgInventory, exact: boolean, found: PgObse
   const deferred: PgInventoryFile[] = [];
   const added: string[] = [];
   const truncated: string[] = [];
+  const emptied: PgInventoryFile[] = [];
   let checked = 0;
   const byPath = new Map(found.map((f) => [f.path, f]));
   const known = new Set(inv.files.map((f) => f.path));
@@ -96,13 +102,19 @@ export function checkPgInventory(inv: PgInventory, exact: boolean, found: PgObse
         if (!exact) {
           wal ??= walTruncations();
           const { relation, firstBlock } = relationOfFile(now.path);
-          if (wal.available) {
-            const to = wal.truncatedTo.get(relation);
-            if (to !== undefined && to <= firstBlock + w.page) { // VACUUM cut it off since the sweep
+          const cut = wal.available ? wal.truncatedTo.get(relation) : undefined;
+          if (cut && cut.blocks <= firstBlock + w.page) {
+            const disagrees = disagreesWithCut(now, cut, firstBlock, reader);
+            if (!disagrees) { // VACUUM cut it off since the sweep
               if (!truncated.includes(now.path)) truncated.push(now.path);
               continue;
             }
-            why = `an older, shorter copy: the WAL since ${formatLsn(wal.from)} truncates ${relation} ${to === undefined ? 'nowhere' : `only to ${to} blocks`}`;
+            why = `an older, shorter copy: ${disagrees}`;
+          } else if (now.pages === 0 && firstBlock === 0) {
+            emptied.push(entry);
+            break;
+          } else if (wal.available) {
+            why = `an older, shorter copy: the WAL since ${formatLsn(wal.from)} truncates ${relation} ${cut ? `only to ${cut.blocks} blocks` : 'nowhere'}`;
           } else {
             why = `an older, shorter copy, or a truncation that cannot be proven: ${wal.why}`;
           }
@@ -145,7 +157,24 @@ export function checkPgInventory(inv: PgInventory, exact: boolean, found: PgObse
     }
     added.push(f.path);
   }
-  return { violations, deferred, checked, added, truncated };
+  return { violations, deferred, checked, added, truncated, emptied };
+}
+
+/**
+ * Why the file now cannot be what is left after the WAL's cut (undefined: it can): a cut to N blocks
+ * leaves at least N (later cuts go no deeper than the deepest), and a block at or past N exists again only
+ * if written after the cut. An older copy that happens to be shorter than a real cut fails one of the two.
+ */
+function disagreesWithCut(now: PgObservedFile, cut: WalCut, firstBlock: number, reader: PgFileReader): string | undefined {
+  const from = Math.max(0, Math.min(cut.blocks - firstBlock, RELSEG_BLOCKS));
+  if (now.pages < from) return `it is shorter than the ${cut.blocks} blocks the WAL's truncation at ${formatLsn(cut.lsn)} left`;
+  for (let b = from; b < now.pages; b++) {
+    const lsn = reader.readLsn(now.path, b);
+    if (lsn !== undefined && lsn !== 0n && lsn <= cut.lsn) {
+      return `block ${b} carries LSN ${formatLsn(lsn)}, from before the WAL's truncation to ${cut.blocks} blocks at ${formatLsn(cut.lsn)}`;
+    }
+  }
+  return undefined;
 }
 
 /** What the running PostgreSQL says, for the files a non-exact inventory misses (postgres-inventory.ts). */
@@ -166,8 +195,28 @@ export interface PgCatalog {
  * segment N.k, when the relation is now at most k GiB (VACUUM truncation); a pg_xact segment only when every
  * xid in it is below the oldest xid (CLOG truncation after freezing).
  */
-export function pgDeferredViolations(missing: PgInventoryFile[], cat: PgCatalog): FileViolation[] {
+export function pgDeferredViolations(missing: PgInventoryFile[], cat: PgCatalog, emptied: PgInventoryFile[] = []): FileViolation[] {
   const out: FileViolation[] = [];
+  // Emptied to 0 bytes: legitimate only as the tombstone of a dropped or rewritten relation. Unlike a
+  // missing file, an empty one of a live relation would start (as an empty table): its size proves nothing.
+  for (const e of emptied) {
+    const m = /^(base\/(\d+)|global)\/(\d+)$/.exec(e.path);
+    if (!m) continue;
+    const db = m[2] === undefined ? undefined : Number(m[2]);
+    if (db !== undefined && !cat.databases.has(db)) continue;
+    const key = `${db === undefined ? 'global' : db}/${m[3]}`;
+    if (db !== undefined && cat.unreadable.has(db)) {
+      out.push({ file: e.path, reason: 'shorter-copy', message: `data file ${e.path} is empty in database ${db}, which takes no connections (its relations never change)`,
+        expected: { path: e.path, pages: e.pages }, seen: { path: e.path, pages: 0 } });
+      continue;
+    }
+    if (!cat.relations.has(key)) continue;
+    out.push({
+      file: e.path, reason: 'shorter-copy',
+      message: `data file ${e.path} rolled back: it is empty, the sealed inventory saw ${e.pages} blocks, the WAL truncated nothing and relfilenode ${m[3]} still belongs to a relation (not dropped or rewritten)`,
+      expected: { path: e.path, pages: e.pages }, seen: { path: e.path, pages: 0 },
+    });
+  }
   for (const e of missing) {
     if (e.kind === 'pg-xact') {
       const seg = parseInt(e.path.split('/')[1]!, 16);

@@ -46,6 +46,7 @@ interface Cached { stamp: string; entry: PgInventoryFile; complete: boolean }
 export class PostgresInventory {
   private readonly cache = new Map<string, Cached>();
   private deferred: PgInventoryFile[] = [];
+  private emptied: PgInventoryFile[] = [];
   private timer: NodeJS.Timeout | undefined;
   private sweeping: Promise<InventoryRef | undefined> | undefined;
   private stopped = false;
@@ -111,6 +112,7 @@ export class PostgresInventory {
     const result = checkPgInventory(inv, ref.exact, found, new PgDatadirReader(this.opts.datadir),
       () => readWalTruncations(this.opts.datadir, BigInt(inv.durableLsn)));
     this.deferred = result.deferred;
+    this.emptied = result.emptied;
     this.verifyMs = Date.now() - started;
     this.verified = { files: result.checked, added: result.added.length };
     this.phase = 'verified';
@@ -120,7 +122,7 @@ export class PostgresInventory {
         const stamp = present.has(e.path) ? fileStamp(this.opts.datadir, e.path) : undefined;
         if (stamp) this.cache.set(e.path, { stamp, entry: e, complete: ref.exact });
       }
-      this.opts.log.info({ ms: this.verifyMs, files: result.checked, newFiles: result.added.length, deferred: result.deferred.length, truncatedPerWal: result.truncated.length },
+      this.opts.log.info({ ms: this.verifyMs, files: result.checked, newFiles: result.added.length, deferred: result.deferred.length + result.emptied.length, truncatedPerWal: result.truncated.length },
         'freshness: data files verified against the sealed inventory');
     }
     return result.violations;
@@ -128,8 +130,8 @@ export class PostgresInventory {
 
   /** Online part (PostgreSQL up, no client yet): files missing since a non-exact sweep. */
   async verifyOnline(): Promise<FileViolation[]> {
-    if (this.deferred.length === 0) return [];
-    return pgDeferredViolations(this.deferred, await this.catalog());
+    if (this.deferred.length === 0 && this.emptied.length === 0) return [];
+    return pgDeferredViolations(this.deferred, await this.catalog(), this.emptied);
   }
 
   private query<T extends pg.QueryResultRow>(database: string, sql: string, params: unknown[] = []): Promise<T[]> {
@@ -160,7 +162,7 @@ export class PostgresInventory {
     const dbs = await this.query<{ oid: string; datname: string; datallowconn: boolean }>('postgres', 'SELECT oid::text, datname, datallowconn FROM pg_database');
     const [cp] = await this.query<{ oldest: string }>('postgres', 'SELECT oldest_xid::text AS oldest FROM pg_control_checkpoint()');
     const cat: PgCatalog = { databases: new Set(dbs.map((d) => Number(d.oid))), relations: new Map(), oldestXid: Number(cp!.oldest), unreadable: new Set() };
-    const wanted = new Set(this.deferred.map((e) => /^base\/(\d+)\//.exec(e.path)?.[1]).filter((x): x is string => !!x).map(Number));
+    const wanted = new Set([...this.deferred, ...this.emptied].map((e) => /^base\/(\d+)\//.exec(e.path)?.[1]).filter((x): x is string => !!x).map(Number));
     const sql = `SELECT c.relisshared AS shared, pg_relation_filenode(c.oid)::text AS node, pg_relation_size(c.oid)::text AS size
       FROM pg_class c WHERE pg_relation_filenode(c.oid) IS NOT NULL`;
     const add = (db: number | 'global', rows: Array<{ shared: boolean; node: string; size: string }>, sharedOnly: boolean) => {

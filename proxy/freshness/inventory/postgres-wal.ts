@@ -17,32 +17,43 @@ import { formatLsn } from './postgres-page.ts';
 /** SMGR_TRUNCATE_HEAP: the truncation cut the main fork (the only fork the inventory covers). */
 const TRUNCATE_HEAP = 1;
 
+/** The deepest cut of a relation in the WAL: its block count and the LSN of that TRUNCATE record. */
+export interface WalCut { blocks: number; lsn: bigint }
+
 export type WalTruncations =
-  | { available: true; from: bigint; truncatedTo: Map<string, number> }
+  | { available: true; from: bigint; truncatedTo: Map<string, WalCut> }
   | { available: false; from: bigint; why: string };
 
-/** Relation path ("base/5/16384", "global/1262") → the smallest block count the WAL truncated it to. */
-export function parseWalTruncations(dump: string): Map<string, number> {
-  const out = new Map<string, number>();
-  for (const m of dump.matchAll(/desc: TRUNCATE ((?:base\/\d+|global)\/\d+) to (\d+) blocks flags (\d+)/g)) {
-    if ((Number(m[3]) & TRUNCATE_HEAP) === 0) continue;
-    const blocks = Number(m[2]);
-    const rel = m[1]!;
-    if (!out.has(rel) || blocks < out.get(rel)!) out.set(rel, blocks);
+/**
+ * Relation path ("base/5/16384", "global/1262") → the smallest block count the WAL truncated it to, and
+ * the LSN of the (first) record that did: every block at or past that count that exists now was written
+ * again after it.
+ */
+export function parseWalTruncations(dump: string): Map<string, WalCut> {
+  const out = new Map<string, WalCut>();
+  for (const m of dump.matchAll(/lsn: ([0-9A-F]+)\/([0-9A-F]+),.*desc: TRUNCATE ((?:base\/\d+|global)\/\d+) to (\d+) blocks flags (\d+)/g)) {
+    if ((Number(m[5]) & TRUNCATE_HEAP) === 0) continue;
+    const blocks = Number(m[4]);
+    const rel = m[3]!;
+    const prev = out.get(rel);
+    if (!prev || blocks < prev.blocks) out.set(rel, { blocks, lsn: (BigInt(`0x${m[1]}`) << 32n) | BigInt(`0x${m[2]}`) });
   }
   return out;
 }
 
 /**
  * pg_waldump ends with an error at the end of the written WAL ("invalid record length", "invalid magic
- * number"): normal. It cannot start when the segment holding `from` is gone ("could not find file") or
- * holds no record from there on: then nothing is proven (the caller fails closed).
+ * number", or a next segment not created yet): normal. Records it printed are genuine whatever ends it
+ * (it checks each segment's page addresses and each record's CRC), and a record it could not reach only
+ * makes the check stricter. It proves nothing when it read no record and could not start: the segment
+ * holding `from` is gone or unreadable (then the caller fails closed).
  */
 export function classifyWaldump(from: bigint, status: number | null, stdout: string, stderr: string): WalTruncations {
-  if (/could not (find file|open|locate|read)/i.test(stderr)) {
+  const read = /^rmgr: /m.test(stdout);
+  if (!read && /could not (find file|open|locate|read)/i.test(stderr)) {
     return { available: false, from, why: `the WAL from ${formatLsn(from)} is gone (${firstError(stderr)})` };
   }
-  if (status !== 0 && stdout.trim() === '' && !/error in WAL record|could not find a valid record after/.test(stderr)) {
+  if (!read && status !== 0 && !/error in WAL record|could not find a valid record after/.test(stderr)) {
     return { available: false, from, why: `pg_waldump failed (${firstError(stderr) || `exit ${status}`})` };
   }
   return { available: true, from, truncatedTo: parseWalTruncations(stdout) };
