@@ -151,6 +151,10 @@ test('check: an older relation file, a shorter one, a swapped one (exact), an ol
   const oneBlock = { 'base/5/100': [60n], 'global/1262': [20n] };
   assert.match(checkPgInventory(inv, false, obs(oneBlock), memReader(oneBlock, xacts), wal({ 'base/5/100': 2 })).violations[0]!.message,
     /it is shorter than the 2 blocks the WAL's truncation at 0\/5F left/);
+  // Cut, then regrown: the crash left the regrown block a zero page (its first write never reached the disk).
+  const regrown = { 'base/5/100': [60n, 70n, 0n], 'global/1262': [20n] };
+  assert.deepEqual(checkPgInventory(inv, false, obs(regrown), memReader(regrown, xacts), wal({ 'base/5/100': 2 })).violations, []);
+  assert.match(checkPgInventory(inv, false, obs(regrown), memReader(regrown, xacts), wal({})).violations[0]!.message, /block 2 carries LSN 0\/0, behind the 0\/5A/);
   // Emptied to 0 bytes with no cut in the WAL: DROP / TRUNCATE / VACUUM FULL's tombstone, decided online.
   const empty = { 'base/5/100': [] as bigint[], 'global/1262': [20n] };
   const e = checkPgInventory(inv, false, obs(empty), memReader(empty, xacts), wal({}));
@@ -227,4 +231,29 @@ test('WAL evidence: pg_waldump\'s TRUNCATE records, their heap flag, segment fil
   assert.equal(classifyWaldump(1n, 2, '', 'pg_waldump: error: something else').available, false);
   const atBoundary = classifyWaldump(1n, 1, dump, 'pg_waldump: error: could not find file "000000010000000000000004": No such file or directory');
   assert.ok(atBoundary.available && atBoundary.truncatedTo.size === 2, 'the WAL ending at a segment boundary keeps what was read');
+});
+
+test('prefix witnesses: after a real cut removed every top witness, the blocks it left are still witnessed', async (t) => {
+  const tmp = tempDir('inv-pg-prefix');
+  t.after(() => tmp.remove());
+  mkdirSync(path.join(tmp.path, 'base/5'), { recursive: true });
+  // An append-only heap: block b last written at LSN 100 + 10·b.
+  const lsnOf = (b: number) => BigInt(100 + 10 * b);
+  writeFileSync(path.join(tmp.path, 'base/5/100'), Buffer.concat(Array.from({ length: 20 }, (_, b) => block(lsnOf(b)))));
+  const r = await sweepPgFile(tmp.path, 'base/5/100', 'pg-relation', { lsn: 10_000n, xid: Infinity }, { bytesPerSecond: 0, chunkBytes: 3 * PG_BLOCK_SIZE });
+  assert.deepEqual(r!.entry.witnesses.map((w) => w.page), [19, 18, 17, 0, 1, 2, 3, 5, 8, 12],
+    'the three newest, then the newest below each boundary 1, 2, 3, 4, 6, 9, 13 (19 is a top one)');
+  const sealed: PgInventory = { engine: 'postgres', startLsn: '1000', durableLsn: '1000', takenAt: 'now', files: [r!.entry] };
+  // VACUUM cut the table to 10 blocks at LSN 500 (WAL-proven); every top witness is past the new end.
+  const cutTo10: () => WalTruncations = () => ({ available: true, from: 1000n, truncatedTo: new Map([['base/5/100', { blocks: 10, lsn: 500n }]]) });
+  const tenBlocks = (lsn: (b: number) => bigint) => ({ 'base/5/100': Array.from({ length: 10 }, (_, b) => lsn(b)) });
+  const real = tenBlocks(lsnOf);
+  const ok = checkPgInventory(sealed, false, obs(real, []).filter((f) => f.kind === 'pg-relation'), memReader(real, {}), cutTo10);
+  assert.deepEqual(ok.violations, []);
+  assert.deepEqual(ok.truncated, ['base/5/100']);
+  // An older copy exactly as long as the cut left the file: caught by a prefix witness below the cut.
+  const older = tenBlocks((b) => lsnOf(b) - 5n);
+  const [v] = checkPgInventory(sealed, false, obs(older, []).filter((f) => f.kind === 'pg-relation'), memReader(older, {}), cutTo10).violations;
+  assert.equal(v!.reason, 'older-copy');
+  assert.match(v!.message, /data file base\/5\/100 rolled back: block 0 carries LSN 0\/5F, behind the 0\/64/);
 });

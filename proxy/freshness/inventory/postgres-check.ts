@@ -95,29 +95,34 @@ export function checkPgInventory(inv: PgInventory, exact: boolean, found: PgObse
       }
       continue;
     }
+    // After a crash, a witness gone past the end (or a zero page there) may be VACUUM's cut: asked once per file.
+    let verdict: CutVerdict | undefined;
+    const cutCovers = (page: number): CutVerdict => {
+      verdict ??= judgeCut(now, (wal ??= walTruncations()), reader);
+      const { cut, firstBlock, from, relation } = verdict;
+      if (!cut || cut.blocks <= firstBlock + page) return verdict;
+      return { ...verdict, proven: false, why: `: the WAL since ${formatLsn(from)} truncates ${relation} only to ${cut.blocks} blocks` };
+    };
     for (const w of entry.witnesses) {
       const lsn = reader.readLsn(now.path, w.page);
+      // Regrown past a cut and caught by the crash before its first write reached the disk: a zero page.
+      if (lsn === 0n && !exact && cutCovers(w.page).proven) {
+        if (!truncated.includes(now.path)) truncated.push(now.path);
+        continue;
+      }
       if (lsn === undefined) {
         let why = 'an older, shorter copy';
         if (!exact) {
-          wal ??= walTruncations();
-          const { relation, firstBlock } = relationOfFile(now.path);
-          const cut = wal.available ? wal.truncatedTo.get(relation) : undefined;
-          if (cut && cut.blocks <= firstBlock + w.page) {
-            const disagrees = disagreesWithCut(now, cut, firstBlock, reader);
-            if (!disagrees) { // VACUUM cut it off since the sweep
-              if (!truncated.includes(now.path)) truncated.push(now.path);
-              continue;
-            }
-            why = `an older, shorter copy: ${disagrees}`;
-          } else if (now.pages === 0 && firstBlock === 0) {
+          const v = cutCovers(w.page);
+          if (v.proven) { // VACUUM cut it off since the sweep
+            if (!truncated.includes(now.path)) truncated.push(now.path);
+            continue;
+          }
+          if (now.pages === 0 && v.firstBlock === 0 && !v.cut) {
             emptied.push(entry);
             break;
-          } else if (wal.available) {
-            why = `an older, shorter copy: the WAL since ${formatLsn(wal.from)} truncates ${relation} ${cut ? `only to ${cut.blocks} blocks` : 'nowhere'}`;
-          } else {
-            why = `an older, shorter copy, or a truncation that cannot be proven: ${wal.why}`;
           }
+          why = `an older, shorter copy${v.why}`;
         }
         violations.push({
           file: now.path, reason: 'shorter-copy',
@@ -158,6 +163,18 @@ export function checkPgInventory(inv: PgInventory, exact: boolean, found: PgObse
     added.push(f.path);
   }
   return { violations, deferred, checked, added, truncated, emptied };
+}
+
+/** What the WAL says of one file's relation: `proven` = a cut the file agrees with; `why` explains a refusal. */
+interface CutVerdict { proven: boolean; cut?: WalCut; relation: string; firstBlock: number; from: bigint; why: string }
+
+function judgeCut(now: PgObservedFile, wal: WalTruncations, reader: PgFileReader): CutVerdict {
+  const base = { ...relationOfFile(now.path), from: wal.from, proven: false };
+  if (!wal.available) return { ...base, why: `, or a truncation that cannot be proven: ${wal.why}` };
+  const cut = wal.truncatedTo.get(base.relation);
+  if (!cut) return { ...base, why: `: the WAL since ${formatLsn(wal.from)} truncates ${base.relation} nowhere` };
+  const disagrees = disagreesWithCut(now, cut, base.firstBlock, reader);
+  return disagrees ? { ...base, cut, why: `: ${disagrees}` } : { ...base, cut, proven: true, why: '' };
 }
 
 /**

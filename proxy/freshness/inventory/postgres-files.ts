@@ -23,6 +23,16 @@ import { SweepBudgetExceeded } from './innodb-files.ts';
 
 export const PG_WITNESSES_PER_FILE = 3;
 
+/**
+ * Prefix witnesses: at each boundary of a geometric sequence (×1.5: 1, 2, 3, 5, 8, 12, …; ~30 in a 1 GiB
+ * segment) the highest-LSN block *below* it. The top witnesses are the newest blocks, usually at the
+ * tail, which VACUUM may cut off; after a cut to N blocks the prefix witnesses below N still stand, so
+ * the blocks the cut left are witnessed too (all but at most the last third of them).
+ */
+export function nextPrefixBoundary(b: number): number {
+  return Math.max(b + 1, Math.floor(b * 1.5));
+}
+
 /** Relative paths of the covered files, sorted, with their kind. */
 export function listPgFiles(datadir: string): Array<{ path: string; kind: PgInventoryFile['kind'] }> {
   const out: Array<{ path: string; kind: PgInventoryFile['kind'] }> = [];
@@ -113,7 +123,7 @@ export interface PgSweepLimits {
 
 /**
  * Reads one file and picks its witnesses. Relation: the PG_WITNESSES_PER_FILE initialized blocks with the
- * highest non-zero pd_lsn at or below `limits.lsn`. pg_xact: the highest xid below `limits.xid` with a final
+ * highest non-zero pd_lsn at or below `limits.lsn`, then the prefix witnesses (nextPrefixBoundary). pg_xact: the highest xid below `limits.xid` with a final
  * status. Undefined when the file vanished (a DROP while the sweep runs).
  */
 export async function sweepPgFile(datadir: string, rel: string, kind: PgInventoryFile['kind'], limits: PgSweepLimits, io: SweepIo): Promise<{ entry: PgInventoryFile; bytes: number } | undefined> {
@@ -134,14 +144,23 @@ export async function sweepPgFile(datadir: string, rel: string, kind: PgInventor
     }
     const chunk = Buffer.alloc(io.chunkBytes ?? 1 << 20);
     const top: Array<{ page: number; lsn: bigint }> = [];
+    const prefix: Array<{ page: number; lsn: bigint }> = [];
+    let best: { page: number; lsn: bigint } | undefined;
+    let nextBoundary = 1;
     let bytes = 0;
     const started = Date.now();
     for (let pos = 0; ; pos += chunk.length) {
       const { bytesRead: n } = await fh.read(chunk, 0, chunk.length, pos);
       bytes += n;
       for (let off = 0; off + PG_BLOCK_SIZE <= n; off += PG_BLOCK_SIZE) {
+        const page = (pos + off) / PG_BLOCK_SIZE;
+        if (page === nextBoundary) {
+          if (best && prefix.at(-1)?.page !== best.page) prefix.push(best);
+          nextBoundary = nextPrefixBoundary(nextBoundary);
+        }
         const h = readPgPageHeader(chunk.subarray(off, off + 24));
         if (!isInitializedPage(h) || h.lsn === 0n || h.lsn > limits.lsn) continue;
+        if (!best || h.lsn > best.lsn) best = { page, lsn: h.lsn };
         if (top.length < PG_WITNESSES_PER_FILE || h.lsn > top[top.length - 1]!.lsn) {
           top.push({ page: (pos + off) / PG_BLOCK_SIZE, lsn: h.lsn });
           top.sort((a, b) => (b.lsn > a.lsn ? 1 : b.lsn < a.lsn ? -1 : a.page - b.page));
@@ -156,8 +175,9 @@ export async function sweepPgFile(datadir: string, rel: string, kind: PgInventor
       }
     }
     const st = await fh.stat();
+    const chosen = [...top, ...prefix.filter((p) => !top.some((t) => t.page === p.page))];
     return {
-      entry: { path: rel, kind, pages: Math.floor(st.size / PG_BLOCK_SIZE), witnesses: top.map((w): Witness => ({ page: w.page, lsn: w.lsn.toString() })) },
+      entry: { path: rel, kind, pages: Math.floor(st.size / PG_BLOCK_SIZE), witnesses: chosen.map((w): Witness => ({ page: w.page, lsn: w.lsn.toString() })) },
       bytes,
     };
   } finally {
