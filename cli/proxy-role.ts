@@ -40,7 +40,7 @@ import { MariadbPositionSource, readOfflineCheckpoint, type PositionSource } fro
 import { PostgresPositionSource } from '../proxy/freshness/postgres-position.ts';
 import { MariadbInventory, describeFileViolations } from '../proxy/freshness/inventory/mariadb-inventory.ts';
 import { InventoryStore } from '../proxy/freshness/inventory/store.ts';
-import { PostgresInventory, dropInventoryWalSlot } from '../proxy/freshness/inventory/postgres-inventory.ts';
+import { PostgresInventory, WAL_SLOT_KEEP, dropInventoryWalSlot } from '../proxy/freshness/inventory/postgres-inventory.ts';
 import type { FileViolation } from '../proxy/freshness/inventory/check.ts';
 import type { InventoryRef } from '../proxy/freshness/inventory/types.ts';
 import { createPgProxy, type PgProxy } from '../proxy/pg/index.ts';
@@ -296,6 +296,7 @@ export class ProxyRole {
         ...layout,
         port: config.pgBackendPort, superuser: config.pgMonitorUser,
         hba: ['local all all scram-sha-256'],
+        extraConfig: [WAL_SLOT_KEEP],
         dieWithParent: true,
       });
       if (!this.postgres.isInitialized()) {

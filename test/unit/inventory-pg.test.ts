@@ -13,7 +13,7 @@ import {
 import { checkPgInventory, formatLsn, pgDeferredViolations, type PgCatalog, type PgFileReader } from '../../proxy/freshness/inventory/postgres-check.ts';
 import { classifyWaldump, parseWalTruncations, type WalTruncations } from '../../proxy/freshness/inventory/postgres-wal.ts';
 import { relationOfFile } from '../../proxy/freshness/inventory/postgres-page.ts';
-import { PgDatadirReader, listPgFiles, observePgDatadir, sweepPgFile } from '../../proxy/freshness/inventory/postgres-files.ts';
+import { PgDatadirReader, listPgFiles, observePgDatadir, readPgControl, sweepPgFile } from '../../proxy/freshness/inventory/postgres-files.ts';
 import type { PgInventory, PgObservedFile } from '../../proxy/freshness/inventory/types.ts';
 
 /** One heap-like block: pd_lsn little-endian (xlogid, xrecoff), pd_lower 28, pd_upper 8000, pd_special 8192. */
@@ -70,9 +70,13 @@ test('files: listing, observation and the sweep pick the highest-LSN blocks at o
   writeFileSync(path.join(d, 'base/5/100_fsm'), block(1n));
   writeFileSync(path.join(d, 'base/pgsql_tmp/pgsql_tmp1.0'), block(1n));
   writeFileSync(path.join(d, 'global/1262'), block(7n));
-  writeFileSync(path.join(d, 'global/pg_control'), Buffer.alloc(8192));
+  const control = Buffer.alloc(8192);
+  control.writeUInt32LE(1300, 8); control.writeUInt32LE(4, 16); control.writeBigUInt64LE(0x3000028n, 32); control.writeBigUInt64LE(0x3000000n, 40); control.writeUInt32LE(3, 48);
+  writeFileSync(path.join(d, 'global/pg_control'), control);
   const xact = Buffer.alloc(PG_BLOCK_SIZE); xact[0] = 0b01_01_01_01; xact[1] = 0b10;
   writeFileSync(path.join(d, 'pg_xact/0000'), xact);
+  writeFileSync(path.join(d, 'base/5/300'), block(5n)); // an unlogged relation: crash recovery resets it
+  writeFileSync(path.join(d, 'base/5/300_init'), block(0n, false));
   assert.deepEqual(listPgFiles(d).map((f) => f.path), ['base/5/100', 'global/1262', 'pg_xact/0000']);
   assert.deepEqual(observePgDatadir(d).find((f) => f.path === 'base/5/100'), { path: 'base/5/100', kind: 'pg-relation', pages: 5 });
   const r = await sweepPgFile(d, 'base/5/100', 'pg-relation', { lsn: 60n, xid: Infinity }, { bytesPerSecond: 0, chunkBytes: 2 * PG_BLOCK_SIZE });
@@ -88,6 +92,7 @@ test('files: listing, observation and the sweep pick the highest-LSN blocks at o
   assert.equal(reader.lowestLsn('base/5/100'), 10n);
   assert.equal(reader.xactStatus('pg_xact/0000', 4), 2);
   assert.equal(await sweepPgFile(d, 'base/5/999', 'pg-relation', { lsn: 1n, xid: 0 }, { bytesPerSecond: 0 }), undefined);
+  assert.deepEqual(readPgControl(d), { state: 4, checkpoint: 0x3000028n, redo: 0x3000000n, timeline: 3 }, 'pg_waldump reads the timeline pg_control names');
 });
 
 /** A reader over in-memory files: path → block LSNs (undefined past the end) and pg_xact statuses. */

@@ -7,7 +7,7 @@
  * Not covered: the free-space map (`_fsm`: not WAL-logged page by page, its pages keep LSN 0 or an old
  * one, and PostgreSQL repairs a stale FSM itself), the visibility map (`_vm`: its bits are cleared without
  * a new page LSN, so a page LSN is no lower bound on its contents; docs/FRESHNESS.md "Not covered"),
- * `_init` forks and temporary relations
+ * unlogged relations (their `_init` fork resets them at crash recovery), temporary relations
  * (`t<backend>_<relfilenode>`, gone at restart), pg_filenode.map, pg_multixact, pg_subtrans (rebuilt at
  * start), and pg_wal (its position is checked by the freshness record itself).
  */
@@ -40,7 +40,14 @@ export function listPgFiles(datadir: string): Array<{ path: string; kind: PgInve
     try { return readdirSync(path.join(datadir, dir)); } catch { return []; }
   };
   const relations = (dir: string) => {
-    for (const n of names(dir)) if (pgRelationName(n)) out.push({ path: `${dir}/${n}`, kind: 'pg-relation' });
+    const all = names(dir);
+    // Unlogged relations (an `_init` fork beside the main one): crash recovery resets them from the init
+    // fork, so their pages go back by design and are no witnesses.
+    const unlogged = new Set(all.filter((n) => n.endsWith('_init')).map((n) => n.slice(0, -'_init'.length)));
+    for (const n of all) {
+      const r = pgRelationName(n);
+      if (r && !unlogged.has(String(r.relfilenode))) out.push({ path: `${dir}/${n}`, kind: 'pg-relation' });
+    }
   };
   relations('global');
   for (const db of names('base')) if (/^\d+$/.test(db)) relations(`base/${db}`);
@@ -188,17 +195,17 @@ export async function sweepPgFile(datadir: string, rel: string, kind: PgInventor
 /**
  * pg_control (src/include/catalog/pg_control.h, PostgreSQL 11+): system_identifier u64 @0,
  * pg_control_version u32 @8, catalog_version_no u32 @12, state u32 @16, time i64 @24, checkPoint (LSN of
- * the last checkpoint record) u64 @32, then checkPointCopy whose first field is its redo LSN @40.
+ * the last checkpoint record) u64 @32, then checkPointCopy: its redo LSN @40, its ThisTimeLineID u32 @48.
  * Host byte order. Read after a clean stop: the shutdown checkpoint is the end of everything written.
  */
-export function readPgControl(datadir: string): { checkpoint: bigint; redo: bigint; state: number } | undefined {
+export function readPgControl(datadir: string): { checkpoint: bigint; redo: bigint; timeline: number; state: number } | undefined {
   let fd: number;
   try { fd = openSync(path.join(datadir, 'global', 'pg_control'), 'r'); } catch { return undefined; }
   try {
-    const b = Buffer.alloc(48);
-    if (readAt(fd, b, 0) < b.length || fstatSync(fd).size < 48) return undefined;
+    const b = Buffer.alloc(52);
+    if (readAt(fd, b, 0) < b.length || fstatSync(fd).size < 52) return undefined;
     if (b.readUInt32LE(8) < 1100) return undefined;
-    return { state: b.readUInt32LE(16), checkpoint: b.readBigUInt64LE(32), redo: b.readBigUInt64LE(40) };
+    return { state: b.readUInt32LE(16), checkpoint: b.readBigUInt64LE(32), redo: b.readBigUInt64LE(40), timeline: b.readUInt32LE(48) };
   } finally {
     closeSync(fd);
   }

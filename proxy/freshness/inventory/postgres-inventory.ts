@@ -110,7 +110,7 @@ export class PostgresInventory {
     // From the sweep's checkpoint redo (≤ its start): a truncation logged just before the sweep read the
     // still-long file is in range too. The replication slot (retainWal) keeps that WAL.
     const result = checkPgInventory(inv, ref.exact, found, new PgDatadirReader(this.opts.datadir),
-      () => readWalTruncations(this.opts.datadir, BigInt(inv.durableLsn)));
+      () => readWalTruncations(this.opts.datadir, BigInt(inv.durableLsn), readPgControl(this.opts.datadir)?.timeline));
     this.deferred = result.deferred;
     this.emptied = result.emptied;
     this.verifyMs = Date.now() - started;
@@ -147,6 +147,9 @@ export class PostgresInventory {
    */
   private async retainWal(durableLsn: string | undefined): Promise<void> {
     try {
+      // A slot PostgreSQL gave up on (past max_slot_wal_keep_size: sweeps stalled) keeps nothing: start over.
+      await this.query('postgres', `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
+        WHERE slot_name = '${WAL_SLOT}' AND wal_status = 'lost'`);
       await this.query('postgres', `SELECT pg_create_physical_replication_slot('${WAL_SLOT}', true)
         WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = '${WAL_SLOT}')`);
       if (durableLsn === undefined) return;
@@ -283,6 +286,12 @@ export class PostgresInventory {
 
 /** The replication slot that keeps the WAL since the counted sweep (retainWal). */
 export const WAL_SLOT = 'cdbp_inventory';
+
+/**
+ * The most WAL the slot may pin if sweeps stall (PostgreSQL then drops its hold rather than fill the
+ * disk; a crash-time truncation is refused until the next counted sweep: fail closed).
+ */
+export const WAL_SLOT_KEEP = 'max_slot_wal_keep_size = 2GB';
 
 type PgConnection = ReturnType<PostgresInventoryOptions['connection']>;
 

@@ -63,15 +63,15 @@ function firstError(stderr: string): string {
   return stderr.split('\n').find((l) => l.includes('error'))?.replace(/^pg_waldump: error: /, '').trim() ?? '';
 }
 
-/** Reads the truncations of the WAL from `from` to its end (PostgreSQL not running). */
-export function readWalTruncations(datadir: string, from: bigint): WalTruncations {
+/** Reads the truncations of the WAL of `timeline` (pg_control's) from `from` to its end (PostgreSQL not running). */
+export function readWalTruncations(datadir: string, from: bigint, timeline = 1): WalTruncations {
   let bin: string;
   try {
     bin = findBinary('pg_waldump');
   } catch (e) {
     return { available: false, from, why: (e as Error).message };
   }
-  const r = spawnSync(bin, ['--path', path.join(datadir, 'pg_wal'), '--start', formatLsn(from), '--rmgr', 'Storage'],
+  const r = spawnSync(bin, ['--path', path.join(datadir, 'pg_wal'), '--timeline', String(timeline), '--start', formatLsn(from), '--rmgr', 'Storage'],
     { encoding: 'utf8', maxBuffer: 256 * 2 ** 20, timeout: 120_000 });
   if (r.error) return { available: false, from, why: `pg_waldump: ${r.error.message}` };
   return classifyWaldump(from, r.status, r.stdout, r.stderr);
