@@ -12,7 +12,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { spawnSync } from 'node:child_process';
-import { chmodSync, copyFileSync, rmSync } from 'node:fs';
+import { chmodSync, copyFileSync, rmSync, truncateSync } from 'node:fs';
 import path from 'node:path';
 import pg from 'pg';
 import { startTestCas, type TestCas } from '../support/cas.ts';
@@ -21,7 +21,7 @@ import { startPgProxyProcess, type PgTestProxy } from '../support/pg-proxy-proce
 import { tempDir } from '../support/tmp.ts';
 import { prng } from '../support/prng.ts';
 import { mountsAt, readMountinfo } from '../../src/storage/index.ts';
-import { cipherPaths, killPod, until } from '../support/pg-perfile.ts';
+import { cipherPaths, copyTree, killPod, until } from '../support/pg-perfile.ts';
 
 const APP = { user: 'app', password: `pw-${randomBytes(6).toString('hex')}` };
 let tmp: ReturnType<typeof tempDir>;
@@ -114,7 +114,7 @@ async function setup(p: PgTestProxy): Promise<string> {
   return (await p.backendQuery("SELECT pg_relation_filepath('t') AS f")).rows[0].f as string;
 }
 
-test('kill -9 under write load: an append-only table\'s file put back to a copy older than the last sealed sweep is refused; the newest starts with every acknowledged row', async (t) => {
+test('kill -9 under write load: an append-only table\'s file put back to a copy older than the last sealed sweep, or emptied, is refused; the newest starts with every acknowledged row', async (t) => {
   const root = path.join(tmp.path, 'append');
   let p = await start(root);
   const heap = await setup(p);
@@ -132,7 +132,12 @@ test('kill -9 under write load: an append-only table\'s file put back to a copy 
   await killPod(p);
   const acked = await load.stop();
   assert.ok(acked.length > 50, `writers got ${acked.length} acknowledgments`);
-  copyFileSync(heapCipher, path.join(tmp.path, 'heap.newest'));
+  // The crashed volume as it is: each attack starts from it (a start that runs PostgreSQL's crash
+  // recovery on an attacked volume changes it for good).
+  const untrusted = path.join(root, 'untrusted');
+  const crashed = path.join(tmp.path, 'crashed');
+  copyTree(untrusted, crashed);
+  const restoreCrashed = () => { rmSync(untrusted, { recursive: true, force: true }); copyTree(crashed, untrusted); };
 
   copyFileSync(path.join(tmp.path, 'heap.old'), heapCipher);
   const refused = await start(root, { pgPort: p.pgPort, waitFor: 'ops' });
@@ -149,7 +154,20 @@ test('kill -9 under write load: an append-only table\'s file put back to a copy 
   assert.doesNotMatch(out, /postgres started/, 'PostgreSQL never started');
   if (refused.exitCode() === undefined) await refused.stop(); else await refused.exited;
 
-  copyFileSync(path.join(tmp.path, 'heap.newest'), heapCipher);
+  // Emptied instead (a 0-byte ciphertext file is an empty plaintext one: no key needed): what DROP or
+  // VACUUM FULL leave behind until the next checkpoint, so it passes offline — and is refused online,
+  // before any client, because the table still owns that relfilenode.
+  restoreCrashed();
+  truncateSync(heapCipher, 0);
+  const emptied = await start(root, { pgPort: p.pgPort, waitFor: 'ops' });
+  await until(() => /ROLLBACK_DETECTED|"state":"ready"/.test(emptied.output()) || emptied.exitCode() !== undefined, 60_000, 'the online verdict')
+    .catch((e: Error) => { throw new Error(`${e.message}: ${emptied.output().slice(-4000)}`); });
+  await sleep(300);
+  assert.match(emptied.output(), new RegExp(`data file ${h} rolled back: it is empty, the sealed inventory saw \\d+ blocks, the WAL truncated nothing and relfilenode \\d+ still belongs to a relation`), emptied.output().slice(-3000));
+  assert.doesNotMatch(emptied.output(), /"state":"ready"/, 'never ready');
+  if (emptied.exitCode() === undefined) await emptied.stop(); else await emptied.exited;
+
+  restoreCrashed();
   p = await expectFresh(root, acked, p.pgPort);
   assert.equal(await p.stop(), 0, p.output().slice(-3000));
 });
