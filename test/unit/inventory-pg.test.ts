@@ -11,7 +11,7 @@ import {
   CLOG_XIDS_PER_SEGMENT, PG_BLOCK_SIZE, highestFinalXact, isInitializedPage, pgRelationName, pgXactSegment, readPgPageHeader, xactStatus,
 } from '../../proxy/freshness/inventory/postgres-page.ts';
 import { checkPgInventory, formatLsn, pgDeferredViolations, type PgCatalog, type PgFileReader } from '../../proxy/freshness/inventory/postgres-check.ts';
-import { classifyWaldump, parseWalTruncations, type WalTruncations } from '../../proxy/freshness/inventory/postgres-wal.ts';
+import { classifyWaldump, newWalFacts, parseWalDump, type WalEvidence } from '../../proxy/freshness/inventory/postgres-wal.ts';
 import { relationOfFile } from '../../proxy/freshness/inventory/postgres-page.ts';
 import { PgDatadirReader, listPgFiles, observePgDatadir, readPgControl, sweepPgFile } from '../../proxy/freshness/inventory/postgres-files.ts';
 import type { PgInventory, PgObservedFile } from '../../proxy/freshness/inventory/types.ts';
@@ -138,9 +138,9 @@ test('check: an older relation file, a shorter one, a swapped one (exact), an ol
   const shorter = { 'base/5/100': [60n, 70n], 'global/1262': [20n] };
   assert.equal(checkPgInventory(inv, true, obs(shorter), memReader(shorter, xacts)).violations[0]!.reason, 'shorter-copy');
   // After a crash a shorter file is legitimate only on the WAL's word (VACUUM's TRUNCATE record).
-  const wal = (truncatedTo: Record<string, number>, at = 95n): (() => WalTruncations) => () => ({ available: true, from: 100n,
-    truncatedTo: new Map(Object.entries(truncatedTo).map(([r, blocks]) => [r, { blocks, lsn: at }])) });
-  const crashShorter = (w: () => WalTruncations) => checkPgInventory(inv, false, obs(shorter), memReader(shorter, xacts), w);
+  const wal = (truncatedTo: Record<string, number>, at = 95n, dropped: string[] = []): (() => WalEvidence) => () => ({ available: true, from: 100n,
+    truncatedTo: new Map(Object.entries(truncatedTo).map(([r, blocks]) => [r, { blocks, lsn: at }])), dropped: new Set(dropped) });
+  const crashShorter = (w: () => WalEvidence) => checkPgInventory(inv, false, obs(shorter), memReader(shorter, xacts), w);
   const proven = crashShorter(wal({ 'base/5/100': 2 }));
   assert.deepEqual(proven.violations, [], 'truncated to 2 blocks: block 2 is legitimately gone');
   assert.deepEqual(proven.truncated, ['base/5/100']);
@@ -160,9 +160,15 @@ test('check: an older relation file, a shorter one, a swapped one (exact), an ol
   const regrown = { 'base/5/100': [60n, 70n, 0n], 'global/1262': [20n] };
   assert.deepEqual(checkPgInventory(inv, false, obs(regrown), memReader(regrown, xacts), wal({ 'base/5/100': 2 })).violations, []);
   assert.match(checkPgInventory(inv, false, obs(regrown), memReader(regrown, xacts), wal({})).violations[0]!.message, /block 2 carries LSN 0\/0, behind the 0\/5A/);
-  // Emptied to 0 bytes with no cut in the WAL: DROP / TRUNCATE / VACUUM FULL's tombstone, decided online.
+  // Emptied to 0 bytes: DROP / TRUNCATE / VACUUM FULL's tombstone only if a commit since the sweep dropped it.
   const empty = { 'base/5/100': [] as bigint[], 'global/1262': [20n] };
-  const e = checkPgInventory(inv, false, obs(empty), memReader(empty, xacts), wal({}));
+  const d = checkPgInventory(inv, false, obs(empty), memReader(empty, xacts), wal({}, 95n, ['base/5/100']));
+  assert.deepEqual(d.violations, []);
+  assert.deepEqual(d.dropped, ['base/5/100']);
+  const [attack] = checkPgInventory(inv, false, obs(empty), memReader(empty, xacts), wal({}, 95n, ['base/5/200'])).violations;
+  assert.match(attack!.message, /data file base\/5\/100 rolled back: it has 0 blocks, .*emptied: the WAL since 0\/64 neither truncates nor drops base\/5\/100/);
+  // Without the WAL, the catalog decides online.
+  const e = checkPgInventory(inv, false, obs(empty), memReader(empty, xacts), () => ({ available: false, from: 100n, why: 'gone' }));
   assert.deepEqual(e.violations, []);
   assert.deepEqual(e.emptied.map((x) => x.path), ['base/5/100']);
   const live: PgCatalog = { databases: new Set([5]), relations: new Map([['5/100', 0]]), oldestXid: 3, unreadable: new Set() };
@@ -213,28 +219,35 @@ test('online: a missing file is fine when its relfilenode is no relation\'s any 
   assert.match(v[0]!.message, /relfilenode 100 still belongs to a relation/);
 });
 
-test('WAL evidence: pg_waldump\'s TRUNCATE records, their heap flag, segment files, and a WAL that is not there', () => {
+test('WAL evidence: pg_waldump\'s TRUNCATE records, their heap flag, dropped relations, segment files, and a WAL that is not there', () => {
   const dump = [
     'rmgr: Storage     len (rec/tot):     42/    42, tx:        724, lsn: 0/01511B50, prev 0/01511B20, desc: CREATE base/5/16384',
     'rmgr: Storage     len (rec/tot):     46/    46, tx:          0, lsn: 0/0152A000, prev 0/01529FC8, desc: TRUNCATE base/5/16384 to 7 blocks flags 7',
     'rmgr: Storage     len (rec/tot):     46/    46, tx:          0, lsn: 0/0152B000, prev 0/0152A000, desc: TRUNCATE base/5/16384 to 3 blocks flags 1',
     'rmgr: Storage     len (rec/tot):     46/    46, tx:          0, lsn: 0/0152C000, prev 0/0152B000, desc: TRUNCATE base/5/16384 to 0 blocks flags 2',
     'rmgr: Storage     len (rec/tot):     46/    46, tx:          0, lsn: 0/0152D000, prev 0/0152C000, desc: TRUNCATE global/1262 to 0 blocks flags 7',
+    // Real PostgreSQL 15 lines (DROP TABLE; VACUUM FULL), and an abort of a transaction that created two relations.
+    'rmgr: Transaction len (rec/tot):    469/   469, tx:        725, lsn: 0/0152DE88, prev 0/0152DE50, desc: COMMIT 2026-12-03 07:40:29.264923 UTC; rels: base/5/16384; dropped stats: 2/5/16384; inval msgs: catcache 80 catcache 79',
+    'rmgr: Transaction len (rec/tot):    114/   114, tx:        726, lsn: 0/0152E260, prev 0/0152E220, desc: COMMIT 2026-12-03 07:40:29.299895 UTC; rels: base/5/16387; inval msgs: catcache 55 catcache 54 relcache 16387',
+    'rmgr: Transaction len (rec/tot):    114/   114, tx:        727, lsn: 0/0152F000, prev 0/0152E260, desc: ABORT 2026-12-03 07:40:30.000000 UTC; rels: base/5/16400 base/5/16403',
+    'rmgr: Transaction len (rec/tot):    114/   114, tx:        728, lsn: 0/01530000, prev 0/0152F000, desc: COMMIT 2026-12-03 07:40:31.000000 UTC; inval msgs: relcache 16499',
   ].join('\n');
-  assert.deepEqual([...parseWalTruncations(dump)], [['base/5/16384', { blocks: 3, lsn: 0x152B000n }], ['global/1262', { blocks: 0, lsn: 0x152D000n }]],
+  const facts = parseWalDump(dump);
+  assert.deepEqual([...facts.truncatedTo], [['base/5/16384', { blocks: 3, lsn: 0x152B000n }], ['global/1262', { blocks: 0, lsn: 0x152D000n }]],
     'the deepest heap truncation wins, with its LSN; an FSM/VM-only one (flags 2) does not count');
+  assert.deepEqual([...facts.dropped], ['base/5/16384', 'base/5/16387', 'base/5/16400', 'base/5/16403'], '"dropped stats" and invalidations are no dropped relations');
   assert.deepEqual(relationOfFile('base/5/16384.2'), { relation: 'base/5/16384', firstBlock: 2 * 131072 });
   assert.deepEqual(relationOfFile('global/1262'), { relation: 'global/1262', firstBlock: 0 });
 
   const end = 'pg_waldump: error: error in WAL record at 0/16F5C08: invalid record length at 0/16F5C80: wanted 24, got 0';
-  const ok = classifyWaldump(1n, 1, dump, end);
+  const ok = classifyWaldump(1n, 1, facts, end);
   assert.ok(ok.available && ok.truncatedTo.get('base/5/16384')?.blocks === 3, 'the normal end of the WAL is no failure');
-  const empty = classifyWaldump(1n, 1, '', 'pg_waldump: error: could not find a valid record after 0/16F5C80');
+  const empty = classifyWaldump(1n, 1, newWalFacts(), 'pg_waldump: error: could not find a valid record after 0/16F5C80');
   assert.ok(empty.available && empty.truncatedTo.size === 0, 'nothing written since the sweep');
-  const gone = classifyWaldump(1n, 1, '', 'pg_waldump: error: could not find file "000000010000000000000003": No such file or directory');
+  const gone = classifyWaldump(1n, 1, newWalFacts(), 'pg_waldump: error: could not find file "000000010000000000000003": No such file or directory');
   assert.ok(!gone.available && /is gone \(could not find file/.test(gone.why));
-  assert.equal(classifyWaldump(1n, 2, '', 'pg_waldump: error: something else').available, false);
-  const atBoundary = classifyWaldump(1n, 1, dump, 'pg_waldump: error: could not find file "000000010000000000000004": No such file or directory');
+  assert.equal(classifyWaldump(1n, 2, newWalFacts(), 'pg_waldump: error: something else').available, false);
+  const atBoundary = classifyWaldump(1n, 1, facts, 'pg_waldump: error: could not find file "000000010000000000000004": No such file or directory');
   assert.ok(atBoundary.available && atBoundary.truncatedTo.size === 2, 'the WAL ending at a segment boundary keeps what was read');
 });
 
@@ -250,7 +263,7 @@ test('prefix witnesses: after a real cut removed every top witness, the blocks i
     'the three newest, then the newest below each boundary 1, 2, 3, 4, 6, 9, 13 (19 is a top one)');
   const sealed: PgInventory = { engine: 'postgres', startLsn: '1000', durableLsn: '1000', takenAt: 'now', files: [r!.entry] };
   // VACUUM cut the table to 10 blocks at LSN 500 (WAL-proven); every top witness is past the new end.
-  const cutTo10: () => WalTruncations = () => ({ available: true, from: 1000n, truncatedTo: new Map([['base/5/100', { blocks: 10, lsn: 500n }]]) });
+  const cutTo10: () => WalEvidence = () => ({ available: true, from: 1000n, truncatedTo: new Map([['base/5/100', { blocks: 10, lsn: 500n }]]), dropped: new Set() });
   const tenBlocks = (lsn: (b: number) => bigint) => ({ 'base/5/100': Array.from({ length: 10 }, (_, b) => lsn(b)) });
   const real = tenBlocks(lsnOf);
   const ok = checkPgInventory(sealed, false, obs(real, []).filter((f) => f.kind === 'pg-relation'), memReader(real, {}), cutTo10);

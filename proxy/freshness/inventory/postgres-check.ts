@@ -10,8 +10,9 @@
  *     empty tail pages, postgres-wal.ts) *and* the file agrees with that cut (at least as long as the cut
  *     left it, every block past the cut written after it), else a shorter (older) copy — an append-only
  *     table's older file has every witness past its end, so "maybe VACUUM" must be proven, never assumed;
- *     a first segment emptied to 0 bytes without such a record is what DROP / TRUNCATE / VACUUM FULL leave
- *     until the next checkpoint: `emptied`, decided online (its relfilenode must be no relation's);
+ *     a first segment emptied to 0 bytes is what DROP / TRUNCATE / VACUUM FULL leave until the next
+ *     checkpoint: legitimate only if a commit (or abort) record since the sweep drops that relfilenode
+ *     (`dropped`); without the WAL, `emptied`, decided online (its relfilenode must be no relation's);
  *   - a pg_xact segment whose witness xid no longer has the sealed final status → an older copy;
  *   - a relation file not in the inventory whose written pages are older than the sweep began → foreign
  *     (a file created since, e.g. by VACUUM FULL / TRUNCATE / CLUSTER / CREATE DATABASE, has only newer
@@ -23,7 +24,7 @@
 import type { FileViolation } from './check.ts';
 import type { PgInventory, PgInventoryFile, PgObservedFile } from './types.ts';
 import { CLOG_XIDS_PER_SEGMENT, RELSEG_BLOCKS, formatLsn, relationOfFile } from './postgres-page.ts';
-import type { WalCut, WalTruncations } from './postgres-wal.ts';
+import type { WalCut, WalEvidence } from './postgres-wal.ts';
 
 export { formatLsn };
 
@@ -44,7 +45,9 @@ export interface PgCheckResult {
   added: string[];
   /** Files shorter than a witness because the WAL since the sweep truncated them (VACUUM): legitimate. */
   truncated: string[];
-  /** First segments emptied to 0 bytes with no truncation in the WAL: decided online (pgDeferredViolations). */
+  /** First segments emptied to 0 bytes that a transaction since the sweep dropped (the WAL's commit record). */
+  dropped: string[];
+  /** First segments emptied to 0 bytes when the WAL could not be read: decided online (pgDeferredViolations). */
   emptied: PgInventoryFile[];
 }
 
@@ -52,17 +55,18 @@ const STATUS = ['in progress', 'committed', 'aborted', 'sub-committed'];
 export const xactStatusName = (s: number): string => STATUS[s] ?? String(s);
 
 /**
- * `walTruncations` is asked (once, lazily: it runs pg_waldump) only after a crash and only when a witness
+ * `walEvidence` is asked (once, lazily: it runs pg_waldump) only after a crash and only when a witness
  * lies past the end of its file.
  */
 export function checkPgInventory(inv: PgInventory, exact: boolean, found: PgObservedFile[], reader: PgFileReader,
-  walTruncations: () => WalTruncations = () => ({ available: false, from: BigInt(inv.durableLsn), why: 'no WAL reader' })): PgCheckResult {
-  let wal: WalTruncations | undefined;
+  walEvidence: () => WalEvidence = () => ({ available: false, from: BigInt(inv.durableLsn), why: 'no WAL reader' })): PgCheckResult {
+  let wal: WalEvidence | undefined;
   const violations: FileViolation[] = [];
   const deferred: PgInventoryFile[] = [];
   const added: string[] = [];
   const truncated: string[] = [];
   const emptied: PgInventoryFile[] = [];
+  const dropped: string[] = [];
   let checked = 0;
   const byPath = new Map(found.map((f) => [f.path, f]));
   const known = new Set(inv.files.map((f) => f.path));
@@ -98,7 +102,7 @@ export function checkPgInventory(inv: PgInventory, exact: boolean, found: PgObse
     // After a crash, a witness gone past the end (or a zero page there) may be VACUUM's cut: asked once per file.
     let verdict: CutVerdict | undefined;
     const cutCovers = (page: number): CutVerdict => {
-      verdict ??= judgeCut(now, (wal ??= walTruncations()), reader);
+      verdict ??= judgeCut(now, (wal ??= walEvidence()), reader);
       const { cut, firstBlock, from, relation } = verdict;
       if (!cut || cut.blocks <= firstBlock + page) return verdict;
       return { ...verdict, proven: false, why: `: the WAL since ${formatLsn(from)} truncates ${relation} only to ${cut.blocks} blocks` };
@@ -119,10 +123,19 @@ export function checkPgInventory(inv: PgInventory, exact: boolean, found: PgObse
             continue;
           }
           if (now.pages === 0 && v.firstBlock === 0 && !v.cut) {
-            emptied.push(entry);
-            break;
+            // Emptied: the tombstone of a relfilenode a transaction since the sweep dropped, or an attack.
+            if (wal!.available && wal!.dropped.has(v.relation)) {
+              dropped.push(now.path);
+              break;
+            }
+            if (!wal!.available) { // no WAL to ask: the catalog decides, online (pgDeferredViolations)
+              emptied.push(entry);
+              break;
+            }
+            why = `emptied: the WAL since ${formatLsn(wal!.from)} neither truncates nor drops ${v.relation}`;
+          } else {
+            why = `an older, shorter copy${v.why}`;
           }
-          why = `an older, shorter copy${v.why}`;
         }
         violations.push({
           file: now.path, reason: 'shorter-copy',
@@ -162,13 +175,13 @@ export function checkPgInventory(inv: PgInventory, exact: boolean, found: PgObse
     }
     added.push(f.path);
   }
-  return { violations, deferred, checked, added, truncated, emptied };
+  return { violations, deferred, checked, added, truncated, dropped, emptied };
 }
 
 /** What the WAL says of one file's relation: `proven` = a cut the file agrees with; `why` explains a refusal. */
 interface CutVerdict { proven: boolean; cut?: WalCut; relation: string; firstBlock: number; from: bigint; why: string }
 
-function judgeCut(now: PgObservedFile, wal: WalTruncations, reader: PgFileReader): CutVerdict {
+function judgeCut(now: PgObservedFile, wal: WalEvidence, reader: PgFileReader): CutVerdict {
   const base = { ...relationOfFile(now.path), from: wal.from, proven: false };
   if (!wal.available) return { ...base, why: `, or a truncation that cannot be proven: ${wal.why}` };
   const cut = wal.truncatedTo.get(base.relation);

@@ -21,7 +21,7 @@ import type { MetricsRegistry } from '../../../src/kernel/metrics.ts';
 import { parseLsn } from '../../../src/db/postgres-server.ts';
 import type { FileViolation } from './check.ts';
 import { checkPgInventory, pgDeferredViolations, type PgCatalog } from './postgres-check.ts';
-import { readWalTruncations } from './postgres-wal.ts';
+import { readWalEvidence } from './postgres-wal.ts';
 import { formatLsn } from './postgres-page.ts';
 import { PG_STATE_SHUTDOWNED, PgDatadirReader, listPgFiles, observePgDatadir, readPgControl, sweepPgFile, type PgSweepLimits } from './postgres-files.ts';
 import { SweepBudgetExceeded, fileStamp } from './innodb-files.ts';
@@ -109,8 +109,19 @@ export class PostgresInventory {
       `freshness: verifying ${found.length} data files (${(bytes / 2 ** 20).toFixed(1)} MiB) against the sealed inventory`);
     // From the sweep's checkpoint redo (≤ its start): a truncation logged just before the sweep read the
     // still-long file is in range too. The replication slot (retainWal) keeps that WAL.
-    const result = checkPgInventory(inv, ref.exact, found, new PgDatadirReader(this.opts.datadir),
-      () => readWalTruncations(this.opts.datadir, BigInt(inv.durableLsn), readPgControl(this.opts.datadir)?.timeline));
+    // Two passes only when needed: the check is synchronous and cheap, pg_waldump is neither.
+    const reader = new PgDatadirReader(this.opts.datadir);
+    let asked = false;
+    let result = checkPgInventory(inv, ref.exact, found, reader, () => {
+      asked = true;
+      return { available: false, from: BigInt(inv.durableLsn), why: 'not read yet' };
+    });
+    if (asked) {
+      const wal = await readWalEvidence(this.opts.datadir, BigInt(inv.durableLsn), readPgControl(this.opts.datadir)?.timeline);
+      this.opts.log.info(wal.available ? { walFrom: formatLsn(wal.from), truncations: wal.truncatedTo.size, dropped: wal.dropped.size } : { walFrom: formatLsn(wal.from), unavailable: wal.why },
+        'freshness: read the WAL since the sweep for truncations and dropped relations');
+      result = checkPgInventory(inv, ref.exact, found, reader, () => wal);
+    }
     this.deferred = result.deferred;
     this.emptied = result.emptied;
     this.verifyMs = Date.now() - started;
@@ -122,7 +133,7 @@ export class PostgresInventory {
         const stamp = present.has(e.path) ? fileStamp(this.opts.datadir, e.path) : undefined;
         if (stamp) this.cache.set(e.path, { stamp, entry: e, complete: ref.exact });
       }
-      this.opts.log.info({ ms: this.verifyMs, files: result.checked, newFiles: result.added.length, deferred: result.deferred.length + result.emptied.length, truncatedPerWal: result.truncated.length },
+      this.opts.log.info({ ms: this.verifyMs, files: result.checked, newFiles: result.added.length, deferred: result.deferred.length + result.emptied.length, truncatedPerWal: result.truncated.length, droppedPerWal: result.dropped.length },
         'freshness: data files verified against the sealed inventory');
     }
     return result.violations;

@@ -1,15 +1,23 @@
 /**
- * What PostgreSQL's own WAL proves about relation files shrinking: VACUUM's truncation of empty tail
- * blocks is WAL-logged (XLOG_SMGR_TRUNCATE, flushed before the file is cut, smgr.c / storage.c
- * RelationTruncate), so after a crash a relation file shorter than a sealed witness is legitimate only if
- * the WAL since the sweep holds a truncation of that relation below the witness. Without such a record the
- * shorter file is an older copy (an append-only table's file put back: every witness lies past its end).
+ * What PostgreSQL's own WAL proves about relation files that shrank since the last sweep, for the
+ * crash-time check (postgres-check.ts):
+ * - VACUUM's truncation of empty tail blocks is WAL-logged (XLOG_SMGR_TRUNCATE, flushed before the file is
+ *   cut: storage.c RelationTruncate): a file shorter than a sealed witness is legitimate only if the WAL
+ *   since the sweep cuts that relation below the witness;
+ * - DROP, TRUNCATE, VACUUM FULL, CLUSTER, REINDEX and SET TABLESPACE replace a relfilenode; the old file is
+ *   emptied to 0 bytes and kept until the next checkpoint (md.c mdunlinkfork), and the commit record lists
+ *   it ("rels: base/5/16384"; an abort lists what the transaction created): an emptied file is legitimate
+ *   only if such a record names it.
+ * Without such a record the shorter or empty file is an older copy or an attack (an append-only table's
+ * file put back has every witness past its end).
  *
- * The WAL is read with the server's own `pg_waldump` (its record formats are version-specific; the text
- * of smgr_desc is stable: "TRUNCATE base/5/16384 to 0 blocks flags 7"). It lies on the encrypted volume,
- * so its records cannot be forged; an older copy of it is behind the sealed WAL position.
+ * The WAL is read with the server's own `pg_waldump` (record formats are version-specific; the text of
+ * smgr_desc "TRUNCATE base/5/16384 to 0 blocks flags 7" and of xact_desc "…; rels: base/5/16384 …; …" is
+ * stable), streamed line by line. It lies on the encrypted volume, so its records cannot be forged; an
+ * older copy of it is behind the sealed WAL position.
  */
-import { spawnSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
+import { createInterface } from 'node:readline';
 import path from 'node:path';
 import { findBinary } from '../../../src/kernel/binaries.ts';
 import { formatLsn } from './postgres-page.ts';
@@ -20,25 +28,44 @@ const TRUNCATE_HEAP = 1;
 /** The deepest cut of a relation in the WAL: its block count and the LSN of that TRUNCATE record. */
 export interface WalCut { blocks: number; lsn: bigint }
 
-export type WalTruncations =
-  | { available: true; from: bigint; truncatedTo: Map<string, WalCut> }
+export type WalEvidence =
+  | { available: true; from: bigint; truncatedTo: Map<string, WalCut>; dropped: Set<string> }
   | { available: false; from: bigint; why: string };
 
-/**
- * Relation path ("base/5/16384", "global/1262") → the smallest block count the WAL truncated it to, and
- * the LSN of the (first) record that did: every block at or past that count that exists now was written
- * again after it.
- */
-export function parseWalTruncations(dump: string): Map<string, WalCut> {
-  const out = new Map<string, WalCut>();
-  for (const m of dump.matchAll(/lsn: ([0-9A-F]+)\/([0-9A-F]+),.*desc: TRUNCATE ((?:base\/\d+|global)\/\d+) to (\d+) blocks flags (\d+)/g)) {
-    if ((Number(m[5]) & TRUNCATE_HEAP) === 0) continue;
-    const blocks = Number(m[4]);
-    const rel = m[3]!;
-    const prev = out.get(rel);
-    if (!prev || blocks < prev.blocks) out.set(rel, { blocks, lsn: (BigInt(`0x${m[1]}`) << 32n) | BigInt(`0x${m[2]}`) });
+/** What the lines read so far prove. */
+export interface WalFacts {
+  /** Relation path ("base/5/16384", "global/1262") → the deepest cut and the LSN of the (first) record that made it. */
+  truncatedTo: Map<string, WalCut>;
+  /** Relation paths a committed (or aborted) transaction dropped. */
+  dropped: Set<string>;
+  records: number;
+}
+
+export const newWalFacts = (): WalFacts => ({ truncatedTo: new Map(), dropped: new Set(), records: 0 });
+
+const TRUNCATE_RE = /lsn: ([0-9A-F]+)\/([0-9A-F]+),.*desc: TRUNCATE ((?:base\/\d+|global)\/\d+) to (\d+) blocks flags (\d+)/;
+const RELS_RE = /desc: (?:COMMIT|ABORT)\S*.*?; rels:((?: (?:base\/\d+|global)\/\d+)+)/;
+
+/** Adds one line of pg_waldump's output to `facts`. */
+export function addWalLine(facts: WalFacts, line: string): void {
+  if (!line.startsWith('rmgr: ')) return;
+  facts.records++;
+  const t = TRUNCATE_RE.exec(line);
+  if (t) {
+    if ((Number(t[5]) & TRUNCATE_HEAP) === 0) return;
+    const blocks = Number(t[4]);
+    const prev = facts.truncatedTo.get(t[3]!);
+    if (!prev || blocks < prev.blocks) facts.truncatedTo.set(t[3]!, { blocks, lsn: (BigInt(`0x${t[1]}`) << 32n) | BigInt(`0x${t[2]}`) });
+    return;
   }
-  return out;
+  const r = RELS_RE.exec(line);
+  if (r) for (const rel of r[1]!.trim().split(' ')) facts.dropped.add(rel);
+}
+
+export function parseWalDump(dump: string): WalFacts {
+  const facts = newWalFacts();
+  for (const line of dump.split('\n')) addWalLine(facts, line);
+  return facts;
 }
 
 /**
@@ -48,31 +75,49 @@ export function parseWalTruncations(dump: string): Map<string, WalCut> {
  * makes the check stricter. It proves nothing when it read no record and could not start: the segment
  * holding `from` is gone or unreadable (then the caller fails closed).
  */
-export function classifyWaldump(from: bigint, status: number | null, stdout: string, stderr: string): WalTruncations {
-  const read = /^rmgr: /m.test(stdout);
+export function classifyWaldump(from: bigint, status: number | null, facts: WalFacts, stderr: string): WalEvidence {
+  const read = facts.records > 0;
   if (!read && /could not (find file|open|locate|read)/i.test(stderr)) {
     return { available: false, from, why: `the WAL from ${formatLsn(from)} is gone (${firstError(stderr)})` };
   }
   if (!read && status !== 0 && !/error in WAL record|could not find a valid record after/.test(stderr)) {
     return { available: false, from, why: `pg_waldump failed (${firstError(stderr) || `exit ${status}`})` };
   }
-  return { available: true, from, truncatedTo: parseWalTruncations(stdout) };
+  return { available: true, from, truncatedTo: facts.truncatedTo, dropped: facts.dropped };
 }
 
 function firstError(stderr: string): string {
   return stderr.split('\n').find((l) => l.includes('error'))?.replace(/^pg_waldump: error: /, '').trim() ?? '';
 }
 
-/** Reads the truncations of the WAL of `timeline` (pg_control's) from `from` to its end (PostgreSQL not running). */
-export function readWalTruncations(datadir: string, from: bigint, timeline = 1): WalTruncations {
+/**
+ * Reads the WAL of `timeline` (pg_control's) from `from` to its end, PostgreSQL not running. Streamed:
+ * the WAL since a sweep can hold millions of commit records.
+ */
+export async function readWalEvidence(datadir: string, from: bigint, timeline = 1): Promise<WalEvidence> {
   let bin: string;
   try {
     bin = findBinary('pg_waldump');
   } catch (e) {
     return { available: false, from, why: (e as Error).message };
   }
-  const r = spawnSync(bin, ['--path', path.join(datadir, 'pg_wal'), '--timeline', String(timeline), '--start', formatLsn(from), '--rmgr', 'Storage'],
-    { encoding: 'utf8', maxBuffer: 256 * 2 ** 20, timeout: 120_000 });
-  if (r.error) return { available: false, from, why: `pg_waldump: ${r.error.message}` };
-  return classifyWaldump(from, r.status, r.stdout, r.stderr);
+  const child = spawn(bin, ['--path', path.join(datadir, 'pg_wal'), '--timeline', String(timeline), '--start', formatLsn(from),
+    '--rmgr', 'Storage', '--rmgr', 'Transaction'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const facts = newWalFacts();
+  let stderr = '';
+  child.stderr.on('data', (d: Buffer) => { if (stderr.length < 64 * 1024) stderr += d.toString('utf8'); });
+  const timer = setTimeout(() => child.kill('SIGKILL'), 120_000);
+  try {
+    const exited = new Promise<{ status: number | null; error?: Error }>((resolve) => {
+      child.on('error', (error) => resolve({ status: null, error }));
+      child.on('close', (status) => resolve({ status }));
+    });
+    for await (const line of createInterface({ input: child.stdout, crlfDelay: Infinity })) addWalLine(facts, line);
+    const { status, error } = await exited;
+    if (error) return { available: false, from, why: `pg_waldump: ${error.message}` };
+    if (status === null) return { available: false, from, why: 'pg_waldump was killed (over 120 s)' };
+    return classifyWaldump(from, status, facts, stderr);
+  } finally {
+    clearTimeout(timer);
+  }
 }
