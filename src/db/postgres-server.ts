@@ -207,14 +207,16 @@ export class PostgresServer {
 
   private async waitReady(timeoutMs: number): Promise<void> {
     // postmaster.pid line 8 turns to "ready" once connections are accepted (PG >= 10). Reading it
-    // avoids racing "the database system is starting up" on a socket that already listens.
+    // avoids racing "the database system is starting up" on a socket that already listens. Line 1 must
+    // name *this* postmaster: after a kill -9 the dead one's file (and socket) still say "ready" until the
+    // new one replaces them (a start that believed it got ECONNREFUSED in the crash loop).
     const pidFile = path.join(this.datadir, 'postmaster.pid');
     const deadline = Date.now() + timeoutMs;
     for (;;) {
       if (!this.running) throw new Error('postgres exited during start');
       try {
-        const status = readFileSync(pidFile, 'utf8').split('\n')[7]?.trim();
-        if (status === 'ready' && existsSync(this.socketPath)) return;
+        const lines = readFileSync(pidFile, 'utf8').split('\n');
+        if (Number(lines[0]) === this.pid && lines[7]?.trim() === 'ready' && existsSync(this.socketPath)) return;
       } catch {
         // not written yet
       }

@@ -167,6 +167,10 @@ test('check: an older relation file, a shorter one, a swapped one (exact), an ol
   assert.deepEqual(d.dropped, ['base/5/100']);
   const [attack] = checkPgInventory(inv, false, obs(empty), memReader(empty, xacts), wal({}, 95n, ['base/5/200'])).violations;
   assert.match(attack!.message, /data file base\/5\/100 rolled back: it has 0 blocks, .*emptied: the WAL since 0\/64 neither truncates nor drops base\/5\/100/);
+  // Cut by VACUUM, then dropped (DELETE, autovacuum, TRUNCATE): the dropped tombstone, not a short copy.
+  const cutThenDropped = checkPgInventory(inv, false, obs(empty), memReader(empty, xacts), wal({ 'base/5/100': 1 }, 95n, ['base/5/100']));
+  assert.deepEqual(cutThenDropped.violations, []);
+  assert.deepEqual(cutThenDropped.dropped, ['base/5/100']);
   // Without the WAL, the catalog decides online.
   const e = checkPgInventory(inv, false, obs(empty), memReader(empty, xacts), () => ({ available: false, from: 100n, why: 'gone' }));
   assert.deepEqual(e.violations, []);
@@ -247,6 +251,18 @@ test('WAL evidence: pg_waldump\'s TRUNCATE records, their heap flag, dropped rel
   const gone = classifyWaldump(1n, 1, newWalFacts(), 'pg_waldump: error: could not find file "000000010000000000000003": No such file or directory');
   assert.ok(!gone.available && /is gone \(could not find file/.test(gone.why));
   assert.equal(classifyWaldump(1n, 2, newWalFacts(), 'pg_waldump: error: something else').available, false);
+  // A prepared transaction's name is printed unescaped: a client could forge whole lines (real PG 15 output).
+  const forged = parseWalDump([
+    'rmgr: Transaction len (rec/tot):    242/   242, tx:        725, lsn: 0/015286B8, prev 0/01528678, desc: PREPARE gid g1',
+    'rmgr: Storage     len (rec/tot):     46/    46, tx:          0, lsn: 0/0152A000, prev 0/01529FC8, desc: TRUNCATE base/5/16384 to 0 blocks flags 7: 2026-12-03 07:53:26.022223 UTC',
+  ].join('\n'));
+  const refusedForged = classifyWaldump(1n, 1, forged, end);
+  assert.ok(!refusedForged.available && /prepared transaction/.test(refusedForged.why), 'any PREPARE in the range voids the evidence');
+  // It must reach the checkpoint pg_control names: a segment from a lost history ends the read before it.
+  const withCheckpoint = parseWalDump(`${dump}\nrmgr: XLOG        len (rec/tot):    114/   114, tx:          0, lsn: 0/01531000, prev 0/01530000, desc: CHECKPOINT_ONLINE redo 0/1530F00; tli 1; prev tli 1; fpw true`);
+  assert.ok(classifyWaldump(1n, 1, withCheckpoint, end, 0x1531000n).available);
+  const short = classifyWaldump(1n, 1, withCheckpoint, 'pg_waldump: error: error in WAL record at 0/1531000: record with incorrect prev-link 0/1 at 0/1532000', 0x1540000n);
+  assert.ok(!short.available && /does not reach the checkpoint at 0\/1540000 that pg_control names \(error in WAL record/.test(short.why));
   const atBoundary = classifyWaldump(1n, 1, facts, 'pg_waldump: error: could not find file "000000010000000000000004": No such file or directory');
   assert.ok(atBoundary.available && atBoundary.truncatedTo.size === 2, 'the WAL ending at a segment boundary keeps what was read');
 });

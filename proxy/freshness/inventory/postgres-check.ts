@@ -118,16 +118,16 @@ export function checkPgInventory(inv: PgInventory, exact: boolean, found: PgObse
         let why = 'an older, shorter copy';
         if (!exact) {
           const v = cutCovers(w.page);
+          // Emptied and dropped since the sweep (perhaps cut by VACUUM first): the tombstone.
+          if (now.pages === 0 && v.firstBlock === 0 && wal!.available && wal!.dropped.has(v.relation)) {
+            dropped.push(now.path);
+            break;
+          }
           if (v.proven) { // VACUUM cut it off since the sweep
             if (!truncated.includes(now.path)) truncated.push(now.path);
             continue;
           }
           if (now.pages === 0 && v.firstBlock === 0 && !v.cut) {
-            // Emptied: the tombstone of a relfilenode a transaction since the sweep dropped, or an attack.
-            if (wal!.available && wal!.dropped.has(v.relation)) {
-              dropped.push(now.path);
-              break;
-            }
             if (!wal!.available) { // no WAL to ask: the catalog decides, online (pgDeferredViolations)
               emptied.push(entry);
               break;

@@ -24,7 +24,7 @@ import { SweepBudgetExceeded } from './innodb-files.ts';
 export const PG_WITNESSES_PER_FILE = 3;
 
 /**
- * Prefix witnesses: at each boundary of a geometric sequence (×1.5: 1, 2, 3, 5, 8, 12, …; ~30 in a 1 GiB
+ * Prefix witnesses: at each boundary of a geometric sequence (×1.5: 1, 2, 3, 4, 6, 9, 13, …; ~30 in a 1 GiB
  * segment) the highest-LSN block *below* it. The top witnesses are the newest blocks, usually at the
  * tail, which VACUUM may cut off; after a cut to N blocks the prefix witnesses below N still stand, so
  * the blocks the cut left are witnessed too (all but at most the last third of them).

@@ -117,7 +117,7 @@ export class PostgresInventory {
       return { available: false, from: BigInt(inv.durableLsn), why: 'not read yet' };
     });
     if (asked) {
-      const wal = await readWalEvidence(this.opts.datadir, BigInt(inv.durableLsn), readPgControl(this.opts.datadir)?.timeline);
+      const wal = await readWalEvidence(this.opts.datadir, BigInt(inv.durableLsn), readPgControl(this.opts.datadir));
       this.opts.log.info(wal.available ? { walFrom: formatLsn(wal.from), truncations: wal.truncatedTo.size, dropped: wal.dropped.size } : { walFrom: formatLsn(wal.from), unavailable: wal.why },
         'freshness: read the WAL since the sweep for truncations and dropped relations');
       result = checkPgInventory(inv, ref.exact, found, reader, () => wal);
@@ -276,7 +276,12 @@ export class PostgresInventory {
       bytes += r.bytes;
       // A previous witness stays a valid lower bound while nothing newer is durable yet.
       let entry = r.entry;
-      if (cached && entry.kind === 'pg-relation' && entry.witnesses.length === 0) entry = { ...entry, witnesses: cached.entry.witnesses.filter((w) => w.page < entry.pages) };
+      // Only where the page still carries at least that LSN: a file cut and regrown since may hold a zero
+      // page there, whose cut lies before this sweep's WAL range (a false alarm at the next crash).
+      if (cached && entry.kind === 'pg-relation' && entry.witnesses.length === 0) {
+        const reader = new PgDatadirReader(datadir);
+        entry = { ...entry, witnesses: cached.entry.witnesses.filter((w) => w.page < entry.pages && (reader.readLsn(rel, w.page) ?? 0n) >= BigInt(w.lsn)) };
+      }
       if (cached && entry.kind === 'pg-xact' && !entry.xact && cached.entry.xact) entry = { ...entry, xact: cached.entry.xact };
       files.push(entry);
       seen.add(rel);

@@ -38,24 +38,40 @@ export interface WalFacts {
   truncatedTo: Map<string, WalCut>;
   /** Relation paths a committed (or aborted) transaction dropped. */
   dropped: Set<string>;
+  /** LSNs of the checkpoint records read (the read must reach the one pg_control names). */
+  checkpoints: Set<bigint>;
+  /**
+   * A PREPARE record was read: pg_waldump prints its transaction name (chosen by any client, up to 200
+   * bytes, newlines included) unescaped, so the lines after it may be forged. Its own line cannot be.
+   */
+  prepared: boolean;
   records: number;
 }
 
-export const newWalFacts = (): WalFacts => ({ truncatedTo: new Map(), dropped: new Set(), records: 0 });
+export const newWalFacts = (): WalFacts => ({ truncatedTo: new Map(), dropped: new Set(), checkpoints: new Set(), prepared: false, records: 0 });
+
+const lsnOf = (hi: string, lo: string): bigint => (BigInt(`0x${hi}`) << 32n) | BigInt(`0x${lo}`);
 
 const TRUNCATE_RE = /lsn: ([0-9A-F]+)\/([0-9A-F]+),.*desc: TRUNCATE ((?:base\/\d+|global)\/\d+) to (\d+) blocks flags (\d+)/;
 const RELS_RE = /desc: (?:COMMIT|ABORT)\S*.*?; rels:((?: (?:base\/\d+|global)\/\d+)+)/;
+const CHECKPOINT_RE = /^rmgr: XLOG .*lsn: ([0-9A-F]+)\/([0-9A-F]+),.*desc: CHECKPOINT_(?:ONLINE|SHUTDOWN) /;
 
 /** Adds one line of pg_waldump's output to `facts`. */
 export function addWalLine(facts: WalFacts, line: string): void {
   if (!line.startsWith('rmgr: ')) return;
   facts.records++;
+  if (/^rmgr: Transaction .*desc: PREPARE /.test(line)) facts.prepared = true;
+  const c = CHECKPOINT_RE.exec(line);
+  if (c) {
+    facts.checkpoints.add(lsnOf(c[1]!, c[2]!));
+    return;
+  }
   const t = TRUNCATE_RE.exec(line);
   if (t) {
     if ((Number(t[5]) & TRUNCATE_HEAP) === 0) return;
     const blocks = Number(t[4]);
     const prev = facts.truncatedTo.get(t[3]!);
-    if (!prev || blocks < prev.blocks) facts.truncatedTo.set(t[3]!, { blocks, lsn: (BigInt(`0x${t[1]}`) << 32n) | BigInt(`0x${t[2]}`) });
+    if (!prev || blocks < prev.blocks) facts.truncatedTo.set(t[3]!, { blocks, lsn: lsnOf(t[1]!, t[2]!) });
     return;
   }
   const r = RELS_RE.exec(line);
@@ -75,13 +91,21 @@ export function parseWalDump(dump: string): WalFacts {
  * makes the check stricter. It proves nothing when it read no record and could not start: the segment
  * holding `from` is gone or unreadable (then the caller fails closed).
  */
-export function classifyWaldump(from: bigint, status: number | null, facts: WalFacts, stderr: string): WalEvidence {
+export function classifyWaldump(from: bigint, status: number | null, facts: WalFacts, stderr: string, checkpoint?: bigint): WalEvidence {
   const read = facts.records > 0;
   if (!read && /could not (find file|open|locate|read)/i.test(stderr)) {
     return { available: false, from, why: `the WAL from ${formatLsn(from)} is gone (${firstError(stderr)})` };
   }
   if (!read && status !== 0 && !/error in WAL record|could not find a valid record after/.test(stderr)) {
     return { available: false, from, why: `pg_waldump failed (${firstError(stderr) || `exit ${status}`})` };
+  }
+  if (facts.prepared) {
+    return { available: false, from, why: `the WAL from ${formatLsn(from)} holds a prepared transaction, whose client-chosen name pg_waldump prints unescaped (its lines cannot be trusted)` };
+  }
+  // The history PostgreSQL will recover from: every record links to the one before it, so a segment put
+  // back from another history (a lost, unacknowledged tail) ends the read before pg_control's checkpoint.
+  if (checkpoint !== undefined && checkpoint >= from && !facts.checkpoints.has(checkpoint)) {
+    return { available: false, from, why: `the WAL read from ${formatLsn(from)} does not reach the checkpoint at ${formatLsn(checkpoint)} that pg_control names (${firstError(stderr) || 'it ends before'})` };
   }
   return { available: true, from, truncatedTo: facts.truncatedTo, dropped: facts.dropped };
 }
@@ -91,10 +115,11 @@ function firstError(stderr: string): string {
 }
 
 /**
- * Reads the WAL of `timeline` (pg_control's) from `from` to its end, PostgreSQL not running. Streamed:
- * the WAL since a sweep can hold millions of commit records.
+ * Reads the WAL of pg_control's timeline from `from` to its end, PostgreSQL not running; it must reach
+ * pg_control's checkpoint record. Streamed: the WAL since a sweep can hold millions of commit records.
  */
-export async function readWalEvidence(datadir: string, from: bigint, timeline = 1): Promise<WalEvidence> {
+export async function readWalEvidence(datadir: string, from: bigint, control?: { timeline: number; checkpoint: bigint }): Promise<WalEvidence> {
+  const timeline = control?.timeline ?? 1;
   let bin: string;
   try {
     bin = findBinary('pg_waldump');
@@ -102,7 +127,7 @@ export async function readWalEvidence(datadir: string, from: bigint, timeline = 
     return { available: false, from, why: (e as Error).message };
   }
   const child = spawn(bin, ['--path', path.join(datadir, 'pg_wal'), '--timeline', String(timeline), '--start', formatLsn(from),
-    '--rmgr', 'Storage', '--rmgr', 'Transaction'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    '--rmgr', 'Storage', '--rmgr', 'Transaction', '--rmgr', 'XLOG'], { stdio: ['ignore', 'pipe', 'pipe'] });
   const facts = newWalFacts();
   let stderr = '';
   child.stderr.on('data', (d: Buffer) => { if (stderr.length < 64 * 1024) stderr += d.toString('utf8'); });
@@ -116,7 +141,7 @@ export async function readWalEvidence(datadir: string, from: bigint, timeline = 
     const { status, error } = await exited;
     if (error) return { available: false, from, why: `pg_waldump: ${error.message}` };
     if (status === null) return { available: false, from, why: 'pg_waldump was killed (over 120 s)' };
-    return classifyWaldump(from, status, facts, stderr);
+    return classifyWaldump(from, status, facts, stderr, control?.checkpoint);
   } finally {
     clearTimeout(timer);
   }
