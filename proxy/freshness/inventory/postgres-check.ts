@@ -119,7 +119,7 @@ export function checkPgInventory(inv: PgInventory, exact: boolean, found: PgObse
         if (!exact) {
           const v = cutCovers(w.page);
           // Emptied and dropped since the sweep (perhaps cut by VACUUM first): the tombstone.
-          if (now.pages === 0 && v.firstBlock === 0 && wal!.available && wal!.dropped.has(v.relation)) {
+          if (now.pages === 0 && v.firstBlock === 0 && v.dropped) {
             dropped.push(now.path);
             break;
           }
@@ -128,11 +128,11 @@ export function checkPgInventory(inv: PgInventory, exact: boolean, found: PgObse
             continue;
           }
           if (now.pages === 0 && v.firstBlock === 0 && !v.cut) {
-            if (!wal!.available) { // no WAL to ask: the catalog decides, online (pgDeferredViolations)
+            if (!v.walRead) { // no WAL to ask: the catalog decides, online (pgDeferredViolations)
               emptied.push(entry);
               break;
             }
-            why = `emptied: the WAL since ${formatLsn(wal!.from)} neither truncates nor drops ${v.relation}`;
+            why = `emptied: the WAL since ${formatLsn(v.from)} neither truncates nor drops ${v.relation}`;
           } else {
             why = `an older, shorter copy${v.why}`;
           }
@@ -179,11 +179,24 @@ export function checkPgInventory(inv: PgInventory, exact: boolean, found: PgObse
 }
 
 /** What the WAL says of one file's relation: `proven` = a cut the file agrees with; `why` explains a refusal. */
-interface CutVerdict { proven: boolean; cut?: WalCut; relation: string; firstBlock: number; from: bigint; why: string }
+interface CutVerdict {
+  /** A cut the file agrees with. */
+  proven: boolean;
+  cut?: WalCut;
+  /** A commit or abort since the sweep dropped the relation (its emptied file is the tombstone). */
+  dropped: boolean;
+  walRead: boolean;
+  relation: string;
+  firstBlock: number;
+  from: bigint;
+  /** Why a shorter file is refused (appended to the message). */
+  why: string;
+}
 
 function judgeCut(now: PgObservedFile, wal: WalEvidence, reader: PgFileReader): CutVerdict {
-  const base = { ...relationOfFile(now.path), from: wal.from, proven: false };
+  const base = { ...relationOfFile(now.path), from: wal.from, proven: false, dropped: false, walRead: wal.available };
   if (!wal.available) return { ...base, why: `, or a truncation that cannot be proven: ${wal.why}` };
+  base.dropped = wal.dropped.has(base.relation);
   const cut = wal.truncatedTo.get(base.relation);
   if (!cut) return { ...base, why: `: the WAL since ${formatLsn(wal.from)} truncates ${base.relation} nowhere` };
   const disagrees = disagreesWithCut(now, cut, base.firstBlock, reader);
