@@ -44,20 +44,21 @@ export class MemoryCounters {
 
   /**
    * Catch-up: takes, per service, the highest epoch any member reported. Never lowers a counter. Two
-   * members with different digests for one epoch are kept out (the lower-sorting digest is not picked
-   * silently) and listed in `conflicts`.
+   * members with different digests for that highest epoch are kept out (the lower-sorting digest is not
+   * picked silently) and listed in `conflicts`; a disagreement below it is a race the winner has moved
+   * past (the loser's digest stays on the member that took it until the next advance).
    */
   merge(entries: CounterSnapshotEntry[]): void {
-    const seen = new Map<string, Map<number, Set<string>>>();
+    const top = new Map<string, number>();
+    for (const e of entries) top.set(e.service, Math.max(top.get(e.service) ?? -Infinity, e.value));
+    const digestsAtTop = new Map<string, Set<string>>();
     for (const e of entries) {
-      const byValue = seen.get(e.service) ?? new Map<number, Set<string>>();
-      const s = byValue.get(e.value) ?? new Set<string>();
-      s.add(e.digest);
-      byValue.set(e.value, s);
-      seen.set(e.service, byValue);
+      if (e.value !== top.get(e.service)) continue;
+      digestsAtTop.set(e.service, (digestsAtTop.get(e.service) ?? new Set<string>()).add(e.digest));
     }
     for (const e of entries) {
-      const digests = seen.get(e.service)!.get(e.value)!;
+      if (e.value !== top.get(e.service)) continue;
+      const digests = digestsAtTop.get(e.service)!;
       if (digests.size > 1) {
         if (!this.conflicts.some((c) => c.service === e.service && c.value === e.value)) this.conflicts.push({ service: e.service, value: e.value, digests: [...digests].sort() });
         continue;

@@ -143,8 +143,9 @@ export class QuorumCounterClient implements CounterClient {
         if (done) return;
         const distinct = new Set(receipts.map((r) => r.instance)).size;
         if (distinct < majority(this.n) && outstanding > 0) return;
+        const out = combineReads(receipts, this.n, outstanding === 0);
+        if (out.kind === 'undecided') return;
         done = true;
-        const out = combineReads(receipts, this.n);
         switch (out.kind) {
           case 'ok':
             resolve({ value: out.value, digest: out.digest, ...(out.record ? { record: out.record } : {}) });

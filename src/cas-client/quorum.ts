@@ -42,32 +42,40 @@ export interface InstanceView {
 export type ReadOutcome =
   | { kind: 'ok'; value: number; digest: string; record?: Buffer; instances: string[] }
   | { kind: 'no-quorum'; answered: number; needed: number }
+  /** Instances disagree on the top epoch's digest and the members not heard from yet could settle it. */
+  | { kind: 'undecided'; value: number }
   | { kind: 'fork'; value: number; digests: string[] };
 
 /**
- * Combines read answers (at most one per instance is counted). The highest epoch wins; two instances
- * holding different digests for the same epoch is a fork (or a tampered instance): never resolved by
- * picking one, always an alarm.
+ * Combines read answers (at most one per instance is counted; `complete`: every instance answered or
+ * failed). The highest epoch wins. Two digests for the highest epoch happen when two writers raced for it
+ * (two proxies on a forked volume): an instance accepts only the first it receives, so the loser may sit
+ * on a minority. Since an instance holds one digest per epoch, at most one digest can have a majority of
+ * all `n` instances, and only it can have been acknowledged (the loser's writer was answered with a
+ * conflict and raised the fork itself): that one is the answer. Without such a majority the read waits
+ * for more answers (`undecided`) and, once every instance answered, is a `fork` — never resolved by
+ * picking one. Disagreement below the top epoch is a race the winner has already moved past.
  */
-export function combineReads(views: InstanceView[], n: number): ReadOutcome {
+export function combineReads(views: InstanceView[], n: number, complete = true): ReadOutcome {
   const byInstance = new Map<string, InstanceView>();
   for (const v of views) if (!byInstance.has(v.instance)) byInstance.set(v.instance, v);
   const distinct = [...byInstance.values()];
   const needed = majority(n);
   if (distinct.length < needed) return { kind: 'no-quorum', answered: distinct.length, needed };
-  const byValue = new Map<number, Set<string>>();
-  for (const v of distinct) {
-    const s = byValue.get(v.value) ?? new Set<string>();
-    s.add(v.digest);
-    byValue.set(v.value, s);
+  const topValue = Math.max(...distinct.map((v) => v.value));
+  const atTop = distinct.filter((v) => v.value === topValue);
+  const support = new Map<string, InstanceView[]>();
+  for (const v of atTop) support.set(v.digest, [...(support.get(v.digest) ?? []), v]);
+  let chosen = atTop;
+  if (support.size > 1) {
+    const winner = [...support.values()].find((vs) => vs.length >= needed);
+    if (!winner) return complete ? { kind: 'fork', value: topValue, digests: [...support.keys()].sort() } : { kind: 'undecided', value: topValue };
+    chosen = winner;
   }
-  for (const [value, digests] of byValue) {
-    if (digests.size > 1) return { kind: 'fork', value, digests: [...digests].sort() };
-  }
-  const top = distinct.reduce((a, b) => (b.value > a.value ? b : a));
+  const top = chosen.find((v) => v.record) ?? chosen[0]!;
   return {
     kind: 'ok', value: top.value, digest: top.digest, ...(top.record ? { record: top.record } : {}),
-    instances: distinct.filter((v) => v.value === top.value).map((v) => v.instance).sort(),
+    instances: chosen.map((v) => v.instance).sort(),
   };
 }
 

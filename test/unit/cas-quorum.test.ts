@@ -58,6 +58,33 @@ test('combineReads: needs a majority of distinct instances, takes the highest ep
   assert.deepEqual(combineReads([{ instance: 'a', value: 4, digest: 'x' }, { instance: 'b', value: 4, digest: 'y' }], 3), { kind: 'fork', value: 4, digests: ['x', 'y'] });
 });
 
+test('combineReads: two writers raced for the top epoch: the digest a majority holds is the answer, else wait, else a fork', () => {
+  const a = { instance: 'a', value: 4, digest: 'x' };
+  const b = { instance: 'b', value: 4, digest: 'y' };
+  const c = { instance: 'c', value: 4, digest: 'x' };
+  // The third instance can still settle it.
+  assert.deepEqual(combineReads([a, b], 3, false), { kind: 'undecided', value: 4 });
+  const won = combineReads([a, b, c], 3, true);
+  assert.equal(won.kind, 'ok');
+  assert.deepEqual(won.kind === 'ok' && [won.digest, won.instances], ['x', ['a', 'c']]);
+  assert.equal(combineReads([a, b, c], 3, false).kind, 'ok', 'a majority needs no more answers');
+  // Everyone answered and no digest has a majority: nobody can have been acknowledged for epoch 4.
+  assert.equal(combineReads([a, b, { instance: 'c', value: 3, digest: 'w' }], 3, true).kind, 'fork');
+  // Disagreement below the top epoch: the winner moved on.
+  const moved = combineReads([{ ...a, value: 5, digest: 'z' }, b, c], 3, true);
+  assert.deepEqual(moved.kind === 'ok' && [moved.value, moved.digest], [5, 'z']);
+  // Exhaustively over 3 and 5 instances: an acknowledged digest (held by a majority) is never overruled.
+  for (const n of [3, 5]) {
+    for (let mask = 0; mask < 3 ** n; mask++) {
+      const views = [...Array(n)].map((_, i) => ({ instance: `i${i}`, value: 7, digest: ['p', 'q', 'r'][Math.floor(mask / 3 ** i) % 3]! }));
+      const out = combineReads(views, n, true);
+      const maj = ['p', 'q', 'r'].find((d) => views.filter((v) => v.digest === d).length >= majority(n));
+      if (maj) assert.deepEqual(out.kind === 'ok' && out.digest, maj);
+      else assert.equal(out.kind, new Set(views.map((v) => v.digest)).size === 1 ? 'ok' : 'fork');
+    }
+  }
+});
+
 test('decideAdvance: ok at a majority, pending while one is reachable, conflict or no-quorum when not', () => {
   assert.equal(decideAdvance([{ instance: 'a', kind: 'ok' }], 2, 3).kind, 'pending');
   assert.equal(decideAdvance([{ instance: 'a', kind: 'ok' }, { instance: 'b', kind: 'ok' }], 1, 3).kind, 'ok');
@@ -99,4 +126,9 @@ test('MemoryCounters: never moves back on an advance; catch-up takes the highest
   assert.equal(m.counters.get('u'), undefined);
   assert.deepEqual(m.conflicts, [{ service: 'u', value: 4, digests: ['x', 'y'] }]);
   assert.deepEqual(m.snapshot().map((e) => e.service), ['s', 't']);
+  // A race for epoch 4 that the winner moved past (5): no conflict.
+  const n = new MemoryCounters();
+  n.merge([{ service: 'v', value: 4, digest: 'x' }, { service: 'v', value: 4, digest: 'y' }, { service: 'v', value: 5, digest: 'z' }]);
+  assert.deepEqual(n.conflicts, []);
+  assert.equal(n.counters.get('v')!.digest, 'z');
 });
