@@ -498,12 +498,21 @@ export class ProxyRole {
       errorLog: hardeningPaths(hardening).errorLog,
       // aria_log_control (the Aria UUID) stays in the datadir: losing it breaks encrypted Aria tables.
       ariaLogDir: ariaLog.dir,
+      // Undo logs in their own tablespaces (MariaDB 11's default), not in ibdata1: each is its own file in
+      // the sealed inventory, and innodb_undo_log_truncate stays possible later.
+      undoTablespaces: 3,
     });
     if (!this.mariadb.isInitialized()) {
       log.info({ datadir: config.datadir }, 'initializing the database (first run)');
       await this.mariadb.initialize();
     }
-    await this.mariadb.start();
+    try {
+      await this.mariadb.start();
+    } catch (e) {
+      // After a crash, InnoDB's recovery refuses a tablespace the offline check left to the dictionary.
+      if (this.inventory) this.reportFileViolations(this.inventory.explainStartFailure(this.mariadb.startLog()));
+      throw e;
+    }
     log.info({ pid: this.mariadb.pid, socket: this.mariadb.socket }, 'mariadbd started');
     void this.mariadb.whenExited().then((code) => {
       if (this.stopping) return;

@@ -46,6 +46,13 @@ export interface MariadbServerOptions {
    * volatile dirs of the hardening config.
    */
   ownedDirs?: string[];
+  /**
+   * Dedicated undo tablespaces (`undo001`…) for a datadir created by `initialize()`. MariaDB 10.11 fixes
+   * the count when the datadir is created, so an existing datadir keeps the count it was created with
+   * (counted from its files: an older volume with its undo logs in ibdata1 keeps starting). Unset: the
+   * server's default (0 in 10.11: undo logs in the system tablespace).
+   */
+  undoTablespaces?: number;
   startTimeoutMs?: number;
 }
 
@@ -62,6 +69,7 @@ export class MariadbServer {
   private readonly opts: MariadbServerOptions;
   /** uid/gid mariadbd runs as; undefined when it runs as whoever we are. */
   readonly owner: { uid: number; gid: number } | undefined;
+  private startLogOffset = 0;
 
   constructor(opts: MariadbServerOptions) {
     this.opts = opts;
@@ -119,6 +127,7 @@ export class MariadbServer {
       'max_connections=2000',
       'max_allowed_packet=1G',
       'skip-name-resolve',
+      ...this.undoTablespacesConfig(),
       ...(this.opts.extraConfig ?? []),
       '',
     ];
@@ -126,6 +135,15 @@ export class MariadbServer {
     rmSync(this.cnfPath, { force: true });
     writeFileSync(this.cnfPath, lines.join('\n'), { mode: this.owner ? 0o640 : 0o600 });
     if (this.owner) chownSync(this.cnfPath, 0, this.owner.gid);
+  }
+
+  /** See `undoTablespaces`. */
+  private undoTablespacesConfig(): string[] {
+    if (this.opts.undoTablespaces === undefined) return [];
+    const count = this.isInitialized()
+      ? readdirSync(this.datadir).filter((f) => /^undo\d{3}$/.test(f)).length
+      : this.opts.undoTablespaces;
+    return [`innodb_undo_tablespaces=${count}`];
   }
 
   /**
@@ -189,6 +207,7 @@ export class MariadbServer {
     this.writeConfig();
     this.pinAriaControlFile();
     const mariadbd = findBinary('mariadbd');
+    this.startLogOffset = existsSync(this.errorLog) ? statSync(this.errorLog).size : 0;
     this.proc.spawn(mariadbd, [`--defaults-file=${this.cnfPath}`], {
       stdio: ['ignore', 'ignore', 'ignore'],
       env: this.childEnv(),
@@ -200,6 +219,16 @@ export class MariadbServer {
     } catch (e) {
       await this.stop();
       throw new CdbpError('CHILD_FAILED', `mariadbd did not start: ${logTail(this.errorLog)}`, { cause: e });
+    }
+  }
+
+  /** What mariadbd wrote to its error log since the last `start()` began (why it refused to start, say). */
+  startLog(maxBytes = 64 * 1024): string {
+    try {
+      const all = readFileSync(this.errorLog);
+      return all.subarray(Math.max(this.startLogOffset, all.length - maxBytes)).toString('utf8');
+    } catch {
+      return '';
     }
   }
 

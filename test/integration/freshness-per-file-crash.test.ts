@@ -1,17 +1,20 @@
 /**
  * Issue 22 after crashes: kill -9 of mariadbd (and the proxy) under write load. The inventory sealed by
- * the last background sweep still catches a table file put back to an older copy; legitimate DDL
+ * the last background sweep still catches each attack on a copy of the crashed volume (a table file,
+ * ibdata1, an undo tablespace or all of them put back, a foreign file, a copy beside, a swap, a deletion);
+ * legitimate DDL
  * (TRUNCATE, OPTIMIZE, CREATE DATABASE, DROP TABLE, RENAME) never raises a false alarm, after a clean stop
  * or a crash; and a seeded loop of crash/restart cycles under write load never does either
  * (CDBP_PERFILE_CRASH_CYCLES raises its count; the default keeps CI time modest).
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { cpSync, existsSync, readFileSync, statSync } from 'node:fs';
+import { cpSync, existsSync, readFileSync, renameSync, rmSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { startStack, expectStackFailure, connectThroughProxy, queryThroughProxy, removeStackVolatile, type RunningStack } from '../support/stack.ts';
 import { tempDir } from '../support/tmp.ts';
 import { prng } from '../support/prng.ts';
+import { volatileDir } from '../../cli/commands/up.ts';
 
 const SWEEP_ENV = { CDBP_INVENTORY_SWEEP_MS: '700' };
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -76,22 +79,55 @@ async function expectFresh(dir: string): Promise<RunningStack> {
   return s;
 }
 
-test('kill -9 under write load: one table file put back to a copy older than the last sweep is refused offline', async (t) => {
+/** Puts the untrusted volume back to `from` (a copy taken by the test) and clears the stack's volatile dir. */
+function restoreVolume(dir: string, from: string): void {
+  const untrusted = path.join(dir, 'untrusted');
+  rmSync(untrusted, { recursive: true, force: true });
+  cpSync(from, untrusted, { recursive: true });
+  rmSync(volatileDir(dir), { recursive: true, force: true });
+}
+
+/**
+ * A start that must be refused for `reason`. `offline`: refused before the keyring served a key and before
+ * mariadbd started; otherwise by the online check (a file missing or moved after a crash is judged against
+ * InnoDB's dictionary), which still refuses before any client is served.
+ */
+async function expectRefused(dir: string, reason: RegExp, offline: boolean): Promise<void> {
+  const at = logSize(dir);
+  const fail = await expectStackFailure(dir, [], SWEEP_ENV);
+  assert.equal(fail.code, 1, fail.output);
+  assert.match(fail.output, /ROLLBACK_DETECTED/);
+  assert.match(fail.output, reason);
+  const log = readFileSync(path.join(dir, 'run', 'proxy.log')).subarray(at).toString('utf8');
+  assert.match(log, /freshness violation/);
+  assert.doesNotMatch(log, /proxy ready|"state":"ready"/, 'no client was ever served');
+  if (offline) assert.doesNotMatch(log, /keyring ready|keyring request|mariadbd started/, 'refused before the keyring released any key');
+}
+
+test('kill -9 under write load: data files put back, swapped, deleted or added afterwards are each refused; the crashed volume itself starts with every acknowledged row', async (t) => {
   const tmp = tempDir('perfile-kill');
   t.after(() => tmp.remove());
   const dir = path.join(tmp.path, 'stack');
   t.after(() => removeStackVolatile(dir));
-  const ibd = path.join(dir, 'untrusted', 'mariadb', 'app', 't.ibd');
+  const data = path.join(dir, 'untrusted', 'mariadb');
+  const old = path.join(tmp.path, 'old');
+  const crashed = path.join(tmp.path, 'crashed');
   let s = await startStack(dir, [], SWEEP_ENV);
-  await sql(s, 'CREATE DATABASE app', 'CREATE TABLE app.t (id INT AUTO_INCREMENT PRIMARY KEY, v VARCHAR(200)) ENGINE=InnoDB',
-    "INSERT INTO app.t (v) SELECT REPEAT('a', 200) FROM app.seq_1_to_300");
+  await sql(s, 'CREATE DATABASE app',
+    'CREATE TABLE app.t (id INT AUTO_INCREMENT PRIMARY KEY, v VARCHAR(200)) ENGINE=InnoDB',
+    'CREATE TABLE app.u (id INT AUTO_INCREMENT PRIMARY KEY, v VARCHAR(200)) ENGINE=InnoDB',
+    'CREATE TABLE app.gone (id INT PRIMARY KEY) ENGINE=InnoDB',
+    "INSERT INTO app.t (v) SELECT REPEAT('a', 200) FROM app.seq_1_to_300",
+    "INSERT INTO app.u (v) SELECT REPEAT('a', 200) FROM app.seq_1_to_300",
+    'INSERT INTO app.gone SELECT seq FROM app.seq_1_to_10');
   assert.equal(await s.stop(), 0);
-  cpSync(ibd, path.join(tmp.path, 't.ibd.old'));
+  cpSync(path.join(dir, 'untrusted'), old, { recursive: true });
 
   s = await startStack(dir, [], SWEEP_ENV);
   // Keep the page cleaner flushing so the checkpoint (and with it the durable witnesses) moves under load.
-  await sql(s, 'SET GLOBAL innodb_max_dirty_pages_pct_lwm = 0.001', 'SET GLOBAL innodb_max_dirty_pages_pct = 0');
-  const load = writeLoad(s, 4);
+  await sql(s, 'SET GLOBAL innodb_max_dirty_pages_pct_lwm = 0.001', 'SET GLOBAL innodb_max_dirty_pages_pct = 0', 'DROP TABLE app.gone');
+  const load = writeLoad(s, 2);
+  const loadU = writeLoad(s, 2, 'app.u');
   const firstSweep = (await status(s)).freshness.dataFiles.lastSweepAt;
   await sleep(4000);
   // A sweep after the load began was sealed into a counted epoch (witnesses newer than the old copy).
@@ -104,27 +140,79 @@ test('kill -9 under write load: one table file put back to a copy older than the
   }
   await crash(s);
   const acked = await load.stop();
-  assert.ok(acked.length > 20, `writers got ${acked.length} acknowledgments`);
-  cpSync(ibd, path.join(tmp.path, 't.ibd.newest'));
+  const ackedU = await loadU.stop();
+  assert.ok(acked.length > 20 && ackedU.length > 20, `writers got ${acked.length} + ${ackedU.length} acknowledgments`);
+  cpSync(path.join(dir, 'untrusted'), crashed, { recursive: true });
+  const oldFile = (f: string) => path.join(old, 'mariadb', f);
 
-  cpSync(path.join(tmp.path, 't.ibd.old'), ibd);
-  const at = logSize(dir);
-  const fail = await expectStackFailure(dir, [], SWEEP_ENV);
-  assert.equal(fail.code, 1, fail.output);
-  assert.match(fail.output, /ROLLBACK_DETECTED: .*data file app\/t\.ibd rolled back: page \d+ carries LSN \d+, behind the \d+ the sealed inventory saw/);
-  const log = readFileSync(path.join(dir, 'run', 'proxy.log')).subarray(at).toString('utf8');
-  assert.doesNotMatch(log, /keyring ready|keyring request|mariadbd started/, 'refused before the keyring released any key');
+  await t.test('one table file put back', async () => {
+    restoreVolume(dir, crashed);
+    cpSync(oldFile('app/t.ibd'), path.join(data, 'app', 't.ibd'));
+    await expectRefused(dir, /ROLLBACK_DETECTED: .*data file app\/t\.ibd rolled back: page \d+ carries LSN \d+, behind the \d+ the sealed inventory saw/, true);
+  });
 
-  // The newest file back: the crash left nothing to alarm about, and every acknowledged row is there.
-  cpSync(path.join(tmp.path, 't.ibd.newest'), ibd);
-  s = await expectFresh(dir);
-  try {
-    const [rows] = await sql(s, 'SELECT v FROM app.t');
-    const present = new Set((rows as Array<{ v: string }>).map((r) => r.v));
-    assert.deepEqual(acked.filter((v) => !present.has(v)), []);
-  } finally {
-    assert.equal(await s.stop(), 0);
-  }
+  await t.test('all InnoDB data files put back (the crashed redo log, binlog and record kept)', async () => {
+    restoreVolume(dir, crashed);
+    for (const f of ['ibdata1', 'undo001', 'undo002', 'undo003', 'app/t.ibd', 'app/u.ibd']) cpSync(oldFile(f), path.join(data, f));
+    await expectRefused(dir, /data file \S+ rolled back/, true);
+  });
+
+  await t.test('older ibdata1 alone', async () => {
+    restoreVolume(dir, crashed);
+    cpSync(oldFile('ibdata1'), path.join(data, 'ibdata1'));
+    await expectRefused(dir, /data file ibdata1 rolled back/, true);
+  });
+
+  await t.test('an older undo tablespace alone', async () => {
+    const changed = ['undo001', 'undo002', 'undo003'].filter((f) => !readFileSync(oldFile(f)).equals(readFileSync(path.join(crashed, 'mariadb', f))));
+    assert.ok(changed.length > 0, 'the load wrote undo records');
+    restoreVolume(dir, crashed);
+    cpSync(oldFile(changed[0]!), path.join(data, changed[0]!));
+    await expectRefused(dir, new RegExp(`data file ${changed[0]} rolled back`), true);
+  });
+
+  await t.test('a foreign file: the dropped table\'s old file put back', async () => {
+    restoreVolume(dir, crashed);
+    cpSync(oldFile('app/gone.ibd'), path.join(data, 'app', 'gone.ibd'));
+    cpSync(oldFile('app/gone.frm'), path.join(data, 'app', 'gone.frm'));
+    await expectRefused(dir, /data file app\/gone\.ibd \(space id \d+\) is not in the sealed inventory .* a file from elsewhere/, true);
+  });
+
+  await t.test('an older copy of a live table\'s file beside it', async () => {
+    restoreVolume(dir, crashed);
+    cpSync(oldFile('app/t.ibd'), path.join(data, 'app', 'copy.ibd'));
+    await expectRefused(dir, /are the same tablespace \(space id \d+\)/, true);
+  });
+
+  await t.test('two tables\' files swapped (after a crash: judged against the dictionary, before any client)', async () => {
+    restoreVolume(dir, crashed);
+    renameSync(path.join(data, 'app', 't.ibd'), path.join(data, 'app', 'x.tmp'));
+    renameSync(path.join(data, 'app', 'u.ibd'), path.join(data, 'app', 't.ibd'));
+    renameSync(path.join(data, 'app', 'x.tmp'), path.join(data, 'app', 'u.ibd'));
+    // Either InnoDB's crash recovery looks for the tablespace where the dictionary has it and refuses
+    // (it still had redo for it), or the server starts and the dictionary check refuses.
+    await expectRefused(dir, /data file app\/(t|u)\.ibd holds space id \d+(, which InnoDB's dictionary names app\/(u|t) | \(sealed at app\/(u|t)\.ibd\), and InnoDB's crash recovery looks for it at app\/(u|t)\.ibd).*files swapped or moved/, false);
+  });
+
+  await t.test('a table file deleted (after a crash: judged against the dictionary, before any client)', async () => {
+    restoreVolume(dir, crashed);
+    rmSync(path.join(data, 'app', 'u.ibd'));
+    await expectRefused(dir, /data file app\/u\.ibd \(space id \d+(, table app\/u\) is missing but the table was not dropped|\) is missing, and InnoDB's crash recovery still has changes for it)/, false);
+  });
+
+  await t.test('the crashed volume itself: no alarm, every acknowledged row', async () => {
+    restoreVolume(dir, crashed);
+    s = await expectFresh(dir);
+    try {
+      for (const [table, values] of [['app.t', acked], ['app.u', ackedU]] as const) {
+        const [rows] = await sql(s, `SELECT v FROM ${table}`);
+        const present = new Set((rows as Array<{ v: string }>).map((r) => r.v));
+        assert.deepEqual(values.filter((v) => !present.has(v)), [], `acknowledged rows of ${table} missing`);
+      }
+    } finally {
+      assert.equal(await s.stop(), 0);
+    }
+  });
 });
 
 const DDL_SETUP = [

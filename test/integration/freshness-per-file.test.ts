@@ -82,16 +82,29 @@ test('data files put back, swapped, deleted or added under the newest redo log a
 
   await t.test('all InnoDB data files put back (newest redo log, binlog and record kept)', async () => {
     restore(dir, untrusted, snapB);
-    for (const f of ['ibdata1', 'app/t.ibd', 'app/u.ibd', 'mysql/innodb_table_stats.ibd', 'mysql/innodb_index_stats.ibd']) {
+    for (const f of ['ibdata1', 'undo001', 'undo002', 'undo003', 'app/t.ibd', 'app/u.ibd', 'mysql/innodb_table_stats.ibd', 'mysql/innodb_index_stats.ibd']) {
       cpSync(path.join(snapA, 'mariadb', f), path.join(data, f));
     }
     await expectRefusedOffline(dir, /rolled back: page/);
   });
 
-  await t.test('older ibdata1 alone (system tablespace: dictionary and, with innodb_undo_tablespaces=0, the undo logs)', async () => {
+  await t.test('older ibdata1 alone (system tablespace: dictionary, change buffer)', async () => {
     restore(dir, untrusted, snapB);
     cpSync(path.join(snapA, 'mariadb', 'ibdata1'), path.join(data, 'ibdata1'));
     await expectRefusedOffline(dir, /data file ibdata1 rolled back/);
+  });
+
+  await t.test('older undo tablespaces alone (the managed server keeps its undo logs in undo001-003)', async () => {
+    // Which undo tablespace the 20 commits used depends on the rollback segments they got: put back
+    // each one that changed, one at a time.
+    const changed = ['undo001', 'undo002', 'undo003']
+      .filter((f) => !readFileSync(path.join(snapA, 'mariadb', f)).equals(readFileSync(path.join(snapB, 'mariadb', f))));
+    assert.ok(changed.length > 0, 'the writes since snapshot A changed an undo tablespace');
+    for (const f of changed) {
+      restore(dir, untrusted, snapB);
+      cpSync(path.join(snapA, 'mariadb', f), path.join(data, f));
+      await expectRefusedOffline(dir, new RegExp(`data file ${f} rolled back`));
+    }
   });
 
   await t.test('two tables\' files swapped', async () => {

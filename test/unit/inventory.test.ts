@@ -9,7 +9,7 @@ import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { isDoublewritePage, pageSizeFromFlags, readFilHeader, readSpaceIdentity, selfConsistent } from '../../proxy/freshness/inventory/innodb-page.ts';
 import { FilePageReader, SweepBudgetExceeded, innodbKind, listInnodbFiles, observeDatadir, sweepFile } from '../../proxy/freshness/inventory/innodb-files.ts';
-import { checkDeferred, checkInventory, type PageReader } from '../../proxy/freshness/inventory/check.ts';
+import { checkDeferred, checkInventory, checkRecoveryRefusal, type PageReader } from '../../proxy/freshness/inventory/check.ts';
 import { InventoryStore } from '../../proxy/freshness/inventory/store.ts';
 import type { Inventory, InventoryFile, ObservedFile } from '../../proxy/freshness/inventory/types.ts';
 import { tempDir } from '../support/tmp.ts';
@@ -186,6 +186,23 @@ test('check: swapped, moved, deleted, duplicate and foreign files', () => {
   r = checkInventory(base, false, [...now, seen('app/new.ibd', 9)], pagesOf({ ...fresh, 'app/new.ibd': { 0: 1001, 1: 1200, 2: 0 } }));
   assert.deepEqual(r.violations, [], 'a table created after the sweep began (TRUNCATE, OPTIMIZE, CREATE) has only newer pages');
   assert.deepEqual(r.added, ['app/new.ibd']);
+});
+
+test('check: after a crash, InnoDB recovery refusing a deferred tablespace settles it (deleted or swapped)', () => {
+  // MariaDB 10.11's error log as logTail joins it, and as the file has it.
+  const refusal = (id: number, at: string) => `2026-12-03 10:31:10 0 [ERROR] InnoDB: Tablespace ${id} was not found at ./${at}. | 2026-12-03 10:31:10 0 [ERROR] InnoDB: Plugin initialization aborted with error Tablespace not found`;
+  const deleted = checkInventory(base, false, now.filter((f) => f.path !== 'app/u.ibd'), pagesOf(fresh)).deferred;
+  let v = checkRecoveryRefusal(deleted, refusal(6, 'app/u.ibd'));
+  assert.deepEqual(v.map((x) => [x.file, x.reason]), [['app/u.ibd', 'deleted']]);
+  assert.match(v[0]!.message, /data file app\/u\.ibd \(space id 6\) is missing, and InnoDB's crash recovery still has changes for it/);
+  assert.deepEqual(checkRecoveryRefusal(deleted, refusal(7, 'app/v.ibd')), [], 'a tablespace the offline check did not defer');
+  assert.deepEqual(checkRecoveryRefusal(deleted, '[ERROR] InnoDB: Cannot allocate memory for the buffer pool'), [], 'another failure is no verdict');
+
+  const swapped = checkInventory(base, false, [seen('ibdata1', 0, 'innodb-system'), seen('app/t.ibd', 6), seen('app/u.ibd', 5)],
+    pagesOf({ ...fresh, 'app/u.ibd': { 3: 800, 1: 750 }, 'app/t.ibd': { 2: 2000 } })).deferred;
+  v = checkRecoveryRefusal(swapped, `${refusal(6, 'app/u.ibd')}\n`);
+  assert.deepEqual(v.map((x) => [x.file, x.reason]), [['app/t.ibd', 'swapped']]);
+  assert.match(v[0]!.message, /data file app\/t\.ibd holds space id 6 \(sealed at app\/u\.ibd\), and InnoDB's crash recovery looks for it at app\/u\.ibd/);
 });
 
 test('store: the inventory opens only by its digest and key; unreferenced ones are removed', async (t) => {

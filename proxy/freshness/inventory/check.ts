@@ -168,3 +168,36 @@ export function checkDeferred(deferred: Deferred, dictionary: SpaceNames): FileV
   }
   return out;
 }
+
+/**
+ * mariadbd refused to start after a crash. When InnoDB's crash recovery names a tablespace it still has redo
+ * for ("Tablespace N was not found at ./db/t.ibd"), that tablespace was not dropped (a DROP logs
+ * FILE_DELETE, which recovery applies instead of looking for the file): if the offline check left it to the
+ * dictionary as missing or moved, the server's own refusal settles it as deleted or swapped. Anything else
+ * is not a freshness verdict (the start failure stays what it is).
+ */
+export function checkRecoveryRefusal(deferred: Deferred, errorText: string): FileViolation[] {
+  const out: FileViolation[] = [];
+  for (const m of errorText.matchAll(/Tablespace (\d+) was not found at \.?\/?([^\s|]+?)\.?(?:\s|$|\|)/g)) {
+    const spaceId = Number(m[1]);
+    const wanted = m[2]!;
+    const missing = deferred.missing.find((e) => e.spaceId === spaceId && e.kind === 'innodb-table');
+    if (missing) {
+      out.push({
+        file: missing.path, reason: 'deleted',
+        message: `data file ${missing.path} (space id ${spaceId}) is missing, and InnoDB's crash recovery still has changes for it (a dropped table's would not): deleted`,
+        expected: { path: missing.path, spaceId }, seen: { path: missing.path, file: 'missing', recovery: `tablespace ${spaceId} not found at ${wanted}` },
+      });
+      continue;
+    }
+    const moved = deferred.moved.find((x) => x.entry.spaceId === spaceId);
+    if (moved) {
+      out.push({
+        file: moved.now, reason: 'swapped',
+        message: `data file ${moved.now} holds space id ${spaceId} (sealed at ${moved.entry.path}), and InnoDB's crash recovery looks for it at ${wanted}: files swapped or moved`,
+        expected: { path: wanted, spaceId }, seen: { path: moved.now, spaceId },
+      });
+    }
+  }
+  return out;
+}

@@ -17,7 +17,7 @@ import path from 'node:path';
 import type { Logger } from '../../../src/kernel/log.ts';
 import type { MetricsRegistry } from '../../../src/kernel/metrics.ts';
 import { readOfflineCheckpoint } from '../mariadb-position.ts';
-import { checkDeferred, checkInventory, type Deferred, type FileViolation, type SpaceNames } from './check.ts';
+import { checkDeferred, checkInventory, checkRecoveryRefusal, type Deferred, type FileViolation, type SpaceNames } from './check.ts';
 import { FilePageReader, SweepBudgetExceeded, fileStamp, listInnodbFiles, observeDatadir, sweepFile } from './innodb-files.ts';
 import type { InventoryStore } from './store.ts';
 import type { Inventory, InventoryFile, InventoryRef } from './types.ts';
@@ -142,6 +142,11 @@ export class MariadbInventory {
     } finally {
       await conn.end().catch(() => conn.destroy());
     }
+  }
+
+  /** mariadbd did not start (`errorText`: its error log's tail): a verdict on the tablespaces left to the online check, if its refusal gives one. */
+  explainStartFailure(errorText: string): FileViolation[] {
+    return checkRecoveryRefusal(this.deferred, errorText);
   }
 
   /** Starts the background sweeps; `sealed(ref)` hands each new inventory to the guard. */
