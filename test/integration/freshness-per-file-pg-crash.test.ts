@@ -60,7 +60,7 @@ async function status(p: PgTestProxy): Promise<any> {
 }
 
 /** Inserts through the proxy from `n` connections until stopped; returns the values whose OK arrived. */
-function writeLoad(p: PgTestProxy, n: number, table = 't'): { stop: () => Promise<string[]> } {
+function writeLoad(p: PgTestProxy, n: number, table = 't'): { stop: () => Promise<string[]>; count: () => number } {
   const acked: string[] = [];
   let stopping = false;
   const one = async (w: number) => {
@@ -80,7 +80,7 @@ function writeLoad(p: PgTestProxy, n: number, table = 't'): { stop: () => Promis
     }
   };
   const all = Array.from({ length: n }, (_, w) => one(w));
-  return { stop: async () => { stopping = true; await Promise.all(all); return acked; } };
+  return { stop: async () => { stopping = true; await Promise.all(all); return acked; }, count: () => acked.length };
 }
 
 /** A sweep that began after `since` (and after a CHECKPOINT, so its witnesses count) is in a counted epoch. */
@@ -125,6 +125,9 @@ test('kill -9 under write load: an append-only table\'s file put back to a copy 
   p = await start(root, { pgPort: p.pgPort });
   const load = writeLoad(p, 4);
   await sleep(1500);
+  // The checkpoint must come after acknowledged load writes (a loaded machine can take seconds to connect
+  // the writers): only writes before it can be witnessed, and the attack removes exactly those.
+  await until(() => load.count() >= 40, 60_000, 'acknowledged writes before the checkpoint');
   await p.backendQuery('CHECKPOINT');
   // Taken once the checkpoint completed: a sweep that began during it reads the previous one's redo, and
   // its witnesses would predate the load (the window the docs describe, not what this test attacks).
