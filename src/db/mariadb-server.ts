@@ -14,6 +14,9 @@ import { lookupOsUser } from './postgres-server.ts';
  * the caller passes extra `[mariadbd]` lines (e.g. the keyring plugin config) and extra environment
  * (e.g. VAULT_TOKEN, which therefore never lands in a file).
  */
+/** A dedicated undo tablespace's file name in the datadir (innodb_undo_directory is left at the datadir). */
+export const UNDO_TABLESPACE_FILE = /^undo\d{3}$/;
+
 export interface MariadbServerOptions {
   /** Instance directory: holds my.cnf, the socket, pid and error log unless given separately. */
   dir: string;
@@ -141,7 +144,7 @@ export class MariadbServer {
   private undoTablespacesConfig(): string[] {
     if (this.opts.undoTablespaces === undefined) return [];
     const count = this.isInitialized()
-      ? readdirSync(this.datadir).filter((f) => /^undo\d{3}$/.test(f)).length
+      ? readdirSync(this.datadir).filter((f) => UNDO_TABLESPACE_FILE.test(f)).length
       : this.opts.undoTablespaces;
     return [`innodb_undo_tablespaces=${count}`];
   }

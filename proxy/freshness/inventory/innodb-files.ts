@@ -13,6 +13,7 @@ import { closeSync, existsSync, fstatSync, openSync, readSync, readdirSync, stat
 import { open } from 'node:fs/promises';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { UNDO_TABLESPACE_FILE } from '../../../src/db/mariadb-server.ts';
 import { DEFAULT_PAGE_SIZE, isDoublewritePage, readFilHeader, readSpaceIdentity, selfConsistent } from './innodb-page.ts';
 import type { InventoryFile, ObservedFile, Witness } from './types.ts';
 import type { PageReader } from './check.ts';
@@ -21,7 +22,7 @@ export const WITNESSES_PER_FILE = 3;
 
 export function innodbKind(rel: string): InventoryFile['kind'] | undefined {
   if (/^ibdata\d+$/.test(rel)) return 'innodb-system';
-  if (/^undo\d{3}$/.test(rel)) return 'innodb-undo';
+  if (UNDO_TABLESPACE_FILE.test(rel)) return 'innodb-undo';
   if (/^[^/]+\/[^/]+\.ibd$/.test(rel)) return 'innodb-table';
   return undefined;
 }
