@@ -127,6 +127,8 @@ export class FreshnessGuard extends EventEmitter {
   /** The alarm report to the CAS in flight, if a violation was raised (stop() lets it land). */
   private alarmReport: Promise<void> | undefined;
   private inventoryNew = false;
+  /** The inventory the last counted epoch vouches for (what a crash now would be judged against). */
+  private countedInventory: InventoryRef | undefined;
   private finalInventory = false;
   private readonly holdHist: Histogram | undefined;
   private readonly seals: Counter | undefined;
@@ -369,6 +371,7 @@ export class FreshnessGuard extends EventEmitter {
       seals: this.seals?.get() ?? null,
       ...(isBounded(this.opts.mode) ? { window: { boundMs: this.sealEveryMs, currentMs: Math.round(this.windowMs()) } } : {}),
       position: this.lastPosition ?? null,
+      ...(this.countedInventory ? { inventory: inventorySummary(this.countedInventory) } : {}),
       ...(this.lastError ? { lastError: this.lastError } : {}),
       ...(this.violation ? { violation: this.violation } : {}),
     };
@@ -632,6 +635,7 @@ export class FreshnessGuard extends EventEmitter {
 
   private adopt(record: FreshnessRecord, epoch: number): void {
     this.epoch = epoch;
+    this.countedInventory = record.inventory ?? this.countedInventory;
     if (record.position.lsnFlushed !== undefined || record.position.walLsn !== undefined || record.position.gtid) {
       this.lastPosition = record.position;
     }
@@ -670,4 +674,9 @@ export class FreshnessGuard extends EventEmitter {
       details: { kind: v.kind, expected: v.expected, seen: v.seen },
     });
   }
+}
+
+/** What an operator (and a test) needs of the counted inventory: how far its witnesses reach. */
+function inventorySummary(ref: InventoryRef): Record<string, unknown> {
+  return { takenAt: ref.takenAt, startLsn: ref.startLsn, durableLsn: ref.durableLsn, exact: ref.exact, files: ref.files };
 }

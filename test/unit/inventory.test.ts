@@ -11,6 +11,7 @@ import { isDoublewritePage, pageSizeFromFlags, readFilHeader, readSpaceIdentity,
 import { FilePageReader, SweepBudgetExceeded, innodbKind, listInnodbFiles, observeDatadir, sweepFile } from '../../proxy/freshness/inventory/innodb-files.ts';
 import { checkDeferred, checkInventory, checkRecoveryRefusal, type PageReader } from '../../proxy/freshness/inventory/check.ts';
 import { InventoryStore } from '../../proxy/freshness/inventory/store.ts';
+import { pickWitnesses } from '../../proxy/freshness/inventory/witnesses.ts';
 import type { Inventory, InventoryFile, ObservedFile } from '../../proxy/freshness/inventory/types.ts';
 import { tempDir } from '../support/tmp.ts';
 
@@ -80,6 +81,7 @@ test('sweep: witnesses are the highest-LSN self-consistent pages at or below the
 
   const r = await sweepFile(d, 'app/t.ibd', 850n, { bytesPerSecond: 0 });
   assert.deepEqual(r!.entry.witnesses, [{ page: 5, lsn: '800' }, { page: 3, lsn: '500' }, { page: 6, lsn: '300' }], 'page 2 (LSN 900) is above the durable limit');
+  assert.deepEqual(r!.pending, [{ page: 2, lsn: '900' }], 'kept for a later checkpoint to promote');
   assert.equal(r!.entry.spaceId, 5);
   assert.equal(r!.entry.pages, 7);
   const sysr = await sweepFile(d, 'ibdata1', 10_000n, { bytesPerSecond: 0 });
@@ -111,6 +113,20 @@ test('sweep: the clean-stop sweep gives up past its deadline instead of holding 
   await assert.rejects(sweepFile(tmp.path, 'app/t.ibd', 1000n, { bytesPerSecond: 0, chunkBytes: PAGE * 4, deadline: Date.now() - 1 }), SweepBudgetExceeded);
   const r = await sweepFile(tmp.path, 'app/t.ibd', 1000n, { bytesPerSecond: 0, chunkBytes: PAGE * 4, deadline: Date.now() + 60_000 });
   assert.equal(r!.entry.witnesses[0]!.lsn, '64');
+});
+
+const ws = (...pairs: Array<[number, number]>) => pairs.map(([page, lsn]) => ({ page, lsn: String(lsn) }));
+
+test('witnesses: a version seen above the limit is promoted by a checkpoint past it, per page the highest on each side', () => {
+  // A hot page (7) the sweep always finds above the checkpoint it read first: witnessed once a later one passes it.
+  assert.deepEqual(pickWitnesses([ws([1, 100], [2, 90]), ws([7, 500])], 499n, 3).witnesses, ws([1, 100], [2, 90]));
+  assert.deepEqual(pickWitnesses([ws([1, 100], [2, 90]), ws([7, 500])], 499n, 3).pending, ws([7, 500]));
+  assert.deepEqual(pickWitnesses([ws([1, 100], [2, 90]), ws([7, 500])], 500n, 3), { witnesses: ws([7, 500], [1, 100], [2, 90]), pending: [] });
+  // One page seen twice: its older version witnesses while the newer one waits; the same page never twice per side.
+  assert.deepEqual(pickWitnesses([ws([7, 300]), ws([7, 500]), ws([7, 250])], 400n, 3), { witnesses: ws([7, 300]), pending: ws([7, 500]) });
+  // Only the n highest per side.
+  assert.deepEqual(pickWitnesses([ws([1, 1], [2, 2], [3, 3], [4, 4]), ws([5, 50], [6, 60], [8, 80], [9, 90])], 10n, 2), { witnesses: ws([4, 4], [3, 3]), pending: ws([9, 90], [8, 80]) });
+  assert.deepEqual(pickWitnesses([], 10n, 3), { witnesses: [], pending: [] });
 });
 
 // --- check.ts ---------------------------------------------------------------------------------

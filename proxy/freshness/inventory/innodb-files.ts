@@ -132,13 +132,22 @@ export interface SweepIo {
 /** The clean-stop sweep ran out of its time budget (the last background sweep stays sealed). */
 export class SweepBudgetExceeded extends Error {}
 
+/** Keeps the `n` highest-LSN pages offered, highest first. */
+function keepTop(top: Array<{ page: number; lsn: bigint }>, page: number, lsn: bigint, n: number): void {
+  if (top.length >= n && lsn <= top[top.length - 1]!.lsn) return;
+  top.push({ page, lsn });
+  top.sort((a, b) => (b.lsn > a.lsn ? 1 : b.lsn < a.lsn ? -1 : a.page - b.page));
+  if (top.length > n) top.pop();
+}
+
 /**
  * Reads a whole data file and picks its witnesses: the WITNESSES_PER_FILE self-consistent pages with the
  * highest LSN at or below `limit` (a durable LSN: every page version at or below it is on disk, so a
- * crash cannot take the file back below a witness). Pages above the limit may not be durable yet.
+ * crash cannot take the file back below a witness). Pages above the limit may not be durable yet: the
+ * highest of them come back as `pending`, for a checkpoint read later to promote (witnesses.ts).
  * Returns undefined when the file vanished or page 0 is unreadable.
  */
-export async function sweepFile(datadir: string, rel: string, limit: bigint, io: SweepIo): Promise<{ entry: InventoryFile; bytes: number } | undefined> {
+export async function sweepFile(datadir: string, rel: string, limit: bigint, io: SweepIo): Promise<{ entry: InventoryFile; pending: Witness[]; bytes: number } | undefined> {
   let fh;
   try {
     fh = await open(path.join(datadir, rel), 'r');
@@ -154,6 +163,7 @@ export async function sweepFile(datadir: string, rel: string, limit: bigint, io:
     const size = id.pageSize;
     const chunk = Buffer.alloc(Math.max(size, Math.floor((io.chunkBytes ?? 1 << 20) / size) * size));
     const top: Array<{ page: number; lsn: bigint }> = [];
+    const above: Array<{ page: number; lsn: bigint }> = [];
     let bytes = 0;
     const started = Date.now();
     for (let pos = 0; ; pos += chunk.length) {
@@ -162,12 +172,8 @@ export async function sweepFile(datadir: string, rel: string, limit: bigint, io:
       for (let off = 0; off + size <= n; off += size) {
         const pageNo = (pos + off) / size;
         const h = readFilHeader(chunk.subarray(off, off + 38));
-        if (!selfConsistent(h, pageNo) || h.lsn > limit || isDoublewritePage(id.spaceId, pageNo, size)) continue;
-        if (top.length < WITNESSES_PER_FILE || h.lsn > top[top.length - 1]!.lsn) {
-          top.push({ page: pageNo, lsn: h.lsn });
-          top.sort((a, b) => (b.lsn > a.lsn ? 1 : b.lsn < a.lsn ? -1 : a.page - b.page));
-          if (top.length > WITNESSES_PER_FILE) top.pop();
-        }
+        if (!selfConsistent(h, pageNo) || isDoublewritePage(id.spaceId, pageNo, size)) continue;
+        keepTop(h.lsn > limit ? above : top, pageNo, h.lsn, WITNESSES_PER_FILE);
       }
       if (n < chunk.length) break;
       if (io.deadline !== undefined && Date.now() > io.deadline) throw new SweepBudgetExceeded(`sweep budget exceeded in ${rel}`);
@@ -183,6 +189,7 @@ export async function sweepFile(datadir: string, rel: string, limit: bigint, io:
         path: rel, kind: innodbKind(rel)!, spaceId: id.spaceId, pageSize: size, pages: Math.floor(st.size / size),
         witnesses: top.map((w): Witness => ({ page: w.page, lsn: w.lsn.toString() })),
       },
+      pending: above.map((w): Witness => ({ page: w.page, lsn: w.lsn.toString() })),
       bytes,
     };
   } finally {

@@ -18,9 +18,10 @@ import type { Logger } from '../../../src/kernel/log.ts';
 import type { MetricsRegistry } from '../../../src/kernel/metrics.ts';
 import { readOfflineCheckpoint } from '../mariadb-position.ts';
 import { checkDeferred, checkInventory, checkRecoveryRefusal, type Deferred, type FileViolation, type SpaceNames } from './check.ts';
-import { FilePageReader, SweepBudgetExceeded, fileStamp, listInnodbFiles, observeDatadir, sweepFile } from './innodb-files.ts';
+import { FilePageReader, SweepBudgetExceeded, WITNESSES_PER_FILE, fileStamp, listInnodbFiles, observeDatadir, sweepFile } from './innodb-files.ts';
 import type { InventoryStore } from './store.ts';
-import type { Inventory, InventoryFile, InventoryRef } from './types.ts';
+import type { Inventory, InventoryFile, InventoryRef, Witness } from './types.ts';
+import { pickWitnesses } from './witnesses.ts';
 
 export interface MariadbInventoryOptions {
   datadir: string;
@@ -44,6 +45,8 @@ interface Cached {
   entry: InventoryFile;
   /** The witnesses include the file's highest-LSN page (no page was above the sweep's durable limit). */
   complete: boolean;
+  /** Page versions seen above the durable limit: witnesses once a later checkpoint passes them. */
+  pending: Witness[];
 }
 
 export class MariadbInventory {
@@ -123,7 +126,7 @@ export class MariadbInventory {
       for (const e of inv.files) {
         const now = found.find((f) => f.spaceId === e.spaceId);
         const stamp = now && fileStamp(this.opts.datadir, now.path);
-        if (now && stamp) this.cache.set(now.path, { stamp, entry: { ...e, path: now.path }, complete: ref.exact });
+        if (now && stamp) this.cache.set(now.path, { stamp, entry: { ...e, path: now.path }, complete: ref.exact, pending: [] });
       }
       this.opts.log.info({ ms: this.verifyMs, files: result.checked, newFiles: result.added, deferred: result.deferred.missing.length + result.deferred.moved.length },
         'freshness: data files verified against the sealed inventory');
@@ -209,8 +212,7 @@ export class MariadbInventory {
     if (checkpoint === undefined) return undefined;
     const limit = stopped ? (1n << 64n) - 1n : checkpoint - 1n;
     const deadline = stopped ? started + (this.opts.finalSweepBudgetMs ?? 20_000) : undefined;
-    const files: InventoryFile[] = [];
-    const seen = new Set<string>();
+    const swept: string[] = [];
     let bytes = 0;
     for (const rel of listInnodbFiles(datadir)) {
       if (this.stopped && !stopped) return undefined;
@@ -220,23 +222,33 @@ export class MariadbInventory {
       if (!stamp) continue;
       const cached = this.cache.get(rel);
       if (cached && cached.stamp === stamp && (!stopped || cached.complete)) {
-        files.push(cached.entry);
-        seen.add(rel);
+        swept.push(rel);
         continue;
       }
       const r = await sweepFile(datadir, rel, limit, { bytesPerSecond: stopped ? 0 : this.opts.sweepBytesPerSecond, deadline });
       if (!r) continue;
       bytes += r.bytes;
-      // Witnesses of a previous sweep of the same tablespace stay valid if nothing durable is newer yet.
-      const prev = cached?.entry.spaceId === r.entry.spaceId ? cached.entry : undefined;
-      const entry = r.entry.witnesses.length === 0 && prev ? { ...r.entry, witnesses: prev.witnesses } : r.entry;
-      files.push(entry);
-      seen.add(rel);
-      this.cache.set(rel, { stamp, entry, complete: stopped });
+      // An earlier sweep's witnesses and pending versions of the same tablespace stay valid lower bounds
+      // (page LSNs only grow), except past a legitimately shorter file (IMPORT TABLESPACE rewrites it whole).
+      const prev = cached?.entry.spaceId === r.entry.spaceId ? cached : undefined;
+      const inFile = (ws: Witness[] | undefined) => (ws ?? []).filter((w) => w.page < r.entry.pages);
+      this.cache.set(rel, {
+        stamp, entry: r.entry, complete: stopped,
+        pending: [...r.pending, ...inFile(prev?.entry.witnesses), ...inFile(prev?.pending)],
+      });
+      swept.push(rel);
     }
+    const seen = new Set(swept);
     for (const rel of [...this.cache.keys()]) if (!seen.has(rel)) this.cache.delete(rel);
+    // A checkpoint read after every file was read: what it covers is durable (witnesses.ts).
+    const durable = stopped ? limit : (readOfflineCheckpoint(datadir) ?? checkpoint) - 1n;
+    const files = swept.map((rel) => {
+      const c = this.promote(this.cache.get(rel)!, durable);
+      this.cache.set(rel, c);
+      return c.entry;
+    });
     const inv: Inventory = {
-      engine: 'mariadb', startLsn: checkpoint.toString(), durableLsn: (stopped ? checkpoint : checkpoint - 1n).toString(),
+      engine: 'mariadb', startLsn: checkpoint.toString(), durableLsn: (stopped ? checkpoint : durable).toString(),
       takenAt: new Date(started).toISOString(), files,
     };
     const digest = await this.opts.store.write(inv);
@@ -245,6 +257,13 @@ export class MariadbInventory {
     this.lastSweepMs = Date.now() - started;
     this.lastSweepBytes = bytes;
     return { digest, startLsn: inv.startLsn, durableLsn: inv.durableLsn, exact: stopped, files: files.length, takenAt: inv.takenAt };
+  }
+
+  /** Pending versions a checkpoint at `durable` covers join the witnesses. */
+  private promote(c: Cached, durable: bigint): Cached {
+    if (c.pending.length === 0) return c;
+    const { witnesses, pending } = pickWitnesses([c.entry.witnesses, c.pending], durable, WITNESSES_PER_FILE);
+    return { ...c, entry: { ...c.entry, witnesses }, pending };
   }
 }
 
