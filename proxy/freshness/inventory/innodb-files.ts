@@ -17,6 +17,7 @@ import { UNDO_TABLESPACE_FILE } from '../../../src/db/mariadb-server.ts';
 import { DEFAULT_PAGE_SIZE, isDoublewritePage, readFilHeader, readSpaceIdentity, selfConsistent } from './innodb-page.ts';
 import type { InventoryFile, ObservedFile, Witness } from './types.ts';
 import type { PageReader } from './check.ts';
+import { keepTop } from './witnesses.ts';
 
 export const WITNESSES_PER_FILE = 3;
 
@@ -131,14 +132,6 @@ export interface SweepIo {
 
 /** The clean-stop sweep ran out of its time budget (the last background sweep stays sealed). */
 export class SweepBudgetExceeded extends Error {}
-
-/** Keeps the `n` highest-LSN pages offered, highest first. */
-function keepTop(top: Array<{ page: number; lsn: bigint }>, page: number, lsn: bigint, n: number): void {
-  if (top.length >= n && lsn <= top[top.length - 1]!.lsn) return;
-  top.push({ page, lsn });
-  top.sort((a, b) => (b.lsn > a.lsn ? 1 : b.lsn < a.lsn ? -1 : a.page - b.page));
-  if (top.length > n) top.pop();
-}
 
 /**
  * Reads a whole data file and picks its witnesses: the WITNESSES_PER_FILE self-consistent pages with the

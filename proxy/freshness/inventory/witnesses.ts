@@ -39,3 +39,11 @@ export function pickWitnesses(observed: Witness[][], durable: bigint, n: number)
     pending: out(byPage(observed, (lsn) => lsn > durable).slice(0, n)),
   };
 }
+
+/** Keeps the `n` highest-LSN pages offered, highest first. */
+export function keepTop(top: Array<{ page: number; lsn: bigint }>, page: number, lsn: bigint, n: number): void {
+  if (top.length >= n && lsn <= top[top.length - 1]!.lsn) return;
+  top.push({ page, lsn });
+  top.sort((a, b) => (b.lsn > a.lsn ? 1 : b.lsn < a.lsn ? -1 : a.page - b.page));
+  if (top.length > n) top.pop();
+}
