@@ -5,13 +5,16 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { isDoublewritePage, pageSizeFromFlags, readFilHeader, readSpaceIdentity, selfConsistent } from '../../proxy/freshness/inventory/innodb-page.ts';
 import { FilePageReader, SweepBudgetExceeded, innodbKind, listInnodbFiles, observeDatadir, sweepFile } from '../../proxy/freshness/inventory/innodb-files.ts';
 import { checkDeferred, checkInventory, checkRecoveryRefusal, type PageReader } from '../../proxy/freshness/inventory/check.ts';
 import { InventoryStore } from '../../proxy/freshness/inventory/store.ts';
 import { pickWitnesses } from '../../proxy/freshness/inventory/witnesses.ts';
+import { MariadbInventory } from '../../proxy/freshness/inventory/mariadb-inventory.ts';
+import { crc32c } from '../../proxy/freshness/position.ts';
+import { silentLogger } from '../../src/kernel/log.ts';
 import type { Inventory, InventoryFile, ObservedFile } from '../../proxy/freshness/inventory/types.ts';
 import { tempDir } from '../support/tmp.ts';
 
@@ -127,6 +130,50 @@ test('witnesses: a version seen above the limit is promoted by a checkpoint past
   // Only the n highest per side.
   assert.deepEqual(pickWitnesses([ws([1, 1], [2, 2], [3, 3], [4, 4]), ws([5, 50], [6, 60], [8, 80], [9, 90])], 10n, 2), { witnesses: ws([4, 4], [3, 3]), pending: ws([9, 90], [8, 80]) });
   assert.deepEqual(pickWitnesses([], 10n, 3), { witnesses: [], pending: [] });
+});
+
+/** ib_logfile0 with a valid checkpoint block at `lsn` (what readOfflineCheckpoint reads). */
+function writeCheckpoint(dir: string, lsn: bigint): void {
+  const head = Buffer.alloc(0x3000);
+  head.writeBigUInt64BE(lsn, 0x1000);
+  head.writeBigUInt64BE(lsn, 0x1008);
+  head.writeUInt32BE(crc32c(head.subarray(0x1000, 0x103c)), 0x103c);
+  writeFileSync(path.join(dir, 'ib_logfile0'), head);
+}
+
+test('running sweeps: a version above the checkpoint is witnessed once a later checkpoint passes it; a tablespace one sweep missed is carried once, never by the exact sweep', async (t) => {
+  const tmp = tempDir('inv-running');
+  t.after(() => tmp.remove());
+  const d = path.join(tmp.path, 'data');
+  mkdirSync(path.join(d, 'app'), { recursive: true });
+  writeFileSync(path.join(d, 'ibdata1'), tablespace(0, [10n, 20n]));
+  // Page 2 is the hot one: always above the checkpoint a sweep reads first.
+  writeFileSync(path.join(d, 'app', 'd.ibd'), tablespace(12, [100n, 200n, 900n]));
+  writeCheckpoint(d, 500n);
+  const store = new InventoryStore(path.join(tmp.path, 'inv'), 'mariadb', randomBytes(32), 'db-1');
+  mkdirSync(path.join(tmp.path, 'inv'));
+  const inventory = new MariadbInventory({ datadir: d, store, log: silentLogger(), sweepIntervalMs: 60_000, sweepBytesPerSecond: 0 });
+  const entryOf = async (digest: string, space: number) => (await store.read(digest)).files.find((f) => f.spaceId === space);
+
+  let ref = (await inventory.sweep(false))!;
+  assert.deepEqual((await entryOf(ref.digest, 12))!.witnesses, [{ page: 1, lsn: '200' }, { page: 0, lsn: '100' }], 'LSN 900 is above the checkpoint (500)');
+  writeCheckpoint(d, 1000n); // a later checkpoint passes the version the first sweep read
+  ref = (await inventory.sweep(false))!;
+  assert.equal((await entryOf(ref.digest, 12))!.witnesses[0]!.lsn, '900', 'the unchanged file\'s pending version is promoted');
+  assert.equal(ref.durableLsn, '999');
+
+  renameSync(path.join(d, 'app', 'd.ibd'), path.join(tmp.path, 'away.ibd')); // what a racing RENAME looks like to one sweep
+  ref = (await inventory.sweep(false))!;
+  assert.equal((await entryOf(ref.digest, 12))?.path, 'app/d.ibd', 'carried for one sweep');
+  ref = (await inventory.sweep(false))!;
+  assert.equal(await entryOf(ref.digest, 12), undefined, 'gone for two sweeps: dropped');
+
+  renameSync(path.join(tmp.path, 'away.ibd'), path.join(d, 'app', 'd.ibd'));
+  ref = (await inventory.sweep(false))!;
+  assert.ok(await entryOf(ref.digest, 12));
+  renameSync(path.join(d, 'app', 'd.ibd'), path.join(tmp.path, 'away.ibd'));
+  ref = (await inventory.sweep(true))!;
+  assert.equal(await entryOf(ref.digest, 12), undefined, 'the exact sweep lists only what is there');
 });
 
 // --- check.ts ---------------------------------------------------------------------------------

@@ -47,6 +47,8 @@ interface Cached {
   complete: boolean;
   /** Page versions seen above the durable limit: witnesses once a later checkpoint passes them. */
   pending: Witness[];
+  /** 1 when the last sweep did not find the file and carried its entry over (settle). */
+  missed: number;
 }
 
 export class MariadbInventory {
@@ -126,7 +128,7 @@ export class MariadbInventory {
       for (const e of inv.files) {
         const now = found.find((f) => f.spaceId === e.spaceId);
         const stamp = now && fileStamp(this.opts.datadir, now.path);
-        if (now && stamp) this.cache.set(now.path, { stamp, entry: { ...e, path: now.path }, complete: ref.exact, pending: [] });
+        if (now && stamp) this.cache.set(now.path, { stamp, entry: { ...e, path: now.path }, complete: ref.exact, pending: [], missed: 0 });
       }
       this.opts.log.info({ ms: this.verifyMs, files: result.checked, newFiles: result.added, deferred: result.deferred.missing.length + result.deferred.moved.length },
         'freshness: data files verified against the sealed inventory');
@@ -213,36 +215,45 @@ export class MariadbInventory {
     const limit = stopped ? (1n << 64n) - 1n : checkpoint - 1n;
     const deadline = stopped ? started + (this.opts.finalSweepBudgetMs ?? 20_000) : undefined;
     const swept: string[] = [];
+    const tried = new Set<string>();
     let bytes = 0;
-    for (const rel of listInnodbFiles(datadir)) {
-      if (this.stopped && !stopped) return undefined;
-      if (deadline !== undefined && Date.now() > deadline) throw new SweepBudgetExceeded('sweep budget exceeded');
-      if (stopped) await flushFile(path.join(datadir, rel));
-      const stamp = fileStamp(datadir, rel);
-      if (!stamp) continue;
-      const cached = this.cache.get(rel);
-      if (cached && cached.stamp === stamp && (!stopped || cached.complete)) {
+    // A RENAME while the sweep runs can hide a tablespace from one listing (listed as d2.ibd, gone back to
+    // d.ibd by the time it is read): files that appeared since the listing are swept in up to 3 more passes.
+    let listing = listInnodbFiles(datadir);
+    for (let pass = 0; pass < 4 && listing.some((rel) => !tried.has(rel)); pass++) {
+      for (const rel of listing) {
+        if (tried.has(rel)) continue;
+        tried.add(rel);
+        if (this.stopped && !stopped) return undefined;
+        if (deadline !== undefined && Date.now() > deadline) throw new SweepBudgetExceeded('sweep budget exceeded');
+        if (stopped) await flushFile(path.join(datadir, rel));
+        const stamp = fileStamp(datadir, rel);
+        if (!stamp) continue;
+        const cached = this.cache.get(rel);
+        if (cached && cached.stamp === stamp && (!stopped || cached.complete)) {
+          if (cached.missed) this.cache.set(rel, { ...cached, missed: 0 });
+          swept.push(rel);
+          continue;
+        }
+        const r = await sweepFile(datadir, rel, limit, { bytesPerSecond: stopped ? 0 : this.opts.sweepBytesPerSecond, deadline });
+        if (!r) continue;
+        bytes += r.bytes;
+        // An earlier sweep's witnesses and pending versions of the same tablespace stay valid lower bounds
+        // (page LSNs only grow), except past a legitimately shorter file (IMPORT TABLESPACE rewrites it whole).
+        const prev = cached?.entry.spaceId === r.entry.spaceId ? cached : undefined;
+        const inFile = (ws: Witness[] | undefined) => (ws ?? []).filter((w) => w.page < r.entry.pages);
+        this.cache.set(rel, {
+          stamp, entry: r.entry, complete: stopped, missed: 0,
+          pending: [...r.pending, ...inFile(prev?.entry.witnesses), ...inFile(prev?.pending)],
+        });
         swept.push(rel);
-        continue;
       }
-      const r = await sweepFile(datadir, rel, limit, { bytesPerSecond: stopped ? 0 : this.opts.sweepBytesPerSecond, deadline });
-      if (!r) continue;
-      bytes += r.bytes;
-      // An earlier sweep's witnesses and pending versions of the same tablespace stay valid lower bounds
-      // (page LSNs only grow), except past a legitimately shorter file (IMPORT TABLESPACE rewrites it whole).
-      const prev = cached?.entry.spaceId === r.entry.spaceId ? cached : undefined;
-      const inFile = (ws: Witness[] | undefined) => (ws ?? []).filter((w) => w.page < r.entry.pages);
-      this.cache.set(rel, {
-        stamp, entry: r.entry, complete: stopped,
-        pending: [...r.pending, ...inFile(prev?.entry.witnesses), ...inFile(prev?.pending)],
-      });
-      swept.push(rel);
+      listing = listInnodbFiles(datadir);
     }
-    const seen = new Set(swept);
-    for (const rel of [...this.cache.keys()]) if (!seen.has(rel)) this.cache.delete(rel);
+    const kept = this.settle(swept, new Set(listing), stopped);
     // A checkpoint read after every file was read: what it covers is durable (witnesses.ts).
     const durable = stopped ? limit : (readOfflineCheckpoint(datadir) ?? checkpoint) - 1n;
-    const files = swept.map((rel) => {
+    const files = kept.map((rel) => {
       const c = this.promote(this.cache.get(rel)!, durable);
       this.cache.set(rel, c);
       return c.entry;
@@ -257,6 +268,33 @@ export class MariadbInventory {
     this.lastSweepMs = Date.now() - started;
     this.lastSweepBytes = bytes;
     return { digest, startLsn: inv.startLsn, durableLsn: inv.durableLsn, exact: stopped, files: files.length, takenAt: inv.takenAt };
+  }
+
+  /**
+   * Which cached files the inventory lists: the swept ones, one path per tablespace (a file swept under a
+   * name it has since left, while its space was also swept under its new one, is dropped), and, in a running
+   * sweep, a tablespace the previous sweep had but this one never saw, for one more sweep: a RENAME racing
+   * every pass must not turn a live table into "not in the inventory" (foreign, after a crash). A carried
+   * entry of a table really dropped is harmless: missing after a crash is decided by the dictionary, and
+   * the exact clean-stop sweep (no server, no race) carries nothing.
+   */
+  private settle(swept: string[], present: Set<string>, stopped: boolean): string[] {
+    const spaceOf = (rel: string) => this.cache.get(rel)!.entry.spaceId;
+    const sweptSpaces = new Map<number, string[]>();
+    for (const rel of swept) sweptSpaces.set(spaceOf(rel), [...(sweptSpaces.get(spaceOf(rel)) ?? []), rel]);
+    const kept = swept.filter((rel) => present.has(rel) || (sweptSpaces.get(spaceOf(rel)) ?? []).every((r) => !present.has(r)));
+    const keptSet = new Set(kept);
+    for (const [rel, c] of this.cache) {
+      if (keptSet.has(rel)) continue;
+      if (!stopped && c.missed === 0 && !sweptSpaces.has(c.entry.spaceId)) {
+        this.cache.set(rel, { ...c, missed: 1 });
+        kept.push(rel);
+        keptSet.add(rel);
+      } else {
+        this.cache.delete(rel);
+      }
+    }
+    return kept;
   }
 
   /** Pending versions a checkpoint at `durable` covers join the witnesses. */
