@@ -57,6 +57,14 @@ export function median(xs: number[]): number {
 }
 
 /** Nearest-rank quantile of an ascending array. */
+/** Runs `fn` over `items` with at most `width` in flight. */
+export async function pool<T>(items: T[], width: number, fn: (item: T) => Promise<void>): Promise<void> {
+  let next = 0;
+  await Promise.all(Array.from({ length: width }, async () => {
+    while (next < items.length) await fn(items[next++]!);
+  }));
+}
+
 export function quantile(sorted: number[], q: number): number {
   if (sorted.length === 0) return NaN;
   return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil(q * sorted.length) - 1))]!;

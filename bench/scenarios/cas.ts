@@ -17,19 +17,12 @@ import { measureShippedCode } from '../../src/attestation/measurement.ts';
 import { generateSigningKeyPair } from '../../src/crypto/ed25519.ts';
 import { buildPolicy, signPolicy } from '../../src/provisioning/policy.ts';
 import { applySignedPolicy } from '../../src/cas-client/policy.ts';
-import { scenario, quantile, round, fmt, REPO, type ScenarioResult } from '../lib/common.ts';
+import { scenario, quantile, round, fmt, pool, REPO, type ScenarioResult } from '../lib/common.ts';
 
 export interface CasOptions { clients: number[]; seconds: number; services: number; concurrency: number; log?: (line: string) => void }
 export interface CasThroughput { clients: number; roundTrips: number; perSecond: number; p50Ms: number; p95Ms: number; p99Ms: number }
 export interface CasProvisioning { services: number; concurrency: number; applySeconds: number; attestSeconds: number; totalSeconds: number; source: string }
 export interface CasSummary { throughput: CasThroughput[]; provisioning?: CasProvisioning }
-
-async function pool<T>(items: T[], width: number, fn: (item: T) => Promise<void>): Promise<void> {
-  let next = 0;
-  await Promise.all(Array.from({ length: width }, async () => {
-    while (next < items.length) await fn(items[next++]!);
-  }));
-}
 
 /** The newest committed 6000-service figure (bench/results/cas-*.json from the earlier standalone script, or a run.ts result with --cas-services). */
 export function committedProvisioning(): CasProvisioning | undefined {

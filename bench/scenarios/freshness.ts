@@ -23,7 +23,7 @@ import pg from 'pg';
 export type FreshnessMode = 'strict' | 'bounded' | 'relaxed' | 'off';
 export interface FreshnessOptions {
   modes: FreshnessMode[]; threads: number[]; durationS: number; rounds: number; tableSize: number; tables: number;
-  /** V8 CPU profiles of every stack process (NODE_OPTIONS=--cpu-prof) into bench/results/profiles/freshness-<mode>. */
+  /** V8 CPU profiles of the CAS and proxy processes (CDBP_CPU_PROF_DIR, cli/commands/up.ts) into bench/results/profiles/freshness-<mode>. */
   profile?: boolean;
   /** PostgreSQL arm: pgbench client counts (default [8]; [] = no PostgreSQL arm) and workloads (default -S and tpcb-like). */
   pgClients?: number[];
@@ -78,7 +78,7 @@ export function runFreshness(o: FreshnessOptions): Promise<ScenarioResult<Freshn
         const profDir = path.join(REPO, 'bench', 'results', 'profiles', `freshness-${mode}`);
         if (o.profile) mkdirSync(profDir, { recursive: true });
         const s = await startStack(dir, ['--freshness', mode, ...(withPg ? ['--postgres'] : [])],
-          { CDBP_LOG_LEVEL: 'warn', ...(o.profile ? { NODE_OPTIONS: `--cpu-prof --cpu-prof-dir=${profDir}` } : {}) }, 180_000);
+          { CDBP_LOG_LEVEL: 'warn', ...(o.profile ? { CDBP_CPU_PROF_DIR: profDir } : {}) }, 180_000);
         stacks.set(mode, s);
         const conn = await connectThroughProxy(s.stack);
         try { await conn.query('CREATE DATABASE IF NOT EXISTS sbtest'); } finally { await conn.end(); }

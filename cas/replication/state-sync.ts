@@ -6,10 +6,15 @@
  *
  *   cdbp/ca          ca.sealed (CA, answer meta, owner allow-list)
  *   cdbp/svc/<name>  the service's sealed record (policy, keys, token)
- *   cdbp/head        sealed {seq, files: {key: sha256(value)}}: the state's version and exactly which blobs it is
+ *   cdbp/head        sealed {seq, count, digest}: the state's version and exactly which blobs it is —
+ *                    digest = SHA-256 over the sorted "key NUL sha256(value)" lines of every other key, so
+ *                    the head stays a few bytes however many services there are (format 1 listed every
+ *                    key's hash: 6,000 services made each write re-seal and store ~600 KB; still read)
  *
  * Every write is one etcd transaction, revision-checked on the keys it replaces (mod_revision) and on
- * the head, so two instances never overwrite each other; head.seq grows by one per write. Each running
+ * the head, so two instances never overwrite each other; head.seq grows by one per write. Writes that
+ * arrive while one is in flight go out together as the next transaction (group commit: provisioning
+ * thousands of services is not one etcd round trip and one majority notice each). Each running
  * instance keeps the highest head.seq it wrote or saw IN MEMORY; a majority of instances therefore
  * knows the newest state, and an etcd that holds an older one (a restored snapshot, deleted or replaced
  * keys) is caught: head.seq below memory, or a blob whose hash the head does not name → STATE_ROLLED_BACK,
@@ -27,11 +32,21 @@ export const HEAD_KEY = `${ETCD_PREFIX}head`;
 export const serviceKey = (name: string): string => `${ETCD_PREFIX}svc/${name}`;
 const HEAD_LABEL = 'cas/etcd-head';
 
-interface Head {
-  format: 'cdbp-etcd-head/1';
-  seq: number;
-  files: Record<string, string>;
+/** Format 1 (still read): every key's hash. Format 2 (written): the count and digest of that map. */
+type Head = { format: 'cdbp-etcd-head/1'; seq: number; files: Record<string, string> }
+  | { format: 'cdbp-etcd-head/2'; seq: number; count: number; digest: string };
+
+/** The digest a format-2 head carries for a key → sha256(value) map. */
+export function stateDigest(files: Map<string, string>): string {
+  const h = createHash('sha256');
+  for (const k of [...files.keys()].sort()) h.update(`${k}\0${files.get(k)!}\n`);
+  return h.digest('hex');
 }
+
+/** Writes in one etcd transaction at most (etcd's default request limit is 1.5 MiB). */
+const BATCH_BYTES = 512 * 1024;
+
+interface QueuedWrite { files: Record<string, Buffer>; resolve: () => void; reject: (e: unknown) => void }
 
 export interface LoadedState {
   seq: number;
@@ -44,11 +59,13 @@ const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
 export class StateSync {
   /** Highest head.seq this instance wrote or saw: the in-memory anchor etcd is checked against. */
   private seq = 0;
-  private head: Head = { format: 'cdbp-etcd-head/1', seq: 0, files: {} };
+  /** key → sha256(value) of the state at `seq` (what the head's digest covers). */
+  private files = new Map<string, string>();
   private readonly mods = new Map<string, number>();
   private rolledBack: string | undefined;
-  /** Writes are serialised per instance (the head is one key). */
-  private chain: Promise<unknown> = Promise.resolve();
+  /** Writes are serialised per instance (the head is one key); queued ones share the next transaction. */
+  private queued: QueuedWrite[] = [];
+  private writing = false;
 
   /**
    * Called after each write with the new version; resolves once a majority of members hold it in memory
@@ -83,36 +100,55 @@ export class StateSync {
   async bootstrap(ca: Buffer, services: Map<string, Buffer>): Promise<void> {
     const files: Record<string, Buffer> = { [CA_KEY]: ca };
     for (const [name, blob] of services) files[serviceKey(name)] = blob;
-    await this.write(files, true);
+    await this.commit(files, true);
   }
 
   /** Writes one service's sealed record (called before the local file is replaced: etcd is the commit point). */
   pushService(name: string, blob: Buffer): Promise<void> {
-    return this.write({ [serviceKey(name)]: blob }, false);
+    return new Promise((resolve, reject) => {
+      this.queued.push({ files: { [serviceKey(name)]: blob }, resolve, reject });
+      if (!this.writing) void this.drain();
+    });
   }
 
-  private write(files: Record<string, Buffer>, fresh: boolean): Promise<void> {
-    const run = this.chain.catch(() => {}).then(async () => {
-      if (this.rolledBack) throw new CdbpError('STATE_ROLLED_BACK', `state writes refused: ${this.rolledBack}`);
-      const next: Head = { format: 'cdbp-etcd-head/1', seq: this.seq + 1, files: { ...this.head.files } };
-      for (const [k, v] of Object.entries(files)) next.files[k] = sha(v);
-      const headBlob = await sealBlob(this.stateKey, HEAD_LABEL, Buffer.from(JSON.stringify(next)));
-      const puts = [...Object.entries(files).map(([key, value]) => ({ key, value, expectModRevision: fresh ? 0 : this.mods.get(key) ?? 0 })),
-        { key: HEAD_KEY, value: headBlob, expectModRevision: fresh ? 0 : this.mods.get(HEAD_KEY) ?? 0 }];
-      const r = await this.etcd.txn(puts);
-      if (!r.succeeded) {
-        throw new CdbpError(fresh ? 'STATE_ROLLED_BACK' : 'STATE_STORE_CONFLICT', fresh
-          ? 'etcd already holds a CAS deployment: start this instance without --ha-bootstrap to join it'
-          : 'the CAS state in etcd changed under this write (another instance wrote first, or etcd was replaced): retry');
+  private async drain(): Promise<void> {
+    this.writing = true;
+    while (this.queued.length > 0) {
+      let bytes = 0;
+      let n = 0;
+      const size = (q: QueuedWrite) => Object.values(q.files).reduce((a, b) => a + b.length, 0);
+      while (n < this.queued.length && (n === 0 || bytes + size(this.queued[n]!) <= BATCH_BYTES)) bytes += size(this.queued[n++]!);
+      const batch = this.queued.splice(0, n);
+      try {
+        await this.commit(Object.assign({}, ...batch.map((q) => q.files)) as Record<string, Buffer>, false);
+        for (const q of batch) q.resolve();
+      } catch (e) {
+        for (const q of batch) q.reject(e);
       }
-      // One transaction: every key it wrote now has the transaction's revision.
-      for (const p of puts) this.mods.set(p.key, r.revision);
-      this.head = next;
-      this.seq = next.seq;
-      await this.onWritten?.(next.seq);
-    });
-    this.chain = run;
-    return run;
+    }
+    this.writing = false;
+  }
+
+  /** One transaction: the files and the next head, revision-checked; acknowledged once a majority holds the version. */
+  private async commit(files: Record<string, Buffer>, fresh: boolean): Promise<void> {
+    if (this.rolledBack) throw new CdbpError('STATE_ROLLED_BACK', `state writes refused: ${this.rolledBack}`);
+    const nextFiles = new Map(this.files);
+    for (const [k, v] of Object.entries(files)) nextFiles.set(k, sha(v));
+    const next: Head = { format: 'cdbp-etcd-head/2', seq: this.seq + 1, count: nextFiles.size, digest: stateDigest(nextFiles) };
+    const headBlob = await sealBlob(this.stateKey, HEAD_LABEL, Buffer.from(JSON.stringify(next)));
+    const puts = [...Object.entries(files).map(([key, value]) => ({ key, value, expectModRevision: fresh ? 0 : this.mods.get(key) ?? 0 })),
+      { key: HEAD_KEY, value: headBlob, expectModRevision: fresh ? 0 : this.mods.get(HEAD_KEY) ?? 0 }];
+    const r = await this.etcd.txn(puts);
+    if (!r.succeeded) {
+      throw new CdbpError(fresh ? 'STATE_ROLLED_BACK' : 'STATE_STORE_CONFLICT', fresh
+        ? 'etcd already holds a CAS deployment: start this instance without --ha-bootstrap to join it'
+        : 'the CAS state in etcd changed under this write (another instance wrote first, or etcd was replaced): retry');
+    }
+    // One transaction: every key it wrote now has the transaction's revision.
+    for (const p of puts) this.mods.set(p.key, r.revision);
+    this.files = nextFiles;
+    this.seq = next.seq;
+    await this.onWritten?.(next.seq);
   }
 
   /**
@@ -120,6 +156,11 @@ export class StateSync {
    * in-memory seq, and name exactly the blobs present. Anything else is a rollback/replacement of etcd.
    */
   async load(): Promise<LoadedState> {
+    // The version the read must reach is the one known *before* it starts: a write of this member, or a
+    // notice from another, may raise it while the read is in flight, and etcd's (linearizable) read
+    // cannot be expected to hold a version committed after it. Comparing with the raised value was a
+    // false rollback alarm under concurrent policy applies (bench/scenarios/cas-ha.ts provisioning).
+    const floor = this.seq;
     const r = await this.etcd.range(ETCD_PREFIX);
     const byKey = new Map(r.kvs.map((kv) => [kv.key, kv]));
     const headKv = byKey.get(HEAD_KEY);
@@ -130,18 +171,31 @@ export class StateSync {
     } catch (e) {
       throw this.detected(`the state head in etcd does not open with the CAS state key (${(e as Error).message})`);
     }
-    if (head.seq < this.seq) throw this.detected(`etcd holds state version ${head.seq}, older than version ${this.seq} that the instances hold in memory (an old snapshot restored?)`);
-    const services = new Map<string, Buffer>();
-    for (const [key, hash] of Object.entries(head.files)) {
-      const kv = byKey.get(key);
-      if (!kv || sha(kv.value) !== hash) throw this.detected(`etcd key ${key} is ${kv ? 'not the version' : 'missing from what'} the state head (version ${head.seq}) names`);
-      if (key.startsWith(`${ETCD_PREFIX}svc/`)) services.set(key.slice(`${ETCD_PREFIX}svc/`.length), kv.value);
+    if (head.seq < floor) throw this.detected(`etcd holds state version ${head.seq}, older than version ${floor} that the instances hold in memory (an old snapshot restored?)`);
+    const files = new Map<string, string>();
+    if (head.format === 'cdbp-etcd-head/1') {
+      for (const [key, hash] of Object.entries(head.files)) {
+        const kv = byKey.get(key);
+        if (!kv || sha(kv.value) !== hash) throw this.detected(`etcd key ${key} is ${kv ? 'not the version' : 'missing from what'} the state head (version ${head.seq}) names`);
+        files.set(key, hash);
+      }
+    } else {
+      for (const kv of r.kvs) if (kv.key !== HEAD_KEY) files.set(kv.key, sha(kv.value));
+      if (files.size !== head.count || stateDigest(files) !== head.digest) {
+        throw this.detected(`etcd holds ${files.size} state keys that are not exactly the ${head.count} the state head (version ${head.seq}) names (a key added, removed or replaced by an older version)`);
+      }
     }
+    const services = new Map<string, Buffer>();
+    for (const key of files.keys()) if (key.startsWith(`${ETCD_PREFIX}svc/`)) services.set(key.slice(`${ETCD_PREFIX}svc/`.length), byKey.get(key)!.value);
     const ca = byKey.get(CA_KEY)?.value;
     if (!ca) throw this.detected('etcd holds no CA');
-    for (const kv of r.kvs) this.mods.set(kv.key, kv.modRevision);
-    this.head = head;
-    this.seq = head.seq;
+    // Adopted only if no newer version was written or announced meanwhile (an older head would make
+    // the next write expect stale revisions).
+    if (head.seq >= this.seq) {
+      for (const kv of r.kvs) this.mods.set(kv.key, kv.modRevision);
+      this.files = files;
+      this.seq = head.seq;
+    }
     // etcd holds the newest state again (an operator restored it): writes may resume.
     this.rolledBack = undefined;
     return { seq: head.seq, ca, services };

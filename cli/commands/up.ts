@@ -152,7 +152,9 @@ private PostgreSQL behind a second proxy (one proxy per database). Ctrl-C stops 
     // Own process group: a terminal's Ctrl-C reaches only `up`, which then stops the children in order
     // (proxy drains and shuts mariadbd down before the CAS goes). CDBP_PARENT_PID makes a child exit
     // cleanly if `up` itself dies without stopping it.
-    const child = spawn(process.execPath, [CLI, ...args], {
+    // Profiling (bench --profile): NODE_OPTIONS may not carry --cpu-prof, so it goes on the command line.
+    const prof = process.env.CDBP_CPU_PROF_DIR ? ['--cpu-prof', `--cpu-prof-dir=${process.env.CDBP_CPU_PROF_DIR}`] : [];
+    const child = spawn(process.execPath, [...prof, CLI, ...args], {
       stdio: ['ignore', fd, fd], detached: true,
       env: { ...process.env, ...env, CDBP_PARENT_PID: String(process.pid) },
     });

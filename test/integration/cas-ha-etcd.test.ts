@@ -44,9 +44,15 @@ test('etcd state: revision-checked writes, rollback and replacement refused', { 
   await winner.pushService('orders', Buffer.from('orders-v3'));
   const cur = (await client.range(serviceKey('orders'))).kvs[0]!;
   await client.txn([{ key: serviceKey('orders'), value: old.value, expectModRevision: cur.modRevision }]);
-  await assert.rejects(winner.load(), (e: unknown) => isCdbpError(e, 'STATE_ROLLED_BACK') && /not the version/.test((e as Error).message));
-  assert.match(winner.rollback ?? '', /not the version/);
+  const notNamed = /not exactly the 3 the state head \(version 4\) names/;
+  await assert.rejects(winner.load(), (e: unknown) => isCdbpError(e, 'STATE_ROLLED_BACK') && notNamed.test((e as Error).message));
+  assert.match(winner.rollback ?? '', notNamed);
   await assert.rejects(winner.pushService('x', Buffer.from('x')), (e: unknown) => isCdbpError(e, 'STATE_ROLLED_BACK'));
+  // The newest blob back: the state matches its head again, and so does a key added or removed behind it.
+  await client.txn([{ key: serviceKey('orders'), value: cur.value, expectModRevision: (await client.range(serviceKey('orders'))).kvs[0]!.modRevision }]);
+  assert.equal((await winner.load()).seq, 4);
+  await client.txn([{ key: serviceKey('ghost'), value: Buffer.from('ghost'), expectModRevision: 0 }]);
+  await assert.rejects(new StateSync(client, key).load(), (e: unknown) => isCdbpError(e, 'STATE_ROLLED_BACK') && /holds 4 state keys that are not exactly the 3/.test((e as Error).message));
 
   // The head deleted (or etcd wiped): refused against the version in memory.
   const fresh = new StateSync(client, key);
