@@ -22,7 +22,7 @@
  * log (so deleting both files is caught too).
  */
 import { open, readFile, type FileHandle } from 'node:fs/promises';
-import { existsSync } from 'node:fs';
+import { existsSync, writeSync } from 'node:fs';
 import { createHash, createHmac } from 'node:crypto';
 import path from 'node:path';
 import { CdbpError } from '../src/kernel/errors.ts';
@@ -172,10 +172,12 @@ export class CounterLog {
       try {
         if (this.failed) throw this.failed;
         const slot = this.batch % 2;
-        await Promise.all([
-          (async () => { await this.logFh.write(lines.join('\n') + '\n'); await this.logFh.datasync(); })(),
-          this.writeSlot(slot, this.batch, lines),
-        ]);
+        // The writes go to the page cache synchronously (microseconds); only the two fdatasyncs leave the
+        // event loop, in parallel. An async write per file cost two more thread-pool round trips per batch.
+        writeSync(this.logFh.fd, lines.join('\n') + '\n');
+        const buf = encodeSlot(this.batch, lines);
+        writeSync(this.anchorFh.fd, buf, 0, buf.length, slot * SLOT_BYTES);
+        await Promise.all([this.logFh.datasync(), this.anchorFh.datasync()]);
         this.batch++;
         this.stats.batches++;
         this.stats.entries += batch.length;

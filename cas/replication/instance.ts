@@ -79,6 +79,9 @@ export interface HaRuntime {
   close(): Promise<void>;
 }
 
+/** The poll reads and checks every blob in etcd at least this often (every 10 s at the default 500 ms). */
+const FULL_POLL_EVERY = 20;
+
 const serviceFile = (name: string): string => `${createHash('sha256').update(name).digest('hex').slice(0, 40)}.sealed`;
 
 export async function prepareHa(cfg: HaConfig, fileSealing: SealingKeyProvider, dir: string, log: Logger): Promise<HaRuntime> {
@@ -175,13 +178,26 @@ export async function prepareHa(cfg: HaConfig, fileSealing: SealingKeyProvider, 
       });
       registerJoinRoutes(x.app, { instanceId, known, members: cfg.members, counters, sync: s, verifiers: x.verifiers, masterKey: Buffer.from(x.masterKey), allowSimulated: x.allowSimulated, measurement: cfg.measurement, audit: x.audit, log: x.log });
       let alarmed: string | undefined;
+      let polls = 0;
+      const seenBlobs = new Map<string, string>();
       const poll = async (): Promise<void> => {
         try {
+          // Nothing changed since the last verified state: skip reading and opening every blob, but
+          // still verify everything every FULL_POLL_EVERY polls (etcd edited below its API keeps revisions).
+          if (polls++ % FULL_POLL_EVERY !== 0 && alarmed === undefined && await s.unchanged()) {
+            timer = setTimeout(() => { void poll(); }, cfg.pollMs ?? 500);
+            timer.unref();
+            return;
+          }
           const st = await s.load();
           alarmed = undefined;
           for (const [name, blob] of st.services) {
+            // Opened (and installed if newer) once per version: not every blob at every poll.
+            const blobHash = createHash('sha256').update(blob).digest('hex');
+            if (seenBlobs.get(name) === blobHash) continue;
             const rec = JSON.parse((await openBlob(x.stateKey, `cas/service/${name}`, blob)).toString('utf8')) as { policyHash: string; generation: number };
             const cur = x.store.get(name);
+            seenBlobs.set(name, blobHash);
             if (cur && cur.policyHash === rec.policyHash && cur.keys.length === (rec as unknown as { keys: unknown[] }).keys.length) continue;
             installing.add(name);
             try {

@@ -62,6 +62,8 @@ export class StateSync {
   /** key → sha256(value) of the state at `seq` (what the head's digest covers). */
   private files = new Map<string, string>();
   private readonly mods = new Map<string, number>();
+  /** The version and key revisions last verified by load() or written by commit() (see unchanged()). */
+  private verified: { seq: number; mods: Map<string, number> } | undefined;
   private rolledBack: string | undefined;
   /** Writes are serialised per instance (the head is one key); queued ones share the next transaction. */
   private queued: QueuedWrite[] = [];
@@ -83,6 +85,22 @@ export class StateSync {
   /** Set when a rollback was detected: the reason (state writes and joins are refused while set). */
   get rollback(): string | undefined {
     return this.rolledBack;
+  }
+
+  /**
+   * True when etcd's keys and their mod_revisions are exactly those of the last state this instance
+   * verified or wrote, and no newer version was announced since: the periodic poll then skips reading
+   * and opening every blob (O(services) per poll). Only a shortcut for the poll: whoever consumes the
+   * state (install, join) runs load(), which checks every blob, and the poll still runs load() on any
+   * change and every so often (instance.ts), so an etcd edited below the API is still caught.
+   */
+  async unchanged(): Promise<boolean> {
+    if (this.verified === undefined || this.verified.seq !== this.seq) return false;
+    const seq = this.seq;
+    const now = await this.etcd.rangeKeys(ETCD_PREFIX);
+    if (seq !== this.seq || now.size !== this.verified.mods.size) return false;
+    for (const [k, rev] of now) if (this.verified.mods.get(k) !== rev) return false;
+    return true;
   }
 
   /** Raises the in-memory anchor (a joiner learns it from the members it catches up from). */
@@ -148,6 +166,7 @@ export class StateSync {
     for (const p of puts) this.mods.set(p.key, r.revision);
     this.files = nextFiles;
     this.seq = next.seq;
+    this.verified = { seq: this.seq, mods: new Map(this.mods) };
     await this.onWritten?.(next.seq);
   }
 
@@ -192,9 +211,11 @@ export class StateSync {
     // Adopted only if no newer version was written or announced meanwhile (an older head would make
     // the next write expect stale revisions).
     if (head.seq >= this.seq) {
+      this.mods.clear();
       for (const kv of r.kvs) this.mods.set(kv.key, kv.modRevision);
       this.files = files;
       this.seq = head.seq;
+      this.verified = { seq: this.seq, mods: new Map(this.mods) };
     }
     // etcd holds the newest state again (an operator restored it): writes may resume.
     this.rolledBack = undefined;

@@ -65,6 +65,13 @@ export class EtcdClient {
     };
   }
 
+  /** Every key under `prefix` with its mod_revision, without the values (a cheap "did anything change?"). */
+  async rangeKeys(prefix: string): Promise<Map<string, number>> {
+    const r = await this.call<{ kvs?: Array<{ key: string; mod_revision?: string }> }>(
+      '/v3/kv/range', { key: b64(prefix), range_end: b64(Buffer.from(prefixEnd(prefix), 'latin1')), keys_only: true });
+    return new Map((r.kvs ?? []).map((kv) => [Buffer.from(kv.key, 'base64').toString('utf8'), Number(kv.mod_revision ?? 0)]));
+  }
+
   /**
    * Writes all `puts` atomically iff each key still has the mod_revision it expects; returns whether
    * it did and the revision after it. Two CAS instances therefore never overwrite each other blindly.

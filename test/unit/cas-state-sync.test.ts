@@ -23,6 +23,9 @@ class MemoryEtcd {
     if (this.hold) await this.hold;
     return snapshot;
   }
+  async rangeKeys(prefix: string): Promise<Map<string, number>> {
+    return new Map([...this.kvs.values()].filter((kv) => kv.key.startsWith(prefix)).map((kv) => [kv.key, kv.modRevision]));
+  }
   async txn(puts: Array<{ key: string; value: Buffer; expectModRevision: number }>): Promise<{ succeeded: boolean; revision: number }> {
     if (!puts.every((p) => (this.kvs.get(p.key)?.modRevision ?? 0) === p.expectModRevision)) return { succeeded: false, revision: this.revision };
     this.revision++;
@@ -68,4 +71,31 @@ test('a read in flight while this member writes, or another announces, a newer v
   await assert.rejects(stale.load(), /STATE_ROLLED_BACK|older than version 9/);
   assert.match(stale.rollback ?? '', /older than version 9/);
   assert.ok(etcd.kvs.has(serviceKey('c')));
+});
+
+test('the poll\'s shortcut: unchanged only while etcd\'s keys and revisions are those last verified or written and no newer version was announced', async () => {
+  const etcd = new MemoryEtcd();
+  const key = randomBytes(32);
+  const writer = new StateSync(etcd as unknown as EtcdClient, key);
+  await writer.bootstrap(randomBytes(64), new Map([['a', randomBytes(32)]]));
+  assert.equal(await writer.unchanged(), true, 'right after its own write');
+  const reader = new StateSync(etcd as unknown as EtcdClient, key);
+  assert.equal(await reader.unchanged(), false, 'nothing verified yet');
+  await reader.load();
+  assert.equal(await reader.unchanged(), true);
+  await writer.pushService('b', randomBytes(32));
+  assert.equal(await reader.unchanged(), false, 'another member wrote');
+  await reader.load();
+  assert.equal(await reader.unchanged(), true);
+  // A blob put back through etcd's API: its revision moves.
+  const a = etcd.kvs.get(serviceKey('a'))!;
+  await etcd.txn([{ key: serviceKey('a'), value: Buffer.from('older'), expectModRevision: a.modRevision }]);
+  assert.equal(await reader.unchanged(), false);
+  await assert.rejects(reader.load(), /not exactly the/);
+  // A newer version announced but not in etcd: not unchanged (the full check must run and alarm).
+  const fresh = new StateSync(etcd as unknown as EtcdClient, key);
+  await etcd.txn([{ key: serviceKey('a'), value: a.value, expectModRevision: etcd.kvs.get(serviceKey('a'))!.modRevision }]);
+  await fresh.load();
+  fresh.raiseTo(fresh.headSeq + 1);
+  assert.equal(await fresh.unchanged(), false);
 });
