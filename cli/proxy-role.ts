@@ -297,6 +297,7 @@ export class ProxyRole {
         port: config.pgBackendPort, superuser: config.pgMonitorUser,
         hba: ['local all all scram-sha-256'],
         extraConfig: [WAL_SLOT_KEEP],
+        onFuse: config.pgEncryption !== 'off',
         dieWithParent: true,
       });
       if (!this.postgres.isInitialized()) {

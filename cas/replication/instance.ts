@@ -191,20 +191,26 @@ export async function prepareHa(cfg: HaConfig, fileSealing: SealingKeyProvider, 
           }
           const st = await s.load();
           alarmed = undefined;
-          for (const [name, blob] of st.services) {
+          // A read that started before a newer write of ours (or a notice) holds older records: installing
+          // them would put an older policy back over a newer one. The next poll sees the newer state.
+          for (const [name, blob] of st.seq < s.headSeq ? [] : st.services) {
             // Opened (and installed if newer) once per version: not every blob at every poll.
             const blobHash = createHash('sha256').update(blob).digest('hex');
             if (seenBlobs.get(name) === blobHash) continue;
             const rec = JSON.parse((await openBlob(x.stateKey, `cas/service/${name}`, blob)).toString('utf8')) as { policyHash: string; generation: number };
             const cur = x.store.get(name);
-            seenBlobs.set(name, blobHash);
-            if (cur && cur.policyHash === rec.policyHash && cur.keys.length === (rec as unknown as { keys: unknown[] }).keys.length) continue;
+            if (cur && cur.policyHash === rec.policyHash && cur.keys.length === (rec as unknown as { keys: unknown[] }).keys.length) {
+              seenBlobs.set(name, blobHash);
+              continue;
+            }
             installing.add(name);
             try {
-              await x.store.update(name, () => ({ next: rec as never, result: undefined }));
+              // Re-checked under the service's lock: a local write that finished meanwhile raised headSeq.
+              await x.store.update(name, () => ({ next: st.seq < s.headSeq ? undefined : rec as never, result: undefined }));
             } finally {
               installing.delete(name);
             }
+            seenBlobs.set(name, blobHash);
             x.log.info({ service: name, policyHash: rec.policyHash }, 'installed a state change another member wrote');
           }
         } catch (e) {

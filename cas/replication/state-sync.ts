@@ -43,8 +43,9 @@ export function stateDigest(files: Map<string, string>): string {
   return h.digest('hex');
 }
 
-/** Writes in one etcd transaction at most (etcd's default request limit is 1.5 MiB). */
+/** Writes in one etcd transaction at most: etcd's default request limit is 1.5 MiB, and --max-txn-ops (128) counts the head too. */
 const BATCH_BYTES = 512 * 1024;
+const BATCH_KEYS = 100;
 
 interface QueuedWrite { files: Record<string, Buffer>; resolve: () => void; reject: (e: unknown) => void }
 
@@ -135,7 +136,7 @@ export class StateSync {
       let bytes = 0;
       let n = 0;
       const size = (q: QueuedWrite) => Object.values(q.files).reduce((a, b) => a + b.length, 0);
-      while (n < this.queued.length && (n === 0 || bytes + size(this.queued[n]!) <= BATCH_BYTES)) bytes += size(this.queued[n++]!);
+      while (n < this.queued.length && n < BATCH_KEYS && (n === 0 || bytes + size(this.queued[n]!) <= BATCH_BYTES)) bytes += size(this.queued[n++]!);
       const batch = this.queued.splice(0, n);
       try {
         await this.commit(Object.assign({}, ...batch.map((q) => q.files)) as Record<string, Buffer>, false);
@@ -165,7 +166,7 @@ export class StateSync {
     // One transaction: every key it wrote now has the transaction's revision.
     for (const p of puts) this.mods.set(p.key, r.revision);
     this.files = nextFiles;
-    this.seq = next.seq;
+    this.seq = Math.max(this.seq, next.seq); // a notice that landed during the transaction is not undone
     this.verified = { seq: this.seq, mods: new Map(this.mods) };
     await this.onWritten?.(next.seq);
   }

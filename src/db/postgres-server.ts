@@ -19,6 +19,15 @@ const SETPRIV = '/usr/bin/setpriv';
  */
 export type PgAuthMethod = 'trust' | 'password' | 'md5' | 'scram-sha-256' | 'reject';
 
+/**
+ * postgresql.conf lines for a data directory on the gocryptfs mount (`onFuse`): no work that has several
+ * processes create one shared temporary directory at once — parallel index builds
+ * (max_parallel_maintenance_workers) and parallel hash joins' shared spill files (enable_parallel_hash; a
+ * parallel query still runs, each worker hashing on its own). The cost is parallelism on index builds and
+ * hash joins inside a sidecar that usually has few cores anyway.
+ */
+export const FUSE_SAFE_CONFIG = ['max_parallel_maintenance_workers = 0', 'enable_parallel_hash = off'];
+
 export interface PostgresServerOptions {
   /** Instance directory: holds the datadir, socket dir, log and TLS files unless given separately. */
   dir: string;
@@ -46,6 +55,14 @@ export interface PostgresServerOptions {
   runAsUser?: string;
   /** initdb --no-sync: for throwaway test instances only. */
   initNoSync?: boolean;
+  /**
+   * The data directory is on the gocryptfs mount (encryption at rest). Several backends creating the same
+   * temporary directory at once (a parallel CREATE INDEX's shared fileset, a parallel hash join's spill,
+   * the first temp file ever) were answered EPERM by the mount instead of EEXIST, and PostgreSQL fails
+   * the statement ("cannot create temporary subdirectory base/pgsql_tmp/…fileset: Operation not
+   * permitted"; seen in CI twice in four runs). See FUSE_SAFE_CONFIG.
+   */
+  onFuse?: boolean;
   startTimeoutMs?: number;
   /**
    * The postmaster gets SIGQUIT (immediate shutdown) when this process dies (`setpriv --pdeathsig`), so a
@@ -139,6 +156,7 @@ export class PostgresServer {
     } else {
       lines.push('ssl = off');
     }
+    if (this.opts.onFuse) lines.push(...FUSE_SAFE_CONFIG);
     lines.push(...(this.opts.extraConfig ?? []), '');
     this.writeOwned(path.join(this.datadir, 'cdbp.conf'), lines.join('\n'), 0o600);
     const hba = [
@@ -226,7 +244,10 @@ export class PostgresServer {
   }
 
   private prepareDirs(): void {
-    for (const d of [this.dir, this.datadir, this.socketDir]) {
+    // On FUSE, base/pgsql_tmp exists before any backend could race to create it (kept across restarts:
+    // PostgreSQL empties it at start but does not remove it).
+    const tempDir = this.opts.onFuse && this.isInitialized() ? [path.join(this.datadir, 'base', 'pgsql_tmp')] : [];
+    for (const d of [this.dir, this.datadir, this.socketDir, ...tempDir]) {
       mkdirSync(d, { recursive: true, mode: 0o700 });
       if (this.owner) chownSync(d, this.owner.uid, this.owner.gid);
     }

@@ -140,7 +140,7 @@ export class SweepBudgetExceeded extends Error {}
  * highest of them come back as `pending`, for a checkpoint read later to promote (witnesses.ts).
  * Returns undefined when the file vanished or page 0 is unreadable.
  */
-export async function sweepFile(datadir: string, rel: string, limit: bigint, io: SweepIo): Promise<{ entry: InventoryFile; pending: Witness[]; bytes: number } | undefined> {
+export async function sweepFile(datadir: string, rel: string, limit: bigint, io: SweepIo): Promise<{ entry: InventoryFile; pending: Witness[]; bytes: number; stamp: string } | undefined> {
   let fh;
   try {
     fh = await open(path.join(datadir, rel), 'r');
@@ -149,6 +149,10 @@ export async function sweepFile(datadir: string, rel: string, limit: bigint, io:
     throw e;
   }
   try {
+    // The stamp of the file actually read (a RENAME between a stat of the path and this open would pair
+    // another file's stamp with these contents), taken before reading: a write during the read changes it.
+    const before = await fh.stat();
+    const stamp = `${before.ino}:${before.size}:${before.mtimeMs}`;
     const head = Buffer.alloc(64);
     const { bytesRead } = await fh.read(head, 0, head.length, 0);
     const id = bytesRead === head.length ? readSpaceIdentity(head) : undefined;
@@ -184,6 +188,7 @@ export async function sweepFile(datadir: string, rel: string, limit: bigint, io:
       },
       pending: above.map((w): Witness => ({ page: w.page, lsn: w.lsn.toString() })),
       bytes,
+      stamp,
     };
   } finally {
     await fh.close();

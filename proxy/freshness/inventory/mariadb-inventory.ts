@@ -216,6 +216,9 @@ export class MariadbInventory {
     const deadline = stopped ? started + (this.opts.finalSweepBudgetMs ?? 20_000) : undefined;
     const swept: string[] = [];
     const tried = new Set<string>();
+    // What the previous sweep had, by tablespace: a RENAME swap during this sweep can leave a path's cache
+    // entry overwritten by another tablespace, and settle() must still find the one this sweep missed.
+    const before = [...this.cache.values()];
     let bytes = 0;
     // A RENAME while the sweep runs can hide a tablespace from one listing (listed as d2.ibd, gone back to
     // d.ibd by the time it is read): files that appeared since the listing are swept in up to 3 more passes.
@@ -228,7 +231,10 @@ export class MariadbInventory {
         if (deadline !== undefined && Date.now() > deadline) throw new SweepBudgetExceeded('sweep budget exceeded');
         if (stopped) await flushFile(path.join(datadir, rel));
         const stamp = fileStamp(datadir, rel);
-        if (!stamp) continue;
+        if (!stamp) {
+          tried.delete(rel); // gone for now (a RENAME in flight): a later listing may show it again
+          continue;
+        }
         const cached = this.cache.get(rel);
         if (cached && cached.stamp === stamp && (!stopped || cached.complete)) {
           if (cached.missed) this.cache.set(rel, { ...cached, missed: 0 });
@@ -236,21 +242,26 @@ export class MariadbInventory {
           continue;
         }
         const r = await sweepFile(datadir, rel, limit, { bytesPerSecond: stopped ? 0 : this.opts.sweepBytesPerSecond, deadline });
-        if (!r) continue;
+        if (!r) {
+          tried.delete(rel);
+          continue;
+        }
         bytes += r.bytes;
         // An earlier sweep's witnesses and pending versions of the same tablespace stay valid lower bounds
-        // (page LSNs only grow), except past a legitimately shorter file (IMPORT TABLESPACE rewrites it whole).
-        const prev = cached?.entry.spaceId === r.entry.spaceId ? cached : undefined;
-        const inFile = (ws: Witness[] | undefined) => (ws ?? []).filter((w) => w.page < r.entry.pages);
+        // (page LSNs only grow), but only where the page still carries at least that LSN: DISCARD + IMPORT
+        // TABLESPACE puts another copy under the same space id, which may be shorter or older.
+        const prev = before.find((c) => c.entry.spaceId === r.entry.spaceId);
+        const reader = new FilePageReader(datadir, () => r.entry.pageSize);
+        const stillThere = (ws: Witness[] | undefined) => (ws ?? []).filter((w) => w.page < r.entry.pages && (readLsnOrZero(reader, rel, w.page) >= BigInt(w.lsn)));
         this.cache.set(rel, {
-          stamp, entry: r.entry, complete: stopped, missed: 0,
-          pending: [...r.pending, ...inFile(prev?.entry.witnesses), ...inFile(prev?.pending)],
+          stamp: r.stamp, entry: r.entry, complete: stopped, missed: 0,
+          pending: [...r.pending, ...stillThere(prev?.entry.witnesses), ...stillThere(prev?.pending)],
         });
         swept.push(rel);
       }
       listing = listInnodbFiles(datadir);
     }
-    const kept = this.settle(swept, new Set(listing), stopped);
+    const kept = this.settle(swept, new Set(listing), before, stopped);
     // A checkpoint read after every file was read: what it covers is durable (witnesses.ts).
     const durable = stopped ? limit : (readOfflineCheckpoint(datadir) ?? checkpoint) - 1n;
     const files = kept.map((rel) => {
@@ -278,22 +289,23 @@ export class MariadbInventory {
    * entry of a table really dropped is harmless: missing after a crash is decided by the dictionary, and
    * the exact clean-stop sweep (no server, no race) carries nothing.
    */
-  private settle(swept: string[], present: Set<string>, stopped: boolean): string[] {
+  private settle(swept: string[], present: Set<string>, before: Cached[], stopped: boolean): string[] {
     const spaceOf = (rel: string) => this.cache.get(rel)!.entry.spaceId;
     const sweptSpaces = new Map<number, string[]>();
     for (const rel of swept) sweptSpaces.set(spaceOf(rel), [...(sweptSpaces.get(spaceOf(rel)) ?? []), rel]);
     const kept = swept.filter((rel) => present.has(rel) || (sweptSpaces.get(spaceOf(rel)) ?? []).every((r) => !present.has(r)));
-    const keptSet = new Set(kept);
-    for (const [rel, c] of this.cache) {
-      if (keptSet.has(rel)) continue;
-      if (!stopped && c.missed === 0 && !sweptSpaces.has(c.entry.spaceId)) {
-        this.cache.set(rel, { ...c, missed: 1 });
-        kept.push(rel);
-        keptSet.add(rel);
-      } else {
-        this.cache.delete(rel);
+    const keys = new Set(kept);
+    // Carried under their own key: the path may hold another tablespace's entry now.
+    if (!stopped) {
+      for (const c of before) {
+        if (c.missed !== 0 || sweptSpaces.has(c.entry.spaceId)) continue;
+        const key = `carried:${c.entry.spaceId}`;
+        this.cache.set(key, { ...c, missed: 1 });
+        kept.push(key);
+        keys.add(key);
       }
     }
+    for (const rel of [...this.cache.keys()]) if (!keys.has(rel)) this.cache.delete(rel);
     return kept;
   }
 
@@ -324,4 +336,12 @@ export function describeFileViolations(v: FileViolation[]): { message: string; e
     expected: { file: first.file, reason: first.reason, ...first.expected },
     seen: { ...first.seen, files: v.map((x) => ({ file: x.file, reason: x.reason })) },
   };
+}
+
+function readLsnOrZero(reader: FilePageReader, rel: string, page: number): bigint {
+  try {
+    return reader.readLsn(rel, page) ?? 0n;
+  } catch {
+    return 0n; // renamed away since the read: keep nothing from before
+  }
 }

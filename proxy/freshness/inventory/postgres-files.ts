@@ -20,7 +20,6 @@ import type { PgFileReader } from './postgres-check.ts';
 import type { PgInventoryFile, PgObservedFile, Witness } from './types.ts';
 import type { SweepIo } from './innodb-files.ts';
 import { SweepBudgetExceeded } from './innodb-files.ts';
-import { keepTop } from './witnesses.ts';
 
 export const PG_WITNESSES_PER_FILE = 3;
 
@@ -131,11 +130,10 @@ export interface PgSweepLimits {
 
 /**
  * Reads one file and picks its witnesses. Relation: the PG_WITNESSES_PER_FILE initialized blocks with the
- * highest non-zero pd_lsn at or below `limits.lsn`, then the prefix witnesses (nextPrefixBoundary); the
- * highest blocks above the limit come back as `pending`, for a later checkpoint to promote (witnesses.ts).
- * pg_xact: the highest xid below `limits.xid` with a final status. Undefined when the file vanished (a DROP while the sweep runs).
+ * highest non-zero pd_lsn at or below `limits.lsn`, then the prefix witnesses (nextPrefixBoundary). pg_xact: the highest xid below `limits.xid` with a final
+ * status. Undefined when the file vanished (a DROP while the sweep runs).
  */
-export async function sweepPgFile(datadir: string, rel: string, kind: PgInventoryFile['kind'], limits: PgSweepLimits, io: SweepIo): Promise<{ entry: PgInventoryFile; pending: Witness[]; bytes: number } | undefined> {
+export async function sweepPgFile(datadir: string, rel: string, kind: PgInventoryFile['kind'], limits: PgSweepLimits, io: SweepIo): Promise<{ entry: PgInventoryFile; bytes: number } | undefined> {
   let fh;
   try {
     fh = await open(path.join(datadir, rel), 'r');
@@ -149,12 +147,11 @@ export async function sweepPgFile(datadir: string, rel: string, kind: PgInventor
       const seg = pgXactSegment(path.basename(rel))!;
       const limit = limits.xid === Infinity ? Infinity : Math.max(0, limits.xid - seg * CLOG_XIDS_PER_SEGMENT);
       const w = highestFinalXact(buf, limit);
-      return { entry: { path: rel, kind, pages: Math.floor(buf.length / PG_BLOCK_SIZE), witnesses: [], ...(w ? { xact: w } : {}) }, pending: [], bytes: buf.length };
+      return { entry: { path: rel, kind, pages: Math.floor(buf.length / PG_BLOCK_SIZE), witnesses: [], ...(w ? { xact: w } : {}) }, bytes: buf.length };
     }
     const chunk = Buffer.alloc(io.chunkBytes ?? 1 << 20);
     const top: Array<{ page: number; lsn: bigint }> = [];
     const prefix: Array<{ page: number; lsn: bigint }> = [];
-    const above: Array<{ page: number; lsn: bigint }> = [];
     let best: { page: number; lsn: bigint } | undefined;
     let nextBoundary = 1;
     let bytes = 0;
@@ -169,13 +166,13 @@ export async function sweepPgFile(datadir: string, rel: string, kind: PgInventor
           nextBoundary = nextPrefixBoundary(nextBoundary);
         }
         const h = readPgPageHeader(chunk.subarray(off, off + 24));
-        if (!isInitializedPage(h) || h.lsn === 0n) continue;
-        if (h.lsn > limits.lsn) {
-          keepTop(above, page, h.lsn, PG_WITNESSES_PER_FILE);
-          continue;
-        }
+        if (!isInitializedPage(h) || h.lsn === 0n || h.lsn > limits.lsn) continue;
         if (!best || h.lsn > best.lsn) best = { page, lsn: h.lsn };
-        keepTop(top, page, h.lsn, PG_WITNESSES_PER_FILE);
+        if (top.length < PG_WITNESSES_PER_FILE || h.lsn > top[top.length - 1]!.lsn) {
+          top.push({ page: (pos + off) / PG_BLOCK_SIZE, lsn: h.lsn });
+          top.sort((a, b) => (b.lsn > a.lsn ? 1 : b.lsn < a.lsn ? -1 : a.page - b.page));
+          if (top.length > PG_WITNESSES_PER_FILE) top.pop();
+        }
       }
       if (n < chunk.length) break;
       if (io.deadline !== undefined && Date.now() > io.deadline) throw new SweepBudgetExceeded(`sweep budget exceeded in ${rel}`);
@@ -188,7 +185,6 @@ export async function sweepPgFile(datadir: string, rel: string, kind: PgInventor
     const chosen = [...top, ...prefix.filter((p) => !top.some((t) => t.page === p.page))];
     return {
       entry: { path: rel, kind, pages: Math.floor(st.size / PG_BLOCK_SIZE), witnesses: chosen.map((w): Witness => ({ page: w.page, lsn: w.lsn.toString() })) },
-      pending: above.map((w): Witness => ({ page: w.page, lsn: w.lsn.toString() })),
       bytes,
     };
   } finally {

@@ -23,11 +23,10 @@ import type { FileViolation } from './check.ts';
 import { checkPgInventory, pgDeferredViolations, type PgCatalog } from './postgres-check.ts';
 import { readWalEvidence } from './postgres-wal.ts';
 import { formatLsn } from './postgres-page.ts';
-import { PG_STATE_SHUTDOWNED, PG_WITNESSES_PER_FILE, PgDatadirReader, listPgFiles, observePgDatadir, readPgControl, sweepPgFile, type PgSweepLimits } from './postgres-files.ts';
+import { PG_STATE_SHUTDOWNED, PgDatadirReader, listPgFiles, observePgDatadir, readPgControl, sweepPgFile, type PgSweepLimits } from './postgres-files.ts';
 import { SweepBudgetExceeded, fileStamp } from './innodb-files.ts';
 import type { InventoryStore } from './store.ts';
-import type { InventoryRef, PgInventory, PgInventoryFile, Witness } from './types.ts';
-import { pickWitnesses } from './witnesses.ts';
+import type { InventoryRef, PgInventory, PgInventoryFile } from './types.ts';
 
 export interface PostgresInventoryOptions {
   /** PostgreSQL's data directory (inside the mount when encrypted at rest). */
@@ -42,13 +41,7 @@ export interface PostgresInventoryOptions {
   connection: () => { socketDir: string; port: number; user: string; password?: string };
 }
 
-interface Cached {
-  stamp: string;
-  entry: PgInventoryFile;
-  complete: boolean;
-  /** Blocks seen above the durable limit: witnesses once a later checkpoint's redo passes them. */
-  pending: Witness[];
-}
+interface Cached { stamp: string; entry: PgInventoryFile; complete: boolean }
 
 export class PostgresInventory {
   private readonly cache = new Map<string, Cached>();
@@ -138,7 +131,7 @@ export class PostgresInventory {
       const present = new Set(found.map((f) => f.path));
       for (const e of inv.files) {
         const stamp = present.has(e.path) ? fileStamp(this.opts.datadir, e.path) : undefined;
-        if (stamp) this.cache.set(e.path, { stamp, entry: e, complete: ref.exact, pending: [] });
+        if (stamp) this.cache.set(e.path, { stamp, entry: e, complete: ref.exact });
       }
       this.opts.log.info({ ms: this.verifyMs, files: result.checked, newFiles: result.added.length, deferred: result.deferred.length + result.emptied.length, truncatedPerWal: result.truncated.length, droppedPerWal: result.dropped.length },
         'freshness: data files verified against the sealed inventory');
@@ -274,28 +267,25 @@ export class PostgresInventory {
       if (!stamp) continue;
       const cached = this.cache.get(rel);
       if (cached && cached.stamp === stamp && (!stopped || cached.complete)) {
-        // Unchanged since the last read: blocks pending then may be durable now.
-        const kept = promotePending(cached, l.durable);
-        this.cache.set(rel, kept);
-        files.push(kept.entry);
+        files.push(cached.entry);
         seen.add(rel);
         continue;
       }
       const r = await sweepPgFile(datadir, rel, kind, l.limits, { bytesPerSecond: stopped ? 0 : this.opts.sweepBytesPerSecond, deadline });
       if (!r) continue;
       bytes += r.bytes;
+      // A previous witness stays a valid lower bound while nothing newer is durable yet.
       let entry = r.entry;
-      // Earlier witnesses and pending blocks stay valid lower bounds, but only where the block still
-      // carries at least that LSN: a file cut and regrown since may hold a zero page there, whose cut lies
-      // before this sweep's WAL range (a false alarm at the next crash).
-      const reader = new PgDatadirReader(datadir);
-      const stillThere = (ws: Witness[]) => ws.filter((w) => w.page < entry.pages && (reader.readLsn(rel, w.page) ?? 0n) >= BigInt(w.lsn));
-      if (cached && entry.kind === 'pg-relation' && entry.witnesses.length === 0) entry = { ...entry, witnesses: stillThere(cached.entry.witnesses) };
+      // Only where the page still carries at least that LSN: a file cut and regrown since may hold a zero
+      // page there, whose cut lies before this sweep's WAL range (a false alarm at the next crash).
+      if (cached && entry.kind === 'pg-relation' && entry.witnesses.length === 0) {
+        const reader = new PgDatadirReader(datadir);
+        entry = { ...entry, witnesses: cached.entry.witnesses.filter((w) => w.page < entry.pages && (reader.readLsn(rel, w.page) ?? 0n) >= BigInt(w.lsn)) };
+      }
       if (cached && entry.kind === 'pg-xact' && !entry.xact && cached.entry.xact) entry = { ...entry, xact: cached.entry.xact };
-      const next = promotePending({ stamp, entry, complete: stopped, pending: [...r.pending, ...stillThere(cached?.pending ?? [])] }, l.durable);
-      files.push(next.entry);
+      files.push(entry);
       seen.add(rel);
-      this.cache.set(rel, next);
+      this.cache.set(rel, { stamp, entry, complete: stopped });
     }
     for (const rel of [...this.cache.keys()]) if (!seen.has(rel)) this.cache.delete(rel);
     const inv: PgInventory = { engine: 'postgres', startLsn: l.start.toString(), durableLsn: l.durable.toString(), takenAt: new Date(started).toISOString(), files };
@@ -344,22 +334,4 @@ async function flushFile(file: string): Promise<void> {
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
   }
-}
-
-const ANY_LSN = (1n << 64n) - 1n;
-
-/**
- * A block version seen above an earlier sweep's limit joins the witnesses once a completed checkpoint's
- * redo LSN (`durable`, read at this sweep's start, after that read) passes it: that checkpoint wrote and
- * synced every buffer dirtied before it, so a crash leaves the block at least that new (witnesses.ts).
- * Without it a block rewritten between every two checkpoints (a small hot table, an append-only table's
- * last block) is never witnessed.
- */
-function promotePending(c: Cached, durable: bigint): Cached {
-  if (c.pending.length === 0) return c;
-  const { witnesses: promoted, pending } = pickWitnesses([c.pending], durable, PG_WITNESSES_PER_FILE);
-  if (promoted.length === 0) return { ...c, pending };
-  // Kept beside the top and prefix witnesses (not instead of them): per block the highest LSN.
-  const { witnesses } = pickWitnesses([c.entry.witnesses, promoted], ANY_LSN, c.entry.witnesses.length + promoted.length);
-  return { ...c, entry: { ...c.entry, witnesses }, pending };
 }
