@@ -85,13 +85,13 @@ function writeLoad(p: PgTestProxy, n: number, table = 't'): { stop: () => Promis
 }
 
 /** A sweep that began after `since` (and after a CHECKPOINT, so its witnesses count) is in a counted epoch. */
-async function sweptAndSealedAfter(p: PgTestProxy, since: number): Promise<void> {
+async function sweptAndSealedAfter(p: PgTestProxy, since: number, timeoutMs = 30_000): Promise<void> {
   await until(async () => {
     const f = (await status(p)).freshness;
     const swept = f.dataFiles.lastSweepAt ? Date.parse(f.dataFiles.lastSweepAt) : 0;
     // A seal that began after the sweep ended carries its reference (the guard seals continuously under load).
     return swept > since && !!f.lastSealAt && Date.parse(f.lastSealAt) > swept + (f.dataFiles.lastSweepMs ?? 0) + 300;
-  }, 30_000, 'a sealed sweep after the checkpoint');
+  }, timeoutMs, 'a sealed sweep after the checkpoint');
 }
 
 async function values(p: PgTestProxy, table = 't'): Promise<Set<string>> {
@@ -212,7 +212,7 @@ test('no false alarm: VACUUM truncates a table\'s tail and VACUUM FULL empties a
   // Taken once the checkpoint completed: a sweep that began during it reads the previous one's redo, and
   // its witnesses would predate the load (the window the docs describe, not what this test attacks).
   const checkpointAt = Date.now();
-  await sweptAndSealedAfter(p, checkpointAt);
+  await sweptAndSealedAfter(p, checkpointAt, 75_000);
   // Without the slot, these checkpoints would remove the WAL since the sweep, and with it the proof.
   for (let i = 0; i < 3; i++) await p.backendQuery('SELECT pg_switch_wal(); CHECKPOINT');
   const slot = (await p.backendQuery("SELECT restart_lsn::text AS r FROM pg_replication_slots WHERE slot_name = 'cdbp_inventory'")).rows[0];
@@ -226,7 +226,7 @@ test('no false alarm: VACUUM truncates a table\'s tail and VACUUM FULL empties a
   const acked = [...await values(p)];
   await killPod(p);
 
-  p = await expectFresh(root, acked, p.pgPort, 5000);
+  p = await expectFresh(root, acked, p.pgPort, 20_000);
   const verified = JSON.parse(p.output().split('\n').find((l) => l.includes('data files verified against the sealed inventory'))!);
   assert.ok(verified.truncatedPerWal >= 1, `the witnesses past the new end were accepted on the WAL's TRUNCATE record: ${JSON.stringify(verified)}`);
   assert.ok(verified.droppedPerWal >= 1, `the emptied old file of t2 was accepted on the commit record that dropped it: ${JSON.stringify(verified)}`);
