@@ -13,7 +13,7 @@ import type { Evidence, EvidenceVerifier, TeeMode } from '../src/attestation/typ
 import { COLLATERAL_AGE_URN } from '../src/attestation/attested-tee.ts';
 import { isHex, sha512 } from '../src/crypto/hash.ts';
 import { sealToPublicKey } from '../src/crypto/box.ts';
-import { issueLeafCertificate, parseCsr } from '../src/crypto/x509.ts';
+import { caNotAfter, issueLeafCertificate, parseCsr } from '../src/crypto/x509.ts';
 import { checkPolicyUpdate } from './policy.ts';
 import { COUNTER_DIGEST_RE, verifySignedPolicy, verifySignedRecovery, type SignedPolicy,
   type SignedRecovery } from '../src/provisioning/policy.ts';
@@ -127,6 +127,9 @@ function normalName(n: string): string {
   if (isIP(n) === 6) return new URL(`http://[${n}]/`).hostname.slice(1, -1);
   return n.toLowerCase().replace(/\.$/, '');
 }
+
+/** A policy's DNS names and addresses, normalised (policies are immutable once applied). */
+const normalisedNames = new WeakMap<object, string[]>();
 
 /** True if a certificate for `a` and one for `b` could be valid for the same host (wildcards: one label). */
 function namesOverlap(a: string, b: string): boolean {
@@ -266,6 +269,13 @@ export class CasCore {
    * service's endpoint (test/integration/cas-identity.test.ts).
    */
   private checkNames(signed: SignedPolicy): void {
+    // Normalised once per policy object (every apply compares with every other service: at thousands of
+    // services, re-normalising each one's names per apply made provisioning quadratic in practice).
+    const namesOf = (p: SignedPolicy['policy']): string[] => {
+      let n = normalisedNames.get(p);
+      if (!n) normalisedNames.set(p, n = [...p.tls.dnsNames, ...p.tls.ipAddresses].map(normalName));
+      return n;
+    };
     const mine = [...signed.policy.tls.dnsNames, ...signed.policy.tls.ipAddresses].map(normalName).filter((n) => !SHARED_LOOPBACK_NAMES.has(n));
     const conflicts: string[] = [];
     const reserved = (this.o.reservedNames ?? []).map(normalName).filter((n) => !SHARED_LOOPBACK_NAMES.has(n));
@@ -274,7 +284,7 @@ export class CasCore {
     }
     for (const rec of this.o.store.all()) {
       if (rec.service === signed.policy.service) continue;
-      const theirs = [...rec.signed.policy.tls.dnsNames, ...rec.signed.policy.tls.ipAddresses].map(normalName);
+      const theirs = namesOf(rec.signed.policy);
       for (const n of mine) if (theirs.some((t) => namesOverlap(n, t))) conflicts.push(`${n} (service ${rec.service})`);
     }
     if (conflicts.length > 0) {
@@ -340,8 +350,7 @@ export class CasCore {
         throw new CdbpError('MEASUREMENT_MISMATCH', `measurement ${measurement} is not allowed for ${req.service}`, { details: { measurement } });
       }
       const ca = this.o.store.caMaterial;
-      const caNotAfter = new Date(new X509Certificate(ca.certPem).validTo);
-      const notAfter = new Date(Math.min(Date.now() + policy.tls.lifetimeSeconds * 1000, caNotAfter.getTime()));
+      const notAfter = new Date(Math.min(Date.now() + policy.tls.lifetimeSeconds * 1000, caNotAfter(ca).getTime()));
       const certPem = issueLeafCertificate(ca, {
         spki: csr.spki,
         subject: { commonName: req.service, organization: 'confidential-db-proxy', organizationalUnit: ev.mode === 'simulated' ? 'SIMULATED-NOT-A-TEE' : `tee-${ev.mode}` },

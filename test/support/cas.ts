@@ -63,7 +63,9 @@ export async function startTestCas(o: StartTestCasOptions): Promise<TestCas> {
     ...(o.extraArgs ?? [])];
   const env: NodeJS.ProcessEnv = { ...process.env, CDBP_LOG_LEVEL: process.env.CDBP_LOG_LEVEL ?? 'warn', ...o.env };
   if (o.allowSimulated === false) delete env.CDBP_ALLOW_SIMULATED;
-  const proc = spawn(process.execPath, args, { cwd: REPO, env, stdio: ['ignore', 'pipe', 'pipe'] });
+  // Profiling (as cli/commands/up.ts): NODE_OPTIONS may not carry --cpu-prof.
+  const prof = process.env.CDBP_CPU_PROF_DIR ? ['--cpu-prof', `--cpu-prof-dir=${process.env.CDBP_CPU_PROF_DIR}`] : [];
+  const proc = spawn(process.execPath, [...prof, ...args], { cwd: REPO, env, stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   proc.stdout!.on('data', (d: Buffer) => { out += d.toString(); });
   proc.stderr!.on('data', (d: Buffer) => { out += d.toString(); });
