@@ -19,13 +19,25 @@
  * is noticed by the child's exit or by polling /proc/self/mountinfo, and reported once via onLost.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { chownSync, existsSync, mkdirSync, readdirSync, statSync } from 'node:fs';
+import { chownSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { CdbpError, isCdbpError } from '../kernel/errors.ts';
 import { findBinary } from '../kernel/binaries.ts';
 import type { Logger } from '../kernel/log.ts';
 import type { EncryptedDirectory, EncryptedState, StorageFailureReason, StorageHealth, StorageKey } from './types.ts';
 import { mountsAt, readMountinfo } from './mountinfo.ts';
+
+const SETPRIV = '/usr/bin/setpriv';
+const FUSE_CONF = '/etc/fuse.conf';
+
+/** True when /etc/fuse.conf lets a non-root mount use allow_other. */
+function userAllowOther(): boolean {
+  try {
+    return readFileSync(FUSE_CONF, 'utf8').split('\n').some((l) => l.trim() === 'user_allow_other');
+  } catch {
+    return false;
+  }
+}
 
 export interface GocryptfsOptions {
   /** Ciphertext directory on the untrusted volume. */
@@ -162,13 +174,15 @@ export class GocryptfsDirectory implements EncryptedDirectory {
     const root = process.getuid?.() === 0;
     const args = [
       '-fg', '-nosyslog', '-nosuid', '-nodev', '-noexec',
-      // PostgreSQL runs as its own OS user while we (root) serve the mount; default_permissions still applies.
+      // PostgreSQL runs as its own OS user while we (root) read the files too; default_permissions still applies.
       ...(root && this.o.owner ? ['-allow_other'] : []),
       '--', this.encryptedPath, this.plaintextPath,
     ];
+    const serveAs = root && this.o.owner ? this.serveAsOwner(this.o.owner) : undefined;
     // Dies with us: a crashed proxy must not leave a live mount serving plaintext.
-    const setpriv = existsSync('/usr/bin/setpriv') ? '/usr/bin/setpriv' : undefined;
-    const [bin, argv] = setpriv ? [setpriv, ['--pdeathsig', 'KILL', '--', gocryptfs, ...args]] : [gocryptfs, args];
+    const setpriv = existsSync(SETPRIV) ? SETPRIV : undefined;
+    const asUser = serveAs ? [`--reuid=${serveAs.uid}`, `--regid=${serveAs.gid}`, '--clear-groups'] : [];
+    const [bin, argv] = setpriv ? [setpriv, ['--pdeathsig', 'KILL', ...asUser, '--', gocryptfs, ...args]] : [gocryptfs, args];
     this.output = [];
     return new Promise((resolve, reject) => {
       const child = spawn(bin, argv, { stdio: ['pipe', 'pipe', 'pipe'], env: childEnv() });
@@ -223,6 +237,29 @@ export class GocryptfsDirectory implements EncryptedDirectory {
         if (this.mounted && !this.unmounting) this.lose(`gocryptfs exited (${signal ?? `code ${code}`}): the encrypted directory is no longer mounted`);
       });
     });
+  }
+
+  /**
+   * gocryptfs 2.3 (Debian 12) serving a mount as root with -allow_other answers some creates and mkdirs
+   * EPERM at random (it creates files as the calling user by switching credentials per thread:
+   * rfjakob/gocryptfs#892 and #893; in CI PostgreSQL failed "could not create file" and "cannot create
+   * temporary subdirectory" under load). Served as the database's own OS user instead, it creates
+   * everything as that user and switches nothing; root (this proxy) still reads through -allow_other,
+   * which a non-root mount may set only where /etc/fuse.conf says `user_allow_other`. Otherwise, or if
+   * the owner cannot reach both directories, the mount stays root's (and the race stays possible).
+   */
+  private serveAsOwner(owner: { uid: number; gid: number }): { uid: number; gid: number } | undefined {
+    if (!userAllowOther() || !existsSync(SETPRIV)) {
+      this.o.log?.warn({ fuseConf: FUSE_CONF }, 'encrypted directory served by root: gocryptfs 2.3 may then refuse some file creations (EPERM); set user_allow_other in /etc/fuse.conf so it runs as the database user');
+      return undefined;
+    }
+    const chown = spawnSync('chown', ['-R', `${owner.uid}:${owner.gid}`, this.encryptedPath, this.plaintextPath], { encoding: 'utf8' });
+    const reach = spawnSync(SETPRIV, [`--reuid=${owner.uid}`, `--regid=${owner.gid}`, '--clear-groups', '--', 'test', '-w', this.encryptedPath, '-a', '-w', this.plaintextPath, '-a', '-r', '/dev/fuse', '-a', '-w', '/dev/fuse'], { encoding: 'utf8' });
+    if (chown.status !== 0 || reach.status !== 0) {
+      this.o.log?.warn({ encryptedPath: this.encryptedPath, mountPoint: this.plaintextPath }, 'encrypted directory served by root: the database user cannot reach both directories or /dev/fuse');
+      return undefined;
+    }
+    return owner;
   }
 
   private afterMount(key: StorageKey): void {
