@@ -56,11 +56,11 @@ export interface PostgresServerOptions {
   /** initdb --no-sync: for throwaway test instances only. */
   initNoSync?: boolean;
   /**
-   * The data directory is on the gocryptfs mount (encryption at rest). Several backends creating the same
+   * The data directory is on the gocryptfs mount (encryption at rest). Backends creating the same
    * temporary directory at once (a parallel CREATE INDEX's shared fileset, a parallel hash join's spill,
-   * the first temp file ever) were answered EPERM by the mount instead of EEXIST, and PostgreSQL fails
-   * the statement ("cannot create temporary subdirectory base/pgsql_tmp/…fileset: Operation not
-   * permitted"; seen in CI twice in four runs). See FUSE_SAFE_CONFIG.
+   * the first temp file ever) were answered EPERM by a root-served mount (gocryptfs#892/#893, see
+   * src/storage/gocryptfs.ts serveAsOwner), and PostgreSQL failed the statement: FUSE_SAFE_CONFIG keeps
+   * that work from happening at all, wherever the mount runs.
    */
   onFuse?: boolean;
   startTimeoutMs?: number;

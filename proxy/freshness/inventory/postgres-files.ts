@@ -20,6 +20,7 @@ import type { PgFileReader } from './postgres-check.ts';
 import type { PgInventoryFile, PgObservedFile, Witness } from './types.ts';
 import type { SweepIo } from './innodb-files.ts';
 import { SweepBudgetExceeded } from './innodb-files.ts';
+import { keepTop } from './witnesses.ts';
 
 export const PG_WITNESSES_PER_FILE = 3;
 
@@ -168,11 +169,7 @@ export async function sweepPgFile(datadir: string, rel: string, kind: PgInventor
         const h = readPgPageHeader(chunk.subarray(off, off + 24));
         if (!isInitializedPage(h) || h.lsn === 0n || h.lsn > limits.lsn) continue;
         if (!best || h.lsn > best.lsn) best = { page, lsn: h.lsn };
-        if (top.length < PG_WITNESSES_PER_FILE || h.lsn > top[top.length - 1]!.lsn) {
-          top.push({ page: (pos + off) / PG_BLOCK_SIZE, lsn: h.lsn });
-          top.sort((a, b) => (b.lsn > a.lsn ? 1 : b.lsn < a.lsn ? -1 : a.page - b.page));
-          if (top.length > PG_WITNESSES_PER_FILE) top.pop();
-        }
+        keepTop(top, page, h.lsn, PG_WITNESSES_PER_FILE);
       }
       if (n < chunk.length) break;
       if (io.deadline !== undefined && Date.now() > io.deadline) throw new SweepBudgetExceeded(`sweep budget exceeded in ${rel}`);
