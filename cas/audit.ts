@@ -20,7 +20,7 @@ import { canonicalJson, constantTimeEqual, sha256Hex } from '../src/crypto/hash.
 /** counter.read is audited only when refused (reads are frequent and harmless when allowed). */
 export type AuditEventType = 'cas.start' | 'cas.owners' | 'policy.apply' | 'attest' | 'counter.read' | 'counter.advance' | 'counter.recover' | 'freshness.alarm'
   // replicated CAS (cas/replication/)
-  | 'ha.bootstrap' | 'ha.join' | 'ha.state-rollback';
+  | 'ha.bootstrap' | 'ha.join' | 'ha.state-rollback' | 'ha.recover';
 
 export interface AuditEvent {
   event: AuditEventType;

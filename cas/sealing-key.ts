@@ -5,7 +5,7 @@
  * that directory, and says so loudly. The fail-closed provider refuses, so a CAS without a configured
  * key source never starts.
  */
-import { readFile, writeFile } from 'node:fs/promises';
+import { readFile, writeFile, rename } from 'node:fs/promises';
 import { randomBytes, hkdfSync } from 'node:crypto';
 import type { Logger } from '../src/kernel/log.ts';
 import { CdbpError } from '../src/kernel/errors.ts';
@@ -17,6 +17,8 @@ export interface SealingKeyProvider {
   readonly simulated: boolean;
   /** The 32-byte master sealing key. */
   masterKey(): Promise<Buffer>;
+  /** Seals `key` as this instance's master key from now on (a replicated CAS member that joined keeps the deployment's). */
+  keep?(key: Buffer): Promise<void>;
 }
 
 export const SEALING_KEY_WARNING = 'SIMULATED SEALING: the CAS state key is a file on disk, not derived from TEE hardware. '
@@ -42,6 +44,12 @@ export class FileSealingKeyProvider implements SealingKeyProvider {
     if (!isHex(text, 32)) throw new CdbpError('SEALING_UNAVAILABLE', `${this.file} does not hold a 32-byte hex key`);
     this.log?.warn({ sealing: 'file' }, SEALING_KEY_WARNING);
     return Buffer.from(text, 'hex');
+  }
+
+  async keep(key: Buffer): Promise<void> {
+    const tmp = `${this.file}.tmp`;
+    await writeFile(tmp, key.toString('hex') + '\n', { mode: 0o600 });
+    await rename(tmp, this.file);
   }
 }
 

@@ -36,6 +36,7 @@ import { MemoryCounters, type CounterSnapshotEntry } from './memory-counters.ts'
 import { StateSync } from './state-sync.ts';
 import { catchUpQuorum, majority } from '../../src/cas-client/quorum.ts';
 import { EtcdClient } from '../store/etcd.ts';
+import { verifySignedHaRecovery, type SignedHaRecovery } from '../../src/provisioning/policy.ts';
 
 export const JOIN_SECRETS_FORMAT = 'cdbp-cas-join/1';
 
@@ -46,6 +47,12 @@ export interface HaConfig {
   peers: string[];
   etcdEndpoints: string[];
   bootstrap: boolean;
+  /**
+   * The owner's signed permission to reopen a deployment that lost a majority of its members at once:
+   * this member opens etcd's state with its own sealed state key and starts with EMPTY counters, which
+   * the owner then re-anchors per service (`cdbp recover`). Refused while any other member answers.
+   */
+  recover?: SignedHaRecovery;
   /** The deployment's CA (pinned out of band), to talk to peers when joining. */
   caPem?: string;
   /** The joiner's own evidence source (same provider kind as a proxy's). */
@@ -94,6 +101,7 @@ export async function prepareHa(cfg: HaConfig, fileSealing: SealingKeyProvider, 
   let sealing = fileSealing;
   let sync: StateSync | undefined;
   let joined: { seq: number; ca: Buffer; services: Map<string, Buffer>; from: string[] } | undefined;
+  let recovered: Record<string, string | number> | undefined;
 
   if (cfg.bootstrap) {
     if (existsSync(path.join(dir, 'state'))) {
@@ -101,6 +109,11 @@ export async function prepareHa(cfg: HaConfig, fileSealing: SealingKeyProvider, 
     }
     const probe = new StateSync(etcd, Buffer.alloc(32));
     if (await probe.exists()) throw new CdbpError('STATE_ROLLED_BACK', 'etcd already holds a CAS deployment: start this instance without --ha-bootstrap to join it');
+  } else if (cfg.recover) {
+    const r = await reopenDeployment(cfg, cfg.recover, etcd, fileSealing, log);
+    sync = r.sync;
+    joined = { ...r.loaded, from: [] };
+    recovered = r.details;
   } else {
     if (!cfg.caPem || !cfg.provider) throw new CdbpError('CONFIG_INVALID', 'joining a replicated CAS needs --ha-ca FILE (the deployment CA) and an attestation provider');
     const j = await joinMembers(cfg, instanceId, log);
@@ -110,6 +123,9 @@ export async function prepareHa(cfg: HaConfig, fileSealing: SealingKeyProvider, 
     if (counters.conflicts.length > 0) {
       throw new CdbpError('TAMPER_DETECTED', `members disagree on a counter (two digests for one epoch: ${counters.conflicts.map((c) => `${c.service}@${c.value}`).join(', ')}); refusing to join`);
     }
+    // The simulated twin of sealing the state key to this member's hardware: any member may later reopen
+    // the deployment after a majority loss (--ha-recover), not only the one that bootstrapped it.
+    await fileSealing.keep?.(j.masterKey);
     sync = new StateSync(etcd, deriveKey(j.masterKey, 'state'));
     sync.raiseTo(j.stateSeq);
     const loaded = await sync.load();
@@ -146,6 +162,9 @@ export async function prepareHa(cfg: HaConfig, fileSealing: SealingKeyProvider, 
         for (const rec of x.store.all()) services.set(rec.service, readFileSync(path.join(dirS, serviceFile(rec.service))));
         await s.bootstrap(readFileSync(path.join(dir, 'state', 'ca.sealed')), services);
         await x.audit.append({ event: 'ha.bootstrap', outcome: 'ok', details: { instance: instanceId, members: cfg.members } });
+      } else if (recovered) {
+        await x.audit.append({ event: 'ha.recover', outcome: 'ok', details: { instance: instanceId, ...recovered } });
+        x.log.warn({ instance: instanceId, ...recovered }, 'deployment reopened by owner-signed recovery: every counter starts empty until its owner re-anchors it (cdbp recover)');
       } else {
         await x.audit.append({ event: 'ha.join', outcome: 'ok', details: { instance: instanceId, from: joined!.from.join(','), stateSeq: s.headSeq, services: counters.counters.size } });
       }
@@ -231,6 +250,44 @@ export async function prepareHa(cfg: HaConfig, fileSealing: SealingKeyProvider, 
       if (timer) clearTimeout(timer);
     },
   };
+}
+
+/**
+ * Owner-signed reopening after a majority loss: every other member must be gone (a running one holds
+ * counters this member would start without), the state key comes from this member's own sealing (the
+ * hardware, in a real TEE), etcd's state must open with it and be checked whole, and the owner's
+ * statement must name this deployment's CA, be signed by one of its owners and not have expired.
+ */
+async function reopenDeployment(cfg: HaConfig, signed: SignedHaRecovery, etcd: EtcdClient, fileSealing: SealingKeyProvider, log: Logger):
+  Promise<{ sync: StateSync; loaded: { seq: number; ca: Buffer; services: Map<string, Buffer> }; details: Record<string, string | number> }> {
+  if (!cfg.caPem) throw new CdbpError('CONFIG_INVALID', '--ha-recover needs --ha-ca FILE (the deployment CA, to check that no other member still runs)');
+  const alive = await Promise.all(cfg.peers.map((url) => casRequest<{ instance: string }>(url, 'GET', '/v1/replication/status', undefined, { caPem: cfg.caPem!, timeoutMs: 2000 })
+    .then((s) => `${url} (instance ${s.instance})`, () => undefined)));
+  const running = alive.filter((a): a is string => a !== undefined);
+  if (running.length > 0) {
+    throw new CdbpError('HA_RECOVERY_REFUSED', `other members still run: ${running.join(', ')}. Recovery is only for a deployment that lost its majority; start this member without --ha-recover to join them`);
+  }
+  const master = await fileSealing.masterKey();
+  const stateKey = deriveKey(master, 'state');
+  const sync = new StateSync(etcd, stateKey);
+  const loaded = await sync.load().catch((e: unknown) => {
+    throw asCdbpError(e).withContext('reopening the deployment (this member\'s sealed state key must open etcd\'s state)');
+  });
+  let root: { certPem?: string; meta?: { owners?: string[] } };
+  try {
+    root = JSON.parse((await openBlob(stateKey, 'cas/ca', loaded.ca)).toString('utf8')) as typeof root;
+  } catch (e) {
+    throw new CdbpError('STATE_ROLLED_BACK', `the deployment's CA in etcd does not open with this member's state key: ${(e as Error).message}`);
+  }
+  const caFingerprint = createHash('sha256').update(new X509Certificate(root.certPem ?? '').raw).digest('hex');
+  const caPinned = createHash('sha256').update(new X509Certificate(cfg.caPem).raw).digest('hex');
+  if (caFingerprint !== caPinned) throw new CdbpError('HA_RECOVERY_REFUSED', 'etcd holds another deployment than the pinned --ha-ca');
+  const statement = await verifySignedHaRecovery(signed, { owners: root.meta?.owners ?? [], caFingerprint });
+  if (loaded.seq < statement.minStateSeq) {
+    throw new CdbpError('STATE_ROLLED_BACK', `etcd holds state version ${loaded.seq}, below version ${statement.minStateSeq} the owner's recovery statement requires`);
+  }
+  log.warn({ stateSeq: loaded.seq, services: loaded.services.size, owner: signed.owner.slice(0, 16) }, 'reopening the deployment by owner-signed recovery (counters start empty)');
+  return { sync, loaded, details: { owner: signed.owner, notAfter: statement.notAfter, stateSeq: loaded.seq, services: loaded.services.size } };
 }
 
 /** Joiner side: attest to every peer, collect what catchUpQuorum(n) of them hand over. */

@@ -26,6 +26,7 @@ import { deriveKey, FailClosedSealingKeyProvider, FileSealingKeyProvider, type S
 import { prepareHa, type HaRuntime } from '../../cas/replication/index.ts';
 import { selectProvider } from '../../src/attestation/select.ts';
 import { measureShippedCode } from '../../src/attestation/measurement.ts';
+import type { SignedHaRecovery } from '../../src/provisioning/policy.ts';
 
 export const CAS_SCHEMA = {
   casDir: { kind: 'string', doc: 'CAS trusted directory (sealed state, audit log, ca.pem)', required: true },
@@ -46,6 +47,7 @@ export const CAS_SCHEMA = {
   casHaCa: { kind: 'string', doc: 'replicated CAS: the deployment CA file a joining member pins' },
   casHaPlatformKey: { kind: 'string', doc: 'replicated CAS, simulated TEE: platform key file a joining member signs its evidence with' },
   casEtcd: { kind: 'list', doc: 'replicated CAS: etcd client URLs (http://host:port, the durable state store)', default: [] },
+  casHaRecover: { kind: 'string', doc: 'replicated CAS: owner-signed statement (cdbp recover deployment) to reopen a deployment that lost a majority of its members; counters start empty' },
 } satisfies Schema;
 
 const FLAG_TO_KEY: Record<string, string> = {
@@ -53,12 +55,13 @@ const FLAG_TO_KEY: Record<string, string> = {
   'platform-public-key': 'casPlatformPublicKey', sealing: 'casSealing', 'sealing-key-file': 'casSealingKeyFile', 'tls-names': 'casTlsNames',
   'ops-host': 'casOpsHost', 'ops-port': 'casOpsPort',
   'ha-members': 'casHaMembers', 'ha-peers': 'casHaPeers', 'ha-bootstrap': 'casHaBootstrap', 'ha-ca': 'casHaCa', 'ha-platform-key': 'casHaPlatformKey', etcd: 'casEtcd',
+  'ha-recover': 'casHaRecover',
 };
 
 const USAGE = `usage: cdbp cas --dir DIR [--host 127.0.0.1] [--port N] [--allow-simulated --platform-public-key FILE]
                 [--sealing file|fail-closed] [--sealing-key-file FILE] [--tls-names a,b] [--ops-port N]
                 [--owner HEX|FILE]...
-                [--ha-members N --ha-peers URL,URL --etcd URL,.. (--ha-bootstrap | --ha-ca FILE [--ha-platform-key FILE])]
+                [--ha-members N --ha-peers URL,URL --etcd URL,.. (--ha-bootstrap | --ha-ca FILE [--ha-platform-key FILE] [--ha-recover FILE])]
        cdbp cas audit verify --dir DIR
 
 Environment (flags override):
@@ -103,7 +106,7 @@ export async function run(argv0: string[]): Promise<number> {
   if (argv0[0] === 'audit') return auditCommand(argv0.slice(1));
   const { values: ownerFlags, rest: argv } = takeRepeated(argv0, 'owner');
   const { flags, positionals } = parseFlags(argv, ['allow-simulated', 'ha-bootstrap'], ['dir', 'host', 'port', 'platform-public-key', 'sealing', 'sealing-key-file', 'tls-names', 'ops-host', 'ops-port',
-    'ha-members', 'ha-peers', 'ha-ca', 'ha-platform-key', 'etcd']);
+    'ha-members', 'ha-peers', 'ha-ca', 'ha-platform-key', 'etcd', 'ha-recover']);
   if (flags.help) {
     console.log(USAGE);
     return 0;
@@ -254,7 +257,7 @@ async function auditCommand(argv: string[]): Promise<number> {
 }
 
 /** A replicated CAS member (docs/CAS.md "Replicated CAS"): bootstrap a deployment or join one. */
-async function prepareHaFromConfig(config: { casHaMembers: number; casHaPeers: string[]; casHaBootstrap: boolean; casHaCa?: string; casHaPlatformKey?: string; casEtcd: string[] },
+async function prepareHaFromConfig(config: { casHaMembers: number; casHaPeers: string[]; casHaBootstrap: boolean; casHaCa?: string; casHaPlatformKey?: string; casEtcd: string[]; casHaRecover?: string; casSealing: string; casSealingKeyFile?: string },
   owners: string[], sealing: SealingKeyProvider, dir: string, allowSimulated: boolean, log: Logger): Promise<HaRuntime> {
   if (config.casEtcd.length === 0) throw new CdbpError('CONFIG_INVALID', '--ha-members needs --etcd URL,.. (the durable state store)');
   if (config.casHaPeers.length !== config.casHaMembers - 1) {
@@ -262,12 +265,24 @@ async function prepareHaFromConfig(config: { casHaMembers: number; casHaPeers: s
   }
   // Every member must hold the same owner allow-list: it is sealed at bootstrap, never bound by a first policy.
   if (config.casHaBootstrap && owners.length === 0) throw new CdbpError('CONFIG_INVALID', '--ha-bootstrap needs --owner (the owner allow-list is sealed once for all members)');
-  const provider = config.casHaBootstrap ? undefined : selectProvider(allowSimulated && config.casHaPlatformKey
+  let recover: SignedHaRecovery | undefined;
+  if (config.casHaRecover) {
+    if (config.casHaBootstrap) throw new CdbpError('CONFIG_INVALID', '--ha-recover reopens an existing deployment: not with --ha-bootstrap');
+    const keyFile = config.casSealingKeyFile ?? path.join(dir, 'sealing.key');
+    // A member that never held the deployment's state key cannot reopen it (and must not mint a new one trying).
+    if (config.casSealing === 'file' && !existsSync(keyFile)) throw new CdbpError('HA_RECOVERY_REFUSED', `--ha-recover: ${keyFile} does not exist: only a member that held the deployment's state key can reopen it`);
+    try {
+      recover = JSON.parse(readFileSync(config.casHaRecover, 'utf8')) as SignedHaRecovery;
+    } catch (e) {
+      throw new CdbpError('CONFIG_INVALID', `--ha-recover ${config.casHaRecover}: ${(e as Error).message}`);
+    }
+  }
+  const provider = config.casHaBootstrap || recover ? undefined : selectProvider(allowSimulated && config.casHaPlatformKey
     ? { mode: 'simulated', allowSimulated, platformKeyFile: config.casHaPlatformKey, log }
     : { mode: 'auto', log });
   return prepareHa({
     members: config.casHaMembers, peers: config.casHaPeers, etcdEndpoints: config.casEtcd, bootstrap: config.casHaBootstrap,
     ...(config.casHaCa ? { caPem: readFileSync(config.casHaCa, 'utf8') } : {}), ...(provider ? { provider } : {}),
-    measurement: measureShippedCode(),
+    measurement: measureShippedCode(), ...(recover ? { recover } : {}),
   }, sealing, dir, log);
 }

@@ -86,7 +86,9 @@ export type ErrorCode =
   | 'CAS_QUORUM_UNAVAILABLE'
   | 'STATE_STORE_UNAVAILABLE'
   | 'STATE_STORE_CONFLICT'
-  | 'STATE_ROLLED_BACK';
+  | 'STATE_ROLLED_BACK'
+  // a deployment recovery (--ha-recover) that may not go ahead: members still run, statement expired, ...
+  | 'HA_RECOVERY_REFUSED';
 
 export class CdbpError extends Error {
   readonly code: ErrorCode;

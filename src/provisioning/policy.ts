@@ -24,6 +24,7 @@ import { generateSigningKeyPair, readSigningKeyFile, signDetached, verifyDetache
 export const POLICY_FORMAT = 'cdbp-policy/1';
 export const SIGNED_POLICY_FORMAT = 'cdbp-signed-policy/1';
 export const RECOVERY_FORMAT = 'cdbp-recovery/1';
+export const HA_RECOVERY_FORMAT = 'cdbp-ha-recovery/1';
 export const OWNER_KEY_FORMAT = 'cdbp-owner-key/1';
 /** Modes a policy may name. 'none' is not a TEE and can never be allowed. */
 export const POLICY_TEE_MODES = ['simulated', 'sev-snp', 'tdx'] as const;
@@ -251,6 +252,58 @@ export async function verifySignedRecovery(input: SignedRecovery): Promise<void>
   const ok = isHex(input.owner, 32) && isHex(input.signature, 64)
     && await verifyDetached(Buffer.from(input.owner, 'hex'), signedMessage(RECOVERY_FORMAT, canonicalJson(r)), Buffer.from(input.signature, 'hex'));
   if (!ok) throw new CdbpError('POLICY_SIGNATURE_INVALID', 'recovery signature does not verify');
+}
+
+// ---- owner-signed recovery of a replicated CAS deployment ------------------------------------------------
+
+/**
+ * The owner's permission to restart a replicated CAS deployment that lost a majority of its members at
+ * once (docs/CAS.md "Losing a majority"): one member reopens the deployment from etcd with its sealed
+ * state key and EMPTY counters. It cannot carry a CAS nonce (no member is running to issue one), so it
+ * is bound to the deployment (its CA) and expires; what a replay within that window can do is written
+ * down in CAS.md.
+ */
+export interface HaRecoveryStatement {
+  format: typeof HA_RECOVERY_FORMAT;
+  /** SHA-256 of the deployment CA certificate (DER), hex. */
+  ca: string;
+  /** ISO time after which the statement is void (at most MAX_HA_RECOVERY_VALIDITY_MS after signing). */
+  notAfter: string;
+  /** The lowest etcd state version the owner accepts to reopen (0: any the state key opens). */
+  minStateSeq: number;
+}
+
+export interface SignedHaRecovery {
+  statement: HaRecoveryStatement;
+  owner: string;
+  signature: string;
+}
+
+export const MAX_HA_RECOVERY_VALIDITY_MS = 24 * 3600_000;
+
+export async function signHaRecovery(statement: Omit<HaRecoveryStatement, 'format'>, ownerKey: SigningKeyPair): Promise<SignedHaRecovery> {
+  const s: HaRecoveryStatement = { format: HA_RECOVERY_FORMAT, ...statement };
+  const sig = await signDetached(ownerKey.secretKey, signedMessage(HA_RECOVERY_FORMAT, canonicalJson(s)));
+  return { statement: s, owner: ownerKey.publicKey.toString('hex'), signature: sig.toString('hex') };
+}
+
+/** Checks form, signature, owner, deployment and time; returns the statement. */
+export async function verifySignedHaRecovery(input: SignedHaRecovery, o: { owners: string[]; caFingerprint: string; now?: Date }): Promise<HaRecoveryStatement> {
+  const s = input?.statement;
+  if (s?.format !== HA_RECOVERY_FORMAT || !isHex(s.ca, 32) || typeof s.notAfter !== 'string' || Number.isNaN(Date.parse(s.notAfter))
+    || !Number.isSafeInteger(s.minStateSeq) || s.minStateSeq < 0 || Object.keys(s).length !== 4) {
+    throw new CdbpError('BAD_REQUEST', 'malformed deployment recovery statement (cdbp-ha-recovery/1)');
+  }
+  const ok = isHex(input.owner, 32) && isHex(input.signature, 64)
+    && await verifyDetached(Buffer.from(input.owner, 'hex'), signedMessage(HA_RECOVERY_FORMAT, canonicalJson(s)), Buffer.from(input.signature, 'hex'));
+  if (!ok) throw new CdbpError('POLICY_SIGNATURE_INVALID', 'deployment recovery statement signature does not verify');
+  if (!o.owners.includes(input.owner)) throw new CdbpError('POLICY_OWNER_MISMATCH', `deployment recovery signed by ${input.owner.slice(0, 16)}…, not an owner of this deployment`);
+  if (s.ca !== o.caFingerprint) throw new CdbpError('POLICY_OWNER_MISMATCH', 'deployment recovery statement is for another deployment (CA fingerprint differs)');
+  const now = (o.now ?? new Date()).getTime();
+  const until = Date.parse(s.notAfter);
+  if (until <= now) throw new CdbpError('HA_RECOVERY_REFUSED', `deployment recovery statement expired at ${s.notAfter}`);
+  if (until - now > MAX_HA_RECOVERY_VALIDITY_MS) throw new CdbpError('HA_RECOVERY_REFUSED', 'deployment recovery statement is valid for more than 24 h: sign one that expires sooner');
+  return s;
 }
 
 // ---- owner key files -----------------------------------------------------------------------------------

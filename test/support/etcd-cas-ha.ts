@@ -29,7 +29,7 @@ export interface HaCluster {
   owner: SigningKeyPair;
   platformKeyFile: string;
   /** Starts member i (1-based): bootstrap for the first start of member 1, join otherwise. */
-  start(i: number, o?: { dir?: string }): Promise<TestCas>;
+  start(i: number, o?: { dir?: string; extraArgs?: string[] }): Promise<TestCas>;
   /** The args a joining member i would be started with (for runCdbp expecting a refusal). */
   joinArgs(i: number, dir?: string): string[];
   kill(i: number): void;
@@ -62,7 +62,7 @@ export async function startHaCluster(root: string, n = 3, o: { etcdMembers?: num
     },
     async start(i, so = {}) {
       const m = members[i - 1]!;
-      const extra = !bootstrapped && i === 1 ? [...common(m), '--ha-bootstrap'] : [...common(m), '--ha-ca', caFile, '--ha-platform-key', platformKeyFile];
+      const extra = [...(!bootstrapped && i === 1 ? [...common(m), '--ha-bootstrap'] : [...common(m), '--ha-ca', caFile, '--ha-platform-key', platformKeyFile]), ...(so.extraArgs ?? [])];
       const cas = await startTestCas({ root, dir: so.dir ?? m.dir, platformKeyFile, extraArgs: extra, env: { CDBP_LOG_LEVEL: 'info' } });
       if (!bootstrapped) {
         bootstrapped = true;
