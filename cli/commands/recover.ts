@@ -13,9 +13,7 @@ import { CdbpError } from '../../src/kernel/errors.ts';
 import { X509Certificate, createHash } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import { loadOwnerKey, COUNTER_DIGEST_RE, signHaRecovery, MAX_HA_RECOVERY_VALIDITY_MS } from '../../src/provisioning/policy.ts';
-import { recoverCounter } from '../../src/cas-client/policy.ts';
-import { majority } from '../../src/cas-client/quorum.ts';
-import { asCdbpError } from '../../src/kernel/errors.ts';
+import { recoverCounter, recoverCounterOnMembers } from '../../src/cas-client/policy.ts';
 import { peekRecordHeader, recordDigest } from '../../proxy/freshness/record.ts';
 
 const USAGE = `usage: cdbp recover --cas URL[,URL..] --ca FILE --owner-key FILE --service S (--record FILE | --value N --digest HEX)
@@ -71,13 +69,7 @@ export async function run(argv: string[]): Promise<number> {
     console.log(`counter of ${String(flags.service)} re-anchored to ${r.value} (${r.digest || 'no digest'})`);
     return 0;
   }
-  const results = await Promise.all(urls.map((casUrl) => recoverCounter({ casUrl, caPem, ownerKey, service: String(flags.service), value, digest })
-    .then(() => undefined, (e: unknown) => `${casUrl}: ${asCdbpError(e).code}: ${asCdbpError(e).message}`)));
-  const failed = results.filter((r): r is string => r !== undefined);
-  const needed = majority(urls.length);
-  if (urls.length - failed.length < needed) {
-    throw new CdbpError('CAS_QUORUM_UNAVAILABLE', `counter of ${String(flags.service)} re-anchored on ${urls.length - failed.length} of ${urls.length} CAS instances, ${needed} needed: ${failed.join('; ')}`);
-  }
+  const failed = await recoverCounterOnMembers({ casUrls: urls, caPem, ownerKey, service: String(flags.service), value, digest });
   for (const f of failed) console.error(`cdbp recover: warning: ${f}`);
   console.log(`counter of ${String(flags.service)} re-anchored to ${value} (${digest || 'no digest'}) on ${urls.length - failed.length} of ${urls.length} CAS instances`);
   return 0;

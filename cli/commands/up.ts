@@ -30,6 +30,10 @@ import { buildNativeDataPlane } from '../native-build.ts';
 import { ensureOwnerKey, ensureServicePolicy } from '../local-policy.ts';
 import { randomPassword } from '../proxy-role.ts';
 import { MariadbServer } from '../../src/db/mariadb-server.ts';
+import { startHaCas, type HaCas } from '../up-ha.ts';
+import { recoverCounterOnMembers } from '../../src/cas-client/policy.ts';
+import { loadOwnerKey } from '../../src/provisioning/policy.ts';
+import { peekRecordHeader, recordDigest } from '../../proxy/freshness/record.ts';
 
 const CLI = fileURLToPath(new URL('../../bin/cdbp.js', import.meta.url));
 
@@ -47,15 +51,20 @@ export interface StackFile {
   mode: 'simulated';
   freshness: string;
   postgres?: { host: string; port: number; user: string; password: string; datadir: string; socket: string; ops: { url: string } };
+  /** `--ha`: every CAS member (the proxies count by majority) and etcd. */
+  ha?: { casUrls: string[]; etcd: string[] };
 }
 
 export async function run(argv: string[]): Promise<number> {
-  const { flags } = parseFlags(argv, ['postgres'], ['dir', 'mysql-port', 'ops-port', 'cas-port', 'pg-port', 'freshness'], { maxPositionals: 0 });
+  const { flags } = parseFlags(argv, ['postgres', 'ha', 'ha-recover'], ['dir', 'mysql-port', 'ops-port', 'cas-port', 'pg-port', 'freshness'], { maxPositionals: 0 });
   if (flags.help) {
     console.log(`usage: cdbp up [--dir DIR] [--mysql-port N] [--ops-port N] [--cas-port N] [--freshness strict|relaxed|off]
-               [--postgres [--pg-port N]]
+               [--postgres [--pg-port N]] [--ha [--ha-recover]]
 Runs the CAS, a private MariaDB and the proxy (simulated TEE) in the foreground; with --postgres also a
-private PostgreSQL behind a second proxy (one proxy per database). Ctrl-C stops all.`);
+private PostgreSQL behind a second proxy (one proxy per database). Ctrl-C stops all.
+--ha: a replicated CAS instead (3 members over a 3-member etcd, docs/CAS.md). Its counters live only in
+the members' memory, so after the stack stopped it reopens only with --ha-recover: as the owner, every
+service's counter re-anchored to its volume as found (signed, audited).`);
     return 0;
   }
   const dir = path.resolve(String(flags.dir ?? '.cdbp'));
@@ -110,12 +119,14 @@ private PostgreSQL behind a second proxy (one proxy per database). Ctrl-C stops 
   for (const [lockDir, scope, what] of [
     [layout.untrusted, 'proxy:mariadb', 'mariadb proxy'], [layout.untrusted, 'proxy:postgres', 'postgres proxy'],
     [path.join(layout.trusted, 'cas'), 'cas', 'CAS'],
+    ...[1, 2, 3].map((i) => [path.join(layout.trusted, 'cas-ha', `m${i}`), 'cas', `CAS member ${i}`] as const),
   ] as const) {
     const pid = await stopLeftoverHolder(lockDir, scope, what);
     if (pid) say(`stopped a leftover ${what} (pid ${pid}) of an earlier cdbp up`);
   }
   await stopLeftover();
 
+  let stopEtcd: (() => Promise<void>) | undefined;
   const stopAll = async (code: number): Promise<number> => {
     if (stopping) return code;
     stopping = true;
@@ -135,6 +146,7 @@ private PostgreSQL behind a second proxy (one proxy per database). Ctrl-C stops 
       say(`${name} stopped`);
     }
     await stopLeftover();
+    await stopEtcd?.();
     // After a clean shutdown MariaDB needs nothing from the tmpfs dir (Aria log, temp tables); after a
     // crash the Aria log is kept for recovery.
     if (clean) rmSync(volatileDir(dir), { recursive: true, force: true });
@@ -146,7 +158,8 @@ private PostgreSQL behind a second proxy (one proxy per database). Ctrl-C stops 
   process.on('SIGINT', () => resolveSignal('SIGINT'));
   process.on('SIGTERM', () => resolveSignal('SIGTERM'));
 
-  const startChild = (name: string, args: string[], env: Record<string, string>) => {
+  /** `restartArgs`: restarted with these when it dies (a replicated CAS member rejoins as a new incarnation) instead of stopping the stack. */
+  const startChild = (name: string, args: string[], env: Record<string, string>, restartArgs?: string[]) => {
     const log = path.join(layout.run, `${name}.log`);
     const fd = openSync(log, 'a');
     // Own process group: a terminal's Ctrl-C reaches only `up`, which then stops the children in order
@@ -158,9 +171,17 @@ private PostgreSQL behind a second proxy (one proxy per database). Ctrl-C stops 
       stdio: ['ignore', fd, fd], detached: true,
       env: { ...process.env, ...env, CDBP_PARENT_PID: String(process.pid) },
     });
-    children.push({ name, child, log });
+    const slot = children.findIndex((c) => c.name === name);
+    // A restarted member keeps its place: the stop order stays proxies first, CAS members after them.
+    if (slot >= 0) children[slot] = { name, child, log };
+    else children.push({ name, child, log });
     child.on('exit', (code, sig) => {
       if (stopping) return;
+      if (restartArgs) {
+        say(`${name} exited (${sig ?? `code ${code}`}): restarting it; it rejoins the others as a new incarnation`);
+        setTimeout(() => { if (!stopping) startChild(name, restartArgs, env, restartArgs); }, 1000).unref();
+        return;
+      }
       if (name === 'proxy' && code === 0) {
         // A clean exit of the proxy is a requested stop (`cdbp admin quit|drain`): stop the rest, exit 0.
         say('proxy stopped (admin request)');
@@ -175,31 +196,55 @@ private PostgreSQL behind a second proxy (one proxy per database). Ctrl-C stops 
 
   try {
     // 1. The CAS, with a simulated platform key standing in for TEE hardware.
-    say('starting the CAS (simulated TEE platform)');
     const platformKey = path.join(layout.trusted, 'platform.key');
     if (!existsSync(platformKey)) await generatePlatformKey(platformKey);
-    const casDir = path.join(layout.trusted, 'cas');
-    rmSync(path.join(casDir, 'cas-ready.json'), { force: true });
-    const casPort = flags['cas-port'] ? Number(flags['cas-port']) : await freePort();
-    startChild('cas', ['cas', '--dir', casDir, '--port', String(casPort), '--allow-simulated',
-      '--platform-public-key', `${platformKey}.pub`], {});
-    const casReady = await waitFor(() => readJson<{ url: string; caFile: string }>(path.join(casDir, 'cas-ready.json')), 60_000, signalled, 'CAS');
-    const caFile = path.join(dir, 'ca.pem');
-    copyFileSync(casReady.caFile, caFile);
-    say(`CAS ready at ${casReady.url}`);
-
-    // 2. The owner's policy for this build of the proxy (re-signed when the code's measurement changes).
+    // The owner's key (a replicated CAS seals its owner allow-list at bootstrap).
     const ownerKey = path.join(layout.trusted, 'owner.key');
     await ensureOwnerKey(ownerKey);
+    const caFile = path.join(dir, 'ca.pem');
+    let casUrls: string[];
+    let ha: HaCas | undefined;
+    if (flags.ha) {
+      ha = await startHaCas({
+        trusted: layout.trusted, untrusted: layout.untrusted, run: layout.run, platformKey, ownerKeyFile: ownerKey, recover: Boolean(flags['ha-recover']),
+        dirFlag: flags.dir ? ` --dir ${String(flags.dir)}` : '',
+        startChild: (name, args, restartArgs) => { startChild(name, args, {}, restartArgs); },
+        waitReady: (file, what) => waitFor(() => readJson<{ url: string; caFile: string }>(file), 60_000, signalled, what),
+        say,
+      });
+      stopEtcd = ha.stopEtcd;
+      casUrls = ha.urls;
+      copyFileSync(ha.caFile, caFile);
+    } else {
+      say('starting the CAS (simulated TEE platform)');
+      const casDir = path.join(layout.trusted, 'cas');
+      rmSync(path.join(casDir, 'cas-ready.json'), { force: true });
+      const casPort = flags['cas-port'] ? Number(flags['cas-port']) : await freePort();
+      startChild('cas', ['cas', '--dir', casDir, '--port', String(casPort), '--allow-simulated',
+        '--platform-public-key', `${platformKey}.pub`], {});
+      const casReady = await waitFor(() => readJson<{ url: string; caFile: string }>(path.join(casDir, 'cas-ready.json')), 60_000, signalled, 'CAS');
+      copyFileSync(casReady.caFile, caFile);
+      say(`CAS ready at ${casReady.url}`);
+      casUrls = [casReady.url];
+    }
+
+    // 2. The owner's policy for this build of the proxy (re-signed when the code's measurement changes).
     // The native data plane's binary is measured code: build it (if stale) before measuring, or the proxy's
     // own build step would change the code after the owner signed for it (a MEASUREMENT_MISMATCH at attest).
     const nativeBuild = buildNativeDataPlane();
     if (!nativeBuild.ok) say(`native data plane not built (the proxy will run the Node plane): ${nativeBuild.output.split('\n').pop()}`);
     const measurement = measureShippedCode();
     const applied = await ensureServicePolicy({
-      casUrl: casReady.url, caPem: readFileSync(caFile, 'utf8'), ownerKeyFile: ownerKey, service: 'mariadb', measurement,
+      casUrl: casUrls[0]!, caPem: readFileSync(caFile, 'utf8'), ownerKeyFile: ownerKey, service: 'mariadb', measurement,
     });
     say(`policy ${applied.changed ? 'applied' : 'unchanged'} (measurement ${measurement.slice(0, 16)}…)`);
+    // A reopened replicated CAS holds no counters: the owner re-anchors each service to its volume as found.
+    if (ha?.reopened) {
+      for (const service of ['mariadb', ...(flags.postgres ? ['postgres'] : [])]) {
+        const anchored = await reanchorToVolume({ casUrls, caPem: readFileSync(caFile, 'utf8'), ownerKeyFile: ownerKey, service, untrustedDir: layout.untrusted });
+        say(anchored ? `counter of ${service} re-anchored by the owner to its volume's sealed record (epoch ${anchored.value}; audited)` : `${service}: no sealed record on the volume (first start)`);
+      }
+    }
 
     // 3. The proxy: attests, verifies freshness, serves keys, starts MariaDB, opens the endpoint.
     const mysqlPort = flags['mysql-port'] ? Number(flags['mysql-port']) : previous?.mysql?.port ?? (await freePort());
@@ -209,7 +254,7 @@ private PostgreSQL behind a second proxy (one proxy per database). Ctrl-C stops 
     const mariadbRunDir = path.join(layout.run, 'mariadb');
     const datadir = path.join(layout.untrusted, 'mariadb');
     startChild('proxy', ['proxy'], {
-      CDBP_CAS_URL: casReady.url, CDBP_CAS_CA_FILE: caFile, CDBP_SERVICE: 'mariadb',
+      CDBP_CAS_URL: casUrls.join(','), CDBP_CAS_CA_FILE: caFile, CDBP_SERVICE: 'mariadb',
       CDBP_TEE_MODE: 'simulated', CDBP_ALLOW_SIMULATED: '1', CDBP_PLATFORM_KEY_FILE: platformKey,
       CDBP_MYSQL_HOST: '127.0.0.1', CDBP_MYSQL_PORT: String(mysqlPort),
       CDBP_OPS_HOST: '127.0.0.1', CDBP_OPS_PORT: String(opsPort), CDBP_ADMIN_PORT: String(adminPort),
@@ -229,7 +274,7 @@ private PostgreSQL behind a second proxy (one proxy per database). Ctrl-C stops 
     let postgres: StackFile['postgres'];
     if (flags.postgres) {
       await ensureServicePolicy({
-        casUrl: casReady.url, caPem: readFileSync(caFile, 'utf8'), ownerKeyFile: ownerKey, service: 'postgres', measurement,
+        casUrl: casUrls[0]!, caPem: readFileSync(caFile, 'utf8'), ownerKeyFile: ownerKey, service: 'postgres', measurement,
       });
       const pgPort = flags['pg-port'] ? Number(flags['pg-port']) : previous?.postgres?.port ?? (await freePort());
       const pgOpsPort = await freePort();
@@ -237,7 +282,7 @@ private PostgreSQL behind a second proxy (one proxy per database). Ctrl-C stops 
       const pgDatadir = path.join(layout.untrusted, 'postgres');
       say(`starting the PostgreSQL proxy${existsSync(path.join(pgDatadir, 'PG_VERSION')) ? '' : ' (initializing the database on first run)'}`);
       startChild('proxy-pg', ['proxy'], {
-        CDBP_CAS_URL: casReady.url, CDBP_CAS_CA_FILE: caFile, CDBP_SERVICE: 'postgres', CDBP_ENGINE: 'postgres',
+        CDBP_CAS_URL: casUrls.join(','), CDBP_CAS_CA_FILE: caFile, CDBP_SERVICE: 'postgres', CDBP_ENGINE: 'postgres',
         CDBP_TEE_MODE: 'simulated', CDBP_ALLOW_SIMULATED: '1', CDBP_PLATFORM_KEY_FILE: platformKey,
         CDBP_PG_HOST: '127.0.0.1', CDBP_PG_PORT: String(pgPort), CDBP_PG_BACKEND_PORT: String(await freePort()),
         CDBP_OPS_HOST: '127.0.0.1', CDBP_OPS_PORT: String(pgOpsPort),
@@ -255,7 +300,7 @@ private PostgreSQL behind a second proxy (one proxy per database). Ctrl-C stops 
     const stack: StackFile = {
       mysql: { host: '127.0.0.1', port: mysqlPort },
       ops: { url: opsUrl },
-      cas: { url: casReady.url },
+      cas: { url: casUrls[0]! },
       caFile,
       admin,
       control: { url: `http://127.0.0.1:${adminPort}`, tokenFile: path.join(layout.run, 'admin.token') },
@@ -265,6 +310,7 @@ private PostgreSQL behind a second proxy (one proxy per database). Ctrl-C stops 
       mode: 'simulated',
       freshness,
       ...(postgres ? { postgres } : {}),
+      ...(ha ? { ha: { casUrls, etcd: ha.etcdEndpoints } } : {}),
     };
     writeFileSync(stackFile, JSON.stringify(stack, null, 2) + '\n', { mode: 0o600 });
     // The password stays in stack.json (0600); terminals and CI logs only see how to read it.
@@ -282,6 +328,20 @@ private PostgreSQL behind a second proxy (one proxy per database). Ctrl-C stops 
 }
 
 class SignalledError extends Error {}
+
+/**
+ * The owner's re-anchoring of one service after its replicated CAS was reopened: to the sealed record
+ * the proxy left on the volume (`cdbp recover --record`), on a majority of members. Undefined when the
+ * volume holds none (the service never started).
+ */
+async function reanchorToVolume(o: { casUrls: string[]; caPem: string; ownerKeyFile: string; service: string; untrustedDir: string }): Promise<{ value: number } | undefined> {
+  const file = path.join(o.untrustedDir, `freshness-${o.service}.sealed`);
+  if (!existsSync(file)) return undefined;
+  const bytes = readFileSync(file);
+  const value = peekRecordHeader(bytes).epoch;
+  await recoverCounterOnMembers({ casUrls: o.casUrls, caPem: o.caPem, ownerKey: loadOwnerKey(o.ownerKeyFile), service: o.service, value, digest: recordDigest(bytes) });
+  return { value };
+}
 
 /**
  * PostgreSQL refuses to run as root, so it runs as its own OS user, which must be able to reach its

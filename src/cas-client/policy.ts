@@ -5,8 +5,9 @@
 import type { SigningKeyPair } from '../crypto/ed25519.ts';
 import type { Policy, SignedPolicy } from '../provisioning/policy.ts';
 import { signRecovery } from '../provisioning/policy.ts';
-import { isCdbpError } from '../kernel/errors.ts';
+import { CdbpError, asCdbpError, isCdbpError } from '../kernel/errors.ts';
 import { casRequest } from './http.ts';
+import { majority } from './quorum.ts';
 
 export interface ApplyResult {
   service: string;
@@ -52,4 +53,19 @@ export async function recoverCounter(o: { casUrl: string; caPem: string; ownerKe
   const { nonce } = await casRequest<{ nonce: string }>(o.casUrl, 'POST', '/v1/nonce', { purpose: 'recover' }, { caPem: o.caPem });
   const signed = await signRecovery({ service: o.service, value: o.value, digest: o.digest, nonce }, o.ownerKey);
   return casRequest(o.casUrl, 'POST', `/v1/services/${encodeURIComponent(o.service)}/recover`, signed, { caPem: o.caPem });
+}
+
+/**
+ * The owner's re-anchoring on a replicated CAS: every member (each over its own nonce), acknowledged when
+ * a majority accepted, like a counter advance. Returns the members that refused (the rest accepted).
+ */
+export async function recoverCounterOnMembers(o: { casUrls: string[]; caPem: string; ownerKey: SigningKeyPair; service: string; value: number; digest: string }): Promise<string[]> {
+  const results = await Promise.all(o.casUrls.map((casUrl) => recoverCounter({ ...o, casUrl })
+    .then(() => undefined, (e: unknown) => `${casUrl}: ${asCdbpError(e).code}: ${asCdbpError(e).message}`)));
+  const failed = results.filter((r): r is string => r !== undefined);
+  const needed = majority(o.casUrls.length);
+  if (o.casUrls.length - failed.length < needed) {
+    throw new CdbpError('CAS_QUORUM_UNAVAILABLE', `counter of ${o.service} re-anchored on ${o.casUrls.length - failed.length} of ${o.casUrls.length} CAS instances, ${needed} needed: ${failed.join('; ')}`);
+  }
+  return failed;
 }

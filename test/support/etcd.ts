@@ -1,13 +1,13 @@
 /**
- * Real etcd members (Debian's etcd-server 3.4) on private loopback ports and directories, for the
- * replicated CAS's tests and `cdbp up --ha`. Never the system service or its standard ports.
+ * Real etcd members (Debian's etcd-server 3.4, started by cli/etcd-cluster.ts) on private loopback ports
+ * and directories, for the replicated CAS's tests. Never the system service or its standard ports.
  * Also snapshot save / restore with etcdctl, to play the operator restoring an old snapshot.
  */
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdirSync, rmSync } from 'node:fs';
 import net from 'node:net';
-import http from 'node:http';
 import path from 'node:path';
+import { initialCluster, spawnEtcdMember, waitEtcdHealthy } from '../../cli/etcd-cluster.ts';
 
 export async function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -40,27 +40,6 @@ export interface EtcdCluster {
   stop(): Promise<void>;
 }
 
-function etcdArgs(m: EtcdMember, cluster: string, state: 'new' | 'existing'): string[] {
-  return ['--name', m.name, '--data-dir', m.dataDir, '--listen-client-urls', m.clientUrl, '--advertise-client-urls', m.clientUrl,
-    '--listen-peer-urls', m.peerUrl, '--initial-advertise-peer-urls', m.peerUrl, '--initial-cluster', cluster,
-    '--initial-cluster-state', state, '--initial-cluster-token', 'cdbp-test', '--log-level', 'warn', '--logger', 'zap'];
-}
-
-async function waitHealthy(url: string, timeoutMs: number): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const ok = await new Promise<boolean>((resolve) => {
-      const req = http.request(new URL('/v3/kv/range', url), { method: 'POST', timeout: 1000 }, (res) => { res.resume(); resolve(res.statusCode === 200); });
-      req.on('error', () => resolve(false));
-      req.on('timeout', () => { req.destroy(); resolve(false); });
-      req.end(JSON.stringify({ key: Buffer.from('x').toString('base64') }));
-    });
-    if (ok) return;
-    if (Date.now() > deadline) throw new Error(`etcd at ${url} not healthy after ${timeoutMs} ms`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
-
 /** Starts `size` etcd members on loopback (1 is enough for most tests; `cdbp up --ha` runs 3). */
 export async function startEtcd(root: string, size = 1): Promise<EtcdCluster> {
   mkdirSync(root, { recursive: true });
@@ -68,15 +47,15 @@ export async function startEtcd(root: string, size = 1): Promise<EtcdCluster> {
   for (let i = 1; i <= size; i++) {
     members.push({ name: `e${i}`, clientUrl: `http://127.0.0.1:${await freePort()}`, peerUrl: `http://127.0.0.1:${await freePort()}`, dataDir: path.join(root, `e${i}.etcd`) });
   }
-  const cluster = members.map((m) => `${m.name}=${m.peerUrl}`).join(',');
+  const cluster = initialCluster(members);
   let out = '';
-  const launch = (m: EtcdMember, state: 'new' | 'existing', extra: string[] = []) => {
-    m.proc = spawn('etcd', [...etcdArgs(m, cluster, state), ...extra], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const launch = (m: EtcdMember, state: 'new' | 'existing') => {
+    m.proc = spawnEtcdMember(m, { cluster, state, token: 'cdbp-test', stdio: ['ignore', 'pipe', 'pipe'] });
     m.proc.stdout!.on('data', (d: Buffer) => { out += d.toString(); });
     m.proc.stderr!.on('data', (d: Buffer) => { out += d.toString(); });
   };
   for (const m of members) launch(m, 'new');
-  await Promise.all(members.map((m) => waitHealthy(m.clientUrl, 30_000)));
+  await Promise.all(members.map((m) => waitEtcdHealthy(m.clientUrl, 30_000)));
   const stopAll = async () => {
     await Promise.all(members.map((m) => new Promise<void>((resolve) => {
       const p = m.proc;
@@ -103,7 +82,7 @@ export async function startEtcd(root: string, size = 1): Promise<EtcdCluster> {
         if (r.status !== 0) throw new Error(`etcdctl snapshot restore failed: ${r.stderr}`);
       }
       for (const m of members) launch(m, 'existing');
-      await Promise.all(members.map((m) => waitHealthy(m.clientUrl, 30_000)));
+      await Promise.all(members.map((m) => waitEtcdHealthy(m.clientUrl, 30_000)));
     },
     stop: stopAll,
   };
