@@ -115,7 +115,7 @@ export async function startCas(o: CasOptions): Promise<RunningCas> {
   const core = new CasCore({
     store, audit, counters, nonces: new NonceStore(o.nonceTtlMs ?? 60_000), verifiers, allowSimulated: o.allowSimulated, log: o.log, metrics,
     reservedNames: [...names],
-    ...(o.ha ? { signing: await o.ha.instanceSigning(ca), acceptLagging: true } : {}),
+    ...(o.ha ? { signing: { ...await o.ha.instanceSigning(ca), membership: o.ha.membership }, acceptLagging: true } : {}),
   });
   const kp = generateTlsKeyPair();
   const { spki } = parseCsr(createCsr({ ...kp, commonName: 'cdbp-cas' }));

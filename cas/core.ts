@@ -99,7 +99,7 @@ export interface CasCoreOptions {
    */
   counters: Pick<CounterLog, 'counters' | 'append' | 'idle' | 'stats'>;
   /** Replicated CAS: this member incarnation's own answer key (its certificate names the instance). */
-  signing?: { secretKey: Buffer; certPem: string };
+  signing?: { secretKey: Buffer; certPem: string; membership?: () => string };
   /**
    * Replicated CAS: a member that is behind (it missed advances a majority acknowledged while it was
    * slow) accepts an advance whose `expected` is ahead of it; the counter still only moves forward and
@@ -173,10 +173,15 @@ export class CasCore {
     return this.o.signing?.certPem ?? this.o.store.meta.signingCertPem;
   }
 
-  /** Signs a counter answer for the client's nonce (absent for clients from before signed answers). */
-  signCounterAnswer(a: CounterAnswer & { record?: string }): string {
+  /**
+   * Signs a counter answer for the client's nonce (absent for clients from before signed answers); a
+   * replicated member also signs its membership view into it (returned, to be sent with the answer).
+   */
+  signCounterAnswer(a: Omit<CounterAnswer, 'membership'> & { record?: string }): { signature: string; membership?: string } {
+    const membership = this.o.signing?.membership?.();
     // Exactly the answer's fields: the record is bound through the digest, not signed again.
-    return signAnswer(this.signingKey, counterAnswerMessage({ service: a.service, op: a.op, nonce: a.nonce, value: a.value, digest: a.digest }));
+    const signature = signAnswer(this.signingKey, counterAnswerMessage({ service: a.service, op: a.op, nonce: a.nonce, value: a.value, digest: a.digest, membership }));
+    return membership === undefined ? { signature } : { signature, membership };
   }
 
   /** Signs the opening of a counter channel: binds this TLS session (its exporter value) to the CAS answer key. */

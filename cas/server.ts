@@ -213,7 +213,7 @@ export function buildCasServer(o: CasServerOptions): FastifyInstance {
       requireHolder(req);
       const view = core.readCounter(req.params.service);
       const nonce = req.query.nonce;
-      return nonce ? { ...view, signature: core.signCounterAnswer({ service: req.params.service, op: 'read', nonce, ...view }) } : view;
+      return nonce ? { ...view, ...core.signCounterAnswer({ service: req.params.service, op: 'read', nonce, ...view }) } : view;
     });
 
   app.post<{ Params: { service: string }; Body: { expected: number; next: number; digest: string; nonce?: string; record?: string; expectedDigest?: string } }>('/v1/services/:service/counter',
@@ -224,11 +224,11 @@ export function buildCasServer(o: CasServerOptions): FastifyInstance {
       const nonce = req.body.nonce;
       try {
         const view = await core.advanceCounter(service, req.body.expected, req.body.next, req.body.digest, req.ip, req.body.record, req.body.expectedDigest);
-        return nonce ? { ...view, signature: core.signCounterAnswer({ service, op: 'advance', nonce, ...view }) } : view;
+        return nonce ? { ...view, ...core.signCounterAnswer({ service, op: 'advance', nonce, ...view }) } : view;
       } catch (e) {
-        const d = (e as CdbpError).details as { value?: number; digest?: string; signature?: string } | undefined;
+        const d = (e as CdbpError).details as { value?: number; digest?: string; signature?: string; membership?: string } | undefined;
         if (nonce && e instanceof CdbpError && e.code === 'COUNTER_CONFLICT' && d && typeof d.value === 'number' && typeof d.digest === 'string') {
-          d.signature = core.signCounterAnswer({ service, op: 'conflict', nonce, value: d.value, digest: d.digest });
+          Object.assign(d, core.signCounterAnswer({ service, op: 'conflict', nonce, value: d.value, digest: d.digest }));
         }
         throw e;
       }

@@ -69,7 +69,7 @@ export async function startHaCas(o: HaCasOptions): Promise<HaCas> {
     const urls = ports.map((p) => `https://127.0.0.1:${p}`);
     const owner = loadOwnerKey(o.ownerKeyFile).publicKey.toString('hex');
     const memberArgs = (i: number): string[] => ['cas', '--dir', path.join(haDir, `m${i + 1}`), '--port', String(ports[i]), '--allow-simulated',
-      '--platform-public-key', `${o.platformKey}.pub`, '--ha-members', String(HA_MEMBERS), '--ha-peers', urls.filter((_, j) => j !== i).join(','),
+      '--platform-public-key', `${o.platformKey}.pub`, '--ha-members', String(HA_MEMBERS), '--ha-slot', String(i + 1), '--ha-peers', urls.filter((_, j) => j !== i).join(','),
       '--etcd', etcd.endpoints.join(','), '--owner', owner];
     const joinArgs = ['--ha-ca', caFile, '--ha-platform-key', o.platformKey];
     let first: string[];

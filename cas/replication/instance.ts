@@ -34,7 +34,7 @@ import { deriveKey, type SealingKeyProvider } from '../sealing-key.ts';
 import { openBlob } from '../../src/crypto/sealed-file.ts';
 import { MemoryCounters, type CounterSnapshotEntry } from './memory-counters.ts';
 import { StateSync } from './state-sync.ts';
-import { catchUpQuorum, majority } from '../../src/cas-client/quorum.ts';
+import { catchUpQuorum, currentIncarnations, majority, formatMembership, parseMembership, slotUrn } from '../../src/cas-client/quorum.ts';
 import { EtcdClient } from '../store/etcd.ts';
 import { verifySignedHaRecovery, type SignedHaRecovery } from '../../src/provisioning/policy.ts';
 
@@ -43,6 +43,8 @@ export const JOIN_SECRETS_FORMAT = 'cdbp-cas-join/1';
 export interface HaConfig {
   /** Number of members in the deployment (3 by default). */
   members: number;
+  /** This member's place, 1..members: a restart fills the same slot with a new incarnation (fencing the old one). */
+  slot: number;
   /** The other members' URLs. */
   peers: string[];
   etcdEndpoints: string[];
@@ -70,11 +72,17 @@ interface JoinSecrets {
   counters: CounterSnapshotEntry[];
   /** Member incarnations this member knows of (itself, whom it joined from, whom it admitted). */
   known: string[];
+  /** Its view of which generation holds each slot (formatMembership), and its own slot and generation. */
+  membership: string;
+  slot: number;
+  gen: number;
 }
 
 /** What startCas needs from the replication layer (cas/app.ts). */
 export interface HaRuntime {
   instanceId: string;
+  /** This incarnation's slot view, signed into every counter answer (src/cas-client/quorum.ts currentIncarnations). */
+  membership(): string;
   counters: MemoryCounters;
   sealing: SealingKeyProvider;
   /** Called once the state is open: the per-incarnation answer key and certificate. */
@@ -98,6 +106,12 @@ export async function prepareHa(cfg: HaConfig, fileSealing: SealingKeyProvider, 
   // Incarnations known to exist. Until a majority of them exists no counter can have been acknowledged,
   // so the first members may join from fewer than catchUpQuorum (the deployment is not "formed" yet).
   const known = new Set<string>([instanceId]);
+  // Which generation holds each slot, as far as this member knows: raised by its own start, by the members
+  // it joined from and by the joiners it admitted (fencing: docs/CAS.md "Membership"). A generation starts
+  // at the wall clock in ms so that a deployment reopened after a majority loss outranks every incarnation
+  // from before it; a join takes the next one above what its admitters know.
+  const membership = new Map<number, number>();
+  let gen = Date.now();
   let sealing = fileSealing;
   let sync: StateSync | undefined;
   let joined: { seq: number; ca: Buffer; services: Map<string, Buffer>; from: string[] } | undefined;
@@ -109,15 +123,20 @@ export async function prepareHa(cfg: HaConfig, fileSealing: SealingKeyProvider, 
     }
     const probe = new StateSync(etcd, Buffer.alloc(32));
     if (await probe.exists()) throw new CdbpError('STATE_ROLLED_BACK', 'etcd already holds a CAS deployment: start this instance without --ha-bootstrap to join it');
+    membership.set(cfg.slot, gen);
   } else if (cfg.recover) {
     const r = await reopenDeployment(cfg, cfg.recover, etcd, fileSealing, log);
     sync = r.sync;
     joined = { ...r.loaded, from: [] };
     recovered = r.details;
+    membership.set(cfg.slot, gen);
   } else {
     if (!cfg.caPem || !cfg.provider) throw new CdbpError('CONFIG_INVALID', 'joining a replicated CAS needs --ha-ca FILE (the deployment CA) and an attestation provider');
     const j = await joinMembers(cfg, instanceId, log);
     for (const k of j.known) known.add(k);
+    for (const [slot, g] of j.membership) if (g > (membership.get(slot) ?? 0)) membership.set(slot, g);
+    gen = j.gen;
+    membership.set(cfg.slot, gen);
     sealing = { kind: 'file', simulated: fileSealing.simulated, masterKey: async () => Buffer.from(j.masterKey) };
     counters.merge(j.counters);
     if (counters.conflicts.length > 0) {
@@ -136,12 +155,14 @@ export async function prepareHa(cfg: HaConfig, fileSealing: SealingKeyProvider, 
   let timer: NodeJS.Timeout | undefined;
   return {
     instanceId, counters, sealing,
+    membership: () => formatMembership(membership),
     async instanceSigning(ca) {
       const kp = await generateSigningKeyPair();
       const certPem = issueLeafCertificate(ca, {
         role: 'cas-signing', spki: ed25519Spki(kp.publicKey),
         subject: { commonName: `cdbp CAS instance ${instanceId}`, organization: 'confidential-db-proxy', organizationalUnit: 'cas' },
-        dnsNames: [], ipAddresses: [], uris: [`${CAS_INSTANCE_URN}${instanceId}`], notAfter: new Date(new X509Certificate(ca.certPem).validTo),
+        dnsNames: [], ipAddresses: [], uris: [`${CAS_INSTANCE_URN}${instanceId}`, slotUrn({ slot: cfg.slot, gen, members: cfg.members })],
+        notAfter: new Date(new X509Certificate(ca.certPem).validTo),
       });
       return { secretKey: kp.secretKey, certPem };
     },
@@ -195,7 +216,7 @@ export async function prepareHa(cfg: HaConfig, fileSealing: SealingKeyProvider, 
         s.raiseTo(req.body.seq);
         return { seq: s.headSeq };
       });
-      registerJoinRoutes(x.app, { instanceId, known, members: cfg.members, counters, sync: s, verifiers: x.verifiers, masterKey: Buffer.from(x.masterKey), allowSimulated: x.allowSimulated, measurement: cfg.measurement, audit: x.audit, log: x.log });
+      registerJoinRoutes(x.app, { instanceId, known, membership, slot: cfg.slot, gen: () => gen, members: cfg.members, counters, sync: s, verifiers: x.verifiers, masterKey: Buffer.from(x.masterKey), allowSimulated: x.allowSimulated, measurement: cfg.measurement, audit: x.audit, log: x.log });
       let alarmed: string | undefined;
       let polls = 0;
       const seenBlobs = new Map<string, string>();
@@ -291,17 +312,32 @@ async function reopenDeployment(cfg: HaConfig, signed: SignedHaRecovery, etcd: E
 }
 
 /** Joiner side: attest to every peer, collect what catchUpQuorum(n) of them hand over. */
-async function joinMembers(cfg: HaConfig, instanceId: string, log: Logger): Promise<{ masterKey: Buffer; counters: CounterSnapshotEntry[]; stateSeq: number; from: string[]; known: string[] }> {
+async function joinMembers(cfg: HaConfig, instanceId: string, log: Logger):
+  Promise<{ masterKey: Buffer; counters: CounterSnapshotEntry[]; stateSeq: number; from: string[]; known: string[]; membership: Map<number, number>; gen: number }> {
   const sealing = await generateSealingKeyPair();
-  const answers = await Promise.all(cfg.peers.map(async (url) => {
+  // First every peer's nonce and slot view: the generation this incarnation claims must be above every
+  // generation of its slot that its admitters know (they refuse anything else).
+  type Offer = { url: string; nonce: string; membership: Map<number, number> } | { url: string; error: string };
+  const offers = await Promise.all(cfg.peers.map(async (url): Promise<Offer> => {
     try {
-      const { nonce } = await casRequest<{ nonce: string }>(url, 'POST', '/v1/replication/nonce', {}, { caPem: cfg.caPem!, timeoutMs: 3000 });
-      if (!isHex(nonce, 32)) throw new CdbpError('PROTOCOL_VIOLATION', 'malformed nonce');
+      const o = await casRequest<{ nonce: string; membership?: string }>(url, 'POST', '/v1/replication/nonce', {}, { caPem: cfg.caPem!, timeoutMs: 3000 });
+      if (!isHex(o.nonce, 32) || typeof o.membership !== 'string') throw new CdbpError('PROTOCOL_VIOLATION', 'malformed nonce answer');
+      return { url, nonce: o.nonce, membership: parseMembership(o.membership) };
+    } catch (e) {
+      return { url, error: asCdbpError(e).message };
+    }
+  }));
+  const gen = Math.max(Date.now(), ...offers.map((o) => ('nonce' in o ? (o.membership.get(cfg.slot) ?? 0) + 1 : 0)));
+  const answers = await Promise.all(offers.map(async (offer) => {
+    const url = offer.url;
+    try {
+      if (!('nonce' in offer)) throw new CdbpError('CAS_UNREACHABLE', offer.error);
+      const nonce = offer.nonce;
       const evidence = await cfg.provider!.collect(joinReportData(Buffer.from(nonce, 'hex'), sealing.publicKey));
       const r = await casRequest<{ sealed: string }>(url, 'POST', '/v1/replication/join',
-        { instance: instanceId, nonce, sealingPublicKey: sealing.publicKey.toString('hex'), evidence }, { caPem: cfg.caPem!, timeoutMs: 5000 });
+        { instance: instanceId, slot: cfg.slot, gen, nonce, sealingPublicKey: sealing.publicKey.toString('hex'), evidence }, { caPem: cfg.caPem!, timeoutMs: 5000 });
       const s = JSON.parse((await openSealed(sealing, Buffer.from(r.sealed, 'base64'))).toString('utf8')) as JoinSecrets;
-      if (s.format !== JOIN_SECRETS_FORMAT || !isHex(s.masterKey, 32)) throw new CdbpError('PROTOCOL_VIOLATION', 'malformed join answer');
+      if (s.format !== JOIN_SECRETS_FORMAT || !isHex(s.masterKey, 32) || typeof s.membership !== 'string') throw new CdbpError('PROTOCOL_VIOLATION', 'malformed join answer');
       return { url, s };
     } catch (e) {
       log.warn({ peer: url, err: asCdbpError(e).message }, 'member did not admit us');
@@ -309,14 +345,18 @@ async function joinMembers(cfg: HaConfig, instanceId: string, log: Logger): Prom
     }
   }));
   const ok = answers.filter((a): a is { url: string; s: JoinSecrets } => 's' in a);
-  const distinct = new Map(ok.map((a) => [a.s.instance, a]));
+  // Only the newest incarnation of each slot counts, once (as for a proxy): a member that another
+  // incarnation replaced in its slot may not know it, but the admitters of that replacement do.
+  const current = currentIncarnations(ok.map((a) => ({ ...a, incarnation: { slot: a.s.slot, gen: a.s.gen, members: cfg.members }, membership: parseMembership(a.s.membership) })));
+  const distinct = new Map(current.map((a) => [a.s.instance, a]));
   // Once any member knows a majority of incarnations, acknowledged counters may exist that only some
   // of the others hold: hear from enough of them. Before that, one member holds everything there is.
   const formed = [...distinct.values()].some((a) => a.s.known.filter((k) => k !== instanceId).length >= majority(cfg.members));
   const needed = formed || distinct.size === 0 ? catchUpQuorum(cfg.members) : 1;
   if (distinct.size < needed) {
     throw new CdbpError('CAS_QUORUM_UNAVAILABLE', `cannot join: ${distinct.size} of the ${cfg.peers.length} other members admitted this instance, ${needed} are needed to catch up safely `
-      + `(${answers.filter((a) => 'error' in a).map((a) => `${a.url}: ${(a as { error: string }).error}`).join('; ') || 'duplicates'}). `
+      + `(${[...answers.filter((a) => 'error' in a).map((a) => `${a.url}: ${(a as { error: string }).error}`),
+        ...ok.filter((a) => !current.some((c) => c.url === a.url)).map((a) => `${a.url}: replaced in slot ${a.s.slot} by a newer incarnation`)].join('; ') || 'duplicates'}). `
       + 'If a majority of members lost their memory at once, the deployment must be re-created and its counters re-anchored by the owner (docs/CAS.md).');
   }
   const keys = new Set([...distinct.values()].map((a) => a.s.masterKey));
@@ -328,12 +368,21 @@ async function joinMembers(cfg: HaConfig, instanceId: string, log: Logger): Prom
     stateSeq: Math.max(...all.map((a) => a.s.stateSeq)),
     from: all.map((a) => a.s.instance).sort(),
     known: [...new Set(all.flatMap((a) => a.s.known))],
+    membership: all.map((a) => parseMembership(a.s.membership)).reduce((acc, m) => {
+      for (const [slot, g] of m) if (g > (acc.get(slot) ?? 0)) acc.set(slot, g);
+      return acc;
+    }, new Map<number, number>()),
+    gen,
   };
 }
 
 interface JoinRouteDeps {
   instanceId: string;
   known: Set<string>;
+  /** This member's slot view (raised when it admits a joiner). */
+  membership: Map<number, number>;
+  slot: number;
+  gen: () => number;
   members: number;
   counters: MemoryCounters;
   sync: StateSync;
@@ -348,11 +397,12 @@ interface JoinRouteDeps {
 /** Member side of a join: attest the joiner like a proxy, then hand over the state key and counters. */
 function registerJoinRoutes(app: FastifyInstance, d: JoinRouteDeps): void {
   const nonces = new NonceStore(60_000);
-  app.post('/v1/replication/nonce', async () => ({ nonce: nonces.issue('attest').nonce }));
+  app.post('/v1/replication/nonce', async () => ({ nonce: nonces.issue('attest').nonce, membership: formatMembership(d.membership) }));
   app.get('/v1/replication/status', async () => ({ instance: d.instanceId, stateSeq: d.sync.headSeq, services: d.counters.counters.size, rollback: d.sync.rollback ?? null }));
-  app.post<{ Body: { instance: string; nonce: string; sealingPublicKey: string; evidence: Evidence } }>('/v1/replication/join', {
-    schema: { body: { type: 'object', additionalProperties: false, required: ['instance', 'nonce', 'sealingPublicKey', 'evidence'], properties: {
-      instance: { type: 'string', pattern: '^[0-9a-f]{16}$' }, nonce: { type: 'string', pattern: '^[0-9a-f]{64}$' }, sealingPublicKey: { type: 'string', pattern: '^[0-9a-f]{64}$' },
+  app.post<{ Body: { instance: string; slot: number; gen: number; nonce: string; sealingPublicKey: string; evidence: Evidence } }>('/v1/replication/join', {
+    schema: { body: { type: 'object', additionalProperties: false, required: ['instance', 'slot', 'gen', 'nonce', 'sealingPublicKey', 'evidence'], properties: {
+      instance: { type: 'string', pattern: '^[0-9a-f]{16}$' }, slot: { type: 'integer', minimum: 1, maximum: 15 }, gen: { type: 'integer', minimum: 1 },
+      nonce: { type: 'string', pattern: '^[0-9a-f]{64}$' }, sealingPublicKey: { type: 'string', pattern: '^[0-9a-f]{64}$' },
       evidence: { type: 'object' } } } },
   }, async (req) => {
     const b = req.body;
@@ -367,14 +417,21 @@ function registerJoinRoutes(app: FastifyInstance, d: JoinRouteDeps): void {
       const { measurement } = await verifier.verify(ev, joinReportData(Buffer.from(b.nonce, 'hex'), sealingKey));
       // A member admits only its own code: the state key goes to nothing else.
       if (measurement !== d.measurement) throw new CdbpError('MEASUREMENT_MISMATCH', `joiner runs measurement ${measurement}, this member runs ${d.measurement}`);
-      // Known before the answer is sealed: from now on this member counts the joiner (stricter joins, never looser).
+      // Fencing: the joiner takes a slot over from whatever incarnation held it. Never this member's own slot
+      // (it is alive and answering), never a slot outside the deployment, never at a generation it already knows.
+      if (b.slot > d.members || b.slot === d.slot) throw new CdbpError('STATE_STORE_CONFLICT', `slot ${b.slot} is ${b.slot === d.slot ? 'held by this running member' : `outside this ${d.members}-member deployment`}`);
+      const held = d.membership.get(b.slot) ?? 0;
+      if (b.gen <= held) throw new CdbpError('STATE_STORE_CONFLICT', `slot ${b.slot} is at generation ${held} already (another incarnation joined for it): retry`);
+      // Known before the answer is sealed: from now on this member counts the joiner (stricter joins, never
+      // looser) and signs, in every answer, that the slot's earlier incarnations are retired.
       d.known.add(b.instance);
+      d.membership.set(b.slot, b.gen);
       const secrets: JoinSecrets = { format: JOIN_SECRETS_FORMAT, instance: d.instanceId, masterKey: d.masterKey.toString('hex'), stateSeq: d.sync.headSeq,
-        counters: d.counters.snapshot(), known: [...d.known] };
+        counters: d.counters.snapshot(), known: [...d.known], membership: formatMembership(d.membership), slot: d.slot, gen: d.gen() };
       const plain = Buffer.from(JSON.stringify(secrets));
       const sealed = await sealToPublicKey(sealingKey, plain);
       plain.fill(0);
-      await d.audit.append({ event: 'ha.join', outcome: 'ok', details: { admitted: b.instance, by: d.instanceId, measurement, remote: req.ip } });
+      await d.audit.append({ event: 'ha.join', outcome: 'ok', details: { admitted: b.instance, slot: b.slot, gen: b.gen, by: d.instanceId, measurement, remote: req.ip } });
       d.log.info({ joiner: b.instance }, 'admitted a member: handed over the state key and counters');
       return { sealed: sealed.toString('base64') };
     } catch (e) {

@@ -43,6 +43,7 @@ export const CAS_SCHEMA = {
   casOpsPort: { kind: 'int', doc: 'ops API port (-1 = off, 0 = any free port)', default: -1, min: -1, max: 65535 },
   casHaMembers: { kind: 'int', doc: 'replicated CAS: number of members (0 = single CAS, no replication)', default: 0, min: 0, max: 15 },
   casHaPeers: { kind: 'list', doc: 'replicated CAS: the other members\' URLs', default: [] },
+  casHaSlot: { kind: 'int', doc: 'replicated CAS: this member\'s place, 1..members (a restarted member takes its place back as a new incarnation)', default: 0, min: 0, max: 15 },
   casHaBootstrap: { kind: 'bool', doc: 'replicated CAS: create a new deployment (empty dir and empty etcd only); otherwise join', default: false },
   casHaCa: { kind: 'string', doc: 'replicated CAS: the deployment CA file a joining member pins' },
   casHaPlatformKey: { kind: 'string', doc: 'replicated CAS, simulated TEE: platform key file a joining member signs its evidence with' },
@@ -54,14 +55,14 @@ const FLAG_TO_KEY: Record<string, string> = {
   dir: 'casDir', host: 'casHost', port: 'casPort', 'allow-simulated': 'casAllowSimulated',
   'platform-public-key': 'casPlatformPublicKey', sealing: 'casSealing', 'sealing-key-file': 'casSealingKeyFile', 'tls-names': 'casTlsNames',
   'ops-host': 'casOpsHost', 'ops-port': 'casOpsPort',
-  'ha-members': 'casHaMembers', 'ha-peers': 'casHaPeers', 'ha-bootstrap': 'casHaBootstrap', 'ha-ca': 'casHaCa', 'ha-platform-key': 'casHaPlatformKey', etcd: 'casEtcd',
+  'ha-members': 'casHaMembers', 'ha-peers': 'casHaPeers', 'ha-slot': 'casHaSlot', 'ha-bootstrap': 'casHaBootstrap', 'ha-ca': 'casHaCa', 'ha-platform-key': 'casHaPlatformKey', etcd: 'casEtcd',
   'ha-recover': 'casHaRecover',
 };
 
 const USAGE = `usage: cdbp cas --dir DIR [--host 127.0.0.1] [--port N] [--allow-simulated --platform-public-key FILE]
                 [--sealing file|fail-closed] [--sealing-key-file FILE] [--tls-names a,b] [--ops-port N]
                 [--owner HEX|FILE]...
-                [--ha-members N --ha-peers URL,URL --etcd URL,.. (--ha-bootstrap | --ha-ca FILE [--ha-platform-key FILE] [--ha-recover FILE])]
+                [--ha-members N --ha-slot K --ha-peers URL,URL --etcd URL,.. (--ha-bootstrap | --ha-ca FILE [--ha-platform-key FILE] [--ha-recover FILE])]
        cdbp cas audit verify --dir DIR
 
 Environment (flags override):
@@ -106,7 +107,7 @@ export async function run(argv0: string[]): Promise<number> {
   if (argv0[0] === 'audit') return auditCommand(argv0.slice(1));
   const { values: ownerFlags, rest: argv } = takeRepeated(argv0, 'owner');
   const { flags, positionals } = parseFlags(argv, ['allow-simulated', 'ha-bootstrap'], ['dir', 'host', 'port', 'platform-public-key', 'sealing', 'sealing-key-file', 'tls-names', 'ops-host', 'ops-port',
-    'ha-members', 'ha-peers', 'ha-ca', 'ha-platform-key', 'etcd', 'ha-recover']);
+    'ha-members', 'ha-slot', 'ha-peers', 'ha-ca', 'ha-platform-key', 'etcd', 'ha-recover']);
   if (flags.help) {
     console.log(USAGE);
     return 0;
@@ -257,9 +258,10 @@ async function auditCommand(argv: string[]): Promise<number> {
 }
 
 /** A replicated CAS member (docs/CAS.md "Replicated CAS"): bootstrap a deployment or join one. */
-async function prepareHaFromConfig(config: { casHaMembers: number; casHaPeers: string[]; casHaBootstrap: boolean; casHaCa?: string; casHaPlatformKey?: string; casEtcd: string[]; casHaRecover?: string; casSealing: string; casSealingKeyFile?: string },
+async function prepareHaFromConfig(config: { casHaMembers: number; casHaSlot: number; casHaPeers: string[]; casHaBootstrap: boolean; casHaCa?: string; casHaPlatformKey?: string; casEtcd: string[]; casHaRecover?: string; casSealing: string; casSealingKeyFile?: string },
   owners: string[], sealing: SealingKeyProvider, dir: string, allowSimulated: boolean, log: Logger): Promise<HaRuntime> {
   if (config.casEtcd.length === 0) throw new CdbpError('CONFIG_INVALID', '--ha-members needs --etcd URL,.. (the durable state store)');
+  if (config.casHaSlot < 1 || config.casHaSlot > config.casHaMembers) throw new CdbpError('CONFIG_INVALID', `--ha-members ${config.casHaMembers} needs --ha-slot 1..${config.casHaMembers} (this member's place; the same across its restarts)`);
   if (config.casHaPeers.length !== config.casHaMembers - 1) {
     throw new CdbpError('CONFIG_INVALID', `--ha-members ${config.casHaMembers} needs the ${config.casHaMembers - 1} other members in --ha-peers (got ${config.casHaPeers.length})`);
   }
@@ -281,7 +283,7 @@ async function prepareHaFromConfig(config: { casHaMembers: number; casHaPeers: s
     ? { mode: 'simulated', allowSimulated, platformKeyFile: config.casHaPlatformKey, log }
     : { mode: 'auto', log });
   return prepareHa({
-    members: config.casHaMembers, peers: config.casHaPeers, etcdEndpoints: config.casEtcd, bootstrap: config.casHaBootstrap,
+    members: config.casHaMembers, slot: config.casHaSlot, peers: config.casHaPeers, etcdEndpoints: config.casEtcd, bootstrap: config.casHaBootstrap,
     ...(config.casHaCa ? { caPem: readFileSync(config.casHaCa, 'utf8') } : {}), ...(provider ? { provider } : {}),
     measurement: measureShippedCode(), ...(recover ? { recover } : {}),
   }, sealing, dir, log);

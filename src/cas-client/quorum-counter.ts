@@ -24,7 +24,8 @@ import { sanUris, verifyCasSigningCert } from '../crypto/x509.ts';
 import { sha512 } from '../crypto/hash.ts';
 import { casAgent, casRequest } from './http.ts';
 import { attestAndProvision, type AttestOptions } from './index.ts';
-import { CAS_INSTANCE_URN, combineReads, decideAdvance, majority, type AdvanceAnswer, type InstanceView } from './quorum.ts';
+import { CAS_INSTANCE_URN, CAS_SLOT_URN, combineReads, currentIncarnations, decideAdvance, majority, parseMembership, parseSlotUrn,
+  type AdvanceAnswer, type Incarnation, type InstanceView } from './quorum.ts';
 
 export { CAS_INSTANCE_URN } from './quorum.ts';
 
@@ -41,7 +42,7 @@ export function parseCasUrls(value: string): string[] {
 interface Member {
   url: string;
   agent: https.Agent;
-  key?: { key: KeyObject; instance: string };
+  key?: MemberKey;
   /** Requests sent and not answered yet: a frozen member must not collect an unbounded queue. */
   inFlight: number;
   /** Requests waiting for one of those slots, each bounded by the request time-out. */
@@ -56,7 +57,15 @@ interface Member {
  */
 const MAX_IN_FLIGHT = 4;
 
-type Receipt = InstanceView;
+interface MemberKey { key: KeyObject; instance: string; incarnation: Incarnation }
+
+/** A verified answer: the signer's incarnation (from its certificate) and its signed membership view. */
+type Receipt = InstanceView & { incarnation: Incarnation; membership: Map<number, number> };
+
+/** Only the newest incarnation of each slot counts, once: `instance` becomes the slot for counting. */
+function countable<T extends Receipt>(receipts: T[]): T[] {
+  return currentIncarnations(receipts).map((r) => ({ ...r, instance: `slot ${r.incarnation.slot}` }));
+}
 
 export interface QuorumCounterOptions {
   urls: string[];
@@ -73,31 +82,44 @@ export interface QuorumCounterOptions {
 export class QuorumCounterClient implements CounterClient {
   private readonly members: Member[];
   private readonly path: string;
-  private readonly n: number;
+  private deploymentSize: number | undefined;
 
   constructor(private readonly o: QuorumCounterOptions) {
     this.members = o.urls.map((url) => ({ url, agent: casAgent({ caPem: o.caPem, keyPem: o.keyPem, certPem: o.certPem }), inFlight: 0, slotWaiters: [] }));
-    this.n = o.urls.length;
     this.path = `/v1/services/${encodeURIComponent(o.service)}/counter`;
   }
 
-  /** The member's answer key and instance id, from its signing certificate (refetched after a restart). */
-  private async keyOf(m: Member, refresh = false): Promise<{ key: KeyObject; instance: string }> {
+  /** The member's answer key, instance id and slot, from its signing certificate (refetched after a restart). */
+  private async keyOf(m: Member, refresh = false): Promise<MemberKey> {
     if (m.key && !refresh) return m.key;
     const r = await casRequest<{ signingCertPem?: string }>(m.url, 'GET', '/v1/ca', undefined, { agent: m.agent, timeoutMs: this.o.timeoutMs ?? 2000 });
     if (typeof r?.signingCertPem !== 'string') throw new CdbpError('CAS_IDENTITY_INVALID', `${m.url} published no signing certificate`);
     const key = verifyCasSigningCert(r.signingCertPem, this.o.caPem);
-    const uri = sanUris(new X509Certificate(r.signingCertPem).subjectAltName).find((u) => u.startsWith(CAS_INSTANCE_URN));
-    if (!uri) throw new CdbpError('CAS_IDENTITY_INVALID', `${m.url} is not a member of a replicated CAS (its answer key names no instance)`);
-    m.key = { key, instance: uri.slice(CAS_INSTANCE_URN.length) };
+    const uris = sanUris(new X509Certificate(r.signingCertPem).subjectAltName);
+    const uri = uris.find((u) => u.startsWith(CAS_INSTANCE_URN));
+    const incarnation = parseSlotUrn(uris.find((u) => u.startsWith(CAS_SLOT_URN)) ?? '');
+    if (!uri || !incarnation) throw new CdbpError('CAS_IDENTITY_INVALID', `${m.url} is not a member of a replicated CAS (its answer key names no instance and slot)`);
+    // The deployment's size comes from its members' certificates, not from the (host-controlled) URL list.
+    this.deploymentSize ??= incarnation.members;
+    if (incarnation.members !== this.deploymentSize) {
+      throw new CdbpError('CAS_IDENTITY_INVALID', `${m.url} is a member of a ${incarnation.members}-member deployment, the others of a ${this.deploymentSize}-member one`);
+    }
+    m.key = { key, instance: uri.slice(CAS_INSTANCE_URN.length), incarnation };
     return m.key;
+  }
+
+  /** Majorities are of the deployment's slots (named in the members' certificates), never of the URLs given. */
+  private get n(): number {
+    return this.deploymentSize ?? this.members.length;
   }
 
   /** Checks a signed answer against the member's key; a changed key (restarted member) is refetched once. */
   private async verified(m: Member, op: CounterAnswer['op'], nonce: string, answer: unknown): Promise<Receipt> {
-    const a = answer as { value?: unknown; digest?: unknown; signature?: unknown; record?: unknown } | undefined;
-    if (!a || !Number.isSafeInteger(a.value) || typeof a.digest !== 'string') throw new CdbpError('PROTOCOL_VIOLATION', `${m.url}: malformed counter answer`);
-    const msg = counterAnswerMessage({ service: this.o.service, op, nonce, value: a.value as number, digest: a.digest });
+    const a = answer as { value?: unknown; digest?: unknown; signature?: unknown; record?: unknown; membership?: unknown } | undefined;
+    if (!a || !Number.isSafeInteger(a.value) || typeof a.digest !== 'string' || typeof a.membership !== 'string' || a.membership.length > 1024) {
+      throw new CdbpError('PROTOCOL_VIOLATION', `${m.url}: malformed counter answer (a member's answer carries its membership view)`);
+    }
+    const msg = counterAnswerMessage({ service: this.o.service, op, nonce, value: a.value as number, digest: a.digest, membership: a.membership });
     let k = await this.keyOf(m);
     if (!verifyAnswer(k.key, msg, a.signature)) {
       k = await this.keyOf(m, true);
@@ -107,7 +129,13 @@ export class QuorumCounterClient implements CounterClient {
     if (record && createHash(a.digest.length === 128 ? 'sha512' : 'sha256').update(record).digest('hex') !== a.digest) {
       throw new CdbpError('CAS_IDENTITY_INVALID', `counter ${op} answer from ${m.url} carries a record its signed digest does not name`);
     }
-    return { instance: k.instance, value: a.value as number, digest: a.digest, ...(record ? { record } : {}) };
+    let membership: Map<number, number>;
+    try {
+      membership = parseMembership(a.membership);
+    } catch (e) {
+      throw new CdbpError('PROTOCOL_VIOLATION', `${m.url}: ${(e as Error).message}`);
+    }
+    return { instance: k.instance, incarnation: k.incarnation, membership, value: a.value as number, digest: a.digest, ...(record ? { record } : {}) };
   }
 
   private opts(m: Member): { agent: https.Agent; timeoutMs: number } {
@@ -141,9 +169,9 @@ export class QuorumCounterClient implements CounterClient {
       let done = false;
       const decide = (): void => {
         if (done) return;
-        const distinct = new Set(receipts.map((r) => r.instance)).size;
-        if (distinct < majority(this.n) && outstanding > 0) return;
-        const out = combineReads(receipts, this.n, outstanding === 0);
+        const current = countable(receipts);
+        if (current.length < majority(this.n) && outstanding > 0) return;
+        const out = combineReads(current, this.n, outstanding === 0);
         if (out.kind === 'undecided') return;
         done = true;
         switch (out.kind) {
@@ -181,11 +209,19 @@ export class QuorumCounterClient implements CounterClient {
 
   advance(expected: number, next: number, digest: string, record?: Buffer): Promise<CounterState> {
     return new Promise<CounterState>((resolve, reject) => {
-      const answers: AdvanceAnswer[] = [];
+      const receipts: Array<Receipt & { kind: 'ok' | 'conflict' }> = [];
+      const failed: AdvanceAnswer[] = [];
       let outstanding = this.members.length;
       let done = false;
       const decide = (): void => {
         if (done) return;
+        // One receipt per slot, of its newest incarnation; the others count as failed answers.
+        const kept = new Set(currentIncarnations(receipts));
+        const answers: AdvanceAnswer[] = [...failed, ...receipts.map((r): AdvanceAnswer => {
+          const slot = `slot ${r.incarnation.slot}`;
+          if (!kept.has(r)) return { kind: 'failed', reason: `instance ${r.instance} (${slot}) was replaced by a newer incarnation, or answered twice` };
+          return r.kind === 'ok' ? { instance: slot, kind: 'ok' } : { instance: slot, kind: 'conflict', value: r.value, digest: r.digest };
+        })];
         const out = decideAdvance(answers, outstanding, this.n);
         if (out.kind === 'pending') return;
         done = true;
@@ -204,15 +240,16 @@ export class QuorumCounterClient implements CounterClient {
             const answer = await this.request<unknown>(m, 'POST', this.path,
               { expected, next, digest, nonce, ...(record ? { record: record.toString('base64') } : {}) });
             const r = await this.verified(m, 'advance', nonce, answer);
-            answers.push(r.value === next && r.digest === digest ? { instance: r.instance, kind: 'ok' } : { kind: 'failed', reason: `${m.url}: answered another value` });
+            if (r.value === next && r.digest === digest) receipts.push({ ...r, kind: 'ok' });
+            else failed.push({ kind: 'failed', reason: `${m.url}: answered another value` });
           } catch (e) {
             if (isCdbpError(e, 'COUNTER_CONFLICT') && e.details) {
               try {
                 const r = await this.verified(m, 'conflict', nonce, e.details);
                 // Our own advance whose earlier answer was lost counts as accepted by that instance.
-                answers.push(r.value === next && r.digest === digest ? { instance: r.instance, kind: 'ok' } : { instance: r.instance, kind: 'conflict', value: r.value, digest: r.digest });
-              } catch (ve) { answers.push({ kind: 'failed', reason: `${m.url}: ${asCdbpError(ve).message}` }); }
-            } else answers.push({ kind: 'failed', reason: `${m.url}: ${asCdbpError(e).message}` });
+                receipts.push({ ...r, kind: r.value === next && r.digest === digest ? 'ok' : 'conflict' });
+              } catch (ve) { failed.push({ kind: 'failed', reason: `${m.url}: ${asCdbpError(ve).message}` }); }
+            } else failed.push({ kind: 'failed', reason: `${m.url}: ${asCdbpError(e).message}` });
           } finally {
             outstanding--;
             decide();

@@ -14,6 +14,65 @@
 
 /** URI SAN naming one member incarnation of a replicated CAS in its answer-signing certificate. */
 export const CAS_INSTANCE_URN = 'urn:cdbp:cas-instance:';
+/** URI SAN naming the incarnation's place: `urn:cdbp:cas-slot:<slot>.<generation>/<members>`. */
+export const CAS_SLOT_URN = 'urn:cdbp:cas-slot:';
+
+/** Which of the deployment's `members` places an incarnation fills, and its generation there. */
+export interface Incarnation {
+  slot: number;
+  gen: number;
+  members: number;
+}
+
+export function slotUrn(i: Incarnation): string {
+  return `${CAS_SLOT_URN}${i.slot}.${i.gen}/${i.members}`;
+}
+
+export function parseSlotUrn(uri: string): Incarnation | undefined {
+  const m = /^urn:cdbp:cas-slot:(\d{1,2})\.(\d{1,16})\/(\d{1,2})$/.exec(uri);
+  if (!m) return undefined;
+  const i = { slot: Number(m[1]), gen: Number(m[2]), members: Number(m[3]) };
+  return i.slot >= 1 && i.slot <= i.members && Number.isSafeInteger(i.gen) && i.gen >= 1 ? i : undefined;
+}
+
+/** A member's view of which generation holds each slot, as it signs it into its answers: "1.5,2.3,3.9". */
+export function formatMembership(m: ReadonlyMap<number, number>): string {
+  return [...m.entries()].sort((a, b) => a[0] - b[0]).map(([slot, gen]) => `${slot}.${gen}`).join(',');
+}
+
+export function parseMembership(text: string): Map<number, number> {
+  const out = new Map<number, number>();
+  if (text === '') return out;
+  for (const part of text.split(',')) {
+    const m = /^(\d{1,2})\.(\d{1,16})$/.exec(part);
+    if (!m) throw new Error(`malformed membership entry '${part.slice(0, 40)}'`);
+    out.set(Number(m[1]), Math.max(out.get(Number(m[1])) ?? 0, Number(m[2])));
+  }
+  return out;
+}
+
+/**
+ * Fencing (Nimble's reconfiguration finalizes the endorsers it replaces): a restarted member is a new
+ * incarnation in the same slot with a higher generation, admitted by catchUpQuorum(n) members of the
+ * other slots, who record that generation and sign it into every answer. Of the answers to one request,
+ * only those of the newest generation any of them names for their slot count, one per slot. An old
+ * incarnation that still runs (or extra genuine members started to take slots over) therefore cannot be
+ * counted next to the one that replaced it: any majority of slots meets a member that admitted the
+ * replacement (catchUpQuorum(n) + majority(n) - 1 > n - 1), and that member's answer retires it.
+ */
+export function currentIncarnations<T extends { incarnation: Incarnation; membership: ReadonlyMap<number, number> }>(answers: T[]): T[] {
+  const newest = new Map<number, number>();
+  const raise = (slot: number, gen: number) => { if (gen > (newest.get(slot) ?? 0)) newest.set(slot, gen); };
+  for (const a of answers) {
+    raise(a.incarnation.slot, a.incarnation.gen);
+    for (const [slot, gen] of a.membership) raise(slot, gen);
+  }
+  const bySlot = new Map<number, T>();
+  for (const a of answers) {
+    if (a.incarnation.gen === newest.get(a.incarnation.slot) && !bySlot.has(a.incarnation.slot)) bySlot.set(a.incarnation.slot, a);
+  }
+  return [...bySlot.values()];
+}
 
 /** Smallest number of instances out of `n` that any two such sets share at least one of. */
 export function majority(n: number): number {

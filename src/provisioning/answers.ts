@@ -21,6 +21,11 @@ export interface CounterAnswer {
   nonce: string;
   value: number;
   digest: string;
+  /**
+   * A replicated CAS member's view of which generation holds each slot (src/cas-client/quorum.ts
+   * formatMembership): signed, so the proxy can retire old incarnations. Absent on a single CAS.
+   */
+  membership?: string;
 }
 
 export interface AttestAnswer {

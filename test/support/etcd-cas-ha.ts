@@ -51,7 +51,7 @@ export async function startHaCluster(root: string, n = 3, o: { etcdMembers?: num
   const urls = members.map((m) => m.url);
   const caFile = path.join(root, 'ha-ca.pem');
   let bootstrapped = false;
-  const common = (m: HaMember): string[] => ['--port', String(m.port), '--ha-members', String(n), '--ha-peers', urls.filter((u) => u !== m.url).join(','),
+  const common = (m: HaMember): string[] => ['--port', String(m.port), '--ha-members', String(n), '--ha-slot', String(m.index), '--ha-peers', urls.filter((u) => u !== m.url).join(','),
     '--etcd', etcd.endpoints.join(','), '--owner', owner.publicKey.toString('hex')];
   const cluster: HaCluster = {
     etcd, members, urls, caPem: '', caFile, owner, platformKeyFile,

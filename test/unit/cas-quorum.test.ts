@@ -5,7 +5,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { majority, catchUpQuorum, combineReads, decideAdvance } from '../../src/cas-client/quorum.ts';
+import { majority, catchUpQuorum, combineReads, decideAdvance, currentIncarnations, formatMembership, parseMembership, parseSlotUrn, slotUrn } from '../../src/cas-client/quorum.ts';
 import { MemoryCounters } from '../../cas/replication/memory-counters.ts';
 
 const subsets = (n: number): number[][] => {
@@ -131,4 +131,33 @@ test('MemoryCounters: never moves back on an advance; catch-up takes the highest
   n.merge([{ service: 'v', value: 4, digest: 'x' }, { service: 'v', value: 4, digest: 'y' }, { service: 'v', value: 5, digest: 'z' }]);
   assert.deepEqual(n.conflicts, []);
   assert.equal(n.counters.get('v')!.digest, 'z');
+});
+
+test('currentIncarnations: only the newest generation any answer names for a slot counts, once per slot', () => {
+  const ans = (slot: number, gen: number, view: Array<[number, number]>, id = `${slot}.${gen}`) =>
+    ({ id, incarnation: { slot, gen, members: 3 }, membership: new Map(view) });
+  // Member 3 admitted X into slot 1 (gen 2): member 1 (gen 1) is retired by member 3's answer.
+  const m1 = ans(1, 1, [[1, 1], [2, 1], [3, 1]]);
+  const m2 = ans(2, 1, [[1, 1], [2, 1], [3, 1]]);
+  const m3 = ans(3, 1, [[1, 2], [2, 1], [3, 1]]);
+  assert.deepEqual(currentIncarnations([m1, m2, m3]).map((a) => a.id), ['2.1', '3.1']);
+  // Without member 3's answer nobody knows: both count (the intersection argument makes this safe: any
+  // majority of slots meets an admitter of the replacement).
+  assert.deepEqual(currentIncarnations([m1, m2]).map((a) => a.id), ['1.1', '2.1']);
+  // The replacement's own certificate is evidence too.
+  assert.deepEqual(currentIncarnations([m1, ans(1, 2, [[1, 2]])]).map((a) => a.id), ['1.2']);
+  // One answer per slot (a redirected URL answering twice counts once).
+  assert.equal(currentIncarnations([m2, m2]).length, 1);
+});
+
+test('slot URN and membership: round trip, malformed refused', () => {
+  assert.deepEqual(parseSlotUrn(slotUrn({ slot: 2, gen: 1796316698146, members: 3 })), { slot: 2, gen: 1796316698146, members: 3 });
+  for (const bad of ['urn:cdbp:cas-slot:4.1/3', 'urn:cdbp:cas-slot:0.1/3', 'urn:cdbp:cas-slot:1.0/3', 'urn:cdbp:cas-slot:1.1', 'urn:cdbp:cas-slot:x.1/3']) {
+    assert.equal(parseSlotUrn(bad), undefined, bad);
+  }
+  const m = new Map([[3, 9], [1, 5], [2, 7]]);
+  assert.equal(formatMembership(m), '1.5,2.7,3.9');
+  assert.deepEqual(parseMembership('1.5,2.7,3.9'), new Map([[1, 5], [2, 7], [3, 9]]));
+  assert.deepEqual(parseMembership(''), new Map());
+  assert.throws(() => parseMembership('1.5;2.7'), /malformed membership/);
 });
