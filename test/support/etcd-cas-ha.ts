@@ -3,6 +3,12 @@
  * (test/support/etcd.ts). Member 1 bootstraps, the others join (attesting with the simulated platform
  * key, like proxies do). Members can be killed, frozen and restarted (a restart is a new incarnation
  * that joins again).
+ *
+ * With `delayable`, a TCP forwarder (tcp-delay-proxy.ts) stands in front of each member: the peers lists
+ * and `urls` name the forwarders' ports, the member listens on its own. `delay`, `partition` and `heal`
+ * then slow down or cut everything that reaches one member (clients and the other members alike) and
+ * its answers. A member's own outgoing calls (to etcd, to the other members' forwarders) are not
+ * touched: a partition here is one member nobody can reach, not one that can reach nobody.
  */
 import { cpSync, existsSync } from 'node:fs';
 import path from 'node:path';
@@ -11,13 +17,18 @@ import { generateSigningKeyPair, type SigningKeyPair } from '../../src/crypto/ed
 import { startTestCas, runCdbp, type TestCas } from './cas.ts';
 import { buildNativeDataPlane } from '../../cli/native-build.ts';
 import { freePort, startEtcd, type EtcdCluster } from './etcd.ts';
+import { startDelayProxy, type DelayProxy } from './tcp-delay-proxy.ts';
 
 export interface HaMember {
   index: number;
+  /** What clients and the other members dial: the member itself, or its forwarder in a delayable cluster. */
   url: string;
+  /** The port the member listens on. */
   port: number;
   dir: string;
   cas?: TestCas;
+  /** The forwarder in front of the member (delayable clusters only). */
+  front?: DelayProxy;
 }
 
 export interface HaCluster {
@@ -33,10 +44,16 @@ export interface HaCluster {
   /** The args a joining member i would be started with (for runCdbp expecting a refusal). */
   joinArgs(i: number, dir?: string): string[];
   kill(i: number): void;
+  /** Delayable clusters: every chunk to and from member i waits `ms` (+ up to `jitterMs`). */
+  delay(i: number, ms: number, jitterMs?: number): void;
+  /** Delayable clusters: nothing reaches member i, nor leaves it towards whoever dialled it. */
+  partition(i: number): void;
+  /** Delayable clusters: member i is reachable as usual again (connections a partition held are closed). */
+  heal(i: number): void;
   stop(): Promise<void>;
 }
 
-export async function startHaCluster(root: string, n = 3, o: { etcdMembers?: number } = {}): Promise<HaCluster> {
+export async function startHaCluster(root: string, n = 3, o: { etcdMembers?: number; delayable?: boolean } = {}): Promise<HaCluster> {
   // Members admit only their own measurement, which covers the native binary a proxy build may refresh.
   buildNativeDataPlane();
   const etcd = await startEtcd(path.join(root, 'etcd'), o.etcdMembers ?? 1);
@@ -46,8 +63,15 @@ export async function startHaCluster(root: string, n = 3, o: { etcdMembers?: num
   const members: HaMember[] = [];
   for (let i = 1; i <= n; i++) {
     const port = await freePort();
-    members.push({ index: i, port, url: `https://127.0.0.1:${port}`, dir: path.join(root, `cas${i}`) });
+    // Same host either way: the member's certificate (issued for 127.0.0.1) still matches through the forwarder.
+    const front = o.delayable ? await startDelayProxy({ target: port }) : undefined;
+    members.push({ index: i, port, url: `https://127.0.0.1:${front?.port ?? port}`, dir: path.join(root, `cas${i}`), ...(front ? { front } : {}) });
   }
+  const front = (i: number): DelayProxy => {
+    const f = members[i - 1]?.front;
+    if (!f) throw new Error(`member ${i} has no forwarder: start the cluster with { delayable: true }`);
+    return f;
+  };
   const urls = members.map((m) => m.url);
   const caFile = path.join(root, 'ha-ca.pem');
   let bootstrapped = false;
@@ -76,6 +100,15 @@ export async function startHaCluster(root: string, n = 3, o: { etcdMembers?: num
       const m = members[i - 1]!;
       m.cas?.proc.kill('SIGKILL');
     },
+    delay(i, ms, jitterMs) {
+      front(i).set({ kind: 'delay', ms, ...(jitterMs ? { jitterMs } : {}) });
+    },
+    partition(i) {
+      front(i).set({ kind: 'partition' });
+    },
+    heal(i) {
+      front(i).set({ kind: 'pass' });
+    },
     async stop() {
       for (const m of members) {
         if (m.cas && m.cas.proc.exitCode === null && m.cas.proc.signalCode === null) {
@@ -83,6 +116,7 @@ export async function startHaCluster(root: string, n = 3, o: { etcdMembers?: num
           await m.cas.stop();
         }
       }
+      for (const m of members) await m.front?.close();
       await etcd.stop();
     },
   };
