@@ -16,7 +16,7 @@ import assert from 'node:assert/strict';
 import { randomBytes, createHash } from 'node:crypto';
 import { tempDir } from '../support/tmp.ts';
 import { applyTestPolicy } from '../support/cas.ts';
-import { startHaCluster, type HaCluster } from '../support/etcd-cas-ha.ts';
+import { startHaCluster, readMember, type HaCluster } from '../support/etcd-cas-ha.ts';
 import { SimulatedProvider } from '../../src/attestation/simulated.ts';
 import { attestAndProvisionAny, QuorumCounterClient } from '../../src/cas-client/quorum-counter.ts';
 import { prng } from '../support/prng.ts';
@@ -72,14 +72,11 @@ test(`replicated CAS under a seeded fault schedule (${SECONDS} s, seed ${SEED})`
   });
   /** Service i's counter as one member sees it (a fresh client: new connections, new TLS handshakes). */
   const readVia = async (i: number, url: string, timeoutMs: number): Promise<{ value?: number; error?: string; ms: number }> => {
-    const one = new QuorumCounterClient({ urls: [url], service: services[i]!, caPem: c.caPem, keyPem: idents[i]!.keyPem, certPem: idents[i]!.certPem, timeoutMs });
     const t0 = Date.now();
     try {
-      return { value: (await one.read()).value, ms: Date.now() - t0 };
+      return { value: (await readMember(url, services[i]!, { ...idents[i]!, caPem: c.caPem }, timeoutMs)).value, ms: Date.now() - t0 };
     } catch (e) {
       return { error: (e as Error).message, ms: Date.now() - t0 };
-    } finally {
-      one.close();
     }
   };
   const each = async (i: number): Promise<string> => {

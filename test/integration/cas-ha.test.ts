@@ -12,10 +12,10 @@ import path from 'node:path';
 import { randomBytes, createHash } from 'node:crypto';
 import { tempDir } from '../support/tmp.ts';
 import { applyTestPolicy, runCdbp } from '../support/cas.ts';
-import { startHaCluster, type HaCluster } from '../support/etcd-cas-ha.ts';
+import { startHaCluster, readMember, type HaCluster } from '../support/etcd-cas-ha.ts';
 import { SimulatedProvider } from '../../src/attestation/simulated.ts';
 import { attestAndProvisionAny, QuorumCounterClient } from '../../src/cas-client/quorum-counter.ts';
-import { casAgent, casRequest } from '../../src/cas-client/http.ts';
+import { casRequest } from '../../src/cas-client/http.ts';
 import { attestAndProvision } from '../../src/cas-client/index.ts';
 import { isCdbpError } from '../../src/kernel/errors.ts';
 import type { CounterClient, CounterState } from '../../src/provisioning/types.ts';
@@ -48,16 +48,6 @@ class Writer {
         }
       }
     }
-  }
-}
-
-/** One member's own counter answer (a QuorumCounterClient never counts one member: majorities are of the deployment's slots). */
-async function readMember(url: string, service: string, id: { caPem: string; keyPem: string; certPem: string }): Promise<{ value: number; digest: string }> {
-  const agent = casAgent({ caPem: id.caPem, keyPem: id.keyPem, certPem: id.certPem, keepAlive: false });
-  try {
-    return await casRequest(url, 'GET', `/v1/services/${service}/counter`, undefined, { agent });
-  } finally {
-    agent.destroy();
   }
 }
 

@@ -17,6 +17,7 @@ import { generateSigningKeyPair, type SigningKeyPair } from '../../src/crypto/ed
 import { startTestCas, runCdbp, type TestCas } from './cas.ts';
 import { buildNativeDataPlane } from '../../cli/native-build.ts';
 import { freePort, startEtcd, type EtcdCluster } from './etcd.ts';
+import { casAgent, casRequest } from '../../src/cas-client/http.ts';
 import { startDelayProxy, type DelayProxy } from './tcp-delay-proxy.ts';
 
 export interface HaMember {
@@ -124,3 +125,16 @@ export async function startHaCluster(root: string, n = 3, o: { etcdMembers?: num
 }
 
 export { runCdbp };
+
+/**
+ * One member's own answer to a counter read (mutual TLS with the service's identity). A
+ * QuorumCounterClient never counts one member: majorities are of the deployment's slots.
+ */
+export async function readMember(url: string, service: string, id: { caPem: string; keyPem: string; certPem: string }, timeoutMs = 2000): Promise<{ value: number; digest: string }> {
+  const agent = casAgent({ caPem: id.caPem, keyPem: id.keyPem, certPem: id.certPem, keepAlive: false });
+  try {
+    return await casRequest(url, 'GET', `/v1/services/${encodeURIComponent(service)}/counter`, undefined, { agent, timeoutMs });
+  } finally {
+    agent.destroy();
+  }
+}
