@@ -185,8 +185,10 @@ export class CasCore {
   }
 
   /** Signs the opening of a counter channel: binds this TLS session (its exporter value) to the CAS answer key. */
-  signCounterChannelOpen(service: string, nonce: string, binding: Buffer): string {
-    return signAnswer(this.signingKey, counterChannelOpenMessage(service, nonce, binding));
+  signCounterChannelOpen(service: string, nonce: string, binding: Buffer): { signature: string; membership?: string } {
+    const membership = this.o.signing?.membership?.();
+    const signature = signAnswer(this.signingKey, counterChannelOpenMessage(service, nonce, binding, membership));
+    return membership === undefined ? { signature } : { signature, membership };
   }
 
   get caPem(): string {

@@ -18,7 +18,7 @@ import type { Logger } from '../src/kernel/log.ts';
 import type { MetricsRegistry } from '../src/kernel/metrics.ts';
 import { isHex } from '../src/crypto/hash.ts';
 import {
-  CHANNEL_PATH_SUFFIX, CHANNEL_PROTOCOL, CHANNEL_SIGNATURE_HEADER, Dir, EXPORTER_BINDING_LABEL, EXPORTER_MAC_LABEL, FrameReader, Kind,
+  CHANNEL_MEMBERSHIP_HEADER, CHANNEL_PATH_SUFFIX, CHANNEL_PROTOCOL, CHANNEL_SIGNATURE_HEADER, Dir, EXPORTER_BINDING_LABEL, EXPORTER_MAC_LABEL, FrameReader, Kind,
   decodeRequest, encodeAnswer, sealFrame, type Answer, type Request,
 } from '../src/cas-client/counter-channel-wire.ts';
 import type { AuditLog } from './audit.ts';
@@ -84,8 +84,9 @@ export function counterChannelEndpoint(o: CounterChannelOptions): CounterChannel
       checkHolder(o.core, holder);
       const binding = tls.exportKeyingMaterial(32, EXPORTER_BINDING_LABEL, Buffer.from(nonce, 'hex'));
       const macKey = tls.exportKeyingMaterial(32, EXPORTER_MAC_LABEL, Buffer.from(nonce, 'hex'));
-      const signature = o.core.signCounterChannelOpen(service, nonce, binding);
-      socket.write(`HTTP/1.1 101 Switching Protocols\r\nUpgrade: ${CHANNEL_PROTOCOL}\r\nConnection: Upgrade\r\n${CHANNEL_SIGNATURE_HEADER}: ${signature}\r\n\r\n`);
+      const { signature, membership } = o.core.signCounterChannelOpen(service, nonce, binding);
+      const view = membership === undefined ? '' : `${CHANNEL_MEMBERSHIP_HEADER}: ${membership}\r\n`;
+      socket.write(`HTTP/1.1 101 Switching Protocols\r\nUpgrade: ${CHANNEL_PROTOCOL}\r\nConnection: Upgrade\r\n${CHANNEL_SIGNATURE_HEADER}: ${signature}\r\n${view}\r\n`);
       sessions.add(socket);
       socket.once('close', () => sessions.delete(socket));
       serve(o, tls, holder, macKey, head, frames);

@@ -129,6 +129,13 @@ function peerIdentity(req: FastifyRequest): { service?: string; measurement?: st
   return out;
 }
 
+declare module 'fastify' {
+  interface FastifyInstance {
+    /** Ends every open counter channel (clients reopen them). */
+    closeCounterChannels(): void;
+  }
+}
+
 export function buildCasServer(o: CasServerOptions): FastifyInstance {
   const app = Fastify({
     bodyLimit: BODY_LIMIT,
@@ -187,6 +194,9 @@ export function buildCasServer(o: CasServerOptions): FastifyInstance {
   const channel = counterChannelEndpoint({ core, audit: o.audit, log: o.log, metrics: o.metrics });
   app.server.on('upgrade', channel.onUpgrade);
   app.addHook('preClose', async () => channel.closeAll());
+  // A replicated member ends its channels when its membership view changes (cas/replication/instance.ts):
+  // the view signed at a channel's opening then holds for every answer sent on it.
+  app.decorate('closeCounterChannels', channel.closeAll);
 
   app.get('/livez', async () => ({ status: 'ok' }));
   app.get('/readyz', async () => ({ ready: true, simulated: o.simulated }));

@@ -216,7 +216,7 @@ export async function prepareHa(cfg: HaConfig, fileSealing: SealingKeyProvider, 
         s.raiseTo(req.body.seq);
         return { seq: s.headSeq };
       });
-      registerJoinRoutes(x.app, { instanceId, known, membership, slot: cfg.slot, gen: () => gen, members: cfg.members, counters, sync: s, verifiers: x.verifiers, masterKey: Buffer.from(x.masterKey), allowSimulated: x.allowSimulated, measurement: cfg.measurement, audit: x.audit, log: x.log });
+      registerJoinRoutes(x.app, { instanceId, known, membership, slot: cfg.slot, gen: () => gen, closeChannels: () => x.app.closeCounterChannels(), members: cfg.members, counters, sync: s, verifiers: x.verifiers, masterKey: Buffer.from(x.masterKey), allowSimulated: x.allowSimulated, measurement: cfg.measurement, audit: x.audit, log: x.log });
       let alarmed: string | undefined;
       let polls = 0;
       const seenBlobs = new Map<string, string>();
@@ -383,6 +383,7 @@ interface JoinRouteDeps {
   membership: Map<number, number>;
   slot: number;
   gen: () => number;
+  closeChannels: () => void;
   members: number;
   counters: MemoryCounters;
   sync: StateSync;
@@ -426,6 +427,8 @@ function registerJoinRoutes(app: FastifyInstance, d: JoinRouteDeps): void {
       // looser) and signs, in every answer, that the slot's earlier incarnations are retired.
       d.known.add(b.instance);
       d.membership.set(b.slot, b.gen);
+      // Counter channels carry the view signed at their opening: none may outlive it.
+      d.closeChannels();
       const secrets: JoinSecrets = { format: JOIN_SECRETS_FORMAT, instance: d.instanceId, masterKey: d.masterKey.toString('hex'), stateSeq: d.sync.headSeq,
         counters: d.counters.snapshot(), known: [...d.known], membership: formatMembership(d.membership), slot: d.slot, gen: d.gen() };
       const plain = Buffer.from(JSON.stringify(secrets));

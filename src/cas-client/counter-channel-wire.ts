@@ -33,6 +33,8 @@ import { canonicalJson } from '../crypto/hash.ts';
 
 export const CHANNEL_PROTOCOL = 'cdbp-counter/1';
 export const CHANNEL_SIGNATURE_HEADER = 'cdbp-channel-signature';
+/** A replicated CAS member's signed membership view (formatMembership), sent with the opening. */
+export const CHANNEL_MEMBERSHIP_HEADER = 'cdbp-channel-membership';
 export const CHANNEL_PATH_SUFFIX = '/counter-channel';
 /** RFC 5705 exporter labels (distinct labels give independent keys). */
 export const EXPORTER_BINDING_LABEL = 'EXPORTER-cdbp-counter-channel/1 binding';
@@ -61,9 +63,13 @@ export type Answer =
   | { kind: Kind.State; id: number; value: number; digest: string; record?: Buffer }
   | { kind: Kind.Error; id: number; value: number; digest: string; code: string; message: string };
 
-/** The bytes the CAS signs at channel open. */
-export function openMessage(service: string, nonce: string, binding: Buffer): Buffer {
-  return Buffer.from(`cdbp-counter-channel/1\0${canonicalJson({ service, nonce, binding: binding.toString('hex') })}`);
+/**
+ * The bytes the CAS signs at channel open. A replicated CAS member also signs its membership view
+ * (src/cas-client/quorum.ts): it holds for every answer on the channel, because a member closes its
+ * channels whenever that view changes.
+ */
+export function openMessage(service: string, nonce: string, binding: Buffer, membership?: string): Buffer {
+  return Buffer.from(`cdbp-counter-channel/1\0${canonicalJson({ service, nonce, binding: binding.toString('hex'), membership })}`);
 }
 
 // --- encoding -------------------------------------------------------------------------------------

@@ -21,11 +21,11 @@ import { verifyAnswer } from '../provisioning/answers.ts';
 import { checkCasServerIdentity } from '../crypto/x509.ts';
 import { casConnectionError } from './http.ts';
 import {
-  CHANNEL_PATH_SUFFIX, CHANNEL_PROTOCOL, CHANNEL_SIGNATURE_HEADER, Dir, EXPORTER_BINDING_LABEL, EXPORTER_MAC_LABEL, FrameReader, Kind,
+  CHANNEL_MEMBERSHIP_HEADER, CHANNEL_PATH_SUFFIX, CHANNEL_PROTOCOL, CHANNEL_SIGNATURE_HEADER, Dir, EXPORTER_BINDING_LABEL, EXPORTER_MAC_LABEL, FrameReader, Kind,
   decodeAnswer, encodeRequest, openMessage, sealFrame, type Answer, type Request,
 } from './counter-channel-wire.ts';
 
-type RequestBody = Request extends infer R ? R extends { id: number } ? Omit<R, 'id'> : never : never;
+export type RequestBody = Request extends infer R ? R extends { id: number } ? Omit<R, 'id'> : never : never;
 
 export interface ChannelCounterOptions {
   casUrl: string;
@@ -35,8 +35,14 @@ export interface ChannelCounterOptions {
   certPem: string;
   /** The CAS answer key (certified by the pinned CA): signs the channel's opening. */
   signingKey: KeyObject;
-  /** Used for alarms, and for everything when the CAS has no channel. */
-  http: CounterClient & { reportAlarm(a: FreshnessAlarm): Promise<void>; close(): void };
+  /** Used for alarms, and for everything when the CAS has no channel (absent: a replicated member's channel, sendViewed only). */
+  http?: CounterClient & { reportAlarm(a: FreshnessAlarm): Promise<void>; close(): void };
+  /**
+   * A replicated CAS member (quorum-counter.ts): its opening must carry the signed membership view, and
+   * an opening not signed by `signingKey` is an answer key that changed (the member restarted: the caller
+   * refetches it), not an impostor alarm.
+   */
+  member?: boolean;
   /** A request unanswered this long breaks the channel (CAS_UNREACHABLE). */
   timeoutMs?: number;
 }
@@ -64,7 +70,7 @@ export class ChannelCounterClient implements CounterClient {
   }
 
   async read(): Promise<CounterState> {
-    const a = await this.call({ kind: Kind.Read }, () => this.o.http.read());
+    const a = await this.call({ kind: Kind.Read }, () => this.http().read());
     if ('state' in a) return a.state;
     const ans = fail(a.answer);
     if (ans.record && createHash(ans.digest.length === 128 ? 'sha512' : 'sha256').update(ans.record).digest('hex') !== ans.digest) {
@@ -76,7 +82,7 @@ export class ChannelCounterClient implements CounterClient {
   async advance(expected: number, next: number, digest: string, record?: Buffer, expectedDigest?: string): Promise<CounterState> {
     const a = await this.call(
       { kind: Kind.Advance, expected, next, digest, ...(record ? { record } : {}), ...(expectedDigest !== undefined ? { expectedDigest } : {}) },
-      () => this.o.http.advance(expected, next, digest, record, expectedDigest));
+      () => this.http().advance(expected, next, digest, record, expectedDigest));
     if ('state' in a) return a.state;
     const ans = fail(a.answer);
     if (ans.value !== next || ans.digest !== digest) {
@@ -86,13 +92,34 @@ export class ChannelCounterClient implements CounterClient {
   }
 
   reportAlarm(alarm: FreshnessAlarm): Promise<void> {
-    return this.o.http.reportAlarm(alarm);
+    return this.http().reportAlarm(alarm);
   }
 
   close(): void {
     this.closed = true;
     this.session?.destroy(new CdbpError('CAS_UNREACHABLE', 'counter channel closed'));
-    this.o.http.close();
+    this.o.http?.close();
+  }
+
+  private http(): NonNullable<ChannelCounterOptions['http']> {
+    if (!this.o.http) throw new CdbpError('INTERNAL', 'this counter channel has no HTTPS client');
+    return this.o.http;
+  }
+
+  /**
+   * For a replicated CAS member (quorum-counter.ts): one request over the channel, with the membership view
+   * signed at the channel's opening. NOT_FOUND when the member has no channel (the caller uses HTTPS).
+   */
+  async sendViewed(body: RequestBody): Promise<{ answer: Answer; membership: string }> {
+    if (this.closed) throw new CdbpError('CAS_UNREACHABLE', 'counter client closed');
+    let s = this.session?.alive ? this.session : undefined;
+    if (!s) {
+      this.opening ??= this.open().finally(() => { this.opening = undefined; });
+      s = await this.opening;
+    }
+    if (!s) throw new CdbpError('NOT_FOUND', `${this.o.casUrl} has no counter channel`);
+    const answer = await s.send(body);
+    return { answer, membership: s.membership ?? '' };
   }
 
   /** Sends over the channel (opening it first if needed), or over HTTPS for a CAS without one. */
@@ -126,13 +153,16 @@ export class ChannelCounterClient implements CounterClient {
       req.on('upgrade', (res: IncomingMessage, socket, head: Buffer) => {
         const tls = socket as TLSSocket;
         const binding = tls.exportKeyingMaterial(32, EXPORTER_BINDING_LABEL, nonce);
-        if (!verifyAnswer(this.o.signingKey, openMessage(this.o.service, nonce.toString('hex'), binding), res.headers[CHANNEL_SIGNATURE_HEADER])) {
+        const view = res.headers[CHANNEL_MEMBERSHIP_HEADER];
+        const membership = this.o.member ? (typeof view === 'string' && view.length <= 1024 ? view : '') : undefined;
+        if (!verifyAnswer(this.o.signingKey, openMessage(this.o.service, nonce.toString('hex'), binding, membership), res.headers[CHANNEL_SIGNATURE_HEADER])) {
           tls.destroy();
-          reject(casConnectionError(new CdbpError('CAS_IDENTITY_INVALID',
-            'counter channel opening is not signed by the CAS for this TLS session (a man in the middle, or another server)'), this.o.casUrl, true));
+          const err = new CdbpError('CAS_IDENTITY_INVALID',
+            `counter channel opening is not signed by ${this.o.member ? 'that member\'s current answer key' : 'the CAS'} for this TLS session (a man in the middle, or another server)`);
+          reject(this.o.member ? err : casConnectionError(err, this.o.casUrl, true));
           return;
         }
-        const s = new Session(tls, tls.exportKeyingMaterial(32, EXPORTER_MAC_LABEL, nonce), this.o.timeoutMs ?? 10_000);
+        const s = new Session(tls, tls.exportKeyingMaterial(32, EXPORTER_MAC_LABEL, nonce), this.o.timeoutMs ?? 10_000, membership);
         this.session = s;
         if (head.length > 0) s.feed(head);
         resolve(s);
@@ -184,7 +214,7 @@ class Session {
   private readonly waiting: Outstanding[] = [];
   private readonly watchdog: NodeJS.Timeout;
 
-  constructor(private readonly tls: TLSSocket, private readonly macKey: Buffer, timeoutMs: number) {
+  constructor(private readonly tls: TLSSocket, private readonly macKey: Buffer, timeoutMs: number, readonly membership?: string) {
     this.reader = new FrameReader(macKey, Dir.ToClient);
     tls.setNoDelay(true);
     tls.on('data', (c: Buffer) => this.feed(c));

@@ -23,6 +23,8 @@ import { counterAnswerMessage, verifyAnswer, type CounterAnswer } from '../provi
 import { sanUris, verifyCasSigningCert } from '../crypto/x509.ts';
 import { sha512 } from '../crypto/hash.ts';
 import { casAgent, casRequest } from './http.ts';
+import { ChannelCounterClient, type RequestBody } from './counter-channel.ts';
+import { Kind, type Answer } from './counter-channel-wire.ts';
 import { attestAndProvision, type AttestOptions } from './index.ts';
 import { CAS_INSTANCE_URN, CAS_SLOT_URN, combineReads, currentIncarnations, decideAdvance, majority, parseMembership, parseSlotUrn,
   type AdvanceAnswer, type Incarnation, type InstanceView } from './quorum.ts';
@@ -47,6 +49,10 @@ interface Member {
   inFlight: number;
   /** Requests waiting for one of those slots, each bounded by the request time-out. */
   slotWaiters: Array<() => void>;
+  /** The member's counter channel, opened with its current answer key (undefined: not yet, or HTTPS only). */
+  channel?: { client: ChannelCounterClient; key: KeyObject };
+  /** The member answered the channel upgrade with 404: HTTPS from now on. */
+  httpsOnly?: boolean;
 }
 
 /**
@@ -138,23 +144,93 @@ export class QuorumCounterClient implements CounterClient {
     return { instance: k.instance, incarnation: k.incarnation, membership, value: a.value as number, digest: a.digest, ...(record ? { record } : {}) };
   }
 
-  private opts(m: Member): { agent: https.Agent; timeoutMs: number } {
-    return { agent: m.agent, timeoutMs: this.o.timeoutMs ?? 2000 };
+  /**
+   * One request to one member over its counter channel (binary frames, one MAC each, the membership view
+   * signed at the opening: docs/FRESHNESS.md "Counter channel"), or over HTTPS (a signed answer each)
+   * when it has none. A changed answer key (the member restarted) is refetched once.
+   */
+  private async viaChannel(m: Member, body: RequestBody): Promise<{ key: MemberKey; answer: Answer; membership: string } | undefined> {
+    if (m.httpsOnly) return undefined;
+    for (let attempt = 0; ; attempt++) {
+      const k = await this.keyOf(m, attempt > 0);
+      if (m.channel?.key !== k.key) {
+        m.channel?.client.close();
+        m.channel = { key: k.key, client: new ChannelCounterClient({ casUrl: m.url, service: this.o.service, caPem: this.o.caPem, keyPem: this.o.keyPem, certPem: this.o.certPem,
+          signingKey: k.key, member: true, timeoutMs: this.o.timeoutMs ?? 2000 }) };
+      }
+      try {
+        const r = await m.channel.client.sendViewed(body);
+        return { key: k, ...r };
+      } catch (e) {
+        if (isCdbpError(e, 'NOT_FOUND')) {
+          m.httpsOnly = true;
+          return undefined;
+        }
+        if (attempt === 0 && isCdbpError(e, 'CAS_IDENTITY_INVALID')) continue;
+        throw e;
+      }
+    }
   }
 
-  /** One request to one member, bounded in number and in time. */
-  private async request<T>(m: Member, method: 'GET' | 'POST', path: string, body: unknown): Promise<T> {
+  /** A channel answer as a receipt (an Error answer other than a conflict is thrown as what it stands for). */
+  private channelReceipt(m: Member, r: { key: MemberKey; answer: Answer; membership: string }): Receipt & { conflict: boolean } {
+    const a = r.answer;
+    if (a.kind === Kind.Error && a.code !== 'COUNTER_CONFLICT') throw new CdbpError(a.code as never, `${m.url}: ${a.message}`);
+    if (a.kind === Kind.State && a.record && createHash(a.digest.length === 128 ? 'sha512' : 'sha256').update(a.record).digest('hex') !== a.digest) {
+      throw new CdbpError('CAS_IDENTITY_INVALID', `counter answer from ${m.url} carries a record its digest does not name`);
+    }
+    let membership: Map<number, number>;
+    try {
+      membership = parseMembership(r.membership);
+    } catch (e) {
+      throw new CdbpError('PROTOCOL_VIOLATION', `${m.url}: ${(e as Error).message}`);
+    }
+    return { instance: r.key.instance, incarnation: r.key.incarnation, membership, value: a.value, digest: a.digest,
+      ...(a.kind === Kind.State && a.record ? { record: a.record } : {}), conflict: a.kind === Kind.Error };
+  }
+
+  private async readOne(m: Member): Promise<Receipt> {
+    const viaChannel = await this.bounded(m, () => this.viaChannel(m, { kind: Kind.Read }));
+    if (viaChannel) return this.channelReceipt(m, viaChannel);
+    const nonce = randomBytes(32).toString('hex');
+    return this.verified(m, 'read', nonce, await this.request<unknown>(m, 'GET', `${this.path}?nonce=${nonce}`, undefined));
+  }
+
+  /** The member's receipt for an advance: its answer ('ok': it holds next/digest now), or a signed conflict. */
+  private async advanceOne(m: Member, expected: number, next: number, digest: string, record?: Buffer): Promise<Receipt & { conflict: boolean }> {
+    const viaChannel = await this.bounded(m, () => this.viaChannel(m, { kind: Kind.Advance, expected, next, digest, ...(record ? { record } : {}) }));
+    if (viaChannel) return this.channelReceipt(m, viaChannel);
+    const nonce = randomBytes(32).toString('hex');
+    try {
+      const answer = await this.request<unknown>(m, 'POST', this.path, { expected, next, digest, nonce, ...(record ? { record: record.toString('base64') } : {}) });
+      return { ...await this.verified(m, 'advance', nonce, answer), conflict: false };
+    } catch (e) {
+      if (isCdbpError(e, 'COUNTER_CONFLICT') && e.details) return { ...await this.verified(m, 'conflict', nonce, e.details), conflict: true };
+      throw e;
+    }
+  }
+
+  /** Runs `op` holding one of the member's request slots (a frozen member must not collect an unbounded queue). */
+  private async bounded<T>(m: Member, op: () => Promise<T>): Promise<T> {
     const timeoutMs = this.opts(m).timeoutMs;
     if (m.inFlight >= MAX_IN_FLIGHT) await waitForSlot(m, timeoutMs);
     else m.inFlight++;
     try {
-      return await casRequest<T>(m.url, method, path, body, this.opts(m));
+      return await op();
     } finally {
-      // A waiting request takes the slot over (inFlight unchanged); otherwise it is free again.
       const next = m.slotWaiters.shift();
       if (next) next();
       else m.inFlight--;
     }
+  }
+
+  private opts(m: Member): { agent: https.Agent; timeoutMs: number } {
+    return { agent: m.agent, timeoutMs: this.o.timeoutMs ?? 2000 };
+  }
+
+  /** One HTTPS request to one member, bounded in number and in time. */
+  private request<T>(m: Member, method: 'GET' | 'POST', path: string, body: unknown): Promise<T> {
+    return this.bounded(m, () => casRequest<T>(m.url, method, path, body, this.opts(m)));
   }
 
   /**
@@ -192,10 +268,9 @@ export class QuorumCounterClient implements CounterClient {
         }
       };
       for (const m of this.members) {
-        const nonce = randomBytes(32).toString('hex');
         void (async () => {
           try {
-            receipts.push(await this.verified(m, 'read', nonce, await this.request<unknown>(m, 'GET', `${this.path}?nonce=${nonce}`, undefined)));
+            receipts.push(await this.readOne(m));
           } catch (e) {
             reasons.push(`${m.url}: ${asCdbpError(e).message}`);
           } finally {
@@ -234,22 +309,15 @@ export class QuorumCounterClient implements CounterClient {
         }
       };
       for (const m of this.members) {
-        const nonce = randomBytes(32).toString('hex');
         void (async () => {
           try {
-            const answer = await this.request<unknown>(m, 'POST', this.path,
-              { expected, next, digest, nonce, ...(record ? { record: record.toString('base64') } : {}) });
-            const r = await this.verified(m, 'advance', nonce, answer);
+            const r = await this.advanceOne(m, expected, next, digest, record);
+            // A conflict that names our own advance (an earlier answer was lost) counts as accepted by that instance.
             if (r.value === next && r.digest === digest) receipts.push({ ...r, kind: 'ok' });
+            else if (r.conflict) receipts.push({ ...r, kind: 'conflict' });
             else failed.push({ kind: 'failed', reason: `${m.url}: answered another value` });
           } catch (e) {
-            if (isCdbpError(e, 'COUNTER_CONFLICT') && e.details) {
-              try {
-                const r = await this.verified(m, 'conflict', nonce, e.details);
-                // Our own advance whose earlier answer was lost counts as accepted by that instance.
-                receipts.push({ ...r, kind: r.value === next && r.digest === digest ? 'ok' : 'conflict' });
-              } catch (ve) { failed.push({ kind: 'failed', reason: `${m.url}: ${asCdbpError(ve).message}` }); }
-            } else failed.push({ kind: 'failed', reason: `${m.url}: ${asCdbpError(e).message}` });
+            failed.push({ kind: 'failed', reason: `${m.url}: ${asCdbpError(e).message}` });
           } finally {
             outstanding--;
             decide();
@@ -264,8 +332,16 @@ export class QuorumCounterClient implements CounterClient {
     if (r.every((x) => x.status === 'rejected')) throw asCdbpError((r[0] as PromiseRejectedResult).reason);
   }
 
+  /** Per member URL: 'channel' once its counter channel was used, 'https' for a member without one. */
+  transports(): Record<string, 'channel' | 'https' | 'none yet'> {
+    return Object.fromEntries(this.members.map((m) => [m.url, m.httpsOnly ? 'https' : m.channel ? 'channel' : 'none yet']));
+  }
+
   close(): void {
-    for (const m of this.members) m.agent.destroy();
+    for (const m of this.members) {
+      m.channel?.client.close();
+      m.agent.destroy();
+    }
   }
 }
 

@@ -82,6 +82,8 @@ test('replicated CAS: kill -9 one member under strict writes, rejoin, old disk, 
   await t.test('kill -9 one member during strict writes: every write is acknowledged, none lost', async () => {
     await w.run(60, (i) => { if (i === 20) c.kill(2); });
     assert.equal(w.acked.length, 60);
+    // Receipts travel over each member's counter channel (MAC per frame, membership signed at opening).
+    assert.deepEqual(Object.values(counter.transports()), ['channel', 'channel', 'channel']);
     const r = await counter.read();
     assert.deepEqual({ value: r.value, digest: r.digest }, w.acked.at(-1));
   });
