@@ -14,7 +14,7 @@ import { cpSync, readFileSync, rmSync, writeFileSync, mkdirSync } from 'node:fs'
 import path from 'node:path';
 import { randomBytes, createHash, X509Certificate } from 'node:crypto';
 import { tempDir } from '../support/tmp.ts';
-import { applyTestPolicy, runCdbp } from '../support/cas.ts';
+import { runCdbp } from '../support/cas.ts';
 import { startHaCluster, type HaCluster } from '../support/etcd-cas-ha.ts';
 import { SimulatedProvider } from '../../src/attestation/simulated.ts';
 import { attestAndProvisionAny, QuorumCounterClient } from '../../src/cas-client/quorum-counter.ts';
@@ -31,10 +31,7 @@ test('replicated CAS: owner-signed recovery after every member was killed', { ti
   t.after(async () => { for (const c of clients) c.close(); await cluster?.stop(); tmp.remove(); });
   cluster = await startHaCluster(tmp.path, 3);
   const c = cluster;
-  await c.start(1);
-  await applyTestPolicy({ url: c.urls[0]!, caPem: c.caPem }, { service: 'orders', owner: c.owner });
-  await c.start(2);
-  await c.start(3);
+  await c.startAll(['orders']);
   const ownerKeyFile = path.join(tmp.path, 'owner.key');
   writeSigningKeyFile(ownerKeyFile, c.owner, 'cdbp-owner-key/1');
   const caFingerprint = createHash('sha256').update(new X509Certificate(c.caPem).raw).digest('hex');

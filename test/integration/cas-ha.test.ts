@@ -61,11 +61,8 @@ test('replicated CAS: kill -9 one member under strict writes, rejoin, old disk, 
   t.after(async () => { await cluster?.stop(); tmp.remove(); });
   cluster = await startHaCluster(tmp.path, 3);
   const c = cluster;
-  await c.start(1);
   // Policies before the others join: they receive them from etcd when joining; later ones by polling.
-  await applyTestPolicy({ url: c.urls[0]!, caPem: c.caPem }, { service: 'orders', owner: c.owner });
-  await c.start(2);
-  await c.start(3);
+  await c.startAll(['orders']);
   const oldDisk = path.join(tmp.path, 'cas3-old-copy');
   cpSync(c.members[2]!.dir, oldDisk, { recursive: true });
 

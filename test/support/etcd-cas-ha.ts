@@ -14,7 +14,7 @@ import { cpSync, existsSync } from 'node:fs';
 import path from 'node:path';
 import { generatePlatformKey } from '../../src/attestation/simulated.ts';
 import { generateSigningKeyPair, type SigningKeyPair } from '../../src/crypto/ed25519.ts';
-import { startTestCas, runCdbp, type TestCas } from './cas.ts';
+import { startTestCas, runCdbp, applyTestPolicy, type TestCas } from './cas.ts';
 import { buildNativeDataPlane } from '../../cli/native-build.ts';
 import { freePort, startEtcd, type EtcdCluster } from './etcd.ts';
 import { casAgent, casRequest } from '../../src/cas-client/http.ts';
@@ -51,6 +51,11 @@ export interface HaCluster {
   partition(i: number): void;
   /** Delayable clusters: member i is reachable as usual again (connections a partition held are closed). */
   heal(i: number): void;
+  /**
+   * Starts every member: member 1 bootstraps, applies a test policy per service (the others receive
+   * them from etcd when joining), then the others join.
+   */
+  startAll(services?: string[]): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -96,6 +101,11 @@ export async function startHaCluster(root: string, n = 3, o: { etcdMembers?: num
       }
       m.cas = cas;
       return cas;
+    },
+    async startAll(services = []) {
+      await cluster.start(1);
+      for (const service of services) await applyTestPolicy({ url: urls[0]!, caPem: cluster.caPem }, { service, owner });
+      for (let i = 2; i <= n; i++) await cluster.start(i);
     },
     kill(i) {
       const m = members[i - 1]!;
