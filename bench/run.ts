@@ -43,8 +43,9 @@ const HELP = `npx tsx bench/run.ts [options]
   --idle LIST             idle connection counts (default 1000,5000)
   --idle-active S         active-client seconds per step and arm (default 5)
   --thread-handling X     MariaDB thread_handling for idle (default one-thread-per-connection; or pool-of-threads)
-  --freshness-modes LIST  strict,relaxed,off (default all)
+  --freshness-modes LIST  strict,strict-ha,relaxed,off (default strict,relaxed,off; strict-ha = strict over cdbp up --ha)
   --freshness-threads LIST   sysbench threads for oltp_write_only (default 1,8)
+  --freshness-pg-clients LIST  pgbench clients for the PostgreSQL arm (default 8; none = no PostgreSQL arm)
   --cas-clients LIST      concurrent attest clients (default 1,4,16)
   --cas-seconds S         seconds per CAS row (default: --duration)
   --cas-services N        also time N services' provisioning (~60 s for 6000; default 0 = reuse the committed figure)
@@ -175,7 +176,7 @@ async function main(): Promise<void> {
     'storm-loops': { type: 'string', default: '1,8' },
     idle: { type: 'string', default: '1000,5000' }, 'idle-active': { type: 'string', default: '5' },
     'thread-handling': { type: 'string', default: 'one-thread-per-connection' },
-    'freshness-modes': { type: 'string', default: 'strict,relaxed,off' }, 'freshness-threads': { type: 'string', default: '1,8' },
+    'freshness-modes': { type: 'string', default: 'strict,relaxed,off' }, 'freshness-threads': { type: 'string', default: '1,8' }, 'freshness-pg-clients': { type: 'string', default: '8' },
     'inventory-gib': { type: 'string', default: '1,5' }, 'inventory-tables': { type: 'string', default: '8' },
     'cas-clients': { type: 'string', default: '1,4,16' }, 'cas-seconds': { type: 'string' }, 'cas-services': { type: 'string', default: '0' },
     out: { type: 'string', default: path.join(REPO, 'bench', 'results') },
@@ -202,7 +203,8 @@ async function main(): Promise<void> {
     idle: () => runIdle({ counts: nums(v.idle!), activeS: Number(v['idle-active']), idleS: 3, openConcurrency: 32,
       threadHandling: v['thread-handling'] as 'one-thread-per-connection' | 'pool-of-threads', log }),
     freshness: () => runFreshness({ modes: list(v['freshness-modes']!) as FreshnessMode[], threads: nums(v['freshness-threads']!), durationS: duration, rounds,
-      tables: Number(v.tables), tableSize: Number(v['table-size']), profile: !!v.profile, log }),
+      tables: Number(v.tables), tableSize: Number(v['table-size']), profile: !!v.profile,
+      pgClients: v['freshness-pg-clients'] === 'none' ? [] : nums(v['freshness-pg-clients']!), log }),
     cas: () => runCas({ clients: nums(v['cas-clients']!), seconds: Number(v['cas-seconds'] ?? duration), services: Number(v['cas-services']), concurrency: 8, log }),
     attest: () => runAttest({ seconds: Math.min(duration, 3), log }),
     'cas-ha': () => runCasHa({ seconds: duration, services: 8, rounds, log }),

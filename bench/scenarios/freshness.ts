@@ -20,7 +20,8 @@ import { measureCasAdvance, type CasAdvanceLatency } from '../lib/cas-advance.ts
 import { pgbenchAt, pgbenchInit, type PgWorkload, type PgbenchTarget } from '../lib/pgbench.ts';
 import pg from 'pg';
 
-export type FreshnessMode = 'strict' | 'bounded' | 'relaxed' | 'off';
+/** 'strict-ha': strict freshness over the replicated CAS (`cdbp up --ha`: 3 members, counters by majority, issue 20). */
+export type FreshnessMode = 'strict' | 'strict-ha' | 'bounded' | 'relaxed' | 'off';
 export interface FreshnessOptions {
   modes: FreshnessMode[]; threads: number[]; durationS: number; rounds: number; tableSize: number; tables: number;
   /** V8 CPU profiles of the CAS and proxy processes (CDBP_CPU_PROF_DIR, cli/commands/up.ts) into bench/results/profiles/freshness-<mode>. */
@@ -77,7 +78,7 @@ export function runFreshness(o: FreshnessOptions): Promise<ScenarioResult<Freshn
         log(`freshness: cdbp up --freshness ${mode}`);
         const profDir = path.join(REPO, 'bench', 'results', 'profiles', `freshness-${mode}`);
         if (o.profile) mkdirSync(profDir, { recursive: true });
-        const s = await startStack(dir, ['--freshness', mode, ...(withPg ? ['--postgres'] : [])],
+        const s = await startStack(dir, [...(mode === 'strict-ha' ? ['--freshness', 'strict', '--ha'] : ['--freshness', mode]), ...(withPg ? ['--postgres'] : [])],
           { CDBP_LOG_LEVEL: 'warn', ...(o.profile ? { CDBP_CPU_PROF_DIR: profDir } : {}) }, 180_000);
         stacks.set(mode, s);
         const conn = await connectThroughProxy(s.stack);
@@ -134,7 +135,10 @@ export function runFreshness(o: FreshnessOptions): Promise<ScenarioResult<Freshn
       let windowMaxMs = 0;
       let sampling = mode === 'relaxed' || mode === 'bounded';
       const pids = stackPids(s, isPg ? 'postgres' : 'mariadb');
-      const cpu0 = mapValues(pids, procCpuMs);
+      const cpuOf = (): { cas: number; proxy: number; mariadb: number } => ({
+        cas: pids.cas.length > 0 ? pids.cas.reduce((a, p) => a + procCpuMs(p), 0) : NaN, proxy: procCpuMs(pids.proxy), mariadb: procCpuMs(pids.mariadb),
+      });
+      const cpu0 = cpuOf();
       const t0 = performance.now();
       const sampler = (async () => {
         while (sampling) {
@@ -146,7 +150,7 @@ export function runFreshness(o: FreshnessOptions): Promise<ScenarioResult<Freshn
       })();
       const res = await go().finally(() => { sampling = false; });
       const seconds = (performance.now() - t0) / 1000;
-      const cpu1 = mapValues(pids, procCpuMs);
+      const cpu1 = cpuOf();
       await sampler;
       const after = await scrape(metricsUrl);
       const seals = (after.get('cdbp_freshness_seals_total') ?? 0) - (before.get('cdbp_freshness_seals_total') ?? 0);
@@ -188,15 +192,16 @@ function loadAverage(): number {
  * The stack's CAS and the proxy of `engine` (children of `cdbp up`) and its mariadbd (the PostgreSQL
  * arm leaves the database column empty: its CPU is spread over per-connection backends).
  */
-function stackPids(s: RunningStack, engine: 'mariadb' | 'postgres'): { cas: number; proxy: number; mariadb: number } {
-  const out = { cas: NaN, proxy: NaN, mariadb: engine === 'mariadb' ? s.stack.mariadb.pid ?? NaN : NaN };
+/** The stack's processes; `cas` lists every CAS process (3 members with --ha: their CPU is summed). */
+function stackPids(s: RunningStack, engine: 'mariadb' | 'postgres'): { cas: number[]; proxy: number; mariadb: number } {
+  const out = { cas: [] as number[], proxy: NaN, mariadb: engine === 'mariadb' ? s.stack.mariadb.pid ?? NaN : NaN };
   let children: string[] = [];
   try {
     children = readFileSync(`/proc/${s.proc.pid}/task/${s.proc.pid}/children`, 'utf8').trim().split(/\s+/);
   } catch { /* no /proc children list: CPU columns stay n/a */ }
   for (const c of children) {
     const argv = readFileSafe(`/proc/${c}/cmdline`).split('\0');
-    if (argv.includes('cas')) out.cas = Number(c);
+    if (argv.includes('cas')) out.cas.push(Number(c));
     else if (argv.includes('proxy') && readFileSafe(`/proc/${c}/environ`).split('\0').includes('CDBP_ENGINE=postgres') === (engine === 'postgres')) out.proxy = Number(c);
   }
   return out;
@@ -214,9 +219,6 @@ function procCpuMs(pid: number): number {
   return ((Number(fields[11]) + Number(fields[12])) * 1000) / 100; // utime, stime in USER_HZ (100)
 }
 
-function mapValues<K extends string>(o: Record<K, number>, f: (v: number) => number): Record<K, number> {
-  return Object.fromEntries(Object.entries(o).map(([k, v]) => [k, f(v as number)])) as Record<K, number>;
-}
 
 function target(s: RunningStack, root: string, mode: string, o: FreshnessOptions) {
   const cwd = path.join(root, `sysbench-${mode}`);
