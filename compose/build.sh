@@ -3,6 +3,7 @@
 #   confidential-db-proxy/app:dev      CAS, proxy and the owner's setup steps (Node 20, native data plane)
 #   confidential-db-proxy/mariadb:dev  stock Debian MariaDB 10.11 + hashicorp_key_management
 #   confidential-db-proxy/postgres:dev the app image + Debian PostgreSQL 15 + gocryptfs (the optional `postgres` profile)
+#   confidential-db-proxy/etcd:dev     Debian's etcd-server 3.4 (the optional `ha` profile's 3-member etcd)
 #
 # usage: compose/build.sh [--base public|local|auto]   (default auto)
 #   public  FROM node:20-bookworm-slim and debian:bookworm (a registry must be reachable)
@@ -10,7 +11,7 @@
 #           (built here from it: Node 20 + its headers from the npm registry, pinned by sha512; see
 #           node-local.Dockerfile; an older one without the headers is rebuilt)
 #   auto    public when those images are present or can be pulled, else local
-# Env: CDBP_APP_IMAGE, CDBP_MARIADB_IMAGE, CDBP_POSTGRES_IMAGE (tags), DOCKER_HOST.
+# Env: CDBP_APP_IMAGE, CDBP_MARIADB_IMAGE, CDBP_POSTGRES_IMAGE, CDBP_ETCD_IMAGE (tags), DOCKER_HOST.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,13 +20,14 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --base) base=$2; shift 2 ;;
     --base=*) base=${1#--base=}; shift ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) echo "build.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
 APP_IMAGE=${CDBP_APP_IMAGE:-confidential-db-proxy/app:dev}
 MARIADB_IMAGE=${CDBP_MARIADB_IMAGE:-confidential-db-proxy/mariadb:dev}
 POSTGRES_IMAGE=${CDBP_POSTGRES_IMAGE:-confidential-db-proxy/postgres:dev}
+ETCD_IMAGE=${CDBP_ETCD_IMAGE:-confidential-db-proxy/etcd:dev}
 say() { echo "build.sh: $*" >&2; }
 # Networks that intercept TLS (a corporate or sandbox egress proxy) need their CA for the npm downloads.
 # The host's local CAs are passed to the download stages only (never to a runtime image layer).
@@ -84,5 +86,7 @@ say "building $MARIADB_IMAGE (FROM $debian_image)"
 docker build --network=host -t "$MARIADB_IMAGE" --build-arg DEBIAN_IMAGE="$debian_image" -f compose/images/mariadb.Dockerfile .
 say "building $POSTGRES_IMAGE (FROM $APP_IMAGE: the proxy + PostgreSQL 15 + gocryptfs)"
 docker build --network=host -t "$POSTGRES_IMAGE" --build-arg APP_IMAGE="$APP_IMAGE" -f compose/images/postgres.Dockerfile .
-say "done: $APP_IMAGE $MARIADB_IMAGE $POSTGRES_IMAGE"
+say "building $ETCD_IMAGE (FROM $debian_image: Debian's etcd-server)"
+docker build --network=host -t "$ETCD_IMAGE" --build-arg DEBIAN_IMAGE="$debian_image" -f compose/images/etcd.Dockerfile .
+say "done: $APP_IMAGE $MARIADB_IMAGE $POSTGRES_IMAGE $ETCD_IMAGE"
 echo "CDBP_NODE_IMAGE=$node_image CDBP_DEBIAN_IMAGE=$debian_image"

@@ -2,14 +2,17 @@
  * The owner's one-shot steps of the compose stack, run in the app image (see compose/docker-compose.yml):
  *
  *   keys    make the simulated platform key (stands in for TEE hardware: the proxy signs evidence with
- *           it, the CAS trusts its public half) and the owner key, each in its own volume, once.
+ *           it, the CAS trusts its public half) and the owner key, each in its own volume, once; the
+ *           owner's PUBLIC key (hex) goes to a public volume too (the replicated CAS's owner allow-list).
  *   policy  sign and apply the service policy that allows exactly the measurement of the code in THIS
- *           image (re-signed, naming its predecessor, when the image's code changes).
+ *           image (re-signed, naming its predecessor, when the image's code changes). CDBP_CAS_URL may
+ *           name several members of a replicated CAS: the first that answers applies it (etcd carries
+ *           it to the others).
  *
  * Nothing here ends up in an image layer: keys live in volumes created at run time. Everything is
  * SIMULATED: a real deployment has no platform key file (the CPU signs) and keeps the owner key offline.
  */
-import { copyFileSync, existsSync, mkdirSync, readFileSync, chmodSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, readFileSync, chmodSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { generatePlatformKey } from '../../src/attestation/simulated.ts';
 import { measureShippedCode } from '../../src/attestation/measurement.ts';
@@ -40,17 +43,36 @@ async function keys(): Promise<void> {
   copyFileSync(`${platformKey}.pub`, pub);
   chmodSync(pub, 0o644);
   await ensureOwnerKey(ownerKey);
-  say(`owner key ${ownerKey}: public ${loadOwnerKey(ownerKey).publicKey.toString('hex')}`);
+  const ownerPublic = loadOwnerKey(ownerKey).publicKey.toString('hex');
+  const ownerPubDir = process.env.CDBP_OWNER_PUB_DIR;
+  if (ownerPubDir) {
+    mkdirSync(ownerPubDir, { recursive: true });
+    writeFileSync(path.join(ownerPubDir, 'owner.pub'), `${ownerPublic}\n`, { mode: 0o644 });
+  }
+  say(`owner key ${ownerKey}: public ${ownerPublic}`);
 }
 
 async function policy(): Promise<void> {
-  const casUrl = env('CDBP_CAS_URL');
+  const casUrls = env('CDBP_CAS_URL').split(',').map((u) => u.trim()).filter(Boolean);
   const caFile = env('CDBP_CAS_CA_FILE');
   const ownerKeyFile = env('CDBP_OWNER_KEY_FILE', '/keys/owner/owner.key');
   const service = env('CDBP_SERVICE', 'mariadb');
   const measurement = measureShippedCode();
-  const applied = await ensureServicePolicy({ casUrl, caPem: readFileSync(caFile, 'utf8'), ownerKeyFile, service, measurement });
-  say(`policy for service ${service} ${applied.changed ? 'applied' : 'unchanged'}: ${applied.policyHash} (measurement ${measurement}, tee mode simulated)`);
+  const failures: string[] = [];
+  for (const casUrl of casUrls) {
+    try {
+      const applied = await ensureServicePolicy({ casUrl, caPem: readFileSync(caFile, 'utf8'), ownerKeyFile, service, measurement });
+      say(`policy for service ${service} ${applied.changed ? 'applied' : 'unchanged'} at ${casUrl}: ${applied.policyHash} (measurement ${measurement}, tee mode simulated)`);
+      return;
+    } catch (e) {
+      if (casUrls.length === 1) throw e;
+      // One member down is normal for a replicated CAS: try the next. A refusal is reported with the rest.
+      const err = e as { code?: string; message?: string };
+      failures.push(`${casUrl}: ${err.code ? `${err.code}: ` : ''}${err.message ?? String(e)}`);
+      say(`${failures.at(-1)!} (trying the next member)`);
+    }
+  }
+  throw new Error(failures.join('; '));
 }
 
 const step = process.argv[2];

@@ -50,9 +50,9 @@ FROM ${NODE_IMAGE}
 ARG CDBP_UID=10001
 RUN groupadd --system --gid ${CDBP_UID} cdbp \
  && useradd --system --uid ${CDBP_UID} --gid ${CDBP_UID} --home-dir /nonexistent --no-create-home --shell /usr/sbin/nologin cdbp \
- && dirs="/srv/untrusted /var/lib/cdbp-cas /srv/cas-public /run/cdbp /keys/platform /keys/platform-pub /keys/owner" \
+ && dirs="/srv/untrusted /var/lib/cdbp-cas /srv/cas-public /srv/cas-ha-recovery /run/cdbp /keys/platform /keys/platform-pub /keys/owner /keys/owner-pub" \
  && mkdir -p $dirs && chown ${CDBP_UID}:${CDBP_UID} $dirs && chmod 0700 $dirs \
- && chmod 0755 /srv/cas-public /keys/platform-pub
+ && chmod 0755 /srv/cas-public /keys/platform-pub /keys/owner-pub
 # (Mount points exist with this owner so that empty named volumes are created owned by cdbp.)
 WORKDIR /app
 COPY --from=deps /app/node_modules ./node_modules
