@@ -357,7 +357,7 @@ async function joinMembers(cfg: HaConfig, instanceId: string, log: Logger):
     throw new CdbpError('CAS_QUORUM_UNAVAILABLE', `cannot join: ${distinct.size} of the ${cfg.peers.length} other members admitted this instance, ${needed} are needed to catch up safely `
       + `(${[...answers.filter((a) => 'error' in a).map((a) => `${a.url}: ${(a as { error: string }).error}`),
         ...ok.filter((a) => !current.some((c) => c.url === a.url)).map((a) => `${a.url}: replaced in slot ${a.s.slot} by a newer incarnation`)].join('; ') || 'duplicates'}). `
-      + 'If a majority of members lost their memory at once, the deployment must be re-created and its counters re-anchored by the owner (docs/CAS.md).');
+      + 'If a majority of members lost their memory at once (every member stopped, or two of three killed), the owner reopens the deployment: `cdbp recover deployment` signs a statement one member is started with (--ha-recover FILE), then `cdbp recover --cas URL,URL,URL` re-anchors each service (docs/CAS.md "Losing a majority").');
   }
   const keys = new Set([...distinct.values()].map((a) => a.s.masterKey));
   if (keys.size !== 1) throw new CdbpError('TAMPER_DETECTED', 'members hold different state keys: refusing to join');
