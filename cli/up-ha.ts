@@ -92,6 +92,8 @@ export async function startHaCas(o: HaCasOptions): Promise<HaCas> {
       o.startChild(`cas${i + 1}`, [...memberArgs(i), ...(i === 0 ? first : joinArgs)], [...memberArgs(i), ...joinArgs]);
       const r = await o.waitReady(ready, `CAS member ${i + 1}`);
       if (i === 0 && !exists) copyFileSync(r.caFile, caFile);
+      // Consumed: a statement left on disk could be replayed while it is valid.
+      if (i === 0 && exists) rmSync(path.join(haDir, 'recover.json'), { force: true });
       o.say(`CAS member ${i + 1} ready at ${r.url}`);
     }
     return { urls, caFile, etcdEndpoints: etcd.endpoints, reopened: exists, stopEtcd: etcd.stop };

@@ -76,6 +76,8 @@ interface JoinSecrets {
   membership: string;
   slot: number;
   gen: number;
+  /** The deployment's size as the admitting member runs it (a joiner refuses a different one). */
+  members: number;
 }
 
 /** What startCas needs from the replication layer (cas/app.ts). */
@@ -335,9 +337,10 @@ async function joinMembers(cfg: HaConfig, instanceId: string, log: Logger):
       const nonce = offer.nonce;
       const evidence = await cfg.provider!.collect(joinReportData(Buffer.from(nonce, 'hex'), sealing.publicKey));
       const r = await casRequest<{ sealed: string }>(url, 'POST', '/v1/replication/join',
-        { instance: instanceId, slot: cfg.slot, gen, nonce, sealingPublicKey: sealing.publicKey.toString('hex'), evidence }, { caPem: cfg.caPem!, timeoutMs: 5000 });
+        { instance: instanceId, slot: cfg.slot, gen, members: cfg.members, nonce, sealingPublicKey: sealing.publicKey.toString('hex'), evidence }, { caPem: cfg.caPem!, timeoutMs: 5000 });
       const s = JSON.parse((await openSealed(sealing, Buffer.from(r.sealed, 'base64'))).toString('utf8')) as JoinSecrets;
       if (s.format !== JOIN_SECRETS_FORMAT || !isHex(s.masterKey, 32) || typeof s.membership !== 'string') throw new CdbpError('PROTOCOL_VIOLATION', 'malformed join answer');
+      if (s.members !== cfg.members) throw new CdbpError('STATE_STORE_CONFLICT', `member runs a ${s.members}-member deployment, this instance ${cfg.members}`);
       return { url, s };
     } catch (e) {
       log.warn({ peer: url, err: asCdbpError(e).message }, 'member did not admit us');
@@ -400,9 +403,10 @@ function registerJoinRoutes(app: FastifyInstance, d: JoinRouteDeps): void {
   const nonces = new NonceStore(60_000);
   app.post('/v1/replication/nonce', async () => ({ nonce: nonces.issue('attest').nonce, membership: formatMembership(d.membership) }));
   app.get('/v1/replication/status', async () => ({ instance: d.instanceId, stateSeq: d.sync.headSeq, services: d.counters.counters.size, rollback: d.sync.rollback ?? null }));
-  app.post<{ Body: { instance: string; slot: number; gen: number; nonce: string; sealingPublicKey: string; evidence: Evidence } }>('/v1/replication/join', {
-    schema: { body: { type: 'object', additionalProperties: false, required: ['instance', 'slot', 'gen', 'nonce', 'sealingPublicKey', 'evidence'], properties: {
+  app.post<{ Body: { instance: string; slot: number; gen: number; members: number; nonce: string; sealingPublicKey: string; evidence: Evidence } }>('/v1/replication/join', {
+    schema: { body: { type: 'object', additionalProperties: false, required: ['instance', 'slot', 'gen', 'members', 'nonce', 'sealingPublicKey', 'evidence'], properties: {
       instance: { type: 'string', pattern: '^[0-9a-f]{16}$' }, slot: { type: 'integer', minimum: 1, maximum: 15 }, gen: { type: 'integer', minimum: 1 },
+      members: { type: 'integer', minimum: 1, maximum: 15 },
       nonce: { type: 'string', pattern: '^[0-9a-f]{64}$' }, sealingPublicKey: { type: 'string', pattern: '^[0-9a-f]{64}$' },
       evidence: { type: 'object' } } } },
   }, async (req) => {
@@ -420,6 +424,9 @@ function registerJoinRoutes(app: FastifyInstance, d: JoinRouteDeps): void {
       if (measurement !== d.measurement) throw new CdbpError('MEASUREMENT_MISMATCH', `joiner runs measurement ${measurement}, this member runs ${d.measurement}`);
       // Fencing: the joiner takes a slot over from whatever incarnation held it. Never this member's own slot
       // (it is alive and answering), never a slot outside the deployment, never at a generation it already knows.
+      // The deployment's size is not the joiner's to choose: a member started with another --ha-members
+      // would count majorities (and certify them to proxies) of a deployment that does not exist.
+      if (b.members !== d.members) throw new CdbpError('STATE_STORE_CONFLICT', `joiner claims a ${b.members}-member deployment, this one has ${d.members}`);
       if (b.slot > d.members || b.slot === d.slot) throw new CdbpError('STATE_STORE_CONFLICT', `slot ${b.slot} is ${b.slot === d.slot ? 'held by this running member' : `outside this ${d.members}-member deployment`}`);
       const held = d.membership.get(b.slot) ?? 0;
       if (b.gen <= held) throw new CdbpError('STATE_STORE_CONFLICT', `slot ${b.slot} is at generation ${held} already (another incarnation joined for it): retry`);
@@ -430,7 +437,7 @@ function registerJoinRoutes(app: FastifyInstance, d: JoinRouteDeps): void {
       // Counter channels carry the view signed at their opening: none may outlive it.
       d.closeChannels();
       const secrets: JoinSecrets = { format: JOIN_SECRETS_FORMAT, instance: d.instanceId, masterKey: d.masterKey.toString('hex'), stateSeq: d.sync.headSeq,
-        counters: d.counters.snapshot(), known: [...d.known], membership: formatMembership(d.membership), slot: d.slot, gen: d.gen() };
+        counters: d.counters.snapshot(), known: [...d.known], membership: formatMembership(d.membership), slot: d.slot, gen: d.gen(), members: d.members };
       const plain = Buffer.from(JSON.stringify(secrets));
       const sealed = await sealToPublicKey(sealingKey, plain);
       plain.fill(0);

@@ -261,6 +261,9 @@ async function auditCommand(argv: string[]): Promise<number> {
 async function prepareHaFromConfig(config: { casHaMembers: number; casHaSlot: number; casHaPeers: string[]; casHaBootstrap: boolean; casHaCa?: string; casHaPlatformKey?: string; casEtcd: string[]; casHaRecover?: string; casSealing: string; casSealingKeyFile?: string },
   owners: string[], sealing: SealingKeyProvider, dir: string, allowSimulated: boolean, log: Logger): Promise<HaRuntime> {
   if (config.casEtcd.length === 0) throw new CdbpError('CONFIG_INVALID', '--ha-members needs --etcd URL,.. (the durable state store)');
+  // Only 3: the fencing argument was checked (model search, docs/CAS.md) for n = 3 and is false for even n;
+  // larger odd n are unproven.
+  if (config.casHaMembers !== 3) throw new CdbpError('CONFIG_INVALID', `--ha-members ${config.casHaMembers}: a replicated CAS has exactly 3 members (other sizes are not proven safe: docs/CAS.md "Slots and fencing")`);
   if (config.casHaSlot < 1 || config.casHaSlot > config.casHaMembers) throw new CdbpError('CONFIG_INVALID', `--ha-members ${config.casHaMembers} needs --ha-slot 1..${config.casHaMembers} (this member's place; the same across its restarts)`);
   if (config.casHaPeers.length !== config.casHaMembers - 1) {
     throw new CdbpError('CONFIG_INVALID', `--ha-members ${config.casHaMembers} needs the ${config.casHaMembers - 1} other members in --ha-peers (got ${config.casHaPeers.length})`);

@@ -336,7 +336,14 @@ class SignalledError extends Error {}
  */
 async function reanchorToVolume(o: { casUrls: string[]; caPem: string; ownerKeyFile: string; service: string; untrustedDir: string }): Promise<{ value: number } | undefined> {
   const file = path.join(o.untrustedDir, `freshness-${o.service}.sealed`);
-  if (!existsSync(file)) return undefined;
+  if (!existsSync(file)) {
+    // A reopened CAS reads 0 for every counter, which a proxy takes for a first start: a volume with data
+    // but no record would then be accepted as it is (any old copy). Only a volume that never started may lack it.
+    if (existsSync(path.join(o.untrustedDir, o.service))) {
+      throw new CdbpError('HA_RECOVERY_REFUSED', `${o.service}: the volume holds a database but no sealed freshness record (${file}): not re-anchoring it to nothing`);
+    }
+    return undefined;
+  }
   const bytes = readFileSync(file);
   const value = peekRecordHeader(bytes).epoch;
   await recoverCounterOnMembers({ casUrls: o.casUrls, caPem: o.caPem, ownerKey: loadOwnerKey(o.ownerKeyFile), service: o.service, value, digest: recordDigest(bytes) });

@@ -131,11 +131,12 @@ test('kill -9 under write load: an append-only table\'s file put back to a copy 
   await sleep(1500);
   // The checkpoint must come after acknowledged load writes (a loaded machine can take seconds to connect
   // the writers): only writes before it can be witnessed, and the attack removes exactly those.
-  // Enough rows that the load filled whole blocks past the old copy's end before the checkpoint: the
-  // block the load keeps rewriting (the table's last) is above every checkpoint when a sweep reads it and
-  // is not witnessed (docs/FRESHNESS.md "Not covered"); one run with only 40 rows, all in that block, was
-  // accepted that way.
-  await until(() => load.count() >= 500, 90_000, 'acknowledged writes before the checkpoint');
+  // Enough rows that the load filled whole blocks past the old copy's end before the checkpoint: a block
+  // the load keeps rewriting is above every checkpoint when a sweep reads it and is not witnessed
+  // (docs/FRESHNESS.md "Not covered"). Each writer's backend inserts into a target block of its own, so
+  // with 4 writers there are 4 such blocks: one run with 40 rows, and one (CI, 2026-12-03) with ~500 rows
+  // (~1 block per writer), were accepted that way. 2,000 rows fill several blocks per writer.
+  await until(() => load.count() >= 2000, 120_000, 'acknowledged writes before the checkpoint');
   await p.backendQuery('CHECKPOINT');
   // Taken once the checkpoint completed: a sweep that began during it reads the previous one's redo, and
   // its witnesses would predate the load (the window the docs describe, not what this test attacks).
