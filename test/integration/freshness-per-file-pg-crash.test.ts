@@ -84,14 +84,17 @@ function writeLoad(p: PgTestProxy, n: number, table = 't'): { stop: () => Promis
   return { stop: async () => { stopping = true; await Promise.all(all); return acked; }, count: () => acked.length };
 }
 
-/** A sweep that began after `since` (and after a CHECKPOINT, so its witnesses count) is in a counted epoch. */
+/**
+ * The counted record names a sweep that began after `since` (and after a CHECKPOINT, so its witnesses
+ * count). Read from the counted inventory itself: a seal counted after the sweep ended may still have been
+ * built before it (several advances in flight under load) and carry the sweep before — a CI run saw that
+ * and the attack met witnesses from before the load.
+ */
 async function sweptAndSealedAfter(p: PgTestProxy, since: number, timeoutMs = 30_000): Promise<void> {
   await until(async () => {
-    const f = (await status(p)).freshness;
-    const swept = f.dataFiles.lastSweepAt ? Date.parse(f.dataFiles.lastSweepAt) : 0;
-    // A seal that began after the sweep ended carries its reference (the guard seals continuously under load).
-    return swept > since && !!f.lastSealAt && Date.parse(f.lastSealAt) > swept + (f.dataFiles.lastSweepMs ?? 0) + 300;
-  }, timeoutMs, 'a sealed sweep after the checkpoint');
+    const counted = (await status(p)).freshness.inventory;
+    return !!counted?.takenAt && Date.parse(counted.takenAt) > since;
+  }, timeoutMs, 'a counted sweep after the checkpoint');
 }
 
 async function values(p: PgTestProxy, table = 't'): Promise<Set<string>> {
@@ -134,8 +137,9 @@ test('kill -9 under write load: an append-only table\'s file put back to a copy 
   // Enough rows that the load filled whole blocks past the old copy's end before the checkpoint: a block
   // the load keeps rewriting is above every checkpoint when a sweep reads it and is not witnessed
   // (docs/FRESHNESS.md "Not covered"). Each writer's backend inserts into a target block of its own, so
-  // with 4 writers there are 4 such blocks: one run with 40 rows, and one (CI, 2026-12-03) with ~500 rows
-  // (~1 block per writer), were accepted that way. 2,000 rows fill several blocks per writer.
+  // with 4 writers there are 4 such blocks; 2,000 rows fill several blocks per writer. (Two CI runs on
+  // 2026-12-03 saw the attack accepted, first blamed on this; the second, with 2,000 rows, showed the
+  // other cause: the wait below took a seal counted after the sweep for one that carried it.)
   await until(() => load.count() >= 2000, 120_000, 'acknowledged writes before the checkpoint');
   await p.backendQuery('CHECKPOINT');
   // Taken once the checkpoint completed: a sweep that began during it reads the previous one's redo, and
