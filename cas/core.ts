@@ -97,7 +97,7 @@ export interface CasCoreOptions {
    * All services' counters: one append-only log, group-committed (cas/counter-log.ts); or, in a
    * replicated CAS, the member's memory (cas/replication/memory-counters.ts).
    */
-  counters: Pick<CounterLog, 'counters' | 'append' | 'idle' | 'stats'>;
+  counters: Pick<CounterLog, 'counters' | 'append' | 'idle' | 'stats'> & { isUnanchored?: (service: string) => boolean };
   /** Replicated CAS: this member incarnation's own answer key (its certificate names the instance). */
   signing?: { secretKey: Buffer; certPem: string; membership?: () => string };
   /**
@@ -398,7 +398,20 @@ export class CasCore {
   readCounter(service: string): CounterView {
     const rec = this.o.store.get(service);
     if (!rec) throw new CdbpError('SERVICE_UNKNOWN', `no policy for service ${service}`);
+    this.refuseUnanchored(service);
     return this.durableCounter(rec);
+  }
+
+  /**
+   * A reopened replicated deployment lost this counter: "no counter" must not read as "never advanced"
+   * (a first start accepts any data directory), so neither a read nor an advance is answered until the
+   * owner re-anchors it (memory-counters.ts).
+   */
+  private refuseUnanchored(service: string): void {
+    if (this.o.counters.isUnanchored?.(service)) {
+      throw new CdbpError('COUNTER_UNANCHORED', `the counter of ${service} was lost when the owner reopened the replicated CAS deployment and is not re-anchored yet: `
+        + `the owner runs \`cdbp recover --cas URL,URL,URL --service ${service} --record VOLUME/freshness-${service}.sealed\` (or --value 0 --digest '' for a service that never started)`);
+    }
   }
 
   /** The last durable counter of a service: its latest counter-log entry, else the legacy value in its file. */
@@ -436,6 +449,7 @@ export class CasCore {
       }
       const rec = this.o.store.get(service);
       if (!rec) throw new CdbpError('SERVICE_UNKNOWN', `no policy for service ${service}`);
+      this.refuseUnanchored(service);
       const current = this.unsynced.get(service) ?? this.durableCounter(rec);
       // acceptLagging (a replicated member, cas/replication/): a member behind the majority accepts an advance
       // from a higher expected value. expectedDigest (the ordered counter channel, cas/counter-channel.ts): a

@@ -130,7 +130,9 @@ export async function prepareHa(cfg: HaConfig, fileSealing: SealingKeyProvider, 
     const r = await reopenDeployment(cfg, cfg.recover, etcd, fileSealing, log);
     sync = r.sync;
     joined = { ...r.loaded, from: [] };
-    recovered = r.details;
+    // Their counters died with the majority: refused, not "never advanced", until the owner re-anchors each.
+    counters.unanchor(r.loaded.services.keys());
+    recovered = { ...r.details, unanchored: counters.unanchored.size };
     membership.set(cfg.slot, gen);
   } else {
     if (!cfg.caPem || !cfg.provider) throw new CdbpError('CONFIG_INVALID', 'joining a replicated CAS needs --ha-ca FILE (the deployment CA) and an attestation provider');
@@ -187,7 +189,7 @@ export async function prepareHa(cfg: HaConfig, fileSealing: SealingKeyProvider, 
         await x.audit.append({ event: 'ha.bootstrap', outcome: 'ok', details: { instance: instanceId, members: cfg.members } });
       } else if (recovered) {
         await x.audit.append({ event: 'ha.recover', outcome: 'ok', details: { instance: instanceId, ...recovered } });
-        x.log.warn({ instance: instanceId, ...recovered }, 'deployment reopened by owner-signed recovery: every counter starts empty until its owner re-anchors it (cdbp recover)');
+        x.log.warn({ instance: instanceId, ...recovered }, 'deployment reopened by owner-signed recovery: every service\'s counter is unanchored (reads and advances refused) until its owner re-anchors it (cdbp recover)');
       } else {
         await x.audit.append({ event: 'ha.join', outcome: 'ok', details: { instance: instanceId, from: joined!.from.join(','), stateSeq: s.headSeq, services: counters.counters.size } });
       }

@@ -5,6 +5,12 @@
  * append, idle, stats, close), so the core's compare-and-advance rules apply unchanged.
  *
  * Invariant: a counter never moves backwards here, except by an owner-signed recovery.
+ *
+ * Unanchored: after the owner reopens a deployment that lost its majority (docs/CAS.md "Losing a
+ * majority"), the counters of every service that existed are gone, and "no counter" would read as "never
+ * advanced" — a first start, which accepts any data directory. So those services are unanchored: reads and
+ * advances are refused (COUNTER_UNANCHORED) until the owner re-anchors each (an owner-signed recovery, over
+ * a nonce of each member). A joiner's catch-up carries the mark; any anchored value beats it.
  */
 import type { CounterValue } from '../counter-log.ts';
 
@@ -13,15 +19,21 @@ export interface CounterSnapshotEntry {
   value: number;
   digest: string;
   record?: string;
+  /** Reopened and not re-anchored yet (value 0, digest ''): never "never advanced". */
+  unanchored?: true;
 }
 
 export class MemoryCounters {
   readonly counters = new Map<string, CounterValue>();
+  /** Services whose counter a reopen lost and the owner has not re-anchored (see above). */
+  readonly unanchored = new Set<string>();
   readonly stats = { batches: 0, entries: 0 };
   /** Same epoch, different digests, met while catching up: reported by the caller as a fork alarm. */
   readonly conflicts: Array<{ service: string; value: number; digests: string[] }> = [];
 
   append(service: string, op: 'advance' | 'recover', value: number, digest: string, record?: string): Promise<void> {
+    if (op === 'advance' && this.unanchored.has(service)) return Promise.reject(new Error(`counter ${service} is unanchored`));
+    if (op === 'recover') this.unanchored.delete(service);
     const cur = this.counters.get(service);
     // CasCore compares before it appends; this is the last line: memory never goes back on an advance.
     if (op === 'advance' && cur && value <= cur.value) return Promise.reject(new Error(`counter ${service} would move back from ${cur.value} to ${value}`));
@@ -37,9 +49,23 @@ export class MemoryCounters {
 
   async close(): Promise<void> {}
 
+  /** A reopen: every service that existed loses its counter until re-anchored. */
+  unanchor(services: Iterable<string>): void {
+    for (const s of services) {
+      this.counters.delete(s);
+      this.unanchored.add(s);
+    }
+  }
+
+  isUnanchored(service: string): boolean {
+    return this.unanchored.has(service);
+  }
+
   snapshot(): CounterSnapshotEntry[] {
-    return [...this.counters.entries()].map(([service, c]) => ({ service, value: c.value, digest: c.digest, ...(c.record ? { record: c.record } : {}) }))
-      .sort((a, b) => (a.service < b.service ? -1 : 1));
+    return [
+      ...[...this.counters.entries()].map(([service, c]): CounterSnapshotEntry => ({ service, value: c.value, digest: c.digest, ...(c.record ? { record: c.record } : {}) })),
+      ...[...this.unanchored].map((service): CounterSnapshotEntry => ({ service, value: 0, digest: '', unanchored: true })),
+    ].sort((a, b) => (a.service < b.service ? -1 : 1));
   }
 
   /**
@@ -48,7 +74,14 @@ export class MemoryCounters {
    * picked silently) and listed in `conflicts`; a disagreement below it is a race the winner has moved
    * past (the loser's digest stays on the member that took it until the next advance).
    */
-  merge(entries: CounterSnapshotEntry[]): void {
+  merge(all: CounterSnapshotEntry[]): void {
+    // Unanchored only where no member reported an anchored value (a re-anchoring took a majority, so any
+    // majority a joiner catches up from has it) and this member holds none.
+    const entries = all.filter((e) => !e.unanchored);
+    const anchored = new Set(entries.map((e) => e.service));
+    for (const e of all) {
+      if (e.unanchored && !this.counters.has(e.service) && !anchored.has(e.service)) this.unanchored.add(e.service);
+    }
     const top = new Map<string, number>();
     for (const e of entries) top.set(e.service, Math.max(top.get(e.service) ?? -Infinity, e.value));
     const digestsAtTop = new Map<string, Set<string>>();
@@ -64,6 +97,7 @@ export class MemoryCounters {
         continue;
       }
       const cur = this.counters.get(e.service);
+      this.unanchored.delete(e.service);
       if (!cur || e.value > cur.value) {
         this.counters.set(e.service, { value: e.value, digest: e.digest, ...(e.record ? { record: e.record } : {}), updatedAt: new Date().toISOString() });
       }

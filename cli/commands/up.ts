@@ -238,13 +238,15 @@ service's counter re-anchored to its volume as found (signed, audited).`);
       casUrl: casUrls[0]!, caPem: readFileSync(caFile, 'utf8'), ownerKeyFile: ownerKey, service: 'mariadb', measurement,
     });
     say(`policy ${applied.changed ? 'applied' : 'unchanged'} (measurement ${measurement.slice(0, 16)}…)`);
-    // A reopened replicated CAS holds no counters: the owner re-anchors each service to its volume as found.
-    if (ha?.reopened) {
-      for (const service of ['mariadb', ...(flags.postgres ? ['postgres'] : [])]) {
-        const anchored = await reanchorToVolume({ casUrls, caPem: readFileSync(caFile, 'utf8'), ownerKeyFile: ownerKey, service, untrustedDir: layout.untrusted });
-        say(anchored ? `counter of ${service} re-anchored by the owner to its volume's sealed record (epoch ${anchored.value}; audited)` : `${service}: no sealed record on the volume (first start)`);
-      }
-    }
+    // A reopened replicated CAS lost every counter: the owner re-anchors each service to its volume as found
+    // (PostgreSQL's below, once its policy is there).
+    const reanchor = async (service: string): Promise<void> => {
+      if (!ha?.reopened) return;
+      const anchored = await reanchorToVolume({ casUrls, caPem: readFileSync(caFile, 'utf8'), ownerKeyFile: ownerKey, service, untrustedDir: layout.untrusted });
+      say(anchored.firstStart ? `counter of ${service} re-anchored by the owner as never advanced: no record and no database on its volume (audited)`
+        : `counter of ${service} re-anchored by the owner to its volume's sealed record (epoch ${anchored.value}; audited)`);
+    };
+    await reanchor('mariadb');
 
     // 3. The proxy: attests, verifies freshness, serves keys, starts MariaDB, opens the endpoint.
     const mysqlPort = flags['mysql-port'] ? Number(flags['mysql-port']) : previous?.mysql?.port ?? (await freePort());
@@ -276,6 +278,7 @@ service's counter re-anchored to its volume as found (signed, audited).`);
       await ensureServicePolicy({
         casUrl: casUrls[0]!, caPem: readFileSync(caFile, 'utf8'), ownerKeyFile: ownerKey, service: 'postgres', measurement,
       });
+      await reanchor('postgres');
       const pgPort = flags['pg-port'] ? Number(flags['pg-port']) : previous?.postgres?.port ?? (await freePort());
       const pgOpsPort = await freePort();
       const pgRunDir = path.join(layout.run, 'postgres');
@@ -330,24 +333,26 @@ service's counter re-anchored to its volume as found (signed, audited).`);
 class SignalledError extends Error {}
 
 /**
- * The owner's re-anchoring of one service after its replicated CAS was reopened: to the sealed record
- * the proxy left on the volume (`cdbp recover --record`), on a majority of members. Undefined when the
- * volume holds none (the service never started).
+ * The owner's re-anchoring of one service after its replicated CAS was reopened (until then its members
+ * refuse the counter: COUNTER_UNANCHORED): to the sealed record the proxy left on the volume (`cdbp
+ * recover --record`), on a majority of members; to "never advanced" (value 0) when the volume holds
+ * neither a record nor a database (the service never started). `firstStart` tells which.
  */
-async function reanchorToVolume(o: { casUrls: string[]; caPem: string; ownerKeyFile: string; service: string; untrustedDir: string }): Promise<{ value: number } | undefined> {
+async function reanchorToVolume(o: { casUrls: string[]; caPem: string; ownerKeyFile: string; service: string; untrustedDir: string }): Promise<{ value: number; firstStart: boolean }> {
   const file = path.join(o.untrustedDir, `freshness-${o.service}.sealed`);
   if (!existsSync(file)) {
-    // A reopened CAS reads 0 for every counter, which a proxy takes for a first start: a volume with data
-    // but no record would then be accepted as it is (any old copy). Only a volume that never started may lack it.
+    // "Never advanced" lets the proxy take any data directory for a first start: only a volume without
+    // one may be anchored so.
     if (existsSync(path.join(o.untrustedDir, o.service))) {
       throw new CdbpError('HA_RECOVERY_REFUSED', `${o.service}: the volume holds a database but no sealed freshness record (${file}): not re-anchoring it to nothing`);
     }
-    return undefined;
+    await recoverCounterOnMembers({ casUrls: o.casUrls, caPem: o.caPem, ownerKey: loadOwnerKey(o.ownerKeyFile), service: o.service, value: 0, digest: '' });
+    return { value: 0, firstStart: true };
   }
   const bytes = readFileSync(file);
   const value = peekRecordHeader(bytes).epoch;
   await recoverCounterOnMembers({ casUrls: o.casUrls, caPem: o.caPem, ownerKey: loadOwnerKey(o.ownerKeyFile), service: o.service, value, digest: recordDigest(bytes) });
-  return { value };
+  return { value, firstStart: false };
 }
 
 /**

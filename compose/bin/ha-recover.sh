@@ -53,7 +53,13 @@ case "$step" in
     done
     for service in $(echo "${CDBP_HA_SERVICES:-mariadb}" | tr ',' ' '); do
       record=$UNTRUSTED/freshness-$service.sealed
-      if [ ! -s "$record" ]; then say "$service: no sealed record on its volume (never started): nothing to re-anchor"; continue; fi
+      if [ ! -s "$record" ]; then
+        # Its counter stays unanchored (the proxy refuses to start: COUNTER_UNANCHORED): "never advanced"
+        # would let it take any data directory for a first start, which only the owner can vouch for.
+        say "$service: no sealed record on its volume: not re-anchored. If it never started, the owner runs"
+        say "  cdbp recover --cas \"$URLS\" --ca $CA --owner-key OWNER_KEY --service $service --value 0 --digest ''"
+        continue
+      fi
       node /app/bin/cdbp.js recover --cas "$URLS" --ca "$CA" --owner-key "$OWNER_KEY" --service "$service" --record "$record"
     done
     say "done: start the database (docker-compose ... up -d proxy-ha; restart proxy-ha if it was running)"

@@ -241,6 +241,7 @@ export class QuorumCounterClient implements CounterClient {
     return new Promise<CounterState>((resolve, reject) => {
       const receipts: Receipt[] = [];
       const reasons: string[] = [];
+      let unanchored = '';
       let outstanding = this.members.length;
       let done = false;
       const decide = (): void => {
@@ -258,6 +259,11 @@ export class QuorumCounterClient implements CounterClient {
             reject(new CdbpError('TAMPER_DETECTED', `CAS instances hold different digests for epoch ${out.value}: a fork`, { details: { value: out.value } }));
             return;
           case 'no-quorum':
+            // Members that refuse because a reopen lost this counter: fail closed with what the owner must do.
+            if (unanchored) {
+              reject(new CdbpError('COUNTER_UNANCHORED', `counter read: ${out.answered} of ${this.n} CAS instances answered, a majority (${out.needed}) is needed; ${unanchored}`));
+              return;
+            }
             reject(new CdbpError('CAS_QUORUM_UNAVAILABLE', `counter read: ${out.answered} of ${this.n} CAS instances answered, a majority (${out.needed}) is needed (${reasons.join('; ')})`,
               { details: { answered: out.answered, needed: out.needed } }));
             return;
@@ -272,7 +278,9 @@ export class QuorumCounterClient implements CounterClient {
           try {
             receipts.push(await this.readOne(m));
           } catch (e) {
-            reasons.push(`${m.url}: ${asCdbpError(e).message}`);
+            const err = asCdbpError(e);
+            if (err.code === 'COUNTER_UNANCHORED') unanchored ||= err.message;
+            reasons.push(`${m.url}: ${err.message}`);
           } finally {
             outstanding--;
             decide();

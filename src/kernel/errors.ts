@@ -88,7 +88,9 @@ export type ErrorCode =
   | 'STATE_STORE_CONFLICT'
   | 'STATE_ROLLED_BACK'
   // a deployment recovery (--ha-recover) that may not go ahead: members still run, statement expired, ...
-  | 'HA_RECOVERY_REFUSED';
+  | 'HA_RECOVERY_REFUSED'
+  // a reopened replicated CAS lost this service's counter: the owner re-anchors it
+  | 'COUNTER_UNANCHORED';
 
 export class CdbpError extends Error {
   readonly code: ErrorCode;
@@ -166,6 +168,7 @@ export function httpStatusFor(code: ErrorCode): number {
     case 'SERVICE_UNKNOWN':
       return 404;
     case 'COUNTER_CONFLICT':
+    case 'COUNTER_UNANCHORED':
     case 'POLICY_CHAIN_BROKEN':
     case 'STATE_LOCKED':
     case 'STATE_STORE_CONFLICT':

@@ -3,15 +3,21 @@
  * members, the proxy attests to any and counts by majority (src/cas-client/quorum-counter.ts).
  * kill -9 of one member under concurrent SQL writes: every acknowledged write is there; two members
  * frozen: reads are served, writes are held and then refused with the usual clear error, and they work
- * again as soon as one member is back.
+ * again as soon as one member is back. Every member lost and the deployment reopened by the owner: a
+ * proxy whose sealed record the host deleted is refused (its counter is unanchored), not first-started.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { readFileSync, rmSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
 import { tempDir } from '../support/tmp.ts';
 import { startHaCluster, type HaCluster } from '../support/etcd-cas-ha.ts';
 import { applyProxyPolicy, startProxyProcess, type TestProxy } from '../support/proxy-process.ts';
+import { runCdbp } from '../support/cas.ts';
+import { until } from '../support/mysql-raw.ts';
+import { writeSigningKeyFile } from '../../src/crypto/ed25519.ts';
 
-test('real proxy over a replicated CAS: kill -9 a member under strict writes, freeze two, resume', { timeout: 240_000 }, async (t) => {
+test('real proxy over a replicated CAS: kill -9 a member under strict writes, freeze two, resume, reopen', { timeout: 330_000 }, async (t) => {
   const tmp = tempDir('cas-ha-proxy');
   let cluster: HaCluster | undefined;
   let proxy: TestProxy | undefined;
@@ -22,10 +28,11 @@ test('real proxy over a replicated CAS: kill -9 a member under strict writes, fr
   await c.start(2);
   await c.start(3);
   await applyProxyPolicy({ url: c.urls[0]!, caPem: c.caPem }, { owner: c.owner });
-  proxy = await startProxyProcess({
+  const proxyOptions = {
     root: tmp.path, cas: { url: c.urls.join(','), caFile: c.caFile, caPem: c.caPem, platformKeyFile: c.platformKeyFile },
     env: { CDBP_FRESHNESS: 'strict', CDBP_HOLD_TIMEOUT_MS: '3000' },
-  });
+  };
+  proxy = await startProxyProcess(proxyOptions);
   const p = proxy;
   await p.createUser('app', 'app-pw');
   const setup = await p.connect({ user: 'app', password: 'app-pw' });
@@ -91,7 +98,44 @@ test('real proxy over a replicated CAS: kill -9 a member under strict writes, fr
       c.members[2]!.cas!.proc.kill('SIGCONT');
     }
   });
+  const rows = (await setup.query('SELECT COUNT(*) AS n FROM app.t') as Array<{ n: bigint }>)[0]!.n;
   await setup.end();
   assert.equal(await p.stop(), 0);
   proxy = undefined;
+
+  await t.test('every member lost, the owner reopens: the proxy\'s record deleted → refused (COUNTER_UNANCHORED), not a first start; re-anchored → every row', async () => {
+    c.kill(1);
+    c.kill(2);
+    c.kill(3);
+    const ownerKeyFile = path.join(tmp.path, 'owner.key');
+    writeSigningKeyFile(ownerKeyFile, c.owner, 'cdbp-owner-key/1');
+    const statement = path.join(tmp.path, 'recover.json');
+    const signed = await runCdbp(['recover', 'deployment', '--ca', c.caFile, '--owner-key', ownerKeyFile, '--out', statement, '--valid-minutes', '10']);
+    assert.equal(signed.code, 0, signed.output);
+    await c.start(1, { extraArgs: ['--ha-recover', statement] });
+    await c.start(2);
+    await c.start(3);
+    // The attack: a reopened deployment lost every counter, and without the record "no counter" read as
+    // "never advanced" — a first start that takes whatever data directory the host put there.
+    const record = readFileSync(p.freshnessRecordFile);
+    rmSync(p.freshnessRecordFile);
+    const refused = await startProxyProcess({ ...proxyOptions, waitFor: 'none' });
+    await until(() => /COUNTER_UNANCHORED|"state":"ready"/.test(refused.output()) || refused.exitCode() !== undefined, 60_000, 'the refusal');
+    const out = refused.output();
+    assert.match(out, /"code":"COUNTER_UNANCHORED"/, out.slice(-3000));
+    assert.doesNotMatch(out, /first start of this database|"state":"ready"|mariadbd started/);
+    if (refused.exitCode() === undefined) await refused.stop(); else await refused.exited;
+    // The owner re-anchors to the record as found (here the one the host had hidden), on every member.
+    writeFileSync(p.freshnessRecordFile, record);
+    const r = await runCdbp(['recover', '--cas', c.urls.join(','), '--ca', c.caFile, '--owner-key', ownerKeyFile, '--service', 'mariadb', '--record', p.freshnessRecordFile]);
+    assert.equal(r.code, 0, r.output);
+    proxy = await startProxyProcess(proxyOptions);
+    const conn = await proxy.connect({ user: 'app', password: 'app-pw' });
+    try {
+      assert.equal((await conn.query('SELECT COUNT(*) AS n FROM app.t') as Array<{ n: bigint }>)[0]!.n, rows);
+      await conn.query("INSERT INTO app.t (v) VALUES ('after-reopen')");
+    } finally { await conn.end(); }
+    assert.equal(await proxy.stop(), 0);
+    proxy = undefined;
+  });
 });

@@ -15,7 +15,7 @@ import path from 'node:path';
 import { randomBytes, createHash, X509Certificate } from 'node:crypto';
 import { tempDir } from '../support/tmp.ts';
 import { runCdbp } from '../support/cas.ts';
-import { startHaCluster, type HaCluster } from '../support/etcd-cas-ha.ts';
+import { readMember, startHaCluster, type HaCluster } from '../support/etcd-cas-ha.ts';
 import { SimulatedProvider } from '../../src/attestation/simulated.ts';
 import { attestAndProvisionAny, QuorumCounterClient } from '../../src/cas-client/quorum-counter.ts';
 import { isCdbpError } from '../../src/kernel/errors.ts';
@@ -31,7 +31,7 @@ test('replicated CAS: owner-signed recovery after every member was killed', { ti
   t.after(async () => { for (const c of clients) c.close(); await cluster?.stop(); tmp.remove(); });
   cluster = await startHaCluster(tmp.path, 3);
   const c = cluster;
-  await c.startAll(['orders']);
+  await c.startAll(['orders', 'idle']);
   const ownerKeyFile = path.join(tmp.path, 'owner.key');
   writeSigningKeyFile(ownerKeyFile, c.owner, 'cdbp-owner-key/1');
   const caFingerprint = createHash('sha256').update(new X509Certificate(c.caPem).raw).digest('hex');
@@ -102,8 +102,21 @@ test('replicated CAS: owner-signed recovery after every member was killed', { ti
     const again = await attestAndProvisionAny({ casUrls: c.urls, caPem: c.caPem, service: 'orders', provider, tls: {}, timeoutMs: 1500 });
     counter = again.counter as QuorumCounterClient;
     clients.push(counter);
-    // The counters died with the members: the proxy would now refuse its volume (ahead of the counter) until re-anchored.
-    assert.equal((await counter.read()).value, 0);
+    // The counters died with the members. "No counter" must not read as "never advanced" (a proxy whose
+    // record was deleted would take any data directory for a first start): unanchored until re-anchored,
+    // on the reopened member and on the members that joined it (the mark travels with the catch-up).
+    await assert.rejects(counter.read(), (e: unknown) => isCdbpError(e, 'COUNTER_UNANCHORED') && /cdbp recover/.test((e as Error).message));
+    await assert.rejects(counter.advance(0, 1, 'ab'.repeat(32)), /not re-anchored yet/);
+    for (const url of c.urls) {
+      await assert.rejects(readMember(url, 'orders', { ...again.identity, caPem: c.caPem }), (e: unknown) => isCdbpError(e, 'COUNTER_UNANCHORED'), url);
+    }
+    // The owner's word for a service that never started: "never advanced".
+    const idle = await runCdbp(['recover', '--cas', c.urls.join(','), '--ca', c.caFile, '--owner-key', ownerKeyFile, '--service', 'idle', '--value', '0', '--digest', '']);
+    assert.equal(idle.code, 0, idle.output);
+    const idleProv = await attestAndProvisionAny({ casUrls: c.urls, caPem: c.caPem, service: 'idle', provider, tls: {}, timeoutMs: 1500 });
+    clients.push(idleProv.counter as QuorumCounterClient);
+    assert.equal((await idleProv.counter.read()).value, 0);
+    for (const url of c.urls) assert.equal((await readMember(url, 'idle', { ...idleProv.identity, caPem: c.caPem })).value, 0, url);
     const r = await runCdbp(['recover', '--cas', c.urls.join(','), '--ca', c.caFile, '--owner-key', ownerKeyFile, '--service', 'orders',
       '--value', String(last.value), '--digest', last.digest]);
     assert.equal(r.code, 0, r.output);
@@ -127,6 +140,6 @@ test('replicated CAS: owner-signed recovery after every member was killed', { ti
     await c.start(3, { extraArgs: ['--ha-recover', statementFile] });
     await c.start(1);
     await c.start(2);
-    assert.equal((await counter.read()).value, 0);
+    await assert.rejects(counter.read(), (e: unknown) => isCdbpError(e, 'COUNTER_UNANCHORED'));
   });
 });

@@ -133,6 +133,31 @@ test('MemoryCounters: never moves back on an advance; catch-up takes the highest
   assert.equal(n.counters.get('v')!.digest, 'z');
 });
 
+test('MemoryCounters: a reopen unanchors every service (advances refused); an owner recovery anchors it; catch-up carries the mark and any anchored value beats it', async () => {
+  const m = new MemoryCounters();
+  await m.append('a', 'advance', 3, 'd3');
+  m.unanchor(['a', 'b']);
+  assert.equal(m.counters.has('a'), false, 'the old value is gone with the reopen');
+  assert.ok(m.isUnanchored('a') && m.isUnanchored('b'));
+  await assert.rejects(m.append('a', 'advance', 1, 'x'), /unanchored/);
+  assert.deepEqual(m.snapshot().map((e) => [e.service, e.unanchored ?? false]), [['a', true], ['b', true]]);
+  await m.append('b', 'recover', 0, '');
+  assert.ok(!m.isUnanchored('b'));
+  assert.deepEqual(m.counters.get('b')!.value, 0);
+  // A joiner catching up from members that still carry the mark and from one the owner re-anchored.
+  const j = new MemoryCounters();
+  j.merge([{ service: 'a', value: 0, digest: '', unanchored: true }, { service: 'b', value: 0, digest: '', unanchored: true }, { service: 'b', value: 7, digest: 'd7' }]);
+  assert.ok(j.isUnanchored('a'));
+  assert.ok(!j.isUnanchored('b'));
+  assert.equal(j.counters.get('b')!.value, 7);
+  // A member that holds a value does not take the mark from a lagging peer; a later anchored value clears it.
+  j.merge([{ service: 'b', value: 0, digest: '', unanchored: true }]);
+  assert.ok(!j.isUnanchored('b'));
+  j.merge([{ service: 'a', value: 2, digest: 'd2' }]);
+  assert.ok(!j.isUnanchored('a'));
+  assert.equal(j.counters.get('a')!.value, 2);
+});
+
 test('currentIncarnations: only the newest generation any answer names for a slot counts, once per slot', () => {
   const ans = (slot: number, gen: number, view: Array<[number, number]>, id = `${slot}.${gen}`) =>
     ({ id, incarnation: { slot, gen, members: 3 }, membership: new Map(view) });
