@@ -12,7 +12,7 @@
  */
 import { existsSync, mkdirSync, readFileSync, writeFileSync, copyFileSync, openSync, rmSync } from 'node:fs';
 import path from 'node:path';
-import { X509Certificate, createHash } from 'node:crypto';
+import { sha256Fingerprint } from '../src/crypto/x509.ts';
 import type { ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { CdbpError } from '../src/kernel/errors.ts';
@@ -77,9 +77,9 @@ export async function startHaCas(o: HaCasOptions): Promise<HaCas> {
       o.say(`bootstrapping the replicated CAS (${HA_MEMBERS} members, etcd ${etcd.endpoints.length} members)`);
       first = ['--ha-bootstrap'];
     } else {
-      o.say('reopening the replicated CAS as the owner (--ha-recover): counters start empty and are re-anchored to the volumes');
+      o.say('reopening the replicated CAS as the owner (--ha-recover): every counter is unanchored until re-anchored to its volume');
       const statement = path.join(haDir, 'recover.json');
-      const ca = createHash('sha256').update(new X509Certificate(readFileSync(caFile)).raw).digest('hex');
+      const ca = sha256Fingerprint(readFileSync(caFile));
       const signed = await signHaRecovery({ ca, notAfter: new Date(Date.now() + 10 * 60_000).toISOString(), minStateSeq: 0 }, loadOwnerKey(o.ownerKeyFile));
       writeFileSync(statement, JSON.stringify(signed, null, 2) + '\n', { mode: 0o600 });
       first = [...joinArgs, '--ha-recover', statement];

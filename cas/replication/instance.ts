@@ -22,7 +22,7 @@ import { CdbpError, asCdbpError } from '../../src/kernel/errors.ts';
 import type { AttestationProvider, EvidenceVerifier, TeeMode, Evidence } from '../../src/attestation/types.ts';
 import { generateSealingKeyPair, openSealed, sealToPublicKey } from '../../src/crypto/box.ts';
 import { generateSigningKeyPair } from '../../src/crypto/ed25519.ts';
-import { ed25519Spki, issueLeafCertificate, type CaMaterial } from '../../src/crypto/x509.ts';
+import { ed25519Spki, issueLeafCertificate, sha256Fingerprint, type CaMaterial } from '../../src/crypto/x509.ts';
 import { isHex, constantTimeEqual } from '../../src/crypto/hash.ts';
 import { casRequest } from '../../src/cas-client/http.ts';
 import { joinReportData } from '../../src/cas-client/quorum-counter.ts';
@@ -304,8 +304,8 @@ async function reopenDeployment(cfg: HaConfig, signed: SignedHaRecovery, etcd: E
   } catch (e) {
     throw new CdbpError('STATE_ROLLED_BACK', `the deployment's CA in etcd does not open with this member's state key: ${(e as Error).message}`);
   }
-  const caFingerprint = createHash('sha256').update(new X509Certificate(root.certPem ?? '').raw).digest('hex');
-  const caPinned = createHash('sha256').update(new X509Certificate(cfg.caPem).raw).digest('hex');
+  const caFingerprint = sha256Fingerprint(root.certPem ?? '');
+  const caPinned = sha256Fingerprint(cfg.caPem);
   if (caFingerprint !== caPinned) throw new CdbpError('HA_RECOVERY_REFUSED', 'etcd holds another deployment than the pinned --ha-ca');
   const statement = await verifySignedHaRecovery(signed, { owners: root.meta?.owners ?? [], caFingerprint });
   if (loaded.seq < statement.minStateSeq) {

@@ -10,7 +10,7 @@
 import { readFileSync } from 'node:fs';
 import { parseFlags } from '../../src/kernel/args.ts';
 import { CdbpError } from '../../src/kernel/errors.ts';
-import { X509Certificate, createHash } from 'node:crypto';
+import { sha256Fingerprint } from '../../src/crypto/x509.ts';
 import { writeFileSync } from 'node:fs';
 import { loadOwnerKey, COUNTER_DIGEST_RE, signHaRecovery, MAX_HA_RECOVERY_VALIDITY_MS } from '../../src/provisioning/policy.ts';
 import { recoverCounter, recoverCounterOnMembers } from '../../src/cas-client/policy.ts';
@@ -34,7 +34,7 @@ async function signDeployment(flags: Record<string, string | boolean | undefined
   if (!Number.isFinite(minutes) || minutes <= 0 || minutes * 60_000 > MAX_HA_RECOVERY_VALIDITY_MS) throw new CdbpError('CONFIG_INVALID', '--valid-minutes must be > 0 and at most 1440');
   const minStateSeq = Number(flags['min-state-seq'] ?? 0);
   if (!Number.isSafeInteger(minStateSeq) || minStateSeq < 0) throw new CdbpError('CONFIG_INVALID', '--min-state-seq must be an integer ≥ 0');
-  const ca = createHash('sha256').update(new X509Certificate(readFileSync(String(flags.ca))).raw).digest('hex');
+  const ca = sha256Fingerprint(readFileSync(String(flags.ca)));
   const notAfter = new Date(Date.now() + minutes * 60_000).toISOString();
   const signed = await signHaRecovery({ ca, notAfter, minStateSeq }, loadOwnerKey(String(flags['owner-key'])));
   writeFileSync(String(flags.out), JSON.stringify(signed, null, 2) + '\n', { mode: 0o600 });

@@ -5,13 +5,12 @@
  * `now` (an input: tests verify real vectors inside their window and prove the refusal outside it), and a
  * root that is one of the pinned ones byte for byte — never "whatever self-signed certificate came along".
  */
-import { createHash, X509Certificate } from 'node:crypto';
+import { X509Certificate } from 'node:crypto';
 import { CdbpError } from '../kernel/errors.ts';
+import { sha256Fingerprint } from '../crypto/x509.ts';
 import { memoKey, verifiedOnce } from './verified-cache.ts';
 
-export function sha256Fingerprint(cert: X509Certificate): string {
-  return createHash('sha256').update(cert.raw).digest('hex');
-}
+export { sha256Fingerprint };
 
 /** Parses one certificate (PEM or DER); a malformed one is TEE_CERT_CHAIN_INVALID, naming `what`. */
 export function parseCertificate(data: Buffer | string, what: string): X509Certificate {

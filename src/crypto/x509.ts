@@ -18,6 +18,12 @@ const ECDSA_SHA256_ALGID = derSequence(derTlv(0x06, Buffer.from('2a8648ce3d04030
 const RSA_SHA256_OID = Buffer.from('2a864886f70d01010b', 'hex');
 const ECDSA_SHA256_OID = Buffer.from('2a8648ce3d040302', 'hex');
 
+/** SHA-256 over a certificate's DER, hex: how a CA or root is pinned and named (PEM, DER or parsed). */
+export function sha256Fingerprint(cert: X509Certificate | string | Buffer): string {
+  const parsed = cert instanceof X509Certificate ? cert : new X509Certificate(cert);
+  return createHash('sha256').update(parsed.raw).digest('hex');
+}
+
 export interface DistinguishedName {
   commonName: string;
   organization?: string;

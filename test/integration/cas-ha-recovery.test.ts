@@ -12,7 +12,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { cpSync, readFileSync, rmSync, writeFileSync, mkdirSync } from 'node:fs';
 import path from 'node:path';
-import { randomBytes, createHash, X509Certificate } from 'node:crypto';
+import { randomBytes, createHash } from 'node:crypto';
+import { sha256Fingerprint } from '../../src/crypto/x509.ts';
 import { tempDir } from '../support/tmp.ts';
 import { runCdbp } from '../support/cas.ts';
 import { readMember, startHaCluster, type HaCluster } from '../support/etcd-cas-ha.ts';
@@ -34,7 +35,7 @@ test('replicated CAS: owner-signed recovery after every member was killed', { ti
   await c.startAll(['orders', 'idle']);
   const ownerKeyFile = path.join(tmp.path, 'owner.key');
   writeSigningKeyFile(ownerKeyFile, c.owner, 'cdbp-owner-key/1');
-  const caFingerprint = createHash('sha256').update(new X509Certificate(c.caPem).raw).digest('hex');
+  const caFingerprint = sha256Fingerprint(c.caPem);
   const statementFile = path.join(tmp.path, 'recover.json');
   const signed = await runCdbp(['recover', 'deployment', '--ca', c.caFile, '--owner-key', ownerKeyFile, '--out', statementFile, '--valid-minutes', '10']);
   assert.equal(signed.code, 0, signed.output);
