@@ -19,27 +19,30 @@ export interface MariadbMonitorOptions {
   password?: string;
 }
 
+const POSITION_SQL = "SELECT VARIABLE_NAME AS n, VARIABLE_VALUE AS v FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME IN ('INNODB_LSN_FLUSHED','INNODB_LSN_LAST_CHECKPOINT')"
+  + " UNION ALL SELECT 'GTID_BINLOG_POS', @@gtid_binlog_pos";
+
 /** One long-lived connection; reconnects lazily after an error. */
 export class MariadbPositionSource implements PositionSource {
   private conn: Connection | undefined;
+  /** Reads that find no connection share one opening (each opening its own would leak all but one). */
+  private connecting: Promise<Connection> | undefined;
   constructor(private readonly opts: MariadbMonitorOptions) {}
 
   async read(): Promise<DurablePosition> {
     const conn = await this.connection();
     try {
-      const rows = (await conn.query(
-        "SELECT VARIABLE_NAME AS n, VARIABLE_VALUE AS v FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME IN ('INNODB_LSN_FLUSHED','INNODB_LSN_LAST_CHECKPOINT')",
-      )) as Array<{ n: string; v: string }>;
-      const gtidRows = (await conn.query('SELECT @@gtid_binlog_pos AS g')) as Array<{ g: string }>;
+      // One statement, one round trip (the seal waits for it).
+      const rows = (await conn.query(POSITION_SQL)) as Array<{ n: string; v: string | null }>;
       const get = (name: string) => rows.find((r) => r.n.toUpperCase() === name)?.v;
       return {
         engine: 'mariadb',
         lsnFlushed: String(get('INNODB_LSN_FLUSHED') ?? '0'),
         lsnCheckpoint: String(get('INNODB_LSN_LAST_CHECKPOINT') ?? '0'),
-        gtid: gtidRows[0]?.g ?? '',
+        gtid: get('GTID_BINLOG_POS') ?? '',
       };
     } catch (e) {
-      this.conn = undefined;
+      if (this.conn === conn) this.conn = undefined;
       await conn.destroy();
       throw e;
     }
@@ -51,8 +54,13 @@ export class MariadbPositionSource implements PositionSource {
     if (c) await c.end().catch(() => c.destroy());
   }
 
-  private async connection(): Promise<Connection> {
-    if (this.conn) return this.conn;
+  private connection(): Promise<Connection> {
+    if (this.conn) return Promise.resolve(this.conn);
+    this.connecting ??= this.connect().finally(() => { this.connecting = undefined; });
+    return this.connecting;
+  }
+
+  private async connect(): Promise<Connection> {
     const conn = await mariadb.createConnection({
       socketPath: this.opts.socket,
       user: this.opts.user ?? 'root',

@@ -17,6 +17,8 @@ export interface PostgresMonitorOptions {
 
 export class PostgresPositionSource implements PositionSource {
   private client: pg.Client | undefined;
+  /** Reads that find no connection share one opening (each opening its own would leak all but one). */
+  private connecting: Promise<pg.Client> | undefined;
   constructor(private readonly opts: PostgresMonitorOptions) {}
 
   async read(): Promise<DurablePosition> {
@@ -25,7 +27,7 @@ export class PostgresPositionSource implements PositionSource {
       const res = await client.query<{ lsn: string }>(CURRENT_WAL_FLUSH_LSN_SQL);
       return { engine: 'postgres', walLsn: parseLsn(res.rows[0]!.lsn).toString() };
     } catch (e) {
-      this.client = undefined;
+      if (this.client === client) this.client = undefined;
       await client.end().catch(() => undefined);
       throw e;
     }
@@ -37,13 +39,18 @@ export class PostgresPositionSource implements PositionSource {
     await c?.end().catch(() => undefined);
   }
 
-  private async connection(): Promise<pg.Client> {
-    if (this.client) return this.client;
+  private connection(): Promise<pg.Client> {
+    if (this.client) return Promise.resolve(this.client);
+    this.connecting ??= this.connect().finally(() => { this.connecting = undefined; });
+    return this.connecting;
+  }
+
+  private async connect(): Promise<pg.Client> {
     const client = new pg.Client({
       host: this.opts.socketDir, port: this.opts.port, user: this.opts.user, password: this.opts.password,
       database: this.opts.database ?? 'postgres', connectionTimeoutMillis: 5000, application_name: 'cdbp-freshness',
     });
-    client.on('error', () => { this.client = undefined; });
+    client.on('error', () => { if (this.client === client) this.client = undefined; });
     await client.connect();
     this.client = client;
     return client;
