@@ -576,6 +576,7 @@ export class ProxyRole {
       certificate: p ? certificateStatus(p.identity, this.renewal.status(), Date.now()) : null,
       freshness: this.guard ? { ...this.guard.status(), ...(dataFiles ? { dataFiles: dataFiles.status() } : {}) } : null,
       casTrust: this.casPin?.status() ?? null,
+      casMembers: this.counter.memberStatus() ?? null,
       backend: {
         engine: this.deps.config.engine,
         managed: this.deps.config.manageMariadb || this.deps.config.managePostgres,

@@ -337,7 +337,7 @@ async function joinMembers(cfg: HaConfig, instanceId: string, log: Logger):
     try {
       if (!('nonce' in offer)) throw new CdbpError('CAS_UNREACHABLE', offer.error);
       const nonce = offer.nonce;
-      const evidence = await cfg.provider!.collect(joinReportData(Buffer.from(nonce, 'hex'), sealing.publicKey));
+      const evidence = await cfg.provider!.collect(joinReportData(Buffer.from(nonce, 'hex'), sealing.publicKey, { instance: instanceId, slot: cfg.slot, gen, members: cfg.members }));
       const r = await casRequest<{ sealed: string }>(url, 'POST', '/v1/replication/join',
         { instance: instanceId, slot: cfg.slot, gen, members: cfg.members, nonce, sealingPublicKey: sealing.publicKey.toString('hex'), evidence }, { caPem: cfg.caPem!, timeoutMs: 5000 });
       const s = JSON.parse((await openSealed(sealing, Buffer.from(r.sealed, 'base64'))).toString('utf8')) as JoinSecrets;
@@ -421,7 +421,7 @@ function registerJoinRoutes(app: FastifyInstance, d: JoinRouteDeps): void {
       const verifier = d.verifiers.get(ev.mode);
       if (!verifier) throw new CdbpError('ATTESTATION_UNAVAILABLE', `no verifier for TEE mode ${String(ev.mode)}`);
       const sealingKey = Buffer.from(b.sealingPublicKey, 'hex');
-      const { measurement } = await verifier.verify(ev, joinReportData(Buffer.from(b.nonce, 'hex'), sealingKey));
+      const { measurement } = await verifier.verify(ev, joinReportData(Buffer.from(b.nonce, 'hex'), sealingKey, { instance: b.instance, slot: b.slot, gen: b.gen, members: b.members }));
       // A member admits only its own code: the state key goes to nothing else.
       if (measurement !== d.measurement) throw new CdbpError('MEASUREMENT_MISMATCH', `joiner runs measurement ${measurement}, this member runs ${d.measurement}`);
       // Fencing: the joiner takes a slot over from whatever incarnation held it. Never this member's own slot

@@ -4,7 +4,7 @@
  * counter must keep counting). Moved out of the composition root (issue 15 item 3).
  */
 import { CdbpError } from '../kernel/errors.ts';
-import type { CounterClient, CounterState, FreshnessAlarm } from '../provisioning/types.ts';
+import type { CasMemberStatus, CounterClient, CounterState, FreshnessAlarm } from '../provisioning/types.ts';
 
 /** How long a replaced client stays open, so a seal mid-request on its connection can finish. */
 const RETIRE_AFTER_MS = 10_000;
@@ -64,6 +64,10 @@ export class CurrentCounter implements CounterClient {
 
   async reportAlarm(alarm: FreshnessAlarm): Promise<void> {
     await this.active().reportAlarm?.(alarm);
+  }
+
+  memberStatus(): CasMemberStatus[] | undefined {
+    return this.current?.memberStatus?.();
   }
 
   close(): void {

@@ -18,7 +18,7 @@ import { randomBytes, createHash, X509Certificate, type KeyObject } from 'node:c
 import type https from 'node:https';
 import { CdbpError, asCdbpError, isCdbpError } from '../kernel/errors.ts';
 import type { Logger } from '../kernel/log.ts';
-import type { CounterClient, CounterState, FreshnessAlarm, Provision } from '../provisioning/types.ts';
+import type { CasMemberStatus, CounterClient, CounterState, FreshnessAlarm, Provision } from '../provisioning/types.ts';
 import { counterAnswerMessage, verifyAnswer, type CounterAnswer } from '../provisioning/answers.ts';
 import { sanUris, verifyCasSigningCert } from '../crypto/x509.ts';
 import { sha512 } from '../crypto/hash.ts';
@@ -31,9 +31,17 @@ import { CAS_INSTANCE_URN, CAS_SLOT_URN, combineReads, currentIncarnations, deci
 
 export { CAS_INSTANCE_URN } from './quorum.ts';
 
-/** Report data of a member joining: SHA-512(nonce ‖ "cdbp-cas-join/1" ‖ X25519 key the state key is sealed to). */
-export function joinReportData(nonce: Buffer, sealingPublicKey: Buffer): Buffer {
-  return sha512(nonce, Buffer.from('cdbp-cas-join/1'), sealingPublicKey);
+/** What a joining member claims: its incarnation, the slot and generation it takes, the deployment's size. */
+export interface JoinClaim { instance: string; slot: number; gen: number; members: number }
+
+/**
+ * Report data of a member joining: SHA-512(nonce ‖ "cdbp-cas-join/2" ‖ X25519 key the state key is sealed
+ * to ‖ its claim), so the slot, generation and size an admitter fences by are the TEE's own words, not
+ * fields beside the evidence.
+ */
+export function joinReportData(nonce: Buffer, sealingPublicKey: Buffer, claim: JoinClaim): Buffer {
+  const c = `${claim.instance}\0${claim.slot}\0${claim.gen}\0${claim.members}`;
+  return sha512(nonce, Buffer.from('cdbp-cas-join/2'), sealingPublicKey, Buffer.from(c));
 }
 
 /** A CAS URL list: "https://a,https://b,https://c" (one URL = the single-instance CAS). */
@@ -53,6 +61,9 @@ interface Member {
   channel?: { client: ChannelCounterClient; key: KeyObject };
   /** The member answered the channel upgrade with 404: HTTPS from now on. */
   httpsOnly?: boolean;
+  /** For the ops status (memberStatus()): when it last answered, and its last failure. */
+  lastAnswerAt?: number;
+  lastError?: { message: string; at: number };
 }
 
 /**
@@ -189,7 +200,11 @@ export class QuorumCounterClient implements CounterClient {
       ...(a.kind === Kind.State && a.record ? { record: a.record } : {}), conflict: a.kind === Kind.Error };
   }
 
-  private async readOne(m: Member): Promise<Receipt> {
+  private readOne(m: Member): Promise<Receipt> {
+    return this.tracked(m, () => this.readOneUntracked(m));
+  }
+
+  private async readOneUntracked(m: Member): Promise<Receipt> {
     const viaChannel = await this.bounded(m, () => this.viaChannel(m, { kind: Kind.Read }));
     if (viaChannel) return this.channelReceipt(m, viaChannel);
     const nonce = randomBytes(32).toString('hex');
@@ -197,7 +212,11 @@ export class QuorumCounterClient implements CounterClient {
   }
 
   /** The member's receipt for an advance: its answer ('ok': it holds next/digest now), or a signed conflict. */
-  private async advanceOne(m: Member, expected: number, next: number, digest: string, record?: Buffer): Promise<Receipt & { conflict: boolean }> {
+  private advanceOne(m: Member, expected: number, next: number, digest: string, record?: Buffer): Promise<Receipt & { conflict: boolean }> {
+    return this.tracked(m, () => this.advanceOneUntracked(m, expected, next, digest, record));
+  }
+
+  private async advanceOneUntracked(m: Member, expected: number, next: number, digest: string, record?: Buffer): Promise<Receipt & { conflict: boolean }> {
     const viaChannel = await this.bounded(m, () => this.viaChannel(m, { kind: Kind.Advance, expected, next, digest, ...(record ? { record } : {}) }));
     if (viaChannel) return this.channelReceipt(m, viaChannel);
     const nonce = randomBytes(32).toString('hex');
@@ -206,6 +225,18 @@ export class QuorumCounterClient implements CounterClient {
       return { ...await this.verified(m, 'advance', nonce, answer), conflict: false };
     } catch (e) {
       if (isCdbpError(e, 'COUNTER_CONFLICT') && e.details) return { ...await this.verified(m, 'conflict', nonce, e.details), conflict: true };
+      throw e;
+    }
+  }
+
+  /** Notes for memberStatus() whether `m` answered (a signed conflict is an answer). */
+  private async tracked<T>(m: Member, op: () => Promise<T>): Promise<T> {
+    try {
+      const r = await op();
+      m.lastAnswerAt = Date.now();
+      return r;
+    } catch (e) {
+      m.lastError = { message: asCdbpError(e).message, at: Date.now() };
       throw e;
     }
   }
@@ -341,8 +372,25 @@ export class QuorumCounterClient implements CounterClient {
   }
 
   /** Per member URL: 'channel' once its counter channel was used, 'https' for a member without one. */
-  transports(): Record<string, 'channel' | 'https' | 'none yet'> {
-    return Object.fromEntries(this.members.map((m) => [m.url, m.httpsOnly ? 'https' : m.channel ? 'channel' : 'none yet']));
+  transports(): Record<string, CasMemberStatus['transport']> {
+    return Object.fromEntries(this.memberStatus().map((s) => [s.url, s.transport]));
+  }
+
+  /** The proxy's /v1/status `casMembers`: how each member is reached and whether it answers. */
+  memberStatus(): CasMemberStatus[] {
+    const iso = (t: number | undefined) => (t === undefined ? null : new Date(t).toISOString());
+    return this.members.map((m) => {
+      const failing = m.lastError && (m.lastAnswerAt === undefined || m.lastError.at > m.lastAnswerAt) ? m.lastError : undefined;
+      return {
+        url: m.url,
+        transport: m.httpsOnly ? 'https' : m.channel ? 'channel' : 'none yet',
+        slot: m.key?.incarnation.slot ?? null,
+        instance: m.key?.instance ?? null,
+        lastAnswerAt: iso(m.lastAnswerAt),
+        lastError: failing?.message ?? null,
+        lastErrorAt: iso(failing?.at),
+      };
+    });
   }
 
   close(): void {

@@ -64,6 +64,21 @@ export interface CounterClient {
   readonly ordered?: boolean;
   /** Reports a detected rollback/tamper/fork so the CAS audits it (best effort: the proxy fails closed anyway). */
   reportAlarm?(alarm: FreshnessAlarm): Promise<void>;
+  /** A replicated CAS: how each member is reached and whether it answers (ops status; one CAS: absent). */
+  memberStatus?(): CasMemberStatus[] | undefined;
+}
+
+export interface CasMemberStatus {
+  url: string;
+  /** 'channel' once its counter channel was used, 'https' for a member without one. */
+  transport: 'channel' | 'https' | 'none yet';
+  /** The slot and incarnation of its answer key, once it answered. */
+  slot: number | null;
+  instance: string | null;
+  lastAnswerAt: string | null;
+  /** The last request it did not answer (a refusal, a time-out, a broken connection), if later than its last answer. */
+  lastError: string | null;
+  lastErrorAt: string | null;
 }
 
 export interface FreshnessAlarm {

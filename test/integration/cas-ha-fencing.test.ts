@@ -16,7 +16,9 @@ import { startTestCas, runCdbp, type TestCas } from '../support/cas.ts';
 import { startHaCluster, type HaCluster } from '../support/etcd-cas-ha.ts';
 import { freePort } from '../support/etcd.ts';
 import { SimulatedProvider } from '../../src/attestation/simulated.ts';
-import { attestAndProvisionAny, QuorumCounterClient } from '../../src/cas-client/quorum-counter.ts';
+import { attestAndProvisionAny, joinReportData, QuorumCounterClient } from '../../src/cas-client/quorum-counter.ts';
+import { casRequest } from '../../src/cas-client/http.ts';
+import { generateSealingKeyPair } from '../../src/crypto/box.ts';
 import { isCdbpError } from '../../src/kernel/errors.ts';
 
 const digestOf = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
@@ -47,6 +49,24 @@ test('replicated CAS: extra genuine members that took slots over, then died, can
   };
   for (let i = 0; i < 5; i++) await advanceOn(counter);
 
+  await t.test('a genuine joiner\'s evidence sent with another slot, generation, size or instance is refused (the claim is in the report data)', async () => {
+    const { nonce } = await casRequest<{ nonce: string }>(c.urls[2]!, 'POST', '/v1/replication/nonce', {}, { caPem: c.caPem });
+    const sealing = await generateSealingKeyPair();
+    const claim = { instance: randomBytes(8).toString('hex'), slot: 1, gen: Date.now() + 1e9, members: 3 };
+    const evidence = await provider.collect(joinReportData(Buffer.from(nonce, 'hex'), sealing.publicKey, claim));
+    // Each altered field alone, over a fresh nonce each (a refused join consumes its nonce).
+    for (const altered of [{ slot: 2 }, { gen: claim.gen + 1 }, { members: 5 }, { instance: randomBytes(8).toString('hex') }]) {
+      const n = (await casRequest<{ nonce: string }>(c.urls[2]!, 'POST', '/v1/replication/nonce', {}, { caPem: c.caPem })).nonce;
+      const ev = await provider.collect(joinReportData(Buffer.from(n, 'hex'), sealing.publicKey, claim));
+      await assert.rejects(casRequest(c.urls[2]!, 'POST', '/v1/replication/join', { ...claim, ...altered, nonce: n, sealingPublicKey: sealing.publicKey.toString('hex'), evidence: ev }, { caPem: c.caPem }),
+        (e: unknown) => isCdbpError(e, 'EVIDENCE_INVALID'), JSON.stringify(altered));
+    }
+    await assert.rejects(casRequest(c.urls[2]!, 'POST', '/v1/replication/join', { ...claim, slot: 2, nonce, sealingPublicKey: sealing.publicKey.toString('hex'), evidence }, { caPem: c.caPem }),
+      (e: unknown) => isCdbpError(e, 'EVIDENCE_INVALID'));
+    // Nothing was admitted: the proxy's counter still counts on all three.
+    await advanceOn(counter);
+  });
+
   // The adversary's members X (slot 1) and Y (slot 2): genuine code, legitimately admitted.
   const [portX, portY] = [await freePort(), await freePort()];
   const [urlX, urlY] = [`https://127.0.0.1:${portX}`, `https://127.0.0.1:${portY}`];
@@ -60,7 +80,7 @@ test('replicated CAS: extra genuine members that took slots over, then died, can
   const hijacked = new QuorumCounterClient({ urls: [urlX, urlY], service: 'orders', caPem: c.caPem, keyPem: prov.identity.keyPem, certPem: prov.identity.certPem });
   clients.push(hijacked);
   for (let i = 0; i < 5; i++) await advanceOn(hijacked);
-  assert.equal(acked.value, 10);
+  assert.equal(acked.value, 11);
 
   // Their memory dies with them.
   for (const x of extra) x.proc.kill('SIGKILL');

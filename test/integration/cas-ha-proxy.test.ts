@@ -67,8 +67,18 @@ test('real proxy over a replicated CAS: kill -9 a member under strict writes, fr
     assert.ok(before > 3 && acked.length - before > 3, `writes before/after the kill: ${before}/${acked.length - before}`);
     const rows = new Set((await setup.query('SELECT v FROM app.t') as Array<{ v: string }>).map((r) => r.v));
     assert.deepEqual(acked.filter((v) => !rows.has(v)), []);
-    const st = (await p.get('/v1/status')).body as { freshness?: { verified?: boolean } };
+    const st = (await p.get('/v1/status')).body as { freshness?: { verified?: boolean }; casMembers?: Array<{ url: string; transport: string; slot: number | null; lastAnswerAt: string | null; lastError: string | null }> };
     assert.equal(st.freshness?.verified, true);
+    // The ops status says which members answer: the killed one fails, the two others answer over their channels.
+    const members = st.casMembers ?? [];
+    assert.deepEqual(members.map((m) => m.url), c.urls);
+    const killed = members.find((m) => m.url === c.urls[1])!;
+    assert.ok(killed.lastError, `the killed member's failure is shown: ${JSON.stringify(killed)}`);
+    for (const m of members.filter((x) => x.url !== c.urls[1])) {
+      assert.equal(m.transport, 'channel', JSON.stringify(m));
+      assert.equal(m.lastError, null, JSON.stringify(m));
+      assert.ok(m.slot !== null && m.lastAnswerAt !== null, JSON.stringify(m));
+    }
     await c.start(2);
   });
 
