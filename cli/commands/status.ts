@@ -54,6 +54,10 @@ export function formatStatus(s: Record<string, any>): string {
   const ct = s.casTrust;
   if (ct?.lastImpostor) lines.push(`  CAS ALARM:    ${ct.impostorAlarms} request(s) met a server that is not the pinned CAS (${ct.lastImpostor.reason}, last ${ct.lastImpostor.at})`);
   if (ct?.caFileChanged) lines.push('  CAS ALARM:    the CAS CA file changed on disk since start (ignored: the CA pinned at start is kept)');
+  for (const m of s.casMembers ?? []) {
+    const who = m.slot === null ? 'not answered yet' : `slot ${m.slot}, ${m.transport}`;
+    lines.push(`  CAS member:   ${m.url} (${who})${m.lastError ? `  FAILING since ${m.lastErrorAt}: ${m.lastError}` : ''}`);
+  }
   if (s.backend) lines.push(`  backend:      ${s.backend.managed ? 'managed ' : ''}${s.backend.socket ?? ''}${s.backend.running === false ? ' (NOT running)' : ''}`);
   if (s.listeners?.mysql) lines.push(`  mysql:        ${s.listeners.mysql.host}:${s.listeners.mysql.port}`);
   const c = s.connections?.mysql;

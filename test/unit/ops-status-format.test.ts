@@ -40,6 +40,21 @@ test('a rolled-back proxy: NOT READY with every reason and the violation', () =>
   assert.match(out, /NOT verified/);
 });
 
+test('a proxy over a replicated CAS: one line per member, a failing one says so', () => {
+  const out = formatStatus({
+    ...base,
+    casMembers: [
+      { url: 'https://a:1', transport: 'channel', slot: 1, instance: 'aa', lastAnswerAt: 't1', lastError: null, lastErrorAt: null },
+      { url: 'https://b:2', transport: 'channel', slot: 2, instance: 'bb', lastAnswerAt: 't0', lastError: 'connect ECONNREFUSED', lastErrorAt: 't2' },
+      { url: 'https://c:3', transport: 'none yet', slot: null, instance: null, lastAnswerAt: null, lastError: null, lastErrorAt: null },
+    ],
+  });
+  assert.match(out, /CAS member: +https:\/\/a:1 \(slot 1, channel\)$/m);
+  assert.match(out, /CAS member: +https:\/\/b:2 \(slot 2, channel\) {2}FAILING since t2: connect ECONNREFUSED$/m);
+  assert.match(out, /CAS member: +https:\/\/c:3 \(not answered yet\)$/m);
+  assert.doesNotMatch(formatStatus(base), /CAS member/);
+});
+
 test('verify verdicts: simulated success is loud, failure names the reason', () => {
   const ok = formatVerdict({ verified: true, simulated: true, checks: [{ name: 'tls', ok: true, detail: 'fine' }] });
   assert.match(ok, /VERIFIED — SIMULATED TEE/);
