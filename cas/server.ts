@@ -257,7 +257,9 @@ export function buildCasServer(o: CasServerOptions): FastifyInstance {
     { schema: { params: serviceParam, body: SCHEMAS.recover } },
     async (req) => {
       if (req.body.recovery.service !== req.params.service) throw new CdbpError('BAD_REQUEST', 'recovery names another service than the URL');
-      return core.recover(req.body, req.ip);
+      const view = await core.recover(req.body, req.ip);
+      // Signed over the owner's nonce: the owner's tool counts members by their answer keys, not by URLs.
+      return { ...view, ...core.signCounterAnswer({ service: req.params.service, op: 'recover', nonce: req.body.recovery.nonce, ...view }) };
     });
 
   return app;

@@ -8,6 +8,8 @@ import { signRecovery } from '../provisioning/policy.ts';
 import { CdbpError, asCdbpError, isCdbpError } from '../kernel/errors.ts';
 import { casRequest } from './http.ts';
 import { majority } from './quorum.ts';
+import { fetchMemberKey } from './member-key.ts';
+import { counterAnswerMessage, verifyAnswer } from '../provisioning/answers.ts';
 
 export interface ApplyResult {
   service: string;
@@ -49,10 +51,28 @@ export async function getCurrentPolicyHash(casUrl: string, caPem: string, servic
  * signed over a fresh CAS nonce, so the signed request cannot be replayed; audited by the CAS.
  */
 export async function recoverCounter(o: { casUrl: string; caPem: string; ownerKey: SigningKeyPair; service: string; value: number; digest: string }):
-  Promise<{ value: number; digest: string }> {
+  Promise<RecoveryAnswer> {
   const { nonce } = await casRequest<{ nonce: string }>(o.casUrl, 'POST', '/v1/nonce', { purpose: 'recover' }, { caPem: o.caPem });
   const signed = await signRecovery({ service: o.service, value: o.value, digest: o.digest, nonce }, o.ownerKey);
-  return casRequest(o.casUrl, 'POST', `/v1/services/${encodeURIComponent(o.service)}/recover`, signed, { caPem: o.caPem });
+  const answer = await casRequest<Omit<RecoveryAnswer, 'nonce'>>(o.casUrl, 'POST', `/v1/services/${encodeURIComponent(o.service)}/recover`, signed, { caPem: o.caPem });
+  return { ...answer, nonce };
+}
+
+/** The CAS's answer to a recovery: the counter now, signed over the owner's nonce (a member also signs its membership view). */
+export interface RecoveryAnswer { value: number; digest: string; nonce: string; signature?: string; membership?: string }
+
+/**
+ * Which member re-anchored: its answer must be signed by the answer key its certificate (under the
+ * deployment CA) names, over this recovery's nonce and the value asked for. Returns its slot.
+ */
+async function recoveredSlot(url: string, caPem: string, service: string, want: { value: number; digest: string }, a: RecoveryAnswer): Promise<{ slot: number; members: number }> {
+  if (a.value !== want.value || a.digest !== want.digest || typeof a.membership !== 'string') {
+    throw new CdbpError('PROTOCOL_VIOLATION', `${url}: the recovery answer names another counter, or no membership view`);
+  }
+  const k = await fetchMemberKey(url, { caPem });
+  const msg = counterAnswerMessage({ service, op: 'recover', nonce: a.nonce, value: a.value, digest: a.digest, membership: a.membership });
+  if (!verifyAnswer(k.key, msg, a.signature)) throw new CdbpError('CAS_IDENTITY_INVALID', `${url}: the recovery answer is not signed by that member's answer key`);
+  return { slot: k.incarnation.slot, members: k.incarnation.members };
 }
 
 /**
@@ -61,11 +81,18 @@ export async function recoverCounter(o: { casUrl: string; caPem: string; ownerKe
  */
 export async function recoverCounterOnMembers(o: { casUrls: string[]; caPem: string; ownerKey: SigningKeyPair; service: string; value: number; digest: string }): Promise<string[]> {
   const results = await Promise.all(o.casUrls.map((casUrl) => recoverCounter({ ...o, casUrl })
-    .then(() => undefined, (e: unknown) => `${casUrl}: ${asCdbpError(e).code}: ${asCdbpError(e).message}`)));
-  const failed = results.filter((r): r is string => r !== undefined);
-  const needed = majority(o.casUrls.length);
-  if (o.casUrls.length - failed.length < needed) {
-    throw new CdbpError('CAS_QUORUM_UNAVAILABLE', `counter of ${o.service} re-anchored on ${o.casUrls.length - failed.length} of ${o.casUrls.length} CAS instances, ${needed} needed: ${failed.join('; ')}`);
+    .then((a) => recoveredSlot(casUrl, o.caPem, o.service, o, a))
+    .then((r) => ({ url: casUrl, ...r }), (e: unknown) => `${casUrl}: ${asCdbpError(e).code}: ${asCdbpError(e).message}`)));
+  const failed = results.filter((r): r is string => typeof r === 'string');
+  const done = results.filter((r): r is { url: string; slot: number; members: number } => typeof r !== 'string');
+  // A majority of the deployment's slots (its size from the members' certificates), each counted once:
+  // URLs the host points at one member do not add up to a majority.
+  const slots = new Set(done.map((r) => r.slot));
+  const size = Math.max(o.casUrls.length, ...done.map((r) => r.members));
+  const needed = majority(size);
+  if (slots.size < needed) {
+    const dup = done.length > slots.size ? ` (${done.length} URLs answered for ${slots.size} distinct member slot(s))` : '';
+    throw new CdbpError('CAS_QUORUM_UNAVAILABLE', `counter of ${o.service} re-anchored on ${slots.size} of ${size} CAS members, ${needed} needed${dup}${failed.length ? `: ${failed.join('; ')}` : ''}`);
   }
   return failed;
 }

@@ -14,19 +14,19 @@
  * majority answers, the caller gets CAS_QUORUM_UNAVAILABLE, which the freshness guard treats like an
  * unreachable CAS (held writes time out with their usual error: fail closed).
  */
-import { randomBytes, createHash, X509Certificate, type KeyObject } from 'node:crypto';
+import { randomBytes, createHash, type KeyObject } from 'node:crypto';
 import type https from 'node:https';
 import { CdbpError, asCdbpError, isCdbpError } from '../kernel/errors.ts';
 import type { Logger } from '../kernel/log.ts';
 import type { CasMemberStatus, CounterClient, CounterState, FreshnessAlarm, Provision } from '../provisioning/types.ts';
 import { counterAnswerMessage, verifyAnswer, type CounterAnswer } from '../provisioning/answers.ts';
-import { sanUris, verifyCasSigningCert } from '../crypto/x509.ts';
 import { sha512 } from '../crypto/hash.ts';
 import { casAgent, casRequest } from './http.ts';
+import { fetchMemberKey, type MemberKey } from './member-key.ts';
 import { ChannelCounterClient, type RequestBody } from './counter-channel.ts';
 import { Kind, type Answer } from './counter-channel-wire.ts';
 import { attestAndProvision, type AttestOptions } from './index.ts';
-import { CAS_INSTANCE_URN, CAS_SLOT_URN, combineReads, currentIncarnations, decideAdvance, majority, parseMembership, parseSlotUrn,
+import { combineReads, currentIncarnations, decideAdvance, majority, parseMembership,
   type AdvanceAnswer, type Incarnation, type InstanceView } from './quorum.ts';
 
 export { CAS_INSTANCE_URN } from './quorum.ts';
@@ -74,7 +74,6 @@ interface Member {
  */
 const MAX_IN_FLIGHT = 4;
 
-interface MemberKey { key: KeyObject; instance: string; incarnation: Incarnation }
 
 /** A verified answer: the signer's incarnation (from its certificate) and its signed membership view. */
 type Receipt = InstanceView & { incarnation: Incarnation; membership: Map<number, number> };
@@ -109,19 +108,13 @@ export class QuorumCounterClient implements CounterClient {
   /** The member's answer key, instance id and slot, from its signing certificate (refetched after a restart). */
   private async keyOf(m: Member, refresh = false): Promise<MemberKey> {
     if (m.key && !refresh) return m.key;
-    const r = await casRequest<{ signingCertPem?: string }>(m.url, 'GET', '/v1/ca', undefined, { agent: m.agent, timeoutMs: this.o.timeoutMs ?? 2000 });
-    if (typeof r?.signingCertPem !== 'string') throw new CdbpError('CAS_IDENTITY_INVALID', `${m.url} published no signing certificate`);
-    const key = verifyCasSigningCert(r.signingCertPem, this.o.caPem);
-    const uris = sanUris(new X509Certificate(r.signingCertPem).subjectAltName);
-    const uri = uris.find((u) => u.startsWith(CAS_INSTANCE_URN));
-    const incarnation = parseSlotUrn(uris.find((u) => u.startsWith(CAS_SLOT_URN)) ?? '');
-    if (!uri || !incarnation) throw new CdbpError('CAS_IDENTITY_INVALID', `${m.url} is not a member of a replicated CAS (its answer key names no instance and slot)`);
+    const k = await fetchMemberKey(m.url, { caPem: this.o.caPem, agent: m.agent, timeoutMs: this.o.timeoutMs ?? 2000 });
     // The deployment's size comes from its members' certificates, not from the (host-controlled) URL list.
-    this.deploymentSize ??= incarnation.members;
-    if (incarnation.members !== this.deploymentSize) {
-      throw new CdbpError('CAS_IDENTITY_INVALID', `${m.url} is a member of a ${incarnation.members}-member deployment, the others of a ${this.deploymentSize}-member one`);
+    this.deploymentSize ??= k.incarnation.members;
+    if (k.incarnation.members !== this.deploymentSize) {
+      throw new CdbpError('CAS_IDENTITY_INVALID', `${m.url} is a member of a ${k.incarnation.members}-member deployment, the others of a ${this.deploymentSize}-member one`);
     }
-    m.key = { key, instance: uri.slice(CAS_INSTANCE_URN.length), incarnation };
+    m.key = k;
     return m.key;
   }
 

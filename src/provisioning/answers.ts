@@ -16,7 +16,7 @@ export const ATTEST_ANSWER_FORMAT = 'cdbp-attest-answer/1';
 export interface CounterAnswer {
   service: string;
   /** read / advance: the answer's value; conflict: the CAS's current value on a refused advance. */
-  op: 'read' | 'advance' | 'conflict';
+  op: 'read' | 'advance' | 'conflict' | 'recover';
   /** Hex, 32 bytes, chosen by the client per request. */
   nonce: string;
   value: number;
