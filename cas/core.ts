@@ -141,8 +141,14 @@ function namesOverlap(a: string, b: string): boolean {
 export class CasCore {
   private readonly m;
   private readonly signingKey: KeyObject;
-  /** Policy applies are rare; one at a time keeps the cross-service name and owner checks race-free. */
-  private applyChain: Promise<unknown> = Promise.resolve();
+  /**
+   * Policy applies decide one at a time (the cross-service name and owner checks stay race-free), then
+   * write concurrently: the sealed service files, etcd's batched state writes (replicated) and the audit
+   * log's fsync group-commit across applies (thousands of services provisioned at once).
+   */
+  private decideChain: Promise<unknown> = Promise.resolve();
+  /** Policies decided and still being written: the name checks of later applies see them already. */
+  private readonly pendingPolicies = new Map<string, SignedPolicy['policy']>();
   /**
    * Counter changes accepted but not yet durable, by service: the next compare-and-advance compares
    * against these, so a proxy may send advance n+1→n+2 before n→n+1 is on disk (pipelining) and both
@@ -224,49 +230,60 @@ export class CasCore {
   async applyPolicy(input: unknown, remote?: string): Promise<ApplyResult> {
     const claimed = (input as { policy?: { service?: unknown } } | null)?.policy?.service;
     const service = typeof claimed === 'string' && claimed.length <= 63 ? claimed : undefined;
-    const run = this.applyChain.catch(() => {}).then(() => this.decided({ event: 'policy.apply', service, details: { remote: remote ?? null } }, this.m.applies, {}, async () => {
+    return this.decided({ event: 'policy.apply', service, details: { remote: remote ?? null } }, this.m.applies, {}, async () => {
       const signed = await verifySignedPolicy(input);
       const name = signed.policy.service;
-      return this.o.store.update<{ result: ApplyResult; details: AuditEvent['details'] }>(name, async (current) => {
-        const decision = checkPolicyUpdate(current && { owner: current.owner, policyHash: current.policyHash, policy: current.signed.policy }, signed);
-        if (decision.kind !== 'unchanged') this.checkNames(signed);
-        if (decision.kind === 'create') await this.admitOwner(signed, remote);
-        if (decision.kind === 'unchanged') {
-          return { result: { result: { service: name, policyHash: signed.policyHash, status: 'unchanged' as const, newKeys: [] }, details: { policyHash: signed.policyHash, status: 'unchanged' } } };
-        }
-        const now = new Date().toISOString();
-        const keys: StoredKey[] = current ? [...current.keys] : [];
-        const newKeys: string[] = [];
-        for (const k of signed.policy.dbKeys) {
-          for (const v of k.versions) {
-            if (!keys.some((x) => x.id === k.id && x.version === v)) {
-              // The CAS draws the key itself: the owner names (id, version), never sees key bytes.
-              keys.push({ id: k.id, version: v, key: randomBytes(32).toString('hex'), createdAt: now });
-              newKeys.push(`${k.id}v${v}`);
+      try {
+        // Per service in order (the store's lock); the decision across services one at a time; the write after it concurrent.
+        return await this.o.store.update<{ result: ApplyResult; details: AuditEvent['details'] }>(name, (current) => this.oneDecisionAtATime(async () => {
+          const decision = checkPolicyUpdate(current && { owner: current.owner, policyHash: current.policyHash, policy: current.signed.policy }, signed);
+          if (decision.kind !== 'unchanged') this.checkNames(signed);
+          if (decision.kind === 'create') await this.admitOwner(signed, remote);
+          if (decision.kind === 'unchanged') {
+            return { result: { result: { service: name, policyHash: signed.policyHash, status: 'unchanged' as const, newKeys: [] }, details: { policyHash: signed.policyHash, status: 'unchanged' } } };
+          }
+          const now = new Date().toISOString();
+          const keys: StoredKey[] = current ? [...current.keys] : [];
+          const newKeys: string[] = [];
+          for (const k of signed.policy.dbKeys) {
+            for (const v of k.versions) {
+              if (!keys.some((x) => x.id === k.id && x.version === v)) {
+                // The CAS draws the key itself: the owner names (id, version), never sees key bytes.
+                keys.push({ id: k.id, version: v, key: randomBytes(32).toString('hex'), createdAt: now });
+                newKeys.push(`${k.id}v${v}`);
+              }
             }
           }
-        }
-        keys.sort((a, b) => a.id - b.id || a.version - b.version);
-        const next: ServiceRecord = current
-          ? { ...current, policyHash: signed.policyHash, signed, keys, history: [...current.history, { policyHash: signed.policyHash, appliedAt: now }] }
-          : {
-            service: name, owner: signed.owner, policyHash: signed.policyHash, signed, keys,
-            history: [{ policyHash: signed.policyHash, appliedAt: now }],
-            databaseId: randomUUID(), keyringToken: randomBytes(32).toString('hex'), freshnessKey: randomBytes(32).toString('hex'),
-            counter: { value: 0, digest: '', updatedAt: now }, generation: 0,
+          keys.sort((a, b) => a.id - b.id || a.version - b.version);
+          const next: ServiceRecord = current
+            ? { ...current, policyHash: signed.policyHash, signed, keys, history: [...current.history, { policyHash: signed.policyHash, appliedAt: now }] }
+            : {
+              service: name, owner: signed.owner, policyHash: signed.policyHash, signed, keys,
+              history: [{ policyHash: signed.policyHash, appliedAt: now }],
+              databaseId: randomUUID(), keyringToken: randomBytes(32).toString('hex'), freshnessKey: randomBytes(32).toString('hex'),
+              counter: { value: 0, digest: '', updatedAt: now }, generation: 0,
+            };
+          const status = decision.kind === 'create' ? 'created' as const : 'updated' as const;
+          this.pendingPolicies.set(name, signed.policy);
+          this.o.log.info({ service: name, policyHash: signed.policyHash, status, newKeys }, 'policy applied');
+          return {
+            next,
+            result: {
+              result: { service: name, policyHash: signed.policyHash, status, newKeys },
+              details: { policyHash: signed.policyHash, predecessor: signed.policy.predecessor, owner: signed.owner, status, newKeys: newKeys.join(',') },
+            },
           };
-        const status = decision.kind === 'create' ? 'created' as const : 'updated' as const;
-        this.o.log.info({ service: name, policyHash: signed.policyHash, status, newKeys }, 'policy applied');
-        return {
-          next,
-          result: {
-            result: { service: name, policyHash: signed.policyHash, status, newKeys },
-            details: { policyHash: signed.policyHash, predecessor: signed.policy.predecessor, owner: signed.owner, status, newKeys: newKeys.join(',') },
-          },
-        };
-      });
-    }));
-    this.applyChain = run;
+        }));
+      } finally {
+        if (this.pendingPolicies.get(name) === signed.policy) this.pendingPolicies.delete(name);
+      }
+    });
+  }
+
+  /** Runs `decide` after every decision before it (not after their writes). */
+  private oneDecisionAtATime<T>(decide: () => Promise<T>): Promise<T> {
+    const run = this.decideChain.catch(() => {}).then(decide);
+    this.decideChain = run;
     return run;
   }
 
@@ -284,15 +301,18 @@ export class CasCore {
       return n;
     };
     const mine = [...signed.policy.tls.dnsNames, ...signed.policy.tls.ipAddresses].map(normalName).filter((n) => !SHARED_LOOPBACK_NAMES.has(n));
+    if (mine.length === 0) return; // only the shared loopback names: nothing to compare (nor a scan of every service)
     const conflicts: string[] = [];
     const reserved = (this.o.reservedNames ?? []).map(normalName).filter((n) => !SHARED_LOOPBACK_NAMES.has(n));
     for (const n of mine) {
       if (reserved.some((r) => namesOverlap(n, r))) conflicts.push(`${n} (the CAS itself)`);
     }
-    for (const rec of this.o.store.all()) {
-      if (rec.service === signed.policy.service) continue;
-      const theirs = namesOf(rec.signed.policy);
-      for (const n of mine) if (theirs.some((t) => namesOverlap(n, t))) conflicts.push(`${n} (service ${rec.service})`);
+    const others = new Map<string, SignedPolicy['policy']>(this.o.store.all().map((rec) => [rec.service, rec.signed.policy]));
+    for (const [name, policy] of this.pendingPolicies) others.set(name, policy);
+    for (const [name, policy] of others) {
+      if (name === signed.policy.service) continue;
+      const theirs = namesOf(policy);
+      for (const n of mine) if (theirs.some((t) => namesOverlap(n, t))) conflicts.push(`${n} (service ${name})`);
     }
     if (conflicts.length > 0) {
       throw new CdbpError('POLICY_INVALID', `policy for ${signed.policy.service} names what is already taken: ${conflicts.join(', ')}`,
