@@ -223,13 +223,13 @@ export function renderCasHa(r: ScenarioResult<CasHaSummary, CasHaRow>): string[]
   ];
 }
 
-/** attestAndProvisionAny, retried while the policy has not reached the members yet (etcd watch lag). */
+/** attestAndProvisionAny, retried while the policy has not reached the members yet (etcd poll lag: up to a minute after thousands of applies). */
 async function attestAndProvisionAnyUntil(urls: string[], caPem: string, service: string, provider: SimulatedProvider): Promise<{ counter: CounterClient }> {
   for (let attempt = 0; ; attempt++) {
     try {
       return await attestAndProvisionAny({ casUrls: urls, caPem, service, provider, tls: {} });
     } catch (e) {
-      if (attempt >= 50 || !/SERVICE_UNKNOWN|no policy/.test(String((e as Error).message) + String((e as { code?: string }).code))) throw e;
+      if (attempt >= 600 || !/SERVICE_UNKNOWN|no policy/.test(String((e as Error).message) + String((e as { code?: string }).code))) throw e;
       await new Promise((r) => setTimeout(r, 100));
     }
   }

@@ -98,6 +98,8 @@ export interface HaRuntime {
 
 /** The poll reads and checks every blob in etcd at least this often (every 10 s at the default 500 ms). */
 const FULL_POLL_EVERY = 20;
+/** Service files installed at once from etcd (each a durable write). */
+const INSTALL_CONCURRENCY = 16;
 
 const serviceFile = (name: string): string => `${createHash('sha256').update(name).digest('hex').slice(0, 40)}.sealed`;
 
@@ -237,15 +239,19 @@ export async function prepareHa(cfg: HaConfig, fileSealing: SealingKeyProvider, 
           alarmed = undefined;
           // A read that started before a newer write of ours (or a notice) holds older records: installing
           // them would put an older policy back over a newer one. The next poll sees the newer state.
-          for (const [name, blob] of st.seq < s.headSeq ? [] : st.services) {
+          // Installed several at a time: each is a durable file write, and after a bulk apply by another
+          // member (thousands of policies) one at a time left this member without them for many seconds.
+          const changed = st.seq < s.headSeq ? [] : [...st.services];
+          let next = 0;
+          const installOne = async (name: string, blob: Buffer): Promise<void> => {
             // Opened (and installed if newer) once per version: not every blob at every poll.
             const blobHash = createHash('sha256').update(blob).digest('hex');
-            if (seenBlobs.get(name) === blobHash) continue;
+            if (seenBlobs.get(name) === blobHash) return;
             const rec = JSON.parse((await openBlob(x.stateKey, `cas/service/${name}`, blob)).toString('utf8')) as { policyHash: string; generation: number };
             const cur = x.store.get(name);
             if (cur && cur.policyHash === rec.policyHash && cur.keys.length === (rec as unknown as { keys: unknown[] }).keys.length) {
               seenBlobs.set(name, blobHash);
-              continue;
+              return;
             }
             installing.add(name);
             try {
@@ -256,7 +262,13 @@ export async function prepareHa(cfg: HaConfig, fileSealing: SealingKeyProvider, 
             }
             seenBlobs.set(name, blobHash);
             x.log.info({ service: name, policyHash: rec.policyHash }, 'installed a state change another member wrote');
-          }
+          };
+          await Promise.all(Array.from({ length: INSTALL_CONCURRENCY }, async () => {
+            while (next < changed.length) {
+              const [name, blob] = changed[next++]!;
+              await installOne(name, blob);
+            }
+          }));
         } catch (e) {
           const err = asCdbpError(e);
           if (err.code === 'STATE_ROLLED_BACK' && alarmed !== err.message) {
