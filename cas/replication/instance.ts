@@ -254,12 +254,17 @@ export async function prepareHa(cfg: HaConfig, fileSealing: SealingKeyProvider, 
               return;
             }
             installing.add(name);
+            let installed: boolean;
             try {
               // Re-checked under the service's lock: a local write that finished meanwhile raised headSeq.
-              await x.store.update(name, () => ({ next: st.seq < s.headSeq ? undefined : rec as never, result: undefined }));
+              installed = await x.store.update(name, () => (st.seq < s.headSeq ? { result: false } : { next: rec as never, result: true }));
             } finally {
               installing.delete(name);
             }
+            // Not installed (a newer version was announced meanwhile): not seen either, so a later poll
+            // installs it. (Marking it seen made a member skip that version for good after a burst of
+            // applies moved headSeq during its installs.)
+            if (!installed) return;
             seenBlobs.set(name, blobHash);
             x.log.info({ service: name, policyHash: rec.policyHash }, 'installed a state change another member wrote');
           };
