@@ -155,6 +155,13 @@ export class CasCore {
    * share one fdatasync. Readers only ever see durable values (CounterLog.counters).
    */
   private readonly unsynced = new Map<string, { value: number; digest: string }>();
+  /**
+   * Per service, how many nonces had been issued when its counter last changed (an advance accepted, a
+   * recovery applied). A recovery whose nonce was issued before that is stale — signed against a counter
+   * that has moved since — and refused: the host cannot hold a signed re-anchoring back and deliver it
+   * after later advances to move the counter back (review finding, 2026-12-03).
+   */
+  private readonly changedAtNonce = new Map<string, number>();
 
   constructor(private readonly o: CasCoreOptions) {
     const r = o.metrics;
@@ -486,6 +493,7 @@ export class CasCore {
       }
       const mine = { value: next, digest };
       this.unsynced.set(service, mine);
+      this.changedAtNonce.set(service, this.o.nonces.issued);
       try {
         await this.o.counters.append(service, 'advance', next, digest, record);
       } finally {
@@ -510,7 +518,10 @@ export class CasCore {
     return this.decided({ event: 'counter.recover', service, details: { remote: remote ?? null } }, this.m.recoveries, {}, async () => {
       await verifySignedRecovery(input);
       const r = input.recovery;
-      this.o.nonces.consume(r.nonce, 'recover');
+      const { issued } = this.o.nonces.consume(r.nonce, 'recover');
+      if (issued <= (this.changedAtNonce.get(r.service) ?? 0)) {
+        throw new CdbpError('COUNTER_CONFLICT', `the counter of ${r.service} changed after this recovery's nonce was issued: it was signed against an older counter (held back, or a proxy still advancing); stop the proxy and sign a new one`);
+      }
       const rec = this.o.store.get(r.service);
       if (!rec) throw new CdbpError('SERVICE_UNKNOWN', `no policy for service ${r.service}`);
       if (rec.owner !== input.owner) throw new CdbpError('POLICY_OWNER_MISMATCH', `recovery for ${r.service} is not signed by its owner`);
@@ -519,6 +530,7 @@ export class CasCore {
       const from: CounterView = this.durableCounter(rec);
       const mine = { value: r.value, digest: r.digest };
       this.unsynced.set(r.service, mine);
+      this.changedAtNonce.set(r.service, this.o.nonces.issued);
       try {
         await this.o.counters.append(r.service, 'recover', r.value, r.digest);
       } finally {

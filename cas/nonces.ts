@@ -29,6 +29,8 @@ export class NonceStore {
   private readonly key = randomBytes(32);
   /** Consumed nonce (hex) → its expiry. */
   private readonly consumed = new Map<string, number>();
+  /** Nonces issued so far: a consumed nonce says which it was (see `issued`). */
+  private issuedCount = 0;
 
   constructor(private readonly ttlMs = 60_000, private readonly maxConsumed = 100_000, private readonly now = () => Date.now()) {}
 
@@ -41,12 +43,22 @@ export class NonceStore {
     const body = Buffer.alloc(BODY);
     body[0] = PURPOSE_BYTE[purpose];
     body.writeUIntBE(expiresAt, 1, 6);
-    randomBytes(9).copy(body, 7);
+    body.writeUInt32BE(++this.issuedCount >>> 0, 7);
+    randomBytes(5).copy(body, 11);
     return { nonce: Buffer.concat([body, this.mac(body)]).toString('hex'), expiresAt };
   }
 
-  /** Checks and burns the nonce. Forged, reused, expired or for another purpose → NONCE_INVALID. */
-  consume(nonce: string, purpose: NoncePurpose): void {
+  /**
+   * How many nonces were issued so far. A nonce consumed later reports its own number (`consume`), so a
+   * caller can tell whether it was issued before or after something it marked with this (a counter that
+   * changed after a recovery's nonce was handed out: the signed recovery is stale, core.ts recover).
+   */
+  get issued(): number {
+    return this.issuedCount;
+  }
+
+  /** Checks and burns the nonce; returns its issue number. Forged, reused, expired or for another purpose → NONCE_INVALID. */
+  consume(nonce: string, purpose: NoncePurpose): { issued: number } {
     const raw = /^[0-9a-f]{64}$/.test(nonce) ? Buffer.from(nonce, 'hex') : undefined;
     if (!raw) throw new CdbpError('NONCE_INVALID', 'nonce must be 32 bytes of lowercase hex');
     const body = raw.subarray(0, BODY);
@@ -61,6 +73,7 @@ export class NonceStore {
     // Burnt before the purpose check and before the caller's own checks: each nonce is tried once.
     this.consumed.set(nonce, expiresAt);
     if (issuedFor !== purpose) throw new CdbpError('NONCE_INVALID', `nonce was issued for ${issuedFor ?? 'nothing'}, not ${purpose}`);
+    return { issued: body.readUInt32BE(7) };
   }
 
   /** Consumed nonces remembered until they expire (the only state nonces keep). */

@@ -135,7 +135,10 @@ export async function prepareHa(cfg: HaConfig, fileSealing: SealingKeyProvider, 
     // Their counters died with the majority: refused, not "never advanced", until the owner re-anchors each.
     counters.unanchor(r.loaded.services.keys());
     recovered = { ...r.details, unanchored: counters.unanchored.size };
-    membership.set(cfg.slot, gen);
+    // Every incarnation from before the reopen is retired, in every slot: one the host kept alive out of
+    // sight (the "no other member answers" check runs over the host's network) must not hand its old
+    // counters to a joiner's catch-up or count in a proxy's majority. Joiners take generations above it.
+    for (let k = 1; k <= cfg.members; k++) membership.set(k, gen);
   } else {
     if (!cfg.caPem || !cfg.provider) throw new CdbpError('CONFIG_INVALID', 'joining a replicated CAS needs --ha-ca FILE (the deployment CA) and an attestation provider');
     const j = await joinMembers(cfg, instanceId, log);

@@ -41,3 +41,12 @@ test('nonces: issuing is stateless (no limit), only consumed nonces are remember
   s.consume(s.issue('attest').nonce, 'attest');
   assert.equal(s.size, 1);
 });
+
+test('nonces: a consumed nonce tells its issue number, so a caller can tell it was issued before a change it marked', () => {
+  const s = new NonceStore(60_000, 100);
+  const early = s.issue('recover');
+  const mark = s.issued;
+  const late = s.issue('recover');
+  assert.ok(s.consume(early.nonce, 'recover').issued <= mark, 'issued before the mark');
+  assert.ok(s.consume(late.nonce, 'recover').issued > mark, 'issued after the mark');
+});
