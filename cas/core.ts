@@ -314,16 +314,17 @@ export class CasCore {
     for (const n of mine) {
       if (reserved.some((r) => namesOverlap(n, r))) conflicts.push(`${n} (the CAS itself)`);
     }
-    const others = new Map<string, SignedPolicy['policy']>(this.o.store.all().map((rec) => [rec.service, rec.signed.policy]));
-    for (const [name, policy] of this.pendingPolicies) others.set(name, policy);
-    for (const [name, policy] of others) {
-      if (name === signed.policy.service) continue;
+    const against = (name: string, policy: SignedPolicy['policy']): void => {
+      if (name === signed.policy.service) return;
       const theirs = namesOf(policy);
       for (const n of mine) if (theirs.some((t) => namesOverlap(n, t))) conflicts.push(`${n} (service ${name})`);
-    }
+    };
+    for (const rec of this.o.store.all()) against(rec.service, rec.signed.policy);
+    for (const [name, policy] of this.pendingPolicies) against(name, policy);
     if (conflicts.length > 0) {
-      throw new CdbpError('POLICY_INVALID', `policy for ${signed.policy.service} names what is already taken: ${conflicts.join(', ')}`,
-        { details: { conflicts } });
+      const unique = [...new Set(conflicts)]; // a service being updated is both stored and pending
+      throw new CdbpError('POLICY_INVALID', `policy for ${signed.policy.service} names what is already taken: ${unique.join(', ')}`,
+        { details: { conflicts: unique } });
     }
   }
 

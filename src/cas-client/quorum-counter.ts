@@ -74,7 +74,6 @@ interface Member {
  */
 const MAX_IN_FLIGHT = 4;
 
-
 /** A verified answer: the signer's incarnation (from its certificate) and its signed membership view. */
 type Receipt = InstanceView & { incarnation: Incarnation; membership: Map<number, number> };
 
@@ -193,11 +192,7 @@ export class QuorumCounterClient implements CounterClient {
       ...(a.kind === Kind.State && a.record ? { record: a.record } : {}), conflict: a.kind === Kind.Error };
   }
 
-  private readOne(m: Member): Promise<Receipt> {
-    return this.tracked(m, () => this.readOneUntracked(m));
-  }
-
-  private async readOneUntracked(m: Member): Promise<Receipt> {
+  private async readOne(m: Member): Promise<Receipt> {
     const viaChannel = await this.bounded(m, () => this.viaChannel(m, { kind: Kind.Read }));
     if (viaChannel) return this.channelReceipt(m, viaChannel);
     const nonce = randomBytes(32).toString('hex');
@@ -205,11 +200,7 @@ export class QuorumCounterClient implements CounterClient {
   }
 
   /** The member's receipt for an advance: its answer ('ok': it holds next/digest now), or a signed conflict. */
-  private advanceOne(m: Member, expected: number, next: number, digest: string, record?: Buffer): Promise<Receipt & { conflict: boolean }> {
-    return this.tracked(m, () => this.advanceOneUntracked(m, expected, next, digest, record));
-  }
-
-  private async advanceOneUntracked(m: Member, expected: number, next: number, digest: string, record?: Buffer): Promise<Receipt & { conflict: boolean }> {
+  private async advanceOne(m: Member, expected: number, next: number, digest: string, record?: Buffer): Promise<Receipt & { conflict: boolean }> {
     const viaChannel = await this.bounded(m, () => this.viaChannel(m, { kind: Kind.Advance, expected, next, digest, ...(record ? { record } : {}) }));
     if (viaChannel) return this.channelReceipt(m, viaChannel);
     const nonce = randomBytes(32).toString('hex');
@@ -300,7 +291,7 @@ export class QuorumCounterClient implements CounterClient {
       for (const m of this.members) {
         void (async () => {
           try {
-            receipts.push(await this.readOne(m));
+            receipts.push(await this.tracked(m, () => this.readOne(m)));
           } catch (e) {
             const err = asCdbpError(e);
             if (err.code === 'COUNTER_UNANCHORED') unanchored ||= err.message;
@@ -343,7 +334,7 @@ export class QuorumCounterClient implements CounterClient {
       for (const m of this.members) {
         void (async () => {
           try {
-            const r = await this.advanceOne(m, expected, next, digest, record);
+            const r = await this.tracked(m, () => this.advanceOne(m, expected, next, digest, record));
             // A conflict that names our own advance (an earlier answer was lost) counts as accepted by that instance.
             if (r.value === next && r.digest === digest) receipts.push({ ...r, kind: 'ok' });
             else if (r.conflict) receipts.push({ ...r, kind: 'conflict' });
