@@ -143,10 +143,10 @@ export async function run(argv0: string[]): Promise<number> {
     await ops?.stop();
     throw e;
   }
-  writeReadyFile(dir, { url: cas.url, caFile: cas.caFile, pid: process.pid });
-  ops?.started(cas);
-
-  return new Promise<number>((resolve) => {
+  // The stop handlers go in before the ready file is written: whoever waits for that file may signal at
+  // once, and a SIGTERM before them killed the process with the default action (no clean stop, exit by
+  // signal; seen in CI as a test CAS whose stop returned null).
+  const stopped = new Promise<number>((resolve) => {
     let stopping = false;
     const stop = (signal: string) => {
       if (stopping) return;
@@ -163,6 +163,9 @@ export async function run(argv0: string[]): Promise<number> {
     process.once('SIGINT', () => stop('SIGINT'));
     watchParent(() => stop('parent exited'));
   });
+  ops?.started(cas);
+  writeReadyFile(dir, { url: cas.url, caFile: cas.caFile, pid: process.pid });
+  return stopped;
 }
 
 /**
